@@ -1,0 +1,1 @@
+//! Primary-backup replica protocol (pure state machine). Work in progress.

@@ -1,0 +1,1 @@
+//! View service (epoch authority), pure state machine. Work in progress.
