@@ -1,1 +1,23 @@
-//! placeholder
+//! Code shared by every bookstore service.
+//!
+//! - [`types`]: the wire types of the public and internal APIs.
+//! - [`config`]: the cluster file, the books CSV and environment settings.
+//! - [`error`]: [`ApiError`], the one error enum of the HTTP boundary, mapped to status codes.
+//! - [`params`]: strict query-string parsing with errors that name the parameter.
+//! - [`auth`]: cluster-token and admin-token checks (constant time).
+//! - [`client`]: the pooled HTTP client services use to call each other.
+//! - [`oplog`]: the seed's one-operation-a-line logs, written off the request path.
+//! - [`server`]: running an actix app on an already-bound listener with a shutdown future.
+//! - [`telemetry`]: structured tracing to stderr.
+pub mod auth;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod error;
+pub mod oplog;
+pub mod params;
+pub mod server;
+pub mod telemetry;
+pub mod types;
+
+pub use error::ApiError;

@@ -1,1 +1,237 @@
-//! placeholder
+//! Cache service: lookup and search answers, kept coherent with the catalog.
+//!
+//! - [`store`]: entries and the version rules (pure).
+//! - this file: the routes (internal, cluster token) and the lease loop: the cache
+//!   serves entries only while it holds a lease from the catalog, which lets a catalog
+//!   that cannot reach the cache still guarantee no stale read after its write.
+pub mod store;
+
+use actix_web::http::header::ContentType;
+use actix_web::{middleware::from_fn, web, App, HttpRequest, HttpResponse, HttpServer};
+use bookstore_common::auth::{require_cluster_token, Tokens};
+use bookstore_common::client::Client;
+use bookstore_common::config::{ClusterConfig, Kind};
+use bookstore_common::oplog::OpLog;
+use bookstore_common::params::Params;
+use bookstore_common::types::{CacheFill, Health, LeaseReply, LeaseRequest};
+use bookstore_common::{server, ApiError};
+use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
+use std::future::Future;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use store::Store;
+
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    pub cluster: ClusterConfig,
+    pub tokens: Tokens,
+    /// Where `cache_log` goes; `None` disables it.
+    pub output_dir: Option<PathBuf>,
+    /// How often the lease is renewed.
+    pub renew_every: Duration,
+    pub workers: usize,
+}
+
+pub struct Cache {
+    store: RwLock<Store>,
+    lease_until: Mutex<Option<Instant>>,
+    log: OpLog,
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+impl Cache {
+    fn leased(&self) -> bool {
+        self.lease_until.lock().is_some_and(|t| Instant::now() < t)
+    }
+
+    fn answer(&self, what: String, found: Option<Bytes>) -> HttpResponse {
+        match found {
+            Some(body) if self.leased() => {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                self.log.record(format!("{what},hit"));
+                HttpResponse::Ok()
+                    .insert_header(ContentType::json())
+                    .body(body)
+            }
+            _ => {
+                self.misses.fetch_add(1, Ordering::Relaxed);
+                self.log.record(format!("{what},miss"));
+                HttpResponse::NotFound().json(serde_json::json!({"error": "not cached"}))
+            }
+        }
+    }
+}
+
+type Ctx = web::Data<Cache>;
+
+async fn health() -> HttpResponse {
+    HttpResponse::Ok().json(Health {
+        status: "ok".into(),
+        service: "cache".into(),
+        id: 0,
+    })
+}
+
+async fn lookup(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let item = Params::parse(req.query_string()).item_number()?;
+    let found = ctx.store.read().lookup(item);
+    Ok(ctx.answer(format!("lookup,{item}"), found))
+}
+
+async fn search(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let params = Params::parse(req.query_string());
+    let topic = params.topic()?;
+    let found = ctx.store.read().search(topic);
+    Ok(ctx.answer(format!("search,{topic}"), found))
+}
+
+fn body_of(fill: &CacheFill) -> Bytes {
+    Bytes::from(serde_json::to_vec(&fill.response).unwrap_or_default())
+}
+
+async fn put_lookup(ctx: Ctx, fill: web::Json<CacheFill>) -> Result<HttpResponse, ApiError> {
+    let [item] = fill.items[..] else {
+        return Err(ApiError::BadRequest(
+            "a lookup fill names exactly one item".into(),
+        ));
+    };
+    let stored = ctx
+        .store
+        .write()
+        .put_lookup(item, fill.version, body_of(&fill));
+    ctx.log.record(format!("put_lookup,{item},{stored}"));
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "stored": stored })))
+}
+
+async fn put_search(
+    ctx: Ctx,
+    req: HttpRequest,
+    fill: web::Json<CacheFill>,
+) -> Result<HttpResponse, ApiError> {
+    let params = Params::parse(req.query_string());
+    let topic = params.topic()?;
+    let fill = fill.into_inner();
+    let body = body_of(&fill);
+    let stored = ctx
+        .store
+        .write()
+        .put_search(topic, fill.version, fill.items, body);
+    ctx.log.record(format!("put_search,{topic},{stored}"));
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "stored": stored })))
+}
+
+async fn invalidate(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let params = Params::parse(req.query_string());
+    let item = params.item_number()?;
+    let version: u64 = params.required("version", "a whole number")?;
+    ctx.store.write().invalidate(item, version);
+    ctx.log.record(format!("invalidate_cache,{item}"));
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "result": "ok" })))
+}
+
+async fn stats(ctx: Ctx) -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({
+        "hits": ctx.hits.load(Ordering::Relaxed),
+        "misses": ctx.misses.load(Ordering::Relaxed),
+        "entries": ctx.store.read().len(),
+        "leased": ctx.leased(),
+    }))
+}
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/health", web::get().to(health)).service(
+        web::scope("")
+            .wrap(from_fn(require_cluster_token))
+            .route("/lookup", web::get().to(lookup))
+            .route("/search", web::get().to(search))
+            .route("/put_lookup_cache", web::post().to(put_lookup))
+            .route("/put_search_cache", web::post().to(put_search))
+            .route("/invalidate", web::post().to(invalidate))
+            .route("/stats", web::get().to(stats))
+            .default_service(web::to(server::not_found)),
+    );
+}
+
+/// Keeps the lease from the catalog (replica 0 until replication lands) alive.
+async fn lease_loop(cache: web::Data<Cache>, client: Client, catalog: String, every: Duration) {
+    let mut flushed_to = None;
+    loop {
+        let asked_at = Instant::now();
+        let req = client
+            .raw()
+            .post(format!("{catalog}/cache_lease"))
+            .timeout(every)
+            .json(&LeaseRequest { flushed_to });
+        match client
+            .send(req)
+            .await
+            .map(|b| serde_json::from_slice::<LeaseReply>(&b))
+        {
+            Ok(Ok(LeaseReply::Grant { millis })) => {
+                *cache.lease_until.lock() = Some(asked_at + Duration::from_millis(millis));
+            }
+            Ok(Ok(LeaseReply::Flush { floor })) => {
+                *cache.lease_until.lock() = None;
+                cache.store.write().flush(floor);
+                cache.log.record(format!("flush,{floor}"));
+                flushed_to = Some(floor);
+                continue;
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "bad lease answer"),
+            Err(e) => tracing::debug!(error = %e, "lease renewal failed"),
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// Serves the cache on `listener` until `shutdown` resolves.
+pub async fn run(
+    listener: TcpListener,
+    config: CacheConfig,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let log = match &config.output_dir {
+        Some(dir) => OpLog::open(&dir.join("cache_log"))?,
+        None => OpLog::disabled(),
+    };
+    let cache = web::Data::new(Cache {
+        store: RwLock::new(Store::default()),
+        lease_until: Mutex::new(None),
+        log,
+        hits: AtomicU64::new(0),
+        misses: AtomicU64::new(0),
+    });
+    let catalog = config
+        .cluster
+        .servers(Kind::Catalog)
+        .first()
+        .map(|e| e.url())
+        .ok_or_else(|| std::io::Error::other("the cluster has no catalog"))?;
+    let lease = tokio::spawn(lease_loop(
+        cache.clone(),
+        Client::new(config.tokens.cluster()),
+        catalog,
+        config.renew_every,
+    ));
+    let tokens = web::Data::new(config.tokens.clone());
+    tracing::info!(addr = %listener.local_addr()?, "cache serving");
+    let c = cache.clone();
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(c.clone())
+            .app_data(tokens.clone())
+            .app_data(server::json_config())
+            .configure(routes)
+    })
+    .workers(config.workers.max(1))
+    .disable_signals()
+    .listen(listener)?
+    .run();
+    let r = server::run_until(server, shutdown).await;
+    lease.abort();
+    r
+}

@@ -1,1 +1,278 @@
-//! placeholder
+//! Frontend service: the public REST API.
+//!
+//! `GET /search?topic=`, `GET /lookup?item_number=`, `POST /buy?item_number=`,
+//! `GET /health`, and the admin route `POST /admin/restock` (admin token). Reads go
+//! to the cache first and fill it (asynchronously, versioned) on a miss; buys go to
+//! the order service with an idempotency key.
+//!
+//! Until replication lands, replica 0 of catalog and order serves; the other replicas
+//! of the cluster file stand by.
+use actix_web::http::header::ContentType;
+use actix_web::{middleware::from_fn, web, App, HttpRequest, HttpResponse, HttpServer};
+use bookstore_common::auth::{require_admin_token, Tokens};
+use bookstore_common::client::{encode, CallError, Client};
+use bookstore_common::config::{ClusterConfig, Kind};
+use bookstore_common::oplog::OpLog;
+use bookstore_common::params::{idempotency_key, Params};
+use bookstore_common::types::{
+    Book, BuySuccess, CacheFill, Health, LookupResponse, SearchHit, SearchResponse, Versioned,
+    IDEMPOTENCY_KEY_HEADER,
+};
+use bookstore_common::{server, ApiError};
+use std::future::Future;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct FrontendConfig {
+    pub id: u32,
+    pub cluster: ClusterConfig,
+    /// Cluster token (to call the services) and admin token (for `/admin/*`).
+    pub tokens: Tokens,
+    pub output_dir: Option<PathBuf>,
+    pub workers: usize,
+}
+
+pub struct Frontend {
+    id: u32,
+    client: Client,
+    cache: Option<String>,
+    catalog: String,
+    order: String,
+    log: OpLog,
+}
+
+impl Frontend {
+    pub fn new(config: &FrontendConfig) -> std::io::Result<Frontend> {
+        let log = match &config.output_dir {
+            Some(dir) => OpLog::open(&dir.join("frontend_log"))?,
+            None => OpLog::disabled(),
+        };
+        let first = |kind: Kind| {
+            config
+                .cluster
+                .servers(kind)
+                .first()
+                .map(|e| e.url())
+                .ok_or_else(|| std::io::Error::other(format!("the cluster has no {kind}")))
+        };
+        Ok(Frontend {
+            id: config.id,
+            client: Client::new(config.tokens.cluster()),
+            cache: config.cluster.servers(Kind::Cache).first().map(|e| e.url()),
+            catalog: first(Kind::Catalog)?,
+            order: first(Kind::Order)?,
+            log,
+        })
+    }
+
+    async fn cached(&self, path: String) -> Option<HttpResponse> {
+        let cache = self.cache.as_ref()?;
+        let req = self
+            .client
+            .raw()
+            .get(format!("{cache}{path}"))
+            .timeout(Duration::from_millis(200));
+        let body = self.client.send(req).await.ok()?;
+        Some(
+            HttpResponse::Ok()
+                .insert_header(ContentType::json())
+                .body(body),
+        )
+    }
+
+    /// Stores an answer in the cache without holding up the reply.
+    fn fill(&self, path: String, fill: CacheFill) {
+        let Some(cache) = &self.cache else { return };
+        let req = self.client.raw().post(format!("{cache}{path}")).json(&fill);
+        let client = self.client.clone();
+        tokio::spawn(async move {
+            if let Err(e) = client.send(req).await {
+                tracing::debug!(error = %e, "cache fill failed");
+            }
+        });
+    }
+}
+
+/// Maps a failed call to catalog or order onto the public answer.
+fn upstream_error(who: &str, e: CallError) -> ApiError {
+    match e {
+        CallError::Status { status: 404, body } => ApiError::NotFound(body.error),
+        CallError::Status { status: 400, body } => ApiError::BadRequest(body.error),
+        CallError::Status { status: 409, .. } => ApiError::OutOfStock,
+        other => {
+            tracing::warn!(error = %other, "{who} call failed");
+            ApiError::Unavailable(format!("{who} unavailable, try again"))
+        }
+    }
+}
+
+type Ctx = web::Data<Frontend>;
+
+async fn health(ctx: Ctx) -> HttpResponse {
+    HttpResponse::Ok().json(Health {
+        status: "ok".into(),
+        service: "frontend".into(),
+        id: ctx.id,
+    })
+}
+
+async fn lookup(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let item = Params::parse(req.query_string()).item_number()?;
+    ctx.log.record(format!("lookup,{item}"));
+    if let Some(hit) = ctx.cached(format!("/lookup?item_number={item}")).await {
+        return Ok(hit);
+    }
+    let v: Versioned<Book> = ctx
+        .client
+        .get_json(&format!("{}/query_by_item?item_number={item}", ctx.catalog))
+        .await
+        .map_err(|e| upstream_error("catalog", e))?;
+    let response = LookupResponse { result: v.result };
+    let value = serde_json::to_value(&response).unwrap_or_default();
+    ctx.fill(
+        "/put_lookup_cache".into(),
+        CacheFill {
+            version: v.version,
+            items: vec![item],
+            response: value.clone(),
+        },
+    );
+    Ok(HttpResponse::Ok().json(value))
+}
+
+async fn search(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let params = Params::parse(req.query_string());
+    let topic = params.topic()?;
+    ctx.log.record(format!("search,{topic}"));
+    let q = encode(topic);
+    if let Some(hit) = ctx.cached(format!("/search?topic={q}")).await {
+        return Ok(hit);
+    }
+    let v: Versioned<Vec<SearchHit>> = ctx
+        .client
+        .get_json(&format!("{}/query_by_topic?topic={q}", ctx.catalog))
+        .await
+        .map_err(|e| upstream_error("catalog", e))?;
+    let items = v.result.iter().map(|h| h.item_number).collect();
+    let response = SearchResponse { result: v.result };
+    let value = serde_json::to_value(&response).unwrap_or_default();
+    ctx.fill(
+        format!("/put_search_cache?topic={q}"),
+        CacheFill {
+            version: v.version,
+            items,
+            response: value.clone(),
+        },
+    );
+    Ok(HttpResponse::Ok().json(value))
+}
+
+fn client_key(req: &HttpRequest) -> Result<String, ApiError> {
+    Ok(idempotency_key(
+        req.headers()
+            .get(IDEMPOTENCY_KEY_HEADER)
+            .map(|v| v.as_bytes()),
+    )?
+    .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()))
+}
+
+async fn buy(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let item = Params::parse(req.query_string()).item_number()?;
+    let key = client_key(&req)?;
+    ctx.log.record(format!("buy,{item}"));
+    let url = format!("{}/buy?item_number={item}", ctx.order);
+    let mut attempt = 0;
+    loop {
+        let answer: Result<BuySuccess, CallError> = ctx
+            .client
+            .post_json(&url, &[(IDEMPOTENCY_KEY_HEADER, &key)])
+            .await;
+        match answer {
+            Ok(ok) => return Ok(HttpResponse::Ok().json(ok)),
+            // An unknown outcome is retried with the same key: it cannot buy twice.
+            Err(e @ (CallError::Unreachable(_) | CallError::Status { status: 503, .. }))
+                if attempt < 2 =>
+            {
+                attempt += 1;
+                tracing::debug!(error = %e, attempt, "buy retried");
+                tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
+            }
+            Err(e) => return Err(upstream_error("order", e)),
+        }
+    }
+}
+
+/// `POST /admin/restock?item_number=N&quantity=Q[&cost=C]`: adds Q copies and
+/// optionally sets the price.
+async fn restock(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let params = Params::parse(req.query_string());
+    let item = params.item_number()?;
+    let quantity: u32 = params
+        .optional("quantity", "a whole number >= 0")?
+        .unwrap_or(0);
+    let cost: Option<u32> = params.optional("cost", "a whole number >= 0")?;
+    if quantity == 0 && cost.is_none() {
+        return Err(ApiError::BadRequest(
+            "give quantity (copies to add) or cost (new price), or both".into(),
+        ));
+    }
+    let key = client_key(&req)?;
+    let cost_param = cost.map_or("na".to_string(), |c| c.to_string());
+    let url = format!(
+        "{}/update?item_number={item}&stock={quantity}&cost={cost_param}",
+        ctx.catalog
+    );
+    ctx.log
+        .record(format!("restock,{item},{quantity},{cost_param}"));
+    let v: Versioned<Book> = ctx
+        .client
+        .post_json(&url, &[(IDEMPOTENCY_KEY_HEADER, &key)])
+        .await
+        .map_err(|e| upstream_error("catalog", e))?;
+    Ok(HttpResponse::Ok().json(LookupResponse { result: v.result }))
+}
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/health", web::get().to(health))
+        .route("/search", web::get().to(search))
+        .route("/lookup", web::get().to(lookup))
+        .service(
+            web::resource("/buy")
+                .route(web::post().to(buy))
+                .default_service(web::to(server::method_not_allowed("POST"))),
+        )
+        .service(
+            web::scope("/admin")
+                .wrap(from_fn(require_admin_token))
+                .service(
+                    web::resource("/restock")
+                        .route(web::post().to(restock))
+                        .default_service(web::to(server::method_not_allowed("POST"))),
+                ),
+        )
+        .default_service(web::to(server::not_found));
+}
+
+/// Serves the frontend on `listener` until `shutdown` resolves.
+pub async fn run(
+    listener: TcpListener,
+    config: FrontendConfig,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let frontend = web::Data::new(Frontend::new(&config)?);
+    let tokens = web::Data::new(config.tokens.clone());
+    tracing::info!(addr = %listener.local_addr()?, "frontend serving");
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(frontend.clone())
+            .app_data(tokens.clone())
+            .configure(routes)
+    })
+    .workers(config.workers.max(1))
+    .disable_signals()
+    .listen(listener)?
+    .run();
+    server::run_until(server, shutdown).await
+}

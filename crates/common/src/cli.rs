@@ -1,0 +1,60 @@
+//! Command-line flags every service binary shares (each also an environment variable).
+use crate::config::{ClusterConfig, Kind};
+use std::net::TcpListener;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServiceArgs {
+    /// Replica id: the position of this server among the lines of its kind in the cluster file.
+    #[arg(long, default_value_t = 0, env = "BOOKSTORE_ID")]
+    pub id: u32,
+    /// Cluster file (`kind,host:port` a line).
+    #[arg(long, default_value = crate::config::DEFAULT_CLUSTER_FILE, env = "BOOKSTORE_CLUSTER")]
+    pub cluster: PathBuf,
+    /// Directory for the operation logs.
+    #[arg(long, default_value = crate::config::DEFAULT_OUTPUT_DIR, env = "BOOKSTORE_OUTPUT_DIR")]
+    pub output_dir: PathBuf,
+    /// Token every internal call must carry (X-Cluster-Token).
+    #[arg(long, env = "BOOKSTORE_CLUSTER_TOKEN", hide_env_values = true)]
+    pub cluster_token: String,
+    /// Listen here instead of the cluster file's address for this server.
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// HTTP worker threads.
+    #[arg(long, default_value_t = 2, env = "BOOKSTORE_WORKERS")]
+    pub workers: usize,
+}
+
+impl ServiceArgs {
+    /// Loads the cluster file and binds this server's address; errors are printable.
+    pub fn load_and_bind(&self, kind: Kind) -> Result<(ClusterConfig, TcpListener), String> {
+        let cluster = ClusterConfig::load(&self.cluster).map_err(|e| e.to_string())?;
+        let addr = match &self.listen {
+            Some(a) => a.clone(),
+            None => cluster
+                .server(kind, self.id)
+                .ok_or_else(|| {
+                    format!(
+                        "{}: no {kind} with id {} (it lists {})",
+                        self.cluster.display(),
+                        self.id,
+                        cluster.servers(kind).len()
+                    )
+                })?
+                .addr(),
+        };
+        if self.cluster_token.is_empty()
+            || !self.cluster_token.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return Err("the cluster token must be non-empty visible ASCII".into());
+        }
+        let listener = crate::server::bind(&addr, &format!("{kind} {}", self.id))?;
+        Ok((cluster, listener))
+    }
+}
+
+/// Prints `error: ...` and exits with status 2.
+pub fn fail(msg: impl std::fmt::Display) -> ! {
+    eprintln!("error: {msg}");
+    std::process::exit(2)
+}

@@ -1,0 +1,141 @@
+//! The HTTP client services use to call each other: one pooled `reqwest::Client` per
+//! process, the cluster token on every call, short timeouts, typed failures.
+use crate::error::ErrorBody;
+use crate::types::CLUSTER_TOKEN_HEADER;
+use bytes::Bytes;
+use reqwest::header::{HeaderMap, HeaderValue};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::time::Duration;
+
+/// Why a call to another service failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CallError {
+    /// No answer: connection refused or reset, timeout.
+    #[error("unreachable: {0}")]
+    Unreachable(String),
+    /// An answer with a non-2xx status.
+    #[error("status {status}: {}", body.error)]
+    Status { status: u16, body: ErrorBody },
+    /// A 2xx answer whose body did not decode.
+    #[error("bad answer: {0}")]
+    Decode(String),
+}
+
+impl CallError {
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            CallError::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// A cheap-to-clone handle on the process's pooled client.
+#[derive(Clone, Debug)]
+pub struct Client {
+    http: reqwest::Client,
+}
+
+impl Client {
+    /// A client that sends `token` as the cluster token, with a 5 s request timeout.
+    pub fn new(token: &str) -> Client {
+        Client::with_timeout(token, Duration::from_secs(5))
+    }
+
+    pub fn with_timeout(token: &str, timeout: Duration) -> Client {
+        let mut headers = HeaderMap::new();
+        let mut value = HeaderValue::from_str(token).expect("cluster token is visible ASCII");
+        value.set_sensitive(true);
+        headers.insert(CLUSTER_TOKEN_HEADER, value);
+        let http = reqwest::Client::builder()
+            .default_headers(headers)
+            .connect_timeout(Duration::from_millis(500))
+            .timeout(timeout)
+            .pool_max_idle_per_host(512)
+            .tcp_nodelay(true)
+            .build()
+            .expect("the HTTP client builds");
+        Client { http }
+    }
+
+    /// The underlying reqwest client (for requests this API does not cover).
+    pub fn raw(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// Sends a request; returns the body of a 2xx answer.
+    pub async fn send(&self, req: reqwest::RequestBuilder) -> Result<Bytes, CallError> {
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| CallError::Unreachable(error_chain(&e)))?;
+        let status = resp.status();
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| CallError::Unreachable(error_chain(&e)))?;
+        if status.is_success() {
+            Ok(body)
+        } else {
+            let body = serde_json::from_slice(&body).unwrap_or_else(|_| ErrorBody {
+                error: String::from_utf8_lossy(&body).chars().take(200).collect(),
+                result: None,
+            });
+            Err(CallError::Status {
+                status: status.as_u16(),
+                body,
+            })
+        }
+    }
+
+    pub async fn get_bytes(&self, url: &str) -> Result<Bytes, CallError> {
+        self.send(self.http.get(url)).await
+    }
+
+    pub async fn get_json<T: DeserializeOwned>(&self, url: &str) -> Result<T, CallError> {
+        decode(self.get_bytes(url).await?)
+    }
+
+    /// POST with optional headers and no body.
+    pub async fn post_json<T: DeserializeOwned>(
+        &self,
+        url: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<T, CallError> {
+        let mut req = self.http.post(url);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        decode(self.send(req).await?)
+    }
+
+    /// POST a JSON body.
+    pub async fn post_body<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        url: &str,
+        body: &B,
+    ) -> Result<T, CallError> {
+        decode(self.send(self.http.post(url).json(body)).await?)
+    }
+}
+
+fn decode<T: DeserializeOwned>(body: Bytes) -> Result<T, CallError> {
+    serde_json::from_slice(&body).map_err(|e| CallError::Decode(e.to_string()))
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// Percent-encodes a query value.
+pub fn encode(value: &str) -> String {
+    form_urlencoded::byte_serialize(value.as_bytes()).collect()
+}

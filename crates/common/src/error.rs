@@ -1,0 +1,69 @@
+//! [`ApiError`]: every failure a handler can return, mapped to one HTTP status and a
+//! JSON body `{"error": "..."}` naming the problem.
+use actix_web::http::{header, StatusCode};
+use actix_web::{HttpResponse, ResponseError};
+use serde_json::json;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ApiError {
+    /// A missing or malformed parameter: 400.
+    #[error("{0}")]
+    BadRequest(String),
+    /// An unknown item or route: 404.
+    #[error("{0}")]
+    NotFound(String),
+    /// A buy of a sold-out book: 409 `{"result":"Failed","error":"out of stock"}`.
+    #[error("out of stock")]
+    OutOfStock,
+    /// A missing or wrong token: 401.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// Wrong method: 405 with an `Allow` header.
+    #[error("method not allowed; use {allow}")]
+    MethodNotAllowed { allow: &'static str },
+    /// A replica that cannot take this request (shut down, not primary): 503.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A dependency failed in a way that is not the caller's fault: 502.
+    #[error("{0}")]
+    BadGateway(String),
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::OutOfStock => StatusCode::CONFLICT,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut builder = HttpResponse::build(self.status_code());
+        match self {
+            ApiError::OutOfStock => {
+                builder.json(json!({"result": "Failed", "error": "out of stock"}))
+            }
+            ApiError::MethodNotAllowed { allow } => builder
+                .insert_header((header::ALLOW, *allow))
+                .json(json!({"error": self.to_string()})),
+            ApiError::Unavailable(_) => builder
+                .insert_header((header::RETRY_AFTER, "1"))
+                .json(json!({"error": self.to_string()})),
+            _ => builder.json(json!({"error": self.to_string()})),
+        }
+    }
+}
+
+/// The JSON error body every service sends, as a client decodes it.
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize, Default)]
+pub struct ErrorBody {
+    #[serde(default)]
+    pub error: String,
+    #[serde(default)]
+    pub result: Option<String>,
+}

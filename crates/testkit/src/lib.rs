@@ -1,0 +1,221 @@
+//! Test support: a whole bookstore cluster inside the test process, every server on
+//! its own port-0 listener on 127.0.0.1, stopped when the [`TestCluster`] is dropped.
+use bookstore_common::auth::Tokens;
+use bookstore_common::client::Client;
+use bookstore_common::config::{parse_books, ClusterConfig, Endpoint, Kind};
+use bookstore_common::types::Book;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+/// The seed's seven books (`data/books.csv`).
+pub fn seed_books() -> Vec<Book> {
+    parse_books(
+        include_str!("../../../data/books.csv").as_bytes(),
+        "data/books.csv",
+    )
+    .expect("data/books.csv parses")
+}
+
+/// Options of a test cluster.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub books: Vec<Book>,
+    pub catalogs: usize,
+    pub orders: usize,
+    pub with_cache: bool,
+    pub output_dir: Option<PathBuf>,
+    pub lease: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            books: seed_books(),
+            catalogs: 2,
+            orders: 2,
+            with_cache: true,
+            output_dir: None,
+            lease: Duration::from_millis(1000),
+        }
+    }
+}
+
+pub const CLUSTER_TOKEN: &str = "test-cluster-token";
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
+/// A running in-process cluster.
+pub struct TestCluster {
+    pub cluster: ClusterConfig,
+    stops: Vec<(Kind, u32, oneshot::Sender<()>)>,
+}
+
+fn listener() -> (TcpListener, Endpoint) {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    let port = l.local_addr().expect("local addr").port();
+    (l, Endpoint::new("127.0.0.1", port))
+}
+
+impl TestCluster {
+    /// Starts the seed cluster (frontend, cache, 2 catalogs, 2 orders) with the seed books.
+    pub async fn start() -> TestCluster {
+        TestCluster::with(Options::default()).await
+    }
+
+    pub async fn with(opts: Options) -> TestCluster {
+        let mut parts = Vec::new();
+        let mut listeners = Vec::new();
+        let mut add = |kind: Kind, n: usize| {
+            for _ in 0..n {
+                let (l, e) = listener();
+                parts.push((kind, e));
+                listeners.push((kind, l));
+            }
+        };
+        add(Kind::Frontend, 1);
+        add(Kind::Cache, usize::from(opts.with_cache));
+        add(Kind::Catalog, opts.catalogs);
+        add(Kind::Order, opts.orders);
+        let cluster = ClusterConfig::from_parts(&parts);
+        let tokens = Tokens::new(CLUSTER_TOKEN, Some(ADMIN_TOKEN));
+        let mut stops = Vec::new();
+        let mut ids = std::collections::HashMap::<Kind, u32>::new();
+        for (kind, l) in listeners {
+            let id = *ids.entry(kind).and_modify(|i| *i += 1).or_insert(0);
+            let (tx, rx) = oneshot::channel::<()>();
+            stops.push((kind, id, tx));
+            let stop = async move {
+                let _ = rx.await;
+            };
+            let cluster = cluster.clone();
+            let tokens = tokens.clone();
+            let out = opts.output_dir.clone();
+            match kind {
+                Kind::Frontend => {
+                    let c = bookstore_frontend::FrontendConfig {
+                        id,
+                        cluster,
+                        tokens,
+                        output_dir: out,
+                        workers: 2,
+                    };
+                    tokio::spawn(bookstore_frontend::run(l, c, stop));
+                }
+                Kind::Cache => {
+                    let c = bookstore_cache::CacheConfig {
+                        cluster,
+                        tokens,
+                        output_dir: out,
+                        renew_every: opts.lease / 5,
+                        workers: 2,
+                    };
+                    tokio::spawn(bookstore_cache::run(l, c, stop));
+                }
+                Kind::Catalog => {
+                    let c = bookstore_catalog::CatalogConfig {
+                        id,
+                        books: opts.books.clone(),
+                        cluster,
+                        tokens,
+                        output_dir: out,
+                        lease: opts.lease,
+                        workers: 2,
+                    };
+                    tokio::spawn(bookstore_catalog::run(l, c, stop));
+                }
+                Kind::Order => {
+                    let c = bookstore_order::OrderConfig {
+                        id,
+                        cluster,
+                        tokens,
+                        output_dir: out,
+                        workers: 2,
+                    };
+                    tokio::spawn(bookstore_order::run(l, c, stop));
+                }
+            }
+        }
+        let tc = TestCluster { cluster, stops };
+        tc.wait_healthy().await;
+        tc
+    }
+
+    async fn wait_healthy(&self) {
+        let http = reqwest::Client::new();
+        for (kind, id, e) in self.cluster.all() {
+            let url = format!("{}/health", e.url());
+            let mut ok = false;
+            for _ in 0..200 {
+                if let Ok(r) = http.get(&url).send().await {
+                    if r.status().is_success() {
+                        ok = true;
+                        break;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert!(ok, "{kind} {id} never became healthy");
+        }
+    }
+
+    /// Base URL of the frontend.
+    pub fn frontend(&self) -> String {
+        self.url(Kind::Frontend, 0)
+    }
+
+    /// Base URL of server `id` of `kind`.
+    pub fn url(&self, kind: Kind, id: u32) -> String {
+        self.cluster.server(kind, id).expect("server exists").url()
+    }
+
+    /// Stops server `id` of `kind` (its port stops answering).
+    pub async fn stop(&mut self, kind: Kind, id: u32) {
+        if let Some(pos) = self
+            .stops
+            .iter()
+            .position(|(k, i, _)| *k == kind && *i == id)
+        {
+            let (_, _, s) = self.stops.remove(pos);
+            let _ = s.send(());
+        }
+        let url = format!("{}/health", self.url(kind, id));
+        for _ in 0..500 {
+            if reqwest::get(&url).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("{kind} {id} did not stop");
+    }
+
+    /// A client for internal routes (carries the cluster token).
+    pub fn internal(&self) -> Client {
+        Client::new(CLUSTER_TOKEN)
+    }
+
+    /// Waits until the cache holds a lease (so hits are served).
+    pub async fn wait_cache_leased(&self) {
+        let c = self.internal();
+        for _ in 0..200 {
+            if let Ok(v) = c
+                .get_json::<serde_json::Value>(&format!("{}/stats", self.url(Kind::Cache, 0)))
+                .await
+            {
+                if v["leased"] == true {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the cache never got a lease");
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for (_, _, s) in self.stops.drain(..) {
+            let _ = s.send(());
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! The cache never serves stale data after an acknowledged write.
+use bookstore_common::config::Kind;
+use bookstore_common::types::Book;
+use bookstore_testkit::{Options, TestCluster, ADMIN_TOKEN};
+use serde_json::Value;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+fn books() -> Vec<Book> {
+    vec![
+        Book {
+            item_number: 1,
+            title: "Hot".into(),
+            topic: "t".into(),
+            stock: 100_000,
+            cost: 5,
+        },
+        Book {
+            item_number: 2,
+            title: "Cold".into(),
+            topic: "t".into(),
+            stock: 3,
+            cost: 5,
+        },
+    ]
+}
+
+async fn stock(http: &reqwest::Client, f: &str) -> u64 {
+    let v: Value = http
+        .get(format!("{f}/lookup?item_number=1"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["result"]["stock"].as_u64().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_every_acknowledged_write_reads_show_it_with_concurrent_fills() {
+    let c = TestCluster::with(Options {
+        books: books(),
+        ..Options::default()
+    })
+    .await;
+    c.wait_cache_leased().await;
+    let f = c.frontend();
+    let http = reqwest::Client::new();
+    let stop = Arc::new(AtomicBool::new(false));
+    // Readers keep missing and filling the cache, racing the writes.
+    let readers: Vec<_> = (0..4)
+        .map(|i| {
+            let (http, f, stop) = (http.clone(), f.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let path = if i % 2 == 0 {
+                        "lookup?item_number=1"
+                    } else {
+                        "search?topic=t"
+                    };
+                    let r = http.get(format!("{f}/{path}")).send().await.unwrap();
+                    assert_eq!(r.status(), 200);
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    let mut expected = 100_000u64;
+    for round in 0..1000 {
+        let ok = if round % 5 == 4 {
+            expected += 2;
+            http.post(format!("{f}/admin/restock?item_number=1&quantity=2"))
+                .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+                .send()
+                .await
+                .unwrap()
+        } else {
+            expected -= 1;
+            http.post(format!("{f}/buy?item_number=1"))
+                .send()
+                .await
+                .unwrap()
+        };
+        assert_eq!(ok.status(), 200);
+        let seen = stock(&http, &f).await;
+        assert_eq!(
+            seen, expected,
+            "round {round}: a read after an acknowledged write was stale"
+        );
+        let s: Value = http
+            .get(format!("{f}/search?topic=t"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(s["result"].as_array().unwrap().len(), 2);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut reads = 0;
+    for r in readers {
+        reads += r.await.unwrap();
+    }
+    assert!(reads > 0);
+    let stats: Value = c
+        .internal()
+        .get_json(&format!("{}/stats", c.url(Kind::Cache, 0)))
+        .await
+        .unwrap();
+    assert!(
+        stats["hits"].as_u64().unwrap() > 0,
+        "the cache was used: {stats}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_cache_gone_writes_still_succeed_and_reads_stay_fresh() {
+    let mut c = TestCluster::with(Options {
+        books: books(),
+        lease: Duration::from_millis(200),
+        ..Options::default()
+    })
+    .await;
+    c.wait_cache_leased().await;
+    let f = c.frontend();
+    let http = reqwest::Client::new();
+    assert_eq!(stock(&http, &f).await, 100_000);
+    c.stop(Kind::Cache, 0).await;
+    for expected in (99_995..100_000).rev() {
+        let r = http
+            .post(format!("{f}/buy?item_number=1"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(stock(&http, &f).await, expected);
+    }
+}

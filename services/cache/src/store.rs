@@ -1,0 +1,191 @@
+//! The cache's entries and the version rules that keep stale answers out (pure).
+//!
+//! Every entry carries the catalog version it was read at. `invalidate(item, v)` drops
+//! entries of `item` read below `v` and remembers `v` as the item's watermark, so a slow
+//! fill read before the write can never put the old value back. `flush(floor)` drops
+//! everything and refuses fills read below `floor`.
+use bookstore_common::types::ItemNumber;
+use bytes::Bytes;
+use std::collections::{HashMap, HashSet};
+
+#[derive(Debug, Clone)]
+struct Entry {
+    version: u64,
+    items: Vec<ItemNumber>,
+    body: Bytes,
+}
+
+/// Cache entries for lookups (by item) and searches (by topic).
+#[derive(Debug, Default)]
+pub struct Store {
+    lookups: HashMap<ItemNumber, Entry>,
+    searches: HashMap<String, Entry>,
+    searches_by_item: HashMap<ItemNumber, HashSet<String>>,
+    watermark: HashMap<ItemNumber, u64>,
+    floor: u64,
+}
+
+impl Store {
+    pub fn lookup(&self, item: ItemNumber) -> Option<Bytes> {
+        self.lookups.get(&item).map(|e| e.body.clone())
+    }
+
+    pub fn search(&self, topic: &str) -> Option<Bytes> {
+        self.searches.get(topic).map(|e| e.body.clone())
+    }
+
+    fn fresh(&self, version: u64, items: &[ItemNumber]) -> bool {
+        version >= self.floor
+            && items
+                .iter()
+                .all(|i| self.watermark.get(i).is_none_or(|w| version >= *w))
+    }
+
+    /// Stores a lookup answer read at `version`; false if it is already stale.
+    pub fn put_lookup(&mut self, item: ItemNumber, version: u64, body: Bytes) -> bool {
+        if !self.fresh(version, &[item]) {
+            return false;
+        }
+        if self.lookups.get(&item).is_some_and(|e| e.version > version) {
+            return false;
+        }
+        self.lookups.insert(
+            item,
+            Entry {
+                version,
+                items: vec![item],
+                body,
+            },
+        );
+        true
+    }
+
+    /// Stores a search answer that depends on `items`, read at `version`.
+    pub fn put_search(
+        &mut self,
+        topic: &str,
+        version: u64,
+        items: Vec<ItemNumber>,
+        body: Bytes,
+    ) -> bool {
+        if !self.fresh(version, &items) {
+            return false;
+        }
+        if self
+            .searches
+            .get(topic)
+            .is_some_and(|e| e.version > version)
+        {
+            return false;
+        }
+        for i in &items {
+            self.searches_by_item
+                .entry(*i)
+                .or_default()
+                .insert(topic.to_string());
+        }
+        self.searches.insert(
+            topic.to_string(),
+            Entry {
+                version,
+                items,
+                body,
+            },
+        );
+        true
+    }
+
+    /// Drops every entry of `item` read below `version`.
+    pub fn invalidate(&mut self, item: ItemNumber, version: u64) {
+        let w = self.watermark.entry(item).or_insert(0);
+        *w = (*w).max(version);
+        if self.lookups.get(&item).is_some_and(|e| e.version < version) {
+            self.lookups.remove(&item);
+        }
+        if let Some(topics) = self.searches_by_item.get(&item).cloned() {
+            for t in topics {
+                if self.searches.get(&t).is_some_and(|e| e.version < version) {
+                    self.remove_search(&t);
+                }
+            }
+        }
+    }
+
+    fn remove_search(&mut self, topic: &str) {
+        if let Some(e) = self.searches.remove(topic) {
+            for i in e.items {
+                if let Some(set) = self.searches_by_item.get_mut(&i) {
+                    set.remove(topic);
+                    if set.is_empty() {
+                        self.searches_by_item.remove(&i);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Drops everything and refuses fills read below `floor`.
+    pub fn flush(&mut self, floor: u64) {
+        self.lookups.clear();
+        self.searches.clear();
+        self.searches_by_item.clear();
+        self.floor = self.floor.max(floor);
+    }
+
+    pub fn len(&self) -> usize {
+        self.lookups.len() + self.searches.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(s: &str) -> Bytes {
+        Bytes::from(s.to_string())
+    }
+
+    #[test]
+    fn a_slow_fill_never_puts_an_old_value_back() {
+        let mut s = Store::default();
+        assert!(s.put_lookup(1, 10, b("v10")));
+        s.invalidate(1, 11);
+        assert!(s.lookup(1).is_none());
+        assert!(
+            !s.put_lookup(1, 10, b("v10 again")),
+            "read before the write"
+        );
+        assert!(s.put_lookup(1, 11, b("v11")));
+        assert!(
+            !s.put_lookup(1, 10, b("older")),
+            "never replaced by an older read"
+        );
+        assert_eq!(s.lookup(1).unwrap(), b("v11"));
+    }
+
+    #[test]
+    fn searches_containing_a_changed_item_are_dropped() {
+        let mut s = Store::default();
+        assert!(s.put_search("t", 5, vec![1, 2], b("s")));
+        assert!(s.put_search("u", 5, vec![3], b("u")));
+        s.invalidate(2, 6);
+        assert!(s.search("t").is_none());
+        assert!(s.search("u").is_some());
+        assert!(!s.put_search("t", 5, vec![1, 2], b("s")));
+        assert!(s.put_search("t", 6, vec![1, 2], b("s6")));
+    }
+
+    #[test]
+    fn flush_drops_everything_below_the_floor() {
+        let mut s = Store::default();
+        s.put_lookup(1, 5, b("x"));
+        s.flush(9);
+        assert!(s.is_empty());
+        assert!(!s.put_lookup(1, 8, b("x")));
+        assert!(s.put_lookup(1, 9, b("x")));
+    }
+}
