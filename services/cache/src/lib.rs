@@ -6,6 +6,8 @@
 //!   that cannot reach the cache still guarantee no stale read after its write.
 pub mod store;
 
+pub mod cli;
+
 use actix_web::http::header::ContentType;
 use actix_web::{middleware::from_fn, web, App, HttpRequest, HttpResponse, HttpServer};
 use bookstore_common::auth::{require_cluster_token, Tokens};

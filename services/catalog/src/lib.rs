@@ -7,6 +7,8 @@
 pub mod cache_link;
 pub mod state;
 
+pub mod cli;
+
 use actix_web::{middleware::from_fn, web, App, HttpRequest, HttpResponse, HttpServer};
 use bookstore_common::auth::{require_cluster_token, Tokens};
 use bookstore_common::client::Client;

@@ -7,6 +7,8 @@
 //!
 //! Until replication lands, replica 0 of catalog and order serves; the other replicas
 //! of the cluster file stand by.
+pub mod cli;
+
 use actix_web::http::header::ContentType;
 use actix_web::{middleware::from_fn, web, App, HttpRequest, HttpResponse, HttpServer};
 use bookstore_common::auth::{require_admin_token, Tokens};

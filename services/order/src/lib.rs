@@ -4,6 +4,8 @@
 //! A buy carries an idempotency key (the client's, or one the frontend made up). The
 //! order service answers a repeated key with the first outcome, and passes the key to
 //! the catalog, which also applies it at most once: a retry never buys twice.
+pub mod cli;
+
 use actix_web::{middleware::from_fn, web, App, HttpRequest, HttpResponse, HttpServer};
 use bookstore_common::auth::{require_cluster_token, Tokens};
 use bookstore_common::client::{CallError, Client};

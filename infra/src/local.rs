@@ -1,0 +1,249 @@
+//! A cluster of real processes on this machine. Every server is this same binary run
+//! as `infra serve KIND --id N ...`, so one build serves all; each child asks the kernel
+//! to SIGTERM it if the supervisor dies, so nothing is left orphaned.
+use bookstore_common::config::{ClusterConfig, Endpoint, Kind};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tokio::process::{Child, Command};
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct LocalOptions {
+    pub cluster_file: PathBuf,
+    pub books: PathBuf,
+    pub output_dir: PathBuf,
+    pub cluster_token: String,
+    pub admin_token: String,
+}
+
+/// One supervised server process.
+#[derive(Debug)]
+pub struct Server {
+    pub kind: Kind,
+    pub id: u32,
+    pub endpoint: Endpoint,
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Server {
+    pub fn name(&self) -> String {
+        format!("{} {}", self.kind, self.id)
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(|c| c.id())
+    }
+}
+
+/// A running local cluster.
+#[derive(Debug)]
+pub struct LocalCluster {
+    pub cluster: ClusterConfig,
+    pub servers: Vec<Server>,
+    pub options: LocalOptions,
+}
+
+/// A cluster file for `n_catalog` catalogs and `n_order` orders on free loopback ports.
+pub fn free_port_cluster(n_catalog: usize, n_order: usize) -> std::io::Result<ClusterConfig> {
+    let mut parts = Vec::new();
+    let mut hold = Vec::new();
+    for (kind, n) in [
+        (Kind::Frontend, 1),
+        (Kind::Cache, 1),
+        (Kind::Catalog, n_catalog),
+        (Kind::Order, n_order),
+    ] {
+        for _ in 0..n {
+            let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+            parts.push((kind, Endpoint::new("127.0.0.1", l.local_addr()?.port())));
+            hold.push(l);
+        }
+    }
+    Ok(ClusterConfig::from_parts(&parts))
+}
+
+/// A random token (hex, 32 characters).
+pub fn random_token() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+impl LocalCluster {
+    /// Checks the files and ports, starts every server, and waits until all are healthy.
+    /// `progress` is told what happens.
+    pub async fn start(
+        options: LocalOptions,
+        progress: &dyn Fn(&str),
+    ) -> Result<LocalCluster, String> {
+        let cluster = ClusterConfig::load(&options.cluster_file).map_err(|e| e.to_string())?;
+        bookstore_common::config::load_books(&options.books).map_err(|e| e.to_string())?;
+        std::fs::create_dir_all(&options.output_dir)
+            .map_err(|e| format!("{}: {e}", options.output_dir.display()))?;
+        for (kind, id, e) in cluster.all() {
+            drop(bookstore_common::server::bind(
+                &e.addr(),
+                &format!("{kind} {id}"),
+            )?);
+        }
+        let exe = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
+        let mut lc = LocalCluster {
+            cluster: cluster.clone(),
+            servers: Vec::new(),
+            options,
+        };
+        for (kind, id, endpoint) in cluster.all() {
+            let log = lc.options.output_dir.join(format!("{kind}{id}.stderr.log"));
+            let mut server = Server {
+                kind,
+                id,
+                endpoint,
+                log,
+                child: None,
+            };
+            lc.spawn(&exe, &mut server)?;
+            progress(&format!(
+                "started {} on {} (pid {})",
+                server.name(),
+                server.endpoint,
+                server.pid().unwrap_or(0)
+            ));
+            lc.servers.push(server);
+        }
+        if let Err(e) = lc.wait_healthy(Duration::from_secs(20)).await {
+            lc.stop().await;
+            return Err(e);
+        }
+        Ok(lc)
+    }
+
+    fn spawn(&self, exe: &Path, server: &mut Server) -> Result<(), String> {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&server.log)
+            .map_err(|e| format!("{}: {e}", server.log.display()))?;
+        let err = out.try_clone().map_err(|e| e.to_string())?;
+        let mut cmd = Command::new(exe);
+        cmd.arg("serve")
+            .arg(server.kind.name())
+            .arg("--id")
+            .arg(server.id.to_string())
+            .arg("--cluster")
+            .arg(&self.options.cluster_file)
+            .arg("--output-dir")
+            .arg(&self.options.output_dir)
+            .env("BOOKSTORE_CLUSTER_TOKEN", &self.options.cluster_token)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .kill_on_drop(true);
+        match server.kind {
+            Kind::Catalog => {
+                cmd.arg("--books").arg(&self.options.books);
+            }
+            Kind::Frontend => {
+                cmd.env("BOOKSTORE_ADMIN_TOKEN", &self.options.admin_token);
+            }
+            _ => {}
+        }
+        #[cfg(target_os = "linux")]
+        // SAFETY: prctl is async-signal-safe; it only sets a flag on the child.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+        let child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", server.name()))?;
+        server.child = Some(child);
+        Ok(())
+    }
+
+    /// Polls `/health` of every server until all answer 200.
+    pub async fn wait_healthy(&mut self, limit: Duration) -> Result<(), String> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_millis(500))
+            .build()
+            .map_err(|e| e.to_string())?;
+        let deadline = Instant::now() + limit;
+        for server in &mut self.servers {
+            let url = format!("{}/health", server.endpoint.url());
+            loop {
+                if let Some(child) = server.child.as_mut() {
+                    if let Ok(Some(status)) = child.try_wait() {
+                        return Err(format!(
+                            "{} exited during start ({status}); the end of {}:\n{}",
+                            server.name(),
+                            server.log.display(),
+                            tail(&server.log, 15)
+                        ));
+                    }
+                }
+                if let Ok(r) = http.get(&url).send().await {
+                    if r.status().is_success() {
+                        break;
+                    }
+                }
+                if Instant::now() > deadline {
+                    return Err(format!(
+                        "{} did not become healthy within {limit:?}; see {}",
+                        server.name(),
+                        server.log.display()
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn frontend_url(&self) -> String {
+        self.cluster
+            .server(Kind::Frontend, 0)
+            .map(|e| e.url())
+            .unwrap_or_default()
+    }
+
+    /// Returns the first server found to have exited, with its status.
+    pub fn exited(&mut self) -> Option<(String, String)> {
+        for s in &mut self.servers {
+            if let Some(child) = s.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    s.child = None;
+                    return Some((s.name(), format!("{status}; see {}", s.log.display())));
+                }
+            }
+        }
+        None
+    }
+
+    /// SIGTERM to every server, then SIGKILL to those still alive after 3 s.
+    pub async fn stop(&mut self) {
+        for s in &self.servers {
+            if let Some(pid) = s.pid() {
+                // SAFETY: plain kill(2) on a child we own.
+                unsafe {
+                    libc::kill(pid as i32, libc::SIGTERM);
+                }
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(3);
+        for s in &mut self.servers {
+            if let Some(mut child) = s.child.take() {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if tokio::time::timeout(left, child.wait()).await.is_err() {
+                    let _ = child.kill().await;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,284 @@
+//! The seed's client scenarios, run against a frontend over HTTP, with every request
+//! and answer written to a client log in the seed's format.
+use bookstore_common::types::Book;
+use parking_lot_free::Log;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+/// One scenario's verdict.
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    pub name: String,
+    pub passed: bool,
+    pub detail: String,
+}
+
+mod parking_lot_free {
+    //! A tiny shared append-only log (std Mutex; written only by the test client).
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone)]
+    pub struct Log(Arc<Mutex<std::io::BufWriter<std::fs::File>>>);
+
+    impl Log {
+        pub fn create(path: &std::path::Path) -> std::io::Result<Log> {
+            if let Some(d) = path.parent() {
+                std::fs::create_dir_all(d)?;
+            }
+            Ok(Log(Arc::new(Mutex::new(std::io::BufWriter::new(
+                std::fs::File::create(path)?,
+            )))))
+        }
+
+        pub fn line(&self, s: String) {
+            if let Ok(mut w) = self.0.lock() {
+                let _ = writeln!(w, "{s}");
+            }
+        }
+
+        pub fn flush(&self) {
+            if let Ok(mut w) = self.0.lock() {
+                let _ = w.flush();
+            }
+        }
+    }
+}
+
+/// A client that logs every request and answer.
+#[derive(Clone)]
+struct Client {
+    http: reqwest::Client,
+    base: String,
+    log: Log,
+}
+
+impl Client {
+    async fn call(&self, who: usize, method: &str, path: &str) -> Result<(u16, Value), String> {
+        let url = format!("{}{path}", self.base);
+        self.log
+            .line(format!("Client{who}: Send request {method} {url}"));
+        let req = match method {
+            "POST" => self.http.post(&url),
+            _ => self.http.get(&url),
+        };
+        let r = req
+            .send()
+            .await
+            .map_err(|e| format!("{method} {url}: {e}"))?;
+        let status = r.status().as_u16();
+        let body: Value = r
+            .json()
+            .await
+            .map_err(|e| format!("{method} {url}: answer is not JSON: {e}"))?;
+        self.log
+            .line(format!("Client{who}: Get response {status} {body}"));
+        Ok((status, body))
+    }
+
+    async fn stock(&self, item: u32) -> Result<u64, String> {
+        let (s, v) = self
+            .call(0, "GET", &format!("/lookup?item_number={item}"))
+            .await?;
+        if s != 200 {
+            return Err(format!("lookup {item} answered {s}: {v}"));
+        }
+        v["result"]["stock"]
+            .as_u64()
+            .ok_or_else(|| format!("lookup {item}: no numeric stock in {v}"))
+    }
+}
+
+fn check(cond: bool, msg: impl Into<String>) -> Result<(), String> {
+    if cond {
+        Ok(())
+    } else {
+        Err(msg.into())
+    }
+}
+
+async fn search_topics(c: &Client, books: &[Book]) -> Result<String, String> {
+    let mut topics: BTreeMap<&str, Vec<(u32, &str)>> = BTreeMap::new();
+    for b in books {
+        topics
+            .entry(&b.topic)
+            .or_default()
+            .push((b.item_number, &b.title));
+    }
+    for (topic, mut want) in topics.clone() {
+        want.sort();
+        let q: String = form_encode(topic);
+        let (s, v) = c.call(0, "GET", &format!("/search?topic={q}")).await?;
+        check(s == 200, format!("search {topic:?} answered {s}"))?;
+        let got: Vec<(u32, String)> = v["result"]
+            .as_array()
+            .ok_or_else(|| format!("search {topic:?}: no result list in {v}"))?
+            .iter()
+            .map(|h| {
+                (
+                    h["item_number"].as_u64().unwrap_or(0) as u32,
+                    h["title"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect();
+        let want: Vec<(u32, String)> = want.iter().map(|(n, t)| (*n, t.to_string())).collect();
+        check(
+            got == want,
+            format!("search {topic:?}: got {got:?}, want {want:?}"),
+        )?;
+    }
+    Ok(format!("{} topics", topics.len()))
+}
+
+fn form_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            b' ' => "+".into(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+async fn lookup_all(c: &Client, books: &[Book]) -> Result<String, String> {
+    for b in books {
+        let (s, v) = c
+            .call(0, "GET", &format!("/lookup?item_number={}", b.item_number))
+            .await?;
+        check(s == 200, format!("lookup {} answered {s}", b.item_number))?;
+        let r = &v["result"];
+        check(
+            r["title"] == b.title.as_str() && r["topic"] == b.topic.as_str(),
+            format!("lookup {}: got {r}", b.item_number),
+        )?;
+        check(
+            r["stock"].is_u64() && r["cost"].is_u64(),
+            format!(
+                "lookup {}: stock and cost must be numbers: {r}",
+                b.item_number
+            ),
+        )?;
+    }
+    Ok(format!("{} books", books.len()))
+}
+
+async fn buy_until_fail(c: &Client, item: u32) -> Result<String, String> {
+    let stock = c.stock(item).await?;
+    check(
+        stock <= 1000,
+        format!("book {item} has {stock} copies; refusing to buy them all"),
+    )?;
+    for i in 0..stock {
+        let (s, v) = c
+            .call(0, "POST", &format!("/buy?item_number={item}"))
+            .await?;
+        check(
+            s == 200 && v["result"] == "Success" && v["order_id"].is_string(),
+            format!("buy {} of {stock}: {s} {v}", i + 1),
+        )?;
+    }
+    let (s, v) = c
+        .call(0, "POST", &format!("/buy?item_number={item}"))
+        .await?;
+    check(
+        s == 409 && v["result"] == "Failed",
+        format!("buy past the stock: want 409 Failed, got {s} {v}"),
+    )?;
+    let left = c.stock(item).await?;
+    check(left == 0, format!("stock after selling out is {left}"))?;
+    Ok(format!("{stock} Success, then Failed"))
+}
+
+async fn concurrent_buyers(c: &Client, item: u32, buyers: usize) -> Result<String, String> {
+    let stock = c.stock(item).await?;
+    let tasks: Vec<_> = (1..=buyers)
+        .map(|who| {
+            let c = c.clone();
+            tokio::spawn(async move {
+                c.call(who, "POST", &format!("/buy?item_number={item}"))
+                    .await
+            })
+        })
+        .collect();
+    let mut ok = 0u64;
+    for t in tasks {
+        let (s, v) = t.await.map_err(|e| e.to_string())??;
+        match s {
+            200 => ok += 1,
+            409 => {}
+            _ => return Err(format!("unexpected answer {s} {v}")),
+        }
+    }
+    let want = stock.min(buyers as u64);
+    check(
+        ok == want,
+        format!("{ok} of {buyers} buyers succeeded; want {want} (stock {stock})"),
+    )?;
+    let left = c.stock(item).await?;
+    check(
+        left == stock - want,
+        format!("stock {stock} -> {left} after {want} sales"),
+    )?;
+    Ok(format!("{ok} of {buyers} succeeded on stock {stock}"))
+}
+
+/// Runs every scenario in order against `frontend`; `books` is the catalog it started with.
+pub async fn run_all(
+    frontend: &str,
+    books: &[Book],
+    client_log: &Path,
+) -> Result<Vec<Verdict>, String> {
+    let log = Log::create(client_log).map_err(|e| format!("{}: {e}", client_log.display()))?;
+    let c = Client {
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| e.to_string())?,
+        base: frontend.trim_end_matches('/').to_string(),
+        log: log.clone(),
+    };
+    let mut out = Vec::new();
+    let mut record = |name: &str, r: Result<String, String>| {
+        let (passed, detail) = match r {
+            Ok(d) => (true, d),
+            Err(d) => (false, d),
+        };
+        out.push(Verdict {
+            name: name.into(),
+            passed,
+            detail,
+        });
+    };
+    record("search every topic", search_topics(&c, books).await);
+    record("look up every book", lookup_all(&c, books).await);
+    record("buy book 1 until it fails", buy_until_fail(&c, 1).await);
+    record(
+        "4 concurrent buyers of book 2",
+        concurrent_buyers(&c, 2, 4).await,
+    );
+    log.flush();
+    Ok(out)
+}
+
+/// The verdicts as a table.
+pub fn table(verdicts: &[Verdict]) -> String {
+    let w = verdicts
+        .iter()
+        .map(|v| v.name.len())
+        .max()
+        .unwrap_or(8)
+        .max(8);
+    let mut s = format!("{:<w$}  result  detail\n", "scenario");
+    for v in verdicts {
+        let r = if v.passed { "PASS" } else { "FAIL" };
+        s.push_str(&format!("{:<w$}  {r:<6}  {}\n", v.name, v.detail));
+    }
+    let passed = verdicts.iter().filter(|v| v.passed).count();
+    s.push_str(&format!(
+        "scenarios: {passed} passed, {} failed\n",
+        verdicts.len() - passed
+    ));
+    s
+}

@@ -1,0 +1,159 @@
+//! `infra local up` and `infra local test` as a user runs them: real processes.
+use infra::local::free_port_cluster;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const INFRA: &str = env!("CARGO_BIN_EXE_infra");
+
+fn workspace() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    unsafe { libc::kill(pid, 0) == 0 }
+}
+
+#[test]
+fn local_test_runs_the_seed_scenarios_and_passes() {
+    let out = tempfile::tempdir().unwrap();
+    let r = Command::new(INFRA)
+        .args(["local", "test", "--output-dir"])
+        .arg(out.path())
+        .current_dir(workspace())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&r.stdout);
+    assert!(
+        r.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    assert!(stdout.contains("scenarios: 4 passed, 0 failed"), "{stdout}");
+    let log = std::fs::read_to_string(out.path().join("client_log")).unwrap();
+    assert!(log.contains("Get response 409"));
+    let orders = std::fs::read_to_string(out.path().join("order0_log")).unwrap();
+    assert_eq!(orders.matches("bought book 1").count(), 3);
+}
+
+#[test]
+fn local_up_serves_and_stops_every_process_on_sigterm() {
+    let out = tempfile::tempdir().unwrap();
+    let cluster = free_port_cluster(2, 2).unwrap();
+    let file = out.path().join("cluster.csv");
+    std::fs::write(&file, cluster.to_text()).unwrap();
+    let mut child = Command::new(INFRA)
+        .args(["local", "up", "--cluster"])
+        .arg(&file)
+        .arg("--output-dir")
+        .arg(out.path())
+        .current_dir(workspace())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut pids = Vec::new();
+    let mut line = String::new();
+    while pids.len() < 6 {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "infra stopped early"
+        );
+        if let Some(p) = line.split("(pid ").nth(1) {
+            pids.push(p.trim().trim_end_matches(')').parse::<i32>().unwrap());
+        }
+    }
+    let mut stdout_lines = stdout.lines();
+    let first = stdout_lines.next().unwrap().unwrap();
+    assert!(
+        first.starts_with("bookstore is up: http://127.0.0.1:"),
+        "{first}"
+    );
+    let url = first.trim_start_matches("bookstore is up: ").to_string();
+    let body = reqwest::blocking_get(&format!("{url}/lookup?item_number=2"));
+    assert!(body.contains("RPCs for Dummies"), "{body}");
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pids.iter().any(|p| alive(*p)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(pids.iter().all(|p| !alive(*p)), "orphans left: {pids:?}");
+}
+
+#[test]
+fn local_up_names_the_server_whose_port_is_taken() {
+    let out = tempfile::tempdir().unwrap();
+    let cluster = free_port_cluster(2, 2).unwrap();
+    let taken = cluster
+        .server(bookstore_common::config::Kind::Catalog, 1)
+        .unwrap()
+        .addr();
+    let _hold = std::net::TcpListener::bind(&taken).unwrap();
+    let file = out.path().join("cluster.csv");
+    std::fs::write(&file, cluster.to_text()).unwrap();
+    let r = Command::new(INFRA)
+        .args(["local", "up", "--cluster"])
+        .arg(&file)
+        .arg("--output-dir")
+        .arg(out.path())
+        .current_dir(workspace())
+        .output()
+        .unwrap();
+    assert_eq!(r.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        err.contains(&format!("catalog 1: {taken} is already in use")),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_files_are_refused_with_the_line() {
+    let out = tempfile::tempdir().unwrap();
+    let books = out.path().join("books.csv");
+    std::fs::write(
+        &books,
+        "item_number,title,topic,stock,cost\n1,A,t,3,10\n2,B,t,lots,10\n",
+    )
+    .unwrap();
+    let r = Command::new(INFRA)
+        .args(["local", "up", "--books"])
+        .arg(&books)
+        .current_dir(workspace())
+        .output()
+        .unwrap();
+    assert_eq!(r.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        err.contains("books.csv:3: stock must be a whole number"),
+        "{err}"
+    );
+    let cluster = out.path().join("cluster.csv");
+    std::fs::write(&cluster, "frontend,127.0.0.1:1\nshop,127.0.0.1:2\n").unwrap();
+    let r = Command::new(INFRA)
+        .args(["local", "up", "--cluster"])
+        .arg(&cluster)
+        .current_dir(workspace())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        err.contains("cluster.csv:2: unknown kind \"shop\""),
+        "{err}"
+    );
+}
+
+mod reqwest {
+    /// A minimal blocking GET (keeps the test free of an async runtime).
+    pub fn blocking_get(url: &str) -> String {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async { ::reqwest::get(url).await.unwrap().text().await.unwrap() })
+    }
+}

@@ -1,0 +1,39 @@
+//! Command-line entry point shared by the service binary and `infra serve`.
+use crate::{run, CatalogConfig};
+use bookstore_common::auth::Tokens;
+use bookstore_common::cli::ServiceArgs;
+use bookstore_common::config::{load_books, Kind};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Flags of the catalog server.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Cli {
+    #[command(flatten)]
+    common: ServiceArgs,
+    /// Books CSV (item_number,title,topic,stock,cost).
+    #[arg(long, default_value = bookstore_common::config::DEFAULT_BOOKS_FILE, env = "BOOKSTORE_BOOKS")]
+    books: PathBuf,
+    /// Cache lease in milliseconds (how long a write waits when the cache is unreachable).
+    #[arg(long, default_value_t = 1000, env = "BOOKSTORE_CACHE_LEASE_MS")]
+    cache_lease_ms: u64,
+}
+
+/// Loads configuration, binds, and serves until Ctrl-C or SIGTERM.
+pub async fn launch(args: Cli) -> Result<(), String> {
+    bookstore_common::telemetry::init();
+    let books = load_books(&args.books).map_err(|e| e.to_string())?;
+    let (cluster, listener) = args.common.load_and_bind(Kind::Catalog)?;
+    let config = CatalogConfig {
+        id: args.common.id,
+        books,
+        cluster,
+        tokens: Tokens::new(&args.common.cluster_token, None),
+        output_dir: Some(args.common.output_dir.clone()),
+        lease: Duration::from_millis(args.cache_lease_ms),
+        workers: args.common.workers,
+    };
+    run(listener, config, bookstore_common::server::termination())
+        .await
+        .map_err(|e| e.to_string())
+}

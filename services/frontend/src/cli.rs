@@ -1,0 +1,31 @@
+//! Command-line entry point shared by the service binary and `infra serve`.
+use crate::{run, FrontendConfig};
+use bookstore_common::auth::Tokens;
+use bookstore_common::cli::ServiceArgs;
+use bookstore_common::config::Kind;
+
+/// Flags of the frontend server.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Cli {
+    #[command(flatten)]
+    common: ServiceArgs,
+    /// Token of the admin routes (`Authorization: Bearer ...`); unset = admin routes refuse all.
+    #[arg(long, env = "BOOKSTORE_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+}
+
+/// Loads configuration, binds, and serves until Ctrl-C or SIGTERM.
+pub async fn launch(args: Cli) -> Result<(), String> {
+    bookstore_common::telemetry::init();
+    let (cluster, listener) = args.common.load_and_bind(Kind::Frontend)?;
+    let config = FrontendConfig {
+        id: args.common.id,
+        cluster,
+        tokens: Tokens::new(&args.common.cluster_token, args.admin_token.as_deref()),
+        output_dir: Some(args.common.output_dir.clone()),
+        workers: args.common.workers,
+    };
+    run(listener, config, bookstore_common::server::termination())
+        .await
+        .map_err(|e| e.to_string())
+}

@@ -1,0 +1,28 @@
+//! Command-line entry point shared by the service binary and `infra serve`.
+use crate::{run, OrderConfig};
+use bookstore_common::auth::Tokens;
+use bookstore_common::cli::ServiceArgs;
+use bookstore_common::config::Kind;
+
+/// Flags of the order server.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Cli {
+    #[command(flatten)]
+    common: ServiceArgs,
+}
+
+/// Loads configuration, binds, and serves until Ctrl-C or SIGTERM.
+pub async fn launch(args: Cli) -> Result<(), String> {
+    bookstore_common::telemetry::init();
+    let (cluster, listener) = args.common.load_and_bind(Kind::Order)?;
+    let config = OrderConfig {
+        id: args.common.id,
+        cluster,
+        tokens: Tokens::new(&args.common.cluster_token, None),
+        output_dir: Some(args.common.output_dir.clone()),
+        workers: args.common.workers,
+    };
+    run(listener, config, bookstore_common::server::termination())
+        .await
+        .map_err(|e| e.to_string())
+}
