@@ -106,7 +106,7 @@ async fn up(cluster: PathBuf, books: PathBuf, output_dir: PathBuf) -> Result<(),
         "  logs:  {}/ (operation logs *_log, server output *.stderr.log)",
         output_dir.display()
     ));
-    out(&format!("  Ctrl-C stops every server."));
+    out("  Ctrl-C stops every server.");
     let mut term = Box::pin(bookstore_common::server::termination());
     loop {
         tokio::select! {

@@ -1,0 +1,632 @@
+//! Integration tests of the write-ahead log (`bookstore_replication::wal`).
+use std::collections::HashMap;
+use std::fs::{self, OpenOptions};
+use std::future::Future;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::pin::pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+
+use bookstore_replication::wal::{GroupCommitter, Record, Wal, WalError, WalOptions};
+
+const SEGMENT_HEADER: u64 = 16;
+const RECORD_HEADER: u64 = 16;
+
+fn payload(i: u64) -> Vec<u8> {
+    format!("record-{i:05}").into_bytes()
+}
+
+fn records(range: std::ops::RangeInclusive<u64>) -> Vec<Record> {
+    range
+        .map(|index| Record {
+            index,
+            payload: payload(index),
+        })
+        .collect()
+}
+
+fn small_segments() -> WalOptions {
+    WalOptions {
+        segment_max_bytes: 256,
+        ..WalOptions::default()
+    }
+}
+
+fn segment_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    files.sort();
+    files
+}
+
+fn write_records(dir: &Path, opts: WalOptions, range: std::ops::RangeInclusive<u64>) {
+    let (mut wal, _) = Wal::open(dir, opts).unwrap();
+    for i in range {
+        wal.append(i, &payload(i)).unwrap();
+    }
+    wal.sync().unwrap();
+}
+
+#[test]
+fn round_trip_and_reopen() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut wal, recovered) = Wal::open(tmp.path(), WalOptions::default()).unwrap();
+    assert_eq!(recovered.records, vec![]);
+    assert_eq!(recovered.snapshot, None);
+    assert_eq!(recovered.meta, None);
+    for i in 1..=100 {
+        wal.append(i, &payload(i)).unwrap();
+    }
+    assert_eq!(wal.last_index(), Some(100));
+    assert_eq!(wal.durable_index(), None);
+    wal.sync().unwrap();
+    assert_eq!(wal.durable_index(), Some(100));
+    assert_eq!(wal.stats().data_syncs, 1);
+    assert_eq!(wal.read_from(98).unwrap(), records(98..=100));
+    drop(wal);
+
+    let (mut wal, recovered) = Wal::open(tmp.path(), WalOptions::default()).unwrap();
+    assert_eq!(recovered.records, records(1..=100));
+    assert_eq!(recovered.tail_repair, None);
+    assert_eq!(wal.last_index(), Some(100));
+    assert_eq!(wal.first_index(), Some(1));
+    // More appends after reopen, plus some that are never synced (lost like in a crash).
+    for i in 101..=110 {
+        wal.append(i, &payload(i)).unwrap();
+    }
+    wal.sync().unwrap();
+    wal.append(111, b"never synced").unwrap();
+    drop(wal);
+
+    let (_wal, recovered) = Wal::open(tmp.path(), WalOptions::default()).unwrap();
+    assert_eq!(recovered.records, records(1..=110));
+
+    // The directory (and missing parents) are created.
+    let nested = tmp.path().join("a").join("b");
+    let (mut wal, _) = Wal::open(&nested, WalOptions::default()).unwrap();
+    wal.append(1, b"x").unwrap();
+    wal.sync().unwrap();
+    assert_eq!(segment_files(&nested).len(), 1);
+}
+
+#[test]
+fn rejects_non_monotonic_and_oversized_records() {
+    let tmp = tempfile::tempdir().unwrap();
+    let opts = WalOptions {
+        max_record_bytes: 8,
+        ..WalOptions::default()
+    };
+    let (mut wal, _) = Wal::open(tmp.path(), opts).unwrap();
+    wal.append(5, b"a").unwrap();
+    assert!(matches!(
+        wal.append(5, b"b"),
+        Err(WalError::NonMonotonicIndex { index: 5, last: 5 })
+    ));
+    assert!(matches!(
+        wal.append(3, b"b"),
+        Err(WalError::NonMonotonicIndex { .. })
+    ));
+    assert!(matches!(
+        wal.append(6, b"123456789"),
+        Err(WalError::RecordTooLarge { len: 9, max: 8 })
+    ));
+    // Gaps are fine.
+    wal.append(9, b"c").unwrap();
+    wal.sync().unwrap();
+}
+
+#[test]
+fn segments_roll_over_and_reopen() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_records(tmp.path(), small_segments(), 1..=60);
+    let files = segment_files(tmp.path());
+    assert!(files.len() > 5, "{files:?}");
+    for f in &files {
+        // Each record is 16 + 12 bytes; no segment exceeds 256 bytes.
+        assert!(fs::metadata(f).unwrap().len() <= 256);
+    }
+    let (wal, recovered) = Wal::open(tmp.path(), small_segments()).unwrap();
+    assert_eq!(recovered.records, records(1..=60));
+    assert_eq!(wal.segment_count(), files.len());
+    assert_eq!(wal.read_from(55).unwrap(), records(55..=60));
+}
+
+#[test]
+fn torn_tail_is_repaired_and_valid_prefix_kept() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_records(tmp.path(), WalOptions::default(), 1..=10);
+    let seg = segment_files(tmp.path()).pop().unwrap();
+    let len = fs::metadata(&seg).unwrap().len();
+    // Cut the last record in half, then add garbage (a crash in the middle of a write).
+    let file = OpenOptions::new().write(true).open(&seg).unwrap();
+    file.set_len(len - 7).unwrap();
+    drop(file);
+    let mut file = OpenOptions::new().append(true).open(&seg).unwrap();
+    file.write_all(&[
+        0xde, 0xad, 0xbe, 0xef, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, 0x09,
+    ])
+    .unwrap();
+    file.write_all(&[0u8; 100]).unwrap();
+    drop(file);
+
+    let (mut wal, recovered) = Wal::open(tmp.path(), WalOptions::default()).unwrap();
+    assert_eq!(recovered.records, records(1..=9));
+    let repair = recovered.tail_repair.expect("tail repaired");
+    assert_eq!(repair.path, seg);
+    let record_len = RECORD_HEADER + payload(1).len() as u64;
+    assert_eq!(repair.offset, SEGMENT_HEADER + 9 * record_len);
+    assert_eq!(fs::metadata(&seg).unwrap().len(), repair.offset);
+    assert_eq!(wal.last_index(), Some(9));
+
+    // The log continues normally after the repair.
+    wal.append(10, &payload(10)).unwrap();
+    wal.append(11, &payload(11)).unwrap();
+    wal.sync().unwrap();
+    drop(wal);
+    let (_wal, recovered) = Wal::open(tmp.path(), WalOptions::default()).unwrap();
+    assert_eq!(recovered.records, records(1..=11));
+    assert_eq!(recovered.tail_repair, None);
+}
+
+#[test]
+fn torn_tail_cases() {
+    // (bytes to keep of the last record, garbage to append)
+    let cases: Vec<(u64, Vec<u8>)> = vec![
+        (0, vec![0xff; 3]),  // garbage shorter than a header
+        (5, vec![]),         // incomplete header
+        (16, vec![]),        // header without payload
+        (20, vec![0; 4096]), // zero-filled tail
+        (27, b"xyz".to_vec()),
+    ];
+    let record_len = RECORD_HEADER + payload(1).len() as u64;
+    for (keep, garbage) in cases {
+        let tmp = tempfile::tempdir().unwrap();
+        write_records(tmp.path(), WalOptions::default(), 1..=5);
+        let seg = segment_files(tmp.path()).pop().unwrap();
+        let file = OpenOptions::new().write(true).open(&seg).unwrap();
+        file.set_len(SEGMENT_HEADER + 4 * record_len + keep)
+            .unwrap();
+        drop(file);
+        OpenOptions::new()
+            .append(true)
+            .open(&seg)
+            .unwrap()
+            .write_all(&garbage)
+            .unwrap();
+        let (_wal, recovered) = Wal::open(tmp.path(), WalOptions::default()).unwrap();
+        assert_eq!(recovered.records, records(1..=4), "keep {keep}");
+        let expect_repair = keep > 0 || !garbage.is_empty();
+        assert_eq!(
+            recovered.tail_repair.is_some(),
+            expect_repair,
+            "keep {keep}"
+        );
+    }
+}
+
+#[test]
+fn flipped_byte_in_the_middle_is_an_error_naming_file_and_offset() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_records(tmp.path(), WalOptions::default(), 1..=10);
+    let seg = segment_files(tmp.path()).pop().unwrap();
+    let record_len = RECORD_HEADER + payload(1).len() as u64;
+    let fifth = SEGMENT_HEADER + 4 * record_len;
+    let mut bytes = fs::read(&seg).unwrap();
+    bytes[(fifth + RECORD_HEADER + 3) as usize] ^= 0x40;
+    fs::write(&seg, &bytes).unwrap();
+
+    let err = Wal::open(tmp.path(), WalOptions::default()).unwrap_err();
+    match &err {
+        WalError::Corrupt { path, offset, .. } => {
+            assert_eq!(path, &seg);
+            assert_eq!(*offset, fifth);
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    let msg = err.to_string();
+    assert!(msg.contains(&seg.display().to_string()), "{msg}");
+    assert!(msg.contains(&format!("offset {fifth}")), "{msg}");
+    // Nothing was "repaired" away.
+    assert_eq!(fs::read(&seg).unwrap(), bytes);
+
+    // A corrupted length field in the middle is caught too.
+    let mut bytes2 = bytes.clone();
+    bytes2[(fifth + RECORD_HEADER + 3) as usize] ^= 0x40; // undo
+    bytes2[fifth as usize + 1] = 0x7f; // len becomes huge
+    fs::write(&seg, &bytes2).unwrap();
+    let err = Wal::open(tmp.path(), WalOptions::default()).unwrap_err();
+    assert!(
+        matches!(err, WalError::Corrupt { offset, .. } if offset == fifth),
+        "{err}"
+    );
+}
+
+#[test]
+fn damage_in_an_older_segment_is_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_records(tmp.path(), small_segments(), 1..=40);
+    let files = segment_files(tmp.path());
+    let first = &files[0];
+    let len = fs::metadata(first).unwrap().len();
+    OpenOptions::new()
+        .write(true)
+        .open(first)
+        .unwrap()
+        .set_len(len - 3)
+        .unwrap();
+    let err = Wal::open(tmp.path(), small_segments()).unwrap_err();
+    assert!(
+        matches!(&err, WalError::Corrupt { path, .. } if path == first),
+        "{err}"
+    );
+
+    // A missing segment in the middle is refused as well.
+    let tmp = tempfile::tempdir().unwrap();
+    write_records(tmp.path(), small_segments(), 1..=40);
+    let files = segment_files(tmp.path());
+    fs::remove_file(&files[2]).unwrap();
+    let err = Wal::open(tmp.path(), small_segments()).unwrap_err();
+    assert!(matches!(err, WalError::MissingSegment { .. }), "{err}");
+}
+
+#[test]
+fn crash_while_creating_a_segment_is_repaired() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_records(tmp.path(), small_segments(), 1..=20);
+    let last = segment_files(tmp.path()).pop().unwrap();
+    let name = last.file_name().unwrap().to_str().unwrap();
+    let seq: u64 = name.trim_end_matches(".seg").parse().unwrap();
+    let next = tmp.path().join(format!("{:020}.seg", seq + 1));
+    fs::write(&next, b"BKST").unwrap(); // header half written
+    let (mut wal, recovered) = Wal::open(tmp.path(), small_segments()).unwrap();
+    assert_eq!(recovered.records, records(1..=20));
+    assert!(recovered.tail_repair.is_some());
+    assert_eq!(fs::metadata(&next).unwrap().len(), SEGMENT_HEADER);
+    wal.append(21, &payload(21)).unwrap();
+    wal.sync().unwrap();
+    drop(wal);
+    let (_wal, recovered) = Wal::open(tmp.path(), small_segments()).unwrap();
+    assert_eq!(recovered.records, records(1..=21));
+}
+
+#[test]
+fn truncate_suffix_then_reopen() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_records(tmp.path(), small_segments(), 1..=40);
+    let before = segment_files(tmp.path()).len();
+    let (mut wal, _) = Wal::open(tmp.path(), small_segments()).unwrap();
+    wal.truncate_suffix(8).unwrap();
+    assert_eq!(wal.last_index(), Some(7));
+    assert_eq!(wal.durable_index(), Some(7));
+    assert!(segment_files(tmp.path()).len() < before);
+    // The deposed primary's entries are replaced by the new primary's.
+    for i in 8..=12 {
+        wal.append(i, format!("new-{i}").as_bytes()).unwrap();
+    }
+    wal.sync().unwrap();
+    drop(wal);
+
+    let (mut wal, recovered) = Wal::open(tmp.path(), small_segments()).unwrap();
+    let mut expect = records(1..=7);
+    expect.extend((8..=12).map(|index| Record {
+        index,
+        payload: format!("new-{index}").into_bytes(),
+    }));
+    assert_eq!(recovered.records, expect);
+
+    // Truncation also drops buffered records, and is durable without an explicit sync.
+    wal.append(13, b"x").unwrap();
+    wal.append(14, b"y").unwrap();
+    wal.truncate_suffix(14).unwrap();
+    assert_eq!(wal.last_index(), Some(13));
+    drop(wal);
+    let (mut wal, recovered) = Wal::open(tmp.path(), small_segments()).unwrap();
+    assert_eq!(recovered.records.last().unwrap().index, 13);
+
+    // Truncating everything, and past the end (a no-op).
+    wal.truncate_suffix(100).unwrap();
+    wal.truncate_suffix(1).unwrap();
+    assert_eq!(wal.last_index(), None);
+    assert_eq!(segment_files(tmp.path()).len(), 1);
+    wal.append(1, b"fresh").unwrap();
+    wal.sync().unwrap();
+    drop(wal);
+    let (_wal, recovered) = Wal::open(tmp.path(), small_segments()).unwrap();
+    assert_eq!(
+        recovered.records,
+        vec![Record {
+            index: 1,
+            payload: b"fresh".to_vec()
+        }]
+    );
+}
+
+#[test]
+fn snapshot_compaction_and_reopen() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_records(tmp.path(), small_segments(), 1..=60);
+    let (mut wal, _) = Wal::open(tmp.path(), small_segments()).unwrap();
+    let before = wal.segment_count();
+    wal.install_snapshot(30, b"state@30").unwrap();
+    assert!(wal.segment_count() < before);
+    assert_eq!(segment_files(tmp.path()).len(), wal.segment_count());
+    assert!(wal.first_index().unwrap() <= 31);
+    assert_eq!(wal.snapshot_index(), Some(30));
+    assert!(matches!(
+        wal.truncate_suffix(30),
+        Err(WalError::TruncateBelowSnapshot { .. })
+    ));
+    wal.append(61, &payload(61)).unwrap();
+    wal.sync().unwrap();
+    drop(wal);
+
+    let (mut wal, recovered) = Wal::open(tmp.path(), small_segments()).unwrap();
+    let snapshot = recovered.snapshot.unwrap();
+    assert_eq!(
+        (snapshot.index, snapshot.data.as_slice()),
+        (30, &b"state@30"[..])
+    );
+    assert_eq!(recovered.records, records(31..=61));
+
+    // A newer snapshot replaces the old file; an older one is refused.
+    wal.install_snapshot(50, b"state@50").unwrap();
+    assert!(matches!(
+        wal.install_snapshot(40, b"old"),
+        Err(WalError::StaleSnapshot { .. })
+    ));
+    let snaps: Vec<_> = fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".snap"))
+        .collect();
+    assert_eq!(snaps, vec![format!("snap-{:020}.snap", 50)]);
+    drop(wal);
+    let (_wal, recovered) = Wal::open(tmp.path(), small_segments()).unwrap();
+    assert_eq!(recovered.snapshot.unwrap().index, 50);
+    assert_eq!(recovered.records, records(51..=61));
+}
+
+#[test]
+fn snapshot_beyond_the_log_end_state_transfer() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_records(tmp.path(), WalOptions::default(), 1..=5);
+    let (mut wal, _) = Wal::open(tmp.path(), WalOptions::default()).unwrap();
+    wal.install_snapshot(100, b"state@100").unwrap();
+    assert_eq!(wal.last_index(), Some(100));
+    assert_eq!(wal.first_index(), None);
+    assert_eq!(wal.segment_count(), 1);
+    assert!(matches!(
+        wal.append(6, b"late"),
+        Err(WalError::NonMonotonicIndex { .. })
+    ));
+    wal.append(101, &payload(101)).unwrap();
+    wal.sync().unwrap();
+    drop(wal);
+    let (_wal, recovered) = Wal::open(tmp.path(), WalOptions::default()).unwrap();
+    assert_eq!(recovered.snapshot.unwrap().index, 100);
+    assert_eq!(recovered.records, records(101..=101));
+}
+
+#[test]
+fn leftovers_of_interrupted_snapshot_and_meta_writes_are_ignored() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_records(tmp.path(), WalOptions::default(), 1..=5);
+    let (mut wal, _) = Wal::open(tmp.path(), WalOptions::default()).unwrap();
+    wal.install_snapshot(3, b"s3").unwrap();
+    wal.write_meta(b"epoch=1").unwrap();
+    drop(wal);
+    fs::write(tmp.path().join(format!("snap-{:020}.snap.tmp", 9)), b"half").unwrap();
+    fs::write(tmp.path().join("meta.tmp"), b"half").unwrap();
+    let (_wal, recovered) = Wal::open(tmp.path(), WalOptions::default()).unwrap();
+    assert_eq!(recovered.snapshot.unwrap().index, 3);
+    assert_eq!(recovered.meta.as_deref(), Some(&b"epoch=1"[..]));
+    assert_eq!(recovered.records, records(4..=5));
+    assert!(!tmp.path().join("meta.tmp").exists());
+
+    // A corrupt snapshot is an error naming the file (it is never silently skipped).
+    let snap = tmp.path().join(format!("snap-{:020}.snap", 3));
+    let mut bytes = fs::read(&snap).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    fs::write(&snap, bytes).unwrap();
+    let err = Wal::open(tmp.path(), WalOptions::default()).unwrap_err();
+    assert!(
+        err.to_string().contains(&snap.display().to_string()),
+        "{err}"
+    );
+}
+
+#[test]
+fn meta_round_trip() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut wal, recovered) = Wal::open(tmp.path(), WalOptions::default()).unwrap();
+    assert_eq!(recovered.meta, None);
+    wal.write_meta(b"view=3").unwrap();
+    assert_eq!(wal.meta(), Some(&b"view=3"[..]));
+    drop(wal);
+    let (mut wal, recovered) = Wal::open(tmp.path(), WalOptions::default()).unwrap();
+    assert_eq!(recovered.meta.as_deref(), Some(&b"view=3"[..]));
+    wal.write_meta(b"").unwrap();
+    wal.write_meta(b"view=4;primary=b").unwrap();
+    drop(wal);
+    let (_wal, recovered) = Wal::open(tmp.path(), WalOptions::default()).unwrap();
+    assert_eq!(recovered.meta.as_deref(), Some(&b"view=4;primary=b"[..]));
+
+    fs::write(tmp.path().join("meta"), b"BKSTMTA1garbage!").unwrap();
+    let err = Wal::open(tmp.path(), WalOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("meta"), "{err}");
+}
+
+#[test]
+fn group_commit_16_threads_x_500() {
+    const THREADS: u64 = 16;
+    const PER_THREAD: u64 = 500;
+    // On the target dir rather than TMPDIR, which may be a tmpfs where fsync costs nothing
+    // and there is nothing to batch.
+    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let opts = WalOptions {
+        segment_max_bytes: 64 << 10,
+        ..WalOptions::default()
+    };
+    let (wal, _) = Wal::open(tmp.path(), opts.clone()).unwrap();
+    let committer = Arc::new(GroupCommitter::new(wal));
+    std::thread::scope(|s| {
+        for t in 0..THREADS {
+            let committer = Arc::clone(&committer);
+            s.spawn(move || {
+                for k in 0..PER_THREAD {
+                    let (_, ticket) = committer
+                        .submit_next(format!("{t}:{k}").into_bytes())
+                        .unwrap();
+                    ticket.wait().unwrap();
+                }
+            });
+        }
+    });
+    let stats = committer.stats();
+    let total = THREADS * PER_THREAD;
+    assert_eq!(stats.records, total);
+    assert_eq!(stats.wal.records_appended, total);
+    println!(
+        "group commit: {} records, {} data fsyncs ({:.3} per record), {} batches, max batch {}",
+        total,
+        stats.wal.data_syncs,
+        stats.wal.data_syncs as f64 / total as f64,
+        stats.batches,
+        stats.max_batch_records
+    );
+    assert!(
+        stats.wal.data_syncs * 4 < total,
+        "expected far fewer fsyncs than records: {stats:?}"
+    );
+    let committer = Arc::into_inner(committer).unwrap();
+    drop(committer.shutdown().unwrap());
+
+    let (_wal, recovered) = Wal::open(tmp.path(), opts).unwrap();
+    assert_eq!(recovered.records.len() as u64, total);
+    let mut next_per_thread: HashMap<u64, u64> = HashMap::new();
+    for (i, record) in recovered.records.iter().enumerate() {
+        assert_eq!(record.index, i as u64 + 1);
+        let text = String::from_utf8(record.payload.clone()).unwrap();
+        let (t, k) = text.split_once(':').unwrap();
+        let (t, k): (u64, u64) = (t.parse().unwrap(), k.parse().unwrap());
+        let next = next_per_thread.entry(t).or_default();
+        assert_eq!(k, *next, "thread {t} records out of order");
+        *next += 1;
+    }
+    assert!(next_per_thread.values().all(|&n| n == PER_THREAD));
+}
+
+#[test]
+fn group_commit_with_caller_assigned_indices() {
+    // The caller assigns indices under its own lock, submits (non-blocking) under that
+    // lock, and waits outside it.
+    let tmp = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(tmp.path(), WalOptions::default()).unwrap();
+    let committer = GroupCommitter::new(wal);
+    let next_index = parking_lot::Mutex::new(1u64);
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            s.spawn(|| {
+                for _ in 0..50 {
+                    let ticket = {
+                        let mut next = next_index.lock();
+                        let ticket = committer.submit(*next, payload(*next)).unwrap();
+                        *next += 1;
+                        ticket
+                    };
+                    ticket.wait().unwrap();
+                }
+            });
+        }
+    });
+    // Batches of several records at once.
+    let ticket = committer
+        .submit_batch((401..=410).map(|i| (i, payload(i))).collect())
+        .unwrap();
+    assert_eq!(ticket.index(), 410);
+    ticket.wait().unwrap();
+    assert!(matches!(
+        committer.submit(410, vec![]),
+        Err(WalError::NonMonotonicIndex { .. })
+    ));
+    committer.append_and_wait(411, payload(411)).unwrap();
+    drop(committer);
+    let (_wal, recovered) = Wal::open(tmp.path(), WalOptions::default()).unwrap();
+    assert_eq!(recovered.records, records(1..=411));
+}
+
+#[test]
+fn group_committer_truncate_snapshot_meta_and_shutdown() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(tmp.path(), small_segments()).unwrap();
+    let committer = GroupCommitter::new(wal);
+    for i in 1..=30 {
+        committer.append_and_wait(i, payload(i)).unwrap();
+    }
+    committer.truncate_suffix(21).unwrap();
+    assert_eq!(committer.last_submitted_index(), Some(20));
+    let (index, ticket) = committer.submit_next(b"after truncate".to_vec()).unwrap();
+    assert_eq!(index, 21);
+    ticket.wait().unwrap();
+    committer.install_snapshot(10, b"state@10").unwrap();
+    committer.write_meta(b"view=7").unwrap();
+    assert_eq!(committer.with_wal(|w| w.snapshot_index()), Some(10));
+    // Submitted but not waited for: shutdown commits it.
+    let _ticket = committer.submit(22, payload(22)).unwrap();
+    let wal = committer.shutdown().unwrap();
+    assert_eq!(wal.durable_index(), Some(22));
+    drop(wal);
+
+    let (_wal, recovered) = Wal::open(tmp.path(), small_segments()).unwrap();
+    assert_eq!(recovered.snapshot.unwrap().index, 10);
+    assert_eq!(recovered.meta.as_deref(), Some(&b"view=7"[..]));
+    let mut expect = records(11..=20);
+    expect.push(Record {
+        index: 21,
+        payload: b"after truncate".to_vec(),
+    });
+    expect.push(Record {
+        index: 22,
+        payload: payload(22),
+    });
+    assert_eq!(recovered.records, expect);
+}
+
+/// A minimal `block_on` to check that `CommitTicket` is a well-behaved `Future`.
+fn block_on<F: Future>(fut: F) -> F::Output {
+    struct ThreadWaker(std::thread::Thread);
+    impl Wake for ThreadWaker {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(ThreadWaker(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut fut = pin!(fut);
+    loop {
+        match fut.as_mut().poll(&mut cx) {
+            Poll::Ready(out) => return out,
+            Poll::Pending => std::thread::park(),
+        }
+    }
+}
+
+#[test]
+fn commit_ticket_can_be_awaited() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(tmp.path(), WalOptions::default()).unwrap();
+    let committer = GroupCommitter::new(wal);
+    let result = block_on(async {
+        for i in 1..=20 {
+            committer.submit(i, payload(i))?.await?;
+        }
+        Ok::<_, WalError>(())
+    });
+    result.unwrap();
+    assert_eq!(committer.with_wal(|w| w.durable_index()), Some(20));
+}
