@@ -27,6 +27,10 @@ pub struct Update {
     pub request_id: Option<String>,
 }
 
+/// How many idempotency records a catalog keeps: retries come within seconds, and at
+/// 10k buys/s this still covers ten seconds.
+pub const MAX_IDEMPOTENCY_RECORDS: usize = 100_000;
+
 pub type UpdateOutcome = Result<(Book, u64), UpdateError>;
 
 /// The catalog.
@@ -66,7 +70,7 @@ impl CatalogState {
             version: first_version,
             applied: HashMap::new(),
             applied_order: VecDeque::new(),
-            max_applied: 1_000_000,
+            max_applied: MAX_IDEMPOTENCY_RECORDS,
         }
     }
 

@@ -70,7 +70,7 @@ impl OrderService {
             catalog,
             orders: RwLock::new(Vec::new()),
             dedup: Mutex::new(Dedup::default()),
-            max_keys: 1_000_000,
+            max_keys: 100_000,
             log,
             down: AtomicBool::new(false),
         })
