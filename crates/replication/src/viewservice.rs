@@ -1,1 +1,372 @@
-//! View service (epoch authority), pure state machine. Work in progress.
+//! View service: the single authority that decides views (epochs), as a pure state
+//! machine. Inputs are [`VsEvent::Ping`] from replicas and [`VsEvent::Tick`]; outputs are
+//! [`VsCommand::Persist`] (the runtime makes the state durable **before** executing any
+//! later command) and [`VsCommand::Reply`] (the current view, answering each ping).
+//!
+//! # Rules
+//!
+//! * A replica is *alive* if it pinged within `dead_ticks` ticks.
+//! * **Cold start** (no view yet): the VS waits until all `replicas` have pinged or
+//!   `startup_ticks` ticks have passed, then makes the lowest-id alive replica primary of
+//!   epoch 1 and the other alive ones backups. All disks are empty at cold start, so
+//!   every choice is safe; waiting just prefers the lowest id.
+//! * The view changes only after the current view was **acknowledged** by its primary
+//!   (a ping from it carrying the current epoch), except when that primary restarted
+//!   with a new disk (it could never acknowledge; see `decide`).
+//! * At most one change per decision, in this priority:
+//!   1. primary dead (or restarted with a new disk) -> the lowest-id alive **synced** backup
+//!      becomes primary (epoch + 1); with no synced backup nothing changes (consistent
+//!      but unavailable);
+//!   2. dead or restarted backups are removed;
+//!   3. alive replicas outside the view are added as **unsynced** backups;
+//!   4. a synced backup with a lower id than the primary takes over (the old primary
+//!      becomes a synced backup: it holds every committed entry).
+//! * **Synced set.** The primary of the current epoch reports in [`Ping::synced`] the
+//!   backups that durably hold every committed entry. The VS only adds to the set; it
+//!   carries it over to the next view (minus removed members). This is sound because a
+//!   primary commits only when *every* backup of its view acknowledged, so a synced
+//!   backup stays synced while it stays in the view.
+//! * **Incarnations.** Each replica's disk has an incarnation number. A ping with a
+//!   higher incarnation than known means the replica lost its disk: it is dropped from
+//!   the synced set at once, and, if it is a member of the view, it is *tainted* (its
+//!   synced reports are ignored) until a view change removes it. Pings with a lower
+//!   incarnation are stale and ignored.
+//!
+//! Invariant: every replica in the synced set of the current view holds every committed
+//! entry durably; the primary of every view was in the synced set of the previous one
+//! (or the view is the first one).
+
+use crate::protocol::{Epoch, LogIndex, ReplicaId, View};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Ping from a replica to the view service.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Ping {
+    pub from: ReplicaId,
+    /// Incarnation of the replica's disk (see `protocol::DurableState::incarnation`).
+    pub incarnation: u64,
+    /// Epoch of the view the replica is acting in (0: none).
+    pub epoch: Epoch,
+    /// Highest applied log index (informational).
+    pub applied: LogIndex,
+    /// Primary only: backups that hold every committed entry.
+    pub synced: Vec<ReplicaId>,
+}
+
+/// View-service configuration.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct VsConfig {
+    /// Number of replicas (ids `0..replicas`).
+    pub replicas: u32,
+    /// A replica that has not pinged for more than this many ticks is dead.
+    pub dead_ticks: u64,
+    /// At cold start wait at most this many ticks for all replicas to ping.
+    pub startup_ticks: u64,
+}
+
+impl Default for VsConfig {
+    fn default() -> Self {
+        VsConfig {
+            replicas: 3,
+            dead_ticks: 10,
+            startup_ticks: 10,
+        }
+    }
+}
+
+/// Everything the view service must keep across restarts.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct VsState {
+    pub view: Option<View>,
+    /// The primary of `view` acknowledged it.
+    pub acked: bool,
+    /// Backups (of `view`) known to hold every committed entry.
+    pub synced: BTreeSet<ReplicaId>,
+    /// Members of `view` that restarted with a new disk.
+    pub tainted: BTreeSet<ReplicaId>,
+    /// Latest known incarnation per replica, with the epoch of the view that was current
+    /// when the VS first saw it (0: no view yet).
+    pub incarnations: BTreeMap<ReplicaId, (u64, Epoch)>,
+}
+
+/// Inputs of the view service.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum VsEvent {
+    Ping(Ping),
+    Tick,
+}
+
+/// Outputs of the view service, to be executed in order.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum VsCommand {
+    /// Durably store the state; must complete before later commands are executed.
+    Persist(VsState),
+    /// Answer a ping with the current view. `lead_from`: views with a smaller epoch were
+    /// decided before the VS knew the pinger's current incarnation (disk), so a replica
+    /// with a fresh disk must not lead them.
+    Reply {
+        to: ReplicaId,
+        view: Option<View>,
+        lead_from: Epoch,
+    },
+}
+
+/// The view service.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ViewService {
+    config: VsConfig,
+    state: VsState,
+    now: u64,
+    last_seen: BTreeMap<ReplicaId, u64>,
+}
+
+impl ViewService {
+    /// A view service with no persisted state (cold start of a new cluster).
+    pub fn new(config: VsConfig) -> Self {
+        Self::recover(config, VsState::default())
+    }
+
+    /// Restart from persisted state. Members of the view get a full `dead_ticks` of grace.
+    pub fn recover(config: VsConfig, state: VsState) -> Self {
+        let mut last_seen = BTreeMap::new();
+        if let Some(v) = &state.view {
+            last_seen.insert(v.primary, 0);
+            for b in &v.backups {
+                last_seen.insert(*b, 0);
+            }
+        }
+        ViewService {
+            config,
+            state,
+            now: 0,
+            last_seen,
+        }
+    }
+
+    pub fn view(&self) -> Option<&View> {
+        self.state.view.as_ref()
+    }
+    pub fn state(&self) -> &VsState {
+        &self.state
+    }
+    pub fn acked(&self) -> bool {
+        self.state.acked
+    }
+    pub fn synced(&self) -> &BTreeSet<ReplicaId> {
+        &self.state.synced
+    }
+    pub fn now(&self) -> u64 {
+        self.now
+    }
+
+    /// Feed one event; returns the commands to execute in order.
+    pub fn handle(&mut self, event: VsEvent) -> Vec<VsCommand> {
+        let mut out = Vec::new();
+        let mut changed = false;
+        let reply_to = match event {
+            VsEvent::Tick => {
+                self.now += 1;
+                None
+            }
+            VsEvent::Ping(p) => {
+                if p.from >= self.config.replicas {
+                    return vec![VsCommand::Reply {
+                        to: p.from,
+                        view: self.state.view.clone(),
+                        lead_from: Epoch::MAX,
+                    }];
+                }
+                changed |= self.on_ping(&p);
+                Some((p.from, p.incarnation))
+            }
+        };
+        changed |= self.decide();
+        if changed {
+            out.push(VsCommand::Persist(self.state.clone()));
+        }
+        if let Some((to, incarnation)) = reply_to {
+            let lead_from = match self.state.incarnations.get(&to) {
+                Some((inc, since)) if *inc == incarnation => since + 1,
+                _ => Epoch::MAX, // stale ping
+            };
+            out.push(VsCommand::Reply {
+                to,
+                view: self.state.view.clone(),
+                lead_from,
+            });
+        }
+        out
+    }
+
+    fn on_ping(&mut self, p: &Ping) -> bool {
+        let mut changed = false;
+        let epoch = self.state.view.as_ref().map_or(0, |v| v.epoch);
+        match self.state.incarnations.get(&p.from).copied() {
+            Some((known, _)) if p.incarnation < known => return false, // stale ping
+            Some((known, _)) if p.incarnation > known => {
+                self.state.synced.remove(&p.from);
+                if self.state.view.as_ref().is_some_and(|v| v.contains(p.from)) {
+                    self.state.tainted.insert(p.from);
+                }
+                self.state
+                    .incarnations
+                    .insert(p.from, (p.incarnation, epoch));
+                changed = true;
+            }
+            Some(_) => {}
+            None => {
+                self.state
+                    .incarnations
+                    .insert(p.from, (p.incarnation, epoch));
+                changed = true;
+            }
+        }
+        self.last_seen.insert(p.from, self.now);
+        let Some(v) = &self.state.view else {
+            return changed;
+        };
+        if p.from == v.primary && p.epoch == v.epoch && !self.state.tainted.contains(&p.from) {
+            if !self.state.acked {
+                self.state.acked = true;
+                changed = true;
+            }
+            for s in &p.synced {
+                if v.is_backup(*s) && !self.state.tainted.contains(s) {
+                    changed |= self.state.synced.insert(*s);
+                }
+            }
+        }
+        changed
+    }
+
+    fn alive(&self, r: ReplicaId) -> bool {
+        self.last_seen
+            .get(&r)
+            .is_some_and(|t| self.now - t <= self.config.dead_ticks)
+    }
+
+    /// Alive and not restarted with a new disk.
+    fn usable(&self, r: ReplicaId) -> bool {
+        self.alive(r) && !self.state.tainted.contains(&r)
+    }
+
+    fn install(&mut self, view: View, synced: BTreeSet<ReplicaId>) {
+        self.state.synced = synced.into_iter().filter(|s| view.is_backup(*s)).collect();
+        self.state.tainted.retain(|t| view.contains(*t));
+        self.state.acked = false;
+        self.state.view = Some(view);
+    }
+
+    /// Apply at most one view change. Returns whether the state changed.
+    fn decide(&mut self) -> bool {
+        let all: Vec<ReplicaId> = (0..self.config.replicas).collect();
+        let Some(v) = self.state.view.clone() else {
+            let alive: Vec<ReplicaId> = all.iter().copied().filter(|r| self.alive(*r)).collect();
+            let everyone = alive.len() == all.len();
+            if alive.is_empty() || !(everyone || self.now >= self.config.startup_ticks) {
+                return false;
+            }
+            let view = View {
+                epoch: 1,
+                primary: alive[0],
+                backups: alive[1..].to_vec(),
+            };
+            self.install(view, BTreeSet::new());
+            return true;
+        };
+        // A primary that restarted with a new disk can never acknowledge (a fresh replica
+        // refuses to lead views older than its restart), so waiting for its ack would
+        // block forever; replacing it is safe because every commit of the unacknowledged
+        // view still needed every backup's ack.
+        if !self.state.acked && !self.state.tainted.contains(&v.primary) {
+            return false;
+        }
+        let next = v.epoch + 1;
+        if !self.usable(v.primary) {
+            let candidate = v
+                .backups
+                .iter()
+                .copied()
+                .filter(|b| self.usable(*b) && self.state.synced.contains(b))
+                .min();
+            let Some(p) = candidate else {
+                return false; // nobody holds every committed entry: wait
+            };
+            let backups = v.backups.iter().copied().filter(|b| *b != p).collect();
+            let synced = self.state.synced.clone();
+            self.install(
+                View {
+                    epoch: next,
+                    primary: p,
+                    backups,
+                },
+                synced,
+            );
+            return true;
+        }
+        let keep: Vec<ReplicaId> = v
+            .backups
+            .iter()
+            .copied()
+            .filter(|b| self.usable(*b))
+            .collect();
+        if keep.len() != v.backups.len() {
+            let synced = self.state.synced.clone();
+            self.install(
+                View {
+                    epoch: next,
+                    primary: v.primary,
+                    backups: keep,
+                },
+                synced,
+            );
+            return true;
+        }
+        let joiners: Vec<ReplicaId> = all
+            .iter()
+            .copied()
+            .filter(|r| !v.contains(*r) && self.alive(*r))
+            .collect();
+        if !joiners.is_empty() {
+            let mut backups = v.backups.clone();
+            backups.extend(joiners);
+            backups.sort_unstable();
+            let synced = self.state.synced.clone();
+            self.install(
+                View {
+                    epoch: next,
+                    primary: v.primary,
+                    backups,
+                },
+                synced,
+            );
+            return true;
+        }
+        let lower = v
+            .backups
+            .iter()
+            .copied()
+            .filter(|b| *b < v.primary && self.state.synced.contains(b))
+            .min();
+        if let Some(p) = lower {
+            let mut backups: Vec<ReplicaId> =
+                v.backups.iter().copied().filter(|b| *b != p).collect();
+            backups.push(v.primary);
+            backups.sort_unstable();
+            let mut synced = self.state.synced.clone();
+            synced.remove(&p);
+            synced.insert(v.primary);
+            self.install(
+                View {
+                    epoch: next,
+                    primary: p,
+                    backups,
+                },
+                synced,
+            );
+            return true;
+        }
+        false
+    }
+}
