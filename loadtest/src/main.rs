@@ -1,0 +1,195 @@
+//! `loadtest`: the command line of the bookstore's load generator.
+use clap::{Args, Parser, Subcommand};
+use loadtest::workload::{parse_clients, parse_duration, parse_items, SEED_TOPICS};
+use loadtest::{report, RunConfig, Stop, Workload};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "loadtest",
+    version,
+    about = "Load generator for the bookstore's public API",
+    long_about = "Load generator for the bookstore's public API: closed- or open-loop rounds \
+                  for a list of client counts, latency percentiles from HdrHistograms, a table \
+                  on stdout and results.csv / results.json under --out."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs a workload against a frontend (or a baseline server), one round per client count.
+    Run(Box<RunArgs>),
+    /// Serves fixed lookup/search answers on one hop, to compare a run with what the machine can do.
+    Baseline(BaselineArgs),
+}
+
+#[derive(Args)]
+#[command(group = clap::ArgGroup::new("stop").required(true).args(["requests", "duration"]))]
+struct RunArgs {
+    /// Base URL of the frontend, e.g. http://127.0.0.1:8000.
+    #[arg(long)]
+    target: String,
+    /// lookup, search, buy, mixed[:R] (R = fraction of buys, default 0.1; the rest are
+    /// lookups and searches, even odds) or race (every client buys the same item).
+    #[arg(long, default_value = "lookup", value_parser = parse_workload)]
+    workload: Workload,
+    /// Client counts, one round each, e.g. 1,3,5,9.
+    #[arg(long, default_value = "1", value_parser = parse_clients_arg)]
+    clients: ClientList,
+    /// Requests per round (all clients together).
+    #[arg(long)]
+    requests: Option<u64>,
+    /// Length of each round, e.g. 10s, 500ms, 2m.
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<Duration>,
+    /// Open loop: send R requests per second in total at fixed intervals (the clients are
+    /// then the most requests in flight); latency counts from each request's due time.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Seed of the clients' random choices.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Admin token: buy/mixed restock when every item is sold out; race can top up its item.
+    #[arg(long, env = "BOOKSTORE_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// Items to look up and buy, e.g. 1-7 or 1,3,5 (default: those found by searching
+    /// the topics, else 1-7).
+    #[arg(long, value_parser = parse_items_arg)]
+    items: Option<ItemList>,
+    /// Topics to search, comma-separated (default: the seed's three).
+    #[arg(long, value_delimiter = ',')]
+    topics: Vec<String>,
+    /// Item every client buys in a race (default: the first item).
+    #[arg(long)]
+    race_item: Option<u32>,
+    /// Race: restock the item up to this stock before each round (needs --admin-token).
+    #[arg(long)]
+    race_stock: Option<u32>,
+    /// Copies added to each item when buy/mixed restock.
+    #[arg(long, default_value_t = 100)]
+    restock_quantity: u32,
+    /// Per-request timeout (e.g. 10s); a later answer counts as a timeout error.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    timeout: Duration,
+    /// Output folder: results go to DIR/<run-id>/results.csv and results.json.
+    #[arg(long, default_value = report::DEFAULT_OUT_DIR)]
+    out: PathBuf,
+    /// Name of the run's folder (default: UTC time stamp and workload).
+    #[arg(long)]
+    run_id: Option<String>,
+    /// No progress line on stderr.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+#[derive(Args)]
+struct BaselineArgs {
+    /// Address to listen on (loopback), e.g. 127.0.0.1:8100.
+    #[arg(long, default_value = "127.0.0.1:8100")]
+    listen: String,
+    /// Worker threads (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    workers: usize,
+}
+
+#[derive(Clone)]
+struct ClientList(Vec<usize>);
+#[derive(Clone)]
+struct ItemList(Vec<u32>);
+
+fn parse_workload(s: &str) -> Result<Workload, String> {
+    s.parse()
+}
+fn parse_clients_arg(s: &str) -> Result<ClientList, String> {
+    parse_clients(s).map(ClientList)
+}
+fn parse_items_arg(s: &str) -> Result<ItemList, String> {
+    parse_items(s).map(ItemList)
+}
+
+async fn run(args: RunArgs) -> Result<bool, String> {
+    let mut config = RunConfig::new(args.target, args.workload);
+    config.clients = args.clients.0;
+    config.stop = match (args.requests, args.duration) {
+        (Some(n), _) => Stop::Requests(n),
+        (None, Some(d)) => Stop::Duration(d),
+        (None, None) => unreachable!("clap requires --requests or --duration"),
+    };
+    config.rate = args.rate;
+    config.seed = args.seed;
+    config.admin_token = args.admin_token.filter(|t| !t.is_empty());
+    config.items = args.items.map(|i| i.0);
+    config.topics = if args.topics.is_empty() {
+        SEED_TOPICS.iter().map(|t| t.to_string()).collect()
+    } else {
+        args.topics
+    };
+    config.race_item = args.race_item;
+    config.race_stock = args.race_stock;
+    config.restock_quantity = args.restock_quantity;
+    config.timeout = args.timeout;
+    config.progress = !args.quiet;
+    config.run_id = args.run_id;
+    let report = loadtest::run(&config).await.map_err(|e| e.to_string())?;
+    print!("{}", report::table(&report));
+    let folder = report::write_files(&report, &args.out)
+        .map_err(|e| format!("cannot write the results under {}: {e}", args.out.display()))?;
+    eprintln!("results: {}", folder.display());
+    if !report.race_consistent() {
+        eprintln!("race: the successes do not match the stock (see the table)");
+        return Ok(false);
+    }
+    Ok(true)
+}
+
+async fn baseline(args: BaselineArgs) -> Result<bool, String> {
+    let listener = std::net::TcpListener::bind(&args.listen)
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    eprintln!("baseline serving on http://{addr} (GET /lookup, /search, /health); Ctrl-C or SIGTERM stops");
+    let stop = async {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            match signal(SignalKind::terminate()) {
+                Ok(mut term) => {
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => {}
+                        _ = term.recv() => {}
+                    }
+                }
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    loadtest::baseline::serve(listener, args.workers, stop)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(true)
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => run(*args).await,
+        Command::Baseline(args) => baseline(args).await,
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("loadtest: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,94 @@
+//! The `loadtest` binary: help, argument checks, and a short run against the baseline.
+use std::process::Command;
+
+fn loadtest() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_loadtest"))
+}
+
+#[test]
+fn every_command_has_help() {
+    for args in [&["--help"][..], &["run", "--help"], &["baseline", "--help"]] {
+        let out = loadtest().args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("Usage"));
+    }
+}
+
+#[test]
+fn bad_arguments_are_refused() {
+    for args in [
+        &["run", "--target", "http://127.0.0.1:1"][..],
+        &[
+            "run",
+            "--target",
+            "http://127.0.0.1:1",
+            "--requests",
+            "5",
+            "--duration",
+            "1s",
+        ],
+        &[
+            "run",
+            "--target",
+            "http://127.0.0.1:1",
+            "--requests",
+            "5",
+            "--workload",
+            "nope",
+        ],
+        &[
+            "run",
+            "--target",
+            "http://127.0.0.1:1",
+            "--requests",
+            "5",
+            "--clients",
+            "0",
+        ],
+    ] {
+        let out = loadtest().args(args).output().unwrap();
+        assert!(!out.status.success(), "{args:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_against_the_baseline_and_writes_results() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(loadtest::baseline::serve(listener, 1, async {
+        let _ = stopped.await;
+    }));
+    let dir = tempfile::tempdir().unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .args(["run", "--target", &format!("http://{addr}")])
+        .args([
+            "--workload",
+            "lookup",
+            "--clients",
+            "1,2",
+            "--requests",
+            "50",
+        ])
+        .args(["--run-id", "cli", "--out"])
+        .arg(dir.path())
+        .output()
+        .await
+        .unwrap();
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("p99 (ms)") && stdout.contains("throughput (req/s)"),
+        "{stdout}"
+    );
+    let rows = loadtest::report::read_csv(&dir.path().join("cli/results.csv")).unwrap();
+    assert_eq!(rows.iter().map(|r| r.count).collect::<Vec<_>>(), [50, 50]);
+    let report = loadtest::report::read_json(&dir.path().join("cli/results.json")).unwrap();
+    assert_eq!(report.run_id, "cli");
+}

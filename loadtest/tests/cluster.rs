@@ -1,0 +1,201 @@
+//! Runs the load generator against an in-process bookstore cluster and the baseline.
+use bookstore_testkit::{Options, TestCluster, ADMIN_TOKEN};
+use loadtest::report::{read_csv, read_json, table, write_files};
+use loadtest::{run, RoundResult, RunConfig, RunReport, Stop, Workload};
+use std::time::Duration;
+
+fn config(target: &str, workload: Workload, clients: &[usize], requests: u64) -> RunConfig {
+    let mut c = RunConfig::new(target, workload);
+    c.clients = clients.to_vec();
+    c.stop = Stop::Requests(requests);
+    c.timeout = Duration::from_secs(5);
+    c
+}
+
+fn assert_sane(round: &RoundResult) {
+    let l = &round.latency;
+    assert!(l.min_ms > 0.0, "{l:?}");
+    assert!(l.min_ms <= l.p50_ms, "{l:?}");
+    assert!(l.p50_ms <= l.p90_ms && l.p90_ms <= l.p99_ms, "{l:?}");
+    assert!(l.p99_ms <= l.p999_ms && l.p999_ms <= l.max_ms, "{l:?}");
+    assert!(l.mean_ms <= l.max_ms, "{l:?}");
+    assert!(round.throughput_rps > 0.0);
+    assert_eq!(round.histogram.as_ref().map(|h| h.len()), Some(round.count));
+}
+
+fn assert_clean(report: &RunReport, requests: u64, clients: &[usize]) {
+    assert_eq!(report.rounds.len(), clients.len());
+    for (round, c) in report.rounds.iter().zip(clients) {
+        assert_eq!(round.clients, *c);
+        assert_eq!(round.errors.total(), 0, "{:?}", round.errors);
+        assert_eq!(round.count, requests, "clients {c}");
+        assert_sane(round);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_and_mixed_against_a_cluster() {
+    let cluster = TestCluster::start().await;
+    let target = cluster.frontend();
+
+    let lookup = run(&config(&target, Workload::Lookup, &[1, 4], 200))
+        .await
+        .unwrap();
+    assert_clean(&lookup, 200, &[1, 4]);
+    assert_eq!(lookup.items, (1..=7).collect::<Vec<_>>(), "found by search");
+    assert_eq!(lookup.rounds[1].ops.lookup, 200);
+
+    let search = run(&config(&target, Workload::Search, &[1, 4], 200))
+        .await
+        .unwrap();
+    assert_clean(&search, 200, &[1, 4]);
+    assert_eq!(search.rounds[0].ops.search, 200);
+
+    let mut mixed = config(&target, Workload::Mixed { buy_fraction: 0.3 }, &[1, 4], 200);
+    mixed.admin_token = Some(ADMIN_TOKEN.into());
+    mixed.restock_quantity = 5;
+    let mixed = run(&mixed).await.unwrap();
+    assert_clean(&mixed, 200, &[1, 4]);
+    for r in &mixed.rounds {
+        assert!(
+            r.ops.lookup > 0 && r.ops.search > 0 && r.ops.buy > 0,
+            "{:?}",
+            r.ops
+        );
+        assert_eq!(r.ops.buy, r.bought + r.sold_out);
+        assert!(r.bought > 0);
+    }
+
+    // An unknown item is an unexpected 4xx, not an answer.
+    let mut missing = config(&target, Workload::Lookup, &[2], 10);
+    missing.items = Some(vec![999]);
+    let missing = run(&missing).await.unwrap();
+    assert_eq!(missing.rounds[0].count, 0);
+    assert_eq!(missing.rounds[0].errors.unexpected_4xx, 10);
+
+    // Results files are written and parse back.
+    let dir = tempfile::tempdir().unwrap();
+    let folder = write_files(&lookup, dir.path()).unwrap();
+    assert_eq!(folder, dir.path().join(&lookup.run_id));
+    let rows = read_csv(&folder.join("results.csv")).unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0].clients, 1);
+    assert_eq!(rows[1].clients, 4);
+    assert_eq!(rows[1].count, 200);
+    assert_eq!(rows[1].workload, "lookup");
+    assert_eq!(rows[1].p99_ms, lookup.rounds[1].latency.p99_ms);
+    let back = read_json(&folder.join("results.json")).unwrap();
+    assert_eq!(back.run_id, lookup.run_id);
+    assert_eq!(back.rounds.len(), 2);
+    assert_eq!(back.rounds[1].latency, lookup.rounds[1].latency);
+    let raw: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(folder.join("results.json")).unwrap())
+            .unwrap();
+    assert_eq!(raw["workload"], "lookup");
+    assert_eq!(raw["rounds"][0]["count"], 200);
+
+    let t = table(&mixed);
+    assert!(
+        t.contains("p99 (ms)") && t.contains("sold out (409)"),
+        "{t}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buys_and_races() {
+    let cluster = TestCluster::with(Options::default()).await;
+    let target = cluster.frontend();
+
+    // A race on an item of stock 3, no admin token: 3 successes, then none.
+    let mut race = config(&target, Workload::Race, &[1, 4], 50);
+    race.items = Some(vec![7]);
+    let no_restock = run(&race).await.unwrap();
+    assert_clean(&no_restock, 50, &[1, 4]);
+    let first = no_restock.rounds[0].race.clone().unwrap();
+    assert_eq!(first.item, 7);
+    assert_eq!(first.stock_before, 3);
+    assert_eq!(first.successes, 3);
+    assert_eq!(first.stock_after, Some(0));
+    assert!(first.consistent);
+    let second = no_restock.rounds[1].race.clone().unwrap();
+    assert_eq!((second.stock_before, second.successes), (0, 0));
+    assert!(no_restock.race_consistent());
+
+    // Seven items of stock 3 or 6: 200 buys sell everything out, then restock.
+    let mut buy = config(&target, Workload::Buy, &[1, 4], 200);
+    buy.admin_token = Some(ADMIN_TOKEN.into());
+    buy.restock_quantity = 10;
+    let buy = run(&buy).await.unwrap();
+    assert_clean(&buy, 200, &[1, 4]);
+    for r in &buy.rounds {
+        assert_eq!(r.bought + r.sold_out, 200);
+        assert_eq!(r.ops.buy, 200);
+    }
+    assert!(buy.rounds.iter().map(|r| r.restocks).sum::<u64>() > 0);
+
+    // Topped up to 40 before each round: exactly 40 of 200 buys succeed each time.
+    race.stop = Stop::Requests(200);
+    race.admin_token = Some(ADMIN_TOKEN.into());
+    race.race_stock = Some(40);
+    let topped = run(&race).await.unwrap();
+    assert_clean(&topped, 200, &[1, 4]);
+    for r in &topped.rounds {
+        let x = r.race.as_ref().unwrap();
+        assert_eq!(x.stock_before, 40);
+        assert_eq!(x.successes, 40, "{x:?}");
+        assert_eq!(r.sold_out, 160);
+        assert!(x.consistent, "{x:?}");
+    }
+    assert!(table(&topped).contains("race: consistent"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_loop_keeps_the_rate() {
+    let cluster = TestCluster::start().await;
+    let mut c = RunConfig::new(cluster.frontend(), Workload::Lookup);
+    c.clients = vec![4];
+    c.rate = Some(40.0);
+    c.stop = Stop::Duration(Duration::from_secs(1));
+    let report = run(&c).await.unwrap();
+    assert_eq!(report.mode, loadtest::Mode::Open);
+    let r = &report.rounds[0];
+    assert_eq!(r.errors.total(), 0);
+    assert!((36..=41).contains(&r.count), "{} requests", r.count);
+    assert!(r.elapsed_s >= 0.95 && r.elapsed_s < 2.0, "{}", r.elapsed_s);
+    assert_sane(r);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn baseline_answers_and_errors_are_counted() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(loadtest::baseline::serve(listener, 1, async {
+        let _ = stopped.await;
+    }));
+    let target = format!("http://{addr}");
+    let body: serde_json::Value = reqwest::get(format!("{target}/lookup"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["result"]["item_number"], 1);
+    let report = run(&config(&target, Workload::Lookup, &[1, 4], 200))
+        .await
+        .unwrap();
+    assert_clean(&report, 200, &[1, 4]);
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+
+    // Nothing listens any more: every request is a connect error.
+    let mut dead = config(&target, Workload::Lookup, &[2], 6);
+    dead.items = Some(vec![1]);
+    let dead = run(&dead).await.unwrap();
+    assert_eq!(dead.rounds[0].count, 0);
+    assert_eq!(
+        dead.rounds[0].errors.connect, 6,
+        "{:?}",
+        dead.rounds[0].errors
+    );
+}
