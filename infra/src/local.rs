@@ -120,6 +120,11 @@ impl LocalCluster {
             lc.stop().await;
             return Err(e);
         }
+        progress("every server answers; waiting for the replicas to agree on primaries");
+        if let Err(e) = lc.wait_ready(Duration::from_secs(20)).await {
+            lc.stop().await;
+            return Err(e);
+        }
         Ok(lc)
     }
 
@@ -198,6 +203,38 @@ impl LocalCluster {
                         "{} did not become healthy within {limit:?}; see {}",
                         server.name(),
                         server.log.display()
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until every catalog and order replica is in a view and caught up.
+    pub async fn wait_ready(&self, limit: Duration) -> Result<(), String> {
+        let client = bookstore_common::client::Client::with_timeout(
+            &self.options.cluster_token,
+            Duration::from_millis(500),
+        );
+        let deadline = Instant::now() + limit;
+        for s in self
+            .servers
+            .iter()
+            .filter(|s| matches!(s.kind, Kind::Catalog | Kind::Order))
+        {
+            let url = format!("{}/replication/status", s.endpoint.url());
+            loop {
+                if let Ok(v) = client.get_json::<serde_json::Value>(&url).await {
+                    if v["serving_reads"] == true {
+                        break;
+                    }
+                }
+                if Instant::now() > deadline {
+                    return Err(format!(
+                        "{} did not join a view within {limit:?}; see {}",
+                        s.name(),
+                        s.log.display()
                     ));
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;

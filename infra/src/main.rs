@@ -35,9 +35,12 @@ enum Local {
         /// Books CSV the catalogs load.
         #[arg(long, default_value = "data/books.csv", env = "BOOKSTORE_BOOKS")]
         books: PathBuf,
-        /// Where logs go.
+        /// Where logs go; replicas keep their data in `<output-dir>/data/`.
         #[arg(long, default_value = "output", env = "BOOKSTORE_OUTPUT_DIR")]
         output_dir: PathBuf,
+        /// Start from the books file again: delete `<output-dir>/data/` first.
+        #[arg(long)]
+        fresh: bool,
     },
     /// Run the seed's scenarios (starts a fresh cluster on free ports unless --frontend).
     Test {
@@ -47,7 +50,8 @@ enum Local {
         /// Books CSV the cluster was started with.
         #[arg(long, default_value = "data/books.csv", env = "BOOKSTORE_BOOKS")]
         books: PathBuf,
-        /// Where client_log and the servers' logs go.
+        /// Where client_log goes; a started cluster keeps its logs and data in
+        /// `<output-dir>/test-cluster/` (deleted first).
         #[arg(long, default_value = "output", env = "BOOKSTORE_OUTPUT_DIR")]
         output_dir: PathBuf,
     },
@@ -79,8 +83,23 @@ fn tokens() -> (String, String) {
     (cluster, admin)
 }
 
-async fn up(cluster: PathBuf, books: PathBuf, output_dir: PathBuf) -> Result<(), String> {
+async fn up(
+    cluster: PathBuf,
+    books: PathBuf,
+    output_dir: PathBuf,
+    fresh: bool,
+) -> Result<(), String> {
     let (cluster_token, admin_token) = tokens();
+    let data = output_dir.join("data");
+    if fresh && data.exists() {
+        std::fs::remove_dir_all(&data).map_err(|e| format!("{}: {e}", data.display()))?;
+        say(&format!("deleted {} (--fresh)", data.display()));
+    } else if data.exists() {
+        say(&format!(
+            "keeping the replicas' data in {} (stock and orders survive restarts; --fresh starts over)",
+            data.display()
+        ));
+    }
     let mut lc = LocalCluster::start(
         LocalOptions {
             cluster_file: cluster,
@@ -134,9 +153,13 @@ async fn test(
     let url = match frontend {
         Some(u) => u,
         None => {
-            std::fs::create_dir_all(&output_dir).map_err(|e| e.to_string())?;
+            let dir = output_dir.join("test-cluster");
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            }
+            std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
             let cluster = free_port_cluster(2, 2).map_err(|e| e.to_string())?;
-            let file = output_dir.join("test-cluster.csv");
+            let file = dir.join("cluster.csv");
             std::fs::write(&file, cluster.to_text()).map_err(|e| e.to_string())?;
             let (cluster_token, admin_token) = tokens();
             say(&format!("starting a fresh cluster ({})", file.display()));
@@ -144,7 +167,7 @@ async fn test(
                 LocalOptions {
                     cluster_file: file,
                     books: books_file,
-                    output_dir: output_dir.clone(),
+                    output_dir: dir.clone(),
                     cluster_token,
                     admin_token,
                 },
@@ -183,7 +206,8 @@ async fn main() {
                 cluster,
                 books,
                 output_dir,
-            } => up(cluster, books, output_dir).await,
+                fresh,
+            } => up(cluster, books, output_dir, fresh).await,
             Local::Test {
                 frontend,
                 books,

@@ -33,7 +33,7 @@ fn local_test_runs_the_seed_scenarios_and_passes() {
     assert!(stdout.contains("scenarios: 4 passed, 0 failed"), "{stdout}");
     let log = std::fs::read_to_string(out.path().join("client_log")).unwrap();
     assert!(log.contains("Get response 409"));
-    let orders = std::fs::read_to_string(out.path().join("order0_log")).unwrap();
+    let orders = std::fs::read_to_string(out.path().join("test-cluster/order0_log")).unwrap();
     assert_eq!(orders.matches("bought book 1").count(), 3);
 }
 

@@ -58,3 +58,29 @@ pub fn fail(msg: impl std::fmt::Display) -> ! {
     eprintln!("error: {msg}");
     std::process::exit(2)
 }
+
+/// Flags of a replicated server (catalog, order).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ReplicaArgs {
+    /// Data directory of this replica (WAL and snapshots); default `<output-dir>/data/<kind><id>`.
+    #[arg(long, env = "BOOKSTORE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Replication tick in milliseconds (heartbeats every 2 ticks, failure suspected after 10).
+    #[arg(long, default_value_t = 50, env = "BOOKSTORE_TICK_MS")]
+    pub tick_ms: u64,
+}
+
+impl ReplicaArgs {
+    pub fn data_dir(&self, kind: Kind, common: &ServiceArgs) -> PathBuf {
+        self.data_dir.clone().unwrap_or_else(|| {
+            common
+                .output_dir
+                .join("data")
+                .join(format!("{kind}{}", common.id))
+        })
+    }
+
+    pub fn tick(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.tick_ms.max(1))
+    }
+}

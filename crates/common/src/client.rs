@@ -80,7 +80,7 @@ impl Client {
         } else {
             let body = serde_json::from_slice(&body).unwrap_or_else(|_| ErrorBody {
                 error: String::from_utf8_lossy(&body).chars().take(200).collect(),
-                result: None,
+                ..ErrorBody::default()
             });
             Err(CallError::Status {
                 status: status.as_u16(),

@@ -24,6 +24,9 @@ pub enum ApiError {
     /// A replica that cannot take this request (shut down, not primary): 503.
     #[error("{0}")]
     Unavailable(String),
+    /// A write sent to a replica that is not the primary: 421, naming the primary if known.
+    #[error("not primary")]
+    NotPrimary { primary: Option<u32> },
     /// A dependency failed in a way that is not the caller's fault: 502.
     #[error("{0}")]
     BadGateway(String),
@@ -38,6 +41,7 @@ impl ResponseError for ApiError {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::NotPrimary { .. } => StatusCode::MISDIRECTED_REQUEST,
             ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
         }
     }
@@ -54,6 +58,9 @@ impl ResponseError for ApiError {
             ApiError::Unavailable(_) => builder
                 .insert_header((header::RETRY_AFTER, "1"))
                 .json(json!({"error": self.to_string()})),
+            ApiError::NotPrimary { primary } => {
+                builder.json(json!({"error": self.to_string(), "primary": primary}))
+            }
             _ => builder.json(json!({"error": self.to_string()})),
         }
     }
@@ -66,4 +73,7 @@ pub struct ErrorBody {
     pub error: String,
     #[serde(default)]
     pub result: Option<String>,
+    /// With a 421: the replica the answering one believes is primary.
+    #[serde(default)]
+    pub primary: Option<u32>,
 }

@@ -16,6 +16,7 @@ pub mod config;
 pub mod error;
 pub mod oplog;
 pub mod params;
+pub mod router;
 pub mod server;
 pub mod telemetry;
 pub mod types;

@@ -64,6 +64,12 @@ pub struct Health {
     pub status: String,
     pub service: String,
     pub id: u32,
+    /// Replicated services: primary, backup, idle or down.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    /// Replicated services: the epoch of the view the replica acts in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
 }
 
 /// Header carrying the cluster token on internal calls.

@@ -4,6 +4,12 @@
 //!   commands out, no I/O, time as ticks).
 //! - [`viewservice`]: the single authority that decides views (epochs).
 //! - [`wal`]: the durable write-ahead log with group commit and snapshots.
+//! - [`node`]: the runtime that drives one replica over HTTP with tokio: a disk thread
+//!   for the WAL, one sender task per peer, ticks from a timer; the service's state
+//!   machine plugs in through [`node::StateMachine`].
+//! - [`vs_host`]: hosts the view service of each replicated kind (in the frontend).
+pub mod node;
 pub mod protocol;
 pub mod viewservice;
+pub mod vs_host;
 pub mod wal;

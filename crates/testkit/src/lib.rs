@@ -27,6 +27,8 @@ pub struct Options {
     pub with_cache: bool,
     pub output_dir: Option<PathBuf>,
     pub lease: Duration,
+    /// Replication tick.
+    pub tick: Duration,
 }
 
 impl Default for Options {
@@ -38,6 +40,7 @@ impl Default for Options {
             with_cache: true,
             output_dir: None,
             lease: Duration::from_millis(1000),
+            tick: Duration::from_millis(20),
         }
     }
 }
@@ -48,6 +51,8 @@ pub const ADMIN_TOKEN: &str = "test-admin-token";
 /// A running in-process cluster.
 pub struct TestCluster {
     pub cluster: ClusterConfig,
+    /// Holds every replica's data directory (`<kind><id>/`).
+    pub data: tempfile::TempDir,
     stops: Vec<(Kind, u32, oneshot::Sender<()>)>,
 }
 
@@ -79,6 +84,7 @@ impl TestCluster {
         add(Kind::Order, opts.orders);
         let cluster = ClusterConfig::from_parts(&parts);
         let tokens = Tokens::new(CLUSTER_TOKEN, Some(ADMIN_TOKEN));
+        let data = tempfile::tempdir().expect("temp dir");
         let mut stops = Vec::new();
         let mut ids = std::collections::HashMap::<Kind, u32>::new();
         for (kind, l) in listeners {
@@ -91,6 +97,7 @@ impl TestCluster {
             let cluster = cluster.clone();
             let tokens = tokens.clone();
             let out = opts.output_dir.clone();
+            let data_dir = data.path().join(format!("{kind}{id}"));
             match kind {
                 Kind::Frontend => {
                     let c = bookstore_frontend::FrontendConfig {
@@ -98,6 +105,8 @@ impl TestCluster {
                         cluster,
                         tokens,
                         output_dir: out,
+                        data_dir,
+                        tick: opts.tick,
                         workers: 2,
                     };
                     tokio::spawn(bookstore_frontend::run(l, c, stop));
@@ -119,7 +128,9 @@ impl TestCluster {
                         cluster,
                         tokens,
                         output_dir: out,
+                        data_dir,
                         lease: opts.lease,
+                        tick: opts.tick,
                         workers: 2,
                     };
                     tokio::spawn(bookstore_catalog::run(l, c, stop));
@@ -130,14 +141,21 @@ impl TestCluster {
                         cluster,
                         tokens,
                         output_dir: out,
+                        data_dir,
+                        tick: opts.tick,
                         workers: 2,
                     };
                     tokio::spawn(bookstore_order::run(l, c, stop));
                 }
             }
         }
-        let tc = TestCluster { cluster, stops };
+        let tc = TestCluster {
+            cluster,
+            data,
+            stops,
+        };
         tc.wait_healthy().await;
+        tc.wait_ready().await;
         tc
     }
 
@@ -156,6 +174,27 @@ impl TestCluster {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             assert!(ok, "{kind} {id} never became healthy");
+        }
+    }
+
+    /// Waits until every catalog and order replica is in a view and caught up.
+    pub async fn wait_ready(&self) {
+        let c = self.internal();
+        for kind in [Kind::Catalog, Kind::Order] {
+            for (id, e) in self.cluster.servers(kind).iter().enumerate() {
+                let url = format!("{}/replication/status", e.url());
+                let mut ok = false;
+                for _ in 0..500 {
+                    if let Ok(v) = c.get_json::<serde_json::Value>(&url).await {
+                        if v["serving_reads"] == true {
+                            ok = true;
+                            break;
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                assert!(ok, "{kind} {id} never caught up");
+            }
         }
     }
 

@@ -15,6 +15,7 @@ use bookstore_common::client::Client;
 use bookstore_common::config::{ClusterConfig, Kind};
 use bookstore_common::oplog::OpLog;
 use bookstore_common::params::Params;
+use bookstore_common::router::Router;
 use bookstore_common::types::{CacheFill, Health, LeaseReply, LeaseRequest};
 use bookstore_common::{server, ApiError};
 use bytes::Bytes;
@@ -75,6 +76,8 @@ async fn health() -> HttpResponse {
         status: "ok".into(),
         service: "cache".into(),
         id: 0,
+        role: None,
+        epoch: None,
     })
 }
 
@@ -158,32 +161,25 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     );
 }
 
-/// Keeps the lease from the catalog (replica 0 until replication lands) alive.
-async fn lease_loop(cache: web::Data<Cache>, client: Client, catalog: String, every: Duration) {
+/// Keeps the lease from the catalog primary alive.
+async fn lease_loop(cache: web::Data<Cache>, catalog: Router, every: Duration) {
     let mut flushed_to = None;
     loop {
         let asked_at = Instant::now();
-        let req = client
-            .raw()
-            .post(format!("{catalog}/cache_lease"))
-            .timeout(every)
-            .json(&LeaseRequest { flushed_to });
-        match client
-            .send(req)
+        match catalog
+            .write_json::<_, LeaseReply>("/cache_lease", &LeaseRequest { flushed_to })
             .await
-            .map(|b| serde_json::from_slice::<LeaseReply>(&b))
         {
-            Ok(Ok(LeaseReply::Grant { millis })) => {
+            Ok(LeaseReply::Grant { millis }) => {
                 *cache.lease_until.lock() = Some(asked_at + Duration::from_millis(millis));
             }
-            Ok(Ok(LeaseReply::Flush { floor })) => {
+            Ok(LeaseReply::Flush { floor }) => {
                 *cache.lease_until.lock() = None;
                 cache.store.write().flush(floor);
                 cache.log.record(format!("flush,{floor}"));
                 flushed_to = Some(floor);
                 continue;
             }
-            Ok(Err(e)) => tracing::warn!(error = %e, "bad lease answer"),
             Err(e) => tracing::debug!(error = %e, "lease renewal failed"),
         }
         tokio::time::sleep(every).await;
@@ -207,18 +203,19 @@ pub async fn run(
         hits: AtomicU64::new(0),
         misses: AtomicU64::new(0),
     });
-    let catalog = config
+    let urls: Vec<String> = config
         .cluster
         .servers(Kind::Catalog)
-        .first()
+        .iter()
         .map(|e| e.url())
-        .ok_or_else(|| std::io::Error::other("the cluster has no catalog"))?;
-    let lease = tokio::spawn(lease_loop(
-        cache.clone(),
-        Client::new(config.tokens.cluster()),
-        catalog,
-        config.renew_every,
-    ));
+        .collect();
+    if urls.is_empty() {
+        return Err(std::io::Error::other("the cluster has no catalog"));
+    }
+    let client = Client::with_timeout(config.tokens.cluster(), config.renew_every);
+    let mut router = Router::new(client, urls);
+    router.patience = config.renew_every;
+    let lease = tokio::spawn(lease_loop(cache.clone(), router, config.renew_every));
     let tokens = web::Data::new(config.tokens.clone());
     tracing::info!(addr = %listener.local_addr()?, "cache serving");
     let c = cache.clone();

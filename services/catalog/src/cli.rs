@@ -1,7 +1,7 @@
 //! Command-line entry point shared by the service binary and `infra serve`.
 use crate::{run, CatalogConfig};
 use bookstore_common::auth::Tokens;
-use bookstore_common::cli::ServiceArgs;
+use bookstore_common::cli::{ReplicaArgs, ServiceArgs};
 use bookstore_common::config::{load_books, Kind};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -14,6 +14,8 @@ pub struct Cli {
     /// Books CSV (item_number,title,topic,stock,cost).
     #[arg(long, default_value = bookstore_common::config::DEFAULT_BOOKS_FILE, env = "BOOKSTORE_BOOKS")]
     books: PathBuf,
+    #[command(flatten)]
+    replica: ReplicaArgs,
     /// Cache lease in milliseconds (how long a write waits when the cache is unreachable).
     #[arg(long, default_value_t = 1000, env = "BOOKSTORE_CACHE_LEASE_MS")]
     cache_lease_ms: u64,
@@ -30,7 +32,9 @@ pub async fn launch(args: Cli) -> Result<(), String> {
         cluster,
         tokens: Tokens::new(&args.common.cluster_token, None),
         output_dir: Some(args.common.output_dir.clone()),
+        data_dir: args.replica.data_dir(Kind::Catalog, &args.common),
         lease: Duration::from_millis(args.cache_lease_ms),
+        tick: args.replica.tick(),
         workers: args.common.workers,
     };
     run(listener, config, bookstore_common::server::termination())

@@ -1,13 +1,14 @@
-//! Catalog service: books, stock and cost; query by topic or item; atomic updates.
+//! Catalog service: books, stock and cost; query by topic or item; atomic updates,
+//! replicated primary-backup by `bookstore-replication`.
 //!
 //! - [`state`]: the data and its one atomic write (pure).
 //! - [`cache_link`]: invalidating the cache before a write is acknowledged.
-//! - this file: the HTTP routes (all internal, behind the cluster token, except
-//!   `/health`) and [`run`], which serves on an already-bound listener.
+//! - [`cli`]: flags, shared by the binary and `infra serve catalog`.
+//! - this file: the replicated state machine, the HTTP routes (all internal, behind the
+//!   cluster token, except `/health`) and [`run`], which serves on a bound listener.
 pub mod cache_link;
-pub mod state;
-
 pub mod cli;
+pub mod state;
 
 use actix_web::{middleware::from_fn, web, App, HttpRequest, HttpResponse, HttpServer};
 use bookstore_common::auth::{require_cluster_token, Tokens};
@@ -17,9 +18,9 @@ use bookstore_common::oplog::OpLog;
 use bookstore_common::params::{idempotency_key, Params};
 use bookstore_common::types::{Book, Health, LeaseRequest, Versioned, IDEMPOTENCY_KEY_HEADER};
 use bookstore_common::{server, ApiError};
+use bookstore_replication::node::{self, Node, NodeOptions, StateMachine, SubmitError};
 use cache_link::CacheLink;
-use parking_lot::RwLock;
-use state::{CatalogState, Update, UpdateError};
+use state::{CatalogState, Update, UpdateError, UpdateOutcome};
 use std::future::Future;
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -36,24 +37,62 @@ pub struct CatalogConfig {
     pub tokens: Tokens,
     /// Where `catalog{id}_log` goes; `None` disables it.
     pub output_dir: Option<PathBuf>,
+    /// The replica's durable state (WAL, snapshots).
+    pub data_dir: PathBuf,
     /// How long a cache lease lasts.
     pub lease: Duration,
+    /// Protocol tick (heartbeats every 2 ticks, failure after 10).
+    pub tick: Duration,
     pub workers: usize,
+}
+
+/// The replicated state machine: the catalog state, updated by log entries.
+pub struct CatalogSm(pub CatalogState);
+
+impl StateMachine for CatalogSm {
+    fn apply(&mut self, index: u64, data: &[u8]) -> Vec<u8> {
+        let outcome: UpdateOutcome = match bincode::deserialize::<Update>(data) {
+            Ok(u) => self.0.update(&u, index),
+            Err(_) => Err(UpdateError::Malformed),
+        };
+        bincode::serialize(&outcome).expect("outcome encodes")
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        self.0.to_bytes()
+    }
+
+    fn restore(&mut self, data: &[u8]) -> Result<(), String> {
+        self.0 = CatalogState::from_bytes(data)?;
+        Ok(())
+    }
 }
 
 /// A running replica's shared state.
 pub struct Catalog {
     id: u32,
-    state: RwLock<CatalogState>,
+    node: Node<CatalogSm>,
     cache: CacheLink,
     log: OpLog,
     down: AtomicBool,
 }
 
+/// Maps a replication failure onto the HTTP answer.
+pub fn submit_error(e: SubmitError) -> ApiError {
+    match e {
+        SubmitError::NotPrimary { hint } => ApiError::NotPrimary { primary: hint },
+        SubmitError::Retry => ApiError::Unavailable(
+            "outcome unknown (primary changed); retry with the same Idempotency-Key".into(),
+        ),
+        SubmitError::Down => ApiError::Unavailable("replica is down".into()),
+    }
+}
+
 impl Catalog {
-    pub fn new(config: &CatalogConfig) -> std::io::Result<Catalog> {
+    pub fn new(config: &CatalogConfig) -> Result<Catalog, String> {
         let log = match &config.output_dir {
-            Some(dir) => OpLog::open(&dir.join(format!("catalog{}_log", config.id)))?,
+            Some(dir) => OpLog::open(&dir.join(format!("catalog{}_log", config.id)))
+                .map_err(|e| e.to_string())?,
             None => OpLog::disabled(),
         };
         for b in &config.books {
@@ -64,9 +103,30 @@ impl Catalog {
         }
         let client = Client::new(config.tokens.cluster());
         let cache_url = config.cluster.servers(Kind::Cache).first().map(|e| e.url());
+        let peers = config
+            .cluster
+            .servers(Kind::Catalog)
+            .iter()
+            .map(|e| e.url())
+            .collect();
+        let vs_url = config
+            .cluster
+            .server(Kind::Frontend, 0)
+            .map(|e| format!("{}/vs/catalog", e.url()))
+            .ok_or("the cluster has no frontend (it hosts the view service)")?;
+        let mut opts = NodeOptions::new(
+            config.id,
+            peers,
+            vs_url,
+            config.data_dir.clone(),
+            config.tokens.cluster(),
+        );
+        opts.tick = config.tick;
+        let books = config.books.clone();
+        let node = Node::start(opts, move || CatalogSm(CatalogState::new(books.clone(), 0)))?;
         Ok(Catalog {
             id: config.id,
-            state: RwLock::new(CatalogState::new(config.books.clone(), first_version())),
+            node,
             cache: CacheLink::new(client, cache_url, config.lease),
             log,
             down: AtomicBool::new(false),
@@ -83,9 +143,18 @@ impl Catalog {
         Ok(())
     }
 
-    /// Applies an update, invalidates the cache, and only then returns.
+    fn read<R>(&self, f: impl FnOnce(&CatalogState) -> R) -> Result<R, ApiError> {
+        self.node
+            .read(|sm| f(&sm.0))
+            .ok_or_else(|| ApiError::Unavailable(format!("catalog {} is not caught up", self.id)))
+    }
+
+    /// Replicates an update, invalidates the cache, and only then returns.
     pub async fn update(&self, u: Update) -> Result<Versioned<Book>, ApiError> {
-        let outcome = self.state.write().update(&u);
+        let data = bincode::serialize(&u).expect("update encodes");
+        let answer = self.node.submit(data).await.map_err(submit_error)?;
+        let outcome: UpdateOutcome = bincode::deserialize(&answer)
+            .map_err(|e| ApiError::BadGateway(format!("undecodable outcome: {e}")))?;
         self.log.record(format!(
             "update,{},{},{}",
             u.item_number,
@@ -102,28 +171,22 @@ impl Catalog {
             }
             Err(UpdateError::OutOfStock) => Err(ApiError::OutOfStock),
             Err(e @ UpdateError::UnknownItem(_)) => Err(ApiError::NotFound(e.to_string())),
-            Err(e @ UpdateError::StockOverflow) => Err(ApiError::BadRequest(e.to_string())),
+            Err(e) => Err(ApiError::BadRequest(e.to_string())),
         }
     }
-}
-
-/// Versions start at the boot time in microseconds, so a restarted catalog (which
-/// keeps no state yet) never reuses a version the cache has already seen.
-fn first_version() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
 }
 
 type Ctx = web::Data<Catalog>;
 
 async fn health(ctx: Ctx) -> HttpResponse {
     let down = ctx.down.load(Ordering::Acquire);
+    let status = ctx.node.status();
     let body = Health {
         status: if down { "down" } else { "ok" }.into(),
         service: "catalog".into(),
         id: ctx.id,
+        role: Some(if down { "down".into() } else { status.role }),
+        epoch: Some(status.epoch),
     };
     if down {
         HttpResponse::ServiceUnavailable().json(body)
@@ -132,17 +195,30 @@ async fn health(ctx: Ctx) -> HttpResponse {
     }
 }
 
+/// `?consistent=1` asks for the primary's answer (a backup answers 421).
+fn require_primary(ctx: &Catalog, params: &Params) -> Result<(), ApiError> {
+    let consistent = matches!(params.optional_str("consistent")?, Some("1" | "true"));
+    if consistent {
+        let s = ctx.node.status();
+        if s.role != "primary" {
+            return Err(ApiError::NotPrimary { primary: s.primary });
+        }
+    }
+    Ok(())
+}
+
 async fn query_by_item(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     ctx.check_up()?;
-    let item = Params::parse(req.query_string()).item_number()?;
+    let params = Params::parse(req.query_string());
+    let item = params.item_number()?;
+    require_primary(&ctx, &params)?;
     ctx.log.record(format!("query_by_item,{item}"));
-    let s = ctx.state.read();
-    let book = s
-        .lookup(item)
-        .ok_or_else(|| ApiError::NotFound(format!("no book with item_number {item}")))?;
+    let found = ctx.read(|s| s.lookup(item).cloned().map(|b| (b, s.version())))?;
+    let (book, version) =
+        found.ok_or_else(|| ApiError::NotFound(format!("no book with item_number {item}")))?;
     Ok(HttpResponse::Ok().json(Versioned {
         result: book,
-        version: s.version(),
+        version,
     }))
 }
 
@@ -150,11 +226,9 @@ async fn query_by_topic(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiE
     ctx.check_up()?;
     let params = Params::parse(req.query_string());
     let topic = params.topic()?;
+    require_primary(&ctx, &params)?;
     ctx.log.record(format!("query_by_topic,{topic}"));
-    let (hits, version) = {
-        let s = ctx.state.read();
-        (s.search(topic), s.version())
-    };
+    let (hits, version) = ctx.read(|s| (s.search(topic), s.version()))?;
     Ok(HttpResponse::Ok().json(Versioned {
         result: &*hits,
         version,
@@ -196,33 +270,46 @@ async fn update(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
 
 async fn books(ctx: Ctx) -> Result<HttpResponse, ApiError> {
     ctx.check_up()?;
-    let s = ctx.state.read();
+    let (all, version) = ctx.read(|s| (s.all(), s.version()))?;
     Ok(HttpResponse::Ok().json(Versioned {
-        result: s.all(),
-        version: s.version(),
+        result: all,
+        version,
     }))
 }
 
 async fn cache_lease(ctx: Ctx, body: web::Json<LeaseRequest>) -> Result<HttpResponse, ApiError> {
     ctx.check_up()?;
+    let s = ctx.node.status();
+    if s.role != "primary" || !s.serving_reads {
+        return Err(ApiError::NotPrimary { primary: s.primary });
+    }
     let reply = ctx
         .cache
-        .lease(body.flushed_to, || ctx.state.read().version());
+        .lease(body.flushed_to, || ctx.node.read_any(|sm| sm.0.version()));
     Ok(HttpResponse::Ok().json(reply))
+}
+
+async fn replication_status(ctx: Ctx) -> HttpResponse {
+    HttpResponse::Ok().json(ctx.node.status())
 }
 
 async fn shutdown(ctx: Ctx) -> HttpResponse {
     ctx.down.store(true, Ordering::Release);
+    ctx.node.crash().await;
     ctx.log.record("shutdown".into());
-    tracing::warn!(id = ctx.id, "shut down by request");
+    tracing::warn!(id = ctx.id, "shut down by request (as a crash)");
     HttpResponse::Ok().json(serde_json::json!({"result": "shut down"}))
 }
 
-async fn recover(ctx: Ctx) -> HttpResponse {
+async fn recover(ctx: Ctx) -> Result<HttpResponse, ApiError> {
+    ctx.node
+        .restart()
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("restart failed: {e}")))?;
     ctx.down.store(false, Ordering::Release);
     ctx.log.record("recover".into());
-    tracing::info!(id = ctx.id, "recovered by request");
-    HttpResponse::Ok().json(serde_json::json!({"result": "recovered"}))
+    tracing::info!(id = ctx.id, "recovering from disk by request");
+    Ok(HttpResponse::Ok().json(serde_json::json!({"result": "recovering"})))
 }
 
 /// Registers the routes of a catalog replica.
@@ -237,6 +324,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route("/cache_lease", web::post().to(cache_lease))
             .route("/shutdown", web::post().to(shutdown))
             .route("/recover", web::post().to(recover))
+            .route(
+                "/replication/msg",
+                web::post().to(node::receive::<CatalogSm>),
+            )
+            .route("/replication/status", web::get().to(replication_status))
             .default_service(web::to(server::not_found)),
     );
 }
@@ -247,21 +339,28 @@ pub async fn run(
     config: CatalogConfig,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let catalog = web::Data::new(Catalog::new(&config)?);
+    let catalog = Catalog::new(&config).map_err(std::io::Error::other)?;
+    let node = web::Data::new(catalog.node.clone());
+    let catalog = web::Data::new(catalog);
     let tokens = web::Data::new(config.tokens.clone());
     tracing::info!(id = config.id, addr = %listener.local_addr()?, books = config.books.len(), "catalog serving");
+    let c = catalog.clone();
     let server = HttpServer::new(move || {
         App::new()
-            .app_data(catalog.clone())
+            .app_data(c.clone())
+            .app_data(node.clone())
             .app_data(tokens.clone())
             .app_data(server::json_config())
+            .app_data(web::PayloadConfig::new(64 << 20))
             .configure(routes)
     })
     .workers(config.workers.max(1))
     .disable_signals()
     .listen(listener)?
     .run();
-    server::run_until(server, shutdown).await
+    let r = server::run_until(server, shutdown).await;
+    catalog.node.crash().await;
+    r
 }
 
 /// Shared handle type for tests that want to peek at a replica.

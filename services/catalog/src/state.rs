@@ -2,11 +2,12 @@
 //! idempotency records of applied updates. Pure, no I/O: every write is one atomic
 //! call, so a stock check and its decrement can never be split.
 use bookstore_common::types::{Book, ItemNumber, SearchHit};
+use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 /// Why an update was refused. Refusals change nothing.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum UpdateError {
     #[error("no book with item_number {0}")]
     UnknownItem(ItemNumber),
@@ -14,10 +15,12 @@ pub enum UpdateError {
     OutOfStock,
     #[error("stock would exceed {max}", max = u32::MAX)]
     StockOverflow,
+    #[error("malformed update command")]
+    Malformed,
 }
 
 /// One update: add `stock_delta` (negative to sell) and optionally set the cost.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Update {
     pub item_number: ItemNumber,
     pub stock_delta: i64,
@@ -46,7 +49,7 @@ pub struct CatalogState {
 }
 
 impl CatalogState {
-    /// A catalog holding `books`, whose version counter starts at `first_version`.
+    /// A catalog holding `books` at version `first_version`.
     pub fn new(books: Vec<Book>, first_version: u64) -> CatalogState {
         let mut topics: HashMap<String, Vec<SearchHit>> = HashMap::new();
         let mut map = HashMap::with_capacity(books.len());
@@ -107,8 +110,10 @@ impl CatalogState {
         v
     }
 
-    /// Applies one update atomically; returns the book after it and the new version.
-    pub fn update(&mut self, u: &Update) -> UpdateOutcome {
+    /// Applies one update atomically as version `version` (the replicated log index,
+    /// increasing); returns the book after it and the version it was written at.
+    pub fn update(&mut self, u: &Update, version: u64) -> UpdateOutcome {
+        self.version = self.version.max(version);
         if let Some(id) = &u.request_id {
             if let Some(prev) = self.applied.get(id) {
                 return prev.clone();
@@ -137,8 +142,34 @@ impl CatalogState {
         if let Some(cost) = u.cost {
             book.cost = cost;
         }
-        self.version += 1;
         Ok((book.clone(), self.version))
+    }
+
+    /// The state as bytes (for a snapshot).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let snap = SnapshotRef {
+            books: self.all(),
+            version: self.version,
+            applied: self
+                .applied_order
+                .iter()
+                .filter_map(|k| self.applied.get(k).map(|o| (k.clone(), o.clone())))
+                .collect(),
+            max_applied: self.max_applied,
+        };
+        bincode::serialize(&snap).expect("catalog state encodes")
+    }
+
+    /// The state from [`CatalogState::to_bytes`].
+    pub fn from_bytes(bytes: &[u8]) -> Result<CatalogState, String> {
+        let snap: SnapshotRef = bincode::deserialize(bytes).map_err(|e| e.to_string())?;
+        let mut s = CatalogState::new(snap.books, snap.version);
+        s.max_applied = snap.max_applied;
+        for (k, o) in snap.applied {
+            s.applied_order.push_back(k.clone());
+            s.applied.insert(k, o);
+        }
+        Ok(s)
     }
 
     fn remember(&mut self, id: String, outcome: UpdateOutcome) {
@@ -150,6 +181,14 @@ impl CatalogState {
         self.applied_order.push_back(id.clone());
         self.applied.insert(id, outcome);
     }
+}
+
+#[derive(Serialize, Deserialize)]
+struct SnapshotRef {
+    books: Vec<Book>,
+    version: u64,
+    applied: Vec<(String, UpdateOutcome)>,
+    max_applied: usize,
 }
 
 #[cfg(test)]
@@ -178,27 +217,38 @@ mod tests {
     #[test]
     fn sells_until_out_of_stock_and_changes_nothing_after() {
         let mut c = CatalogState::new(vec![book(1, "a", 2)], 100);
-        assert_eq!(c.update(&sell(1, None)).unwrap().0.stock, 1);
-        assert_eq!(c.update(&sell(1, None)).unwrap(), (book(1, "a", 0), 102));
-        assert_eq!(c.update(&sell(1, None)), Err(UpdateError::OutOfStock));
-        assert_eq!(c.version(), 102);
-        assert_eq!(c.update(&sell(9, None)), Err(UpdateError::UnknownItem(9)));
+        assert_eq!(c.update(&sell(1, None), 101).unwrap().0.stock, 1);
+        assert_eq!(
+            c.update(&sell(1, None), 102).unwrap(),
+            (book(1, "a", 0), 102)
+        );
+        assert_eq!(c.update(&sell(1, None), 103), Err(UpdateError::OutOfStock));
+        assert_eq!(c.version(), 103);
+        assert_eq!(
+            c.update(&sell(9, None), 104),
+            Err(UpdateError::UnknownItem(9))
+        );
     }
 
     #[test]
     fn a_retried_request_is_applied_once() {
         let mut c = CatalogState::new(vec![book(1, "a", 5)], 0);
-        let first = c.update(&sell(1, Some("k1"))).unwrap();
-        assert_eq!(c.update(&sell(1, Some("k1"))).unwrap(), first);
+        let first = c.update(&sell(1, Some("k1")), 1).unwrap();
+        assert_eq!(c.update(&sell(1, Some("k1")), 2).unwrap(), first);
         assert_eq!(c.lookup(1).unwrap().stock, 4);
+        // The record survives a snapshot.
+        let mut again = CatalogState::from_bytes(&c.to_bytes()).unwrap();
+        assert_eq!(again.update(&sell(1, Some("k1")), 3).unwrap(), first);
+        assert_eq!(again.lookup(1).unwrap().stock, 4);
+        assert_eq!(again.search("a").len(), 1);
     }
 
     #[test]
     fn idempotency_records_are_bounded() {
         let mut c = CatalogState::new(vec![book(1, "a", 100)], 0);
         c.set_max_applied(2);
-        for k in ["a", "b", "c"] {
-            c.update(&sell(1, Some(k))).unwrap();
+        for (i, k) in ["a", "b", "c"].into_iter().enumerate() {
+            c.update(&sell(1, Some(k)), i as u64 + 1).unwrap();
         }
         assert_eq!(c.applied.len(), 2);
         assert!(!c.applied.contains_key("a"));
@@ -221,13 +271,13 @@ mod tests {
             cost: Some(12),
             request_id: None,
         };
-        let (b, _) = c.update(&up).unwrap();
+        let (b, _) = c.update(&up, 1).unwrap();
         assert_eq!((b.stock, b.cost), (5, 12));
         let huge = Update {
             stock_delta: i64::from(u32::MAX),
             ..up
         };
-        assert_eq!(c.update(&huge), Err(UpdateError::StockOverflow));
+        assert_eq!(c.update(&huge, 2), Err(UpdateError::StockOverflow));
         assert_eq!(c.lookup(1).unwrap().stock, 5);
     }
 }

@@ -5,8 +5,10 @@
 //! to the cache first and fill it (asynchronously, versioned) on a miss; buys go to
 //! the order service with an idempotency key.
 //!
-//! Until replication lands, replica 0 of catalog and order serves; the other replicas
-//! of the cluster file stand by.
+//! Writes go to the primary of catalog and order (learned from the view service, which
+//! frontend 0 hosts at `/vs/{kind}/...`, and from `421` answers), failing over to the
+//! next replica when one does not answer. Lookups are read from the catalog primary;
+//! searches (titles never change) from any caught-up replica in turn.
 pub mod cli;
 
 use actix_web::http::header::ContentType;
@@ -16,14 +18,17 @@ use bookstore_common::client::{encode, CallError, Client};
 use bookstore_common::config::{ClusterConfig, Kind};
 use bookstore_common::oplog::OpLog;
 use bookstore_common::params::{idempotency_key, Params};
+use bookstore_common::router::{Read, Router};
 use bookstore_common::types::{
     Book, BuySuccess, CacheFill, Health, LookupResponse, SearchHit, SearchResponse, Versioned,
     IDEMPOTENCY_KEY_HEADER,
 };
 use bookstore_common::{server, ApiError};
+use bookstore_replication::vs_host::{self, VsHost};
 use std::future::Future;
 use std::net::TcpListener;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Debug, Clone)]
@@ -33,6 +38,10 @@ pub struct FrontendConfig {
     /// Cluster token (to call the services) and admin token (for `/admin/*`).
     pub tokens: Tokens,
     pub output_dir: Option<PathBuf>,
+    /// Where frontend 0 keeps the view services' state.
+    pub data_dir: PathBuf,
+    /// View-service tick; a replica silent for 6 ticks is dead.
+    pub tick: Duration,
     pub workers: usize,
 }
 
@@ -40,8 +49,9 @@ pub struct Frontend {
     id: u32,
     client: Client,
     cache: Option<String>,
-    catalog: String,
-    order: String,
+    catalog: Router,
+    order: Router,
+    views: Option<Arc<VsHost>>,
     log: OpLog,
 }
 
@@ -51,22 +61,55 @@ impl Frontend {
             Some(dir) => OpLog::open(&dir.join("frontend_log"))?,
             None => OpLog::disabled(),
         };
-        let first = |kind: Kind| {
-            config
+        let client = Client::new(config.tokens.cluster());
+        let router = |kind: Kind| {
+            let urls: Vec<String> = config
                 .cluster
                 .servers(kind)
-                .first()
+                .iter()
                 .map(|e| e.url())
-                .ok_or_else(|| std::io::Error::other(format!("the cluster has no {kind}")))
+                .collect();
+            if urls.is_empty() {
+                return Err(std::io::Error::other(format!("the cluster has no {kind}")));
+            }
+            Ok(Router::new(client.clone(), urls))
+        };
+        let views = if config.id == 0 {
+            let kinds = [
+                (
+                    "catalog",
+                    config.cluster.servers(Kind::Catalog).len() as u32,
+                ),
+                ("order", config.cluster.servers(Kind::Order).len() as u32),
+            ];
+            let host =
+                Arc::new(VsHost::open(&config.data_dir, &kinds, 6).map_err(std::io::Error::other)?);
+            host.spawn_ticker(config.tick);
+            Some(host)
+        } else {
+            None
         };
         Ok(Frontend {
             id: config.id,
-            client: Client::new(config.tokens.cluster()),
             cache: config.cluster.servers(Kind::Cache).first().map(|e| e.url()),
-            catalog: first(Kind::Catalog)?,
-            order: first(Kind::Order)?,
+            catalog: router(Kind::Catalog)?,
+            order: router(Kind::Order)?,
+            client,
+            views,
             log,
         })
+    }
+
+    /// Points the routers at the primaries of the current views.
+    fn follow_views(&self) {
+        if let Some(vs) = &self.views {
+            if let Some(v) = vs.view("catalog") {
+                self.catalog.set_primary(v.primary);
+            }
+            if let Some(v) = vs.view("order") {
+                self.order.set_primary(v.primary);
+            }
+        }
     }
 
     async fn cached(&self, path: String) -> Option<HttpResponse> {
@@ -110,6 +153,11 @@ fn upstream_error(who: &str, e: CallError) -> ApiError {
     }
 }
 
+fn decode<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::BadGateway(format!("bad catalog answer: {e}")))
+}
+
 type Ctx = web::Data<Frontend>;
 
 async fn health(ctx: Ctx) -> HttpResponse {
@@ -117,6 +165,8 @@ async fn health(ctx: Ctx) -> HttpResponse {
         status: "ok".into(),
         service: "frontend".into(),
         id: ctx.id,
+        role: None,
+        epoch: None,
     })
 }
 
@@ -126,11 +176,16 @@ async fn lookup(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     if let Some(hit) = ctx.cached(format!("/lookup?item_number={item}")).await {
         return Ok(hit);
     }
-    let v: Versioned<Book> = ctx
-        .client
-        .get_json(&format!("{}/query_by_item?item_number={item}", ctx.catalog))
+    ctx.follow_views();
+    let body = ctx
+        .catalog
+        .read(
+            &format!("/query_by_item?item_number={item}&consistent=1"),
+            Read::Primary,
+        )
         .await
         .map_err(|e| upstream_error("catalog", e))?;
+    let v: Versioned<Book> = decode(&body)?;
     let response = LookupResponse { result: v.result };
     let value = serde_json::to_value(&response).unwrap_or_default();
     ctx.fill(
@@ -152,11 +207,12 @@ async fn search(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     if let Some(hit) = ctx.cached(format!("/search?topic={q}")).await {
         return Ok(hit);
     }
-    let v: Versioned<Vec<SearchHit>> = ctx
-        .client
-        .get_json(&format!("{}/query_by_topic?topic={q}", ctx.catalog))
+    let body = ctx
+        .catalog
+        .read(&format!("/query_by_topic?topic={q}"), Read::Any)
         .await
         .map_err(|e| upstream_error("catalog", e))?;
+    let v: Versioned<Vec<SearchHit>> = decode(&body)?;
     let items = v.result.iter().map(|h| h.item_number).collect();
     let response = SearchResponse { result: v.result };
     let value = serde_json::to_value(&response).unwrap_or_default();
@@ -184,26 +240,17 @@ async fn buy(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let item = Params::parse(req.query_string()).item_number()?;
     let key = client_key(&req)?;
     ctx.log.record(format!("buy,{item}"));
-    let url = format!("{}/buy?item_number={item}", ctx.order);
-    let mut attempt = 0;
-    loop {
-        let answer: Result<BuySuccess, CallError> = ctx
-            .client
-            .post_json(&url, &[(IDEMPOTENCY_KEY_HEADER, &key)])
-            .await;
-        match answer {
-            Ok(ok) => return Ok(HttpResponse::Ok().json(ok)),
-            // An unknown outcome is retried with the same key: it cannot buy twice.
-            Err(e @ (CallError::Unreachable(_) | CallError::Status { status: 503, .. }))
-                if attempt < 2 =>
-            {
-                attempt += 1;
-                tracing::debug!(error = %e, attempt, "buy retried");
-                tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
-            }
-            Err(e) => return Err(upstream_error("order", e)),
-        }
-    }
+    ctx.follow_views();
+    // The router retries an unknown outcome with the same key: it cannot buy twice.
+    let ok: BuySuccess = ctx
+        .order
+        .write(
+            &format!("/buy?item_number={item}"),
+            &[(IDEMPOTENCY_KEY_HEADER, &key)],
+        )
+        .await
+        .map_err(|e| upstream_error("order", e))?;
+    Ok(HttpResponse::Ok().json(ok))
 }
 
 /// `POST /admin/restock?item_number=N&quantity=Q[&cost=C]`: adds Q copies and
@@ -222,15 +269,13 @@ async fn restock(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     }
     let key = client_key(&req)?;
     let cost_param = cost.map_or("na".to_string(), |c| c.to_string());
-    let url = format!(
-        "{}/update?item_number={item}&stock={quantity}&cost={cost_param}",
-        ctx.catalog
-    );
+    let path = format!("/update?item_number={item}&stock={quantity}&cost={cost_param}");
     ctx.log
         .record(format!("restock,{item},{quantity},{cost_param}"));
+    ctx.follow_views();
     let v: Versioned<Book> = ctx
-        .client
-        .post_json(&url, &[(IDEMPOTENCY_KEY_HEADER, &key)])
+        .catalog
+        .write(&path, &[(IDEMPOTENCY_KEY_HEADER, &key)])
         .await
         .map_err(|e| upstream_error("catalog", e))?;
     Ok(HttpResponse::Ok().json(LookupResponse { result: v.result }))
@@ -254,6 +299,12 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                         .default_service(web::to(server::method_not_allowed("POST"))),
                 ),
         )
+        .service(
+            web::scope("/vs")
+                .wrap(from_fn(bookstore_common::auth::require_cluster_token))
+                .route("/{kind}/ping", web::post().to(vs_host::ping_route))
+                .route("/{kind}/view", web::get().to(vs_host::view_route)),
+        )
         .default_service(web::to(server::not_found));
 }
 
@@ -263,12 +314,21 @@ pub async fn run(
     config: FrontendConfig,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let frontend = web::Data::new(Frontend::new(&config)?);
+    let frontend = Frontend::new(&config)?;
+    // Frontends other than 0 answer view-service routes with 404 (no host).
+    let views = web::Data::new(
+        frontend
+            .views
+            .clone()
+            .unwrap_or_else(|| Arc::new(VsHost::empty())),
+    );
+    let frontend = web::Data::new(frontend);
     let tokens = web::Data::new(config.tokens.clone());
     tracing::info!(addr = %listener.local_addr()?, "frontend serving");
     let server = HttpServer::new(move || {
         App::new()
             .app_data(frontend.clone())
+            .app_data(views.clone())
             .app_data(tokens.clone())
             .configure(routes)
     })

@@ -1,7 +1,7 @@
 //! Command-line entry point shared by the service binary and `infra serve`.
 use crate::{run, OrderConfig};
 use bookstore_common::auth::Tokens;
-use bookstore_common::cli::ServiceArgs;
+use bookstore_common::cli::{ReplicaArgs, ServiceArgs};
 use bookstore_common::config::Kind;
 
 /// Flags of the order server.
@@ -9,6 +9,8 @@ use bookstore_common::config::Kind;
 pub struct Cli {
     #[command(flatten)]
     common: ServiceArgs,
+    #[command(flatten)]
+    replica: ReplicaArgs,
 }
 
 /// Loads configuration, binds, and serves until Ctrl-C or SIGTERM.
@@ -20,6 +22,8 @@ pub async fn launch(args: Cli) -> Result<(), String> {
         cluster,
         tokens: Tokens::new(&args.common.cluster_token, None),
         output_dir: Some(args.common.output_dir.clone()),
+        data_dir: args.replica.data_dir(Kind::Order, &args.common),
+        tick: args.replica.tick(),
         workers: args.common.workers,
     };
     run(listener, config, bookstore_common::server::termination())

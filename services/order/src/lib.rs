@@ -1,9 +1,13 @@
 //! Order service: takes a buy, has the catalog decrement the stock atomically, records
-//! the order (id, item, price, time) and answers.
+//! the order (id, item, price, time) in its replicated log and answers.
 //!
-//! A buy carries an idempotency key (the client's, or one the frontend made up). The
-//! order service answers a repeated key with the first outcome, and passes the key to
-//! the catalog, which also applies it at most once: a retry never buys twice.
+//! A buy carries an idempotency key (the client's, or one the frontend made up). The key
+//! goes to the catalog, which applies a decrement at most once per key, and into the
+//! order record, which the replicated state machine also keeps at most once per key: a
+//! retry, even one that reaches a new primary after a failover, never buys twice.
+//!
+//! - [`cli`]: flags, shared by the binary and `infra serve order`.
+//! - this file: the state machine ([`OrderSm`]), routes and [`run`].
 pub mod cli;
 
 use actix_web::{middleware::from_fn, web, App, HttpRequest, HttpResponse, HttpServer};
@@ -12,16 +16,17 @@ use bookstore_common::client::{CallError, Client};
 use bookstore_common::config::{ClusterConfig, Kind};
 use bookstore_common::oplog::OpLog;
 use bookstore_common::params::{idempotency_key, Params};
+use bookstore_common::router::Router;
 use bookstore_common::types::{Book, BuySuccess, Health, Order, Versioned, IDEMPOTENCY_KEY_HEADER};
 use bookstore_common::{server, ApiError};
-use parking_lot::{Mutex, RwLock};
+use bookstore_replication::node::{self, Node, NodeOptions, StateMachine, SubmitError};
+use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use tokio::sync::OnceCell;
+use std::time::Duration;
 
 #[derive(Debug, Clone)]
 pub struct OrderConfig {
@@ -29,111 +34,180 @@ pub struct OrderConfig {
     pub cluster: ClusterConfig,
     pub tokens: Tokens,
     pub output_dir: Option<PathBuf>,
+    /// The replica's durable state (WAL, snapshots).
+    pub data_dir: PathBuf,
+    /// Protocol tick.
+    pub tick: Duration,
     pub workers: usize,
 }
 
-/// The settled outcome of a buy (remembered per idempotency key).
-type Settled = Result<Order, ApiError>;
+/// One replicated command: record an order under its idempotency key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Record {
+    pub key: String,
+    pub order: Order,
+}
 
-#[derive(Default)]
-struct Dedup {
-    cells: HashMap<String, Arc<OnceCell<Settled>>>,
-    order: VecDeque<String>,
+/// How many idempotency keys the order log remembers (oldest forgotten first).
+pub const MAX_KEYS: usize = 100_000;
+
+/// The replicated orders: every order, and the order of each recent idempotency key.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct OrderSm {
+    orders: Vec<Order>,
+    by_key: HashMap<String, usize>,
+    keys: VecDeque<String>,
+}
+
+impl OrderSm {
+    /// Records `r` unless its key is known; returns the order stored under the key.
+    pub fn record(&mut self, r: Record) -> Order {
+        if let Some(i) = self.by_key.get(&r.key) {
+            return self.orders[*i].clone();
+        }
+        if self.keys.len() >= MAX_KEYS {
+            if let Some(old) = self.keys.pop_front() {
+                self.by_key.remove(&old);
+            }
+        }
+        self.orders.push(r.order.clone());
+        self.by_key.insert(r.key.clone(), self.orders.len() - 1);
+        self.keys.push_back(r.key);
+        r.order
+    }
+
+    pub fn by_key(&self, key: &str) -> Option<&Order> {
+        self.by_key.get(key).map(|i| &self.orders[*i])
+    }
+
+    pub fn orders(&self) -> &[Order] {
+        &self.orders
+    }
+}
+
+impl StateMachine for OrderSm {
+    fn apply(&mut self, _index: u64, data: &[u8]) -> Vec<u8> {
+        match bincode::deserialize::<Record>(data) {
+            Ok(r) => bincode::serialize(&Some(self.record(r))).expect("order encodes"),
+            Err(_) => bincode::serialize(&None::<Order>).expect("encodes"),
+        }
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        bincode::serialize(self).expect("orders encode")
+    }
+
+    fn restore(&mut self, data: &[u8]) -> Result<(), String> {
+        *self = bincode::deserialize(data).map_err(|e| e.to_string())?;
+        Ok(())
+    }
 }
 
 pub struct OrderService {
     id: u32,
-    client: Client,
-    catalog: String,
-    orders: RwLock<Vec<Order>>,
-    dedup: Mutex<Dedup>,
-    max_keys: usize,
+    node: Node<OrderSm>,
+    catalog: Router,
     log: OpLog,
     down: AtomicBool,
 }
 
+fn submit_error(e: SubmitError) -> ApiError {
+    match e {
+        SubmitError::NotPrimary { hint } => ApiError::NotPrimary { primary: hint },
+        SubmitError::Retry => ApiError::Unavailable(
+            "outcome unknown (primary changed); retry with the same Idempotency-Key".into(),
+        ),
+        SubmitError::Down => ApiError::Unavailable("replica is down".into()),
+    }
+}
+
 impl OrderService {
-    pub fn new(config: &OrderConfig) -> std::io::Result<OrderService> {
+    pub fn new(config: &OrderConfig) -> Result<OrderService, String> {
         let log = match &config.output_dir {
-            Some(dir) => OpLog::open(&dir.join(format!("order{}_log", config.id)))?,
+            Some(dir) => OpLog::open(&dir.join(format!("order{}_log", config.id)))
+                .map_err(|e| e.to_string())?,
             None => OpLog::disabled(),
         };
-        let catalog = config
+        let urls = |kind: Kind| -> Vec<String> {
+            config
+                .cluster
+                .servers(kind)
+                .iter()
+                .map(|e| e.url())
+                .collect()
+        };
+        let vs_url = config
             .cluster
-            .servers(Kind::Catalog)
-            .first()
-            .map(|e| e.url())
-            .ok_or_else(|| std::io::Error::other("the cluster has no catalog"))?;
+            .server(Kind::Frontend, 0)
+            .map(|e| format!("{}/vs/order", e.url()))
+            .ok_or("the cluster has no frontend (it hosts the view service)")?;
+        let mut opts = NodeOptions::new(
+            config.id,
+            urls(Kind::Order),
+            vs_url,
+            config.data_dir.clone(),
+            config.tokens.cluster(),
+        );
+        opts.tick = config.tick;
+        let node = Node::start(opts, OrderSm::default)?;
         Ok(OrderService {
             id: config.id,
-            client: Client::new(config.tokens.cluster()),
-            catalog,
-            orders: RwLock::new(Vec::new()),
-            dedup: Mutex::new(Dedup::default()),
-            max_keys: 100_000,
+            node,
+            catalog: Router::new(Client::new(config.tokens.cluster()), urls(Kind::Catalog)),
             log,
             down: AtomicBool::new(false),
         })
     }
 
-    fn cell(&self, key: &str) -> Arc<OnceCell<Settled>> {
-        let mut d = self.dedup.lock();
-        if let Some(c) = d.cells.get(key) {
-            return c.clone();
-        }
-        if d.order.len() >= self.max_keys {
-            if let Some(old) = d.order.pop_front() {
-                d.cells.remove(&old);
-            }
-        }
-        let c = Arc::new(OnceCell::new());
-        d.cells.insert(key.to_string(), c.clone());
-        d.order.push_back(key.to_string());
-        c
-    }
-
     /// Buys one copy of `item` under idempotency key `key`.
-    pub async fn buy(&self, item: u32, key: &str) -> Settled {
-        let cell = self.cell(key);
-        cell.get_or_try_init(|| self.buy_once(item, key))
-            .await
-            .map_err(|e| e.clone())?
-            .clone()
-    }
-
-    /// `Ok(settled)` for an outcome to remember; `Err` for a failure that a retry may fix.
-    async fn buy_once(&self, item: u32, key: &str) -> Result<Settled, ApiError> {
-        let url = format!("{}/update?item_number={item}&stock=-1", self.catalog);
+    pub async fn buy(&self, item: u32, key: &str) -> Result<Order, ApiError> {
+        let s = self.node.status();
+        if s.role != "primary" {
+            return Err(ApiError::NotPrimary { primary: s.primary });
+        }
+        if let Some(Some(order)) = self.node.read(|sm| sm.by_key(key).cloned()) {
+            return Ok(order);
+        }
+        let path = format!("/update?item_number={item}&stock=-1");
         let answer: Result<Versioned<Book>, CallError> = self
-            .client
-            .post_json(&url, &[(IDEMPOTENCY_KEY_HEADER, key)])
+            .catalog
+            .write(&path, &[(IDEMPOTENCY_KEY_HEADER, key)])
             .await;
-        match answer {
-            Ok(v) => {
-                let order = Order {
-                    order_id: uuid::Uuid::new_v4().simple().to_string(),
-                    item_number: item,
-                    price: v.result.cost,
-                    time_ms: now_ms(),
-                };
-                self.orders.write().push(order.clone());
-                self.log.record(format!("bought book {item}"));
-                Ok(Ok(order))
+        let book = match answer {
+            Ok(v) => v.result,
+            Err(CallError::Status { status: 409, .. }) => return Err(ApiError::OutOfStock),
+            Err(CallError::Status { status: 404, body }) => {
+                return Err(ApiError::NotFound(body.error))
             }
-            Err(CallError::Status { status: 409, .. }) => Ok(Err(ApiError::OutOfStock)),
-            Err(CallError::Status { status: 404, body }) => Ok(Err(ApiError::NotFound(body.error))),
             Err(CallError::Status { status: 400, body }) => {
-                Ok(Err(ApiError::BadRequest(body.error)))
+                return Err(ApiError::BadRequest(body.error))
             }
             Err(e) => {
                 tracing::warn!(item, error = %e, "catalog call failed");
-                Err(ApiError::Unavailable(format!("catalog unavailable: {e}")))
+                return Err(ApiError::Unavailable(format!("catalog unavailable: {e}")));
             }
-        }
+        };
+        let record = Record {
+            key: key.to_string(),
+            order: Order {
+                order_id: uuid::Uuid::new_v4().simple().to_string(),
+                item_number: item,
+                price: book.cost,
+                time_ms: now_ms(),
+            },
+        };
+        let data = bincode::serialize(&record).expect("record encodes");
+        let answer = self.node.submit(data).await.map_err(submit_error)?;
+        let order: Option<Order> = bincode::deserialize(&answer)
+            .map_err(|e| ApiError::BadGateway(format!("undecodable order: {e}")))?;
+        let order = order.ok_or_else(|| ApiError::BadGateway("order not recorded".into()))?;
+        self.log.record(format!("bought book {item}"));
+        Ok(order)
     }
 
-    pub fn orders(&self) -> Vec<Order> {
-        self.orders.read().clone()
+    /// Every order this replica has applied (it must be caught up).
+    pub fn orders(&self) -> Option<Vec<Order>> {
+        self.node.read(|sm| sm.orders().to_vec())
     }
 
     fn check_up(&self) -> Result<(), ApiError> {
@@ -158,10 +232,13 @@ type Ctx = web::Data<OrderService>;
 
 async fn health(ctx: Ctx) -> HttpResponse {
     let down = ctx.down.load(Ordering::Acquire);
+    let status = ctx.node.status();
     let body = Health {
         status: if down { "down" } else { "ok" }.into(),
         service: "order".into(),
         id: ctx.id,
+        role: Some(if down { "down".into() } else { status.role }),
+        epoch: Some(status.epoch),
     };
     if down {
         HttpResponse::ServiceUnavailable().json(body)
@@ -188,17 +265,29 @@ async fn buy(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
 
 async fn orders(ctx: Ctx) -> Result<HttpResponse, ApiError> {
     ctx.check_up()?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "result": ctx.orders() })))
+    let orders = ctx
+        .orders()
+        .ok_or_else(|| ApiError::Unavailable(format!("order {} is not caught up", ctx.id)))?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "result": orders })))
+}
+
+async fn replication_status(ctx: Ctx) -> HttpResponse {
+    HttpResponse::Ok().json(ctx.node.status())
 }
 
 async fn shutdown(ctx: Ctx) -> HttpResponse {
     ctx.down.store(true, Ordering::Release);
+    ctx.node.crash().await;
     HttpResponse::Ok().json(serde_json::json!({"result": "shut down"}))
 }
 
-async fn recover(ctx: Ctx) -> HttpResponse {
+async fn recover(ctx: Ctx) -> Result<HttpResponse, ApiError> {
+    ctx.node
+        .restart()
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("restart failed: {e}")))?;
     ctx.down.store(false, Ordering::Release);
-    HttpResponse::Ok().json(serde_json::json!({"result": "recovered"}))
+    Ok(HttpResponse::Ok().json(serde_json::json!({"result": "recovering"})))
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -209,6 +298,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route("/orders", web::get().to(orders))
             .route("/shutdown", web::post().to(shutdown))
             .route("/recover", web::post().to(recover))
+            .route("/replication/msg", web::post().to(node::receive::<OrderSm>))
+            .route("/replication/status", web::get().to(replication_status))
             .default_service(web::to(server::not_found)),
     );
 }
@@ -219,18 +310,25 @@ pub async fn run(
     config: OrderConfig,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let service = web::Data::new(OrderService::new(&config)?);
+    let service = OrderService::new(&config).map_err(std::io::Error::other)?;
+    let node = web::Data::new(service.node.clone());
+    let service = web::Data::new(service);
     let tokens = web::Data::new(config.tokens.clone());
     tracing::info!(id = config.id, addr = %listener.local_addr()?, "order serving");
+    let s = service.clone();
     let server = HttpServer::new(move || {
         App::new()
-            .app_data(service.clone())
+            .app_data(s.clone())
+            .app_data(node.clone())
             .app_data(tokens.clone())
+            .app_data(web::PayloadConfig::new(64 << 20))
             .configure(routes)
     })
     .workers(config.workers.max(1))
     .disable_signals()
     .listen(listener)?
     .run();
-    server::run_until(server, shutdown).await
+    let r = server::run_until(server, shutdown).await;
+    service.node.crash().await;
+    r
 }

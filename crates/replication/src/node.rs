@@ -1,0 +1,702 @@
+//! The runtime of one replica: drives the pure [`Replica`] with real time, disk and
+//! network.
+//!
+//! - a **driver task** owns the [`Replica`]; every input (tick, client write, message,
+//!   view-service reply, disk completion) becomes an [`Event`], and the resulting
+//!   [`Command`]s are executed in order;
+//! - a **disk thread** owns the [`Wal`]: it takes every queued disk operation, writes them
+//!   with one `fdatasync` (group commit) and reports completions in order;
+//! - one **sender task per peer** batches queued messages into one HTTP POST
+//!   (`/replication/msg?from=ID`, bincode body, cluster token);
+//! - pings to the view service are HTTP POSTs to `{vs_url}/ping`.
+//!
+//! The service's data plugs in as a [`StateMachine`]: deterministic `apply`, plus
+//! `snapshot`/`restore` for compaction and state transfer. Reads go through
+//! [`Node::read`], which refuses while the replica is not caught up.
+use crate::protocol::{
+    Command, Config, DurableState, Entry, Epoch, Event, LogIndex, Msg, Outcome, Replica, ReplicaId,
+    RequestId, Role, SnapshotMeta, View,
+};
+use crate::viewservice::Ping;
+use crate::wal::{Wal, WalOptions};
+use bookstore_common::client::Client;
+use parking_lot::{Mutex, RwLock};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+/// The replicated data of a service. `apply` must be deterministic: every replica
+/// applies the same entries in the same order and must reach the same state.
+pub trait StateMachine: Send + Sync + 'static {
+    /// Applies the committed entry at `index`; returns the answer for the client.
+    fn apply(&mut self, index: LogIndex, data: &[u8]) -> Vec<u8>;
+    /// The whole state, for a snapshot.
+    fn snapshot(&self) -> Vec<u8>;
+    /// Replaces the state with a snapshot.
+    fn restore(&mut self, data: &[u8]) -> Result<(), String>;
+}
+
+/// Why a write was not applied (or may not have been).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubmitError {
+    #[error("not primary")]
+    NotPrimary { hint: Option<ReplicaId> },
+    #[error("outcome unknown (the primary stepped down); retry with the same request id")]
+    Retry,
+    #[error("replica is down")]
+    Down,
+}
+
+/// What a replica reports about itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    pub id: ReplicaId,
+    pub up: bool,
+    pub role: String,
+    pub epoch: Epoch,
+    pub primary: Option<ReplicaId>,
+    pub backups: Vec<ReplicaId>,
+    pub commit: LogIndex,
+    pub applied: LogIndex,
+    pub serving_reads: bool,
+}
+
+/// Everything a replica needs to run.
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    pub id: ReplicaId,
+    /// Base URL of every replica of this kind, by id (this one included).
+    pub peers: Vec<String>,
+    /// Base URL of this kind's view service, e.g. `http://127.0.0.1:8000/vs/catalog`.
+    pub vs_url: String,
+    /// The replica's data directory (WAL, snapshots, meta).
+    pub data_dir: PathBuf,
+    /// Length of one protocol tick.
+    pub tick: Duration,
+    pub protocol: Config,
+    /// Cluster token for the HTTP calls.
+    pub token: String,
+}
+
+impl NodeOptions {
+    /// Defaults that fail over in well under a second on one machine: a 50 ms tick,
+    /// heartbeats every 2 ticks, a backup gives up on its primary after 10 ticks.
+    pub fn new(
+        id: ReplicaId,
+        peers: Vec<String>,
+        vs_url: String,
+        data_dir: PathBuf,
+        token: &str,
+    ) -> Self {
+        NodeOptions {
+            id,
+            peers,
+            vs_url,
+            data_dir,
+            tick: Duration::from_millis(50),
+            protocol: Config {
+                heartbeat_ticks: 2,
+                dead_ticks: 10,
+                ..Config::default()
+            },
+            token: token.to_string(),
+        }
+    }
+}
+
+type WriteReply = oneshot::Sender<Result<Vec<u8>, SubmitError>>;
+
+enum Input {
+    Tick,
+    Write { data: Vec<u8>, reply: WriteReply },
+    Event(Event),
+    Fatal(String),
+    Stop,
+}
+
+enum DiskOp {
+    Persist(Vec<Entry>),
+    View(View),
+    Snapshot {
+        meta: SnapshotMeta,
+        data: Vec<u8>,
+        received: bool,
+    },
+}
+
+/// What the WAL's meta value holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Meta {
+    incarnation: u64,
+    view: Option<View>,
+}
+
+struct Inner<S> {
+    opts: NodeOptions,
+    sm: RwLock<S>,
+    initial: Box<dyn Fn() -> S + Send + Sync>,
+    status: RwLock<Status>,
+    tx: Mutex<Option<mpsc::UnboundedSender<Input>>>,
+    disk_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    client: Client,
+}
+
+/// A running replica (cheap to clone).
+pub struct Node<S> {
+    inner: Arc<Inner<S>>,
+}
+
+impl<S> Clone for Node<S> {
+    fn clone(&self) -> Self {
+        Node {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+fn encode_entry(e: &Entry) -> Vec<u8> {
+    let mut v = Vec::with_capacity(8 + e.data.len());
+    v.extend_from_slice(&e.epoch.to_le_bytes());
+    v.extend_from_slice(&e.data);
+    v
+}
+
+fn decode_entry(index: LogIndex, payload: &[u8]) -> Result<Entry, String> {
+    if payload.len() < 8 {
+        return Err(format!("WAL record {index} is too short"));
+    }
+    let epoch = u64::from_le_bytes(payload[..8].try_into().expect("8 bytes"));
+    Ok(Entry {
+        index,
+        epoch,
+        data: payload[8..].to_vec(),
+    })
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(1)
+}
+
+impl<S: StateMachine> Node<S> {
+    /// Opens the data directory, recovers, and starts the replica. Must be called
+    /// inside a tokio runtime. `initial` builds the state before any entry (the same
+    /// on every replica).
+    pub fn start(
+        opts: NodeOptions,
+        initial: impl Fn() -> S + Send + Sync + 'static,
+    ) -> Result<Node<S>, String> {
+        let client = Client::with_timeout(&opts.token, Duration::from_secs(2));
+        let inner = Arc::new(Inner {
+            sm: RwLock::new(initial()),
+            initial: Box::new(initial),
+            status: RwLock::new(Status {
+                id: opts.id,
+                ..Status::default()
+            }),
+            tx: Mutex::new(None),
+            disk_thread: Mutex::new(None),
+            client,
+            opts,
+        });
+        let node = Node { inner };
+        node.boot()?;
+        Ok(node)
+    }
+
+    fn boot(&self) -> Result<(), String> {
+        let opts = &self.inner.opts;
+        std::fs::create_dir_all(&opts.data_dir)
+            .map_err(|e| format!("{}: {e}", opts.data_dir.display()))?;
+        let (mut wal, rec) =
+            Wal::open(&opts.data_dir, WalOptions::default()).map_err(|e| e.to_string())?;
+        if let Some(repair) = &rec.tail_repair {
+            tracing::warn!(?repair, "repaired a torn WAL tail");
+        }
+        let meta = match &rec.meta {
+            Some(m) => bincode::deserialize::<Meta>(m).map_err(|e| format!("WAL meta: {e}"))?,
+            None => {
+                let m = Meta {
+                    incarnation: now_ms(),
+                    view: None,
+                };
+                wal.write_meta(&bincode::serialize(&m).expect("meta encodes"))
+                    .map_err(|e| e.to_string())?;
+                m
+            }
+        };
+        let mut sm = (self.inner.initial)();
+        let mut applied = (0, 0);
+        let snapshot = match rec.snapshot {
+            Some(s) => {
+                if s.data.len() < 8 {
+                    return Err("snapshot too short".into());
+                }
+                let epoch = u64::from_le_bytes(s.data[..8].try_into().expect("8 bytes"));
+                sm.restore(&s.data[8..])?;
+                applied = (s.index, epoch);
+                Some(SnapshotMeta {
+                    index: s.index,
+                    epoch,
+                })
+            }
+            None => None,
+        };
+        *self.inner.sm.write() = sm;
+        let entries = rec
+            .records
+            .iter()
+            .map(|r| decode_entry(r.index, &r.payload))
+            .collect::<Result<Vec<_>, _>>()?;
+        tracing::info!(
+            id = opts.id,
+            entries = entries.len(),
+            snapshot = ?snapshot,
+            view = ?meta.view,
+            "replica recovered from disk"
+        );
+        let durable = DurableState {
+            incarnation: meta.incarnation,
+            view: meta.view,
+            snapshot,
+            entries,
+        };
+        let replica = Replica::recover(opts.id, opts.protocol.clone(), durable);
+
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (disk_tx, disk_rx) = std::sync::mpsc::channel();
+        let incarnation = meta.incarnation;
+        let disk_events = tx.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("wal-{}", opts.id))
+            .spawn(move || disk_loop(wal, disk_rx, disk_events, incarnation))
+            .map_err(|e| e.to_string())?;
+        *self.inner.disk_thread.lock() = Some(handle);
+
+        let mut peers = Vec::new();
+        for (id, base) in opts.peers.iter().enumerate() {
+            if id as ReplicaId == opts.id {
+                peers.push(None);
+                continue;
+            }
+            let (ptx, prx) = mpsc::unbounded_channel();
+            let url = format!("{base}/replication/msg?from={}", opts.id);
+            tokio::spawn(peer_sender(self.inner.client.clone(), url, prx));
+            peers.push(Some(ptx));
+        }
+
+        let ticks = tx.clone();
+        let tick = opts.tick;
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(tick);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                interval.tick().await;
+                if ticks.send(Input::Tick).is_err() {
+                    break;
+                }
+            }
+        });
+        let _ = tx.send(Input::Tick);
+        *self.inner.tx.lock() = Some(tx.clone());
+        self.inner.status.write().up = true;
+        let driver = Driver {
+            inner: self.inner.clone(),
+            replica,
+            tx,
+            disk: disk_tx,
+            peers,
+            applied,
+            pending: HashMap::new(),
+            outputs: HashMap::new(),
+            next_request: 0,
+        };
+        tokio::spawn(driver.run(rx));
+        Ok(())
+    }
+
+    /// Replicates `data` and returns the state machine's answer once it is committed
+    /// (durable on every replica of the view) and applied here.
+    pub async fn submit(&self, data: Vec<u8>) -> Result<Vec<u8>, SubmitError> {
+        let (reply, rx) = oneshot::channel();
+        {
+            let tx = self.inner.tx.lock();
+            let tx = tx.as_ref().ok_or(SubmitError::Down)?;
+            tx.send(Input::Write { data, reply })
+                .map_err(|_| SubmitError::Down)?;
+        }
+        rx.await.unwrap_or(Err(SubmitError::Retry))
+    }
+
+    /// Reads the state machine if this replica is caught up (primary, or a backup that
+    /// has applied everything its primary told it was committed).
+    pub fn read<R>(&self, f: impl FnOnce(&S) -> R) -> Option<R> {
+        if !self.inner.status.read().serving_reads {
+            return None;
+        }
+        Some(f(&self.inner.sm.read()))
+    }
+
+    /// Reads the state machine whatever the replica's state (diagnostics, tests).
+    pub fn read_any<R>(&self, f: impl FnOnce(&S) -> R) -> R {
+        f(&self.inner.sm.read())
+    }
+
+    pub fn status(&self) -> Status {
+        self.inner.status.read().clone()
+    }
+
+    pub fn id(&self) -> ReplicaId {
+        self.inner.opts.id
+    }
+
+    /// Hands messages from a peer to the protocol.
+    pub fn deliver(&self, from: ReplicaId, msgs: Vec<Msg>) {
+        if from as usize >= self.inner.opts.peers.len() || from == self.inner.opts.id {
+            return;
+        }
+        if let Some(tx) = self.inner.tx.lock().as_ref() {
+            for msg in msgs {
+                let _ = tx.send(Input::Event(Event::Message { from, msg }));
+            }
+        }
+    }
+
+    /// Stops the replica as a crash would: volatile state is lost, pending writes get
+    /// an unknown outcome, nothing more is sent. The disk keeps what was synced.
+    pub async fn crash(&self) {
+        let tx = self.inner.tx.lock().take();
+        if let Some(tx) = tx {
+            let _ = tx.send(Input::Stop);
+        }
+        let handle = self.inner.disk_thread.lock().take();
+        if let Some(h) = handle {
+            let _ = tokio::task::spawn_blocking(move || h.join()).await;
+        }
+        let mut s = self.inner.status.write();
+        *s = Status {
+            id: s.id,
+            ..Status::default()
+        };
+    }
+
+    /// Restarts a crashed replica from its disk (the same path as a process restart).
+    pub async fn restart(&self) -> Result<(), String> {
+        self.crash().await;
+        self.boot()
+    }
+}
+
+struct Driver<S> {
+    inner: Arc<Inner<S>>,
+    replica: Replica,
+    tx: mpsc::UnboundedSender<Input>,
+    disk: std::sync::mpsc::Sender<DiskOp>,
+    peers: Vec<Option<mpsc::UnboundedSender<Msg>>>,
+    /// Index and epoch of the last entry applied to the state machine.
+    applied: (LogIndex, Epoch),
+    pending: HashMap<u64, WriteReply>,
+    outputs: HashMap<LogIndex, Vec<u8>>,
+    next_request: u64,
+}
+
+impl<S: StateMachine> Driver<S> {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Input>) {
+        let mut cmds = Vec::new();
+        while let Some(first) = rx.recv().await {
+            let mut next = Some(first);
+            let mut handled = 0;
+            while let Some(input) = next.take() {
+                match input {
+                    Input::Tick => self.replica.step(Event::Tick, &mut cmds),
+                    Input::Write { data, reply } => {
+                        self.next_request += 1;
+                        self.pending.insert(self.next_request, reply);
+                        let request = RequestId(self.next_request);
+                        self.replica
+                            .step(Event::ClientWrite { request, data }, &mut cmds);
+                    }
+                    Input::Event(e) => self.replica.step(e, &mut cmds),
+                    Input::Fatal(e) => {
+                        tracing::error!(id = self.replica.id(), error = %e, "disk failure: replica stops");
+                        self.stop();
+                        return;
+                    }
+                    Input::Stop => {
+                        self.stop();
+                        return;
+                    }
+                }
+                self.execute(&mut cmds);
+                handled += 1;
+                if handled < 512 {
+                    next = rx.try_recv().ok();
+                }
+            }
+            self.publish_status();
+        }
+    }
+
+    fn stop(&mut self) {
+        for (_, reply) in self.pending.drain() {
+            let _ = reply.send(Err(SubmitError::Retry));
+        }
+        let mut s = self.inner.status.write();
+        s.up = false;
+        s.serving_reads = false;
+        s.role = "down".into();
+    }
+
+    fn publish_status(&self) {
+        let r = &self.replica;
+        let view = r.view();
+        let mut s = self.inner.status.write();
+        s.up = true;
+        s.role = match r.role() {
+            Role::Primary => "primary",
+            Role::Backup => "backup",
+            Role::Idle => "idle",
+        }
+        .into();
+        s.epoch = view.map_or(0, |v| v.epoch);
+        s.primary = view.map(|v| v.primary);
+        s.backups = view.map(|v| v.backups.clone()).unwrap_or_default();
+        s.commit = r.commit_index();
+        s.applied = r.applied_index();
+        s.serving_reads = r.can_serve_reads();
+    }
+
+    fn execute(&mut self, cmds: &mut Vec<Command>) {
+        for cmd in cmds.drain(..) {
+            match cmd {
+                Command::Send { to, msg } => {
+                    if let Some(Some(p)) = self.peers.get(to as usize) {
+                        let _ = p.send(msg);
+                    }
+                }
+                Command::PingVs(ping) => self.ping_vs(ping),
+                Command::Persist { entries } => {
+                    let _ = self.disk.send(DiskOp::Persist(entries));
+                }
+                Command::PersistView(view) => {
+                    let _ = self.disk.send(DiskOp::View(view));
+                }
+                Command::Apply { entry } => {
+                    let out = self.inner.sm.write().apply(entry.index, &entry.data);
+                    self.applied = (entry.index, entry.epoch);
+                    self.outputs.insert(entry.index, out);
+                }
+                Command::Reply { request, outcome } => {
+                    let answer = match outcome {
+                        Outcome::Committed { index } => match self.outputs.remove(&index) {
+                            Some(out) => Ok(out),
+                            None => {
+                                tracing::error!(index, "committed entry without an applied answer");
+                                Err(SubmitError::Retry)
+                            }
+                        },
+                        Outcome::NotPrimary { hint } => Err(SubmitError::NotPrimary { hint }),
+                        Outcome::Retry => Err(SubmitError::Retry),
+                    };
+                    if let Some(reply) = self.pending.remove(&request.0) {
+                        let _ = reply.send(answer);
+                    }
+                }
+                Command::TakeSnapshot => {
+                    let data = self.inner.sm.read().snapshot();
+                    let meta = SnapshotMeta {
+                        index: self.applied.0,
+                        epoch: self.applied.1,
+                    };
+                    let _ = self.disk.send(DiskOp::Snapshot {
+                        meta,
+                        data,
+                        received: false,
+                    });
+                }
+                Command::SendSnapshot { to } => {
+                    let data = self.inner.sm.read().snapshot();
+                    let meta = SnapshotMeta {
+                        index: self.applied.0,
+                        epoch: self.applied.1,
+                    };
+                    let _ = self
+                        .tx
+                        .send(Input::Event(Event::SnapshotForPeer { to, meta, data }));
+                }
+                Command::InstallSnapshot { meta, data } => {
+                    let mut sm = (self.inner.initial)();
+                    match sm.restore(&data) {
+                        Ok(()) => {
+                            *self.inner.sm.write() = sm;
+                            self.applied = (meta.index, meta.epoch);
+                            let _ = self.disk.send(DiskOp::Snapshot {
+                                meta,
+                                data,
+                                received: true,
+                            });
+                        }
+                        Err(e) => {
+                            let _ = self.tx.send(Input::Fatal(format!("bad snapshot: {e}")));
+                        }
+                    }
+                }
+            }
+        }
+        // Answers not claimed by a reply in the same step belong to entries applied on a
+        // backup or replayed after a restart: nobody waits for them.
+        self.outputs.clear();
+    }
+
+    fn ping_vs(&self, ping: Ping) {
+        let client = self.inner.client.clone();
+        let url = format!("{}/ping", self.inner.opts.vs_url);
+        let tx = self.tx.clone();
+        let timeout = self.inner.opts.tick * 4;
+        tokio::spawn(async move {
+            let body = bincode::serialize(&ping).expect("ping encodes");
+            let req = client
+                .raw()
+                .post(&url)
+                .timeout(timeout)
+                .header("content-type", "application/octet-stream")
+                .body(body);
+            if let Ok(bytes) = client.send(req).await {
+                match bincode::deserialize::<(Option<View>, Epoch)>(&bytes) {
+                    Ok((view, lead_from)) => {
+                        let _ = tx.send(Input::Event(Event::VsReply { view, lead_from }));
+                    }
+                    Err(e) => tracing::warn!(error = %e, "bad view-service answer"),
+                }
+            }
+        });
+    }
+}
+
+async fn peer_sender(client: Client, url: String, mut rx: mpsc::UnboundedReceiver<Msg>) {
+    let mut batch = Vec::new();
+    while let Some(m) = rx.recv().await {
+        batch.push(m);
+        while batch.len() < 1024 {
+            match rx.try_recv() {
+                Ok(m) => batch.push(m),
+                Err(_) => break,
+            }
+        }
+        let body = bincode::serialize(&batch).expect("messages encode");
+        batch.clear();
+        let req = client
+            .raw()
+            .post(&url)
+            .timeout(Duration::from_secs(1))
+            .header("content-type", "application/octet-stream")
+            .body(body);
+        if let Err(e) = client.send(req).await {
+            tracing::trace!(error = %e, "replication message lost");
+        }
+    }
+}
+
+fn disk_loop(
+    mut wal: Wal,
+    rx: std::sync::mpsc::Receiver<DiskOp>,
+    events: mpsc::UnboundedSender<Input>,
+    incarnation: u64,
+) {
+    while let Ok(op) = rx.recv() {
+        let mut ops = vec![op];
+        while ops.len() < 4096 {
+            match rx.try_recv() {
+                Ok(op) => ops.push(op),
+                Err(_) => break,
+            }
+        }
+        let mut done = Vec::with_capacity(ops.len());
+        let result = (|| -> Result<(), crate::wal::WalError> {
+            for op in ops {
+                match op {
+                    DiskOp::Persist(entries) => {
+                        let Some(first) = entries.first().map(|e| e.index) else {
+                            continue;
+                        };
+                        if wal.last_index().is_some_and(|l| l >= first) {
+                            wal.truncate_suffix(first)?;
+                        }
+                        for e in &entries {
+                            wal.append(e.index, &encode_entry(e))?;
+                        }
+                        let last = entries.last().expect("non-empty");
+                        done.push(Event::Persisted {
+                            index: last.index,
+                            epoch: last.epoch,
+                        });
+                    }
+                    DiskOp::View(view) => {
+                        wal.sync()?;
+                        let epoch = view.epoch;
+                        let meta = Meta {
+                            incarnation,
+                            view: Some(view),
+                        };
+                        wal.write_meta(&bincode::serialize(&meta).expect("meta encodes"))?;
+                        done.push(Event::ViewPersisted { epoch });
+                    }
+                    DiskOp::Snapshot {
+                        meta,
+                        data,
+                        received,
+                    } => {
+                        if received {
+                            let from = wal.snapshot_index().map_or(1, |s| s + 1);
+                            if wal.last_index().is_some_and(|l| l >= from) {
+                                wal.truncate_suffix(from)?;
+                            }
+                        }
+                        let mut bytes = Vec::with_capacity(8 + data.len());
+                        bytes.extend_from_slice(&meta.epoch.to_le_bytes());
+                        bytes.extend_from_slice(&data);
+                        wal.install_snapshot(meta.index, &bytes)?;
+                        done.push(if received {
+                            Event::SnapshotInstalled { meta }
+                        } else {
+                            Event::SnapshotTaken { meta }
+                        });
+                    }
+                }
+            }
+            wal.sync()
+        })();
+        match result {
+            Ok(()) => {
+                for e in done {
+                    let _ = events.send(Input::Event(e));
+                }
+            }
+            Err(e) => {
+                let _ = events.send(Input::Fatal(e.to_string()));
+                return;
+            }
+        }
+    }
+}
+
+/// The HTTP route peers send messages to: `POST /replication/msg?from=ID` (bincode
+/// `Vec<Msg>`). Register it inside a scope that checks the cluster token.
+pub async fn receive<S: StateMachine>(
+    node: actix_web::web::Data<Node<S>>,
+    req: actix_web::HttpRequest,
+    body: bytes::Bytes,
+) -> Result<actix_web::HttpResponse, bookstore_common::ApiError> {
+    let params = bookstore_common::params::Params::parse(req.query_string());
+    let from: ReplicaId = params.required("from", "a replica id")?;
+    let msgs: Vec<Msg> = bincode::deserialize(&body).map_err(|e| {
+        bookstore_common::ApiError::BadRequest(format!("undecodable replication messages: {e}"))
+    })?;
+    node.deliver(from, msgs);
+    Ok(actix_web::HttpResponse::Ok().finish())
+}
