@@ -15,6 +15,10 @@ pub struct LocalOptions {
     pub output_dir: PathBuf,
     pub cluster_token: String,
     pub admin_token: String,
+    /// The program run as `PROGRAM serve KIND ...` (default: this program).
+    pub program: Option<PathBuf>,
+    /// Extra environment for every server (tests use it for mutation switches).
+    pub env: Vec<(String, String)>,
 }
 
 /// One supervised server process.
@@ -92,7 +96,12 @@ impl LocalCluster {
                 &format!("{kind} {id}"),
             )?);
         }
-        let exe = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
+        let exe = match &options.program {
+            Some(p) => p.clone(),
+            None => {
+                std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?
+            }
+        };
         let mut lc = LocalCluster {
             cluster: cluster.clone(),
             servers: Vec::new(),
@@ -145,6 +154,7 @@ impl LocalCluster {
             .arg("--output-dir")
             .arg(&self.options.output_dir)
             .env("BOOKSTORE_CLUSTER_TOKEN", &self.options.cluster_token)
+            .envs(self.options.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -241,6 +251,104 @@ impl LocalCluster {
             }
         }
         Ok(())
+    }
+
+    fn find(&mut self, kind: Kind, id: u32) -> Result<&mut Server, String> {
+        self.servers
+            .iter_mut()
+            .find(|s| s.kind == kind && s.id == id)
+            .ok_or_else(|| format!("no {kind} {id} in this cluster"))
+    }
+
+    /// The pid of a running server.
+    pub fn pid_of(&mut self, kind: Kind, id: u32) -> Option<u32> {
+        self.find(kind, id).ok().and_then(|s| s.pid())
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGKILL`, `libc::SIGSTOP`) to a server.
+    pub fn signal(&mut self, kind: Kind, id: u32, signal: i32) -> Result<(), String> {
+        let s = self.find(kind, id)?;
+        let pid = s
+            .pid()
+            .ok_or_else(|| format!("{} is not running", s.name()))?;
+        // SAFETY: kill(2) on a child process we own.
+        if unsafe { libc::kill(pid as i32, signal) } != 0 {
+            return Err(format!(
+                "cannot signal {}: {}",
+                s.name(),
+                std::io::Error::last_os_error()
+            ));
+        }
+        Ok(())
+    }
+
+    /// SIGKILLs a server and waits until it is gone.
+    pub async fn kill9(&mut self, kind: Kind, id: u32) -> Result<(), String> {
+        self.signal(kind, id, libc::SIGKILL)?;
+        let s = self.find(kind, id)?;
+        if let Some(mut child) = s.child.take() {
+            let _ = child.wait().await;
+        }
+        Ok(())
+    }
+
+    /// Starts a stopped server again (it recovers from its data directory) and waits
+    /// until it answers `/health`.
+    pub async fn restart(&mut self, kind: Kind, id: u32) -> Result<(), String> {
+        let exe = match &self.options.program {
+            Some(p) => p.clone(),
+            None => std::env::current_exe().map_err(|e| e.to_string())?,
+        };
+        let pos = self
+            .servers
+            .iter()
+            .position(|s| s.kind == kind && s.id == id)
+            .ok_or_else(|| format!("no {kind} {id} in this cluster"))?;
+        let mut server = self.servers.remove(pos);
+        if server.child.is_some() {
+            self.servers.insert(pos, server);
+            return Err(format!("{kind} {id} is still running"));
+        }
+        let spawned = self.spawn(&exe, &mut server);
+        self.servers.insert(pos, server);
+        spawned?;
+        let url = format!("{}/health", self.servers[pos].endpoint.url());
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if http
+                .get(&url)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Err(format!("{kind} {id} did not come back within 10 s"))
+    }
+
+    /// The current view of `kind` (catalog or order), from the view service.
+    pub async fn view(&self, kind: Kind) -> Result<serde_json::Value, String> {
+        let client = bookstore_common::client::Client::with_timeout(
+            &self.options.cluster_token,
+            Duration::from_millis(500),
+        );
+        let v: serde_json::Value = client
+            .get_json(&format!("{}/vs/{kind}/view", self.frontend_url()))
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(v["view"].clone())
+    }
+
+    /// The primary of `kind` in the current view.
+    pub async fn primary(&self, kind: Kind) -> Result<u32, String> {
+        let v = self.view(kind).await?;
+        v["primary"]
+            .as_u64()
+            .map(|p| p as u32)
+            .ok_or_else(|| format!("no {kind} view yet: {v}"))
     }
 
     pub fn frontend_url(&self) -> String {

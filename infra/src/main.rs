@@ -107,6 +107,8 @@ async fn up(
             output_dir: output_dir.clone(),
             cluster_token,
             admin_token: admin_token.clone(),
+            program: None,
+            env: Vec::new(),
         },
         &say,
     )
@@ -170,6 +172,8 @@ async fn test(
                     output_dir: dir.clone(),
                     cluster_token,
                     admin_token,
+                    program: None,
+                    env: Vec::new(),
                 },
                 &|_| {},
             )

@@ -100,6 +100,10 @@ impl NodeOptions {
             protocol: Config {
                 heartbeat_ticks: 2,
                 dead_ticks: 10,
+                // Mutation switches, for proving that the fault tests and checkers bite.
+                // Never set them in production: they make the cluster unsafe.
+                sync_ack: std::env::var_os("BOOKSTORE_UNSAFE_NO_SYNC_ACK").is_none(),
+                fencing: std::env::var_os("BOOKSTORE_UNSAFE_NO_FENCING").is_none(),
                 ..Config::default()
             },
             token: token.to_string(),
