@@ -288,6 +288,12 @@ async fn sigkill_the_catalog_primary_then_the_order_primary_under_16_buyers() {
         "{} buys: {oks} acknowledged, {unknown} unknown",
         history.len()
     );
+    if let Some((_, Res::Unknown(why), _)) = history
+        .iter()
+        .find(|(_, r, _)| matches!(r, Res::Unknown(_)))
+    {
+        println!("first unknown outcome: {why}");
+    }
     assert!(oks > 100, "only {oks} buys succeeded");
 
     // The killed replicas come back from their disks and catch up.
