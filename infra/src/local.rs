@@ -221,13 +221,33 @@ impl LocalCluster {
         Ok(())
     }
 
-    /// Waits until every catalog and order replica is in a view and caught up.
+    /// Waits until every catalog and order replica is in the view, caught up, and (for
+    /// backups) synced, so that any single failure can be survived.
     pub async fn wait_ready(&self, limit: Duration) -> Result<(), String> {
         let client = bookstore_common::client::Client::with_timeout(
             &self.options.cluster_token,
             Duration::from_millis(500),
         );
         let deadline = Instant::now() + limit;
+        for kind in [Kind::Catalog, Kind::Order] {
+            let n = self.cluster.servers(kind).len();
+            let url = format!("{}/vs/{kind}/view", self.frontend_url());
+            loop {
+                if let Ok(v) = client.get_json::<serde_json::Value>(&url).await {
+                    let backups = v["view"]["backups"].as_array().map_or(0, Vec::len);
+                    let synced = v["synced"].as_array().map_or(0, Vec::len);
+                    if !v["view"].is_null() && backups + 1 == n && synced == backups {
+                        break;
+                    }
+                }
+                if Instant::now() > deadline {
+                    return Err(format!(
+                        "the {kind} replicas did not all join the view within {limit:?}"
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
         for s in self
             .servers
             .iter()

@@ -30,7 +30,10 @@ fn local_test_runs_the_seed_scenarios_and_passes() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&r.stderr)
     );
-    assert!(stdout.contains("scenarios: 4 passed, 0 failed"), "{stdout}");
+    assert!(
+        stdout.contains("scenarios: 7 passed, 0 failed, 0 skipped"),
+        "{stdout}"
+    );
     let log = std::fs::read_to_string(out.path().join("client_log")).unwrap();
     assert!(log.contains("Get response 409"));
     let orders = std::fs::read_to_string(out.path().join("test-cluster/order0_log")).unwrap();

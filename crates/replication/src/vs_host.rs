@@ -126,6 +126,15 @@ impl VsHost {
             .and_then(|s| s.lock().vs.view().cloned())
     }
 
+    /// The current view of `kind` and its synced backups (those a failover may promote).
+    pub fn view_and_synced(&self, kind: &str) -> Option<(Option<View>, Vec<u32>)> {
+        let slot = self.slots.get(kind)?.lock();
+        Some((
+            slot.vs.view().cloned(),
+            slot.vs.synced().iter().copied().collect(),
+        ))
+    }
+
     /// One tick for every view service.
     pub fn tick(&self) {
         for slot in self.slots.values() {
@@ -165,10 +174,13 @@ pub async fn ping_route(
         .body(bincode::serialize(&answer).expect("answer encodes")))
 }
 
-/// `GET /vs/{kind}/view`: the current view as JSON.
+/// `GET /vs/{kind}/view`: `{"view": {"epoch", "primary", "backups"}, "synced": [..]}`.
 pub async fn view_route(
     host: web::Data<Arc<VsHost>>,
     kind: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "view": host.view(&kind) })))
+    let (view, synced) = host
+        .view_and_synced(&kind)
+        .ok_or_else(|| ApiError::NotFound(format!("no view service for {kind:?}")))?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "view": view, "synced": synced })))
 }

@@ -177,9 +177,27 @@ impl TestCluster {
         }
     }
 
-    /// Waits until every catalog and order replica is in a view and caught up.
+    /// Waits until every catalog and order replica is in the view, caught up, and (for
+    /// backups) synced.
     pub async fn wait_ready(&self) {
         let c = self.internal();
+        for kind in [Kind::Catalog, Kind::Order] {
+            let n = self.cluster.servers(kind).len();
+            let url = format!("{}/vs/{kind}/view", self.frontend());
+            let mut ok = false;
+            for _ in 0..500 {
+                if let Ok(v) = c.get_json::<serde_json::Value>(&url).await {
+                    let backups = v["view"]["backups"].as_array().map_or(0, Vec::len);
+                    let synced = v["synced"].as_array().map_or(0, Vec::len);
+                    if !v["view"].is_null() && backups + 1 == n && synced == backups {
+                        ok = true;
+                        break;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert!(ok, "the {kind} replicas never all joined the view");
+        }
         for kind in [Kind::Catalog, Kind::Order] {
             for (id, e) in self.cluster.servers(kind).iter().enumerate() {
                 let url = format!("{}/replication/status", e.url());
