@@ -110,6 +110,21 @@ impl CatalogState {
         v
     }
 
+    /// What `u` would answer without changing anything, when that answer is already
+    /// certain from this state: the outcome recorded under its request id, or "out of
+    /// stock" for a sale of a book with no copies left (and no record under its id).
+    /// `None` when the update must go through the log.
+    pub fn settled(&self, u: &Update) -> Option<UpdateOutcome> {
+        if let Some(prev) = u.request_id.as_ref().and_then(|id| self.applied.get(id)) {
+            return Some(prev.clone());
+        }
+        let book = self.books.get(&u.item_number)?;
+        if u.cost.is_none() && u.stock_delta < 0 && (book.stock as i64) + u.stock_delta < 0 {
+            return Some(Err(UpdateError::OutOfStock));
+        }
+        None
+    }
+
     /// Applies one update atomically as version `version` (the replicated log index,
     /// increasing); returns the book after it and the version it was written at.
     pub fn update(&mut self, u: &Update, version: u64) -> UpdateOutcome {
@@ -241,6 +256,23 @@ mod tests {
         assert_eq!(again.update(&sell(1, Some("k1")), 3).unwrap(), first);
         assert_eq!(again.lookup(1).unwrap().stock, 4);
         assert_eq!(again.search("a").len(), 1);
+    }
+
+    #[test]
+    fn sold_out_and_repeated_requests_are_settled_without_the_log() {
+        let mut c = CatalogState::new(vec![book(1, "a", 1)], 0);
+        assert_eq!(c.settled(&sell(1, Some("k"))), None);
+        let first = c.update(&sell(1, Some("k")), 1);
+        assert_eq!(c.settled(&sell(1, Some("k"))), Some(first));
+        assert_eq!(
+            c.settled(&sell(1, Some("other"))),
+            Some(Err(UpdateError::OutOfStock))
+        );
+        assert_eq!(
+            c.settled(&sell(9, None)),
+            None,
+            "unknown items go through the log"
+        );
     }
 
     #[test]
