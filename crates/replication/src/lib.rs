@@ -7,7 +7,10 @@
 //! - [`node`]: the runtime that drives one replica over HTTP with tokio: a disk thread
 //!   for the WAL, one sender task per peer, ticks from a timer; the service's state
 //!   machine plugs in through [`node::StateMachine`].
+//! - [`control`]: the routes every replicated service shares (`/health`, `/shutdown`,
+//!   `/recover`, `/replication/*`).
 //! - [`vs_host`]: hosts the view service of each replicated kind (in the frontend).
+pub mod control;
 pub mod node;
 pub mod protocol;
 pub mod viewservice;

@@ -689,18 +689,18 @@ fn disk_loop(
     }
 }
 
-/// The HTTP route peers send messages to: `POST /replication/msg?from=ID` (bincode
-/// `Vec<Msg>`). Register it inside a scope that checks the cluster token.
-pub async fn receive<S: StateMachine>(
-    node: actix_web::web::Data<Node<S>>,
-    req: actix_web::HttpRequest,
-    body: bytes::Bytes,
-) -> Result<actix_web::HttpResponse, bookstore_common::ApiError> {
+/// Decodes messages from a peer (`POST /replication/msg?from=ID`, bincode `Vec<Msg>`)
+/// and hands them to the protocol. Served by [`crate::control`], behind the cluster token.
+pub fn receive<S: StateMachine>(
+    node: &Node<S>,
+    req: &actix_web::HttpRequest,
+    body: &[u8],
+) -> Result<(), bookstore_common::ApiError> {
     let params = bookstore_common::params::Params::parse(req.query_string());
     let from: ReplicaId = params.required("from", "a replica id")?;
-    let msgs: Vec<Msg> = bincode::deserialize(&body).map_err(|e| {
+    let msgs: Vec<Msg> = bincode::deserialize(body).map_err(|e| {
         bookstore_common::ApiError::BadRequest(format!("undecodable replication messages: {e}"))
     })?;
     node.deliver(from, msgs);
-    Ok(actix_web::HttpResponse::Ok().finish())
+    Ok(())
 }

@@ -16,15 +16,15 @@ use bookstore_common::client::Client;
 use bookstore_common::config::{ClusterConfig, Kind};
 use bookstore_common::oplog::OpLog;
 use bookstore_common::params::{idempotency_key, Params};
-use bookstore_common::types::{Book, Health, LeaseRequest, Versioned, IDEMPOTENCY_KEY_HEADER};
+use bookstore_common::types::{Book, LeaseRequest, Versioned, IDEMPOTENCY_KEY_HEADER};
 use bookstore_common::{server, ApiError};
-use bookstore_replication::node::{self, Node, NodeOptions, StateMachine, SubmitError};
+use bookstore_replication::control::{self, Control};
+use bookstore_replication::node::{Node, NodeOptions, StateMachine};
 use cache_link::CacheLink;
 use state::{CatalogState, Update, UpdateError, UpdateOutcome};
 use std::future::Future;
 use std::net::TcpListener;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -70,22 +70,8 @@ impl StateMachine for CatalogSm {
 
 /// A running replica's shared state.
 pub struct Catalog {
-    id: u32,
-    node: Node<CatalogSm>,
+    control: web::Data<Control<CatalogSm>>,
     cache: CacheLink,
-    log: OpLog,
-    down: AtomicBool,
-}
-
-/// Maps a replication failure onto the HTTP answer.
-pub fn submit_error(e: SubmitError) -> ApiError {
-    match e {
-        SubmitError::NotPrimary { hint } => ApiError::NotPrimary { primary: hint },
-        SubmitError::Retry => ApiError::Unavailable(
-            "outcome unknown (primary changed); retry with the same Idempotency-Key".into(),
-        ),
-        SubmitError::Down => ApiError::Unavailable("replica is down".into()),
-    }
 }
 
 impl Catalog {
@@ -125,37 +111,34 @@ impl Catalog {
         let books = config.books.clone();
         let node = Node::start(opts, move || CatalogSm(CatalogState::new(books.clone(), 0)))?;
         Ok(Catalog {
-            id: config.id,
-            node,
+            control: web::Data::new(Control::new("catalog", config.id, node, log)),
             cache: CacheLink::new(client, cache_url, config.lease),
-            log,
-            down: AtomicBool::new(false),
         })
     }
 
     fn check_up(&self) -> Result<(), ApiError> {
-        if self.down.load(Ordering::Acquire) {
-            return Err(ApiError::Unavailable(format!(
-                "catalog {} is shut down (POST /recover brings it back)",
-                self.id
-            )));
-        }
-        Ok(())
+        self.control.check_up()
     }
 
     fn read<R>(&self, f: impl FnOnce(&CatalogState) -> R) -> Result<R, ApiError> {
-        self.node
-            .read(|sm| f(&sm.0))
-            .ok_or_else(|| ApiError::Unavailable(format!("catalog {} is not caught up", self.id)))
+        self.control.read(|sm| f(&sm.0))
+    }
+
+    fn node(&self) -> &Node<CatalogSm> {
+        &self.control.node
+    }
+
+    fn log(&self) -> &OpLog {
+        &self.control.log
     }
 
     /// Replicates an update, invalidates the cache, and only then returns.
     pub async fn update(&self, u: Update) -> Result<Versioned<Book>, ApiError> {
         // A sale of a sold-out book, or a repeated request, is answered from the
         // primary's committed state: no log entry, no fsync. Sold out stays cheap.
-        let status = self.node.status();
+        let status = self.node().status();
         let settled = if status.role == "primary" {
-            self.node.read(|sm| sm.0.settled(&u)).flatten()
+            self.node().read(|sm| sm.0.settled(&u)).flatten()
         } else {
             None
         };
@@ -163,12 +146,12 @@ impl Catalog {
             Some(o) => o,
             None => {
                 let data = bincode::serialize(&u).expect("update encodes");
-                let answer = self.node.submit(data).await.map_err(submit_error)?;
+                let answer = self.node().submit(data).await?;
                 bincode::deserialize::<UpdateOutcome>(&answer)
                     .map_err(|e| ApiError::BadGateway(format!("undecodable outcome: {e}")))?
             }
         };
-        self.log.record(format!(
+        self.log().record(format!(
             "update,{},{},{}",
             u.item_number,
             u.cost.map_or("na".to_string(), |c| c.to_string()),
@@ -191,31 +174,11 @@ impl Catalog {
 
 type Ctx = web::Data<Catalog>;
 
-async fn health(ctx: Ctx) -> HttpResponse {
-    let down = ctx.down.load(Ordering::Acquire);
-    let status = ctx.node.status();
-    let body = Health {
-        status: if down { "down" } else { "ok" }.into(),
-        service: "catalog".into(),
-        id: ctx.id,
-        role: Some(if down { "down".into() } else { status.role }),
-        epoch: Some(status.epoch),
-    };
-    if down {
-        HttpResponse::ServiceUnavailable().json(body)
-    } else {
-        HttpResponse::Ok().json(body)
-    }
-}
-
 /// `?consistent=1` asks for the primary's answer (a backup answers 421).
 fn require_primary(ctx: &Catalog, params: &Params) -> Result<(), ApiError> {
     let consistent = matches!(params.optional_str("consistent")?, Some("1" | "true"));
     if consistent {
-        let s = ctx.node.status();
-        if s.role != "primary" {
-            return Err(ApiError::NotPrimary { primary: s.primary });
-        }
+        ctx.control.check_primary()?;
     }
     Ok(())
 }
@@ -225,7 +188,7 @@ async fn query_by_item(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiEr
     let params = Params::parse(req.query_string());
     let item = params.item_number()?;
     require_primary(&ctx, &params)?;
-    ctx.log.record(format!("query_by_item,{item}"));
+    ctx.log().record(format!("query_by_item,{item}"));
     let found = ctx.read(|s| s.lookup(item).cloned().map(|b| (b, s.version())))?;
     let (book, version) =
         found.ok_or_else(|| ApiError::NotFound(format!("no book with item_number {item}")))?;
@@ -240,7 +203,7 @@ async fn query_by_topic(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiE
     let params = Params::parse(req.query_string());
     let topic = params.topic()?;
     require_primary(&ctx, &params)?;
-    ctx.log.record(format!("query_by_topic,{topic}"));
+    ctx.log().record(format!("query_by_topic,{topic}"));
     let (hits, version) = ctx.read(|s| (s.search(topic), s.version()))?;
     Ok(HttpResponse::Ok().json(Versioned {
         result: &*hits,
@@ -292,42 +255,19 @@ async fn books(ctx: Ctx) -> Result<HttpResponse, ApiError> {
 
 async fn cache_lease(ctx: Ctx, body: web::Json<LeaseRequest>) -> Result<HttpResponse, ApiError> {
     ctx.check_up()?;
-    let s = ctx.node.status();
+    let s = ctx.node().status();
     if s.role != "primary" || !s.serving_reads {
         return Err(ApiError::NotPrimary { primary: s.primary });
     }
     let reply = ctx
         .cache
-        .lease(body.flushed_to, || ctx.node.read_any(|sm| sm.0.version()));
+        .lease(body.flushed_to, || ctx.node().read_any(|sm| sm.0.version()));
     Ok(HttpResponse::Ok().json(reply))
-}
-
-async fn replication_status(ctx: Ctx) -> HttpResponse {
-    HttpResponse::Ok().json(ctx.node.status())
-}
-
-async fn shutdown(ctx: Ctx) -> HttpResponse {
-    ctx.down.store(true, Ordering::Release);
-    ctx.node.crash().await;
-    ctx.log.record("shutdown".into());
-    tracing::warn!(id = ctx.id, "shut down by request (as a crash)");
-    HttpResponse::Ok().json(serde_json::json!({"result": "shut down"}))
-}
-
-async fn recover(ctx: Ctx) -> Result<HttpResponse, ApiError> {
-    ctx.node
-        .restart()
-        .await
-        .map_err(|e| ApiError::Unavailable(format!("restart failed: {e}")))?;
-    ctx.down.store(false, Ordering::Release);
-    ctx.log.record("recover".into());
-    tracing::info!(id = ctx.id, "recovering from disk by request");
-    Ok(HttpResponse::Ok().json(serde_json::json!({"result": "recovering"})))
 }
 
 /// Registers the routes of a catalog replica.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/health", web::get().to(health)).service(
+    cfg.configure(control::public_routes::<CatalogSm>).service(
         web::scope("")
             .wrap(from_fn(require_cluster_token))
             .route("/query_by_item", web::get().to(query_by_item))
@@ -335,13 +275,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route("/update", web::post().to(update))
             .route("/books", web::get().to(books))
             .route("/cache_lease", web::post().to(cache_lease))
-            .route("/shutdown", web::post().to(shutdown))
-            .route("/recover", web::post().to(recover))
-            .route(
-                "/replication/msg",
-                web::post().to(node::receive::<CatalogSm>),
-            )
-            .route("/replication/status", web::get().to(replication_status))
+            .configure(control::internal_routes::<CatalogSm>)
             .default_service(web::to(server::not_found)),
     );
 }
@@ -353,7 +287,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let catalog = Catalog::new(&config).map_err(std::io::Error::other)?;
-    let node = web::Data::new(catalog.node.clone());
+    let control = catalog.control.clone();
     let catalog = web::Data::new(catalog);
     let tokens = web::Data::new(config.tokens.clone());
     tracing::info!(id = config.id, addr = %listener.local_addr()?, books = config.books.len(), "catalog serving");
@@ -361,7 +295,7 @@ pub async fn run(
     let server = HttpServer::new(move || {
         App::new()
             .app_data(c.clone())
-            .app_data(node.clone())
+            .app_data(control.clone())
             .app_data(tokens.clone())
             .app_data(server::json_config())
             .app_data(web::PayloadConfig::new(64 << 20))
@@ -372,7 +306,7 @@ pub async fn run(
     .listen(listener)?
     .run();
     let r = server::run_until(server, shutdown).await;
-    catalog.node.crash().await;
+    catalog.node().crash().await;
     r
 }
 

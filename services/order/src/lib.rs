@@ -17,15 +17,15 @@ use bookstore_common::config::{ClusterConfig, Kind};
 use bookstore_common::oplog::OpLog;
 use bookstore_common::params::{idempotency_key, Params};
 use bookstore_common::router::Router;
-use bookstore_common::types::{Book, BuySuccess, Health, Order, Versioned, IDEMPOTENCY_KEY_HEADER};
+use bookstore_common::types::{Book, BuySuccess, Order, Versioned, IDEMPOTENCY_KEY_HEADER};
 use bookstore_common::{server, ApiError};
-use bookstore_replication::node::{self, Node, NodeOptions, StateMachine, SubmitError};
+use bookstore_replication::control::{self, Control};
+use bookstore_replication::node::{Node, NodeOptions, StateMachine};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::net::TcpListener;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 #[derive(Debug, Clone)]
@@ -104,21 +104,8 @@ impl StateMachine for OrderSm {
 }
 
 pub struct OrderService {
-    id: u32,
-    node: Node<OrderSm>,
+    control: web::Data<Control<OrderSm>>,
     catalog: Router,
-    log: OpLog,
-    down: AtomicBool,
-}
-
-fn submit_error(e: SubmitError) -> ApiError {
-    match e {
-        SubmitError::NotPrimary { hint } => ApiError::NotPrimary { primary: hint },
-        SubmitError::Retry => ApiError::Unavailable(
-            "outcome unknown (primary changed); retry with the same Idempotency-Key".into(),
-        ),
-        SubmitError::Down => ApiError::Unavailable("replica is down".into()),
-    }
 }
 
 impl OrderService {
@@ -151,21 +138,19 @@ impl OrderService {
         opts.tick = config.tick;
         let node = Node::start(opts, OrderSm::default)?;
         Ok(OrderService {
-            id: config.id,
-            node,
+            control: web::Data::new(Control::new("order", config.id, node, log)),
             catalog: Router::new(Client::new(config.tokens.cluster()), urls(Kind::Catalog)),
-            log,
-            down: AtomicBool::new(false),
         })
+    }
+
+    fn node(&self) -> &Node<OrderSm> {
+        &self.control.node
     }
 
     /// Buys one copy of `item` under idempotency key `key`.
     pub async fn buy(&self, item: u32, key: &str) -> Result<Order, ApiError> {
-        let s = self.node.status();
-        if s.role != "primary" {
-            return Err(ApiError::NotPrimary { primary: s.primary });
-        }
-        if let Some(Some(order)) = self.node.read(|sm| sm.by_key(key).cloned()) {
+        self.control.check_primary()?;
+        if let Some(Some(order)) = self.node().read(|sm| sm.by_key(key).cloned()) {
             return Ok(order);
         }
         let path = format!("/update?item_number={item}&stock=-1");
@@ -197,27 +182,22 @@ impl OrderService {
             },
         };
         let data = bincode::serialize(&record).expect("record encodes");
-        let answer = self.node.submit(data).await.map_err(submit_error)?;
+        let answer = self.node().submit(data).await?;
         let order: Option<Order> = bincode::deserialize(&answer)
             .map_err(|e| ApiError::BadGateway(format!("undecodable order: {e}")))?;
         let order = order.ok_or_else(|| ApiError::BadGateway("order not recorded".into()))?;
-        self.log.record(format!("bought book {item}"));
+        self.control.log.record(format!("bought book {item}"));
         Ok(order)
     }
 
     /// Every order this replica has applied (it must be caught up).
-    pub fn orders(&self) -> Option<Vec<Order>> {
-        self.node.read(|sm| sm.orders().to_vec())
+    /// Every order this replica has applied (503 unless it is caught up).
+    pub fn orders(&self) -> Result<Vec<Order>, ApiError> {
+        self.control.read(|sm| sm.orders().to_vec())
     }
 
     fn check_up(&self) -> Result<(), ApiError> {
-        if self.down.load(Ordering::Acquire) {
-            return Err(ApiError::Unavailable(format!(
-                "order {} is shut down",
-                self.id
-            )));
-        }
-        Ok(())
+        self.control.check_up()
     }
 }
 
@@ -229,23 +209,6 @@ fn now_ms() -> u64 {
 }
 
 type Ctx = web::Data<OrderService>;
-
-async fn health(ctx: Ctx) -> HttpResponse {
-    let down = ctx.down.load(Ordering::Acquire);
-    let status = ctx.node.status();
-    let body = Health {
-        status: if down { "down" } else { "ok" }.into(),
-        service: "order".into(),
-        id: ctx.id,
-        role: Some(if down { "down".into() } else { status.role }),
-        epoch: Some(status.epoch),
-    };
-    if down {
-        HttpResponse::ServiceUnavailable().json(body)
-    } else {
-        HttpResponse::Ok().json(body)
-    }
-}
 
 async fn buy(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     ctx.check_up()?;
@@ -265,41 +228,17 @@ async fn buy(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
 
 async fn orders(ctx: Ctx) -> Result<HttpResponse, ApiError> {
     ctx.check_up()?;
-    let orders = ctx
-        .orders()
-        .ok_or_else(|| ApiError::Unavailable(format!("order {} is not caught up", ctx.id)))?;
+    let orders = ctx.orders()?;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "result": orders })))
 }
 
-async fn replication_status(ctx: Ctx) -> HttpResponse {
-    HttpResponse::Ok().json(ctx.node.status())
-}
-
-async fn shutdown(ctx: Ctx) -> HttpResponse {
-    ctx.down.store(true, Ordering::Release);
-    ctx.node.crash().await;
-    HttpResponse::Ok().json(serde_json::json!({"result": "shut down"}))
-}
-
-async fn recover(ctx: Ctx) -> Result<HttpResponse, ApiError> {
-    ctx.node
-        .restart()
-        .await
-        .map_err(|e| ApiError::Unavailable(format!("restart failed: {e}")))?;
-    ctx.down.store(false, Ordering::Release);
-    Ok(HttpResponse::Ok().json(serde_json::json!({"result": "recovering"})))
-}
-
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/health", web::get().to(health)).service(
+    cfg.configure(control::public_routes::<OrderSm>).service(
         web::scope("")
             .wrap(from_fn(require_cluster_token))
             .route("/buy", web::post().to(buy))
             .route("/orders", web::get().to(orders))
-            .route("/shutdown", web::post().to(shutdown))
-            .route("/recover", web::post().to(recover))
-            .route("/replication/msg", web::post().to(node::receive::<OrderSm>))
-            .route("/replication/status", web::get().to(replication_status))
+            .configure(control::internal_routes::<OrderSm>)
             .default_service(web::to(server::not_found)),
     );
 }
@@ -311,7 +250,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let service = OrderService::new(&config).map_err(std::io::Error::other)?;
-    let node = web::Data::new(service.node.clone());
+    let control = service.control.clone();
     let service = web::Data::new(service);
     let tokens = web::Data::new(config.tokens.clone());
     tracing::info!(id = config.id, addr = %listener.local_addr()?, "order serving");
@@ -319,7 +258,7 @@ pub async fn run(
     let server = HttpServer::new(move || {
         App::new()
             .app_data(s.clone())
-            .app_data(node.clone())
+            .app_data(control.clone())
             .app_data(tokens.clone())
             .app_data(web::PayloadConfig::new(64 << 20))
             .configure(routes)
@@ -329,6 +268,6 @@ pub async fn run(
     .listen(listener)?
     .run();
     let r = server::run_until(server, shutdown).await;
-    service.node.crash().await;
+    service.node().crash().await;
     r
 }

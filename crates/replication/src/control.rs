@@ -1,0 +1,139 @@
+//! The routes every replicated service shares: `/health` (with role and epoch), the
+//! seed's `/shutdown` (a crash) and `/recover` (a restart from disk, the same code path as
+//! a process restart), `/replication/status` and `/replication/msg`.
+use crate::node::{self, Node, StateMachine, SubmitError};
+use actix_web::{web, HttpResponse};
+use bookstore_common::oplog::OpLog;
+use bookstore_common::types::Health;
+use bookstore_common::ApiError;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+impl From<SubmitError> for ApiError {
+    fn from(e: SubmitError) -> ApiError {
+        match e {
+            SubmitError::NotPrimary { hint } => ApiError::NotPrimary { primary: hint },
+            SubmitError::Retry => ApiError::Unavailable(
+                "outcome unknown (primary changed); retry with the same Idempotency-Key".into(),
+            ),
+            SubmitError::Down => ApiError::Unavailable("replica is down".into()),
+        }
+    }
+}
+
+/// A replica of a service, as its routes see it.
+pub struct Control<S> {
+    pub service: &'static str,
+    pub id: u32,
+    pub node: Node<S>,
+    pub log: OpLog,
+    down: AtomicBool,
+}
+
+impl<S: StateMachine> Control<S> {
+    pub fn new(service: &'static str, id: u32, node: Node<S>, log: OpLog) -> Control<S> {
+        Control {
+            service,
+            id,
+            node,
+            log,
+            down: AtomicBool::new(false),
+        }
+    }
+
+    /// 503 while the replica is shut down.
+    pub fn check_up(&self) -> Result<(), ApiError> {
+        if self.down.load(Ordering::Acquire) {
+            return Err(ApiError::Unavailable(format!(
+                "{} {} is shut down (POST /recover brings it back)",
+                self.service, self.id
+            )));
+        }
+        Ok(())
+    }
+
+    /// 421 naming the primary unless this replica is the primary.
+    pub fn check_primary(&self) -> Result<(), ApiError> {
+        let s = self.node.status();
+        if s.role != "primary" {
+            return Err(ApiError::NotPrimary { primary: s.primary });
+        }
+        Ok(())
+    }
+
+    /// Reads the state machine if this replica is caught up, else 503.
+    pub fn read<R>(&self, f: impl FnOnce(&S) -> R) -> Result<R, ApiError> {
+        self.node.read(f).ok_or_else(|| {
+            ApiError::Unavailable(format!("{} {} is not caught up", self.service, self.id))
+        })
+    }
+}
+
+async fn health<S: StateMachine>(ctx: web::Data<Control<S>>) -> HttpResponse {
+    let down = ctx.down.load(Ordering::Acquire);
+    let status = ctx.node.status();
+    let body = Health {
+        status: if down { "down" } else { "ok" }.into(),
+        service: ctx.service.into(),
+        id: ctx.id,
+        role: Some(if down { "down".into() } else { status.role }),
+        epoch: Some(status.epoch),
+    };
+    if down {
+        HttpResponse::ServiceUnavailable().json(body)
+    } else {
+        HttpResponse::Ok().json(body)
+    }
+}
+
+async fn status<S: StateMachine>(ctx: web::Data<Control<S>>) -> HttpResponse {
+    HttpResponse::Ok().json(ctx.node.status())
+}
+
+async fn shutdown<S: StateMachine>(ctx: web::Data<Control<S>>) -> HttpResponse {
+    ctx.down.store(true, Ordering::Release);
+    ctx.node.crash().await;
+    ctx.log.record("shutdown".into());
+    tracing::warn!(
+        service = ctx.service,
+        id = ctx.id,
+        "shut down by request (as a crash)"
+    );
+    HttpResponse::Ok().json(serde_json::json!({"result": "shut down"}))
+}
+
+async fn recover<S: StateMachine>(ctx: web::Data<Control<S>>) -> Result<HttpResponse, ApiError> {
+    ctx.node
+        .restart()
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("restart failed: {e}")))?;
+    ctx.down.store(false, Ordering::Release);
+    ctx.log.record("recover".into());
+    tracing::info!(
+        service = ctx.service,
+        id = ctx.id,
+        "recovering from disk by request"
+    );
+    Ok(HttpResponse::Ok().json(serde_json::json!({"result": "recovering"})))
+}
+
+async fn receive<S: StateMachine>(
+    ctx: web::Data<Control<S>>,
+    req: actix_web::HttpRequest,
+    body: bytes::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    node::receive(&ctx.node, &req, &body)?;
+    Ok(HttpResponse::Ok().finish())
+}
+
+/// `GET /health` (public).
+pub fn public_routes<S: StateMachine>(cfg: &mut web::ServiceConfig) {
+    cfg.route("/health", web::get().to(health::<S>));
+}
+
+/// The internal routes; register inside the scope that checks the cluster token.
+pub fn internal_routes<S: StateMachine>(cfg: &mut web::ServiceConfig) {
+    cfg.route("/shutdown", web::post().to(shutdown::<S>))
+        .route("/recover", web::post().to(recover::<S>))
+        .route("/replication/msg", web::post().to(receive::<S>))
+        .route("/replication/status", web::get().to(status::<S>));
+}
