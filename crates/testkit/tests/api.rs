@@ -257,6 +257,13 @@ async fn internal_routes_need_the_cluster_token() {
         ),
         ("POST", c.url(Kind::Cache, 0) + "/put_lookup_cache"),
         ("GET", c.url(Kind::Cache, 0) + "/stats"),
+        ("POST", c.url(Kind::Catalog, 1) + "/replication/msg?from=0"),
+        ("GET", c.url(Kind::Catalog, 0) + "/replication/status"),
+        ("POST", c.url(Kind::Order, 0) + "/replication/msg?from=1"),
+        ("GET", c.url(Kind::Order, 1) + "/replication/status"),
+        ("POST", c.url(Kind::Order, 1) + "/recover"),
+        ("POST", c.frontend() + "/vs/catalog/ping"),
+        ("GET", c.frontend() + "/vs/order/view"),
     ];
     for (method, url) in &routes {
         for token in [None, Some("wrong")] {
@@ -269,6 +276,25 @@ async fn internal_routes_need_the_cluster_token() {
             let v: Value = r.json().await.unwrap();
             assert!(v["error"].as_str().unwrap().contains("X-Cluster-Token"));
         }
+    }
+    // With the token, garbage is refused by name, not obeyed.
+    for url in [
+        c.url(Kind::Catalog, 1) + "/replication/msg?from=0",
+        c.frontend() + "/vs/catalog/ping",
+    ] {
+        let r = http
+            .post(&url)
+            .header("x-cluster-token", CLUSTER_TOKEN)
+            .body(vec![0xffu8; 64])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{url}");
+        let v: Value = r.json().await.unwrap();
+        assert!(
+            v["error"].as_str().unwrap().contains("undecodable"),
+            "{url}: {v}"
+        );
     }
     // With the token, reads work.
     let r = http
