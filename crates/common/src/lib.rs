@@ -9,6 +9,7 @@
 //! - [`oplog`]: the seed's one-operation-a-line logs, written off the request path.
 //! - [`server`]: running an actix app on an already-bound listener with a shutdown future.
 //! - [`telemetry`]: structured tracing to stderr.
+//! - [`timing`]: `Server-Timing` headers (own time and each downstream call).
 pub mod auth;
 pub mod cli;
 pub mod client;
@@ -19,6 +20,7 @@ pub mod params;
 pub mod router;
 pub mod server;
 pub mod telemetry;
+pub mod timing;
 pub mod types;
 
 pub use error::ApiError;

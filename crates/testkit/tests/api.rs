@@ -419,3 +419,41 @@ async fn a_shut_down_catalog_primary_fails_over_and_recovers_from_disk() {
     assert_eq!(seen[0], seen[1]);
     assert_eq!(seen[0][2]["stock"], 1, "book 3 sold twice: {}", seen[0]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_carry_server_timing_per_tier() {
+    let c = TestCluster::start().await;
+    let http = reqwest::Client::new();
+    let f = c.frontend();
+    let tiers = |r: &reqwest::Response| -> Vec<String> {
+        let h = r.headers()["server-timing"].to_str().unwrap().to_string();
+        h.split(", ")
+            .map(|p| {
+                let (name, dur) = p.split_once(";dur=").unwrap();
+                assert!(dur.parse::<f64>().unwrap() >= 0.0, "{h}");
+                name.to_string()
+            })
+            .collect()
+    };
+    let r = http
+        .get(format!("{f}/lookup?item_number=1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(tiers(&r)[0], "frontend");
+    assert!(tiers(&r).contains(&"catalog".to_string()) || tiers(&r).contains(&"cache".to_string()));
+    let r = http
+        .post(format!("{f}/buy?item_number=1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(tiers(&r), ["frontend", "order"]);
+    let r = c
+        .internal()
+        .raw()
+        .post(format!("{}/buy?item_number=2", c.url(Kind::Order, 0)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(tiers(&r), ["order", "catalog", "replication"]);
+}

@@ -16,6 +16,7 @@ use bookstore_common::client::Client;
 use bookstore_common::config::{ClusterConfig, Kind};
 use bookstore_common::oplog::OpLog;
 use bookstore_common::params::{idempotency_key, Params};
+use bookstore_common::timing::{Timing, SERVER_TIMING};
 use bookstore_common::types::{Book, LeaseRequest, Versioned, IDEMPOTENCY_KEY_HEADER};
 use bookstore_common::{server, ApiError};
 use bookstore_replication::control::{self, Control};
@@ -133,7 +134,7 @@ impl Catalog {
     }
 
     /// Replicates an update, invalidates the cache, and only then returns.
-    pub async fn update(&self, u: Update) -> Result<Versioned<Book>, ApiError> {
+    pub async fn update(&self, u: Update, t: &mut Timing) -> Result<Versioned<Book>, ApiError> {
         // A sale of a sold-out book, or a repeated request, is answered from the
         // primary's committed state: no log entry, no fsync. Sold out stays cheap.
         let status = self.node().status();
@@ -146,7 +147,7 @@ impl Catalog {
             Some(o) => o,
             None => {
                 let data = bincode::serialize(&u).expect("update encodes");
-                let answer = self.node().submit(data).await?;
+                let answer = t.time("replication", self.node().submit(data)).await?;
                 bincode::deserialize::<UpdateOutcome>(&answer)
                     .map_err(|e| ApiError::BadGateway(format!("undecodable outcome: {e}")))?
             }
@@ -159,7 +160,8 @@ impl Catalog {
         ));
         match outcome {
             Ok((book, version)) => {
-                self.cache.invalidate(book.item_number, version).await;
+                t.time("cache", self.cache.invalidate(book.item_number, version))
+                    .await;
                 Ok(Versioned {
                     result: book,
                     version,
@@ -213,6 +215,7 @@ async fn query_by_topic(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiE
 
 /// `POST /update?item_number=N&stock=DELTA&cost=C|na` (the seed's parameters).
 async fn update(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let mut t = Timing::start();
     ctx.check_up()?;
     let params = Params::parse(req.query_string());
     let item_number = params.item_number()?;
@@ -234,14 +237,19 @@ async fn update(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
             .map(|v| v.as_bytes()),
     )?;
     let out = ctx
-        .update(Update {
-            item_number,
-            stock_delta,
-            cost,
-            request_id,
-        })
+        .update(
+            Update {
+                item_number,
+                stock_delta,
+                cost,
+                request_id,
+            },
+            &mut t,
+        )
         .await?;
-    Ok(HttpResponse::Ok().json(out))
+    Ok(HttpResponse::Ok()
+        .insert_header((SERVER_TIMING, t.header("catalog")))
+        .json(out))
 }
 
 async fn books(ctx: Ctx) -> Result<HttpResponse, ApiError> {

@@ -19,6 +19,7 @@ use bookstore_common::config::{ClusterConfig, Kind};
 use bookstore_common::oplog::OpLog;
 use bookstore_common::params::{idempotency_key, Params};
 use bookstore_common::router::{Read, Router};
+use bookstore_common::timing::{Timing, SERVER_TIMING};
 use bookstore_common::types::{
     Book, BuySuccess, CacheFill, Health, LookupResponse, SearchHit, SearchResponse, Versioned,
     IDEMPOTENCY_KEY_HEADER,
@@ -112,17 +113,18 @@ impl Frontend {
         }
     }
 
-    async fn cached(&self, path: String) -> Option<HttpResponse> {
+    async fn cached(&self, path: String, t: &mut Timing) -> Option<HttpResponse> {
         let cache = self.cache.as_ref()?;
         let req = self
             .client
             .raw()
             .get(format!("{cache}{path}"))
             .timeout(Duration::from_millis(200));
-        let body = self.client.send(req).await.ok()?;
+        let body = t.time("cache", self.client.send(req)).await.ok()?;
         Some(
             HttpResponse::Ok()
                 .insert_header(ContentType::json())
+                .insert_header((SERVER_TIMING, t.header("frontend")))
                 .body(body),
         )
     }
@@ -173,16 +175,17 @@ async fn health(ctx: Ctx) -> HttpResponse {
 async fn lookup(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let item = Params::parse(req.query_string()).item_number()?;
     ctx.log.record(format!("lookup,{item}"));
-    if let Some(hit) = ctx.cached(format!("/lookup?item_number={item}")).await {
+    let mut t = Timing::start();
+    if let Some(hit) = ctx
+        .cached(format!("/lookup?item_number={item}"), &mut t)
+        .await
+    {
         return Ok(hit);
     }
     ctx.follow_views();
-    let body = ctx
-        .catalog
-        .read(
-            &format!("/query_by_item?item_number={item}&consistent=1"),
-            Read::Primary,
-        )
+    let path = format!("/query_by_item?item_number={item}&consistent=1");
+    let body = t
+        .time("catalog", ctx.catalog.read(&path, Read::Primary))
         .await
         .map_err(|e| upstream_error("catalog", e))?;
     let v: Versioned<Book> = decode(&body)?;
@@ -196,7 +199,9 @@ async fn lookup(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
             response: value.clone(),
         },
     );
-    Ok(HttpResponse::Ok().json(value))
+    Ok(HttpResponse::Ok()
+        .insert_header((SERVER_TIMING, t.header("frontend")))
+        .json(value))
 }
 
 async fn search(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
@@ -204,12 +209,13 @@ async fn search(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let topic = params.topic()?;
     ctx.log.record(format!("search,{topic}"));
     let q = encode(topic);
-    if let Some(hit) = ctx.cached(format!("/search?topic={q}")).await {
+    let mut t = Timing::start();
+    if let Some(hit) = ctx.cached(format!("/search?topic={q}"), &mut t).await {
         return Ok(hit);
     }
-    let body = ctx
-        .catalog
-        .read(&format!("/query_by_topic?topic={q}"), Read::Any)
+    let path = format!("/query_by_topic?topic={q}");
+    let body = t
+        .time("catalog", ctx.catalog.read(&path, Read::Any))
         .await
         .map_err(|e| upstream_error("catalog", e))?;
     let v: Versioned<Vec<SearchHit>> = decode(&body)?;
@@ -224,7 +230,9 @@ async fn search(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
             response: value.clone(),
         },
     );
-    Ok(HttpResponse::Ok().json(value))
+    Ok(HttpResponse::Ok()
+        .insert_header((SERVER_TIMING, t.header("frontend")))
+        .json(value))
 }
 
 fn client_key(req: &HttpRequest) -> Result<String, ApiError> {
@@ -241,16 +249,19 @@ async fn buy(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let key = client_key(&req)?;
     ctx.log.record(format!("buy,{item}"));
     ctx.follow_views();
+    let mut t = Timing::start();
     // The router retries an unknown outcome with the same key: it cannot buy twice.
-    let ok: BuySuccess = ctx
-        .order
-        .write(
-            &format!("/buy?item_number={item}"),
-            &[(IDEMPOTENCY_KEY_HEADER, &key)],
+    let path = format!("/buy?item_number={item}");
+    let ok: BuySuccess = t
+        .time(
+            "order",
+            ctx.order.write(&path, &[(IDEMPOTENCY_KEY_HEADER, &key)]),
         )
         .await
         .map_err(|e| upstream_error("order", e))?;
-    Ok(HttpResponse::Ok().json(ok))
+    Ok(HttpResponse::Ok()
+        .insert_header((SERVER_TIMING, t.header("frontend")))
+        .json(ok))
 }
 
 /// `POST /admin/restock?item_number=N&quantity=Q[&cost=C]`: adds Q copies and

@@ -17,6 +17,7 @@ use bookstore_common::config::{ClusterConfig, Kind};
 use bookstore_common::oplog::OpLog;
 use bookstore_common::params::{idempotency_key, Params};
 use bookstore_common::router::Router;
+use bookstore_common::timing::{Timing, SERVER_TIMING};
 use bookstore_common::types::{Book, BuySuccess, Order, Versioned, IDEMPOTENCY_KEY_HEADER};
 use bookstore_common::{server, ApiError};
 use bookstore_replication::control::{self, Control};
@@ -147,16 +148,19 @@ impl OrderService {
         &self.control.node
     }
 
-    /// Buys one copy of `item` under idempotency key `key`.
-    pub async fn buy(&self, item: u32, key: &str) -> Result<Order, ApiError> {
+    /// Buys one copy of `item` under idempotency key `key`; `t` records the catalog call
+    /// and the replication of the order.
+    pub async fn buy(&self, item: u32, key: &str, t: &mut Timing) -> Result<Order, ApiError> {
         self.control.check_primary()?;
         if let Some(Some(order)) = self.node().read(|sm| sm.by_key(key).cloned()) {
             return Ok(order);
         }
         let path = format!("/update?item_number={item}&stock=-1");
-        let answer: Result<Versioned<Book>, CallError> = self
-            .catalog
-            .write(&path, &[(IDEMPOTENCY_KEY_HEADER, key)])
+        let answer: Result<Versioned<Book>, CallError> = t
+            .time(
+                "catalog",
+                self.catalog.write(&path, &[(IDEMPOTENCY_KEY_HEADER, key)]),
+            )
             .await;
         let book = match answer {
             Ok(v) => v.result,
@@ -182,7 +186,7 @@ impl OrderService {
             },
         };
         let data = bincode::serialize(&record).expect("record encodes");
-        let answer = self.node().submit(data).await?;
+        let answer = t.time("replication", self.node().submit(data)).await?;
         let order: Option<Order> = bincode::deserialize(&answer)
             .map_err(|e| ApiError::BadGateway(format!("undecodable order: {e}")))?;
         let order = order.ok_or_else(|| ApiError::BadGateway("order not recorded".into()))?;
@@ -219,11 +223,14 @@ async fn buy(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
             .map(|v| v.as_bytes()),
     )?
     .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
-    let order = ctx.buy(item, &key).await?;
-    Ok(HttpResponse::Ok().json(BuySuccess {
-        result: "Success".into(),
-        order_id: order.order_id,
-    }))
+    let mut t = Timing::start();
+    let order = ctx.buy(item, &key, &mut t).await?;
+    Ok(HttpResponse::Ok()
+        .insert_header((SERVER_TIMING, t.header("order")))
+        .json(BuySuccess {
+            result: "Success".into(),
+            order_id: order.order_id,
+        }))
 }
 
 async fn orders(ctx: Ctx) -> Result<HttpResponse, ApiError> {
