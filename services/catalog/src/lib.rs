@@ -135,8 +135,8 @@ impl Catalog {
 
     /// Replicates an update, invalidates the cache, and only then returns.
     pub async fn update(&self, u: Update, t: &mut Timing) -> Result<Versioned<Book>, ApiError> {
-        // A sale of a sold-out book, or a repeated request, is answered from the
-        // primary's committed state: no log entry, no fsync. Sold out stays cheap.
+        // A repeated request is answered from the primary's committed state: no log
+        // entry, no fsync.
         let status = self.node().status();
         let settled = if status.role == "primary" {
             self.node().read(|sm| sm.0.settled(&u)).flatten()
