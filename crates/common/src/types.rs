@@ -86,12 +86,14 @@ pub struct LeaseRequest {
 }
 
 /// Catalog -> cache: either a lease of `millis` (counted by the cache from the moment it
-/// sent its request), or an order to drop everything below version `floor` first.
+/// sent its request), or an order to drop everything below version `floor` first. Both
+/// carry the epoch of the primary that answered: the cache ignores grants from an epoch
+/// older than one it has seen and drops every entry when it sees a newer one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum LeaseReply {
-    Grant { millis: u64 },
-    Flush { floor: u64 },
+    Grant { millis: u64, epoch: u64 },
+    Flush { floor: u64, epoch: u64 },
 }
 
 /// Frontend -> cache: store a lookup or search answer read at catalog `version`.

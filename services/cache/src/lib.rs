@@ -133,7 +133,13 @@ async fn invalidate(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError
     let params = Params::parse(req.query_string());
     let item = params.item_number()?;
     let version: u64 = params.required("version", "a whole number")?;
-    ctx.store.write().invalidate(item, version);
+    let epoch: Option<u64> = params.optional("epoch", "a whole number")?;
+    let mut store = ctx.store.write();
+    if let Some(e) = epoch {
+        store.observe_epoch(e);
+    }
+    store.invalidate(item, version);
+    drop(store);
     ctx.log.record(format!("invalidate_cache,{item}"));
     Ok(HttpResponse::Ok().json(serde_json::json!({ "result": "ok" })))
 }
@@ -170,12 +176,18 @@ async fn lease_loop(cache: web::Data<Cache>, catalog: Router, every: Duration) {
             .write_json::<_, LeaseReply>("/cache_lease", &LeaseRequest { flushed_to })
             .await
         {
-            Ok(LeaseReply::Grant { millis }) => {
-                *cache.lease_until.lock() = Some(asked_at + Duration::from_millis(millis));
+            Ok(LeaseReply::Grant { millis, epoch }) => {
+                // A grant from a primary older than one already seen is not a lease.
+                if cache.store.write().observe_epoch(epoch) {
+                    *cache.lease_until.lock() = Some(asked_at + Duration::from_millis(millis));
+                }
             }
-            Ok(LeaseReply::Flush { floor }) => {
+            Ok(LeaseReply::Flush { floor, epoch }) => {
                 *cache.lease_until.lock() = None;
-                cache.store.write().flush(floor);
+                let mut store = cache.store.write();
+                store.observe_epoch(epoch);
+                store.flush(floor);
+                drop(store);
                 cache.log.record(format!("flush,{floor}"));
                 flushed_to = Some(floor);
                 continue;

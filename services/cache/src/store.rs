@@ -23,6 +23,8 @@ pub struct Store {
     searches_by_item: HashMap<ItemNumber, HashSet<String>>,
     watermark: HashMap<ItemNumber, u64>,
     floor: u64,
+    /// The newest catalog epoch seen (from a lease or an invalidation).
+    epoch: u64,
 }
 
 impl Store {
@@ -124,6 +126,18 @@ impl Store {
         }
     }
 
+    /// Notes a catalog epoch. A newer one drops every entry (the new primary may hold
+    /// writes the old one never invalidated); returns false for an older one.
+    pub fn observe_epoch(&mut self, epoch: u64) -> bool {
+        if epoch > self.epoch {
+            self.epoch = epoch;
+            self.lookups.clear();
+            self.searches.clear();
+            self.searches_by_item.clear();
+        }
+        epoch >= self.epoch
+    }
+
     /// Drops everything and refuses fills read below `floor`.
     pub fn flush(&mut self, floor: u64) {
         self.lookups.clear();
@@ -177,6 +191,18 @@ mod tests {
         assert!(s.search("u").is_some());
         assert!(!s.put_search("t", 5, vec![1, 2], b("s")));
         assert!(s.put_search("t", 6, vec![1, 2], b("s6")));
+    }
+
+    #[test]
+    fn a_newer_epoch_drops_everything_and_an_older_one_is_refused() {
+        let mut s = Store::default();
+        assert!(s.observe_epoch(2));
+        s.put_lookup(1, 5, b("x"));
+        assert!(s.observe_epoch(2));
+        assert!(!s.is_empty());
+        assert!(s.observe_epoch(3));
+        assert!(s.is_empty());
+        assert!(!s.observe_epoch(2));
     }
 
     #[test]

@@ -1,12 +1,19 @@
 //! The catalog's side of cache coherence.
 //!
 //! After a write is applied (new version `v`) and before it is acknowledged, the catalog
-//! tells the cache to drop every entry of that item read below `v`. If the cache cannot
-//! be reached, the write still must not be followed by a stale read, so the catalog falls
-//! back on the lease: the cache serves entries only while it holds a lease (at most
+//! primary tells the cache to drop every entry of that item read below `v`. If the cache
+//! cannot be reached, the write still must not be followed by a stale read, so the catalog
+//! falls back on the lease: the cache serves entries only while it holds a lease (at most
 //! `lease` long, counted from before it asked), the catalog stops granting leases, waits
-//! until every lease it granted has expired, and acknowledges. Before the cache gets a
-//! new lease it must flush everything below the catalog's current version.
+//! until every lease that may have been granted has expired, and acknowledges. Before the
+//! cache gets a new lease it must flush everything below the catalog's current version.
+//!
+//! Leases and invalidations carry the primary's **epoch**. A replica that becomes primary
+//! (a new epoch) starts blocked: it grants no lease until the cache has flushed for it,
+//! and a write whose invalidation fails waits until a lease's length after the promotion,
+//! by which time every lease its predecessors granted has expired. The cache ignores
+//! grants from an epoch older than one it has seen, and drops every entry when it sees a
+//! newer epoch.
 use bookstore_common::client::Client;
 use bookstore_common::types::{ItemNumber, LeaseReply};
 use parking_lot::Mutex;
@@ -16,16 +23,34 @@ use std::time::{Duration, Instant};
 enum Mode {
     /// Invalidations reach the cache; leases are granted.
     Normal,
-    /// An invalidation failed: no lease until the cache has flushed.
+    /// An invalidation failed, or this replica just became primary: no lease until the
+    /// cache has flushed.
     Blocked,
-    /// The cache was told to flush below `floor`; invalidations are sent again.
+    /// The cache was told to flush below `floor`; no lease until it says it did.
     Flushing { floor: u64 },
 }
 
 #[derive(Debug)]
 struct LinkState {
     mode: Mode,
+    /// The epoch this link last acted in.
+    epoch: u64,
+    /// When this replica last granted a lease (in Normal mode).
     last_grant: Option<Instant>,
+    /// When the current blocked period began (a failed invalidation or a promotion).
+    blocked_since: Option<Instant>,
+}
+
+impl LinkState {
+    /// A new epoch: whatever this replica knew about leases is void.
+    fn enter(&mut self, epoch: u64) {
+        if epoch != self.epoch {
+            self.epoch = epoch;
+            self.mode = Mode::Blocked;
+            self.blocked_since = Some(Instant::now());
+            self.last_grant = None;
+        }
+    }
 }
 
 /// The link from one catalog replica to the cache (if the cluster has one).
@@ -44,21 +69,29 @@ impl CacheLink {
             url: cache_url,
             lease,
             state: Mutex::new(LinkState {
-                mode: Mode::Normal,
+                mode: Mode::Blocked,
+                epoch: 0,
                 last_grant: None,
+                blocked_since: Some(Instant::now()),
             }),
         }
     }
 
     /// Makes sure no cache entry of `item` older than `version` can be served once this
-    /// returns.
-    pub async fn invalidate(&self, item: ItemNumber, version: u64) {
+    /// returns. `epoch` is the epoch this replica is primary in.
+    pub async fn invalidate(&self, item: ItemNumber, version: u64, epoch: u64) {
         let Some(base) = &self.url else { return };
-        if self.state.lock().mode == Mode::Blocked {
-            return; // the cache serves nothing until it has flushed past this write
-        }
-        let url = format!("{base}/invalidate?item_number={item}&version={version}");
-        for attempt in 0..2 {
+        let attempts = {
+            let mut s = self.state.lock();
+            s.enter(epoch);
+            if s.mode == Mode::Blocked {
+                1
+            } else {
+                2
+            }
+        };
+        let url = format!("{base}/invalidate?item_number={item}&version={version}&epoch={epoch}");
+        for attempt in 1..=attempts {
             let req = self
                 .client
                 .raw()
@@ -66,40 +99,47 @@ impl CacheLink {
                 .timeout(Duration::from_millis(300));
             match self.client.send(req).await {
                 Ok(_) => return,
-                Err(e) if attempt == 1 => {
-                    tracing::warn!(item, version, error = %e, "cache invalidation failed; waiting out the cache lease")
+                Err(e) if attempt == attempts => {
+                    tracing::debug!(item, version, error = %e, "cache invalidation failed; relying on the cache lease")
                 }
                 Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
             }
         }
         let wait_until = {
             let mut s = self.state.lock();
+            if s.mode == Mode::Normal {
+                s.blocked_since = Some(Instant::now());
+            }
             s.mode = Mode::Blocked;
-            s.last_grant.map(|g| g + self.lease)
+            let ours = s.last_grant.map(|g| g + self.lease);
+            let predecessors = s.blocked_since.map(|b| b + self.lease);
+            ours.max(predecessors)
         };
         if let Some(t) = wait_until {
             tokio::time::sleep_until(t.into()).await;
         }
     }
 
-    /// Answers the cache's lease request; `current_version` is read after the mode
-    /// change, so every write at or below the floor is covered by the flush.
+    /// Answers the cache's lease request. `current_version` is read after the mode change,
+    /// so every write at or below the floor is covered by the flush.
     pub fn lease(
         &self,
         flushed_to: Option<u64>,
+        epoch: u64,
         current_version: impl FnOnce() -> u64,
     ) -> LeaseReply {
         let mut s = self.state.lock();
+        s.enter(epoch);
         match s.mode {
             Mode::Normal => {}
             Mode::Blocked => {
                 let floor = current_version();
                 s.mode = Mode::Flushing { floor };
-                return LeaseReply::Flush { floor };
+                return LeaseReply::Flush { floor, epoch };
             }
             Mode::Flushing { floor } => {
                 if flushed_to.unwrap_or(0) < floor {
-                    return LeaseReply::Flush { floor };
+                    return LeaseReply::Flush { floor, epoch };
                 }
                 s.mode = Mode::Normal;
             }
@@ -107,6 +147,7 @@ impl CacheLink {
         s.last_grant = Some(Instant::now());
         LeaseReply::Grant {
             millis: self.lease.as_millis() as u64,
+            epoch,
         }
     }
 }
@@ -115,23 +156,76 @@ impl CacheLink {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn an_unreachable_cache_blocks_leases_until_it_flushes() {
+    fn link(lease_ms: u64) -> CacheLink {
         // Nothing listens on port 9 of 127.0.0.1 in a test sandbox.
-        let link = CacheLink::new(
+        CacheLink::new(
             Client::new("t"),
             Some("http://127.0.0.1:9".into()),
-            Duration::from_millis(50),
+            Duration::from_millis(lease_ms),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_new_primary_makes_the_cache_flush_before_its_first_lease() {
+        let link = link(50);
+        assert_eq!(
+            link.lease(None, 3, || 7),
+            LeaseReply::Flush { floor: 7, epoch: 3 }
         );
-        assert_eq!(link.lease(None, || 1), LeaseReply::Grant { millis: 50 });
+        assert_eq!(
+            link.lease(Some(6), 3, || 8),
+            LeaseReply::Flush { floor: 7, epoch: 3 }
+        );
+        assert_eq!(
+            link.lease(Some(7), 3, || 8),
+            LeaseReply::Grant {
+                millis: 50,
+                epoch: 3
+            }
+        );
+        // A later epoch (this replica was deposed and promoted again) starts over.
+        assert_eq!(
+            link.lease(None, 5, || 9),
+            LeaseReply::Flush { floor: 9, epoch: 5 }
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_cache_is_waited_out_and_must_flush_again() {
+        let link = link(50);
+        link.lease(None, 1, || 1);
+        assert!(matches!(
+            link.lease(Some(1), 1, || 1),
+            LeaseReply::Grant { .. }
+        ));
         let started = Instant::now();
-        link.invalidate(1, 5).await;
+        link.invalidate(1, 5, 1).await;
         assert!(
             started.elapsed() >= Duration::from_millis(40),
             "waited out the lease"
         );
-        assert_eq!(link.lease(None, || 7), LeaseReply::Flush { floor: 7 });
-        assert_eq!(link.lease(Some(6), || 8), LeaseReply::Flush { floor: 7 });
-        assert_eq!(link.lease(Some(7), || 8), LeaseReply::Grant { millis: 50 });
+        assert_eq!(
+            link.lease(None, 1, || 7),
+            LeaseReply::Flush { floor: 7, epoch: 1 }
+        );
+        assert_eq!(
+            link.lease(Some(7), 1, || 8),
+            LeaseReply::Grant {
+                millis: 50,
+                epoch: 1
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn after_a_promotion_a_failed_invalidation_waits_out_the_predecessors_leases() {
+        let link = link(60);
+        let promoted = Instant::now();
+        link.invalidate(1, 5, 2).await; // first sight of epoch 2, cache unreachable
+        assert!(promoted.elapsed() >= Duration::from_millis(50));
+        // Later failures in the same blocked period do not wait again.
+        let again = Instant::now();
+        link.invalidate(1, 6, 2).await;
+        assert!(again.elapsed() < Duration::from_millis(50));
     }
 }

@@ -160,8 +160,12 @@ impl Catalog {
         ));
         match outcome {
             Ok((book, version)) => {
-                t.time("cache", self.cache.invalidate(book.item_number, version))
-                    .await;
+                let epoch = self.node().status().epoch;
+                t.time(
+                    "cache",
+                    self.cache.invalidate(book.item_number, version, epoch),
+                )
+                .await;
                 Ok(Versioned {
                     result: book,
                     version,
@@ -267,9 +271,9 @@ async fn cache_lease(ctx: Ctx, body: web::Json<LeaseRequest>) -> Result<HttpResp
     if s.role != "primary" || !s.serving_reads {
         return Err(ApiError::NotPrimary { primary: s.primary });
     }
-    let reply = ctx
-        .cache
-        .lease(body.flushed_to, || ctx.node().read_any(|sm| sm.0.version()));
+    let reply = ctx.cache.lease(body.flushed_to, s.epoch, || {
+        ctx.node().read_any(|sm| sm.0.version())
+    });
     Ok(HttpResponse::Ok().json(reply))
 }
 
