@@ -4,5 +4,9 @@
 //!
 //! - [`local`]: process supervision (spawn, health wait, clean stop, no orphans).
 //! - [`scenarios`]: the seed's client scenarios with a pass/fail report.
+//! - `ec2` (feature `ec2`): `infra ec2 up|deploy|test|collect|stop|down|run` on EC2
+//!   (aws-sdk-ec2).
+#[cfg(feature = "ec2")]
+pub mod ec2;
 pub mod local;
 pub mod scenarios;

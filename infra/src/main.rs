@@ -18,6 +18,19 @@ enum Command {
         #[command(subcommand)]
         command: Local,
     },
+    /// The cluster on EC2 instances (or an EC2-compatible emulator): up, deploy, test,
+    /// collect, down, or all of them with `run`.
+    #[cfg(feature = "ec2")]
+    Ec2 {
+        #[command(subcommand)]
+        command: infra::ec2::cli::Ec2Command,
+    },
+    /// The cluster on EC2 (this build has no EC2 support: build with `--features ec2`).
+    #[cfg(not(feature = "ec2"))]
+    Ec2 {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+        args: Vec<String>,
+    },
     /// Run one server in this process (what `local up` starts, one per process).
     Serve {
         #[command(subcommand)]
@@ -205,6 +218,18 @@ async fn main() {
             Serve::Catalog(c) => bookstore_catalog::cli::launch(c).await,
             Serve::Order(c) => bookstore_order::cli::launch(c).await,
         },
+        #[cfg(feature = "ec2")]
+        Command::Ec2 { command } => match infra::ec2::cli::main(command).await {
+            Ok(true) => Ok(()),
+            Ok(false) => std::process::exit(1),
+            Err(e) => Err(e),
+        },
+        #[cfg(not(feature = "ec2"))]
+        Command::Ec2 { .. } => Err(
+            "this infra was built without EC2 support (the AWS SDK is left out of the main \
+             build); run `cargo run --release -p infra --features ec2 -- ec2 ...`"
+                .to_string(),
+        ),
         Command::Local { command } => match command {
             Local::Up {
                 cluster,

@@ -3,7 +3,8 @@
 //! - [`workload`]: what is sent (lookup, search, buy, mixed:R, race) and the parsers;
 //! - [`runner`]: closed- and open-loop rounds, one per client count, HdrHistograms;
 //! - [`report`]: the terminal table and `results.csv` / `results.json`;
-//! - [`baseline`]: a bare one-hop server to compare a report with.
+//! - [`baseline`]: a bare one-hop server to compare a report with;
+//! - [`chaos`]: `loadtest chaos`, a Jepsen-style fault-injection run with checkers.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), loadtest::Error> {
@@ -16,6 +17,7 @@
 //! # Ok(()) }
 //! ```
 pub mod baseline;
+pub mod chaos;
 pub mod report;
 pub mod runner;
 pub mod workload;

@@ -26,6 +26,70 @@ enum Command {
     Run(Box<RunArgs>),
     /// Serves fixed lookup/search answers on one hop, to compare a run with what the machine can do.
     Baseline(BaselineArgs),
+    /// Starts a local cluster, runs buyers/readers/restocks under a seeded nemesis (kills,
+    /// pauses, partitions, restarts) and checks the history; exit 1 if a checker fails.
+    Chaos(Box<ChaosArgs>),
+}
+
+#[derive(Args)]
+struct ChaosArgs {
+    /// Length of the load, e.g. 60s, 10m (the run stops by itself).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Seed of the fault schedule and of the clients' choices.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Concurrent buyers.
+    #[arg(long, default_value_t = 8)]
+    buyers: usize,
+    /// Concurrent readers (lookups and some searches through the frontend); one more
+    /// client reads the cache directly.
+    #[arg(long, default_value_t = 4)]
+    readers: usize,
+    /// Starting stock of books 1, 2, ... (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "5,5,5,100000")]
+    stocks: Vec<u32>,
+    /// Mean pause between restocks (of the books with stock <= 100).
+    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+    restock_every: Duration,
+    /// Fault kinds, comma-separated: kill, pause, partition-primary, isolate,
+    /// freeze-backup-kill-primary, kill-cache, restart-frontend, or all.
+    #[arg(long, value_delimiter = ',', default_value = "all")]
+    faults: Vec<String>,
+    /// Scales every fault's duration (1.0: kills 0.15-0.5 s, pauses 0.4-0.8 s, partitions 0.4-0.9 s).
+    #[arg(long, default_value_t = 1.0)]
+    hold_scale: f64,
+    /// Catalog and order replicas each.
+    #[arg(long, default_value_t = 2)]
+    replicas: usize,
+    /// Use this cluster file (partitions need every server on its own 127.x address).
+    #[arg(long)]
+    cluster: Option<PathBuf>,
+    /// The infra binary (default: next to this program).
+    #[arg(long)]
+    infra: Option<PathBuf>,
+    /// Extra environment for every server, e.g. BOOKSTORE_UNSAFE_NO_SYNC_ACK=1 (repeatable).
+    #[arg(long = "server-env", value_parser = parse_env)]
+    server_env: Vec<(String, String)>,
+    /// Output folder: files go to DIR/<run-id>/.
+    #[arg(long, default_value = loadtest::chaos::DEFAULT_OUT_DIR)]
+    out: PathBuf,
+    /// Name of the run's folder (default: time stamp and seed).
+    #[arg(long)]
+    run_id: Option<String>,
+    /// Most configurations the linearizability search holds per book.
+    #[arg(long, default_value_t = 200_000)]
+    linearizability_cap: usize,
+    /// Checkers reported without failing the run (comma-separated numbers), e.g. 5 for
+    /// the known gap of stale reads across a failover. Printed as "FAIL (informational)".
+    #[arg(long, value_delimiter = ',')]
+    informational: Vec<u8>,
+    /// iptables chain to use (flushed and deleted at start and end).
+    #[arg(long, default_value = "BOOKSTORE-CHAOS")]
+    chain: String,
+    /// No progress lines on stderr.
+    #[arg(long, short)]
+    quiet: bool,
 }
 
 #[derive(Args)]
@@ -102,6 +166,12 @@ struct ClientList(Vec<usize>);
 #[derive(Clone)]
 struct ItemList(Vec<u32>);
 
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("want NAME=VALUE, got {s:?}"))
+}
+
 fn parse_workload(s: &str) -> Result<Workload, String> {
     s.parse()
 }
@@ -177,13 +247,64 @@ async fn baseline(args: BaselineArgs) -> Result<bool, String> {
     Ok(true)
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Run(args) => run(*args).await,
-        Command::Baseline(args) => baseline(args).await,
+async fn chaos(args: ChaosArgs) -> Result<bool, String> {
+    use loadtest::chaos::nemesis::FaultKind;
+    let mut faults = Vec::new();
+    for f in &args.faults {
+        if f == "all" {
+            faults.extend(FaultKind::ALL);
+        } else {
+            faults.push(FaultKind::parse(f).ok_or_else(|| format!("unknown fault kind {f:?}"))?);
+        }
+    }
+    faults.sort();
+    faults.dedup();
+    let config = loadtest::chaos::ChaosConfig {
+        duration: args.duration,
+        seed: args.seed,
+        buyers: args.buyers,
+        readers: args.readers,
+        stocks: args.stocks,
+        restock_every: args.restock_every,
+        faults,
+        hold_scale: args.hold_scale,
+        replicas: args.replicas,
+        cluster_file: args.cluster,
+        infra: args.infra,
+        env: args.server_env,
+        out_dir: args.out,
+        run_id: args.run_id,
+        linearizability_cap: args.linearizability_cap,
+        informational: args.informational,
+        chain: args.chain,
+        progress: !args.quiet,
+        ..Default::default()
     };
+    let report = loadtest::chaos::run(&config).await?;
+    print!("{}", report.table());
+    Ok(report.passed())
+}
+
+fn main() -> ExitCode {
+    // `loadtest serve ...` is the chaos cluster's server wrapper: it becomes the server.
+    if let Some(code) = loadtest::chaos::wrapper::maybe_exec() {
+        return code;
+    }
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("loadtest: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Run(args) => run(*args).await,
+            Command::Baseline(args) => baseline(args).await,
+            Command::Chaos(args) => chaos(*args).await,
+        }
+    });
     match result {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),

@@ -1,0 +1,67 @@
+//! Property tests of every parser of outside data: whatever the input, they answer with a
+//! value or an error naming the problem, never a panic.
+use bookstore_common::config::{parse_books, ClusterConfig};
+use bookstore_common::params::{idempotency_key, Params};
+use proptest::prelude::*;
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn query_strings_never_panic(q in ".{0,200}") {
+        let p = Params::parse(&q);
+        let _ = p.item_number();
+        let _ = p.topic();
+        let _ = p.optional::<u32>("cost", "a number");
+        let _ = p.optional::<i64>("stock", "a number");
+    }
+
+    #[test]
+    fn item_numbers_round_trip(n in 1u32..) {
+        prop_assert_eq!(Params::parse(&format!("item_number={n}")).item_number().unwrap(), n);
+    }
+
+    #[test]
+    fn bad_item_numbers_are_named(s in "[^0-9&=#+ ]{1,12}") {
+        let e = Params::parse(&format!("item_number={s}")).item_number().unwrap_err();
+        prop_assert!(e.to_string().contains("item_number"));
+    }
+
+    #[test]
+    fn idempotency_keys_never_panic(k in proptest::collection::vec(any::<u8>(), 0..200)) {
+        let r = idempotency_key(Some(&k));
+        if let Ok(Some(key)) = r {
+            prop_assert!(!key.is_empty() && key.len() <= 128);
+        }
+    }
+
+    #[test]
+    fn cluster_files_never_panic(text in "(((frontend|cache|catalog|order|x),[a-z0-9.:]{0,20})?\n){0,8}") {
+        if let Err(e) = ClusterConfig::parse(&text, "f") {
+            prop_assert!(e.to_string().starts_with("f:"));
+        }
+    }
+
+    #[test]
+    fn books_files_never_panic(body in proptest::collection::vec(any::<u8>(), 0..400)) {
+        let mut text = b"item_number,title,topic,stock,cost\n".to_vec();
+        text.extend(body);
+        if let Err(e) = parse_books(&text[..], "b") {
+            prop_assert!(e.to_string().starts_with("b"));
+        }
+    }
+
+    #[test]
+    fn valid_books_parse(rows in proptest::collection::vec(("[a-zA-Z ]{1,20}", "[a-z]{1,8}", any::<u32>(), any::<u32>()), 1..20)) {
+        let mut text = String::from("item_number,title,topic,stock,cost\n");
+        for (i, (title, topic, stock, cost)) in rows.iter().enumerate() {
+            text.push_str(&format!("{},{title},{topic},{stock},{cost}\n", i + 1));
+        }
+        let books = parse_books(text.as_bytes(), "b");
+        // Titles that are only spaces are trimmed to empty and refused, by name.
+        match books {
+            Ok(b) => prop_assert_eq!(b.len(), rows.len()),
+            Err(e) => prop_assert!(e.to_string().contains("is empty"), "{}", e),
+        }
+    }
+}

@@ -1,0 +1,262 @@
+//! ssh, scp and tar through the system's OpenSSH client, never prompting: batch mode, the
+//! run's own key, and no host-key bookkeeping (every instance is new, and its host key
+//! cannot be known in advance).
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
+use tokio::process::Command;
+
+/// One host to reach over ssh.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub user: String,
+    pub host: String,
+    pub port: u16,
+    pub key: PathBuf,
+}
+
+impl Target {
+    fn opts(&self) -> Vec<String> {
+        [
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "LogLevel=ERROR",
+            "-o",
+            "ConnectTimeout=10",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "ServerAliveInterval=15",
+            "-i",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([self.key.display().to_string()])
+        .collect()
+    }
+
+    fn dest(&self) -> String {
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        format!("{}@{host}", self.user)
+    }
+
+    pub fn name(&self) -> String {
+        format!("{}@{}:{}", self.user, self.host, self.port)
+    }
+
+    /// Runs `script` with `bash -s` on the host; returns its stdout, or an error with its
+    /// stderr.
+    pub async fn run(&self, script: &str) -> Result<String, String> {
+        let mut child = Command::new("ssh")
+            .args(self.opts())
+            .arg("-p")
+            .arg(self.port.to_string())
+            .arg(self.dest())
+            .arg("bash -s")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| missing_tool("ssh", e))?;
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        let script = script.to_string();
+        let feed = tokio::spawn(async move {
+            let _ = stdin.write_all(script.as_bytes()).await;
+            let _ = stdin.shutdown().await;
+        });
+        let out = child
+            .wait_with_output()
+            .await
+            .map_err(|e| format!("ssh {}: {e}", self.name()))?;
+        let _ = feed.await;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).to_string())
+        } else {
+            Err(format!(
+                "ssh {}: {}: {}{}",
+                self.name(),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim(),
+                tail_of(&out.stdout)
+            ))
+        }
+    }
+
+    /// Tries `true` over ssh until it works or `limit` passes (a new instance's sshd takes
+    /// a while to start).
+    pub async fn wait_reachable(&self, limit: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + limit;
+        loop {
+            match self.run("true").await {
+                Ok(_) => return Ok(()),
+                Err(e) if Instant::now() > deadline => {
+                    return Err(format!(
+                        "cannot ssh to {} within {limit:?}: {e}",
+                        self.name()
+                    ))
+                }
+                Err(_) => tokio::time::sleep(Duration::from_secs(2)).await,
+            }
+        }
+    }
+
+    /// Copies local files to `dest`: a remote folder ending in `/` (which must exist), or
+    /// a file path for one file.
+    pub async fn copy_to(&self, files: &[&Path], dest: &str) -> Result<(), String> {
+        let out = Command::new("scp")
+            .args(self.opts())
+            .arg("-q")
+            .arg("-P")
+            .arg(self.port.to_string())
+            .args(files)
+            .arg(format!("{}:{dest}", self.dest()))
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output()
+            .await
+            .map_err(|e| missing_tool("scp", e))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "scp to {}:{dest}: {}: {}",
+                self.name(),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+    }
+
+    /// Copies the remote folder `src` into the local folder `dest` (created), leaving out
+    /// the paths in `exclude` (relative to `src`), as a tar stream over ssh.
+    pub async fn pull_dir(&self, src: &str, exclude: &[&str], dest: &Path) -> Result<(), String> {
+        std::fs::create_dir_all(dest).map_err(|e| format!("{}: {e}", dest.display()))?;
+        let excludes: String = exclude
+            .iter()
+            .map(|x| format!(" --exclude={}", sh_quote(&format!("./{x}"))))
+            .collect();
+        let script = format!("cd {} && tar -cf -{excludes} .\n", sh_quote(src));
+        let mut ssh = Command::new("ssh")
+            .args(self.opts())
+            .arg("-p")
+            .arg(self.port.to_string())
+            .arg(self.dest())
+            .arg(format!("bash -c {}", sh_quote(&script)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| missing_tool("ssh", e))?;
+        let stdout: Stdio = ssh
+            .stdout
+            .take()
+            .expect("piped stdout")
+            .try_into()
+            .map_err(|e| format!("tar pipe: {e}"))?;
+        let tar = Command::new("tar")
+            .arg("-xf")
+            .arg("-")
+            .arg("-C")
+            .arg(dest)
+            .stdin(stdout)
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| missing_tool("tar", e))?;
+        let (s, t) = tokio::join!(ssh.wait_with_output(), tar.wait_with_output());
+        let s = s.map_err(|e| format!("ssh {}: {e}", self.name()))?;
+        let t = t.map_err(|e| format!("tar: {e}"))?;
+        if !s.status.success() {
+            return Err(format!(
+                "ssh {} (tar of {src}): {}: {}",
+                self.name(),
+                s.status,
+                String::from_utf8_lossy(&s.stderr).trim()
+            ));
+        }
+        if !t.status.success() {
+            return Err(format!(
+                "unpacking {src} from {} into {}: {}",
+                self.name(),
+                dest.display(),
+                String::from_utf8_lossy(&t.stderr).trim()
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn tail_of(stdout: &[u8]) -> String {
+    let s = String::from_utf8_lossy(stdout);
+    let lines: Vec<&str> = s.lines().collect();
+    if lines.is_empty() {
+        String::new()
+    } else {
+        format!("\n{}", lines[lines.len().saturating_sub(15)..].join("\n"))
+    }
+}
+
+fn missing_tool(tool: &str, e: std::io::Error) -> String {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        format!("`{tool}` is not installed: install the OpenSSH client (Debian: apt-get install openssh-client)")
+    } else {
+        format!("cannot run {tool}: {e}")
+    }
+}
+
+/// Quotes a string for a POSIX shell.
+pub fn sh_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:@%+,".contains(c))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r#"'\''"#))
+    }
+}
+
+/// Makes an ed25519 key pair at `path` and `path.pub` with ssh-keygen (no passphrase).
+pub async fn keygen(path: &Path, comment: &str) -> Result<Vec<u8>, String> {
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"])
+        .arg(path)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(|e| missing_tool("ssh-keygen", e))?;
+    if !out.status.success() {
+        return Err(format!(
+            "ssh-keygen {}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let pub_path = path.with_extension("pub");
+    std::fs::read(&pub_path).map_err(|e| format!("{}: {e}", pub_path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting() {
+        assert_eq!(sh_quote("/tmp/a-b_c.d"), "/tmp/a-b_c.d");
+        assert_eq!(sh_quote("a b"), "'a b'");
+        assert_eq!(sh_quote("it's"), r#"'it'\''s'"#);
+        assert_eq!(sh_quote(""), "''");
+    }
+}

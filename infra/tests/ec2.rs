@@ -1,0 +1,951 @@
+//! `infra ec2` as a user runs it, against moto's EC2 server (started here on a free
+//! loopback port) and a real OpenSSH server (started here on a free loopback port, with
+//! its own host and user keys). Instance addresses from moto are fake and never used: a
+//! host map sends ssh and the services to 127.0.0.1. No test connects outside 127.0.0.0/8.
+//!
+//! A missing tool (moto_server, sshd, ssh) fails the test when CI=true, and skips it with
+//! a printed reason elsewhere.
+#![cfg(feature = "ec2")]
+use aws_sdk_ec2::types::Filter;
+use infra::ec2::state::{Phase, RunState};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const INFRA: &str = env!("CARGO_BIN_EXE_infra");
+const OWNER: &str = "136693071363";
+const NEWEST_X86: &str = "ami-0deb12000000002";
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The path of `tool`, or None: then a failure under CI, a printed skip elsewhere.
+fn need(tool: &str) -> Option<PathBuf> {
+    let found = if tool.contains('/') {
+        Some(PathBuf::from(tool)).filter(|p| p.is_file())
+    } else {
+        std::env::var_os("PATH").and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|d| d.join(tool))
+                .find(|p| p.is_file())
+        })
+    };
+    if found.is_none() {
+        let why =
+            format!("{tool} is not installed (.ci/run installs moto[server] and openssh-server)");
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("{why}");
+        }
+        eprintln!("SKIPPED: {why}");
+    }
+    found
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A base port with the 6 ports after it free (services of one run on loopback), below
+/// the kernel's ephemeral range (32768-60999) so no outgoing connection takes one of them
+/// before the services bind.
+fn free_port_range() -> u16 {
+    for _ in 0..200 {
+        let base = 12_000 + (uuid::Uuid::new_v4().as_u128() % 20_000) as u16;
+        if (base..base + 6).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok()) {
+            return base;
+        }
+    }
+    panic!("no 6 free consecutive ports");
+}
+
+fn wait_port(port: u16, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {port}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn kill(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// moto's EC2 server on a free loopback port, with Debian-like images of its own.
+struct Moto {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Moto {
+    fn start() -> Option<Moto> {
+        let exe = need("moto_server")?;
+        let dir = tempfile::tempdir().unwrap();
+        let amis = dir.path().join("amis.json");
+        let image = |id: &str, name: &str, arch: &str, date: &str| {
+            serde_json::json!({
+                "ami_id": id, "name": name, "owner_id": OWNER, "state": "available",
+                "architecture": arch, "creation_date": date, "public": true,
+                "platform": "Linux/UNIX", "virtualization_type": "hvm",
+                "root_device_type": "ebs", "root_device_name": "/dev/xvda",
+                "hypervisor": "xen", "image_type": "machine", "description": name,
+            })
+        };
+        let list = serde_json::json!([
+            image(
+                "ami-0deb12000000001",
+                "debian-12-amd64-20250101-1000",
+                "x86_64",
+                "2025-01-01T00:00:00.000Z"
+            ),
+            image(
+                NEWEST_X86,
+                "debian-12-amd64-20261101-2000",
+                "x86_64",
+                "2026-11-01T00:00:00.000Z"
+            ),
+            image(
+                "ami-0deb12000000003",
+                "debian-12-arm64-20261110-2000",
+                "arm64",
+                "2026-11-10T00:00:00.000Z"
+            ),
+            image(
+                "ami-0deb11000000004",
+                "debian-11-amd64-20261112-2000",
+                "x86_64",
+                "2026-11-12T00:00:00.000Z"
+            ),
+        ]);
+        std::fs::write(&amis, list.to_string()).unwrap();
+        let port = free_port();
+        let child = Command::new(exe)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .env("MOTO_AMIS_PATH", &amis)
+            .env("MOTO_EC2_ENABLE_INSTANCE_TYPE_VALIDATION", "true")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("moto.log")).unwrap())
+            .spawn()
+            .unwrap();
+        let mut m = Moto {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(s)) = m.child.try_wait() {
+                panic!("moto_server exited: {s}");
+            }
+            assert!(Instant::now() < deadline, "moto_server did not listen");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Some(m)
+    }
+
+    /// An EC2 client for checking what `infra ec2` did.
+    fn client(&self) -> aws_sdk_ec2::Client {
+        let conf = aws_sdk_ec2::Config::builder()
+            .behavior_version(aws_sdk_ec2::config::BehaviorVersion::latest())
+            .region(aws_sdk_ec2::config::Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_ec2::config::Credentials::new(
+                "testing", "testing", None, None, "test",
+            ))
+            .endpoint_url(&self.url)
+            .http_client(aws_smithy_http_client::Builder::new().build_http())
+            .build();
+        aws_sdk_ec2::Client::from_conf(conf)
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        kill(&mut self.child);
+    }
+}
+
+/// `infra ec2 ARGS` with moto's fake credentials and nothing of the user's AWS setup.
+fn ec2(out: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(INFRA);
+    c.arg("ec2")
+        .args(args)
+        .current_dir(workspace())
+        .env("BOOKSTORE_OUTPUT_DIR", out)
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_CONFIG_FILE", out.join("no-aws-config"))
+        .env(
+            "AWS_SHARED_CREDENTIALS_FILE",
+            out.join("no-aws-credentials"),
+        )
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_SESSION_TOKEN")
+        .env_remove("AWS_ENDPOINT_URL")
+        .env_remove("AWS_ENDPOINT_URL_EC2")
+        .env_remove("BOOKSTORE_CLUSTER_TOKEN")
+        .env_remove("BOOKSTORE_ADMIN_TOKEN")
+        .stdin(Stdio::null());
+    c
+}
+
+fn run_ok(mut c: Command) -> String {
+    let o = c.output().unwrap();
+    let (stdout, stderr) = texts(&o);
+    assert!(
+        o.status.success(),
+        "{c:?} failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    stdout
+}
+
+fn run_err(mut c: Command) -> String {
+    let o = c.output().unwrap();
+    let (stdout, stderr) = texts(&o);
+    assert!(
+        !o.status.success(),
+        "{c:?} should fail\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    stderr
+}
+
+fn texts(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).to_string(),
+        String::from_utf8_lossy(&o.stderr).to_string(),
+    )
+}
+
+fn up_args<'a>(moto: &'a Moto, run: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec![
+        "up",
+        "--run",
+        run,
+        "--endpoint-url",
+        &moto.url,
+        "--allow",
+        "203.0.113.7/32",
+    ];
+    v.extend_from_slice(extra);
+    v
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn tag_filter(run: &str) -> Filter {
+    Filter::builder()
+        .name("tag:bookstore-run")
+        .values(run)
+        .build()
+}
+
+/// What is left of a run in moto: (live instances, security groups, key pairs).
+fn leftovers(moto: &Moto, run: &str) -> (usize, usize, usize) {
+    let c = moto.client();
+    rt().block_on(async {
+        let inst = c
+            .describe_instances()
+            .filters(tag_filter(run))
+            .send()
+            .await
+            .unwrap();
+        let live = inst
+            .reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .filter(|i| i.state().and_then(|s| s.name()).map(|n| n.as_str()) != Some("terminated"))
+            .count();
+        let groups = c
+            .describe_security_groups()
+            .filters(
+                Filter::builder()
+                    .name("group-name")
+                    .values(format!("bookstore-{run}"))
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap()
+            .security_groups()
+            .len();
+        let keys = c
+            .describe_key_pairs()
+            .send()
+            .await
+            .unwrap()
+            .key_pairs()
+            .iter()
+            .filter(|k| k.key_name() == Some(&format!("bookstore-{run}")))
+            .count();
+        (live, groups, keys)
+    })
+}
+
+#[test]
+fn up_creates_tagged_instances_and_a_tight_group_and_down_deletes_everything() {
+    let Some(moto) = Moto::start() else { return };
+    let out = tempfile::tempdir().unwrap();
+    let run = "t-lifecycle";
+    let stdout = run_ok(ec2(out.path(), &up_args(&moto, run, &["--hosts", "3"])));
+    assert!(
+        stdout.contains("run t-lifecycle is up (3 instances"),
+        "{stdout}"
+    );
+
+    let st = RunState::load(out.path(), run).unwrap();
+    assert_eq!(st.phase, Phase::Up);
+    assert_eq!(st.instance_ids.len(), 3);
+    assert_eq!(
+        st.image_id.as_deref(),
+        Some(NEWEST_X86),
+        "the newest x86_64 debian-12 image"
+    );
+    assert!(st.key_created);
+    let key = st.ssh_key.clone().unwrap();
+    assert!(key.is_file() && key.with_extension("pub").is_file());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(RunState::path(out.path(), run))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "the state file holds tokens: 0600");
+    }
+
+    // The cluster file: 6 services on the instances' private addresses, replicas of a
+    // kind on different hosts.
+    let cluster_file = out.path().join("ec2").join(run).join("cluster.csv");
+    let cluster = bookstore_common::config::ClusterConfig::load(&cluster_file).unwrap();
+    assert_eq!(cluster.all().len(), 6);
+    let privates: Vec<String> = st.hosts.iter().map(|h| h.private_ip.clone()).collect();
+    for (_, _, e) in cluster.all() {
+        assert!(
+            privates.contains(&e.host),
+            "{e} is not a private address of the run"
+        );
+    }
+    for kind in [
+        bookstore_common::config::Kind::Catalog,
+        bookstore_common::config::Kind::Order,
+    ] {
+        let s = cluster.servers(kind);
+        assert_ne!(s[0].host, s[1].host, "{kind} replicas share a host");
+    }
+
+    let c = moto.client();
+    rt().block_on(async {
+        // Instances: running, tagged with the run, launched from the image, in the group.
+        let inst = c
+            .describe_instances()
+            .set_instance_ids(Some(st.instance_ids.clone()))
+            .send()
+            .await
+            .unwrap();
+        let all: Vec<_> = inst
+            .reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .collect();
+        assert_eq!(all.len(), 3);
+        assert_eq!(inst.reservations().len(), 1, "launched in one call");
+        for i in &all {
+            assert_eq!(i.state().unwrap().name().unwrap().as_str(), "running");
+            assert_eq!(i.image_id(), Some(NEWEST_X86));
+            assert_eq!(i.key_name(), Some("bookstore-t-lifecycle"));
+            let tags: Vec<_> = i
+                .tags()
+                .iter()
+                .map(|t| (t.key().unwrap(), t.value().unwrap()))
+                .collect();
+            assert!(tags.contains(&("bookstore-run", run)), "{tags:?}");
+            assert!(
+                tags.contains(&("Name", "bookstore-t-lifecycle")),
+                "{tags:?}"
+            );
+            let groups: Vec<_> = i
+                .security_groups()
+                .iter()
+                .filter_map(|g| g.group_id())
+                .collect();
+            assert_eq!(groups, vec![st.security_group_id.as_deref().unwrap()]);
+        }
+
+        // The group: SSH and the frontend from the operator only; services from the group.
+        let sg = c
+            .describe_security_groups()
+            .group_ids(st.security_group_id.clone().unwrap())
+            .send()
+            .await
+            .unwrap();
+        let sg = &sg.security_groups()[0];
+        assert!(sg
+            .tags()
+            .iter()
+            .any(|t| t.key() == Some("bookstore-run") && t.value() == Some(run)));
+        let mut rules: Vec<(i32, i32, Vec<String>, Vec<String>)> = sg
+            .ip_permissions()
+            .iter()
+            .map(|p| {
+                assert_eq!(p.ip_protocol(), Some("tcp"));
+                (
+                    p.from_port().unwrap(),
+                    p.to_port().unwrap(),
+                    p.ip_ranges()
+                        .iter()
+                        .filter_map(|r| r.cidr_ip().map(String::from))
+                        .collect(),
+                    p.user_id_group_pairs()
+                        .iter()
+                        .filter_map(|g| g.group_id().map(String::from))
+                        .collect(),
+                )
+            })
+            .collect();
+        rules.sort();
+        let me = vec!["203.0.113.7/32".to_string()];
+        let group = vec![st.security_group_id.clone().unwrap()];
+        assert_eq!(
+            rules,
+            vec![
+                (22, 22, me.clone(), vec![]),
+                (8000, 8000, me.clone(), vec![]),
+                (8000, 8005, vec![], group),
+            ],
+            "ssh and frontend from the operator's CIDR only, services from the group only"
+        );
+        assert!(sg
+            .ip_permissions()
+            .iter()
+            .all(|p| p.ipv6_ranges().is_empty()));
+
+        let keys = c.describe_key_pairs().send().await.unwrap();
+        let k = keys
+            .key_pairs()
+            .iter()
+            .find(|k| k.key_name() == Some("bookstore-t-lifecycle"))
+            .expect("the run's key pair");
+        assert!(k
+            .tags()
+            .iter()
+            .any(|t| t.key() == Some("bookstore-run") && t.value() == Some(run)));
+    });
+
+    let stdout = run_ok(ec2(
+        out.path(),
+        &["down", "--run", run, "--endpoint-url", &moto.url],
+    ));
+    assert!(stdout.contains("run t-lifecycle is down"), "{stdout}");
+    assert_eq!(leftovers(&moto, run), (0, 0, 0));
+    assert_eq!(RunState::load(out.path(), run).unwrap().phase, Phase::Down);
+    // Idempotent: again, without --run (the state file has the region and endpoint).
+    run_ok(ec2(out.path(), &["down", "--run", run]));
+    assert_eq!(leftovers(&moto, run), (0, 0, 0));
+}
+
+#[test]
+fn down_finishes_a_half_finished_up() {
+    let Some(moto) = Moto::start() else { return };
+    let out = tempfile::tempdir().unwrap();
+    let run = "t-half";
+    // moto refuses the instance type after the key pair and the group exist.
+    let err = run_err(ec2(
+        out.path(),
+        &up_args(&moto, run, &["--instance-type", "x9.nonexistent"]),
+    ));
+    assert!(
+        err.contains("launching 2 x9.nonexistent instances"),
+        "{err}"
+    );
+    let st = RunState::load(out.path(), run).unwrap();
+    assert_eq!(st.phase, Phase::Creating);
+    assert!(st.security_group_id.is_some() && st.key_created);
+    assert_eq!(leftovers(&moto, run), (0, 1, 1));
+    // `down` with no --run picks the unfinished run.
+    run_ok(ec2(out.path(), &["down"]));
+    assert_eq!(leftovers(&moto, run), (0, 0, 0));
+    assert_eq!(RunState::load(out.path(), run).unwrap().phase, Phase::Down);
+}
+
+#[test]
+fn down_all_runs_finds_leftovers_of_crashed_runs_by_tag() {
+    let Some(moto) = Moto::start() else { return };
+    let out = tempfile::tempdir().unwrap();
+    run_ok(ec2(
+        out.path(),
+        &up_args(&moto, "t-crash1", &["--hosts", "1"]),
+    ));
+    run_ok(ec2(
+        out.path(),
+        &up_args(&moto, "t-crash2", &["--hosts", "2"]),
+    ));
+    // The state files are lost (the runs crashed on another machine, say).
+    std::fs::remove_dir_all(out.path().join("ec2")).unwrap();
+    assert_eq!(leftovers(&moto, "t-crash1"), (1, 1, 1));
+    assert_eq!(leftovers(&moto, "t-crash2"), (2, 1, 1));
+    let c = moto.client();
+    let default_groups = rt().block_on(async {
+        c.describe_security_groups()
+            .send()
+            .await
+            .unwrap()
+            .security_groups()
+            .len()
+    }) - 2;
+    run_ok(ec2(
+        out.path(),
+        &["down", "--all-runs", "--endpoint-url", &moto.url],
+    ));
+    assert_eq!(leftovers(&moto, "t-crash1"), (0, 0, 0));
+    assert_eq!(leftovers(&moto, "t-crash2"), (0, 0, 0));
+    let groups_after = rt().block_on(async {
+        c.describe_security_groups()
+            .send()
+            .await
+            .unwrap()
+            .security_groups()
+            .len()
+    });
+    assert_eq!(
+        groups_after, default_groups,
+        "only the runs' groups are deleted"
+    );
+    // Nothing left: still fine.
+    run_ok(ec2(
+        out.path(),
+        &["down", "--all-runs", "--endpoint-url", &moto.url],
+    ));
+}
+
+#[test]
+fn missing_image_and_missing_credentials_are_explained() {
+    let Some(moto) = Moto::start() else { return };
+    let out = tempfile::tempdir().unwrap();
+    let err = run_err(ec2(
+        out.path(),
+        &up_args(&moto, "t-noimage", &["--image-name", "no-such-image-*"]),
+    ));
+    assert!(err.contains("no image named \"no-such-image-*\""), "{err}");
+    assert!(err.contains("--image-name"), "{err}");
+    assert!(
+        !RunState::path(out.path(), "t-noimage").exists(),
+        "nothing was created"
+    );
+
+    let mut c = ec2(out.path(), &up_args(&moto, "t-nocreds", &[]));
+    c.env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY");
+    let err = run_err(c);
+    assert!(err.contains("no AWS credentials found"), "{err}");
+    assert!(err.contains("AWS_PROFILE"), "{err}");
+
+    let err = run_err(ec2(
+        out.path(),
+        &["up", "--endpoint-url", &moto.url, "--allow", "0.0.0.0/0"],
+    ));
+    assert!(err.contains("whole internet"), "{err}");
+}
+
+#[test]
+fn run_tears_down_after_a_failure_and_after_ctrl_c() {
+    let Some(moto) = Moto::start() else { return };
+    let out = tempfile::tempdir().unwrap();
+    // Deploy fails: teardown still deletes everything, and the command fails.
+    let mut args = up_args(&moto, "t-runfail", &["--binary", "/nonexistent/infra"]);
+    args[0] = "run";
+    let err = run_err(ec2(out.path(), &args));
+    assert!(
+        err.contains("--binary /nonexistent/infra: no such file"),
+        "{err}"
+    );
+    assert!(
+        err.contains("run t-runfail is down") || err.contains("[down] key pair"),
+        "{err}"
+    );
+    assert_eq!(leftovers(&moto, "t-runfail"), (0, 0, 0));
+
+    // Ctrl-C while deploy waits for an sshd that never comes: teardown, then exit.
+    let closed = free_port();
+    let map = format!("*=127.0.0.1:{closed}");
+    let mut args = up_args(
+        &moto,
+        "t-runint",
+        &["--host-map", &map, "--ssh-wait", "300"],
+    );
+    args[0] = "run";
+    let child = ec2(out.path(), &args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while RunState::load(out.path(), "t-runint").map(|s| s.phase) != Ok(Phase::Up) {
+        assert!(Instant::now() < deadline, "run did not get up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: SIGINT to our own child.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let o = child.wait_with_output().unwrap();
+    let (_, stderr) = texts(&o);
+    assert!(!o.status.success());
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert_eq!(leftovers(&moto, "t-runint"), (0, 0, 0), "{stderr}");
+    assert_eq!(
+        RunState::load(out.path(), "t-runint").unwrap().phase,
+        Phase::Down
+    );
+}
+
+/// OpenSSH's server on a free loopback port, accepting one key for the current user.
+struct Sshd {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Sshd {
+    fn start(authorized_key: &Path) -> Option<Sshd> {
+        let sshd = need("/usr/sbin/sshd")?;
+        need("ssh")?;
+        need("scp")?;
+        let dir = tempfile::tempdir().unwrap();
+        let host_key = dir.path().join("host_key");
+        let st = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(&host_key)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let auth = dir.path().join("authorized_keys");
+        std::fs::copy(authorized_key, &auth).unwrap();
+        let port = free_port();
+        let sftp = [
+            "/usr/lib/openssh/sftp-server",
+            "/usr/libexec/openssh/sftp-server",
+            "/usr/libexec/sftp-server",
+        ]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .unwrap_or("internal-sftp");
+        let config = dir.path().join("sshd_config");
+        std::fs::write(
+            &config,
+            format!(
+                "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nPidFile {}\nUsePAM no\nStrictModes no\n\
+                 AuthorizedKeysFile {}\nPubkeyAuthentication yes\nPasswordAuthentication no\n\
+                 KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n\
+                 Subsystem sftp {sftp}\nLogLevel ERROR\n",
+                host_key.display(),
+                dir.path().join("sshd.pid").display(),
+                auth.display()
+            ),
+        )
+        .unwrap();
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            let _ = std::fs::create_dir_all("/run/sshd"); // privilege separation directory
+        }
+        let child = Command::new(sshd)
+            .arg("-D")
+            .arg("-e")
+            .arg("-f")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("sshd.log")).unwrap())
+            .spawn()
+            .unwrap();
+        wait_port(port, Duration::from_secs(10));
+        Some(Sshd {
+            child,
+            port,
+            _dir: dir,
+        })
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        kill(&mut self.child);
+    }
+}
+
+/// Kills whatever servers a deploy left under `dir` (pid files), even if a test fails.
+struct ServersUnder(PathBuf);
+
+impl ServersUnder {
+    fn pids(&self) -> Vec<i32> {
+        let mut pids = Vec::new();
+        for host in std::fs::read_dir(&self.0).into_iter().flatten().flatten() {
+            for f in std::fs::read_dir(host.path().join("run"))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                if let Ok(p) = std::fs::read_to_string(f.path()) {
+                    if let Ok(p) = p.trim().parse() {
+                        pids.push(p);
+                    }
+                }
+            }
+        }
+        pids
+    }
+}
+
+impl Drop for ServersUnder {
+    fn drop(&mut self) {
+        for p in self.pids() {
+            // SAFETY: SIGKILL to a server process this test's deploy started.
+            unsafe {
+                libc::kill(p, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+fn alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    unsafe { libc::kill(pid, 0) == 0 }
+}
+
+fn user() -> String {
+    let o = Command::new("id").arg("-un").output().unwrap();
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+#[test]
+fn deploy_test_collect_stop_against_a_real_sshd() {
+    let Some(moto) = Moto::start() else { return };
+    if need("/usr/sbin/sshd").is_none() || need("ssh").is_none() {
+        return;
+    }
+    let out = tempfile::tempdir().unwrap();
+    let remote = out.path().join("remote");
+    let servers = ServersUnder(remote.clone());
+    let run = "t-deploy";
+    let base = free_port_range().to_string();
+    let me = user();
+    run_ok(ec2(
+        out.path(),
+        &up_args(&moto, run, &["--base-port", &base, "--ssh-user", &me]),
+    ));
+    let st = RunState::load(out.path(), run).unwrap();
+    let key = st.ssh_key.clone().unwrap();
+    let Some(sshd) = Sshd::start(&key.with_extension("pub")) else {
+        return;
+    };
+
+    // One instance mapped on the command line, the other through a file.
+    let map_file = out.path().join("hosts.map");
+    std::fs::write(
+        &map_file,
+        format!(
+            "# moto's addresses are fake\n{}=127.0.0.1:{}\n",
+            st.instance_ids[1], sshd.port
+        ),
+    )
+    .unwrap();
+    let first = format!("{}=127.0.0.1:{}", st.instance_ids[0], sshd.port);
+    let started = Instant::now();
+    let stdout = run_ok(ec2(
+        out.path(),
+        &[
+            "deploy",
+            "--run",
+            run,
+            "--host-map",
+            &first,
+            "--host-map",
+            map_file.to_str().unwrap(),
+            "--binary",
+            INFRA,
+            "--remote-dir",
+            remote.to_str().unwrap(),
+            "--ssh-wait",
+            "20",
+        ],
+    ));
+    eprintln!("deploy took {:?}", started.elapsed());
+    let url = format!("http://127.0.0.1:{base}");
+    assert!(stdout.contains(&format!("is deployed: {url}")), "{stdout}");
+    let st = RunState::load(out.path(), run).unwrap();
+    assert_eq!(st.phase, Phase::Deployed);
+    // Every service runs detached from the (finished) ssh sessions: 6 live pids.
+    let pids = servers.pids();
+    assert_eq!(pids.len(), 6, "{pids:?}");
+    assert!(pids.iter().all(|&p| alive(p)));
+    let env_mode = {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(remote.join(&st.instance_ids[0]).join("env"))
+            .unwrap()
+            .permissions()
+            .mode()
+    };
+    assert_eq!(env_mode & 0o077, 0, "the tokens file is private");
+
+    let stdout = run_ok(ec2(
+        out.path(),
+        &["test", "--run", run, "--load-seconds", "1"],
+    ));
+    assert!(
+        stdout.contains("scenarios: 4 passed, 0 failed, 3 skipped"),
+        "{stdout}"
+    );
+    assert!(out
+        .path()
+        .join("ec2")
+        .join(run)
+        .join("client_log")
+        .is_file());
+    // The load run uses a `loadtest` binary next to infra when there is one.
+    if Path::new(INFRA).with_file_name("loadtest").is_file() {
+        let results = out
+            .path()
+            .join("ec2")
+            .join(run)
+            .join("loadtest/lookup/results.csv");
+        assert!(results.is_file(), "{} missing", results.display());
+    }
+
+    run_ok(ec2(out.path(), &["collect", "--run", run]));
+    for h in &st.hosts {
+        let dir = out.path().join("ec2").join(run).join(&h.instance_id);
+        for (k, i, _) in &h.services {
+            let log = dir.join(format!("{k}{i}.stderr.log"));
+            assert!(log.is_file(), "{} missing", log.display());
+        }
+        assert!(
+            !dir.join("data").exists(),
+            "the replicas' data is not collected"
+        );
+    }
+    let orders: String = st
+        .hosts
+        .iter()
+        .map(|h| {
+            std::fs::read_to_string(
+                out.path()
+                    .join("ec2")
+                    .join(run)
+                    .join(&h.instance_id)
+                    .join("order0_log"),
+            )
+            .unwrap_or_default()
+        })
+        .collect();
+    assert_eq!(orders.matches("bought book 1").count(), 3, "{orders}");
+
+    run_ok(ec2(out.path(), &["stop", "--run", run]));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pids.iter().any(|&p| alive(p)) {
+        assert!(Instant::now() < deadline, "servers still alive after stop");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    run_ok(ec2(out.path(), &["down", "--run", run]));
+    assert_eq!(leftovers(&moto, run), (0, 0, 0));
+    drop(servers);
+}
+
+#[test]
+fn run_does_everything_against_moto_and_sshd() {
+    let Some(moto) = Moto::start() else { return };
+    if need("/usr/sbin/sshd").is_none() || need("ssh").is_none() {
+        return;
+    }
+    let out = tempfile::tempdir().unwrap();
+    let remote = out.path().join("remote");
+    let servers = ServersUnder(remote.clone());
+    let run = "t-run";
+    // The run's key must be known to the sshd before `run` makes it: bring your own key.
+    let key = out.path().join("my_key");
+    let st = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&key)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let c = moto.client();
+    rt().block_on(async {
+        c.import_key_pair()
+            .key_name("my-key")
+            .public_key_material(aws_sdk_ec2::primitives::Blob::new(
+                std::fs::read(key.with_extension("pub")).unwrap(),
+            ))
+            .send()
+            .await
+            .unwrap();
+    });
+    let Some(sshd) = Sshd::start(&key.with_extension("pub")) else {
+        return;
+    };
+    let base = free_port_range().to_string();
+    let me = user();
+    let map = format!("*=127.0.0.1:{}", sshd.port);
+    let mut args = up_args(
+        &moto,
+        run,
+        &[
+            "--base-port",
+            &base,
+            "--ssh-user",
+            &me,
+            "--key-name",
+            "my-key",
+            "--ssh-key",
+            key.to_str().unwrap(),
+            "--host-map",
+            &map,
+            "--binary",
+            INFRA,
+            "--remote-dir",
+            remote.to_str().unwrap(),
+            "--ssh-wait",
+            "20",
+            "--load-seconds",
+            "1",
+        ],
+    );
+    args[0] = "run";
+    let stdout = run_ok(ec2(out.path(), &args));
+    assert!(
+        stdout.contains("scenarios: 4 passed, 0 failed, 3 skipped"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("run t-run is down"), "{stdout}");
+    assert_eq!(leftovers(&moto, run), (0, 0, 0));
+    // Teardown stopped the services and collected their logs; the user's key pair stays.
+    assert!(servers.pids().is_empty(), "pid files are removed by stop");
+    let st = RunState::load(out.path(), run).unwrap();
+    let collected = |f: &str| {
+        st.instance_ids
+            .iter()
+            .any(|i| out.path().join("ec2").join(run).join(i).join(f).is_file())
+    };
+    assert!(collected("frontend_log") && collected("frontend0.stderr.log"));
+    let kept = rt().block_on(async {
+        c.describe_key_pairs()
+            .key_names("my-key")
+            .send()
+            .await
+            .is_ok()
+    });
+    assert!(kept, "a key pair the user brought is not deleted");
+}

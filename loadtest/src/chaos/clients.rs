@@ -1,0 +1,285 @@
+//! The chaos workload: buyers, readers (lookups through the frontend, some searches), one
+//! reader of the cache itself, and one restocker. Every operation goes to the history.
+//! Buys and restocks whose outcome is unknown (timeout, 5xx, connection refused) are
+//! retried with the same idempotency key until an answer or the operation's deadline;
+//! the operation spans all its attempts, so its linearization point lies in between.
+use super::history::{History, OpKind, Outcome};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What the clients need to know.
+#[derive(Debug, Clone)]
+pub struct Workload {
+    pub frontend: String,
+    pub cache: Option<String>,
+    pub cluster_token: String,
+    pub admin_token: String,
+    /// Books and their starting stock.
+    pub books: Vec<u32>,
+    pub buyers: usize,
+    pub readers: usize,
+    /// Mean pause of the restocker between restocks.
+    pub restock_every: Duration,
+    /// Copies per restock (1..=max).
+    pub restock_max: u32,
+    /// Books the restocker tops up (the small ones).
+    pub restock_books: Vec<u32>,
+    /// Give up on an unknown outcome after this long (the op is then `info`).
+    pub op_deadline: Duration,
+    pub seed: u64,
+    pub run_tag: String,
+}
+
+/// The answer of one attempt.
+enum Attempt {
+    Ok(serde_json::Value),
+    /// A definite refusal (409 and other 4xx).
+    Refused(u16, String),
+    /// Unknown: retry.
+    Unknown(String),
+}
+
+async fn attempt(req: reqwest::RequestBuilder) -> Attempt {
+    match req.send().await {
+        Ok(r) => {
+            let status = r.status().as_u16();
+            let body = r.text().await.unwrap_or_default();
+            match status {
+                200 => match serde_json::from_str(&body) {
+                    Ok(v) => Attempt::Ok(v),
+                    Err(e) => Attempt::Unknown(format!("bad body: {e}")),
+                },
+                400..=499 if status != 408 && status != 421 && status != 429 => {
+                    Attempt::Refused(status, body)
+                }
+                s => Attempt::Unknown(format!("status {s}")),
+            }
+        }
+        Err(e) => Attempt::Unknown(if e.is_timeout() {
+            "timeout".into()
+        } else if e.is_connect() {
+            "connection refused".into()
+        } else {
+            "request failed".into()
+        }),
+    }
+}
+
+/// Buys or restocks with retries under one key: (outcome, answer, error, attempts).
+async fn write_op(
+    make: impl Fn() -> reqwest::RequestBuilder,
+    deadline: Duration,
+) -> (Outcome, Option<serde_json::Value>, Option<String>, u32) {
+    let start = Instant::now();
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match attempt(make()).await {
+            Attempt::Ok(v) => return (Outcome::Ok, Some(v), None, attempts),
+            Attempt::Refused(409, _) => {
+                return (Outcome::Fail, None, Some("out of stock".into()), attempts)
+            }
+            Attempt::Refused(s, body) => {
+                return (
+                    Outcome::Fail,
+                    None,
+                    Some(format!(
+                        "status {s}: {}",
+                        body.chars().take(120).collect::<String>()
+                    )),
+                    attempts,
+                )
+            }
+            Attempt::Unknown(e) => {
+                if start.elapsed() >= deadline {
+                    return (Outcome::Info, None, Some(e), attempts);
+                }
+                tokio::time::sleep(Duration::from_millis(40 + 10 * attempts.min(10) as u64)).await;
+            }
+        }
+    }
+}
+
+fn http(timeout: Duration) -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(Duration::from_millis(500))
+        .pool_max_idle_per_host(4)
+        .build()
+        .expect("http client")
+}
+
+async fn buyer(w: Arc<Workload>, h: Arc<History>, stop: Arc<AtomicBool>, process: usize) {
+    let mut rng = StdRng::seed_from_u64(w.seed ^ (0xb0b0 + process as u64));
+    let client = http(Duration::from_secs(2));
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let book = w.books[rng.gen_range(0..w.books.len())];
+        n += 1;
+        let key = format!("{}-p{process}-{n}", w.run_tag);
+        let p = h.invoke(process, OpKind::Buy, book, None, Some(key.clone()));
+        let url = format!("{}/buy?item_number={book}", w.frontend);
+        let (outcome, v, err, attempts) = write_op(
+            || client.post(&url).header("Idempotency-Key", &key),
+            w.op_deadline,
+        )
+        .await;
+        let order_id = v
+            .as_ref()
+            .and_then(|v| v["order_id"].as_str())
+            .map(str::to_string);
+        let (outcome, err) = if outcome == Outcome::Ok && order_id.is_none() {
+            (Outcome::Info, Some("200 without an order id".into()))
+        } else {
+            (outcome, err)
+        };
+        h.complete(p, outcome, None, order_id, err, attempts);
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(0..20))).await;
+    }
+}
+
+fn stock_of(v: &serde_json::Value) -> Option<i64> {
+    v["result"]["stock"].as_i64()
+}
+
+async fn reader(w: Arc<Workload>, h: Arc<History>, stop: Arc<AtomicBool>, process: usize) {
+    let mut rng = StdRng::seed_from_u64(w.seed ^ (0x4ead + process as u64));
+    let client = http(Duration::from_secs(1));
+    while !stop.load(Ordering::Relaxed) {
+        if rng.gen_bool(0.1) {
+            let p = h.invoke(process, OpKind::Search, 0, None, None);
+            let url = format!("{}/search?topic=t", w.frontend);
+            let (o, e) = match attempt(client.get(&url)).await {
+                Attempt::Ok(_) => (Outcome::Ok, None),
+                Attempt::Refused(s, _) => (Outcome::Fail, Some(format!("status {s}"))),
+                Attempt::Unknown(e) => (Outcome::Fail, Some(e)),
+            };
+            h.complete(p, o, None, None, e, 1);
+        } else {
+            let book = w.books[rng.gen_range(0..w.books.len())];
+            let p = h.invoke(process, OpKind::Read, book, None, None);
+            let url = format!("{}/lookup?item_number={book}", w.frontend);
+            let (o, v, e) = match attempt(client.get(&url)).await {
+                Attempt::Ok(v) => match stock_of(&v) {
+                    Some(s) => (Outcome::Ok, Some(s), None),
+                    None => (Outcome::Fail, None, Some("no stock in the answer".into())),
+                },
+                Attempt::Refused(s, _) => (Outcome::Fail, None, Some(format!("status {s}"))),
+                // A read has no effect: an unanswered one is simply a failed read.
+                Attempt::Unknown(e) => (Outcome::Fail, None, Some(e)),
+            };
+            let failed = o != Outcome::Ok;
+            h.complete(p, o, v, None, e, 1);
+            if failed {
+                // Do not spin on a server that is down.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(0..10))).await;
+    }
+}
+
+async fn cache_reader(w: Arc<Workload>, h: Arc<History>, stop: Arc<AtomicBool>, process: usize) {
+    let Some(cache) = w.cache.clone() else { return };
+    let mut rng = StdRng::seed_from_u64(w.seed ^ (0xcace + process as u64));
+    let client = http(Duration::from_millis(500));
+    while !stop.load(Ordering::Relaxed) {
+        let book = w.books[rng.gen_range(0..w.books.len())];
+        let p = h.invoke(process, OpKind::CacheRead, book, None, None);
+        let req = client
+            .get(format!("{cache}/lookup?item_number={book}"))
+            .header("X-Cluster-Token", &w.cluster_token);
+        let (o, v, e) = match attempt(req).await {
+            Attempt::Ok(v) => match stock_of(&v) {
+                Some(s) => (Outcome::Ok, Some(s), None),
+                None => (Outcome::Fail, None, Some("no stock in the answer".into())),
+            },
+            Attempt::Refused(404, _) => (Outcome::Fail, None, Some("miss".into())),
+            Attempt::Refused(s, _) => (Outcome::Fail, None, Some(format!("status {s}"))),
+            Attempt::Unknown(e) => (Outcome::Fail, None, Some(e)),
+        };
+        h.complete(p, o, v, None, e, 1);
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(5..25))).await;
+    }
+}
+
+async fn restocker(w: Arc<Workload>, h: Arc<History>, stop: Arc<AtomicBool>, process: usize) {
+    if w.restock_books.is_empty() {
+        return;
+    }
+    let mut rng = StdRng::seed_from_u64(w.seed ^ (0x5e5e + process as u64));
+    let client = http(Duration::from_secs(2));
+    let mut n = 0u64;
+    loop {
+        let ms = w.restock_every.as_millis() as u64;
+        let pause = Duration::from_millis(rng.gen_range(ms / 2..=ms + ms / 2));
+        let until = Instant::now() + pause;
+        while Instant::now() < until {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let book = w.restock_books[rng.gen_range(0..w.restock_books.len())];
+        let q = rng.gen_range(1..=w.restock_max.max(1)) as i64;
+        n += 1;
+        let key = format!("{}-r{process}-{n}", w.run_tag);
+        let p = h.invoke(process, OpKind::Restock, book, Some(q), Some(key.clone()));
+        let url = format!(
+            "{}/admin/restock?item_number={book}&quantity={q}",
+            w.frontend
+        );
+        let (o, v, e, attempts) = write_op(
+            || {
+                client
+                    .post(&url)
+                    .header("Idempotency-Key", &key)
+                    .bearer_auth(&w.admin_token)
+            },
+            w.op_deadline,
+        )
+        .await;
+        h.complete(p, o, v.as_ref().and_then(stock_of), None, e, attempts);
+    }
+}
+
+/// Starts every client; they stop (each finishing its operation) once `stop` is set.
+pub fn spawn(
+    w: Workload,
+    h: Arc<History>,
+    stop: Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let w = Arc::new(w);
+    let mut tasks = Vec::new();
+    let mut process = 0;
+    for _ in 0..w.buyers {
+        tasks.push(tokio::spawn(buyer(
+            w.clone(),
+            h.clone(),
+            stop.clone(),
+            process,
+        )));
+        process += 1;
+    }
+    for _ in 0..w.readers {
+        tasks.push(tokio::spawn(reader(
+            w.clone(),
+            h.clone(),
+            stop.clone(),
+            process,
+        )));
+        process += 1;
+    }
+    tasks.push(tokio::spawn(cache_reader(
+        w.clone(),
+        h.clone(),
+        stop.clone(),
+        process,
+    )));
+    process += 1;
+    tasks.push(tokio::spawn(restocker(w, h, stop, process)));
+    tasks
+}
