@@ -666,30 +666,11 @@ pub async fn deploy(
         );
         let id = host.instance_id.clone();
         async move {
-            let r = target
-                .run(&format!(
-                    "cd {} && ./bookstore.sh health 60\n",
-                    sh_quote(&dir)
-                ))
-                .await
-                .map_err(|e| format!("{id}: {e}"))?;
-            for line in r.lines() {
-                say(&format!("[deploy] {id}: {line}"));
-            }
-            Ok::<_, String>(())
+            let script = format!("cd {} && ./bookstore.sh health 60\n", sh_quote(&dir));
+            run_and_echo("deploy", &id, &target, &script).await
         }
     });
-    let failed: Vec<String> = futures::future::join_all(checks)
-        .await
-        .into_iter()
-        .filter_map(Result::err)
-        .collect();
-    if !failed.is_empty() {
-        return Err(format!(
-            "services did not become healthy:\n  {}",
-            failed.join("\n  ")
-        ));
-    }
+    on_all_hosts("services did not become healthy", checks).await?;
     let fe = &st.hosts[fe_index];
     let fe_dir = format!("{}/{}", o.remote_dir.trim_end_matches('/'), fe.instance_id);
     let fe_local = format!("http://{}:{fe_port}", bracket(&pl.service_hosts[fe_index]));
@@ -901,33 +882,35 @@ pub async fn collect(out: &Path, st: &RunState) -> Result<(), String> {
             Ok::<_, String>(())
         }
     });
-    let failed: Vec<String> = futures::future::join_all(jobs)
-        .await
-        .into_iter()
-        .filter_map(Result::err)
-        .collect();
-    if failed.is_empty() {
-        Ok(())
-    } else {
-        Err(format!("collect failed:\n  {}", failed.join("\n  ")))
-    }
+    on_all_hosts("collect failed", jobs).await
 }
 
 /// `stop`: stops every host's services.
 pub async fn stop(st: &RunState) -> Result<(), String> {
     let jobs = targets_of(st)?.into_iter().map(|(id, t, dir)| async move {
-        let r = t
-            .run(&format!(
-                "d={}\nif [ -x \"$d/bookstore.sh\" ]; then \"$d/bookstore.sh\" stop; fi\n",
-                sh_quote(&dir)
-            ))
-            .await
-            .map_err(|e| format!("{id}: {e}"))?;
-        for line in r.lines() {
-            say(&format!("[stop] {id}: {line}"));
-        }
-        Ok::<_, String>(())
+        let script = format!(
+            "d={}\nif [ -x \"$d/bookstore.sh\" ]; then \"$d/bookstore.sh\" stop; fi\n",
+            sh_quote(&dir)
+        );
+        run_and_echo("stop", &id, &t, &script).await
     });
+    on_all_hosts("stop failed", jobs).await
+}
+
+/// Runs `script` on a host, echoing its output as `[label] id: line`.
+async fn run_and_echo(label: &str, id: &str, t: &Target, script: &str) -> Result<(), String> {
+    let r = t.run(script).await.map_err(|e| format!("{id}: {e}"))?;
+    for line in r.lines() {
+        say(&format!("[{label}] {id}: {line}"));
+    }
+    Ok(())
+}
+
+/// Runs one job per host at once; the error lists every host that failed, after `what`.
+async fn on_all_hosts<F>(what: &str, jobs: impl IntoIterator<Item = F>) -> Result<(), String>
+where
+    F: std::future::Future<Output = Result<(), String>>,
+{
     let failed: Vec<String> = futures::future::join_all(jobs)
         .await
         .into_iter()
@@ -936,7 +919,7 @@ pub async fn stop(st: &RunState) -> Result<(), String> {
     if failed.is_empty() {
         Ok(())
     } else {
-        Err(format!("stop failed:\n  {}", failed.join("\n  ")))
+        Err(format!("{what}:\n  {}", failed.join("\n  ")))
     }
 }
 
