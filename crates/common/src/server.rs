@@ -6,6 +6,26 @@ use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use std::future::Future;
 use std::net::TcpListener;
 
+/// Serves an app on a bound `listener` with `workers` threads until `shutdown` resolves.
+/// `configure` registers the app's data and routes (it runs once per worker).
+pub async fn serve<F>(
+    listener: TcpListener,
+    workers: usize,
+    configure: F,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()>
+where
+    F: Fn(&mut web::ServiceConfig) + Send + Clone + 'static,
+{
+    let server =
+        actix_web::HttpServer::new(move || actix_web::App::new().configure(configure.clone()))
+            .workers(workers.max(1))
+            .disable_signals()
+            .listen(listener)?
+            .run();
+    run_until(server, shutdown).await
+}
+
 /// Runs `server` until it stops by itself or `shutdown` resolves (then stops gracefully).
 pub async fn run_until(server: Server, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
     let handle = server.handle();

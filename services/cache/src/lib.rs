@@ -9,7 +9,7 @@ pub mod store;
 pub mod cli;
 
 use actix_web::http::header::ContentType;
-use actix_web::{middleware::from_fn, web, App, HttpRequest, HttpResponse, HttpServer};
+use actix_web::{middleware::from_fn, web, HttpRequest, HttpResponse};
 use bookstore_common::auth::{require_cluster_token, Tokens};
 use bookstore_common::client::Client;
 use bookstore_common::config::{ClusterConfig, Kind};
@@ -231,18 +231,14 @@ pub async fn run(
     let tokens = web::Data::new(config.tokens.clone());
     tracing::info!(addr = %listener.local_addr()?, "cache serving");
     let c = cache.clone();
-    let server = HttpServer::new(move || {
-        App::new()
-            .app_data(c.clone())
+    let json = server::json_config();
+    let configure = move |cfg: &mut web::ServiceConfig| {
+        cfg.app_data(c.clone())
             .app_data(tokens.clone())
-            .app_data(server::json_config())
-            .configure(routes)
-    })
-    .workers(config.workers.max(1))
-    .disable_signals()
-    .listen(listener)?
-    .run();
-    let r = server::run_until(server, shutdown).await;
+            .app_data(json.clone());
+        routes(cfg);
+    };
+    let r = server::serve(listener, config.workers, configure, shutdown).await;
     lease.abort();
     r
 }

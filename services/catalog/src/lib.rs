@@ -10,7 +10,7 @@ pub mod cache_link;
 pub mod cli;
 pub mod state;
 
-use actix_web::{middleware::from_fn, web, App, HttpRequest, HttpResponse, HttpServer};
+use actix_web::{middleware::from_fn, web, HttpRequest, HttpResponse};
 use bookstore_common::auth::{require_cluster_token, Tokens};
 use bookstore_common::client::Client;
 use bookstore_common::config::{ClusterConfig, Kind};
@@ -304,20 +304,16 @@ pub async fn run(
     let tokens = web::Data::new(config.tokens.clone());
     tracing::info!(id = config.id, addr = %listener.local_addr()?, books = config.books.len(), "catalog serving");
     let c = catalog.clone();
-    let server = HttpServer::new(move || {
-        App::new()
-            .app_data(c.clone())
+    let json = server::json_config();
+    let configure = move |cfg: &mut web::ServiceConfig| {
+        cfg.app_data(c.clone())
             .app_data(control.clone())
             .app_data(tokens.clone())
-            .app_data(server::json_config())
-            .app_data(web::PayloadConfig::new(64 << 20))
-            .configure(routes)
-    })
-    .workers(config.workers.max(1))
-    .disable_signals()
-    .listen(listener)?
-    .run();
-    let r = server::run_until(server, shutdown).await;
+            .app_data(json.clone())
+            .app_data(web::PayloadConfig::new(64 << 20));
+        routes(cfg);
+    };
+    let r = server::serve(listener, config.workers, configure, shutdown).await;
     catalog.node().crash().await;
     r
 }

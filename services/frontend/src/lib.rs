@@ -12,7 +12,7 @@
 pub mod cli;
 
 use actix_web::http::header::ContentType;
-use actix_web::{middleware::from_fn, web, App, HttpRequest, HttpResponse, HttpServer};
+use actix_web::{middleware::from_fn, web, HttpRequest, HttpResponse};
 use bookstore_common::auth::{require_admin_token, Tokens};
 use bookstore_common::client::{encode, CallError, Client};
 use bookstore_common::config::{ClusterConfig, Kind};
@@ -336,16 +336,11 @@ pub async fn run(
     let frontend = web::Data::new(frontend);
     let tokens = web::Data::new(config.tokens.clone());
     tracing::info!(addr = %listener.local_addr()?, "frontend serving");
-    let server = HttpServer::new(move || {
-        App::new()
-            .app_data(frontend.clone())
+    let configure = move |cfg: &mut web::ServiceConfig| {
+        cfg.app_data(frontend.clone())
             .app_data(views.clone())
-            .app_data(tokens.clone())
-            .configure(routes)
-    })
-    .workers(config.workers.max(1))
-    .disable_signals()
-    .listen(listener)?
-    .run();
-    server::run_until(server, shutdown).await
+            .app_data(tokens.clone());
+        routes(cfg);
+    };
+    server::serve(listener, config.workers, configure, shutdown).await
 }

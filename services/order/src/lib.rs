@@ -10,7 +10,7 @@
 //! - this file: the state machine ([`OrderSm`]), routes and [`run`].
 pub mod cli;
 
-use actix_web::{middleware::from_fn, web, App, HttpRequest, HttpResponse, HttpServer};
+use actix_web::{middleware::from_fn, web, HttpRequest, HttpResponse};
 use bookstore_common::auth::{require_cluster_token, Tokens};
 use bookstore_common::client::{CallError, Client};
 use bookstore_common::config::{ClusterConfig, Kind};
@@ -262,19 +262,14 @@ pub async fn run(
     let tokens = web::Data::new(config.tokens.clone());
     tracing::info!(id = config.id, addr = %listener.local_addr()?, "order serving");
     let s = service.clone();
-    let server = HttpServer::new(move || {
-        App::new()
-            .app_data(s.clone())
+    let configure = move |cfg: &mut web::ServiceConfig| {
+        cfg.app_data(s.clone())
             .app_data(control.clone())
             .app_data(tokens.clone())
-            .app_data(web::PayloadConfig::new(64 << 20))
-            .configure(routes)
-    })
-    .workers(config.workers.max(1))
-    .disable_signals()
-    .listen(listener)?
-    .run();
-    let r = server::run_until(server, shutdown).await;
+            .app_data(web::PayloadConfig::new(64 << 20));
+        routes(cfg);
+    };
+    let r = server::serve(listener, config.workers, configure, shutdown).await;
     service.node().crash().await;
     r
 }
