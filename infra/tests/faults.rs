@@ -94,6 +94,44 @@ async fn buy(http: &reqwest::Client, frontend: &str, item: u32) -> Res {
     }
 }
 
+/// What the buyers saw: (item, outcome, when it completed since the start).
+type History = Arc<Mutex<Vec<(u32, Res, Duration)>>>;
+
+/// Starts `n` buyers that buy items `1..=items` in turn until `stop` is set.
+fn spawn_buyers(
+    n: u32,
+    items: u32,
+    frontend: &str,
+    stop: &Arc<AtomicBool>,
+    t0: Instant,
+) -> (Vec<tokio::task::JoinHandle<()>>, History) {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let history: History = Arc::default();
+    let buyers = (0..n)
+        .map(|i| {
+            let (http, frontend, stop, history) = (
+                http.clone(),
+                frontend.to_string(),
+                stop.clone(),
+                history.clone(),
+            );
+            tokio::spawn(async move {
+                let mut k = i;
+                while !stop.load(Ordering::Relaxed) {
+                    let item = 1 + k % items;
+                    k += 1;
+                    let r = buy(&http, &frontend, item).await;
+                    history.lock().unwrap().push((item, r, t0.elapsed()));
+                }
+            })
+        })
+        .collect();
+    (buyers, history)
+}
+
 async fn books_of(url: &str) -> Option<BTreeMap<u32, u64>> {
     let v: Value = internal().get_json(&format!("{url}/books")).await.ok()?;
     Some(
@@ -212,32 +250,9 @@ async fn sigkill_the_catalog_primary_then_the_order_primary_under_16_buyers() {
     let _serial = SERIAL.lock().await;
     let mut f = start(&[(1, 40), (2, 100_000), (3, 100_000)]).await;
     let frontend = f.lc.frontend_url();
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let t0 = Instant::now();
-    let history: Arc<Mutex<Vec<(u32, Res, Duration)>>> = Arc::default();
-    let buyers: Vec<_> = (0..16u32)
-        .map(|i| {
-            let (http, frontend, stop, history) = (
-                http.clone(),
-                frontend.clone(),
-                stop.clone(),
-                history.clone(),
-            );
-            tokio::spawn(async move {
-                let mut n = i;
-                while !stop.load(Ordering::Relaxed) {
-                    let item = 1 + n % 3;
-                    n += 1;
-                    let r = buy(&http, &frontend, item).await;
-                    history.lock().unwrap().push((item, r, t0.elapsed()));
-                }
-            })
-        })
-        .collect();
+    let (buyers, history) = spawn_buyers(16, 3, &frontend, &stop, t0);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let catalog_primary = f.lc.primary(Kind::Catalog).await.unwrap();
     let killed_catalog_at = t0.elapsed();
@@ -419,31 +434,8 @@ async fn a_backup_that_missed_1000_writes_catches_up_before_it_serves() {
 async fn frozen_backup_then_killed_primary(env: Vec<(String, String)>) -> Result<(), String> {
     let mut f = start_with(&[(1, 100_000), (2, 100_000)], env).await;
     let frontend = f.lc.frontend_url();
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
     let stop = Arc::new(AtomicBool::new(false));
-    let history: Arc<Mutex<Vec<(u32, Res)>>> = Arc::default();
-    let buyers: Vec<_> = (0..8u32)
-        .map(|i| {
-            let (http, frontend, stop, history) = (
-                http.clone(),
-                frontend.clone(),
-                stop.clone(),
-                history.clone(),
-            );
-            tokio::spawn(async move {
-                let mut n = i;
-                while !stop.load(Ordering::Relaxed) {
-                    let item = 1 + n % 2;
-                    n += 1;
-                    let r = buy(&http, &frontend, item).await;
-                    history.lock().unwrap().push((item, r));
-                }
-            })
-        })
-        .collect();
+    let (buyers, history) = spawn_buyers(8, 2, &frontend, &stop, Instant::now());
     tokio::time::sleep(Duration::from_millis(500)).await;
     let primary = f.lc.primary(Kind::Catalog).await.unwrap();
     let backup = 1 - primary;
@@ -459,7 +451,12 @@ async fn frozen_backup_then_killed_primary(env: Vec<(String, String)>) -> Result
     f.lc.restart(Kind::Catalog, primary).await.unwrap();
     f.lc.wait_ready(Duration::from_secs(15)).await.unwrap();
     let (books, orders) = converged(&f.lc).await;
-    let history = history.lock().unwrap().clone();
+    let history: Vec<(u32, Res)> = history
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(i, r, _)| (*i, r.clone()))
+        .collect();
     let oks = history
         .iter()
         .filter(|(_, r)| matches!(r, Res::Ok(_)))
