@@ -2,11 +2,17 @@
 //! own OS process on this machine and supervises them; `infra local test` runs the
 //! seed's scenarios against a cluster.
 //!
-//! - [`local`]: process supervision (spawn, health wait, clean stop, no orphans).
+//! - [`local`]: process supervision (spawn, health wait, clean stop, no orphans), scale
+//!   out and in (`add`, `remove`) and `rolling_restart`.
+//! - [`control`]: the control API of a running `local up` that `local add|remove|
+//!   rolling-restart` call.
+//! - [`haproxy`]: HAProxy in front of N frontends (`local up --frontends N`).
 //! - [`scenarios`]: the seed's client scenarios with a pass/fail report.
 //! - `ec2` (feature `ec2`): `infra ec2 up|deploy|test|collect|stop|down|run` on EC2
 //!   (aws-sdk-ec2).
+pub mod control;
 #[cfg(feature = "ec2")]
 pub mod ec2;
+pub mod haproxy;
 pub mod local;
 pub mod scenarios;

@@ -19,6 +19,34 @@ pub struct LocalOptions {
     pub program: Option<PathBuf>,
     /// Extra environment for every server (tests use it for mutation switches).
     pub env: Vec<(String, String)>,
+    /// Start the servers in the reverse of the cluster file's order (replicas before the
+    /// frontend that hosts their view service): tests use it to show any order works.
+    pub reverse_start: bool,
+    /// Put HAProxy (listening here) in front of the frontends.
+    pub haproxy: Option<Endpoint>,
+}
+
+impl LocalOptions {
+    /// Options with the defaults for everything but the files and tokens.
+    pub fn new(
+        cluster_file: PathBuf,
+        books: PathBuf,
+        output_dir: PathBuf,
+        cluster_token: String,
+        admin_token: String,
+    ) -> LocalOptions {
+        LocalOptions {
+            cluster_file,
+            books,
+            output_dir,
+            cluster_token,
+            admin_token,
+            program: None,
+            env: Vec::new(),
+            reverse_start: false,
+            haproxy: None,
+        }
+    }
 }
 
 /// One supervised server process.
@@ -47,6 +75,8 @@ pub struct LocalCluster {
     pub cluster: ClusterConfig,
     pub servers: Vec<Server>,
     pub options: LocalOptions,
+    /// HAProxy in front of the frontends (`LocalOptions::haproxy`).
+    pub haproxy: Option<crate::haproxy::Haproxy>,
 }
 
 /// A cluster file for `n_catalog` catalogs and `n_order` orders on free loopback ports.
@@ -102,12 +132,20 @@ impl LocalCluster {
                 std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?
             }
         };
+        if let Some(h) = &options.haproxy {
+            drop(bookstore_common::server::bind(&h.addr(), "haproxy")?);
+        }
         let mut lc = LocalCluster {
             cluster: cluster.clone(),
             servers: Vec::new(),
             options,
+            haproxy: None,
         };
-        for (kind, id, endpoint) in cluster.all() {
+        let mut order = cluster.all();
+        if lc.options.reverse_start {
+            order.reverse();
+        }
+        for (kind, id, endpoint) in order {
             let log = lc.options.output_dir.join(format!("{kind}{id}.stderr.log"));
             let mut server = Server {
                 kind,
@@ -134,7 +172,260 @@ impl LocalCluster {
             lc.stop().await;
             return Err(e);
         }
+        if let Some(listen) = lc.options.haproxy.clone() {
+            let frontends: Vec<Endpoint> = lc.cluster.servers(Kind::Frontend).to_vec();
+            match crate::haproxy::Haproxy::start(&listen, &frontends, &lc.options.output_dir).await
+            {
+                Ok(h) => {
+                    progress(&format!(
+                        "started HAProxy on {listen} in front of {} frontends (pid {})",
+                        frontends.len(),
+                        h.pid().unwrap_or(0)
+                    ));
+                    lc.haproxy = Some(h);
+                }
+                Err(e) => {
+                    lc.stop().await;
+                    return Err(e);
+                }
+            }
+        }
         Ok(lc)
+    }
+
+    fn program(&self) -> Result<PathBuf, String> {
+        match &self.options.program {
+            Some(p) => Ok(p.clone()),
+            None => std::env::current_exe().map_err(|e| format!("cannot find this program: {e}")),
+        }
+    }
+
+    fn client(&self) -> bookstore_common::client::Client {
+        bookstore_common::client::Client::with_timeout(
+            &self.options.cluster_token,
+            Duration::from_millis(1000),
+        )
+    }
+
+    /// The view document of `kind`: `{"view", "synced", "members"}`.
+    pub async fn view_doc(&self, kind: Kind) -> Result<serde_json::Value, String> {
+        self.client()
+            .get_json(&format!("{}/vs/{kind}/view", self.frontend_url()))
+            .await
+            .map_err(|e| format!("view service: {e}"))
+    }
+
+    /// Waits until replica `id` of `kind` is a synced backup or the primary of the view,
+    /// and serves reads.
+    pub async fn wait_synced(&self, kind: Kind, id: u32, limit: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + limit;
+        let status_url = self
+            .servers
+            .iter()
+            .find(|s| s.kind == kind && s.id == id)
+            .map(|s| format!("{}/replication/status", s.endpoint.url()))
+            .ok_or_else(|| format!("no {kind} {id} in this cluster"))?;
+        loop {
+            // The view service counts it as primary or synced backup, and the replica
+            // itself acts in that same view (same epoch and role) and serves reads.
+            let expect = match self.view_doc(kind).await {
+                Ok(v) if v["view"]["primary"] == id => {
+                    Some((v["view"]["epoch"].clone(), "primary"))
+                }
+                Ok(v)
+                    if v["synced"]
+                        .as_array()
+                        .is_some_and(|s| s.iter().any(|x| *x == id)) =>
+                {
+                    Some((v["view"]["epoch"].clone(), "backup"))
+                }
+                _ => None,
+            };
+            if let Some((epoch, role)) = expect {
+                let acting = self
+                    .client()
+                    .get_json::<serde_json::Value>(&status_url)
+                    .await
+                    .is_ok_and(|v| {
+                        v["serving_reads"] == true && v["epoch"] == epoch && v["role"] == role
+                    });
+                if acting {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "{kind} {id} did not become a synced member within {limit:?}"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Scale out: registers a new `kind` replica (catalog or order) with the view service
+    /// on a free loopback port, starts it, and waits until it has caught up and is a
+    /// synced backup. Returns its id. Nothing else is restarted.
+    pub async fn add(&mut self, kind: Kind, progress: &dyn Fn(&str)) -> Result<u32, String> {
+        if !matches!(kind, Kind::Catalog | Kind::Order) {
+            return Err(format!(
+                "only catalog and order replicas can be added, not {kind}"
+            ));
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| format!("no free port: {e}"))?
+            .port();
+        let endpoint = Endpoint::new("127.0.0.1", port);
+        let url = format!(
+            "{}/admin/cluster/register?kind={kind}&url={}",
+            self.frontend_url(),
+            bookstore_common::client::encode(&endpoint.url())
+        );
+        let answer: serde_json::Value = self
+            .admin_post(&url)
+            .await
+            .map_err(|e| format!("register {kind} at {endpoint}: {e}"))?;
+        let id = answer["id"]
+            .as_u64()
+            .ok_or_else(|| format!("register answered without an id: {answer}"))?
+            as u32;
+        progress(&format!("registered {kind} {id} at {endpoint}"));
+        let mut server = Server {
+            kind,
+            id,
+            endpoint,
+            log: self
+                .options
+                .output_dir
+                .join(format!("{kind}{id}.stderr.log")),
+            child: None,
+        };
+        let exe = self.program()?;
+        self.spawn(&exe, &mut server)?;
+        progress(&format!(
+            "started {} on {} (pid {}); waiting until it has caught up",
+            server.name(),
+            server.endpoint,
+            server.pid().unwrap_or(0)
+        ));
+        self.servers.push(server);
+        self.wait_synced(kind, id, Duration::from_secs(30)).await?;
+        progress(&format!("{kind} {id} is a synced replica and serves"));
+        Ok(id)
+    }
+
+    /// Scale in: retires replica `id` of `kind` from the view service (refused if no other
+    /// replica holds every committed write), waits until the view no longer includes it
+    /// (a primary is replaced by a synced backup first), then stops its process. Its data
+    /// directory is kept.
+    pub async fn remove(
+        &mut self,
+        kind: Kind,
+        id: u32,
+        progress: &dyn Fn(&str),
+    ) -> Result<(), String> {
+        self.find(kind, id)?;
+        let url = format!(
+            "{}/admin/cluster/unregister?kind={kind}&id={id}",
+            self.frontend_url()
+        );
+        // A view change in progress answers 503: retry until it settles.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match self.admin_post::<serde_json::Value>(&url).await {
+                Ok(_) => break,
+                Err(e) if e.contains("retry shortly") && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => return Err(format!("retire {kind} {id}: {e}")),
+            }
+        }
+        progress(&format!(
+            "{kind} {id} retired; waiting until the view no longer includes it"
+        ));
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(v) = self.view_doc(kind).await {
+                let view = &v["view"];
+                let member = view["primary"] == id
+                    || view["backups"]
+                        .as_array()
+                        .is_some_and(|b| b.iter().any(|x| *x == id));
+                if !view.is_null() && !member {
+                    break;
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(format!("the {kind} view still includes {id} after 15 s"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.stop_one(kind, id).await?;
+        let pos = self
+            .servers
+            .iter()
+            .position(|s| s.kind == kind && s.id == id)
+            .expect("found above");
+        self.servers.remove(pos);
+        progress(&format!("{kind} {id} stopped"));
+        Ok(())
+    }
+
+    /// Restarts every catalog and order replica, one at a time: per kind the backups first,
+    /// then the primary (the view service promotes a synced backup while it is away). Each
+    /// one is stopped with SIGTERM, started again from its disk, and must be a synced
+    /// member again before the next one goes, so one failure can always be survived.
+    pub async fn rolling_restart(&mut self, progress: &dyn Fn(&str)) -> Result<(), String> {
+        for kind in [Kind::Catalog, Kind::Order] {
+            let primary = self.primary(kind).await?;
+            let mut ids: Vec<u32> = self
+                .servers
+                .iter()
+                .filter(|s| s.kind == kind && s.id != primary)
+                .map(|s| s.id)
+                .collect();
+            ids.sort_unstable();
+            ids.push(primary);
+            for id in ids {
+                // Never take a replica away while another one is not synced.
+                self.wait_ready(Duration::from_secs(30)).await?;
+                let role = if id == primary { "primary" } else { "backup" };
+                progress(&format!("restarting {kind} {id} ({role})"));
+                self.stop_one(kind, id).await?;
+                self.restart(kind, id).await?;
+                self.wait_synced(kind, id, Duration::from_secs(30)).await?;
+                progress(&format!("{kind} {id} is back and synced"));
+            }
+        }
+        self.wait_ready(Duration::from_secs(30)).await
+    }
+
+    /// SIGTERM to one server; SIGKILL if it has not exited after 3 s.
+    pub async fn stop_one(&mut self, kind: Kind, id: u32) -> Result<(), String> {
+        let s = self.find(kind, id)?;
+        if let Some(mut child) = s.child.take() {
+            if let Some(pid) = child.id() {
+                // SAFETY: plain kill(2) on a child we own.
+                unsafe {
+                    libc::kill(pid as i32, libc::SIGTERM);
+                }
+            }
+            if tokio::time::timeout(Duration::from_secs(3), child.wait())
+                .await
+                .is_err()
+            {
+                let _ = child.kill().await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn admin_post<T: serde::de::DeserializeOwned>(&self, url: &str) -> Result<T, String> {
+        let auth = format!("Bearer {}", self.options.admin_token);
+        self.client()
+            .post_json(url, &[("authorization", auth.as_str())])
+            .await
+            .map_err(|e| e.to_string())
     }
 
     fn spawn(&self, exe: &Path, server: &mut Server) -> Result<(), String> {
@@ -153,6 +444,8 @@ impl LocalCluster {
             .arg(&self.options.cluster_file)
             .arg("--output-dir")
             .arg(&self.options.output_dir)
+            .arg("--listen")
+            .arg(server.endpoint.addr())
             .env("BOOKSTORE_CLUSTER_TOKEN", &self.options.cluster_token)
             .envs(self.options.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
@@ -230,7 +523,7 @@ impl LocalCluster {
         );
         let deadline = Instant::now() + limit;
         for kind in [Kind::Catalog, Kind::Order] {
-            let n = self.cluster.servers(kind).len();
+            let n = self.servers.iter().filter(|s| s.kind == kind).count();
             let url = format!("{}/vs/{kind}/view", self.frontend_url());
             loop {
                 if let Ok(v) = client.get_json::<serde_json::Value>(&url).await {
@@ -315,10 +608,7 @@ impl LocalCluster {
     /// Starts a stopped server again (it recovers from its data directory) and waits
     /// until it answers `/health`.
     pub async fn restart(&mut self, kind: Kind, id: u32) -> Result<(), String> {
-        let exe = match &self.options.program {
-            Some(p) => p.clone(),
-            None => std::env::current_exe().map_err(|e| e.to_string())?,
-        };
+        let exe = self.program()?;
         let pos = self
             .servers
             .iter()
@@ -371,6 +661,14 @@ impl LocalCluster {
             .ok_or_else(|| format!("no {kind} view yet: {v}"))
     }
 
+    /// Where clients go: HAProxy if there is one, else frontend 0.
+    pub fn public_url(&self) -> String {
+        match &self.haproxy {
+            Some(h) => h.listen.url(),
+            None => self.frontend_url(),
+        }
+    }
+
     pub fn frontend_url(&self) -> String {
         self.cluster
             .server(Kind::Frontend, 0)
@@ -393,6 +691,9 @@ impl LocalCluster {
 
     /// SIGTERM to every server, then SIGKILL to those still alive after 3 s.
     pub async fn stop(&mut self) {
+        if let Some(mut h) = self.haproxy.take() {
+            h.stop().await;
+        }
         for s in &self.servers {
             if let Some(pid) = s.pid() {
                 // SAFETY: plain kill(2) on a child we own.

@@ -1,6 +1,9 @@
 //! `infra`: run the bookstore on this machine. `infra --help` lists the commands.
 use bookstore_common::cli::fail;
+use bookstore_common::client::encode;
+use bookstore_common::config::{ClusterConfig, Endpoint, Kind};
 use clap::{Parser, Subcommand};
+use infra::control;
 use infra::local::{free_port_cluster, random_token, LocalCluster, LocalOptions};
 use std::path::PathBuf;
 
@@ -54,6 +57,34 @@ enum Local {
         /// Start from the books file again: delete `<output-dir>/data/` first.
         #[arg(long)]
         fresh: bool,
+        /// Run N frontends behind HAProxy, which listens on the cluster file's frontend
+        /// address (the frontends get free loopback ports).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16))]
+        frontends: u32,
+    },
+    /// Scale out: start a new catalog or order replica in the running `local up`; it joins,
+    /// catches up and serves, with no restart of anything else.
+    Add {
+        /// catalog or order.
+        kind: String,
+        /// The `--output-dir` of the running `local up`.
+        #[arg(long, default_value = "output", env = "BOOKSTORE_OUTPUT_DIR")]
+        output_dir: PathBuf,
+    },
+    /// Scale in: retire replica ID of KIND (catalog or order) gracefully and stop it.
+    Remove {
+        kind: String,
+        id: u32,
+        /// The `--output-dir` of the running `local up`.
+        #[arg(long, default_value = "output", env = "BOOKSTORE_OUTPUT_DIR")]
+        output_dir: PathBuf,
+    },
+    /// Restart every catalog and order replica of the running `local up`, one at a time,
+    /// backups first, each synced again before the next goes.
+    RollingRestart {
+        /// The `--output-dir` of the running `local up`.
+        #[arg(long, default_value = "output", env = "BOOKSTORE_OUTPUT_DIR")]
+        output_dir: PathBuf,
     },
     /// Run the seed's scenarios (starts a fresh cluster on free ports unless --frontend).
     Test {
@@ -96,13 +127,57 @@ fn tokens() -> (String, String) {
     (cluster, admin)
 }
 
+/// With `--frontends N`: a cluster file in `output_dir` with N frontends on free ports,
+/// and the address HAProxy takes over (the given file's frontend 0).
+fn with_frontends(
+    cluster: &std::path::Path,
+    output_dir: &std::path::Path,
+    n: u32,
+) -> Result<(PathBuf, Endpoint), String> {
+    let c = ClusterConfig::load(cluster).map_err(|e| e.to_string())?;
+    let listen = c
+        .server(Kind::Frontend, 0)
+        .cloned()
+        .ok_or_else(|| format!("{}: no frontend", cluster.display()))?;
+    let mut parts = Vec::new();
+    let mut hold = Vec::new();
+    for _ in 0..n {
+        let l = std::net::TcpListener::bind(format!("{}:0", listen.host))
+            .map_err(|e| format!("no free port on {}: {e}", listen.host))?;
+        let port = l.local_addr().map_err(|e| e.to_string())?.port();
+        parts.push((Kind::Frontend, Endpoint::new(listen.host.clone(), port)));
+        hold.push(l);
+    }
+    for (kind, _, e) in c.all() {
+        if kind != Kind::Frontend {
+            parts.push((kind, e));
+        }
+    }
+    std::fs::create_dir_all(output_dir).map_err(|e| format!("{}: {e}", output_dir.display()))?;
+    let file = output_dir.join("cluster.generated.csv");
+    std::fs::write(&file, ClusterConfig::from_parts(&parts).to_text())
+        .map_err(|e| format!("{}: {e}", file.display()))?;
+    Ok((file, listen))
+}
+
 async fn up(
     cluster: PathBuf,
     books: PathBuf,
     output_dir: PathBuf,
     fresh: bool,
+    frontends: u32,
 ) -> Result<(), String> {
     let (cluster_token, admin_token) = tokens();
+    let (cluster, haproxy) = if frontends > 1 {
+        let (file, listen) = with_frontends(&cluster, &output_dir, frontends)?;
+        say(&format!(
+            "{frontends} frontends behind HAProxy on {listen} (cluster file {})",
+            file.display()
+        ));
+        (file, Some(listen))
+    } else {
+        (cluster, None)
+    };
     let data = output_dir.join("data");
     if fresh && data.exists() {
         std::fs::remove_dir_all(&data).map_err(|e| format!("{}: {e}", data.display()))?;
@@ -113,38 +188,67 @@ async fn up(
             data.display()
         ));
     }
-    let mut lc = LocalCluster::start(
-        LocalOptions {
-            cluster_file: cluster,
-            books,
-            output_dir: output_dir.clone(),
-            cluster_token,
-            admin_token: admin_token.clone(),
-            program: None,
-            env: Vec::new(),
-        },
-        &say,
-    )
-    .await?;
-    out(&format!("bookstore is up: {}", lc.frontend_url()));
+    let mut options = LocalOptions::new(
+        cluster,
+        books,
+        output_dir.clone(),
+        cluster_token,
+        admin_token.clone(),
+    );
+    options.haproxy = haproxy;
+    let mut lc = LocalCluster::start(options, &say).await?;
+    let public = lc.public_url();
+    out(&format!("bookstore is up: {public}"));
     out(&format!(
-        "  try:   curl '{}/search?topic=distributed%20systems'",
-        lc.frontend_url()
+        "  try:   curl '{public}/search?topic=distributed%20systems'"
     ));
     out(&format!(
-        "         curl -X POST '{}/buy?item_number=1'",
-        lc.frontend_url()
+        "         curl -X POST '{public}/buy?item_number=1'"
     ));
-    out(&format!("  admin: curl -X POST -H 'Authorization: Bearer {admin_token}' '{}/admin/restock?item_number=1&quantity=5'", lc.frontend_url()));
+    out(&format!("  admin: curl -X POST -H 'Authorization: Bearer {admin_token}' '{public}/admin/restock?item_number=1&quantity=5'"));
+    out("  scale: infra local add catalog | infra local remove catalog ID | infra local rolling-restart");
     out(&format!(
         "  logs:  {}/ (operation logs *_log, server output *.stderr.log)",
         output_dir.display()
     ));
     out("  Ctrl-C stops every server.");
+    // The control API for `local add|remove|rolling-restart`.
+    let listener = bookstore_common::server::bind("127.0.0.1:0", "control API")?;
+    let control_url = format!(
+        "http://{}",
+        listener.local_addr().map_err(|e| e.to_string())?
+    );
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<control::Request>(4);
+    let (stop_control, control_stopped) = tokio::sync::oneshot::channel::<()>();
+    let control_server = tokio::spawn(control::serve(listener, admin_token.clone(), tx, async {
+        let _ = control_stopped.await;
+    }));
+    control::write_state(
+        &output_dir,
+        &control::UpState {
+            pid: std::process::id(),
+            frontend: public.clone(),
+            control: control_url,
+            admin_token,
+        },
+    )?;
     let mut term = Box::pin(bookstore_common::server::termination());
     loop {
         tokio::select! {
             _ = &mut term => break,
+            Some(req) = rx.recv() => {
+                let lines = std::sync::Mutex::new(Vec::new());
+                let progress = |s: &str| {
+                    say(s);
+                    lines.lock().expect("not poisoned").push(s.to_string());
+                };
+                let result = control::execute(&mut lc, req.op, &progress).await;
+                if let Err(e) = &result {
+                    say(&format!("failed: {e}"));
+                }
+                let lines = lines.into_inner().expect("not poisoned");
+                let _ = req.reply.send(result.map(|r| (r, lines)));
+            }
             _ = tokio::time::sleep(std::time::Duration::from_millis(250)) => {
                 while let Some((name, why)) = lc.exited() {
                     say(&format!("{name} exited: {why}"));
@@ -152,6 +256,9 @@ async fn up(
             }
         }
     }
+    let _ = std::fs::remove_file(control::state_file(&output_dir));
+    let _ = stop_control.send(());
+    let _ = control_server.await;
     say("stopping every server");
     lc.stop().await;
     say("stopped");
@@ -179,15 +286,7 @@ async fn test(
             let (cluster_token, admin_token) = tokens();
             say(&format!("starting a fresh cluster ({})", file.display()));
             let lc = LocalCluster::start(
-                LocalOptions {
-                    cluster_file: file,
-                    books: books_file,
-                    output_dir: dir.clone(),
-                    cluster_token,
-                    admin_token,
-                    program: None,
-                    env: Vec::new(),
-                },
+                LocalOptions::new(file, books_file, dir.clone(), cluster_token, admin_token),
                 &|_| {},
             )
             .await?;
@@ -206,6 +305,19 @@ async fn test(
     print!("{}", infra::scenarios::table(&verdicts));
     println!("client log: {}", log.display());
     Ok(verdicts.iter().all(|v| v.passed || v.skipped))
+}
+
+/// Asks the running `local up` to do something; prints its progress and result.
+async fn remote(output_dir: &std::path::Path, path: &str) -> Result<(), String> {
+    say("asking the running `local up` (this waits until the change is complete)");
+    let answer = control::call(output_dir, path).await?;
+    if let Some(lines) = answer["progress"].as_array() {
+        for l in lines {
+            say(l.as_str().unwrap_or_default());
+        }
+    }
+    out(&answer["result"].to_string());
+    Ok(())
 }
 
 #[tokio::main]
@@ -236,7 +348,23 @@ async fn main() {
                 books,
                 output_dir,
                 fresh,
-            } => up(cluster, books, output_dir, fresh).await,
+                frontends,
+            } => up(cluster, books, output_dir, fresh, frontends).await,
+            Local::Add { kind, output_dir } => {
+                remote(&output_dir, &format!("/add?kind={}", encode(&kind))).await
+            }
+            Local::Remove {
+                kind,
+                id,
+                output_dir,
+            } => {
+                remote(
+                    &output_dir,
+                    &format!("/remove?kind={}&id={id}", encode(&kind)),
+                )
+                .await
+            }
+            Local::RollingRestart { output_dir } => remote(&output_dir, "/rolling-restart").await,
             Local::Test {
                 frontend,
                 books,

@@ -5,6 +5,7 @@ use bookstore_common::config::Kind;
 use infra::local::{free_port_cluster, LocalCluster, LocalOptions};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -44,6 +45,13 @@ async fn start_with(books: &[(u32, u64)], env: Vec<(String, String)>) -> Fixture
             admin_token: ADMIN.into(),
             program: Some(env!("CARGO_BIN_EXE_infra").into()),
             env,
+            ..LocalOptions::new(
+                PathBuf::new(),
+                PathBuf::new(),
+                PathBuf::new(),
+                String::new(),
+                String::new(),
+            )
         },
         &|_| {},
     )

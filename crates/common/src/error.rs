@@ -30,6 +30,12 @@ pub enum ApiError {
     /// A dependency failed in a way that is not the caller's fault: 502.
     #[error("{0}")]
     BadGateway(String),
+    /// The request conflicts with the state (e.g. retiring the last up-to-date replica): 409.
+    #[error("{0}")]
+    Conflict(String),
+    /// The caller was retired from the cluster: 410.
+    #[error("{0}")]
+    Gone(String),
 }
 
 impl ResponseError for ApiError {
@@ -43,6 +49,8 @@ impl ResponseError for ApiError {
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::NotPrimary { .. } => StatusCode::MISDIRECTED_REQUEST,
             ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Gone(_) => StatusCode::GONE,
         }
     }
 

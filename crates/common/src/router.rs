@@ -1,18 +1,29 @@
 //! Calls to a replicated service (catalog or order): writes go to the primary, found by
 //! following `421 {"primary": N}` answers and by trying the next replica when one does
 //! not answer; reads can go to any replica that is caught up.
+//!
+//! The set of replicas can change at run time ([`Router::set_members`]): replicas added
+//! by `infra local add` and retired by `infra local remove`. [`follow_views`] keeps a
+//! router in step with the view service (who is primary, which replicas exist).
 use crate::client::{CallError, Client};
+use parking_lot::RwLock;
 use serde::de::DeserializeOwned;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 /// The replicas of one kind, by id.
 #[derive(Debug)]
 pub struct Router {
     client: Client,
-    urls: Vec<String>,
+    /// Base URL by replica id; `None` for ids that were removed (ids are never reused).
+    urls: RwLock<Vec<Option<String>>>,
     primary: AtomicUsize,
     next_read: AtomicUsize,
+    /// A view was applied at least once (readiness: we know who is primary).
+    knows_view: AtomicBool,
     /// How long a call keeps trying replicas before it gives up.
     pub patience: Duration,
 }
@@ -37,15 +48,40 @@ impl Router {
     pub fn new(client: Client, urls: Vec<String>) -> Router {
         Router {
             client,
-            urls,
+            urls: RwLock::new(urls.into_iter().map(Some).collect()),
             primary: AtomicUsize::new(0),
             next_read: AtomicUsize::new(0),
+            knows_view: AtomicBool::new(false),
             patience: Duration::from_secs(3),
         }
     }
 
-    pub fn urls(&self) -> &[String] {
-        &self.urls
+    /// The current replicas: `(id, base URL)`.
+    pub fn members(&self) -> Vec<(u32, String)> {
+        self.urls
+            .read()
+            .iter()
+            .enumerate()
+            .filter_map(|(id, u)| u.clone().map(|u| (id as u32, u)))
+            .collect()
+    }
+
+    /// Replaces the set of replicas (from the view service's member table). An empty
+    /// table is ignored: a router always has somewhere to send.
+    pub fn set_members(&self, members: &BTreeMap<u32, String>) {
+        if members.is_empty() {
+            return;
+        }
+        let len = *members.keys().next_back().expect("non-empty") as usize + 1;
+        let mut urls = vec![None; len];
+        for (id, url) in members {
+            urls[*id as usize] = Some(url.clone());
+        }
+        let mut cur = self.urls.write();
+        if *cur != urls {
+            tracing::info!(members = ?members, "replica set changed");
+            *cur = urls;
+        }
     }
 
     /// The replica believed to be primary.
@@ -55,9 +91,33 @@ impl Router {
 
     /// Tells the router who the primary is (from a view).
     pub fn set_primary(&self, id: u32) {
-        if (id as usize) < self.urls.len() {
+        if self.url(id as usize).is_some() {
             self.primary.store(id as usize, Ordering::Relaxed);
+            self.knows_view.store(true, Ordering::Relaxed);
         }
+    }
+
+    /// Whether a view (who is primary) has been learnt since start.
+    pub fn knows_view(&self) -> bool {
+        self.knows_view.load(Ordering::Relaxed)
+    }
+
+    fn url(&self, id: usize) -> Option<String> {
+        self.urls.read().get(id).cloned().flatten()
+    }
+
+    /// The member after `id` (wrapping), or `id` itself if it is the only one.
+    fn next_after(&self, id: usize) -> usize {
+        let urls = self.urls.read();
+        let n = urls.len().max(1);
+        (1..=n)
+            .map(|k| (id + k) % n)
+            .find(|i| urls.get(*i).is_some_and(|u| u.is_some()))
+            .unwrap_or(id)
+    }
+
+    fn count(&self) -> usize {
+        self.urls.read().iter().filter(|u| u.is_some()).count()
     }
 
     /// POST `path` (with query) to the primary, with `headers`; follows the primary.
@@ -89,8 +149,21 @@ impl Router {
         let deadline = Instant::now() + self.patience;
         let mut attempt = 0u32;
         loop {
-            let target = self.primary();
-            let url = format!("{}{path}", self.urls[target]);
+            let mut target = self.primary();
+            let base = match self.url(target) {
+                Some(u) => u,
+                None => {
+                    // The primary we knew was removed: move on to a member.
+                    let next = self.next_after(target);
+                    self.follow_to(target, next);
+                    target = next;
+                    match self.url(target) {
+                        Some(u) => u,
+                        None => return Err(CallError::Unreachable("no replicas".into())),
+                    }
+                }
+            };
+            let url = format!("{base}{path}");
             let mut req = self.client.raw().post(&url);
             for (k, v) in headers {
                 req = req.header(*k, *v);
@@ -106,7 +179,7 @@ impl Router {
                 Err(e) if retryable(&e) && Instant::now() < deadline => {
                     self.follow(target, &e);
                     attempt += 1;
-                    if attempt.is_multiple_of(self.urls.len().max(1) as u32) {
+                    if attempt.is_multiple_of(self.count().max(1) as u32) {
                         tokio::time::sleep(Duration::from_millis(25)).await;
                     }
                 }
@@ -120,10 +193,14 @@ impl Router {
             CallError::Status { status: 421, body } => body
                 .primary
                 .map(|p| p as usize)
-                .filter(|p| *p < self.urls.len() && *p != target)
-                .unwrap_or((target + 1) % self.urls.len()),
-            _ => (target + 1) % self.urls.len(),
+                .filter(|p| *p != target && self.url(*p).is_some())
+                .unwrap_or_else(|| self.next_after(target)),
+            _ => self.next_after(target),
         };
+        self.follow_to(target, next);
+    }
+
+    fn follow_to(&self, target: usize, next: usize) {
         let _ = self
             .primary
             .compare_exchange(target, next, Ordering::Relaxed, Ordering::Relaxed);
@@ -132,22 +209,34 @@ impl Router {
     /// GET `path` from the primary ([`Read::Primary`]) or from replicas in turn.
     pub async fn read(&self, path: &str, pref: Read) -> Result<bytes::Bytes, CallError> {
         let deadline = Instant::now() + self.patience;
-        let n = self.urls.len();
         let mut attempt = 0usize;
         loop {
             let target = match pref {
                 Read::Primary => self.primary(),
-                Read::Any => self.next_read.fetch_add(1, Ordering::Relaxed) % n,
+                Read::Any => {
+                    let members = self.urls.read();
+                    let n = members.len().max(1);
+                    let start = self.next_read.fetch_add(1, Ordering::Relaxed);
+                    (0..n)
+                        .map(|k| (start + k) % n)
+                        .find(|i| members.get(*i).is_some_and(|u| u.is_some()))
+                        .unwrap_or(0)
+                }
             };
-            let url = format!("{}{path}", self.urls[target]);
-            match self.client.get_bytes(&url).await {
+            let result = match self.url(target) {
+                Some(base) => self.client.get_bytes(&format!("{base}{path}")).await,
+                None => Err(CallError::Unreachable(format!(
+                    "replica {target} was removed"
+                ))),
+            };
+            match result {
                 Ok(b) => return Ok(b),
                 Err(e) if retryable(&e) && Instant::now() < deadline => {
                     if pref == Read::Primary {
                         self.follow(target, &e);
                     }
                     attempt += 1;
-                    if attempt.is_multiple_of(n) {
+                    if attempt.is_multiple_of(self.count().max(1)) {
                         tokio::time::sleep(Duration::from_millis(25)).await;
                     }
                 }
@@ -155,4 +244,56 @@ impl Router {
             }
         }
     }
+}
+
+/// What `GET /vs/{kind}/view` answers (the parts a router needs).
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize, PartialEq)]
+pub struct ViewDoc {
+    #[serde(default)]
+    pub view: Option<ViewSummary>,
+    #[serde(default)]
+    pub synced: Vec<u32>,
+    /// Base URL of every registered replica, by id.
+    #[serde(default)]
+    pub members: BTreeMap<u32, String>,
+}
+
+/// A view: epoch, primary and backups.
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize, PartialEq)]
+pub struct ViewSummary {
+    pub epoch: u64,
+    pub primary: u32,
+    #[serde(default)]
+    pub backups: Vec<u32>,
+}
+
+impl Router {
+    /// Applies a view document: the member table, then the primary.
+    pub fn apply(&self, doc: &ViewDoc) {
+        self.set_members(&doc.members);
+        if let Some(v) = &doc.view {
+            self.set_primary(v.primary);
+        }
+    }
+}
+
+/// Polls `view_url` (`{frontend 0}/vs/{kind}/view`) every `every` and applies what it
+/// answers to the router, until the router is dropped. A view service that does not
+/// answer changes nothing: the router keeps following 421 hints.
+pub fn follow_views(router: &Arc<Router>, client: Client, view_url: String, every: Duration) {
+    let weak: Weak<Router> = Arc::downgrade(router);
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(every);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            interval.tick().await;
+            let Some(router) = weak.upgrade() else { break };
+            if let Ok(body) = client.get_bytes(&view_url).await {
+                match serde_json::from_slice::<ViewDoc>(&body) {
+                    Ok(doc) => router.apply(&doc),
+                    Err(e) => tracing::warn!(error = %e, url = %view_url, "bad view document"),
+                }
+            }
+        }
+    });
 }

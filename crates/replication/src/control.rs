@@ -125,9 +125,35 @@ async fn receive<S: StateMachine>(
     Ok(HttpResponse::Ok().finish())
 }
 
-/// `GET /health` (public).
+/// `GET /ready`: 200 once the replica is in a view and caught up (it can serve), else
+/// 503 naming what it waits for. Lets a replica start before the view service or its
+/// peers, and load balancers and `infra` wait for it.
+async fn ready<S: StateMachine>(ctx: web::Data<Control<S>>) -> HttpResponse {
+    let status = ctx.node.status();
+    let waiting = if ctx.down.load(Ordering::Acquire) || !status.up {
+        Some("the replica is shut down".to_string())
+    } else if status.epoch == 0 {
+        Some("no view yet: waiting for the view service (frontend 0)".to_string())
+    } else if !status.serving_reads {
+        Some(format!(
+            "catching up in epoch {} (applied {}, commit {})",
+            status.epoch, status.applied, status.commit
+        ))
+    } else {
+        None
+    };
+    match waiting {
+        None => HttpResponse::Ok().json(serde_json::json!({"status": "ready"})),
+        Some(why) => HttpResponse::ServiceUnavailable()
+            .insert_header(("Retry-After", "1"))
+            .json(serde_json::json!({"status": "not ready", "waiting_for": why})),
+    }
+}
+
+/// `GET /health` (liveness) and `GET /ready` (readiness), both public.
 pub fn public_routes<S: StateMachine>(cfg: &mut web::ServiceConfig) {
-    cfg.route("/health", web::get().to(health::<S>));
+    cfg.route("/health", web::get().to(health::<S>))
+        .route("/ready", web::get().to(ready::<S>));
 }
 
 /// The internal routes; register inside the scope that checks the cluster token.

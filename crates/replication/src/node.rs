@@ -18,11 +18,12 @@ use crate::protocol::{
     RequestId, Role, SnapshotMeta, View,
 };
 use crate::viewservice::Ping;
+use crate::vs_host::PingAnswer;
 use crate::wal::{Wal, WalOptions};
 use bookstore_common::client::Client;
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -113,9 +114,20 @@ impl NodeOptions {
 
 type WriteReply = oneshot::Sender<Result<Vec<u8>, SubmitError>>;
 
+/// A peer replica: its base URL and the queue of its sender task.
+struct Peer {
+    base: String,
+    tx: mpsc::UnboundedSender<Msg>,
+}
+
 enum Input {
     Tick,
-    Write { data: Vec<u8>, reply: WriteReply },
+    /// The view service's member table (replica id -> base URL).
+    Members(BTreeMap<ReplicaId, String>),
+    Write {
+        data: Vec<u8>,
+        reply: WriteReply,
+    },
     Event(Event),
     Fatal(String),
     Stop,
@@ -282,16 +294,11 @@ impl<S: StateMachine> Node<S> {
             .map_err(|e| e.to_string())?;
         *self.inner.disk_thread.lock() = Some(handle);
 
-        let mut peers = Vec::new();
+        let mut peers = HashMap::new();
         for (id, base) in opts.peers.iter().enumerate() {
-            if id as ReplicaId == opts.id {
-                peers.push(None);
-                continue;
+            if id as ReplicaId != opts.id {
+                peers.insert(id as ReplicaId, self.peer(base));
             }
-            let (ptx, prx) = mpsc::unbounded_channel();
-            let url = format!("{base}/replication/msg?from={}", opts.id);
-            tokio::spawn(peer_sender(self.inner.client.clone(), url, prx));
-            peers.push(Some(ptx));
         }
 
         let ticks = tx.clone();
@@ -322,6 +329,16 @@ impl<S: StateMachine> Node<S> {
         };
         tokio::spawn(driver.run(rx));
         Ok(())
+    }
+
+    fn peer(&self, base: &str) -> Peer {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let url = format!("{base}/replication/msg?from={}", self.inner.opts.id);
+        tokio::spawn(peer_sender(self.inner.client.clone(), url, rx));
+        Peer {
+            base: base.to_string(),
+            tx,
+        }
     }
 
     /// Replicates `data` and returns the state machine's answer once it is committed
@@ -361,7 +378,7 @@ impl<S: StateMachine> Node<S> {
 
     /// Hands messages from a peer to the protocol.
     pub fn deliver(&self, from: ReplicaId, msgs: Vec<Msg>) {
-        if from as usize >= self.inner.opts.peers.len() || from == self.inner.opts.id {
+        if from == self.inner.opts.id {
             return;
         }
         if let Some(tx) = self.inner.tx.lock().as_ref() {
@@ -401,7 +418,7 @@ struct Driver<S> {
     replica: Replica,
     tx: mpsc::UnboundedSender<Input>,
     disk: std::sync::mpsc::Sender<DiskOp>,
-    peers: Vec<Option<mpsc::UnboundedSender<Msg>>>,
+    peers: HashMap<ReplicaId, Peer>,
     /// Index and epoch of the last entry applied to the state machine.
     applied: (LogIndex, Epoch),
     pending: HashMap<u64, WriteReply>,
@@ -418,6 +435,7 @@ impl<S: StateMachine> Driver<S> {
             while let Some(input) = next.take() {
                 match input {
                     Input::Tick => self.replica.step(Event::Tick, &mut cmds),
+                    Input::Members(members) => self.set_members(members),
                     Input::Write { data, reply } => {
                         self.next_request += 1;
                         self.pending.insert(self.next_request, reply);
@@ -479,8 +497,8 @@ impl<S: StateMachine> Driver<S> {
         for cmd in cmds.drain(..) {
             match cmd {
                 Command::Send { to, msg } => {
-                    if let Some(Some(p)) = self.peers.get(to as usize) {
-                        let _ = p.send(msg);
+                    if let Some(p) = self.peers.get(&to) {
+                        let _ = p.tx.send(msg);
                     }
                 }
                 Command::PingVs(ping) => self.ping_vs(ping),
@@ -557,6 +575,26 @@ impl<S: StateMachine> Driver<S> {
         self.outputs.clear();
     }
 
+    /// Follows the member table: a sender for every new peer, none for retired ones.
+    fn set_members(&mut self, members: BTreeMap<ReplicaId, String>) {
+        let me = self.inner.opts.id;
+        let before = self.peers.len();
+        self.peers
+            .retain(|id, p| members.get(id).is_some_and(|u| *u == p.base));
+        for (id, base) in members {
+            if id != me && !self.peers.contains_key(&id) {
+                let node = Node {
+                    inner: self.inner.clone(),
+                };
+                self.peers.insert(id, node.peer(&base));
+                tracing::info!(id, base, "new peer");
+            }
+        }
+        if self.peers.len() != before {
+            tracing::info!(me, peers = ?self.peers.keys().collect::<Vec<_>>(), "peers changed");
+        }
+    }
+
     fn ping_vs(&self, ping: Ping) {
         let client = self.inner.client.clone();
         let url = format!("{}/ping", self.inner.opts.vs_url);
@@ -571,8 +609,11 @@ impl<S: StateMachine> Driver<S> {
                 .header("content-type", "application/octet-stream")
                 .body(body);
             if let Ok(bytes) = client.send(req).await {
-                match bincode::deserialize::<(Option<View>, Epoch)>(&bytes) {
-                    Ok((view, lead_from)) => {
+                match bincode::deserialize::<PingAnswer>(&bytes) {
+                    Ok((view, lead_from, members)) => {
+                        if !members.is_empty() {
+                            let _ = tx.send(Input::Members(members));
+                        }
                         let _ = tx.send(Input::Event(Event::VsReply { view, lead_from }));
                     }
                     Err(e) => tracing::warn!(error = %e, "bad view-service answer"),

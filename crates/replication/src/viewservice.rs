@@ -57,7 +57,9 @@ pub struct Ping {
 /// View-service configuration.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct VsConfig {
-    /// Number of replicas (ids `0..replicas`).
+    /// Number of replicas a new cluster starts with (ids `0..replicas`): a cold start
+    /// waits for them. Replicas with other ids join as backups when they ping (the host
+    /// decides who may: see `vs_host`).
     pub replicas: u32,
     /// A replica that has not pinged for more than this many ticks is dead.
     pub dead_ticks: u64,
@@ -170,13 +172,6 @@ impl ViewService {
                 None
             }
             VsEvent::Ping(p) => {
-                if p.from >= self.config.replicas {
-                    return vec![VsCommand::Reply {
-                        to: p.from,
-                        view: self.state.view.clone(),
-                        lead_from: Epoch::MAX,
-                    }];
-                }
                 changed |= self.on_ping(&p);
                 Some((p.from, p.incarnation))
             }
@@ -260,10 +255,14 @@ impl ViewService {
 
     /// Apply at most one view change. Returns whether the state changed.
     fn decide(&mut self) -> bool {
-        let all: Vec<ReplicaId> = (0..self.config.replicas).collect();
         let Some(v) = self.state.view.clone() else {
-            let alive: Vec<ReplicaId> = all.iter().copied().filter(|r| self.alive(*r)).collect();
-            let everyone = alive.len() == all.len();
+            let alive: Vec<ReplicaId> = self
+                .last_seen
+                .keys()
+                .copied()
+                .filter(|r| self.alive(*r))
+                .collect();
+            let everyone = (0..self.config.replicas).all(|r| alive.contains(&r));
             if alive.is_empty() || !(everyone || self.now >= self.config.startup_ticks) {
                 return false;
             }
@@ -323,8 +322,9 @@ impl ViewService {
             );
             return true;
         }
-        let joiners: Vec<ReplicaId> = all
-            .iter()
+        let joiners: Vec<ReplicaId> = self
+            .last_seen
+            .keys()
             .copied()
             .filter(|r| !v.contains(*r) && self.alive(*r))
             .collect();

@@ -1,11 +1,21 @@
 //! Hosts one [`ViewService`] per replicated kind (catalog, order) inside a process (the
 //! frontend), persists each one's state to `vs-{kind}.json` in a data directory before
 //! answering, ticks them, and answers pings over HTTP (`POST /vs/{kind}/ping`).
+//!
+//! It also keeps each kind's **member table** (replica id -> base URL, in
+//! `members-{kind}.json`): it starts as the cluster file's replicas, grows with
+//! [`VsHost::register`] (`POST /cluster/register`, scale out) and shrinks with
+//! [`VsHost::unregister`] (`POST /cluster/unregister`, scale in). Ids are never reused.
+//! Pings from a replica that is not a member are refused (410) and never reach the view
+//! service, so a retired replica is dropped from the view like a dead one. Every ping
+//! answer and `GET /vs/{kind}/view` carry the table, so replicas and routers learn about
+//! new peers without a restart.
 use crate::protocol::{Epoch, View};
 use crate::viewservice::{Ping, ViewService, VsCommand, VsConfig, VsEvent, VsState};
 use actix_web::{web, HttpResponse};
 use bookstore_common::ApiError;
 use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -17,14 +27,29 @@ struct Slot {
     path: PathBuf,
     /// Epoch of the view last persisted, for `failovers`.
     changes: u64,
+    members: Members,
+    members_path: PathBuf,
 }
+
+/// The replicas of one kind that may take part, by id.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Members {
+    /// Base URL by id.
+    pub urls: BTreeMap<u32, String>,
+    /// The id the next registered replica gets.
+    pub next_id: u32,
+}
+
+/// What a ping is answered with: the view, `lead_from` (see [`VsCommand::Reply`]) and the
+/// member table.
+pub type PingAnswer = (Option<View>, Epoch, BTreeMap<u32, String>);
 
 /// The view services of a cluster.
 pub struct VsHost {
     slots: BTreeMap<String, Mutex<Slot>>,
 }
 
-fn persist(path: &Path, state: &VsState) -> std::io::Result<()> {
+fn persist<T: Serialize>(path: &Path, state: &T) -> std::io::Result<()> {
     let tmp = path.with_extension("json.tmp");
     {
         let mut f = std::fs::File::create(&tmp)?;
@@ -39,15 +64,39 @@ fn persist(path: &Path, state: &VsState) -> std::io::Result<()> {
 }
 
 impl VsHost {
-    /// Opens (or creates) the state of each `(kind, replicas)` under `dir`.
-    pub fn open(dir: &Path, kinds: &[(&str, u32)], dead_ticks: u64) -> Result<VsHost, String> {
+    /// Opens (or creates) the state of each `(kind, replica URLs)` under `dir`. The URLs
+    /// (by id) are the initial member table; a persisted table takes precedence.
+    pub fn open(
+        dir: &Path,
+        kinds: &[(&str, Vec<String>)],
+        dead_ticks: u64,
+    ) -> Result<VsHost, String> {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let mut slots = BTreeMap::new();
-        for (kind, replicas) in kinds {
+        for (kind, urls) in kinds {
             let config = VsConfig {
-                replicas: *replicas,
+                replicas: urls.len() as u32,
                 dead_ticks,
                 startup_ticks: dead_ticks,
+            };
+            let members_path = dir.join(format!("members-{kind}.json"));
+            let members = match std::fs::read(&members_path) {
+                Ok(bytes) => serde_json::from_slice::<Members>(&bytes)
+                    .map_err(|e| format!("{}: {e}", members_path.display()))?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    let m = Members {
+                        urls: urls
+                            .iter()
+                            .enumerate()
+                            .map(|(i, u)| (i as u32, u.clone()))
+                            .collect(),
+                        next_id: urls.len() as u32,
+                    };
+                    persist(&members_path, &m)
+                        .map_err(|e| format!("{}: {e}", members_path.display()))?;
+                    m
+                }
+                Err(e) => return Err(format!("{}: {e}", members_path.display())),
             };
             let path = dir.join(format!("vs-{kind}.json"));
             let vs = match std::fs::read(&path) {
@@ -65,6 +114,8 @@ impl VsHost {
                     vs,
                     path,
                     changes: 0,
+                    members,
+                    members_path,
                 }),
             );
         }
@@ -103,20 +154,95 @@ impl VsHost {
         }
     }
 
-    /// Handles one ping; returns the view and `lead_from` for the pinger.
-    pub fn ping(&self, kind: &str, ping: Ping) -> Result<(Option<View>, Epoch), ApiError> {
-        let slot = self
-            .slots
+    fn slot(&self, kind: &str) -> Result<&Mutex<Slot>, ApiError> {
+        self.slots
             .get(kind)
-            .ok_or_else(|| ApiError::NotFound(format!("no view service for {kind:?}")))?;
-        let mut slot = slot.lock();
+            .ok_or_else(|| ApiError::NotFound(format!("no view service for {kind:?}")))
+    }
+
+    /// Handles one ping; returns the view, `lead_from` and the member table. A ping from a
+    /// replica that is not a member gets [`ApiError::Gone`].
+    pub fn ping(&self, kind: &str, ping: Ping) -> Result<PingAnswer, ApiError> {
+        let mut slot = self.slot(kind)?.lock();
+        if !slot.members.urls.contains_key(&ping.from) {
+            return Err(ApiError::Gone(format!(
+                "{kind} {} is not a member of the cluster (never registered, or retired)",
+                ping.from
+            )));
+        }
+        let members = slot.members.urls.clone();
         match Self::run(&mut slot, VsEvent::Ping(ping)) {
-            Ok(Some(a)) => Ok(a),
-            Ok(None) => Ok((slot.vs.view().cloned(), Epoch::MAX)),
+            Ok(Some((view, lead_from))) => Ok((view, lead_from, members)),
+            Ok(None) => Ok((slot.vs.view().cloned(), Epoch::MAX, members)),
             Err(e) => Err(ApiError::Unavailable(format!(
                 "view service cannot persist: {e}"
             ))),
         }
+    }
+
+    /// Whether the primary of `kind`'s current view has acknowledged it.
+    pub fn acked(&self, kind: &str) -> bool {
+        self.slots.get(kind).is_some_and(|s| s.lock().vs.acked())
+    }
+
+    /// The member table of `kind`.
+    pub fn members(&self, kind: &str) -> Option<BTreeMap<u32, String>> {
+        Some(self.slots.get(kind)?.lock().members.urls.clone())
+    }
+
+    /// Adds a replica at `url` to `kind`; returns its new id. Registering a URL that is
+    /// already a member returns that member's id (so a retried call is harmless).
+    pub fn register(&self, kind: &str, url: &str) -> Result<u32, ApiError> {
+        let mut slot = self.slot(kind)?.lock();
+        if let Some((id, _)) = slot.members.urls.iter().find(|(_, u)| *u == url) {
+            return Ok(*id);
+        }
+        let mut next = slot.members.clone();
+        let id = next.next_id;
+        next.urls.insert(id, url.to_string());
+        next.next_id += 1;
+        persist(&slot.members_path, &next)
+            .map_err(|e| ApiError::Unavailable(format!("cannot persist the member table: {e}")))?;
+        slot.members = next;
+        tracing::info!(kind, id, url, "replica registered");
+        Ok(id)
+    }
+
+    /// Retires replica `id` of `kind`. Refused (409) when no member would be left that
+    /// holds every committed write (the primary or a synced backup), which would lose
+    /// acknowledged writes or leave the kind unavailable for good.
+    pub fn unregister(&self, kind: &str, id: u32) -> Result<(), ApiError> {
+        let mut slot = self.slot(kind)?.lock();
+        if !slot.members.urls.contains_key(&id) {
+            return Err(ApiError::NotFound(format!("{kind} {id} is not a member")));
+        }
+        if slot.vs.view().is_some() && !slot.vs.acked() {
+            // Retiring the primary of a view it has not acknowledged could leave the view
+            // service waiting for that acknowledgement forever.
+            return Err(ApiError::Unavailable(format!(
+                "the {kind} view is changing (not yet acknowledged by its primary); retry shortly"
+            )));
+        }
+        let mut holders: Vec<u32> = slot.vs.synced().iter().copied().collect();
+        if let Some(v) = slot.vs.view() {
+            holders.push(v.primary);
+        }
+        let others_hold = holders
+            .iter()
+            .any(|h| *h != id && slot.members.urls.contains_key(h));
+        if !others_hold {
+            return Err(ApiError::Conflict(format!(
+                "{kind} {id} cannot be retired: no other member holds every committed write \
+                 (add a replica and wait until it is synced first)"
+            )));
+        }
+        let mut next = slot.members.clone();
+        next.urls.remove(&id);
+        persist(&slot.members_path, &next)
+            .map_err(|e| ApiError::Unavailable(format!("cannot persist the member table: {e}")))?;
+        slot.members = next;
+        tracing::info!(kind, id, "replica retired");
+        Ok(())
     }
 
     /// The current view of `kind`.
@@ -174,7 +300,8 @@ pub async fn ping_route(
         .body(bincode::serialize(&answer).expect("answer encodes")))
 }
 
-/// `GET /vs/{kind}/view`: `{"view": {"epoch", "primary", "backups"}, "synced": [..]}`.
+/// `GET /vs/{kind}/view`: `{"view": {"epoch", "primary", "backups"}, "synced": [..],
+/// "members": {"0": "http://..."}}`.
 pub async fn view_route(
     host: web::Data<Arc<VsHost>>,
     kind: web::Path<String>,
@@ -182,5 +309,68 @@ pub async fn view_route(
     let (view, synced) = host
         .view_and_synced(&kind)
         .ok_or_else(|| ApiError::NotFound(format!("no view service for {kind:?}")))?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "view": view, "synced": synced })))
+    let members = host.members(&kind).unwrap_or_default();
+    let acked = host.acked(&kind);
+    Ok(HttpResponse::Ok().json(
+        serde_json::json!({ "view": view, "acked": acked, "synced": synced, "members": members }),
+    ))
+}
+
+/// Query of `POST /cluster/register`.
+#[derive(Debug, Deserialize)]
+pub struct RegisterQuery {
+    pub kind: String,
+    pub url: String,
+}
+
+/// Query of `POST /cluster/unregister`.
+#[derive(Debug, Deserialize)]
+pub struct UnregisterQuery {
+    pub kind: String,
+    pub id: u32,
+}
+
+fn check_kind(host: &VsHost, kind: &str) -> Result<(), ApiError> {
+    if host.slots.contains_key(kind) {
+        return Ok(());
+    }
+    if host.slots.is_empty() {
+        return Err(ApiError::NotFound(
+            "this frontend does not host the view service (frontend 0 does)".into(),
+        ));
+    }
+    Err(ApiError::BadRequest(format!(
+        "kind must be one of {:?}, not {kind:?}",
+        host.slots.keys().collect::<Vec<_>>()
+    )))
+}
+
+/// `POST /cluster/register?kind=catalog&url=http://host:port` (admin): adds a replica;
+/// answers `{"kind", "id", "url"}`. Start the replica with `--id <id>` afterwards.
+pub async fn register_route(
+    host: web::Data<Arc<VsHost>>,
+    q: web::Query<RegisterQuery>,
+) -> Result<HttpResponse, ApiError> {
+    check_kind(&host, &q.kind)?;
+    let url = q.url.trim_end_matches('/');
+    let parsed = url::Url::parse(url)
+        .map_err(|e| ApiError::BadRequest(format!("url {url:?} is not a URL: {e}")))?;
+    if parsed.scheme() != "http" || parsed.host_str().is_none() || parsed.port().is_none() {
+        return Err(ApiError::BadRequest(format!(
+            "url must look like http://host:port, not {url:?}"
+        )));
+    }
+    let id = host.register(&q.kind, url)?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({"kind": q.kind, "id": id, "url": url})))
+}
+
+/// `POST /cluster/unregister?kind=catalog&id=N` (admin): retires a replica.
+pub async fn unregister_route(
+    host: web::Data<Arc<VsHost>>,
+    q: web::Query<UnregisterQuery>,
+) -> Result<HttpResponse, ApiError> {
+    check_kind(&host, &q.kind)?;
+    host.unregister(&q.kind, q.id)?;
+    Ok(HttpResponse::Ok()
+        .json(serde_json::json!({"kind": q.kind, "id": q.id, "result": "retired"})))
 }

@@ -15,7 +15,7 @@ use bookstore_common::client::Client;
 use bookstore_common::config::{ClusterConfig, Kind};
 use bookstore_common::oplog::OpLog;
 use bookstore_common::params::Params;
-use bookstore_common::router::Router;
+use bookstore_common::router::{follow_views, Router};
 use bookstore_common::types::{CacheFill, Health, LeaseReply, LeaseRequest};
 use bookstore_common::{server, ApiError};
 use bytes::Bytes;
@@ -24,6 +24,7 @@ use std::future::Future;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use store::Store;
 
@@ -153,22 +154,29 @@ async fn stats(ctx: Ctx) -> HttpResponse {
     }))
 }
 
+/// `GET /ready`: the cache needs nothing to answer (without a lease it only misses).
+async fn ready() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({"status": "ready"}))
+}
+
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/health", web::get().to(health)).service(
-        web::scope("")
-            .wrap(from_fn(require_cluster_token))
-            .route("/lookup", web::get().to(lookup))
-            .route("/search", web::get().to(search))
-            .route("/put_lookup_cache", web::post().to(put_lookup))
-            .route("/put_search_cache", web::post().to(put_search))
-            .route("/invalidate", web::post().to(invalidate))
-            .route("/stats", web::get().to(stats))
-            .default_service(web::to(server::not_found)),
-    );
+    cfg.route("/health", web::get().to(health))
+        .route("/ready", web::get().to(ready))
+        .service(
+            web::scope("")
+                .wrap(from_fn(require_cluster_token))
+                .route("/lookup", web::get().to(lookup))
+                .route("/search", web::get().to(search))
+                .route("/put_lookup_cache", web::post().to(put_lookup))
+                .route("/put_search_cache", web::post().to(put_search))
+                .route("/invalidate", web::post().to(invalidate))
+                .route("/stats", web::get().to(stats))
+                .default_service(web::to(server::not_found)),
+        );
 }
 
 /// Keeps the lease from the catalog primary alive.
-async fn lease_loop(cache: web::Data<Cache>, catalog: Router, every: Duration) {
+async fn lease_loop(cache: web::Data<Cache>, catalog: Arc<Router>, every: Duration) {
     let mut flushed_to = None;
     loop {
         let asked_at = Instant::now();
@@ -225,8 +233,18 @@ pub async fn run(
         return Err(std::io::Error::other("the cluster has no catalog"));
     }
     let client = Client::with_timeout(config.tokens.cluster(), config.renew_every);
-    let mut router = Router::new(client, urls);
+    let mut router = Router::new(client.clone(), urls);
     router.patience = config.renew_every;
+    let router = Arc::new(router);
+    // Follow the catalog's view (its primary, replicas added or retired at run time).
+    if let Some(f0) = config.cluster.server(Kind::Frontend, 0) {
+        follow_views(
+            &router,
+            client,
+            format!("{}/vs/catalog/view", f0.url()),
+            Duration::from_millis(100),
+        );
+    }
     let lease = tokio::spawn(lease_loop(cache.clone(), router, config.renew_every));
     let tokens = web::Data::new(config.tokens.clone());
     tracing::info!(addr = %listener.local_addr()?, "cache serving");

@@ -18,7 +18,7 @@ use bookstore_common::client::{encode, CallError, Client};
 use bookstore_common::config::{ClusterConfig, Kind};
 use bookstore_common::oplog::OpLog;
 use bookstore_common::params::{idempotency_key, Params};
-use bookstore_common::router::{Read, Router};
+use bookstore_common::router::{follow_views, Read, Router};
 use bookstore_common::timing::{Timing, SERVER_TIMING};
 use bookstore_common::types::{
     Book, BuySuccess, CacheFill, Health, LookupResponse, SearchHit, SearchResponse, Versioned,
@@ -50,8 +50,8 @@ pub struct Frontend {
     id: u32,
     client: Client,
     cache: Option<String>,
-    catalog: Router,
-    order: Router,
+    catalog: Arc<Router>,
+    order: Arc<Router>,
     views: Option<Arc<VsHost>>,
     log: OpLog,
 }
@@ -73,42 +73,67 @@ impl Frontend {
             if urls.is_empty() {
                 return Err(std::io::Error::other(format!("the cluster has no {kind}")));
             }
-            Ok(Router::new(client.clone(), urls))
+            Ok(Arc::new(Router::new(client.clone(), urls)))
         };
+        let urls = |kind: Kind| -> Vec<String> {
+            config
+                .cluster
+                .servers(kind)
+                .iter()
+                .map(|e| e.url())
+                .collect()
+        };
+        let catalog = router(Kind::Catalog)?;
+        let order = router(Kind::Order)?;
         let views = if config.id == 0 {
             let kinds = [
-                (
-                    "catalog",
-                    config.cluster.servers(Kind::Catalog).len() as u32,
-                ),
-                ("order", config.cluster.servers(Kind::Order).len() as u32),
+                ("catalog", urls(Kind::Catalog)),
+                ("order", urls(Kind::Order)),
             ];
             let host =
                 Arc::new(VsHost::open(&config.data_dir, &kinds, 6).map_err(std::io::Error::other)?);
             host.spawn_ticker(config.tick);
             Some(host)
         } else {
+            // Other frontends follow frontend 0's view service: primaries and members.
+            let vs = config
+                .cluster
+                .server(Kind::Frontend, 0)
+                .map(|e| e.url())
+                .ok_or_else(|| std::io::Error::other("the cluster has no frontend 0"))?;
+            let poll = Client::with_timeout(config.tokens.cluster(), Duration::from_millis(500));
+            for (kind, r) in [("catalog", &catalog), ("order", &order)] {
+                follow_views(
+                    r,
+                    poll.clone(),
+                    format!("{vs}/vs/{kind}/view"),
+                    config.tick * 2,
+                );
+            }
             None
         };
         Ok(Frontend {
             id: config.id,
             cache: config.cluster.servers(Kind::Cache).first().map(|e| e.url()),
-            catalog: router(Kind::Catalog)?,
-            order: router(Kind::Order)?,
+            catalog,
+            order,
             client,
             views,
             log,
         })
     }
 
-    /// Points the routers at the primaries of the current views.
+    /// Points the routers at the primaries and members of the current views (frontend 0,
+    /// which hosts the view service; the others poll it in the background).
     fn follow_views(&self) {
         if let Some(vs) = &self.views {
-            if let Some(v) = vs.view("catalog") {
-                self.catalog.set_primary(v.primary);
-            }
-            if let Some(v) = vs.view("order") {
-                self.order.set_primary(v.primary);
+            for (kind, router) in [("catalog", &self.catalog), ("order", &self.order)] {
+                if let Some(members) = vs.members(kind) {
+                    router.set_members(&members);
+                }
+                if let Some(v) = vs.view(kind) {
+                    router.set_primary(v.primary);
+                }
             }
         }
     }
@@ -292,8 +317,31 @@ async fn restock(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(LookupResponse { result: v.result }))
 }
 
+/// `GET /ready`: 200 once this frontend knows who the catalog and order primaries are
+/// (frontend 0 from its view service, the others from polling it), else 503 naming what
+/// it waits for. A load balancer sends requests only to ready frontends.
+async fn ready(ctx: Ctx) -> HttpResponse {
+    ctx.follow_views();
+    let waiting: Vec<&str> = [("catalog", &ctx.catalog), ("order", &ctx.order)]
+        .into_iter()
+        .filter(|(_, r)| !r.knows_view())
+        .map(|(k, _)| k)
+        .collect();
+    if waiting.is_empty() {
+        HttpResponse::Ok().json(serde_json::json!({"status": "ready"}))
+    } else {
+        HttpResponse::ServiceUnavailable()
+            .insert_header(("Retry-After", "1"))
+            .json(serde_json::json!({
+                "status": "not ready",
+                "waiting_for": format!("a view of {} from the view service (frontend 0)", waiting.join(" and ")),
+            }))
+    }
+}
+
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/health", web::get().to(health))
+        .route("/ready", web::get().to(ready))
         .route("/search", web::get().to(search))
         .route("/lookup", web::get().to(lookup))
         .service(
@@ -307,6 +355,16 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .service(
                     web::resource("/restock")
                         .route(web::post().to(restock))
+                        .default_service(web::to(server::method_not_allowed("POST"))),
+                )
+                .service(
+                    web::resource("/cluster/register")
+                        .route(web::post().to(vs_host::register_route))
+                        .default_service(web::to(server::method_not_allowed("POST"))),
+                )
+                .service(
+                    web::resource("/cluster/unregister")
+                        .route(web::post().to(vs_host::unregister_route))
                         .default_service(web::to(server::method_not_allowed("POST"))),
                 ),
         )

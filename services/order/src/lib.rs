@@ -16,7 +16,7 @@ use bookstore_common::client::{CallError, Client};
 use bookstore_common::config::{ClusterConfig, Kind};
 use bookstore_common::oplog::OpLog;
 use bookstore_common::params::{idempotency_key, Params};
-use bookstore_common::router::Router;
+use bookstore_common::router::{follow_views, Router};
 use bookstore_common::timing::{Timing, SERVER_TIMING};
 use bookstore_common::types::{Book, BuySuccess, Order, Versioned, IDEMPOTENCY_KEY_HEADER};
 use bookstore_common::{server, ApiError};
@@ -27,6 +27,7 @@ use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::net::TcpListener;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Debug, Clone)]
@@ -106,7 +107,7 @@ impl StateMachine for OrderSm {
 
 pub struct OrderService {
     control: web::Data<Control<OrderSm>>,
-    catalog: Router,
+    catalog: Arc<Router>,
 }
 
 impl OrderService {
@@ -124,11 +125,12 @@ impl OrderService {
                 .map(|e| e.url())
                 .collect()
         };
-        let vs_url = config
+        let frontend0 = config
             .cluster
             .server(Kind::Frontend, 0)
-            .map(|e| format!("{}/vs/order", e.url()))
+            .map(|e| e.url())
             .ok_or("the cluster has no frontend (it hosts the view service)")?;
+        let vs_url = format!("{frontend0}/vs/order");
         let mut opts = NodeOptions::new(
             config.id,
             urls(Kind::Order),
@@ -138,9 +140,20 @@ impl OrderService {
         );
         opts.tick = config.tick;
         let node = Node::start(opts, OrderSm::default)?;
+        let catalog = Arc::new(Router::new(
+            Client::new(config.tokens.cluster()),
+            urls(Kind::Catalog),
+        ));
+        // Follow the catalog's view: its primary and replicas added or retired at run time.
+        follow_views(
+            &catalog,
+            Client::with_timeout(config.tokens.cluster(), Duration::from_millis(500)),
+            format!("{frontend0}/vs/catalog/view"),
+            config.tick * 2,
+        );
         Ok(OrderService {
             control: web::Data::new(Control::new("order", config.id, node, log)),
-            catalog: Router::new(Client::new(config.tokens.cluster()), urls(Kind::Catalog)),
+            catalog,
         })
     }
 
