@@ -51,7 +51,7 @@ pub enum SubmitError {
 }
 
 /// What a replica reports about itself.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Status {
     pub id: ReplicaId,
     pub up: bool,
@@ -571,7 +571,7 @@ impl<S: StateMachine> Driver<S> {
                 .header("content-type", "application/octet-stream")
                 .body(body);
             if let Ok(bytes) = client.send(req).await {
-                match bincode::deserialize::<(Option<View>, Epoch)>(&bytes) {
+                match crate::protocol::decode::<(Option<View>, Epoch)>(&bytes) {
                     Ok((view, lead_from)) => {
                         let _ = tx.send(Input::Event(Event::VsReply { view, lead_from }));
                     }
@@ -698,7 +698,7 @@ pub fn receive<S: StateMachine>(
 ) -> Result<(), bookstore_common::ApiError> {
     let params = bookstore_common::params::Params::parse(req.query_string());
     let from: ReplicaId = params.required("from", "a replica id")?;
-    let msgs: Vec<Msg> = bincode::deserialize(body).map_err(|e| {
+    let msgs: Vec<Msg> = crate::protocol::decode(body).map_err(|e| {
         bookstore_common::ApiError::BadRequest(format!("undecodable replication messages: {e}"))
     })?;
     node.deliver(from, msgs);

@@ -4,6 +4,7 @@
 use crate::protocol::{Epoch, View};
 use crate::viewservice::{Ping, ViewService, VsCommand, VsConfig, VsEvent, VsState};
 use actix_web::{web, HttpResponse};
+use bookstore_common::error::ErrorBody;
 use bookstore_common::ApiError;
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
@@ -161,12 +162,22 @@ impl VsHost {
 }
 
 /// `POST /vs/{kind}/ping`: bincode [`Ping`] in, bincode `(Option<View>, Epoch)` out.
+#[utoipa::path(post, path = "/vs/{kind}/ping",
+    params(("kind" = String, Path, description = "catalog or order")),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream",
+        description = "A bincode-encoded ping"),
+    responses(
+        (status = 200, content_type = "application/octet-stream", body = Vec<u8>,
+            description = "bincode (Option<View>, lead_from epoch)"),
+        (status = 400, description = "Undecodable ping", body = ErrorBody),
+        (status = 404, description = "No view service for this kind here", body = ErrorBody),
+    ))]
 pub async fn ping_route(
     host: web::Data<Arc<VsHost>>,
     kind: web::Path<String>,
     body: bytes::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    let ping: Ping = bincode::deserialize(&body)
+    let ping: Ping = crate::protocol::decode(&body)
         .map_err(|e| ApiError::BadRequest(format!("undecodable ping: {e}")))?;
     let answer = host.ping(&kind, ping)?;
     Ok(HttpResponse::Ok()
@@ -174,7 +185,22 @@ pub async fn ping_route(
         .body(bincode::serialize(&answer).expect("answer encodes")))
 }
 
+/// `GET /vs/{kind}/view` answer.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct ViewAnswer {
+    /// The current view (none before the first one is decided).
+    pub view: Option<View>,
+    /// Backups that hold every committed entry.
+    pub synced: Vec<u32>,
+}
+
 /// `GET /vs/{kind}/view`: `{"view": {"epoch", "primary", "backups"}, "synced": [..]}`.
+#[utoipa::path(get, path = "/vs/{kind}/view",
+    params(("kind" = String, Path, description = "catalog or order")),
+    responses(
+        (status = 200, body = ViewAnswer),
+        (status = 404, description = "No view service for this kind here", body = ErrorBody),
+    ))]
 pub async fn view_route(
     host: web::Data<Arc<VsHost>>,
     kind: web::Path<String>,
@@ -182,5 +208,10 @@ pub async fn view_route(
     let (view, synced) = host
         .view_and_synced(&kind)
         .ok_or_else(|| ApiError::NotFound(format!("no view service for {kind:?}")))?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "view": view, "synced": synced })))
+    Ok(HttpResponse::Ok().json(ViewAnswer { view, synced }))
 }
+
+/// The view-service routes, for the OpenAPI document of the process hosting them.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(ping_route, view_route))]
+pub struct VsApi;
