@@ -185,6 +185,18 @@ pub fn operations_of(doc: &OpenApi) -> Vec<(String, String)> {
     out
 }
 
+/// The methods of each path of `docs`, for [`crate::server::not_found`]'s 405s.
+pub fn allowed_methods(docs: &[&OpenApi]) -> web::Data<crate::server::AllowedMethods> {
+    let mut map = std::collections::HashMap::<String, Vec<String>>::new();
+    for doc in docs {
+        for (method, path) in operations_of(doc) {
+            map.entry(path).or_default().push(method);
+        }
+    }
+    let map = map.into_iter().map(|(k, v)| (k, v.join(", "))).collect();
+    web::Data::new(crate::server::AllowedMethods(map))
+}
+
 /// Registers `GET path` answering with `doc` (serialized once).
 pub fn serve_doc(cfg: &mut web::ServiceConfig, path: &str, doc: &OpenApi) {
     let body = web::Bytes::from(doc.to_json().expect("an OpenAPI document serializes"));

@@ -213,17 +213,14 @@ async fn enforce_limits(
         return Ok(refuse(req, StatusCode::SERVICE_UNAVAILABLE, msg));
     }
     let _slot = Slot(guard.in_flight.clone());
-    let http_req = req.request().clone();
+    // (No clone of the request may be held across `next.call`: routing needs it unique.)
     match tokio::time::timeout(l.request_timeout, next.call(req)).await {
         Ok(r) => r.map(jsonify),
-        Err(_) => {
-            let msg = format!(
-                "request not answered within {} s (slow body or overloaded server); retry",
-                l.request_timeout.as_secs_f64()
-            );
-            let resp = ApiError::Unavailable(msg).error_response();
-            Ok(ServiceResponse::new(http_req, resp))
-        }
+        Err(_) => Err(ApiError::Unavailable(format!(
+            "request not answered within {} s (slow body or overloaded server); retry",
+            l.request_timeout.as_secs_f64()
+        ))
+        .into()),
     }
 }
 
@@ -264,8 +261,25 @@ pub async fn run_until(server: Server, shutdown: impl Future<Output = ()>) -> st
     }
 }
 
-/// The default service: a JSON 404 naming the route.
+/// The methods each path pattern answers (e.g. `"/lookup"` -> `"GET"`), registered as app
+/// data by a service from its OpenAPI documents: [`not_found`] answers a known path with
+/// an unknown method 405 with `Allow` (a route added with `cfg.route(path, web::get()..)`
+/// does not match other methods at all, so actix would answer 404).
+#[derive(Debug, Default, Clone)]
+pub struct AllowedMethods(pub std::collections::HashMap<String, String>);
+
+/// The default service: a JSON 404 naming the route, or a JSON 405 with `Allow` for a
+/// known path (see [`AllowedMethods`]).
 pub async fn not_found(req: HttpRequest) -> HttpResponse {
+    let allow = req.match_pattern().and_then(|pattern| {
+        req.app_data::<web::Data<AllowedMethods>>()
+            .and_then(|a| a.0.get(&pattern).cloned())
+    });
+    if let Some(allow) = allow {
+        return HttpResponse::MethodNotAllowed()
+            .insert_header((header::ALLOW, allow.clone()))
+            .json(json!({ "error": format!("method not allowed; use {allow}") }));
+    }
     ApiError::NotFound(format!("no route {} {}", req.method(), req.path())).error_response()
 }
 

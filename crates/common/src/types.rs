@@ -84,7 +84,8 @@ pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct LeaseRequest {
     /// The floor the cache has flushed to, after a [`LeaseReply::Flush`].
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole::opt_u63")]
+    #[schema(minimum = 0, maximum = 9223372036854775807_i64)]
     pub flushed_to: Option<u64>,
 }
 
@@ -102,8 +103,13 @@ pub enum LeaseReply {
 /// Frontend -> cache: store a lookup or search answer read at catalog `version`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct CacheFill {
+    /// The catalog version the answer was read at.
+    #[serde(deserialize_with = "whole::u63")]
+    #[schema(minimum = 0, maximum = 9223372036854775807_i64)]
     pub version: u64,
     /// Item numbers the answer depends on (one for a lookup).
+    #[serde(deserialize_with = "whole::vec_u32")]
+    #[schema(schema_with = whole::vec_u32_schema)]
     pub items: Vec<ItemNumber>,
     /// The public JSON answer, stored and served as is.
     #[schema(value_type = Object)]
@@ -114,4 +120,86 @@ pub struct CacheFill {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Done {
     pub result: String,
+}
+
+/// Whole numbers in JSON bodies, read as JSON Schema's `integer` defines them: `7` or
+/// `7.0` (an integral float), within the documented range. Unsigned 64-bit values on the
+/// wire stay below 2^63 (the `int64` range every JSON Schema tool knows).
+pub mod whole {
+    use serde::de::{Deserialize, Deserializer, Error, Visitor};
+    use std::fmt;
+
+    /// The largest 64-bit value accepted on the wire.
+    pub const MAX_U63: u64 = i64::MAX as u64;
+
+    struct Whole(u64);
+
+    impl<'de> Deserialize<'de> for Whole {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Whole, D::Error> {
+            struct V;
+            impl Visitor<'_> for V {
+                type Value = Whole;
+                fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                    f.write_str("a whole number >= 0")
+                }
+                fn visit_u64<E: Error>(self, v: u64) -> Result<Whole, E> {
+                    Ok(Whole(v))
+                }
+                fn visit_i64<E: Error>(self, v: i64) -> Result<Whole, E> {
+                    u64::try_from(v)
+                        .map(Whole)
+                        .map_err(|_| E::custom(format!("{v} is negative")))
+                }
+                fn visit_f64<E: Error>(self, v: f64) -> Result<Whole, E> {
+                    if v.fract() == 0.0 && (0.0..=MAX_U63 as f64).contains(&v) {
+                        Ok(Whole(v as u64))
+                    } else {
+                        Err(E::custom(format!("{v} is not a whole number in range")))
+                    }
+                }
+            }
+            d.deserialize_any(V)
+        }
+    }
+
+    fn at_most<E: Error>(v: u64, max: u64) -> Result<u64, E> {
+        if v <= max {
+            Ok(v)
+        } else {
+            Err(E::custom(format!("{v} is larger than {max}")))
+        }
+    }
+
+    /// A whole number in `0..=2^63-1`.
+    pub fn u63<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        at_most(Whole::deserialize(d)?.0, MAX_U63)
+    }
+
+    /// An optional (`null` or absent) whole number in `0..=2^63-1`.
+    pub fn opt_u63<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        match Option::<Whole>::deserialize(d)? {
+            None => Ok(None),
+            Some(w) => at_most(w.0, MAX_U63).map(Some),
+        }
+    }
+
+    /// A list of whole numbers in `0..=2^32-1`.
+    pub fn vec_u32<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u32>, D::Error> {
+        Vec::<Whole>::deserialize(d)?
+            .into_iter()
+            .map(|w| at_most(w.0, u32::MAX.into()).map(|v| v as u32))
+            .collect()
+    }
+
+    /// The schema [`vec_u32`] reads.
+    pub fn vec_u32_schema() -> utoipa::openapi::Array {
+        utoipa::openapi::ArrayBuilder::new()
+            .items(
+                utoipa::openapi::ObjectBuilder::new()
+                    .schema_type(utoipa::openapi::Type::Integer)
+                    .minimum(Some(0))
+                    .maximum(Some(u32::MAX)),
+            )
+            .build()
+    }
 }

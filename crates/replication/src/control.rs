@@ -164,7 +164,8 @@ pub struct InternalApi;
 
 /// `GET /health` (public).
 pub fn public_routes<S: StateMachine>(cfg: &mut web::ServiceConfig) {
-    cfg.route("/health", web::get().to(health::<S>));
+    // A resource (not `cfg.route`): another method gets 405, not the token scope's 401.
+    cfg.service(web::resource("/health").get(health::<S>));
 }
 
 /// The internal routes; register inside the scope that checks the cluster token.

@@ -112,8 +112,17 @@ async fn search(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     Ok(ctx.answer(format!("search,{topic}"), found))
 }
 
-fn body_of(fill: &CacheFill) -> Bytes {
-    Bytes::from(serde_json::to_vec(&fill.response).unwrap_or_default())
+/// The stored answer: a fill's `response`, which must be a JSON object (as every public
+/// answer is).
+fn body_of(fill: &CacheFill) -> Result<Bytes, ApiError> {
+    if !fill.response.is_object() {
+        return Err(ApiError::BadRequest(
+            "a fill's response must be a JSON object".into(),
+        ));
+    }
+    Ok(Bytes::from(
+        serde_json::to_vec(&fill.response).unwrap_or_default(),
+    ))
 }
 
 /// Stores a lookup answer read at a catalog version.
@@ -130,7 +139,7 @@ async fn put_lookup(ctx: Ctx, fill: web::Json<CacheFill>) -> Result<HttpResponse
     let stored = ctx
         .store
         .write()
-        .put_lookup(item, fill.version, body_of(&fill));
+        .put_lookup(item, fill.version, body_of(&fill)?);
     ctx.log.record(format!("put_lookup,{item},{stored}"));
     Ok(HttpResponse::Ok().json(Stored { stored }))
 }
@@ -148,7 +157,7 @@ async fn put_search(
     let params = Params::parse(req.query_string());
     let topic = params.topic()?;
     let fill = fill.into_inner();
-    let body = body_of(&fill);
+    let body = body_of(&fill)?;
     let stored = ctx
         .store
         .write()
@@ -165,8 +174,17 @@ async fn put_search(
 async fn invalidate(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let params = Params::parse(req.query_string());
     let item = params.item_number()?;
-    let version: u64 = params.required("version", "a whole number")?;
-    let epoch: Option<u64> = params.optional("epoch", "a whole number")?;
+    let version = params.required::<i64>("version", "a whole number below 2^63")?;
+    let version = u64::try_from(version).map_err(|_| {
+        ApiError::BadRequest("parameter version must be a whole number below 2^63".into())
+    })?;
+    let epoch = params.optional::<i64>("epoch", "a whole number below 2^63")?;
+    let epoch = epoch
+        .map(u64::try_from)
+        .transpose()
+        .map_err(|_| {
+            ApiError::BadRequest("parameter epoch must be a whole number below 2^63".into())
+        })?;
     let mut store = ctx.store.write();
     if let Some(e) = epoch {
         store.observe_epoch(e);
@@ -212,13 +230,21 @@ pub struct Stored {
 #[derive(Debug, utoipa::ToSchema)]
 #[allow(dead_code)]
 struct LookupFill {
+    #[schema(minimum = 0, maximum = 9223372036854775807_i64)]
     version: u64,
     /// The one item the answer is about.
-    #[schema(min_items = 1, max_items = 1)]
+    #[schema(schema_with = lookup_items_schema)]
     items: Vec<u32>,
     /// The public JSON answer, stored and served as is.
     #[schema(value_type = Object)]
     response: serde_json::Value,
+}
+
+fn lookup_items_schema() -> utoipa::openapi::Array {
+    let mut a = bookstore_common::types::whole::vec_u32_schema();
+    a.min_items = Some(1);
+    a.max_items = Some(1);
+    a
 }
 
 /// Query of `POST /invalidate` besides `item_number` (documentation only).
@@ -226,8 +252,10 @@ struct LookupFill {
 #[into_params(parameter_in = Query)]
 pub struct InvalidateQuery {
     /// Entries read below this catalog version are dropped.
+    #[param(minimum = 0, maximum = 9223372036854775807_i64)]
     pub version: u64,
     /// The epoch of the catalog primary that wrote.
+    #[param(minimum = 0, maximum = 9223372036854775807_i64)]
     pub epoch: Option<u64>,
 }
 
@@ -252,7 +280,9 @@ pub fn internal_openapi() -> utoipa::openapi::OpenApi {
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/health", web::get().to(health)).service(
+    let doc = internal_openapi();
+    cfg.app_data(openapi::allowed_methods(&[&doc]));
+    cfg.service(web::resource("/health").get(health)).service(
         web::scope("")
             .wrap(from_fn(require_cluster_token))
             .route("/lookup", web::get().to(lookup))
@@ -261,7 +291,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route("/put_search_cache", web::post().to(put_search))
             .route("/invalidate", web::post().to(invalidate))
             .route("/stats", web::get().to(stats))
-            .configure(|c| openapi::serve_doc(c, openapi::INTERNAL_DOC_PATH, &internal_openapi()))
+            .configure(move |c| openapi::serve_doc(c, openapi::INTERNAL_DOC_PATH, &doc))
             .default_service(web::to(server::not_found)),
     );
 }

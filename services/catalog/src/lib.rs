@@ -355,6 +355,8 @@ pub fn internal_openapi() -> utoipa::openapi::OpenApi {
 
 /// Registers the routes of a catalog replica.
 pub fn routes(cfg: &mut web::ServiceConfig) {
+    let doc = internal_openapi();
+    cfg.app_data(openapi::allowed_methods(&[&doc]));
     cfg.configure(control::public_routes::<CatalogSm>).service(
         web::scope("")
             .wrap(from_fn(require_cluster_token))
@@ -364,7 +366,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route("/books", web::get().to(books))
             .route("/cache_lease", web::post().to(cache_lease))
             .configure(control::internal_routes::<CatalogSm>)
-            .configure(|c| openapi::serve_doc(c, openapi::INTERNAL_DOC_PATH, &internal_openapi()))
+            .configure(move |c| openapi::serve_doc(c, openapi::INTERNAL_DOC_PATH, &doc))
             .default_service(web::to(server::not_found)),
     );
 }

@@ -368,7 +368,9 @@ pub fn internal_openapi() -> utoipa::openapi::OpenApi {
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    openapi::serve_doc(cfg, openapi::PUBLIC_DOC_PATH, &public_openapi());
+    let (public, internal) = (public_openapi(), internal_openapi());
+    cfg.app_data(openapi::allowed_methods(&[&public, &internal]));
+    openapi::serve_doc(cfg, openapi::PUBLIC_DOC_PATH, &public);
     cfg.route("/health", web::get().to(health))
         .route("/search", web::get().to(search))
         .route("/lookup", web::get().to(lookup))
@@ -395,9 +397,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(
             web::scope("/internal")
                 .wrap(from_fn(bookstore_common::auth::require_cluster_token))
-                .configure(|c| {
+                .configure(move |c| {
                     let path = openapi::INTERNAL_DOC_PATH.trim_start_matches("/internal");
-                    openapi::serve_doc(c, path, &internal_openapi())
+                    openapi::serve_doc(c, path, &internal)
                 }),
         )
         .default_service(web::to(server::not_found));

@@ -284,13 +284,15 @@ pub fn internal_openapi() -> utoipa::openapi::OpenApi {
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
+    let doc = internal_openapi();
+    cfg.app_data(openapi::allowed_methods(&[&doc]));
     cfg.configure(control::public_routes::<OrderSm>).service(
         web::scope("")
             .wrap(from_fn(require_cluster_token))
             .route("/buy", web::post().to(buy))
             .route("/orders", web::get().to(orders))
             .configure(control::internal_routes::<OrderSm>)
-            .configure(|c| openapi::serve_doc(c, openapi::INTERNAL_DOC_PATH, &internal_openapi()))
+            .configure(move |c| openapi::serve_doc(c, openapi::INTERNAL_DOC_PATH, &doc))
             .default_service(web::to(server::not_found)),
     );
 }
