@@ -22,18 +22,23 @@ fn limits() -> Limits {
 }
 
 fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/ok", web::get().to(|| async { HttpResponse::Ok().json("ok") }))
-        .route(
-            "/sleep",
-            web::get().to(|q: web::Query<std::collections::HashMap<String, u64>>| async move {
+    cfg.route(
+        "/ok",
+        web::get().to(|| async { HttpResponse::Ok().json("ok") }),
+    )
+    .route(
+        "/sleep",
+        web::get().to(
+            |q: web::Query<std::collections::HashMap<String, u64>>| async move {
                 tokio::time::sleep(Duration::from_millis(q["ms"])).await;
                 HttpResponse::Ok().json("slept")
-            }),
-        )
-        .route(
-            "/echo",
-            web::post().to(|b: web::Bytes| async move { HttpResponse::Ok().body(b) }),
-        );
+            },
+        ),
+    )
+    .route(
+        "/echo",
+        web::post().to(|b: web::Bytes| async move { HttpResponse::Ok().body(b) }),
+    );
 }
 
 struct Server {
@@ -61,8 +66,8 @@ struct Answer {
 
 impl Answer {
     fn error(&self) -> String {
-        let v: serde_json::Value = serde_json::from_str(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {self:?}"));
+        let v: serde_json::Value =
+            serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {self:?}"));
         v["error"].as_str().expect("an error field").to_string()
     }
 }
@@ -173,7 +178,10 @@ async fn a_long_uri_gets_414_with_json() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_headers_get_431() {
     let srv = start(limits());
-    let raw = format!("GET /ok HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(3000));
+    let raw = format!(
+        "GET /ok HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(3000)
+    );
     let a = send(srv.addr, raw.as_bytes()).await;
     assert_eq!(a.status, 431, "{a:?}");
     assert!(a.error().contains("the limit is 2000 bytes"), "{a:?}");
@@ -201,7 +209,9 @@ async fn a_slow_request_head_gets_408_after_the_head_timeout() {
     let srv = start(limits());
     let mut s = connect(srv.addr).await;
     let t = Instant::now();
-    s.write_all(b"GET /ok HTTP/1.1\r\nHost: x\r\n").await.unwrap(); // never finished
+    s.write_all(b"GET /ok HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap(); // never finished
     let a = read_answer(&mut s, Duration::from_secs(4)).await;
     assert_eq!(a.status, 408, "{a:?}");
     let waited = t.elapsed();

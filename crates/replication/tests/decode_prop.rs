@@ -38,28 +38,48 @@ fn allocated_by<T>(f: impl FnOnce() -> T) -> (T, usize) {
 }
 
 fn view() -> impl Strategy<Value = View> {
-    (any::<u64>(), 0u32..5, proptest::collection::vec(0u32..5, 0..4)).prop_map(
-        |(epoch, primary, backups)| View {
+    (
+        any::<u64>(),
+        0u32..5,
+        proptest::collection::vec(0u32..5, 0..4),
+    )
+        .prop_map(|(epoch, primary, backups)| View {
             epoch,
             primary,
             backups,
-        },
-    )
+        })
 }
 
 fn msg() -> impl Strategy<Value = Msg> {
-    let entry = (any::<u64>(), any::<u64>(), proptest::collection::vec(any::<u8>(), 0..64))
+    let entry = (
+        any::<u64>(),
+        any::<u64>(),
+        proptest::collection::vec(any::<u8>(), 0..64),
+    )
         .prop_map(|(index, epoch, data)| Entry { index, epoch, data });
     prop_oneof![
-        (view(), any::<u64>(), any::<u64>(), proptest::collection::vec(entry, 0..4), any::<u64>())
-            .prop_map(|(view, prev_index, prev_epoch, entries, commit)| Msg::Replicate {
-                view,
-                prev_index,
-                prev_epoch,
-                entries,
-                commit
-            }),
-        (view(), any::<u64>(), any::<u64>(), proptest::collection::vec(any::<u8>(), 0..64))
+        (
+            view(),
+            any::<u64>(),
+            any::<u64>(),
+            proptest::collection::vec(entry, 0..4),
+            any::<u64>()
+        )
+            .prop_map(
+                |(view, prev_index, prev_epoch, entries, commit)| Msg::Replicate {
+                    view,
+                    prev_index,
+                    prev_epoch,
+                    entries,
+                    commit
+                }
+            ),
+        (
+            view(),
+            any::<u64>(),
+            any::<u64>(),
+            proptest::collection::vec(any::<u8>(), 0..64)
+        )
             .prop_map(|(view, index, epoch, data)| Msg::Snapshot {
                 view,
                 meta: SnapshotMeta { index, epoch },

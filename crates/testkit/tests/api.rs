@@ -236,7 +236,10 @@ fn every_operation(c: &TestCluster) -> Vec<(String, String, String, Option<Strin
         (c.url(Kind::Cache, 0), bookstore_cache::internal_openapi()),
     ];
     for id in 0..2 {
-        docs.push((c.url(Kind::Catalog, id), bookstore_catalog::internal_openapi()));
+        docs.push((
+            c.url(Kind::Catalog, id),
+            bookstore_catalog::internal_openapi(),
+        ));
         docs.push((c.url(Kind::Order, id), bookstore_order::internal_openapi()));
     }
     let mut out = Vec::new();
@@ -266,7 +269,11 @@ async fn internal_routes_need_the_cluster_token() {
         .collect();
     // Every internal route of every server, from the documents: at least the ones the
     // seed cluster is known to have.
-    assert!(cluster_ops.len() >= 35, "{} cluster-token routes", cluster_ops.len());
+    assert!(
+        cluster_ops.len() >= 35,
+        "{} cluster-token routes",
+        cluster_ops.len()
+    );
     for (base, method, path, _) in &cluster_ops {
         for token in [None, Some("wrong"), Some(ADMIN_TOKEN)] {
             let mut req = http.request(method.parse().unwrap(), format!("{base}{path}"));

@@ -179,12 +179,9 @@ async fn invalidate(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError
         ApiError::BadRequest("parameter version must be a whole number below 2^63".into())
     })?;
     let epoch = params.optional::<i64>("epoch", "a whole number below 2^63")?;
-    let epoch = epoch
-        .map(u64::try_from)
-        .transpose()
-        .map_err(|_| {
-            ApiError::BadRequest("parameter epoch must be a whole number below 2^63".into())
-        })?;
+    let epoch = epoch.map(u64::try_from).transpose().map_err(|_| {
+        ApiError::BadRequest("parameter epoch must be a whole number below 2^63".into())
+    })?;
     let mut store = ctx.store.write();
     if let Some(e) = epoch {
         store.observe_epoch(e);
