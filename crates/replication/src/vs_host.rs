@@ -163,7 +163,7 @@ impl VsHost {
 
 /// `POST /vs/{kind}/ping`: bincode [`Ping`] in, bincode `(Option<View>, Epoch)` out.
 #[utoipa::path(post, path = "/vs/{kind}/ping",
-    params(("kind" = String, Path, description = "catalog or order")),
+    params(("kind" = VsKind, Path, description = "The replicated service")),
     request_body(content = Vec<u8>, content_type = "application/octet-stream",
         description = "A bincode-encoded ping"),
     responses(
@@ -196,7 +196,7 @@ pub struct ViewAnswer {
 
 /// `GET /vs/{kind}/view`: `{"view": {"epoch", "primary", "backups"}, "synced": [..]}`.
 #[utoipa::path(get, path = "/vs/{kind}/view",
-    params(("kind" = String, Path, description = "catalog or order")),
+    params(("kind" = VsKind, Path, description = "The replicated service")),
     responses(
         (status = 200, body = ViewAnswer),
         (status = 404, description = "No view service for this kind here", body = ErrorBody),
@@ -211,7 +211,16 @@ pub async fn view_route(
     Ok(HttpResponse::Ok().json(ViewAnswer { view, synced }))
 }
 
+/// The kinds of replicated service with a view service (documentation of `{kind}`).
+#[derive(Debug, Clone, Copy, utoipa::ToSchema)]
+#[allow(dead_code)]
+#[serde(rename_all = "lowercase")]
+enum VsKind {
+    Catalog,
+    Order,
+}
+
 /// The view-service routes, for the OpenAPI document of the process hosting them.
 #[derive(utoipa::OpenApi)]
-#[openapi(paths(ping_route, view_route))]
+#[openapi(paths(ping_route, view_route), components(schemas(VsKind)))]
 pub struct VsApi;

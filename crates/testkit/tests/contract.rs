@@ -184,3 +184,39 @@ async fn the_check_sees_an_undocumented_route_and_a_missing_one() {
     assert!(undocumented.contains(&("GET".to_string(), "/stats".to_string())));
     assert!(unrouted.contains(&("POST".to_string(), "/update".to_string())));
 }
+
+/// Every `$ref` of a document resolves (utoipa does not collect every referenced schema).
+fn check_refs(name: &str, doc: &utoipa::openapi::OpenApi) {
+    fn walk(v: &serde_json::Value, refs: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                if let Some(r) = m.get("$ref").and_then(|r| r.as_str()) {
+                    refs.push(r.to_string());
+                }
+                m.values().for_each(|v| walk(v, refs));
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|v| walk(v, refs)),
+            _ => {}
+        }
+    }
+    let json = serde_json::to_value(doc).unwrap();
+    let mut refs = Vec::new();
+    walk(&json, &mut refs);
+    assert!(!refs.is_empty(), "{name}: no $ref at all");
+    for r in refs {
+        let pointer = r.strip_prefix('#').expect("a local reference");
+        assert!(
+            json.pointer(pointer).is_some(),
+            "{name}: {r} does not resolve"
+        );
+    }
+}
+
+#[actix_web::test]
+async fn every_reference_of_every_document_resolves() {
+    check_refs("public", &bookstore_frontend::public_openapi());
+    check_refs("frontend", &bookstore_frontend::internal_openapi());
+    check_refs("catalog", &bookstore_catalog::internal_openapi());
+    check_refs("order", &bookstore_order::internal_openapi());
+    check_refs("cache", &bookstore_cache::internal_openapi());
+}
