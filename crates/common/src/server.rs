@@ -153,7 +153,7 @@ fn refuse(req: ServiceRequest, status: StatusCode, msg: String) -> ServiceRespon
     }
     // The unread body is not worth keeping the connection for.
     if status == StatusCode::PAYLOAD_TOO_LARGE {
-        resp.insert_header((header::CONNECTION, "close"));
+        resp.force_close();
     }
     req.into_response(resp.json(json!({ "error": msg })))
 }

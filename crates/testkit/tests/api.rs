@@ -497,3 +497,38 @@ async fn answers_carry_server_timing_per_tier() {
         .unwrap();
     assert_eq!(tiers(&r), ["order", "catalog", "replication"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_documents_are_served() {
+    let c = TestCluster::start().await;
+    let http = reqwest::Client::new();
+    let (s, v) = get(format!("{}/openapi.json", c.frontend())).await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        v,
+        serde_json::to_value(bookstore_frontend::public_openapi()).unwrap()
+    );
+    assert!(v["paths"]["/buy"]["post"].is_object(), "{v}");
+    let internal = [
+        (c.frontend(), bookstore_frontend::internal_openapi()),
+        (
+            c.url(Kind::Catalog, 1),
+            bookstore_catalog::internal_openapi(),
+        ),
+        (c.url(Kind::Order, 0), bookstore_order::internal_openapi()),
+        (c.url(Kind::Cache, 0), bookstore_cache::internal_openapi()),
+    ];
+    for (base, doc) in internal {
+        let url = format!("{base}/internal/openapi.json");
+        assert_eq!(http.get(&url).send().await.unwrap().status(), 401, "{url}");
+        let r = http
+            .get(&url)
+            .header("x-cluster-token", CLUSTER_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{url}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v, serde_json::to_value(doc).unwrap(), "{url}");
+    }
+}
