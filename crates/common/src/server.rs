@@ -94,6 +94,7 @@ pub async fn serve_with<F>(
 where
     F: Fn(&mut web::ServiceConfig) + Send + Clone + 'static,
 {
+    // (HttpServer::backlog only applies to sockets it binds itself.)
     set_backlog(&listener, limits.backlog)?;
     let guard = web::Data::new(Guard {
         limits,
@@ -109,7 +110,6 @@ where
     .workers(workers.max(1))
     .client_request_timeout(limits.head_timeout)
     .max_connections(limits.max_connections_per_worker)
-    .backlog(limits.backlog)
     .disable_signals()
     .listen(listener)?
     .run();
