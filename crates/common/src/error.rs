@@ -75,10 +75,12 @@ impl ResponseError for ApiError {
 }
 
 /// The JSON error body every service sends, as a client decodes it.
-#[derive(Debug, Clone, serde::Deserialize, serde::Serialize, Default)]
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize, Default, utoipa::ToSchema)]
 pub struct ErrorBody {
+    /// What was wrong, in words.
     #[serde(default)]
     pub error: String,
+    /// `"Failed"` on a buy of a sold-out book.
     #[serde(default)]
     pub result: Option<String>,
     /// With a 421: the replica the answering one believes is primary.

@@ -7,7 +7,9 @@
 //! - [`auth`]: cluster-token and admin-token checks (constant time).
 //! - [`client`]: the pooled HTTP client services use to call each other.
 //! - [`oplog`]: the seed's one-operation-a-line logs, written off the request path.
-//! - [`server`]: running an actix app on an already-bound listener with a shutdown future.
+//! - [`server`]: running an actix app on an already-bound listener with a shutdown future,
+//!   and the limits every server enforces ([`server::Limits`]).
+//! - [`openapi`]: assembling and serving the OpenAPI documents (utoipa).
 //! - [`telemetry`]: structured tracing to stderr.
 //! - [`timing`]: `Server-Timing` headers (own time and each downstream call).
 pub mod auth;
@@ -15,6 +17,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod openapi;
 pub mod oplog;
 pub mod params;
 pub mod router;

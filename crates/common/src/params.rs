@@ -2,6 +2,9 @@
 use crate::ApiError;
 use std::str::FromStr;
 
+/// The longest `topic` accepted, in characters.
+pub const MAX_TOPIC_CHARS: usize = 256;
+
 /// The decoded parameters of one query string.
 #[derive(Debug, Default)]
 pub struct Params {
@@ -65,7 +68,7 @@ impl Params {
         Ok(n)
     }
 
-    /// The `topic` parameter: non-empty, at most 256 bytes.
+    /// The `topic` parameter: not only whitespace, at most [`MAX_TOPIC_CHARS`] characters.
     pub fn topic(&self) -> Result<&str, ApiError> {
         let t = self.required_str("topic")?;
         if t.trim().is_empty() {
@@ -73,10 +76,10 @@ impl Params {
                 "parameter topic must not be empty".into(),
             ));
         }
-        if t.len() > 256 {
-            return Err(ApiError::BadRequest(
-                "parameter topic is longer than 256 bytes".into(),
-            ));
+        if t.chars().count() > MAX_TOPIC_CHARS {
+            return Err(ApiError::BadRequest(format!(
+                "parameter topic is longer than {MAX_TOPIC_CHARS} characters"
+            )));
         }
         Ok(t)
     }

@@ -1,13 +1,76 @@
 //! Pieces every service's server uses: running on a bound listener until a shutdown
-//! future resolves, JSON 404s, JSON body errors, binding with a clear error.
+//! future resolves, the limits every server enforces ([`Limits`], in one place), JSON
+//! 404s, JSON body errors, binding with a clear error.
+//!
+//! Over a limit a client gets an answer, never a hang: 413, 414 or 431 with a JSON body
+//! naming the limit, 503 with a JSON body when too many requests are in flight or one
+//! takes too long, and (from actix's HTTP/1 parser, with an empty body, see
+//! `docs/security.md`) 408 when the request head is not received in time and 431 when
+//! the head exceeds 128 KiB or 96 headers. Every other non-JSON error answer (a 405 of
+//! an actix resource, a 413 of a body extractor) gets its body rewritten as JSON.
 use crate::ApiError;
-use actix_web::dev::Server;
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::{Server, ServiceRequest, ServiceResponse};
+use actix_web::http::{header, StatusCode};
+use actix_web::middleware::{from_fn, Next};
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
+use serde_json::json;
 use std::future::Future;
 use std::net::TcpListener;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
-/// Serves an app on a bound `listener` with `workers` threads until `shutdown` resolves.
-/// `configure` registers the app's data and routes (it runs once per worker).
+/// The limits of one server. [`Limits::default`] is what every service uses, except the
+/// body limit of the replicated services ([`Limits::replica`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest request body (`Content-Length`, or bytes read by a body extractor): 413.
+    pub max_body: usize,
+    /// Longest request target (path and query): 414.
+    pub max_uri: usize,
+    /// Largest sum of header names and values: 431.
+    pub max_header_bytes: usize,
+    /// Time to receive a request head (actix `client_request_timeout`): 408.
+    pub head_timeout: Duration,
+    /// Time for a handler to answer, reading the body included: 503.
+    pub request_timeout: Duration,
+    /// Requests in flight in the whole server: 503 above it.
+    pub max_in_flight: usize,
+    /// Open connections per worker thread; above it new connections wait in the backlog.
+    pub max_connections_per_worker: usize,
+    /// Listen backlog (connections the kernel queues before they are accepted).
+    pub backlog: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_body: 1 << 20,
+            max_uri: 8 << 10,
+            max_header_bytes: 16 << 10,
+            head_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(30),
+            max_in_flight: 4096,
+            max_connections_per_worker: 4096,
+            backlog: 1024,
+        }
+    }
+}
+
+impl Limits {
+    /// Catalog and order: replication messages carry snapshots (64 MiB bodies).
+    pub fn replica() -> Limits {
+        Limits {
+            max_body: 64 << 20,
+            ..Limits::default()
+        }
+    }
+}
+
+/// Serves an app on a bound `listener` with `workers` threads until `shutdown` resolves,
+/// with [`Limits::default`]. `configure` registers the app's data and routes (it runs
+/// once per worker).
 pub async fn serve<F>(
     listener: TcpListener,
     workers: usize,
@@ -17,13 +80,173 @@ pub async fn serve<F>(
 where
     F: Fn(&mut web::ServiceConfig) + Send + Clone + 'static,
 {
-    let server =
-        actix_web::HttpServer::new(move || actix_web::App::new().configure(configure.clone()))
-            .workers(workers.max(1))
-            .disable_signals()
-            .listen(listener)?
-            .run();
+    serve_with(listener, workers, Limits::default(), configure, shutdown).await
+}
+
+/// [`serve`] with explicit [`Limits`].
+pub async fn serve_with<F>(
+    listener: TcpListener,
+    workers: usize,
+    limits: Limits,
+    configure: F,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()>
+where
+    F: Fn(&mut web::ServiceConfig) + Send + Clone + 'static,
+{
+    // (HttpServer::backlog only applies to sockets it binds itself.)
+    set_backlog(&listener, limits.backlog)?;
+    let guard = web::Data::new(Guard {
+        limits,
+        in_flight: Arc::new(AtomicUsize::new(0)),
+    });
+    let server = actix_web::HttpServer::new(move || {
+        actix_web::App::new()
+            .app_data(guard.clone())
+            .app_data(web::PayloadConfig::new(limits.max_body))
+            .wrap(from_fn(enforce_limits))
+            .configure(configure.clone())
+    })
+    .workers(workers.max(1))
+    .client_request_timeout(limits.head_timeout)
+    .max_connections(limits.max_connections_per_worker)
+    .disable_signals()
+    .listen(listener)?
+    .run();
     run_until(server, shutdown).await
+}
+
+/// Re-listens on an already listening socket: Linux then uses the new backlog.
+fn set_backlog(listener: &TcpListener, backlog: u32) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsRawFd;
+        let n = i32::try_from(backlog).unwrap_or(i32::MAX);
+        // SAFETY: `listen` on a socket descriptor this listener owns; no memory involved.
+        if unsafe { libc::listen(listener.as_raw_fd(), n) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (listener, backlog);
+    Ok(())
+}
+
+struct Guard {
+    limits: Limits,
+    in_flight: Arc<AtomicUsize>,
+}
+
+/// Releases an in-flight slot when dropped.
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn refuse(req: ServiceRequest, status: StatusCode, msg: String) -> ServiceResponse<BoxBody> {
+    let mut resp = HttpResponse::build(status);
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        resp.insert_header((header::RETRY_AFTER, "1"));
+    }
+    // The unread body is not worth keeping the connection for.
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        resp.force_close();
+    }
+    req.into_response(resp.json(json!({ "error": msg })))
+}
+
+/// The middleware [`serve`] wraps every app in: checks the request against the
+/// [`Limits`], bounds the handler's time, and makes every error answer JSON.
+async fn enforce_limits(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let Some(guard) = req.app_data::<web::Data<Guard>>().cloned() else {
+        return next.call(req).await.map(jsonify);
+    };
+    let l = guard.limits;
+    let target = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if target > l.max_uri {
+        let msg = format!(
+            "request target is {target} bytes; the limit is {} bytes",
+            l.max_uri
+        );
+        return Ok(refuse(req, StatusCode::URI_TOO_LONG, msg));
+    }
+    let header_bytes: usize = req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    if header_bytes > l.max_header_bytes {
+        let msg = format!(
+            "request headers are {header_bytes} bytes; the limit is {} bytes",
+            l.max_header_bytes
+        );
+        return Ok(refuse(
+            req,
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            msg,
+        ));
+    }
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if let Some(n) = declared.filter(|n| *n > l.max_body as u64) {
+        let msg = format!(
+            "request body is {n} bytes; the limit is {} bytes",
+            l.max_body
+        );
+        return Ok(refuse(req, StatusCode::PAYLOAD_TOO_LARGE, msg));
+    }
+    if guard.in_flight.fetch_add(1, Ordering::AcqRel) >= l.max_in_flight {
+        guard.in_flight.fetch_sub(1, Ordering::AcqRel);
+        let msg = format!(
+            "server busy: {} requests in flight already; retry",
+            l.max_in_flight
+        );
+        return Ok(refuse(req, StatusCode::SERVICE_UNAVAILABLE, msg));
+    }
+    let _slot = Slot(guard.in_flight.clone());
+    // (No clone of the request may be held across `next.call`: routing needs it unique.)
+    match tokio::time::timeout(l.request_timeout, next.call(req)).await {
+        Ok(r) => r.map(jsonify),
+        Err(_) => Err(ApiError::Unavailable(format!(
+            "request not answered within {} s (slow body or overloaded server); retry",
+            l.request_timeout.as_secs_f64()
+        ))
+        .into()),
+    }
+}
+
+/// Gives a JSON body to an error answer that has none (actix's own 405, 413, ...).
+fn jsonify<B: MessageBody + 'static>(res: ServiceResponse<B>) -> ServiceResponse<BoxBody> {
+    let status = res.status();
+    let is_json = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return res.map_into_boxed_body();
+    }
+    let msg = match res.response().error() {
+        Some(e) => e.to_string(),
+        None => status.canonical_reason().unwrap_or("error").to_lowercase(),
+    };
+    let (req, old) = res.into_parts();
+    let mut new = HttpResponse::build(status);
+    for (k, v) in old.headers() {
+        if k != header::CONTENT_TYPE && k != header::CONTENT_LENGTH {
+            new.append_header((k.clone(), v.clone()));
+        }
+    }
+    ServiceResponse::new(req, new.json(json!({ "error": msg })))
 }
 
 /// Runs `server` until it stops by itself or `shutdown` resolves (then stops gracefully).
@@ -38,8 +261,25 @@ pub async fn run_until(server: Server, shutdown: impl Future<Output = ()>) -> st
     }
 }
 
-/// The default service: a JSON 404 naming the route.
+/// The methods each path pattern answers (e.g. `"/lookup"` -> `"GET"`), registered as app
+/// data by a service from its OpenAPI documents: [`not_found`] answers a known path with
+/// an unknown method 405 with `Allow` (a route added with `cfg.route(path, web::get()..)`
+/// does not match other methods at all, so actix would answer 404).
+#[derive(Debug, Default, Clone)]
+pub struct AllowedMethods(pub std::collections::HashMap<String, String>);
+
+/// The default service: a JSON 404 naming the route, or a JSON 405 with `Allow` for a
+/// known path (see [`AllowedMethods`]).
 pub async fn not_found(req: HttpRequest) -> HttpResponse {
+    let allow = req.match_pattern().and_then(|pattern| {
+        req.app_data::<web::Data<AllowedMethods>>()
+            .and_then(|a| a.0.get(&pattern).cloned())
+    });
+    if let Some(allow) = allow {
+        return HttpResponse::MethodNotAllowed()
+            .insert_header((header::ALLOW, allow.clone()))
+            .json(json!({ "error": format!("method not allowed; use {allow}") }));
+    }
     ApiError::NotFound(format!("no route {} {}", req.method(), req.path())).error_response()
 }
 

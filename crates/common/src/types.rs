@@ -1,12 +1,14 @@
 //! Wire types shared by the services.
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// A book's item number (positive).
 pub type ItemNumber = u32;
 
 /// A book as the catalog holds it and as `lookup` returns it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Book {
+    #[schema(minimum = 1)]
     pub item_number: ItemNumber,
     pub title: String,
     pub topic: String,
@@ -15,26 +17,27 @@ pub struct Book {
 }
 
 /// One hit of a topic search.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct SearchHit {
+    #[schema(minimum = 1)]
     pub item_number: ItemNumber,
     pub title: String,
 }
 
 /// Public `GET /lookup` answer.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct LookupResponse {
     pub result: Book,
 }
 
 /// Public `GET /search` answer.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct SearchResponse {
     pub result: Vec<SearchHit>,
 }
 
 /// Public `POST /buy` answer on success.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct BuySuccess {
     pub result: String,
     pub order_id: String,
@@ -42,14 +45,14 @@ pub struct BuySuccess {
 
 /// Catalog's internal answer to a read or an update: the value plus the catalog
 /// version it reflects (used to keep stale fills out of the cache).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Versioned<T> {
     pub result: T,
     pub version: u64,
 }
 
 /// An order as the order service records it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Order {
     pub order_id: String,
     pub item_number: ItemNumber,
@@ -59,7 +62,7 @@ pub struct Order {
 }
 
 /// `GET /health` answer of every service.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Health {
     pub status: String,
     pub service: String,
@@ -72,16 +75,43 @@ pub struct Health {
     pub epoch: Option<u64>,
 }
 
+/// `GET /ready` answer of every service: `ready`, or `not ready` and what it waits for.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Readiness {
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<String>,
+}
+
+impl Readiness {
+    /// 200 `{"status":"ready"}`, or 503 (`Retry-After: 1`) naming what is missing.
+    pub fn answer(waiting_for: Option<String>) -> actix_web::HttpResponse {
+        match waiting_for {
+            None => actix_web::HttpResponse::Ok().json(Readiness {
+                status: "ready".into(),
+                waiting_for: None,
+            }),
+            Some(w) => actix_web::HttpResponse::ServiceUnavailable()
+                .insert_header(("Retry-After", "1"))
+                .json(Readiness {
+                    status: "not ready".into(),
+                    waiting_for: Some(w),
+                }),
+        }
+    }
+}
+
 /// Header carrying the cluster token on internal calls.
 pub const CLUSTER_TOKEN_HEADER: &str = "x-cluster-token";
 /// Header a client sets so a retried buy is not applied twice.
 pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
 
 /// Cache -> catalog: ask for (or renew) the lease that lets the cache serve entries.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct LeaseRequest {
     /// The floor the cache has flushed to, after a [`LeaseReply::Flush`].
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole::opt_u63")]
+    #[schema(minimum = 0, maximum = 9223372036854775807_i64)]
     pub flushed_to: Option<u64>,
 }
 
@@ -89,7 +119,7 @@ pub struct LeaseRequest {
 /// sent its request), or an order to drop everything below version `floor` first. Both
 /// carry the epoch of the primary that answered: the cache ignores grants from an epoch
 /// older than one it has seen and drops every entry when it sees a newer one.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum LeaseReply {
     Grant { millis: u64, epoch: u64 },
@@ -97,11 +127,105 @@ pub enum LeaseReply {
 }
 
 /// Frontend -> cache: store a lookup or search answer read at catalog `version`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct CacheFill {
+    /// The catalog version the answer was read at.
+    #[serde(deserialize_with = "whole::u63")]
+    #[schema(minimum = 0, maximum = 9223372036854775807_i64)]
     pub version: u64,
     /// Item numbers the answer depends on (one for a lookup).
+    #[serde(deserialize_with = "whole::vec_u32")]
+    #[schema(schema_with = whole::vec_u32_schema)]
     pub items: Vec<ItemNumber>,
     /// The public JSON answer, stored and served as is.
+    #[schema(value_type = Object)]
     pub response: serde_json::Value,
+}
+
+/// A short acknowledgement: `{"result": "..."}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Done {
+    pub result: String,
+}
+
+/// Whole numbers in JSON bodies, read as JSON Schema's `integer` defines them: `7` or
+/// `7.0` (an integral float), within the documented range. Unsigned 64-bit values on the
+/// wire stay below 2^63 (the `int64` range every JSON Schema tool knows).
+pub mod whole {
+    use serde::de::{Deserialize, Deserializer, Error, Visitor};
+    use std::fmt;
+
+    /// The largest 64-bit value accepted on the wire.
+    pub const MAX_U63: u64 = i64::MAX as u64;
+
+    struct Whole(u64);
+
+    impl<'de> Deserialize<'de> for Whole {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Whole, D::Error> {
+            struct V;
+            impl Visitor<'_> for V {
+                type Value = Whole;
+                fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                    f.write_str("a whole number >= 0")
+                }
+                fn visit_u64<E: Error>(self, v: u64) -> Result<Whole, E> {
+                    Ok(Whole(v))
+                }
+                fn visit_i64<E: Error>(self, v: i64) -> Result<Whole, E> {
+                    u64::try_from(v)
+                        .map(Whole)
+                        .map_err(|_| E::custom(format!("{v} is negative")))
+                }
+                fn visit_f64<E: Error>(self, v: f64) -> Result<Whole, E> {
+                    if v.fract() == 0.0 && (0.0..=MAX_U63 as f64).contains(&v) {
+                        Ok(Whole(v as u64))
+                    } else {
+                        Err(E::custom(format!("{v} is not a whole number in range")))
+                    }
+                }
+            }
+            d.deserialize_any(V)
+        }
+    }
+
+    fn at_most<E: Error>(v: u64, max: u64) -> Result<u64, E> {
+        if v <= max {
+            Ok(v)
+        } else {
+            Err(E::custom(format!("{v} is larger than {max}")))
+        }
+    }
+
+    /// A whole number in `0..=2^63-1`.
+    pub fn u63<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        at_most(Whole::deserialize(d)?.0, MAX_U63)
+    }
+
+    /// An optional (`null` or absent) whole number in `0..=2^63-1`.
+    pub fn opt_u63<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        match Option::<Whole>::deserialize(d)? {
+            None => Ok(None),
+            Some(w) => at_most(w.0, MAX_U63).map(Some),
+        }
+    }
+
+    /// A list of whole numbers in `0..=2^32-1`.
+    pub fn vec_u32<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u32>, D::Error> {
+        Vec::<Whole>::deserialize(d)?
+            .into_iter()
+            .map(|w| at_most(w.0, u32::MAX.into()).map(|v| v as u32))
+            .collect()
+    }
+
+    /// The schema [`vec_u32`] reads.
+    pub fn vec_u32_schema() -> utoipa::openapi::Array {
+        utoipa::openapi::ArrayBuilder::new()
+            .items(
+                utoipa::openapi::ObjectBuilder::new()
+                    .schema_type(utoipa::openapi::Type::Integer)
+                    .minimum(Some(0))
+                    .maximum(Some(u32::MAX)),
+            )
+            .build()
+    }
 }

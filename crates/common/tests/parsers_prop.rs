@@ -1,7 +1,8 @@
 //! Property tests of every parser of outside data: whatever the input, they answer with a
 //! value or an error naming the problem, never a panic.
 use bookstore_common::config::{parse_books, ClusterConfig};
-use bookstore_common::params::{idempotency_key, Params};
+use bookstore_common::params::{idempotency_key, Params, MAX_TOPIC_CHARS};
+use bookstore_common::types::{CacheFill, LeaseRequest};
 use proptest::prelude::*;
 
 proptest! {
@@ -63,5 +64,33 @@ proptest! {
             Ok(b) => prop_assert_eq!(b.len(), rows.len()),
             Err(e) => prop_assert!(e.to_string().contains("is empty"), "{}", e),
         }
+    }
+
+    #[test]
+    fn json_bodies_never_panic(text in ".{0,200}") {
+        let _ = serde_json::from_str::<LeaseRequest>(&text);
+        let _ = serde_json::from_str::<CacheFill>(&text);
+    }
+
+    #[test]
+    fn whole_numbers_are_read_as_json_schema_integers(n in 0u64..=i64::MAX as u64, frac in 1u32..1000) {
+        let fill = |v: String| serde_json::from_str::<CacheFill>(
+            &format!(r#"{{"version": {v}, "items": [1], "response": {{}}}}"#));
+        prop_assert_eq!(fill(n.to_string()).unwrap().version, n);
+        // An integral float, as JSON Schema's `integer` allows (checked where an f64 still
+        // holds a thousandth exactly).
+        let small = n % (1 << 40);
+        prop_assert_eq!(fill(format!("{small}.0")).unwrap().version, small);
+        let fraction = fill(format!("{small}.{frac:03}")).is_err();
+        let negative = fill(format!("-{}", n.max(1))).is_err();
+        let too_big = fill(((i64::MAX as u64) + 1 + n % 1000).to_string()).is_err();
+        prop_assert!(fraction && negative && too_big);
+    }
+
+    #[test]
+    fn topics_are_limited_in_characters(t in "[a-zé日]{1,300}") {
+        let q = format!("topic={}", bookstore_common::client::encode(&t));
+        let r = Params::parse(&q).topic().map(str::to_owned);
+        prop_assert_eq!(r.is_ok(), t.chars().count() <= MAX_TOPIC_CHARS);
     }
 }

@@ -1,11 +1,14 @@
 //! The routes every replicated service shares: `/health` (with role and epoch), the
 //! seed's `/shutdown` (a crash) and `/recover` (a restart from disk, the same code path as
-//! a process restart), `/replication/status` and `/replication/msg`.
+//! a process restart), `/replication/status` and `/replication/msg`; [`PublicApi`] and
+//! [`InternalApi`] document them (OpenAPI) for the services that register them.
 use crate::node::{self, Node, StateMachine, SubmitError};
 use actix_web::{web, HttpResponse};
+use bookstore_common::error::ErrorBody;
 use bookstore_common::oplog::OpLog;
-use bookstore_common::types::Health;
+use bookstore_common::types::{Done, Health, Readiness};
 use bookstore_common::ApiError;
+use node::Status;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 impl From<SubmitError> for ApiError {
@@ -68,6 +71,11 @@ impl<S: StateMachine> Control<S> {
     }
 }
 
+/// Liveness, role and epoch (503 while shut down).
+#[utoipa::path(get, path = "/health", responses(
+    (status = 200, body = Health),
+    (status = 503, description = "Shut down by `POST /shutdown`", body = Health),
+))]
 async fn health<S: StateMachine>(ctx: web::Data<Control<S>>) -> HttpResponse {
     let down = ctx.down.load(Ordering::Acquire);
     let status = ctx.node.status();
@@ -85,10 +93,14 @@ async fn health<S: StateMachine>(ctx: web::Data<Control<S>>) -> HttpResponse {
     }
 }
 
+/// The replica's view of the protocol.
+#[utoipa::path(get, path = "/replication/status", responses((status = 200, body = Status)))]
 async fn status<S: StateMachine>(ctx: web::Data<Control<S>>) -> HttpResponse {
     HttpResponse::Ok().json(ctx.node.status())
 }
 
+/// The seed's crash switch: the replica stops serving until `POST /recover`.
+#[utoipa::path(post, path = "/shutdown", responses((status = 200, body = Done)))]
 async fn shutdown<S: StateMachine>(ctx: web::Data<Control<S>>) -> HttpResponse {
     ctx.down.store(true, Ordering::Release);
     ctx.node.crash().await;
@@ -98,9 +110,13 @@ async fn shutdown<S: StateMachine>(ctx: web::Data<Control<S>>) -> HttpResponse {
         id = ctx.id,
         "shut down by request (as a crash)"
     );
-    HttpResponse::Ok().json(serde_json::json!({"result": "shut down"}))
+    HttpResponse::Ok().json(Done {
+        result: "shut down".into(),
+    })
 }
 
+/// Restarts the replica from its disk.
+#[utoipa::path(post, path = "/recover", responses((status = 200, body = Done)))]
 async fn recover<S: StateMachine>(ctx: web::Data<Control<S>>) -> Result<HttpResponse, ApiError> {
     ctx.node
         .restart()
@@ -113,9 +129,20 @@ async fn recover<S: StateMachine>(ctx: web::Data<Control<S>>) -> Result<HttpResp
         id = ctx.id,
         "recovering from disk by request"
     );
-    Ok(HttpResponse::Ok().json(serde_json::json!({"result": "recovering"})))
+    Ok(HttpResponse::Ok().json(Done {
+        result: "recovering".into(),
+    }))
 }
 
+/// Messages from a peer replica (bincode `Vec<Msg>`).
+#[utoipa::path(post, path = "/replication/msg",
+    params(("from" = u32, Query, description = "The sending replica's id")),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream",
+        description = "bincode-encoded messages"),
+    responses(
+        (status = 200, description = "Delivered"),
+        (status = 400, description = "Undecodable messages or bad `from`", body = ErrorBody),
+    ))]
 async fn receive<S: StateMachine>(
     ctx: web::Data<Control<S>>,
     req: actix_web::HttpRequest,
@@ -125,9 +152,13 @@ async fn receive<S: StateMachine>(
     Ok(HttpResponse::Ok().finish())
 }
 
-/// `GET /ready`: 200 once the replica is in a view and caught up (it can serve), else
-/// 503 naming what it waits for. Lets a replica start before the view service or its
-/// peers, and load balancers and `infra` wait for it.
+/// Readiness: 200 once the replica is in a view and caught up (it can serve), else 503
+/// naming what it waits for. Lets a replica start before the view service or its peers,
+/// and load balancers and `infra` wait for it.
+#[utoipa::path(get, path = "/ready", responses(
+    (status = 200, body = Readiness),
+    (status = 503, description = "Not in a view yet, catching up, or shut down", body = Readiness),
+))]
 async fn ready<S: StateMachine>(ctx: web::Data<Control<S>>) -> HttpResponse {
     let status = ctx.node.status();
     let waiting = if ctx.down.load(Ordering::Acquire) || !status.up {
@@ -142,18 +173,24 @@ async fn ready<S: StateMachine>(ctx: web::Data<Control<S>>) -> HttpResponse {
     } else {
         None
     };
-    match waiting {
-        None => HttpResponse::Ok().json(serde_json::json!({"status": "ready"})),
-        Some(why) => HttpResponse::ServiceUnavailable()
-            .insert_header(("Retry-After", "1"))
-            .json(serde_json::json!({"status": "not ready", "waiting_for": why})),
-    }
+    Readiness::answer(waiting)
 }
+
+/// The public routes, for a replicated service's OpenAPI document.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(health, ready))]
+pub struct PublicApi;
+
+/// The internal routes, for a replicated service's OpenAPI document.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(status, shutdown, recover, receive))]
+pub struct InternalApi;
 
 /// `GET /health` (liveness) and `GET /ready` (readiness), both public.
 pub fn public_routes<S: StateMachine>(cfg: &mut web::ServiceConfig) {
-    cfg.route("/health", web::get().to(health::<S>))
-        .route("/ready", web::get().to(ready::<S>));
+    // Resources (not `cfg.route`): another method gets 405, not the token scope's 401.
+    cfg.service(web::resource("/health").get(health::<S>))
+        .service(web::resource("/ready").get(ready::<S>));
 }
 
 /// The internal routes; register inside the scope that checks the cluster token.

@@ -1,7 +1,8 @@
 //! One replication engine for every replicated service (catalog and order).
 //!
 //! - [`protocol`]: the primary-backup protocol as a pure state machine (events in,
-//!   commands out, no I/O, time as ticks).
+//!   commands out, no I/O, time as ticks), and [`protocol::decode`], the bounded bincode
+//!   decoder of everything other processes send (messages, pings, log entries, snapshots).
 //! - [`viewservice`]: the single authority that decides views (epochs).
 //! - [`wal`]: the durable write-ahead log with group commit and snapshots.
 //! - [`node`]: the runtime that drives one replica over HTTP with tokio: a disk thread

@@ -52,7 +52,7 @@ pub enum SubmitError {
 }
 
 /// What a replica reports about itself.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Status {
     pub id: ReplicaId,
     pub up: bool,
@@ -609,7 +609,7 @@ impl<S: StateMachine> Driver<S> {
                 .header("content-type", "application/octet-stream")
                 .body(body);
             if let Ok(bytes) = client.send(req).await {
-                match bincode::deserialize::<PingAnswer>(&bytes) {
+                match crate::protocol::decode::<PingAnswer>(&bytes) {
                     Ok((view, lead_from, members)) => {
                         if !members.is_empty() {
                             let _ = tx.send(Input::Members(members));
@@ -739,7 +739,7 @@ pub fn receive<S: StateMachine>(
 ) -> Result<(), bookstore_common::ApiError> {
     let params = bookstore_common::params::Params::parse(req.query_string());
     let from: ReplicaId = params.required("from", "a replica id")?;
-    let msgs: Vec<Msg> = bincode::deserialize(body).map_err(|e| {
+    let msgs: Vec<Msg> = crate::protocol::decode(body).map_err(|e| {
         bookstore_common::ApiError::BadRequest(format!("undecodable replication messages: {e}"))
     })?;
     node.deliver(from, msgs);

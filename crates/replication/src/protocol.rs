@@ -70,8 +70,20 @@
 //! applied to the state machine in the order issued.
 
 use crate::viewservice::Ping;
+use bincode::Options;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
+
+/// Decodes a bincode message from another process (replication messages, view-service
+/// pings and answers) in the format `bincode::serialize` writes, refusing trailing bytes
+/// and any length prefix longer than the input: arbitrary bytes give an error, never a
+/// panic or an allocation larger than the input.
+pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, bincode::Error> {
+    bincode::DefaultOptions::new()
+        .with_fixint_encoding()
+        .with_limit(bytes.len() as u64)
+        .deserialize(bytes)
+}
 
 /// Identifier of a replica (0..n-1).
 pub type ReplicaId = u32;
@@ -81,7 +93,9 @@ pub type Epoch = u64;
 pub type LogIndex = u64;
 
 /// A view: who is primary, who are the backups, in which epoch.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+)]
 pub struct View {
     pub epoch: Epoch,
     pub primary: ReplicaId,

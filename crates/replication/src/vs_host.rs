@@ -13,6 +13,7 @@
 use crate::protocol::{Epoch, View};
 use crate::viewservice::{Ping, ViewService, VsCommand, VsConfig, VsEvent, VsState};
 use actix_web::{web, HttpResponse};
+use bookstore_common::error::ErrorBody;
 use bookstore_common::ApiError;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -287,12 +288,22 @@ impl VsHost {
 }
 
 /// `POST /vs/{kind}/ping`: bincode [`Ping`] in, bincode `(Option<View>, Epoch)` out.
+#[utoipa::path(post, path = "/vs/{kind}/ping",
+    params(("kind" = VsKind, Path, description = "The replicated service")),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream",
+        description = "A bincode-encoded ping"),
+    responses(
+        (status = 200, content_type = "application/octet-stream", body = Vec<u8>,
+            description = "bincode (Option<View>, lead_from epoch)"),
+        (status = 400, description = "Undecodable ping", body = ErrorBody),
+        (status = 404, description = "No view service for this kind here", body = ErrorBody),
+    ))]
 pub async fn ping_route(
     host: web::Data<Arc<VsHost>>,
     kind: web::Path<String>,
     body: bytes::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    let ping: Ping = bincode::deserialize(&body)
+    let ping: Ping = crate::protocol::decode(&body)
         .map_err(|e| ApiError::BadRequest(format!("undecodable ping: {e}")))?;
     let answer = host.ping(&kind, ping)?;
     Ok(HttpResponse::Ok()
@@ -300,8 +311,27 @@ pub async fn ping_route(
         .body(bincode::serialize(&answer).expect("answer encodes")))
 }
 
-/// `GET /vs/{kind}/view`: `{"view": {"epoch", "primary", "backups"}, "synced": [..],
-/// "members": {"0": "http://..."}}`.
+/// `GET /vs/{kind}/view` answer.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct ViewAnswer {
+    /// The current view (none before the first one is decided).
+    pub view: Option<View>,
+    /// The view's primary has acknowledged it (a retirement waits for this).
+    pub acked: bool,
+    /// Backups that hold every committed entry.
+    pub synced: Vec<u32>,
+    /// Base URL of every member replica, by id (replicas added at run time included).
+    pub members: BTreeMap<u32, String>,
+}
+
+/// `GET /vs/{kind}/view`: `{"view": {"epoch", "primary", "backups"}, "acked", "synced":
+/// [..], "members": {"0": "http://..."}}`.
+#[utoipa::path(get, path = "/vs/{kind}/view",
+    params(("kind" = VsKind, Path, description = "The replicated service")),
+    responses(
+        (status = 200, body = ViewAnswer),
+        (status = 404, description = "No view service for this kind here", body = ErrorBody),
+    ))]
 pub async fn view_route(
     host: web::Data<Arc<VsHost>>,
     kind: web::Path<String>,
@@ -311,23 +341,43 @@ pub async fn view_route(
         .ok_or_else(|| ApiError::NotFound(format!("no view service for {kind:?}")))?;
     let members = host.members(&kind).unwrap_or_default();
     let acked = host.acked(&kind);
-    Ok(HttpResponse::Ok().json(
-        serde_json::json!({ "view": view, "acked": acked, "synced": synced, "members": members }),
-    ))
+    Ok(HttpResponse::Ok().json(ViewAnswer {
+        view,
+        acked,
+        synced,
+        members,
+    }))
 }
 
-/// Query of `POST /cluster/register`.
-#[derive(Debug, Deserialize)]
+/// Query of `POST /admin/cluster/register`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct RegisterQuery {
+    /// catalog or order.
     pub kind: String,
+    /// The new replica's base URL, `http://host:port`.
     pub url: String,
 }
 
-/// Query of `POST /cluster/unregister`.
-#[derive(Debug, Deserialize)]
+/// Query of `POST /admin/cluster/unregister`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct UnregisterQuery {
+    /// catalog or order.
+    pub kind: String,
+    /// The replica's id.
+    pub id: u32,
+}
+
+/// Answer of `POST /admin/cluster/register` and `/unregister`.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct MemberChange {
     pub kind: String,
     pub id: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<String>,
 }
 
 fn check_kind(host: &VsHost, kind: &str) -> Result<(), ApiError> {
@@ -345,8 +395,14 @@ fn check_kind(host: &VsHost, kind: &str) -> Result<(), ApiError> {
     )))
 }
 
-/// `POST /cluster/register?kind=catalog&url=http://host:port` (admin): adds a replica;
-/// answers `{"kind", "id", "url"}`. Start the replica with `--id <id>` afterwards.
+/// Scale out: adds a replica to `kind`'s member table; answers its new id. Start the
+/// replica with `--id <id> --listen host:port` afterwards (`infra local add` does both).
+#[utoipa::path(post, path = "/admin/cluster/register", params(RegisterQuery),
+    responses(
+        (status = 200, body = MemberChange),
+        (status = 400, description = "Bad kind or URL", body = ErrorBody),
+        (status = 404, description = "This frontend does not host the view service", body = ErrorBody),
+    ))]
 pub async fn register_route(
     host: web::Data<Arc<VsHost>>,
     q: web::Query<RegisterQuery>,
@@ -361,16 +417,52 @@ pub async fn register_route(
         )));
     }
     let id = host.register(&q.kind, url)?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({"kind": q.kind, "id": id, "url": url})))
+    Ok(HttpResponse::Ok().json(MemberChange {
+        kind: q.kind.clone(),
+        id,
+        url: Some(url.to_string()),
+        result: None,
+    }))
 }
 
-/// `POST /cluster/unregister?kind=catalog&id=N` (admin): retires a replica.
+/// Scale in: retires a replica; the view service then drops it like a dead one.
+#[utoipa::path(post, path = "/admin/cluster/unregister", params(UnregisterQuery),
+    responses(
+        (status = 200, body = MemberChange),
+        (status = 400, description = "Bad kind", body = ErrorBody),
+        (status = 404, description = "No such member, or no view service here", body = ErrorBody),
+        (status = 409, description = "No other member holds every committed write", body = ErrorBody),
+        (status = 503, description = "A view change is in progress; retry shortly", body = ErrorBody),
+    ))]
 pub async fn unregister_route(
     host: web::Data<Arc<VsHost>>,
     q: web::Query<UnregisterQuery>,
 ) -> Result<HttpResponse, ApiError> {
     check_kind(&host, &q.kind)?;
     host.unregister(&q.kind, q.id)?;
-    Ok(HttpResponse::Ok()
-        .json(serde_json::json!({"kind": q.kind, "id": q.id, "result": "retired"})))
+    Ok(HttpResponse::Ok().json(MemberChange {
+        kind: q.kind.clone(),
+        id: q.id,
+        url: None,
+        result: Some("retired".into()),
+    }))
 }
+
+/// The kinds of replicated service with a view service (documentation of `{kind}`).
+#[derive(Debug, Clone, Copy, utoipa::ToSchema)]
+#[allow(dead_code)]
+#[serde(rename_all = "lowercase")]
+enum VsKind {
+    Catalog,
+    Order,
+}
+
+/// The view-service routes, for the OpenAPI document of the process hosting them.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(ping_route, view_route), components(schemas(VsKind)))]
+pub struct VsApi;
+
+/// The membership routes (admin token), for the frontend's public document.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(register_route, unregister_route))]
+pub struct MembershipApi;

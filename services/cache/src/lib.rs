@@ -1,7 +1,8 @@
 //! Cache service: lookup and search answers, kept coherent with the catalog.
 //!
 //! - [`store`]: entries and the version rules (pure).
-//! - this file: the routes (internal, cluster token) and the lease loop: the cache
+//! - this file: the routes (internal, cluster token), their OpenAPI document
+//!   ([`internal_openapi`]) and the lease loop: the cache
 //!   serves entries only while it holds a lease from the catalog, which lets a catalog
 //!   that cannot reach the cache still guarantee no stale read after its write.
 pub mod store;
@@ -13,10 +14,13 @@ use actix_web::{middleware::from_fn, web, HttpRequest, HttpResponse};
 use bookstore_common::auth::{require_cluster_token, Tokens};
 use bookstore_common::client::Client;
 use bookstore_common::config::{ClusterConfig, Kind};
+use bookstore_common::error::ErrorBody;
+use bookstore_common::openapi::{self, Access, ItemQuery, TopicQuery};
 use bookstore_common::oplog::OpLog;
 use bookstore_common::params::Params;
 use bookstore_common::router::{follow_views, Router};
-use bookstore_common::types::{CacheFill, Health, LeaseReply, LeaseRequest};
+use bookstore_common::types::Done;
+use bookstore_common::types::{CacheFill, Health, LeaseReply, LeaseRequest, Readiness};
 use bookstore_common::{server, ApiError};
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
@@ -27,6 +31,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use store::Store;
+use utoipa::OpenApi;
 
 #[derive(Debug, Clone)]
 pub struct CacheConfig {
@@ -72,6 +77,7 @@ impl Cache {
 
 type Ctx = web::Data<Cache>;
 
+#[utoipa::path(get, path = "/health", responses((status = 200, body = Health)))]
 async fn health() -> HttpResponse {
     HttpResponse::Ok().json(Health {
         status: "ok".into(),
@@ -82,12 +88,24 @@ async fn health() -> HttpResponse {
     })
 }
 
+/// A cached lookup answer (404 when not cached or not leased).
+#[utoipa::path(get, path = "/lookup", params(ItemQuery), responses(
+    (status = 200, body = serde_json::Value, description = "The stored public answer (a `LookupResponse` as the frontend stores it)"),
+    (status = 400, description = "Malformed item_number", body = ErrorBody),
+    (status = 404, description = "Not cached", body = ErrorBody),
+))]
 async fn lookup(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let item = Params::parse(req.query_string()).item_number()?;
     let found = ctx.store.read().lookup(item);
     Ok(ctx.answer(format!("lookup,{item}"), found))
 }
 
+/// A cached search answer (404 when not cached or not leased).
+#[utoipa::path(get, path = "/search", params(TopicQuery), responses(
+    (status = 200, body = serde_json::Value, description = "The stored public answer (a `SearchResponse` as the frontend stores it)"),
+    (status = 400, description = "Malformed topic", body = ErrorBody),
+    (status = 404, description = "Not cached", body = ErrorBody),
+))]
 async fn search(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let params = Params::parse(req.query_string());
     let topic = params.topic()?;
@@ -95,10 +113,24 @@ async fn search(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     Ok(ctx.answer(format!("search,{topic}"), found))
 }
 
-fn body_of(fill: &CacheFill) -> Bytes {
-    Bytes::from(serde_json::to_vec(&fill.response).unwrap_or_default())
+/// The stored answer: a fill's `response`, which must be a JSON object (as every public
+/// answer is).
+fn body_of(fill: &CacheFill) -> Result<Bytes, ApiError> {
+    if !fill.response.is_object() {
+        return Err(ApiError::BadRequest(
+            "a fill's response must be a JSON object".into(),
+        ));
+    }
+    Ok(Bytes::from(
+        serde_json::to_vec(&fill.response).unwrap_or_default(),
+    ))
 }
 
+/// Stores a lookup answer read at a catalog version.
+#[utoipa::path(post, path = "/put_lookup_cache", request_body = LookupFill, responses(
+    (status = 200, body = Stored),
+    (status = 400, description = "Malformed body", body = ErrorBody),
+))]
 async fn put_lookup(ctx: Ctx, fill: web::Json<CacheFill>) -> Result<HttpResponse, ApiError> {
     let [item] = fill.items[..] else {
         return Err(ApiError::BadRequest(
@@ -108,11 +140,16 @@ async fn put_lookup(ctx: Ctx, fill: web::Json<CacheFill>) -> Result<HttpResponse
     let stored = ctx
         .store
         .write()
-        .put_lookup(item, fill.version, body_of(&fill));
+        .put_lookup(item, fill.version, body_of(&fill)?);
     ctx.log.record(format!("put_lookup,{item},{stored}"));
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "stored": stored })))
+    Ok(HttpResponse::Ok().json(Stored { stored }))
 }
 
+/// Stores a search answer read at a catalog version.
+#[utoipa::path(post, path = "/put_search_cache", params(TopicQuery), request_body = CacheFill, responses(
+    (status = 200, body = Stored),
+    (status = 400, description = "Malformed topic or body", body = ErrorBody),
+))]
 async fn put_search(
     ctx: Ctx,
     req: HttpRequest,
@@ -121,20 +158,31 @@ async fn put_search(
     let params = Params::parse(req.query_string());
     let topic = params.topic()?;
     let fill = fill.into_inner();
-    let body = body_of(&fill);
+    let body = body_of(&fill)?;
     let stored = ctx
         .store
         .write()
         .put_search(topic, fill.version, fill.items, body);
     ctx.log.record(format!("put_search,{topic},{stored}"));
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "stored": stored })))
+    Ok(HttpResponse::Ok().json(Stored { stored }))
 }
 
+/// Drops the entries of an item read below a version.
+#[utoipa::path(post, path = "/invalidate", params(ItemQuery, InvalidateQuery), responses(
+    (status = 200, body = Done),
+    (status = 400, description = "Malformed parameter", body = ErrorBody),
+))]
 async fn invalidate(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let params = Params::parse(req.query_string());
     let item = params.item_number()?;
-    let version: u64 = params.required("version", "a whole number")?;
-    let epoch: Option<u64> = params.optional("epoch", "a whole number")?;
+    let version = params.required::<i64>("version", "a whole number below 2^63")?;
+    let version = u64::try_from(version).map_err(|_| {
+        ApiError::BadRequest("parameter version must be a whole number below 2^63".into())
+    })?;
+    let epoch = params.optional::<i64>("epoch", "a whole number below 2^63")?;
+    let epoch = epoch.map(u64::try_from).transpose().map_err(|_| {
+        ApiError::BadRequest("parameter epoch must be a whole number below 2^63".into())
+    })?;
     let mut store = ctx.store.write();
     if let Some(e) = epoch {
         store.observe_epoch(e);
@@ -142,26 +190,106 @@ async fn invalidate(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError
     store.invalidate(item, version);
     drop(store);
     ctx.log.record(format!("invalidate_cache,{item}"));
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "result": "ok" })))
-}
-
-async fn stats(ctx: Ctx) -> HttpResponse {
-    HttpResponse::Ok().json(serde_json::json!({
-        "hits": ctx.hits.load(Ordering::Relaxed),
-        "misses": ctx.misses.load(Ordering::Relaxed),
-        "entries": ctx.store.read().len(),
-        "leased": ctx.leased(),
+    Ok(HttpResponse::Ok().json(Done {
+        result: "ok".into(),
     }))
 }
 
-/// `GET /ready`: the cache needs nothing to answer (without a lease it only misses).
+/// `GET /stats` answer.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Stats {
+    pub hits: u64,
+    pub misses: u64,
+    pub entries: u64,
+    /// Whether the cache holds a lease (serves hits).
+    pub leased: bool,
+}
+
+/// Hit and miss counts.
+#[utoipa::path(get, path = "/stats", responses((status = 200, body = Stats)))]
+async fn stats(ctx: Ctx) -> HttpResponse {
+    HttpResponse::Ok().json(Stats {
+        hits: ctx.hits.load(Ordering::Relaxed),
+        misses: ctx.misses.load(Ordering::Relaxed),
+        entries: ctx.store.read().len() as u64,
+        leased: ctx.leased(),
+    })
+}
+
+/// Answer of the fill routes.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Stored {
+    /// False when the fill was older than what the cache knows.
+    pub stored: bool,
+}
+
+/// The body of `POST /put_lookup_cache`: a [`CacheFill`] naming exactly one item
+/// (documentation only).
+#[derive(Debug, utoipa::ToSchema)]
+#[allow(dead_code)]
+struct LookupFill {
+    #[schema(minimum = 0, maximum = 9223372036854775807_i64)]
+    version: u64,
+    /// The one item the answer is about.
+    #[schema(schema_with = lookup_items_schema)]
+    items: Vec<u32>,
+    /// The public JSON answer, stored and served as is.
+    #[schema(value_type = Object)]
+    response: serde_json::Value,
+}
+
+fn lookup_items_schema() -> utoipa::openapi::Array {
+    let mut a = bookstore_common::types::whole::vec_u32_schema();
+    a.min_items = Some(1);
+    a.max_items = Some(1);
+    a
+}
+
+/// Query of `POST /invalidate` besides `item_number` (documentation only).
+#[derive(Debug, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct InvalidateQuery {
+    /// Entries read below this catalog version are dropped.
+    #[param(minimum = 0, maximum = 9223372036854775807_i64)]
+    pub version: u64,
+    /// The epoch of the catalog primary that wrote.
+    #[param(minimum = 0, maximum = 9223372036854775807_i64)]
+    pub epoch: Option<u64>,
+}
+
+/// Readiness: the cache needs nothing to answer (without a lease it only misses).
+#[utoipa::path(get, path = "/ready", responses((status = 200, body = Readiness)))]
 async fn ready() -> HttpResponse {
-    HttpResponse::Ok().json(serde_json::json!({"status": "ready"}))
+    Readiness::answer(None)
+}
+
+#[derive(OpenApi)]
+#[openapi(paths(
+    health, ready, lookup, search, put_lookup, put_search, invalidate, stats
+))]
+struct CachePaths;
+
+/// The cache's API (`GET /internal/openapi.json`, cluster token; `/health` is public).
+pub fn internal_openapi() -> utoipa::openapi::OpenApi {
+    openapi::finish(
+        CachePaths::openapi(),
+        "bookstore cache API",
+        openapi::INTERNAL_DOC_PATH,
+        |p| {
+            if p == "/health" || p == "/ready" {
+                Access::Public
+            } else {
+                Access::Cluster
+            }
+        },
+    )
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/health", web::get().to(health))
-        .route("/ready", web::get().to(ready))
+    let doc = internal_openapi();
+    cfg.app_data(openapi::allowed_methods(&[&doc]));
+    cfg.service(web::resource("/health").get(health))
+        .service(web::resource("/ready").get(ready))
         .service(
             web::scope("")
                 .wrap(from_fn(require_cluster_token))
@@ -171,6 +299,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .route("/put_search_cache", web::post().to(put_search))
                 .route("/invalidate", web::post().to(invalidate))
                 .route("/stats", web::get().to(stats))
+                .configure(move |c| openapi::serve_doc(c, openapi::INTERNAL_DOC_PATH, &doc))
                 .default_service(web::to(server::not_found)),
         );
 }

@@ -5,7 +5,8 @@
 //! - [`cache_link`]: invalidating the cache before a write is acknowledged.
 //! - [`cli`]: flags, shared by the binary and `infra serve catalog`.
 //! - this file: the replicated state machine, the HTTP routes (all internal, behind the
-//!   cluster token, except `/health`) and [`run`], which serves on a bound listener.
+//!   cluster token, except `/health`), their OpenAPI document ([`internal_openapi`]) and
+//!   [`run`], which serves on a bound listener.
 pub mod cache_link;
 pub mod cli;
 pub mod state;
@@ -14,10 +15,13 @@ use actix_web::{middleware::from_fn, web, HttpRequest, HttpResponse};
 use bookstore_common::auth::{require_cluster_token, Tokens};
 use bookstore_common::client::Client;
 use bookstore_common::config::{ClusterConfig, Kind};
+use bookstore_common::error::ErrorBody;
+use bookstore_common::openapi::{self, Access, IdempotencyHeader, ItemQuery, TopicQuery};
 use bookstore_common::oplog::OpLog;
 use bookstore_common::params::{idempotency_key, Params};
 use bookstore_common::timing::{Timing, SERVER_TIMING};
 use bookstore_common::types::{Book, LeaseRequest, Versioned, IDEMPOTENCY_KEY_HEADER};
+use bookstore_common::types::{LeaseReply, SearchHit};
 use bookstore_common::{server, ApiError};
 use bookstore_replication::control::{self, Control};
 use bookstore_replication::node::{Node, NodeOptions, StateMachine};
@@ -28,6 +32,7 @@ use std::net::TcpListener;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+use utoipa::OpenApi;
 
 /// Everything a catalog replica needs to start.
 #[derive(Debug, Clone)]
@@ -52,7 +57,7 @@ pub struct CatalogSm(pub CatalogState);
 
 impl StateMachine for CatalogSm {
     fn apply(&mut self, index: u64, data: &[u8]) -> Vec<u8> {
-        let outcome: UpdateOutcome = match bincode::deserialize::<Update>(data) {
+        let outcome: UpdateOutcome = match bookstore_replication::protocol::decode::<Update>(data) {
             Ok(u) => self.0.update(&u, index),
             Err(_) => Err(UpdateError::Malformed),
         };
@@ -189,6 +194,13 @@ fn require_primary(ctx: &Catalog, params: &Params) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// A book and the catalog version it reflects.
+#[utoipa::path(get, path = "/query_by_item", params(ItemQuery, ConsistentQuery), responses(
+    (status = 200, body = Versioned<Book>),
+    (status = 400, description = "Malformed parameter", body = ErrorBody),
+    (status = 404, description = "No such book", body = ErrorBody),
+    (status = 421, description = "`consistent=1` on a replica that is not the primary", body = ErrorBody),
+))]
 async fn query_by_item(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     ctx.check_up()?;
     let params = Params::parse(req.query_string());
@@ -204,6 +216,12 @@ async fn query_by_item(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiEr
     }))
 }
 
+/// The books of a topic and the catalog version.
+#[utoipa::path(get, path = "/query_by_topic", params(TopicQuery, ConsistentQuery), responses(
+    (status = 200, body = Versioned<Vec<SearchHit>>),
+    (status = 400, description = "Malformed parameter", body = ErrorBody),
+    (status = 421, description = "`consistent=1` on a replica that is not the primary", body = ErrorBody),
+))]
 async fn query_by_topic(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     ctx.check_up()?;
     let params = Params::parse(req.query_string());
@@ -218,6 +236,13 @@ async fn query_by_topic(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiE
 }
 
 /// `POST /update?item_number=N&stock=DELTA&cost=C|na` (the seed's parameters).
+#[utoipa::path(post, path = "/update", params(ItemQuery, UpdateQuery, IdempotencyHeader), responses(
+    (status = 200, body = Versioned<Book>),
+    (status = 400, description = "Malformed parameter, or stock would leave its range", body = ErrorBody),
+    (status = 404, description = "No such book", body = ErrorBody),
+    (status = 409, description = "Out of stock", body = ErrorBody),
+    (status = 421, description = "Not the primary", body = ErrorBody),
+))]
 async fn update(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let mut t = Timing::start();
     ctx.check_up()?;
@@ -256,6 +281,8 @@ async fn update(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
         .json(out))
 }
 
+/// Every book and the catalog version.
+#[utoipa::path(get, path = "/books", responses((status = 200, body = Versioned<Vec<Book>>)))]
 async fn books(ctx: Ctx) -> Result<HttpResponse, ApiError> {
     ctx.check_up()?;
     let (all, version) = ctx.read(|s| (s.all(), s.version()))?;
@@ -265,6 +292,12 @@ async fn books(ctx: Ctx) -> Result<HttpResponse, ApiError> {
     }))
 }
 
+/// The cache's lease (or an order to flush first).
+#[utoipa::path(post, path = "/cache_lease", request_body = LeaseRequest, responses(
+    (status = 200, body = LeaseReply),
+    (status = 400, description = "Malformed body", body = ErrorBody),
+    (status = 421, description = "Not the primary", body = ErrorBody),
+))]
 async fn cache_lease(ctx: Ctx, body: web::Json<LeaseRequest>) -> Result<HttpResponse, ApiError> {
     ctx.check_up()?;
     let s = ctx.node().status();
@@ -277,8 +310,53 @@ async fn cache_lease(ctx: Ctx, body: web::Json<LeaseRequest>) -> Result<HttpResp
     Ok(HttpResponse::Ok().json(reply))
 }
 
+/// Query `consistent` (documentation only).
+#[derive(Debug, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ConsistentQuery {
+    /// `1` or `true`: answer only if this replica is the primary (else 421).
+    pub consistent: Option<String>,
+}
+
+/// Query of `POST /update` besides `item_number` (documentation only).
+#[derive(Debug, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct UpdateQuery {
+    /// Change of stock (negative to sell).
+    #[param(minimum = -4294967295_i64, maximum = 4294967295_i64)]
+    pub stock: Option<i64>,
+    /// New price, or `na` to keep it.
+    #[param(minimum = 0, maximum = 4294967295_u64)]
+    pub cost: Option<u64>,
+}
+
+#[derive(OpenApi)]
+#[openapi(paths(query_by_item, query_by_topic, update, books, cache_lease))]
+struct CatalogPaths;
+
+/// The catalog's API (`GET /internal/openapi.json`, cluster token; `/health` is public).
+pub fn internal_openapi() -> utoipa::openapi::OpenApi {
+    let mut doc = CatalogPaths::openapi();
+    doc.merge(control::PublicApi::openapi());
+    doc.merge(control::InternalApi::openapi());
+    openapi::finish(
+        doc,
+        "bookstore catalog API",
+        openapi::INTERNAL_DOC_PATH,
+        |p| {
+            if p == "/health" || p == "/ready" {
+                Access::Public
+            } else {
+                Access::Cluster
+            }
+        },
+    )
+}
+
 /// Registers the routes of a catalog replica.
 pub fn routes(cfg: &mut web::ServiceConfig) {
+    let doc = internal_openapi();
+    cfg.app_data(openapi::allowed_methods(&[&doc]));
     cfg.configure(control::public_routes::<CatalogSm>).service(
         web::scope("")
             .wrap(from_fn(require_cluster_token))
@@ -288,6 +366,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route("/books", web::get().to(books))
             .route("/cache_lease", web::post().to(cache_lease))
             .configure(control::internal_routes::<CatalogSm>)
+            .configure(move |c| openapi::serve_doc(c, openapi::INTERNAL_DOC_PATH, &doc))
             .default_service(web::to(server::not_found)),
     );
 }
@@ -309,11 +388,11 @@ pub async fn run(
         cfg.app_data(c.clone())
             .app_data(control.clone())
             .app_data(tokens.clone())
-            .app_data(json.clone())
-            .app_data(web::PayloadConfig::new(64 << 20));
+            .app_data(json.clone());
         routes(cfg);
     };
-    let r = server::serve(listener, config.workers, configure, shutdown).await;
+    let limits = server::Limits::replica();
+    let r = server::serve_with(listener, config.workers, limits, configure, shutdown).await;
     catalog.node().crash().await;
     r
 }

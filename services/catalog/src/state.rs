@@ -175,7 +175,8 @@ impl CatalogState {
 
     /// The state from [`CatalogState::to_bytes`].
     pub fn from_bytes(bytes: &[u8]) -> Result<CatalogState, String> {
-        let snap: SnapshotRef = bincode::deserialize(bytes).map_err(|e| e.to_string())?;
+        let snap: SnapshotRef =
+            bookstore_replication::protocol::decode(bytes).map_err(|e| e.to_string())?;
         let mut s = CatalogState::new(snap.books, snap.version);
         s.max_applied = snap.max_applied;
         for (k, o) in snap.applied {

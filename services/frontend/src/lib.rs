@@ -9,6 +9,10 @@
 //! frontend 0 hosts at `/vs/{kind}/...`, and from `421` answers), failing over to the
 //! next replica when one does not answer. Lookups are read from the catalog primary;
 //! searches (titles never change) from any caught-up replica in turn.
+//!
+//! The API is described by OpenAPI documents generated from the handlers' annotations:
+//! [`public_openapi`] (served at `GET /openapi.json`) and [`internal_openapi`]
+//! (`GET /internal/openapi.json`, cluster token).
 pub mod cli;
 
 use actix_web::http::header::ContentType;
@@ -16,13 +20,15 @@ use actix_web::{middleware::from_fn, web, HttpRequest, HttpResponse};
 use bookstore_common::auth::{require_admin_token, Tokens};
 use bookstore_common::client::{encode, CallError, Client};
 use bookstore_common::config::{ClusterConfig, Kind};
+use bookstore_common::error::ErrorBody;
+use bookstore_common::openapi::{self, Access, IdempotencyHeader, ItemQuery, TopicQuery};
 use bookstore_common::oplog::OpLog;
 use bookstore_common::params::{idempotency_key, Params};
 use bookstore_common::router::{follow_views, Read, Router};
 use bookstore_common::timing::{Timing, SERVER_TIMING};
 use bookstore_common::types::{
-    Book, BuySuccess, CacheFill, Health, LookupResponse, SearchHit, SearchResponse, Versioned,
-    IDEMPOTENCY_KEY_HEADER,
+    Book, BuySuccess, CacheFill, Health, LookupResponse, Readiness, SearchHit, SearchResponse,
+    Versioned, IDEMPOTENCY_KEY_HEADER,
 };
 use bookstore_common::{server, ApiError};
 use bookstore_replication::vs_host::{self, VsHost};
@@ -31,6 +37,7 @@ use std::net::TcpListener;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+use utoipa::OpenApi;
 
 #[derive(Debug, Clone)]
 pub struct FrontendConfig {
@@ -187,6 +194,7 @@ fn decode<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
 
 type Ctx = web::Data<Frontend>;
 
+#[utoipa::path(get, path = "/health", responses((status = 200, body = Health)))]
 async fn health(ctx: Ctx) -> HttpResponse {
     HttpResponse::Ok().json(Health {
         status: "ok".into(),
@@ -197,6 +205,12 @@ async fn health(ctx: Ctx) -> HttpResponse {
     })
 }
 
+/// A book by item number.
+#[utoipa::path(get, path = "/lookup", params(ItemQuery), responses(
+    (status = 200, body = LookupResponse),
+    (status = 400, description = "Missing or malformed item_number", body = ErrorBody),
+    (status = 404, description = "No such book", body = ErrorBody),
+))]
 async fn lookup(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let item = Params::parse(req.query_string()).item_number()?;
     ctx.log.record(format!("lookup,{item}"));
@@ -229,6 +243,11 @@ async fn lookup(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
         .json(value))
 }
 
+/// The books of a topic (an empty list for an unknown topic).
+#[utoipa::path(get, path = "/search", params(TopicQuery), responses(
+    (status = 200, body = SearchResponse),
+    (status = 400, description = "Missing, empty or too long topic", body = ErrorBody),
+))]
 async fn search(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let params = Params::parse(req.query_string());
     let topic = params.topic()?;
@@ -269,6 +288,13 @@ fn client_key(req: &HttpRequest) -> Result<String, ApiError> {
     .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()))
 }
 
+/// Buys one copy.
+#[utoipa::path(post, path = "/buy", params(ItemQuery, IdempotencyHeader), responses(
+    (status = 200, body = BuySuccess),
+    (status = 400, description = "Malformed item_number or Idempotency-Key", body = ErrorBody),
+    (status = 404, description = "No such book", body = ErrorBody),
+    (status = 409, description = "Sold out: `{\"result\":\"Failed\",\"error\":\"out of stock\"}`", body = ErrorBody),
+))]
 async fn buy(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let item = Params::parse(req.query_string()).item_number()?;
     let key = client_key(&req)?;
@@ -291,6 +317,11 @@ async fn buy(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
 
 /// `POST /admin/restock?item_number=N&quantity=Q[&cost=C]`: adds Q copies and
 /// optionally sets the price.
+#[utoipa::path(post, path = "/admin/restock", params(ItemQuery, RestockQuery, IdempotencyHeader), responses(
+    (status = 200, body = LookupResponse),
+    (status = 400, description = "Malformed parameter, or neither quantity nor cost", body = ErrorBody),
+    (status = 404, description = "No such book", body = ErrorBody),
+))]
 async fn restock(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let params = Params::parse(req.query_string());
     let item = params.item_number()?;
@@ -317,9 +348,13 @@ async fn restock(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(LookupResponse { result: v.result }))
 }
 
-/// `GET /ready`: 200 once this frontend knows who the catalog and order primaries are
+/// Readiness: 200 once this frontend knows who the catalog and order primaries are
 /// (frontend 0 from its view service, the others from polling it), else 503 naming what
 /// it waits for. A load balancer sends requests only to ready frontends.
+#[utoipa::path(get, path = "/ready", responses(
+    (status = 200, body = Readiness),
+    (status = 503, description = "No view of catalog or order yet", body = Readiness),
+))]
 async fn ready(ctx: Ctx) -> HttpResponse {
     ctx.follow_views();
     let waiting: Vec<&str> = [("catalog", &ctx.catalog), ("order", &ctx.order)]
@@ -327,19 +362,64 @@ async fn ready(ctx: Ctx) -> HttpResponse {
         .filter(|(_, r)| !r.knows_view())
         .map(|(k, _)| k)
         .collect();
-    if waiting.is_empty() {
-        HttpResponse::Ok().json(serde_json::json!({"status": "ready"}))
-    } else {
-        HttpResponse::ServiceUnavailable()
-            .insert_header(("Retry-After", "1"))
-            .json(serde_json::json!({
-                "status": "not ready",
-                "waiting_for": format!("a view of {} from the view service (frontend 0)", waiting.join(" and ")),
-            }))
-    }
+    Readiness::answer((!waiting.is_empty()).then(|| {
+        format!(
+            "a view of {} from the view service (frontend 0)",
+            waiting.join(" and ")
+        )
+    }))
+}
+
+/// Query of `POST /admin/restock` besides `item_number` (documentation only).
+#[derive(Debug, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct RestockQuery {
+    /// Copies to add (give this, `cost`, or both).
+    #[param(minimum = 1, maximum = 4294967295_u64)]
+    pub quantity: Option<u64>,
+    /// The new price.
+    #[param(minimum = 0, maximum = 4294967295_u64)]
+    pub cost: Option<u64>,
+}
+
+/// The paths of the public document.
+#[derive(OpenApi)]
+#[openapi(paths(health, ready, lookup, search, buy, restock))]
+struct PublicPaths;
+
+/// The public API (`GET /openapi.json`): search, lookup, buy, health, admin restock.
+pub fn public_openapi() -> utoipa::openapi::OpenApi {
+    let mut paths = PublicPaths::openapi();
+    paths.merge(vs_host::MembershipApi::openapi());
+    openapi::finish(
+        paths,
+        "bookstore public API",
+        openapi::PUBLIC_DOC_PATH,
+        |path| {
+            if path.starts_with("/admin/") {
+                Access::Admin
+            } else {
+                Access::Public
+            }
+        },
+    )
+}
+
+/// The frontend's internal API (`GET /internal/openapi.json`, cluster token): the view
+/// service routes (hosted by frontend 0).
+pub fn internal_openapi() -> utoipa::openapi::OpenApi {
+    openapi::finish(
+        vs_host::VsApi::openapi(),
+        "bookstore frontend internal API",
+        openapi::INTERNAL_DOC_PATH,
+        |_| Access::Cluster,
+    )
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
+    let (public, internal) = (public_openapi(), internal_openapi());
+    cfg.app_data(openapi::allowed_methods(&[&public, &internal]));
+    openapi::serve_doc(cfg, openapi::PUBLIC_DOC_PATH, &public);
     cfg.route("/health", web::get().to(health))
         .route("/ready", web::get().to(ready))
         .route("/search", web::get().to(search))
@@ -373,6 +453,14 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .wrap(from_fn(bookstore_common::auth::require_cluster_token))
                 .route("/{kind}/ping", web::post().to(vs_host::ping_route))
                 .route("/{kind}/view", web::get().to(vs_host::view_route)),
+        )
+        .service(
+            web::scope("/internal")
+                .wrap(from_fn(bookstore_common::auth::require_cluster_token))
+                .configure(move |c| {
+                    let path = openapi::INTERNAL_DOC_PATH.trim_start_matches("/internal");
+                    openapi::serve_doc(c, path, &internal)
+                }),
         )
         .default_service(web::to(server::not_found));
 }

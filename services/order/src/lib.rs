@@ -7,13 +7,16 @@
 //! retry, even one that reaches a new primary after a failover, never buys twice.
 //!
 //! - [`cli`]: flags, shared by the binary and `infra serve order`.
-//! - this file: the state machine ([`OrderSm`]), routes and [`run`].
+//! - this file: the state machine ([`OrderSm`]), routes, their OpenAPI document
+//!   ([`internal_openapi`]) and [`run`].
 pub mod cli;
 
 use actix_web::{middleware::from_fn, web, HttpRequest, HttpResponse};
 use bookstore_common::auth::{require_cluster_token, Tokens};
 use bookstore_common::client::{CallError, Client};
 use bookstore_common::config::{ClusterConfig, Kind};
+use bookstore_common::error::ErrorBody;
+use bookstore_common::openapi::{self, Access, IdempotencyHeader, ItemQuery};
 use bookstore_common::oplog::OpLog;
 use bookstore_common::params::{idempotency_key, Params};
 use bookstore_common::router::{follow_views, Router};
@@ -29,6 +32,7 @@ use std::net::TcpListener;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+use utoipa::OpenApi;
 
 #[derive(Debug, Clone)]
 pub struct OrderConfig {
@@ -89,7 +93,7 @@ impl OrderSm {
 
 impl StateMachine for OrderSm {
     fn apply(&mut self, _index: u64, data: &[u8]) -> Vec<u8> {
-        match bincode::deserialize::<Record>(data) {
+        match bookstore_replication::protocol::decode::<Record>(data) {
             Ok(r) => bincode::serialize(&Some(self.record(r))).expect("order encodes"),
             Err(_) => bincode::serialize(&None::<Order>).expect("encodes"),
         }
@@ -100,7 +104,7 @@ impl StateMachine for OrderSm {
     }
 
     fn restore(&mut self, data: &[u8]) -> Result<(), String> {
-        *self = bincode::deserialize(data).map_err(|e| e.to_string())?;
+        *self = bookstore_replication::protocol::decode(data).map_err(|e| e.to_string())?;
         Ok(())
     }
 }
@@ -227,6 +231,14 @@ fn now_ms() -> u64 {
 
 type Ctx = web::Data<OrderService>;
 
+/// Buys one copy under an idempotency key.
+#[utoipa::path(post, path = "/buy", params(ItemQuery, IdempotencyHeader), responses(
+    (status = 200, body = BuySuccess),
+    (status = 400, description = "Malformed parameter", body = ErrorBody),
+    (status = 404, description = "No such book", body = ErrorBody),
+    (status = 409, description = "Out of stock", body = ErrorBody),
+    (status = 421, description = "Not the primary", body = ErrorBody),
+))]
 async fn buy(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     ctx.check_up()?;
     let item = Params::parse(req.query_string()).item_number()?;
@@ -246,19 +258,54 @@ async fn buy(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
         }))
 }
 
+/// `GET /orders` answer.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct OrdersAnswer {
+    pub result: Vec<Order>,
+}
+
+/// Every order this replica has applied.
+#[utoipa::path(get, path = "/orders", responses((status = 200, body = OrdersAnswer)))]
 async fn orders(ctx: Ctx) -> Result<HttpResponse, ApiError> {
     ctx.check_up()?;
-    let orders = ctx.orders()?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "result": orders })))
+    let result = ctx.orders()?;
+    Ok(HttpResponse::Ok().json(OrdersAnswer { result }))
+}
+
+#[derive(OpenApi)]
+#[openapi(paths(buy, orders))]
+struct OrderPaths;
+
+/// The order service's API (`GET /internal/openapi.json`, cluster token; `/health` is
+/// public).
+pub fn internal_openapi() -> utoipa::openapi::OpenApi {
+    let mut doc = OrderPaths::openapi();
+    doc.merge(control::PublicApi::openapi());
+    doc.merge(control::InternalApi::openapi());
+    openapi::finish(
+        doc,
+        "bookstore order API",
+        openapi::INTERNAL_DOC_PATH,
+        |p| {
+            if p == "/health" || p == "/ready" {
+                Access::Public
+            } else {
+                Access::Cluster
+            }
+        },
+    )
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
+    let doc = internal_openapi();
+    cfg.app_data(openapi::allowed_methods(&[&doc]));
     cfg.configure(control::public_routes::<OrderSm>).service(
         web::scope("")
             .wrap(from_fn(require_cluster_token))
             .route("/buy", web::post().to(buy))
             .route("/orders", web::get().to(orders))
             .configure(control::internal_routes::<OrderSm>)
+            .configure(move |c| openapi::serve_doc(c, openapi::INTERNAL_DOC_PATH, &doc))
             .default_service(web::to(server::not_found)),
     );
 }
@@ -278,11 +325,11 @@ pub async fn run(
     let configure = move |cfg: &mut web::ServiceConfig| {
         cfg.app_data(s.clone())
             .app_data(control.clone())
-            .app_data(tokens.clone())
-            .app_data(web::PayloadConfig::new(64 << 20));
+            .app_data(tokens.clone());
         routes(cfg);
     };
-    let r = server::serve(listener, config.workers, configure, shutdown).await;
+    let limits = server::Limits::replica();
+    let r = server::serve_with(listener, config.workers, limits, configure, shutdown).await;
     service.node().crash().await;
     r
 }
