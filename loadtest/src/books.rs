@@ -145,7 +145,9 @@ pub fn write_books<W: Write>(
     }
     w.flush()
         .map_err(|e| format!("cannot write the books: {e}"))?;
-    progress(u64::from(count));
+    if !count.is_multiple_of(100_000) {
+        progress(u64::from(count));
+    }
     let generated = u64::from(count).saturating_sub(7);
     let per = u64::from(hits_per_topic);
     Ok(BooksSummary {

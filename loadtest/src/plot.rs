@@ -5,8 +5,11 @@ use crate::runner::RunReport;
 use plotters::prelude::*;
 use std::path::Path;
 
-/// One tier's points: `(clients, p50 ms, p99 ms)` for each round that has the tier.
-fn series(report: &RunReport, tier: &str) -> Vec<(f64, f64, f64)> {
+/// `(clients, p50 ms, p99 ms)`.
+type Point = (f64, f64, f64);
+
+/// One tier's points for each round that has the tier.
+fn series(report: &RunReport, tier: &str) -> Vec<Point> {
     report
         .rounds
         .iter()
@@ -19,7 +22,7 @@ fn series(report: &RunReport, tier: &str) -> Vec<(f64, f64, f64)> {
 
 /// Draws the report's `latency.svg` at `path` (nothing to plot is an error).
 pub fn latency_svg(report: &RunReport, path: &Path) -> Result<(), String> {
-    let tiers: Vec<(String, Vec<(f64, f64, f64)>)> = report
+    let tiers: Vec<(String, Vec<Point>)> = report
         .tier_names()
         .into_iter()
         .map(|t| {
@@ -42,12 +45,12 @@ pub fn latency_svg(report: &RunReport, path: &Path) -> Result<(), String> {
     let x_range = (x_min / 1.25).max(0.5)..x_max * 1.25;
     let y_range = (y_min.max(0.001) / 1.5)..(y_max.max(0.001) * 1.5);
     let caption = format!(
-        "{} ({}): latency vs clients, solid p50, dashed p99",
+        "{}{}: latency vs clients, solid p50, dashed p99",
         report.workload,
         if report.cache_bypassed {
-            "cache bypassed"
+            " (cache bypassed)"
         } else {
-            "cache on"
+            ""
         }
     );
     let err = |e: &dyn std::fmt::Display| format!("cannot draw {}: {e}", path.display());

@@ -375,7 +375,8 @@ pub fn comparison_table(workload: &str, rows: &[CacheComparison]) -> String {
     let f3 = |v: f64| format!("{v:.3}");
     let f2 = |v: f64| format!("{v:.2}x");
     type Get = fn(&CacheComparison) -> f64;
-    let spec: [(&str, Get, &dyn Fn(f64) -> String); 11] = [
+    type Format<'a> = &'a dyn Fn(f64) -> String;
+    let spec: [(&str, Get, Format); 11] = [
         ("clients", |c| c.clients as f64, &|v| format!("{v:.0}")),
         ("throughput, cache on (req/s)", |c| c.throughput_on_rps, &f1),
         (
