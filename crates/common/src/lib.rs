@@ -9,7 +9,8 @@
 //! - [`oplog`]: the seed's one-operation-a-line logs, written off the request path.
 //! - [`server`]: running an actix app on an already-bound listener with a shutdown future.
 //! - [`telemetry`]: structured tracing to stderr.
-//! - [`timing`]: `Server-Timing` headers (own time and each downstream call).
+//! - [`timing`]: `Server-Timing` headers (own time and each downstream call, nested
+//!   callees folded in as `callee.call`).
 pub mod auth;
 pub mod cli;
 pub mod client;
