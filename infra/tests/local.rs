@@ -160,3 +160,30 @@ mod reqwest {
         rt.block_on(async { ::reqwest::get(url).await.unwrap().text().await.unwrap() })
     }
 }
+
+#[test]
+fn a_big_books_file_is_checked_by_its_head_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big.csv");
+    let mut text = String::from("item_number,title,topic,stock,cost\n");
+    for n in 1..=40_000 {
+        text.push_str(&format!("{n},A title long enough,topic,3,10\n"));
+    }
+    text.push_str("40001,B,t,lots,10\n");
+    assert!(text.len() > 1 << 20);
+    std::fs::write(&path, &text).unwrap();
+    // The bad last line is left to the catalogs, which check every line.
+    infra::local::check_books(&path).unwrap();
+    // A bad head is refused with the exact line, as for a small file.
+    std::fs::write(&path, text.replacen("1,A title", "1,A title,extra", 1)).unwrap();
+    let err = infra::local::check_books(&path).unwrap_err();
+    assert!(err.contains("big.csv:2: expected 5 fields, got 6"), "{err}");
+    let small = dir.path().join("small.csv");
+    std::fs::write(
+        &small,
+        "item_number,title,topic,stock,cost\n1,A,t,3,10\n2,B,t,x,1\n",
+    )
+    .unwrap();
+    let err = infra::local::check_books(&small).unwrap_err();
+    assert!(err.contains("small.csv:3: stock must be"), "{err}");
+}

@@ -2,7 +2,10 @@
 //!
 //! - [`workload`]: what is sent (lookup, search, buy, mixed:R, race) and the parsers;
 //! - [`runner`]: closed- and open-loop rounds, one per client count, HdrHistograms;
-//! - [`report`]: the terminal table and `results.csv` / `results.json`;
+//! - [`tiers`]: per-tier latency from the answers' `Server-Timing` headers;
+//! - [`report`]: the terminal table, `results.csv` / `results.json` and `latency.svg`
+//!   (through [`plot`]), and the cache-on/cache-off comparison;
+//! - [`books`]: `loadtest gen-books`, large books CSVs for the catalog;
 //! - [`baseline`]: a bare one-hop server to compare a report with;
 //! - [`chaos`]: `loadtest chaos`, a Jepsen-style fault-injection run with checkers.
 //!
@@ -17,9 +20,12 @@
 //! # Ok(()) }
 //! ```
 pub mod baseline;
+pub mod books;
 pub mod chaos;
+pub mod plot;
 pub mod report;
 pub mod runner;
+pub mod tiers;
 pub mod workload;
 
 pub use runner::{run, Error, Mode, RoundResult, RunConfig, RunReport, Stop};

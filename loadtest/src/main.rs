@@ -29,6 +29,28 @@ enum Command {
     /// Starts a local cluster, runs buyers/readers/restocks under a seeded nemesis (kills,
     /// pauses, partitions, restarts) and checks the history; exit 1 if a checker fails.
     Chaos(Box<ChaosArgs>),
+    /// Writes a books CSV (the format of data/books.csv) with COUNT books: the seed's 7,
+    /// then generated ones in topics topic-0000, topic-0001, ... of --hits-per-topic each.
+    GenBooks(GenBooksArgs),
+}
+
+#[derive(Args)]
+struct GenBooksArgs {
+    /// Number of books (item numbers 1..=COUNT).
+    #[arg(long)]
+    count: u32,
+    /// The CSV file to write (its folder must exist).
+    #[arg(long)]
+    out: PathBuf,
+    /// Books per generated topic (searching topic-0000 returns this many).
+    #[arg(long, default_value_t = 1000)]
+    hits_per_topic: u32,
+    /// Seed of the generated titles, stocks and costs.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// No progress lines on stderr.
+    #[arg(long, short)]
+    quiet: bool,
 }
 
 #[derive(Args)]
@@ -140,7 +162,13 @@ struct RunArgs {
     /// Per-request timeout (e.g. 10s); a later answer counts as a timeout error.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     timeout: Duration,
-    /// Output folder: results go to DIR/<run-id>/results.csv and results.json.
+    /// Runs the (lookup, search or mixed) workload twice, with the cache and with
+    /// lookups and searches sent as `Cache-Control: no-cache` (the frontend then bypasses
+    /// the cache), and prints both and their ratio. Results go to DIR/<run-id>/cache-on/,
+    /// cache-off/ and comparison.csv.
+    #[arg(long)]
+    compare_cache: bool,
+    /// Output folder: results go to DIR/<run-id>/results.csv, results.json and latency.svg.
     #[arg(long, default_value = report::DEFAULT_OUT_DIR)]
     out: PathBuf,
     /// Name of the run's folder (default: UTC time stamp and workload).
@@ -205,15 +233,88 @@ async fn run(args: RunArgs) -> Result<bool, String> {
     config.timeout = args.timeout;
     config.progress = !args.quiet;
     config.run_id = args.run_id;
+    if args.compare_cache {
+        return compare_cache(config, &args.out).await;
+    }
     let report = loadtest::run(&config).await.map_err(|e| e.to_string())?;
     print!("{}", report::table(&report));
-    let folder = report::write_files(&report, &args.out)
-        .map_err(|e| format!("cannot write the results under {}: {e}", args.out.display()))?;
+    let folder = write(&report, &args.out)?;
     eprintln!("results: {}", folder.display());
     if !report.race_consistent() {
         eprintln!("race: the successes do not match the stock (see the table)");
         return Ok(false);
     }
+    Ok(true)
+}
+
+fn write(report: &loadtest::RunReport, out: &std::path::Path) -> Result<PathBuf, String> {
+    report::write_files(report, out)
+        .map_err(|e| format!("cannot write the results under {}: {e}", out.display()))
+}
+
+/// `run --compare-cache`: the workload with the cache, then bypassing it.
+async fn compare_cache(mut config: RunConfig, out: &std::path::Path) -> Result<bool, String> {
+    if !matches!(
+        config.workload,
+        Workload::Lookup | Workload::Search | Workload::Mixed { .. }
+    ) {
+        return Err(
+            "--compare-cache compares reads: use --workload lookup, search or mixed".into(),
+        );
+    }
+    let id = config.run_id.clone().unwrap_or_else(|| {
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        loadtest::runner::default_run_id(ms, config.workload)
+    });
+    let mut reports = Vec::new();
+    for (bypass, name) in [(false, "cache-on"), (true, "cache-off")] {
+        config.bypass_cache = bypass;
+        config.run_id = Some(format!("{id}/{name}"));
+        let report = loadtest::run(&config).await.map_err(|e| e.to_string())?;
+        print!("{}", report::table(&report));
+        println!();
+        write(&report, out)?;
+        reports.push(report);
+    }
+    let rows = report::compare_cache(&reports[0], &reports[1]);
+    print!(
+        "{}",
+        report::comparison_table(&config.workload.to_string(), &rows)
+    );
+    let folder = out.join(&id);
+    report::write_comparison(&rows, &folder)
+        .map_err(|e| format!("cannot write {}: {e}", folder.display()))?;
+    eprintln!("results: {}", folder.display());
+    Ok(true)
+}
+
+fn gen_books(args: GenBooksArgs) -> Result<bool, String> {
+    let file = std::fs::File::create(&args.out)
+        .map_err(|e| format!("cannot create {}: {e}", args.out.display()))?;
+    let total = args.count;
+    let quiet = args.quiet;
+    let mut progress = |n: u64| {
+        if !quiet {
+            eprintln!("gen-books: {n}/{total} books written");
+        }
+    };
+    let s = loadtest::books::write_books(
+        std::io::BufWriter::with_capacity(1 << 20, file),
+        args.count,
+        args.hits_per_topic,
+        args.seed,
+        &mut progress,
+    )?;
+    println!(
+        "wrote {} books to {}: items 1-7 are the seed's; {} generated topics topic-0000.. \
+         (topic-0000 has {} books)",
+        s.books,
+        args.out.display(),
+        s.topics,
+        s.first_topic_hits
+    );
     Ok(true)
 }
 
@@ -303,6 +404,7 @@ fn main() -> ExitCode {
             Command::Run(args) => run(*args).await,
             Command::Baseline(args) => baseline(args).await,
             Command::Chaos(args) => chaos(*args).await,
+            Command::GenBooks(args) => gen_books(args),
         }
     });
     match result {

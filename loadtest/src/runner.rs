@@ -6,6 +6,7 @@
 //! in. Open loop (`rate`): request `i` of a round is due at `start + i / rate`; a free
 //! client sends it then (or at once when late) and its latency is counted from the due
 //! time, so a slow server cannot hide its queueing (no coordinated omission).
+use crate::tiers::{TierHistograms, TierResult, END_TO_END};
 use crate::workload::{Mix, Op, Request, Workload, DEFAULT_ITEMS, SEED_TOPICS};
 use bookstore_common::types::{LookupResponse, SearchResponse};
 use hdrhistogram::Histogram;
@@ -85,6 +86,9 @@ pub struct RunConfig {
     pub progress: bool,
     /// Names the output folder; `None`: a UTC time stamp and the workload.
     pub run_id: Option<String>,
+    /// Send lookups and searches with `Cache-Control: no-cache` (the frontend then skips
+    /// its cache both ways).
+    pub bypass_cache: bool,
 }
 
 impl RunConfig {
@@ -105,6 +109,7 @@ impl RunConfig {
             restock_quantity: 100,
             progress: false,
             run_id: None,
+            bypass_cache: false,
         }
     }
 
@@ -269,6 +274,10 @@ pub struct RoundResult {
     /// Answered requests per second of `elapsed_s`.
     pub throughput_rps: f64,
     pub latency: LatencySummary,
+    /// Per-tier latency: [`END_TO_END`] (the client's own measurement, the same figures
+    /// as `latency`) first, then the tiers of the answers' `Server-Timing` headers.
+    #[serde(default)]
+    pub tiers: Vec<TierResult>,
     pub race: Option<RaceResult>,
     /// The round's histogram (microseconds); not serialised.
     #[serde(skip)]
@@ -321,6 +330,9 @@ pub struct RunReport {
     pub started_ms: u64,
     pub items: Vec<u32>,
     pub topics: Vec<String>,
+    /// Lookups and searches were sent with `Cache-Control: no-cache`.
+    #[serde(default)]
+    pub cache_bypassed: bool,
     pub rounds: Vec<RoundResult>,
 }
 
@@ -335,6 +347,19 @@ impl RunReport {
     /// Errors of all rounds.
     pub fn total_errors(&self) -> u64 {
         self.rounds.iter().map(|r| r.errors.total()).sum()
+    }
+
+    /// Every tier name of any round, in order of first appearance.
+    pub fn tier_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = Vec::new();
+        for r in &self.rounds {
+            for t in &r.tiers {
+                if !names.contains(&t.tier) {
+                    names.push(t.tier.clone());
+                }
+            }
+        }
+        names
     }
 }
 
@@ -437,10 +462,12 @@ struct Shared {
     restocks: AtomicU64,
     admin_token: Option<String>,
     restock_quantity: u32,
+    bypass_cache: bool,
 }
 
 struct ClientStats {
     hist: Histogram<u64>,
+    tiers: TierHistograms,
     ops: OpCounts,
     errors: ErrorCounts,
     bought: u64,
@@ -468,22 +495,39 @@ fn classify(e: &reqwest::Error) -> ErrorKind {
     }
 }
 
-async fn send(http: &reqwest::Client, req: &Request) -> Outcome {
+/// Sends one request; returns its outcome and the answer's `Server-Timing` header.
+async fn send(
+    http: &reqwest::Client,
+    req: &Request,
+    bypass_cache: bool,
+) -> (Outcome, Option<String>) {
     let builder = match req.op {
         Op::Buy => http.post(&req.url),
+        Op::Lookup | Op::Search if bypass_cache => {
+            http.get(&req.url).header("cache-control", "no-cache")
+        }
         Op::Lookup | Op::Search => http.get(&req.url),
     };
     let resp = match builder.send().await {
         Ok(r) => r,
-        Err(e) => return Outcome::Failed(classify(&e)),
+        Err(e) => return (Outcome::Failed(classify(&e)), None),
     };
+    let timing = resp
+        .headers()
+        .get(bookstore_common::timing::SERVER_TIMING)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    (outcome(req.op, resp).await, timing)
+}
+
+async fn outcome(op: Op, resp: reqwest::Response) -> Outcome {
     let status = resp.status().as_u16();
     // Reading the whole body hands the connection back to the pool.
     let body = match resp.bytes().await {
         Ok(b) => b,
         Err(e) => return Outcome::Failed(classify(&e)),
     };
-    match (req.op, status) {
+    match (op, status) {
         (_, 200) if body.is_empty() => Outcome::Failed(ErrorKind::Other),
         (Op::Buy, 200) => Outcome::Bought,
         (_, 200) => Outcome::Ok,
@@ -563,6 +607,7 @@ async fn client_task(shared: Arc<Shared>, seed: u64) -> ClientStats {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut stats = ClientStats {
         hist: new_histogram(),
+        tiers: TierHistograms::default(),
         ops: OpCounts::default(),
         errors: ErrorCounts::default(),
         bought: 0,
@@ -570,7 +615,7 @@ async fn client_task(shared: Arc<Shared>, seed: u64) -> ClientStats {
     };
     while let Some(due) = shared.next_due().await {
         let req = shared.mix.next(&mut rng, &shared.race_url);
-        let outcome = send(&shared.http, &req).await;
+        let (outcome, timing) = send(&shared.http, &req, shared.bypass_cache).await;
         let latency_us = due.elapsed().as_micros() as u64;
         let answered = match outcome {
             Outcome::Ok => true,
@@ -592,6 +637,9 @@ async fn client_task(shared: Arc<Shared>, seed: u64) -> ClientStats {
         };
         if answered {
             stats.hist.saturating_record(latency_us.max(1));
+            if let Some(h) = &timing {
+                stats.tiers.record_header(h);
+            }
             stats.ops.count(req.op);
             shared.answered.fetch_add(1, Ordering::Relaxed);
         } else {
@@ -676,6 +724,7 @@ pub async fn run_round(
         restocks: AtomicU64::new(0),
         admin_token: config.admin_token.clone(),
         restock_quantity: config.restock_quantity,
+        bypass_cache: config.bypass_cache,
     });
     let label = format!("{} clients={clients}", config.workload);
     let progress = config
@@ -692,6 +741,7 @@ pub async fn run_round(
         })
         .collect();
     let mut hist = new_histogram();
+    let mut tier_hists = TierHistograms::default();
     let mut ops = OpCounts::default();
     let mut errors = ErrorCounts::default();
     let (mut bought, mut sold_out) = (0, 0);
@@ -700,6 +750,7 @@ pub async fn run_round(
             .await
             .map_err(|e| Error(format!("a client task failed: {e}")))?;
         hist.add(&s.hist).expect("same histogram bounds");
+        tier_hists.merge(&s.tiers);
         ops.add(&s.ops);
         errors.add(&s.errors);
         bought += s.bought;
@@ -714,6 +765,14 @@ pub async fn run_round(
         let _ = writeln!(err, "{cr}{} (done)", progress_line(&label, &shared));
     }
     let count = hist.len();
+    let latency = LatencySummary::from_histogram(&hist);
+    let mut tiers = vec![TierResult {
+        tier: END_TO_END.to_string(),
+        entry: String::new(),
+        count,
+        latency: latency.clone(),
+    }];
+    tiers.extend(tier_hists.results());
     let race = if config.workload == Workload::Race {
         let stock_after = lookup_stock(http, &target, mix.race_item).await.ok();
         let before = u64::from(stock_before);
@@ -747,7 +806,8 @@ pub async fn run_round(
         } else {
             0.0
         },
-        latency: LatencySummary::from_histogram(&hist),
+        latency,
+        tiers,
         race,
         histogram: Some(hist),
     })
@@ -806,6 +866,7 @@ pub async fn run(config: &RunConfig) -> Result<RunReport, Error> {
         started_ms,
         items,
         topics: config.topics.clone(),
+        cache_bypassed: config.bypass_cache,
         rounds,
     })
 }

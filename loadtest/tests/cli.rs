@@ -7,7 +7,12 @@ fn loadtest() -> Command {
 
 #[test]
 fn every_command_has_help() {
-    for args in [&["--help"][..], &["run", "--help"], &["baseline", "--help"]] {
+    for args in [
+        &["--help"][..],
+        &["run", "--help"],
+        &["baseline", "--help"],
+        &["gen-books", "--help"],
+    ] {
         let out = loadtest().args(args).output().unwrap();
         assert!(out.status.success(), "{args:?}");
         assert!(String::from_utf8_lossy(&out.stdout).contains("Usage"));
@@ -44,6 +49,30 @@ fn bad_arguments_are_refused() {
             "5",
             "--clients",
             "0",
+        ],
+        &[
+            "run",
+            "--target",
+            "http://127.0.0.1:1",
+            "--requests",
+            "5",
+            "--workload",
+            "buy",
+            "--compare-cache",
+        ],
+        &[
+            "gen-books",
+            "--count",
+            "0",
+            "--out",
+            "/tmp/never-written.csv",
+        ],
+        &[
+            "gen-books",
+            "--count",
+            "10",
+            "--out",
+            "/nonexistent-dir/b.csv",
         ],
     ] {
         let out = loadtest().args(args).output().unwrap();
@@ -91,4 +120,26 @@ async fn runs_against_the_baseline_and_writes_results() {
     assert_eq!(rows.iter().map(|r| r.count).collect::<Vec<_>>(), [50, 50]);
     let report = loadtest::report::read_json(&dir.path().join("cli/results.json")).unwrap();
     assert_eq!(report.run_id, "cli");
+}
+
+#[test]
+fn gen_books_writes_a_file_the_catalog_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("books.csv");
+    let out = loadtest()
+        .args(["gen-books", "--count", "250000", "--seed", "3", "--out"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("200000/250000 books written"), "{stderr}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("topic-0000 has 1000 books"));
+    let books = bookstore_common::config::load_books(&file).unwrap();
+    assert_eq!(books.len(), 250_000);
+    assert_eq!(books.last().unwrap().item_number, 250_000);
+    assert_eq!(
+        books.iter().filter(|b| b.topic == "topic-0123").count(),
+        1000
+    );
 }

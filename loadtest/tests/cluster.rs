@@ -1,8 +1,54 @@
 //! Runs the load generator against an in-process bookstore cluster and the baseline.
 use bookstore_testkit::{Options, TestCluster, ADMIN_TOKEN};
 use loadtest::report::{read_csv, read_json, table, write_files};
+use loadtest::tiers::END_TO_END;
 use loadtest::{run, RoundResult, RunConfig, RunReport, Stop, Workload};
 use std::time::Duration;
+
+/// Checks that `svg` is well-formed XML with an `<svg>` root; returns its text nodes.
+fn svg_texts(svg: &str) -> Vec<String> {
+    let mut stack: Vec<String> = Vec::new();
+    let mut root = None;
+    let mut texts = Vec::new();
+    for token in xmlparser::Tokenizer::from(svg) {
+        match token.unwrap_or_else(|e| panic!("not well-formed XML: {e}")) {
+            xmlparser::Token::ElementStart { local, .. } => {
+                root.get_or_insert_with(|| local.to_string());
+                stack.push(local.to_string());
+            }
+            xmlparser::Token::ElementEnd { end, .. } => match end {
+                xmlparser::ElementEnd::Open => {}
+                xmlparser::ElementEnd::Empty => {
+                    stack.pop().expect("an open element");
+                }
+                xmlparser::ElementEnd::Close(_, name) => {
+                    assert_eq!(
+                        stack.pop().as_deref(),
+                        Some(name.as_str()),
+                        "mismatched tag"
+                    );
+                }
+            },
+            xmlparser::Token::Text { text } => texts.push(
+                text.as_str()
+                    .trim()
+                    .replace("&gt;", ">")
+                    .replace("&lt;", "<")
+                    .replace("&quot;", "\"")
+                    .replace("&apos;", "'")
+                    .replace("&amp;", "&"),
+            ),
+            _ => {}
+        }
+    }
+    assert!(stack.is_empty(), "unclosed elements: {stack:?}");
+    assert_eq!(root.as_deref(), Some("svg"));
+    texts
+}
+
+fn tier_names(round: &RoundResult) -> Vec<&str> {
+    round.tiers.iter().map(|t| t.tier.as_str()).collect()
+}
 
 fn config(target: &str, workload: Workload, clients: &[usize], requests: u64) -> RunConfig {
     let mut c = RunConfig::new(target, workload);
@@ -73,11 +119,44 @@ async fn reads_and_mixed_against_a_cluster() {
     assert_eq!(missing.rounds[0].count, 0);
     assert_eq!(missing.rounds[0].errors.unexpected_4xx, 10);
 
+    // Per-tier latency from the Server-Timing headers: end-to-end first, then the
+    // frontend's own time, then its calls (to the cache, and to the catalog on a miss).
+    for r in &lookup.rounds {
+        let names = tier_names(r);
+        assert_eq!(
+            names[..2],
+            [END_TO_END, "frontend (in server)"],
+            "{names:?}"
+        );
+        assert!(
+            names.contains(&"frontend->cache") || names.contains(&"frontend->catalog"),
+            "{names:?}"
+        );
+        assert_eq!(r.tiers[0].count, r.count);
+        assert_eq!(r.tiers[0].latency, r.latency);
+        assert_eq!(r.tiers[1].count, r.count, "every answer has a header");
+        // The frontend's own time is part of the client's.
+        assert!(
+            r.tiers[1].latency.p50_ms <= r.latency.p50_ms,
+            "{:?}",
+            r.tiers
+        );
+    }
+    // Buys add the order service and its call to the catalog.
+    let buy_tiers = tier_names(&mixed.rounds[1]);
+    for t in ["frontend->order", "order->catalog", "order->replication"] {
+        assert!(buy_tiers.contains(&t), "{t} missing from {buy_tiers:?}");
+    }
+
     // Results files are written and parse back.
     let dir = tempfile::tempdir().unwrap();
     let folder = write_files(&lookup, dir.path()).unwrap();
     assert_eq!(folder, dir.path().join(&lookup.run_id));
-    let rows = read_csv(&folder.join("results.csv")).unwrap();
+    let all_rows = read_csv(&folder.join("results.csv")).unwrap();
+    let tier_rows: usize = lookup.rounds.iter().map(|r| r.tiers.len()).sum();
+    assert_eq!(all_rows.len(), tier_rows);
+    assert!(all_rows.iter().any(|r| r.tier == "frontend (in server)"));
+    let rows: Vec<_> = all_rows.iter().filter(|r| r.tier == END_TO_END).collect();
     assert_eq!(rows.len(), 2);
     assert_eq!(rows[0].clients, 1);
     assert_eq!(rows[1].clients, 4);
@@ -101,10 +180,24 @@ async fn reads_and_mixed_against_a_cluster() {
             .unwrap();
     assert_eq!(raw["workload"], "lookup");
     assert_eq!(raw["rounds"][0]["count"], 200);
+    assert_eq!(raw["rounds"][0]["tiers"][1]["tier"], "frontend (in server)");
+    // latency.svg: well-formed, an <svg> root, a legend naming every tier.
+    let svg = std::fs::read_to_string(folder.join("latency.svg")).unwrap();
+    let texts = svg_texts(&svg);
+    for name in lookup.tier_names() {
+        assert!(texts.contains(&name), "{name} not in {texts:?}");
+    }
+    let folder = write_files(&mixed, dir.path()).unwrap();
+    let texts = svg_texts(&std::fs::read_to_string(folder.join("latency.svg")).unwrap());
+    assert!(texts.contains(&"order->catalog".to_string()), "{texts:?}");
 
     let t = table(&mixed);
     assert!(
         t.contains("p99 (ms)") && t.contains("sold out (409)"),
+        "{t}"
+    );
+    assert!(
+        t.contains("  client->frontend p99") && t.contains("  order->catalog mean"),
         "{t}"
     );
 }
@@ -206,4 +299,59 @@ async fn baseline_answers_and_errors_are_counted() {
         "{:?}",
         dead.rounds[0].errors
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_on_and_off_are_compared() {
+    let cluster = TestCluster::start().await;
+    cluster.wait_cache_leased().await;
+    let target = cluster.frontend();
+    let mut on = config(&target, Workload::Lookup, &[2], 300);
+    on.items = Some(vec![1, 2]);
+    let on = run(&on).await.unwrap();
+    let mut off = config(&target, Workload::Lookup, &[2], 300);
+    off.items = Some(vec![1, 2]);
+    off.bypass_cache = true;
+    let off = run(&off).await.unwrap();
+    assert_clean(&on, 300, &[2]);
+    assert_clean(&off, 300, &[2]);
+    assert!(off.cache_bypassed && !on.cache_bypassed);
+    // Bypassed: every answer came from the catalog, none from the cache.
+    let calls = |r: &RunReport, tier: &str| {
+        r.rounds[0]
+            .tiers
+            .iter()
+            .find(|t| t.tier == tier)
+            .map_or(0, |t| t.count)
+    };
+    assert_eq!(calls(&off, "frontend->catalog"), 300);
+    assert_eq!(calls(&off, "frontend->cache"), 0);
+    // With the cache on, two items: almost every answer is a hit.
+    assert_eq!(calls(&on, "frontend->cache"), 300);
+    assert!(
+        calls(&on, "frontend->catalog") < 30,
+        "{:?}",
+        on.rounds[0].tiers
+    );
+
+    let rows = loadtest::report::compare_cache(&on, &off);
+    assert_eq!(rows.len(), 1);
+    let c = &rows[0];
+    assert_eq!(c.clients, 2);
+    let expect = on.rounds[0].throughput_rps / off.rounds[0].throughput_rps;
+    assert!((c.throughput_ratio - expect).abs() < 1e-9);
+    let t = loadtest::report::comparison_table("lookup", &rows);
+    assert!(
+        t.contains("throughput on/off") && t.contains("mean off/on"),
+        "{t}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = loadtest::report::write_comparison(&rows, dir.path()).unwrap();
+    let mut r = csv::Reader::from_path(path).unwrap();
+    let back: Vec<loadtest::report::CacheComparison> =
+        r.deserialize().collect::<Result<_, _>>().unwrap();
+    assert_eq!(back.len(), 1);
+    assert_eq!(back[0].clients, 2);
+    let rows = read_csv(&write_files(&off, dir.path()).unwrap().join("results.csv")).unwrap();
+    assert!(rows.iter().all(|r| r.cache == "off"));
 }

@@ -66,17 +66,30 @@ impl Client {
 
     /// Sends a request; returns the body of a 2xx answer.
     pub async fn send(&self, req: reqwest::RequestBuilder) -> Result<Bytes, CallError> {
+        self.send_timed(req).await.map(|(body, _)| body)
+    }
+
+    /// Sends a request; returns the body of a 2xx answer and its `Server-Timing` header.
+    pub async fn send_timed(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> Result<(Bytes, Option<String>), CallError> {
         let resp = req
             .send()
             .await
             .map_err(|e| CallError::Unreachable(error_chain(&e)))?;
         let status = resp.status();
+        let timing = resp
+            .headers()
+            .get(crate::timing::SERVER_TIMING)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let body = resp
             .bytes()
             .await
             .map_err(|e| CallError::Unreachable(error_chain(&e)))?;
         if status.is_success() {
-            Ok(body)
+            Ok((body, timing))
         } else {
             let body = serde_json::from_slice(&body).unwrap_or_else(|_| ErrorBody {
                 error: String::from_utf8_lossy(&body).chars().take(200).collect(),

@@ -11,7 +11,8 @@
 //!   and the limits every server enforces ([`server::Limits`]).
 //! - [`openapi`]: assembling and serving the OpenAPI documents (utoipa).
 //! - [`telemetry`]: structured tracing to stderr.
-//! - [`timing`]: `Server-Timing` headers (own time and each downstream call).
+//! - [`timing`]: `Server-Timing` headers (own time and each downstream call, nested
+//!   callees folded in as `callee.call`).
 pub mod auth;
 pub mod cli;
 pub mod client;

@@ -126,6 +126,16 @@ impl Router {
         path: &str,
         headers: &[(&str, &str)],
     ) -> Result<T, CallError> {
+        self.post(path, headers, None).await.map(|(v, _)| v)
+    }
+
+    /// [`Router::write`], also returning the answer's `Server-Timing` header (to fold
+    /// into the caller's with [`crate::timing::Timing::nest`]).
+    pub async fn write_timed<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<(T, Option<String>), CallError> {
         self.post(path, headers, None).await
     }
 
@@ -138,6 +148,7 @@ impl Router {
         let body = serde_json::to_vec(body).map_err(|e| CallError::Decode(e.to_string()))?;
         self.post(path, &[("content-type", "application/json")], Some(body))
             .await
+            .map(|(v, _)| v)
     }
 
     async fn post<T: DeserializeOwned>(
@@ -145,7 +156,7 @@ impl Router {
         path: &str,
         headers: &[(&str, &str)],
         body: Option<Vec<u8>>,
-    ) -> Result<T, CallError> {
+    ) -> Result<(T, Option<String>), CallError> {
         let deadline = Instant::now() + self.patience;
         let mut attempt = 0u32;
         loop {
@@ -171,8 +182,10 @@ impl Router {
             if let Some(b) = &body {
                 req = req.body(b.clone());
             }
-            let answer = self.client.send(req).await.and_then(|b| {
-                serde_json::from_slice::<T>(&b).map_err(|e| CallError::Decode(e.to_string()))
+            let answer = self.client.send_timed(req).await.and_then(|(b, timing)| {
+                serde_json::from_slice::<T>(&b)
+                    .map(|v| (v, timing))
+                    .map_err(|e| CallError::Decode(e.to_string()))
             });
             match answer {
                 Ok(v) => return Ok(v),

@@ -141,3 +141,69 @@ async fn with_the_cache_gone_writes_still_succeed_and_reads_stay_fresh() {
         assert_eq!(stock(&http, &f).await, expected);
     }
 }
+
+/// `Cache-Control: no-cache` on a lookup or search skips the cache both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_cache_requests_skip_the_cache_both_ways() {
+    let c = TestCluster::start().await;
+    c.wait_cache_leased().await;
+    let f = c.frontend();
+    let http = reqwest::Client::new();
+    let cache_stats = || async {
+        c.internal()
+            .get_json::<Value>(&format!("{}/stats", c.url(Kind::Cache, 0)))
+            .await
+            .unwrap()
+    };
+    let tiers = |r: &reqwest::Response| -> Vec<String> {
+        let h = r.headers()["server-timing"].to_str().unwrap();
+        bookstore_common::timing::parse(h)
+            .into_iter()
+            .map(|(n, _)| n.to_string())
+            .collect()
+    };
+    let get = |path: &'static str, bypass: Option<&'static str>| {
+        let mut req = http.get(format!("{f}/{path}"));
+        if let Some(v) = bypass {
+            req = req.header("cache-control", v);
+        }
+        req.send()
+    };
+    // A normal lookup fills the cache; wait until it is answered from there.
+    let mut hit = false;
+    for _ in 0..200 {
+        let r = get("lookup?item_number=1", None).await.unwrap();
+        assert_eq!(r.status(), 200);
+        if tiers(&r) == ["frontend", "cache"] {
+            hit = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(hit, "lookups never came from the cache");
+    let before = cache_stats().await;
+    for (path, bypass) in [
+        ("lookup?item_number=1", "no-cache"),
+        ("lookup?item_number=2", "max-age=0, No-Store"),
+        ("search?topic=travel", "no-cache"),
+    ] {
+        let r = get(path, Some(bypass)).await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        assert_eq!(tiers(&r), ["frontend", "catalog"], "{path} {bypass}");
+        let v: Value = r.json().await.unwrap();
+        assert!(!v["result"].is_null(), "{v}");
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let after = cache_stats().await;
+    assert_eq!(before["hits"], after["hits"], "{before} {after}");
+    assert_eq!(before["misses"], after["misses"], "{before} {after}");
+    assert_eq!(
+        before["entries"], after["entries"],
+        "no fill: {before} {after}"
+    );
+    // Another directive alone does not bypass.
+    let r = get("lookup?item_number=1", Some("max-age=0"))
+        .await
+        .unwrap();
+    assert_eq!(tiers(&r), ["frontend", "cache"]);
+}

@@ -80,18 +80,37 @@ pub struct Catalog {
     cache: CacheLink,
 }
 
+/// Init lines per op-log record: a big catalog is logged in a few large writes
+/// instead of a million small queued strings.
+const INIT_LINES_PER_RECORD: usize = 10_000;
+
 impl Catalog {
     pub fn new(config: &CatalogConfig) -> Result<Catalog, String> {
+        Catalog::with_books(config, config.books.clone())
+    }
+
+    /// [`Catalog::new`] with the books moved in instead of `config.books` (a big catalog
+    /// is then not copied).
+    pub fn with_books(config: &CatalogConfig, books: Vec<Book>) -> Result<Catalog, String> {
+        use std::fmt::Write as _;
         let log = match &config.output_dir {
             Some(dir) => OpLog::open(&dir.join(format!("catalog{}_log", config.id)))
                 .map_err(|e| e.to_string())?,
             None => OpLog::disabled(),
         };
-        for b in &config.books {
-            log.record(format!(
-                "init,{},{},{},{},{}",
-                b.item_number, b.stock, b.cost, b.topic, b.title
-            ));
+        for chunk in books.chunks(INIT_LINES_PER_RECORD) {
+            let mut lines = String::with_capacity(chunk.len() * 80);
+            for (i, b) in chunk.iter().enumerate() {
+                if i > 0 {
+                    lines.push('\n');
+                }
+                let _ = write!(
+                    lines,
+                    "init,{},{},{},{},{}",
+                    b.item_number, b.stock, b.cost, b.topic, b.title
+                );
+            }
+            log.record(lines);
         }
         let client = Client::new(config.tokens.cluster());
         let cache_url = config.cluster.servers(Kind::Cache).first().map(|e| e.url());
@@ -114,8 +133,10 @@ impl Catalog {
             config.tokens.cluster(),
         );
         opts.tick = config.tick;
-        let books = config.books.clone();
-        let node = Node::start(opts, move || CatalogSm(CatalogState::new(books.clone(), 0)))?;
+        // Copies of the state share the titles and the topic index: building the initial
+        // state again (the node does at start and before installing a snapshot) is cheap.
+        let initial = CatalogState::new(books, 0);
+        let node = Node::start(opts, move || CatalogSm(initial.clone()))?;
         Ok(Catalog {
             control: web::Data::new(Control::new("catalog", config.id, node, log)),
             cache: CacheLink::new(client, cache_url, config.lease),
@@ -207,7 +228,7 @@ async fn query_by_item(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiEr
     let item = params.item_number()?;
     require_primary(&ctx, &params)?;
     ctx.log().record(format!("query_by_item,{item}"));
-    let found = ctx.read(|s| s.lookup(item).cloned().map(|b| (b, s.version())))?;
+    let found = ctx.read(|s| s.lookup(item).map(|b| (b, s.version())))?;
     let (book, version) =
         found.ok_or_else(|| ApiError::NotFound(format!("no book with item_number {item}")))?;
     Ok(HttpResponse::Ok().json(Versioned {
@@ -374,14 +395,16 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 /// Serves a catalog replica on `listener` until `shutdown` resolves.
 pub async fn run(
     listener: TcpListener,
-    config: CatalogConfig,
+    mut config: CatalogConfig,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let catalog = Catalog::new(&config).map_err(std::io::Error::other)?;
+    let books = std::mem::take(&mut config.books);
+    let n_books = books.len();
+    let catalog = Catalog::with_books(&config, books).map_err(std::io::Error::other)?;
     let control = catalog.control.clone();
     let catalog = web::Data::new(catalog);
     let tokens = web::Data::new(config.tokens.clone());
-    tracing::info!(id = config.id, addr = %listener.local_addr()?, books = config.books.len(), "catalog serving");
+    tracing::info!(id = config.id, addr = %listener.local_addr()?, books = n_books, "catalog serving");
     let c = catalog.clone();
     let json = server::json_config();
     let configure = move |cfg: &mut web::ServiceConfig| {

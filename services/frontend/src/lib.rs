@@ -13,6 +13,10 @@
 //! The API is described by OpenAPI documents generated from the handlers' annotations:
 //! [`public_openapi`] (served at `GET /openapi.json`) and [`internal_openapi`]
 //! (`GET /internal/openapi.json`, cluster token).
+//!
+//! A lookup or search sent with `Cache-Control: no-cache` (or `no-store`) skips the
+//! cache both ways: it is answered by the catalog and does not fill the cache (used by
+//! `loadtest run --compare-cache` to measure what the cache saves).
 pub mod cli;
 
 use actix_web::http::header::ContentType;
@@ -187,6 +191,18 @@ fn upstream_error(who: &str, e: CallError) -> ApiError {
     }
 }
 
+/// Whether the request asks to skip the cache: `Cache-Control: no-cache` or `no-store`.
+pub fn bypasses_cache(req: &HttpRequest) -> bool {
+    req.headers()
+        .get_all(actix_web::http::header::CACHE_CONTROL)
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|d| {
+            let d = d.trim();
+            d.eq_ignore_ascii_case("no-cache") || d.eq_ignore_ascii_case("no-store")
+        })
+}
+
 fn decode<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body)
         .map_err(|e| ApiError::BadGateway(format!("bad catalog answer: {e}")))
@@ -215,11 +231,14 @@ async fn lookup(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let item = Params::parse(req.query_string()).item_number()?;
     ctx.log.record(format!("lookup,{item}"));
     let mut t = Timing::start();
-    if let Some(hit) = ctx
-        .cached(format!("/lookup?item_number={item}"), &mut t)
-        .await
-    {
-        return Ok(hit);
+    let use_cache = !bypasses_cache(&req);
+    if use_cache {
+        if let Some(hit) = ctx
+            .cached(format!("/lookup?item_number={item}"), &mut t)
+            .await
+        {
+            return Ok(hit);
+        }
     }
     ctx.follow_views();
     let path = format!("/query_by_item?item_number={item}&consistent=1");
@@ -230,14 +249,16 @@ async fn lookup(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let v: Versioned<Book> = decode(&body)?;
     let response = LookupResponse { result: v.result };
     let value = serde_json::to_value(&response).unwrap_or_default();
-    ctx.fill(
-        "/put_lookup_cache".into(),
-        CacheFill {
-            version: v.version,
-            items: vec![item],
-            response: value.clone(),
-        },
-    );
+    if use_cache {
+        ctx.fill(
+            "/put_lookup_cache".into(),
+            CacheFill {
+                version: v.version,
+                items: vec![item],
+                response: value.clone(),
+            },
+        );
+    }
     Ok(HttpResponse::Ok()
         .insert_header((SERVER_TIMING, t.header("frontend")))
         .json(value))
@@ -254,8 +275,11 @@ async fn search(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     ctx.log.record(format!("search,{topic}"));
     let q = encode(topic);
     let mut t = Timing::start();
-    if let Some(hit) = ctx.cached(format!("/search?topic={q}"), &mut t).await {
-        return Ok(hit);
+    let use_cache = !bypasses_cache(&req);
+    if use_cache {
+        if let Some(hit) = ctx.cached(format!("/search?topic={q}"), &mut t).await {
+            return Ok(hit);
+        }
     }
     let path = format!("/query_by_topic?topic={q}");
     let body = t
@@ -266,14 +290,16 @@ async fn search(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let items = v.result.iter().map(|h| h.item_number).collect();
     let response = SearchResponse { result: v.result };
     let value = serde_json::to_value(&response).unwrap_or_default();
-    ctx.fill(
-        format!("/put_search_cache?topic={q}"),
-        CacheFill {
-            version: v.version,
-            items,
-            response: value.clone(),
-        },
-    );
+    if use_cache {
+        ctx.fill(
+            format!("/put_search_cache?topic={q}"),
+            CacheFill {
+                version: v.version,
+                items,
+                response: value.clone(),
+            },
+        );
+    }
     Ok(HttpResponse::Ok()
         .insert_header((SERVER_TIMING, t.header("frontend")))
         .json(value))
@@ -303,13 +329,17 @@ async fn buy(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let mut t = Timing::start();
     // The router retries an unknown outcome with the same key: it cannot buy twice.
     let path = format!("/buy?item_number={item}");
-    let ok: BuySuccess = t
+    let (ok, timing): (BuySuccess, _) = t
         .time(
             "order",
-            ctx.order.write(&path, &[(IDEMPOTENCY_KEY_HEADER, &key)]),
+            ctx.order
+                .write_timed(&path, &[(IDEMPOTENCY_KEY_HEADER, &key)]),
         )
         .await
         .map_err(|e| upstream_error("order", e))?;
+    if let Some(h) = timing {
+        t.nest("order", &h);
+    }
     Ok(HttpResponse::Ok()
         .insert_header((SERVER_TIMING, t.header("frontend")))
         .json(ok))

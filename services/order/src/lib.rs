@@ -173,14 +173,20 @@ impl OrderService {
             return Ok(order);
         }
         let path = format!("/update?item_number={item}&stock=-1");
-        let answer: Result<Versioned<Book>, CallError> = t
+        let answer: Result<(Versioned<Book>, Option<String>), CallError> = t
             .time(
                 "catalog",
-                self.catalog.write(&path, &[(IDEMPOTENCY_KEY_HEADER, key)]),
+                self.catalog
+                    .write_timed(&path, &[(IDEMPOTENCY_KEY_HEADER, key)]),
             )
             .await;
         let book = match answer {
-            Ok(v) => v.result,
+            Ok((v, timing)) => {
+                if let Some(h) = timing {
+                    t.nest("catalog", &h);
+                }
+                v.result
+            }
             Err(CallError::Status { status: 409, .. }) => return Err(ApiError::OutOfStock),
             Err(CallError::Status { status: 404, body }) => {
                 return Err(ApiError::NotFound(body.error))
