@@ -3,7 +3,7 @@
 //! not answer; reads can go to any replica that is caught up.
 use crate::client::{CallError, Client};
 use serde::de::DeserializeOwned;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// The replicas of one kind, by id.
@@ -13,6 +13,8 @@ pub struct Router {
     urls: Vec<String>,
     primary: AtomicUsize,
     next_read: AtomicUsize,
+    /// How many times the believed primary changed (for `/metrics`).
+    switches: AtomicU64,
     /// How long a call keeps trying replicas before it gives up.
     pub patience: Duration,
 }
@@ -40,6 +42,7 @@ impl Router {
             urls,
             primary: AtomicUsize::new(0),
             next_read: AtomicUsize::new(0),
+            switches: AtomicU64::new(0),
             patience: Duration::from_secs(3),
         }
     }
@@ -55,9 +58,17 @@ impl Router {
 
     /// Tells the router who the primary is (from a view).
     pub fn set_primary(&self, id: u32) {
-        if (id as usize) < self.urls.len() {
-            self.primary.store(id as usize, Ordering::Relaxed);
+        if (id as usize) < self.urls.len()
+            && self.primary.swap(id as usize, Ordering::Relaxed) != id as usize
+        {
+            self.switches.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// How many times the replica this router sends writes to changed (failovers it
+    /// followed, and wrong guesses it corrected).
+    pub fn primary_switches(&self) -> u64 {
+        self.switches.load(Ordering::Relaxed)
     }
 
     /// POST `path` (with query) to the primary, with `headers`; follows the primary.
@@ -124,9 +135,14 @@ impl Router {
                 .unwrap_or((target + 1) % self.urls.len()),
             _ => (target + 1) % self.urls.len(),
         };
-        let _ = self
-            .primary
-            .compare_exchange(target, next, Ordering::Relaxed, Ordering::Relaxed);
+        if next != target
+            && self
+                .primary
+                .compare_exchange(target, next, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.switches.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// GET `path` from the primary ([`Read::Primary`]) or from replicas in turn.

@@ -7,7 +7,9 @@ use std::future::Future;
 use std::net::TcpListener;
 
 /// Serves an app on a bound `listener` with `workers` threads until `shutdown` resolves.
-/// `configure` registers the app's data and routes (it runs once per worker).
+/// `configure` registers the app's data and routes (it runs once per worker). Every
+/// request is recorded by [`crate::metrics::track`] when the app registers a
+/// `web::Data<Metrics>`.
 pub async fn serve<F>(
     listener: TcpListener,
     workers: usize,
@@ -17,12 +19,15 @@ pub async fn serve<F>(
 where
     F: Fn(&mut web::ServiceConfig) + Send + Clone + 'static,
 {
-    let server =
-        actix_web::HttpServer::new(move || actix_web::App::new().configure(configure.clone()))
-            .workers(workers.max(1))
-            .disable_signals()
-            .listen(listener)?
-            .run();
+    let server = actix_web::HttpServer::new(move || {
+        actix_web::App::new()
+            .wrap(actix_web::middleware::from_fn(crate::metrics::track))
+            .configure(configure.clone())
+    })
+    .workers(workers.max(1))
+    .disable_signals()
+    .listen(listener)?
+    .run();
     run_until(server, shutdown).await
 }
 

@@ -45,6 +45,19 @@ impl Timing {
     }
 }
 
+/// Parses a header written by [`Timing::header`] into `(name, milliseconds)` pairs, in
+/// order (the first is the server's own time). Malformed parts are skipped.
+pub fn parse(header: &str) -> Vec<(String, f64)> {
+    header
+        .split(',')
+        .filter_map(|part| {
+            let (name, dur) = part.trim().split_once(";dur=")?;
+            let ms: f64 = dur.trim().parse().ok()?;
+            (!name.is_empty() && ms.is_finite()).then(|| (name.to_string(), ms))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -64,5 +77,13 @@ mod tests {
         assert_eq!(names, ["frontend", "cache", "catalog"]);
         let catalog: f64 = h.split("catalog;dur=").nth(1).unwrap().parse().unwrap();
         assert!(catalog >= 2.0, "{h}");
+        let parsed = parse(&h);
+        let names: Vec<&str> = parsed.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["frontend", "cache", "catalog"]);
+        assert!(parsed[2].1 >= 2.0);
+        assert_eq!(
+            parse("a;dur=x, ;dur=1, b;dur=2.5"),
+            [("b".to_string(), 2.5)]
+        );
     }
 }

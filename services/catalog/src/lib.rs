@@ -5,7 +5,8 @@
 //! - [`cache_link`]: invalidating the cache before a write is acknowledged.
 //! - [`cli`]: flags, shared by the binary and `infra serve catalog`.
 //! - this file: the replicated state machine, the HTTP routes (all internal, behind the
-//!   cluster token, except `/health`) and [`run`], which serves on a bound listener.
+//!   cluster token, except `/health`; `/metrics` also takes the admin token) and [`run`],
+//!   which serves on a bound listener.
 pub mod cache_link;
 pub mod cli;
 pub mod state;
@@ -14,6 +15,7 @@ use actix_web::{middleware::from_fn, web, HttpRequest, HttpResponse};
 use bookstore_common::auth::{require_cluster_token, Tokens};
 use bookstore_common::client::Client;
 use bookstore_common::config::{ClusterConfig, Kind};
+use bookstore_common::metrics::{self, Metrics};
 use bookstore_common::oplog::OpLog;
 use bookstore_common::params::{idempotency_key, Params};
 use bookstore_common::timing::{Timing, SERVER_TIMING};
@@ -279,17 +281,19 @@ async fn cache_lease(ctx: Ctx, body: web::Json<LeaseRequest>) -> Result<HttpResp
 
 /// Registers the routes of a catalog replica.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.configure(control::public_routes::<CatalogSm>).service(
-        web::scope("")
-            .wrap(from_fn(require_cluster_token))
-            .route("/query_by_item", web::get().to(query_by_item))
-            .route("/query_by_topic", web::get().to(query_by_topic))
-            .route("/update", web::post().to(update))
-            .route("/books", web::get().to(books))
-            .route("/cache_lease", web::post().to(cache_lease))
-            .configure(control::internal_routes::<CatalogSm>)
-            .default_service(web::to(server::not_found)),
-    );
+    cfg.configure(control::public_routes::<CatalogSm>)
+        .configure(metrics::routes)
+        .service(
+            web::scope("")
+                .wrap(from_fn(require_cluster_token))
+                .route("/query_by_item", web::get().to(query_by_item))
+                .route("/query_by_topic", web::get().to(query_by_topic))
+                .route("/update", web::post().to(update))
+                .route("/books", web::get().to(books))
+                .route("/cache_lease", web::post().to(cache_lease))
+                .configure(control::internal_routes::<CatalogSm>)
+                .default_service(web::to(server::not_found)),
+        );
 }
 
 /// Serves a catalog replica on `listener` until `shutdown` resolves.
@@ -300,6 +304,8 @@ pub async fn run(
 ) -> std::io::Result<()> {
     let catalog = Catalog::new(&config).map_err(std::io::Error::other)?;
     let control = catalog.control.clone();
+    let metrics = web::Data::new(Metrics::new());
+    control::register_metrics(&control, &metrics);
     let catalog = web::Data::new(catalog);
     let tokens = web::Data::new(config.tokens.clone());
     tracing::info!(id = config.id, addr = %listener.local_addr()?, books = config.books.len(), "catalog serving");
@@ -307,6 +313,7 @@ pub async fn run(
     let json = server::json_config();
     let configure = move |cfg: &mut web::ServiceConfig| {
         cfg.app_data(c.clone())
+            .app_data(metrics.clone())
             .app_data(control.clone())
             .app_data(tokens.clone())
             .app_data(json.clone())

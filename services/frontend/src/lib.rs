@@ -9,13 +9,20 @@
 //! frontend 0 hosts at `/vs/{kind}/...`, and from `421` answers), failing over to the
 //! next replica when one does not answer. Lookups are read from the catalog primary;
 //! searches (titles never change) from any caught-up replica in turn.
+//!
+//! Operators: `GET /cluster` (cluster or admin token) maps every server, `GET /metrics`
+//! (same tokens) exports Prometheus metrics, and the public `GET /status` page renders
+//! `GET /status.json` (the map without addresses, and the stock of each book): see
+//! [`observe`].
 pub mod cli;
+pub mod observe;
 
 use actix_web::http::header::ContentType;
 use actix_web::{middleware::from_fn, web, HttpRequest, HttpResponse};
-use bookstore_common::auth::{require_admin_token, Tokens};
+use bookstore_common::auth::{require_admin_token, require_operator_token, Tokens};
 use bookstore_common::client::{encode, CallError, Client};
 use bookstore_common::config::{ClusterConfig, Kind};
+use bookstore_common::metrics::{self, Metrics};
 use bookstore_common::oplog::OpLog;
 use bookstore_common::params::{idempotency_key, Params};
 use bookstore_common::router::{Read, Router};
@@ -54,6 +61,7 @@ pub struct Frontend {
     order: Router,
     views: Option<Arc<VsHost>>,
     log: OpLog,
+    obs: observe::Observer,
 }
 
 impl Frontend {
@@ -90,7 +98,14 @@ impl Frontend {
         } else {
             None
         };
+        let obs = observe::Observer::new(
+            config.id,
+            config.cluster.clone(),
+            config.tokens.cluster(),
+            views.clone(),
+        );
         Ok(Frontend {
+            obs,
             id: config.id,
             cache: config.cluster.servers(Kind::Cache).first().map(|e| e.url()),
             catalog: router(Kind::Catalog)?,
@@ -120,7 +135,9 @@ impl Frontend {
             .raw()
             .get(format!("{cache}{path}"))
             .timeout(Duration::from_millis(200));
-        let body = t.time("cache", self.client.send(req)).await.ok()?;
+        let body = t.time("cache", self.client.send(req)).await.ok();
+        self.obs.cache_lookup(body.is_some());
+        let body = body?;
         Some(
             HttpResponse::Ok()
                 .insert_header(ContentType::json())
@@ -311,6 +328,14 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 ),
         )
         .service(
+            web::resource("/cluster")
+                .wrap(from_fn(require_operator_token))
+                .route(web::get().to(observe::cluster)),
+        )
+        .route("/status", web::get().to(observe::status_page))
+        .route("/status.json", web::get().to(observe::status_json))
+        .configure(metrics::routes)
+        .service(
             web::scope("/vs")
                 .wrap(from_fn(bookstore_common::auth::require_cluster_token))
                 .route("/{kind}/ping", web::post().to(vs_host::ping_route))
@@ -334,10 +359,13 @@ pub async fn run(
             .unwrap_or_else(|| Arc::new(VsHost::empty())),
     );
     let frontend = web::Data::new(frontend);
+    let metrics = web::Data::new(Metrics::new());
+    frontend.obs.register_metrics(&frontend, &metrics);
     let tokens = web::Data::new(config.tokens.clone());
     tracing::info!(addr = %listener.local_addr()?, "frontend serving");
     let configure = move |cfg: &mut web::ServiceConfig| {
         cfg.app_data(frontend.clone())
+            .app_data(metrics.clone())
             .app_data(views.clone())
             .app_data(tokens.clone());
         routes(cfg);
