@@ -336,6 +336,18 @@ async fn status_page_and_its_json_are_public_and_show_no_addresses() {
         "the page loads nothing from elsewhere"
     );
 
+    for path in ["/status", "/status.json", "/metrics"] {
+        let r = reqwest::Client::new()
+            .post(format!("{f}{path}"))
+            .header("x-cluster-token", CLUSTER_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 405, "{path}");
+        assert_eq!(r.headers()["allow"], "GET");
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert!(body["error"].as_str().unwrap().contains("GET"), "{body}");
+    }
     let r = reqwest::get(format!("{f}/status.json")).await.unwrap();
     assert_eq!(r.status(), 200);
     let text = r.text().await.unwrap();

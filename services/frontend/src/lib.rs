@@ -330,10 +330,19 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(
             web::resource("/cluster")
                 .wrap(from_fn(require_operator_token))
-                .route(web::get().to(observe::cluster)),
+                .route(web::get().to(observe::cluster))
+                .default_service(web::to(server::method_not_allowed("GET"))),
         )
-        .route("/status", web::get().to(observe::status_page))
-        .route("/status.json", web::get().to(observe::status_json))
+        .service(
+            web::resource("/status")
+                .route(web::get().to(observe::status_page))
+                .default_service(web::to(server::method_not_allowed("GET"))),
+        )
+        .service(
+            web::resource("/status.json")
+                .route(web::get().to(observe::status_json))
+                .default_service(web::to(server::method_not_allowed("GET"))),
+        )
         .configure(metrics::routes)
         .service(
             web::scope("/vs")
