@@ -112,6 +112,18 @@ async fn scale_out_then_in_keeps_every_sale() {
             "{v}"
         );
     }
+    // The cluster map shows the newcomers (they are not in the cluster file).
+    let map: Value = internal().get_json(&format!("{f}/cluster")).await.unwrap();
+    for kind in ["catalog", "order"] {
+        let s = map["servers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["kind"] == kind && s["id"] == 2)
+            .unwrap_or_else(|| panic!("no {kind} 2 in {map}"));
+        assert_eq!(s["role"], "backup", "{s}");
+        assert_eq!(s["health"], "up", "{s}");
+    }
     // The newcomer caught up on the sales made before it existed (a backup applies the
     // last commit when it hears of it: give it a moment) ...
     let c2_url = url_of(&lc, Kind::Catalog, 2);
@@ -145,6 +157,14 @@ async fn scale_out_then_in_keeps_every_sale() {
     for _ in 0..10 {
         assert_eq!(buy(&http, &f, 3).await, 200);
     }
+    let map: Value = internal().get_json(&format!("{f}/cluster")).await.unwrap();
+    let catalogs: Vec<&Value> = map["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["kind"] == "catalog")
+        .collect();
+    assert_eq!(catalogs.len(), 1, "retired replicas leave the map: {map}");
     let books = books_of(&url_of(&lc, Kind::Catalog, 2)).await;
     assert_eq!(books[&1], 100000 - 20);
     assert_eq!(books[&2], 100000 - 20);

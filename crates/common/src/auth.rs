@@ -3,6 +3,10 @@
 //! Tokens are compared in constant time and never logged. Wrap a scope with
 //! `actix_web::middleware::from_fn(require_cluster_token)` after registering
 //! [`Tokens`] as app data.
+//!
+//! Operator routes (`/metrics`, the frontend's `/cluster`) take either token, so that
+//! both the services and a Prometheus server (which can only send
+//! `Authorization: Bearer`) can read them: see [`require_operator_token`].
 use crate::types::CLUSTER_TOKEN_HEADER;
 use crate::ApiError;
 use actix_web::body::MessageBody;
@@ -67,6 +71,34 @@ pub async fn require_cluster_token(
     if !tokens(&req).cluster_ok(given) {
         return Err(ApiError::Unauthorized(
             "internal route: missing or wrong X-Cluster-Token".into(),
+        )
+        .into());
+    }
+    next.call(req).await
+}
+
+/// Middleware for operator routes: the request must carry the cluster token
+/// (`X-Cluster-Token: <cluster token>` or `Authorization: Bearer <cluster token>`) or
+/// the admin token (`Authorization: Bearer <admin token>`).
+pub async fn require_operator_token(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let t = tokens(&req);
+    let header = req
+        .headers()
+        .get(CLUSTER_TOKEN_HEADER)
+        .map(|v| v.as_bytes());
+    let bearer = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+    let ok = t.cluster_ok(header) || t.cluster_ok(bearer) || t.admin_ok(bearer);
+    if !ok {
+        return Err(ApiError::Unauthorized(
+            "operator route: send `X-Cluster-Token: <cluster token>` or \
+             `Authorization: Bearer <cluster or admin token>`"
+                .into(),
         )
         .into());
     }

@@ -6,6 +6,8 @@
 //! - [`params`]: strict query-string parsing with errors that name the parameter.
 //! - [`auth`]: cluster-token and admin-token checks (constant time).
 //! - [`client`]: the pooled HTTP client services use to call each other.
+//! - [`metrics`]: Prometheus `/metrics` (per-route request counts and latency histograms,
+//!   downstream tiers, service gauges) and the middleware that records requests.
 //! - [`oplog`]: the seed's one-operation-a-line logs, written off the request path.
 //! - [`server`]: running an actix app on an already-bound listener with a shutdown future,
 //!   and the limits every server enforces ([`server::Limits`]).
@@ -18,6 +20,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod metrics;
 pub mod openapi;
 pub mod oplog;
 pub mod params;

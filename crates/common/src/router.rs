@@ -10,7 +10,7 @@ use parking_lot::RwLock;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -24,6 +24,8 @@ pub struct Router {
     next_read: AtomicUsize,
     /// A view was applied at least once (readiness: we know who is primary).
     knows_view: AtomicBool,
+    /// How many times the believed primary changed (for `/metrics`).
+    switches: AtomicU64,
     /// How long a call keeps trying replicas before it gives up.
     pub patience: Duration,
 }
@@ -52,6 +54,7 @@ impl Router {
             primary: AtomicUsize::new(0),
             next_read: AtomicUsize::new(0),
             knows_view: AtomicBool::new(false),
+            switches: AtomicU64::new(0),
             patience: Duration::from_secs(3),
         }
     }
@@ -92,7 +95,9 @@ impl Router {
     /// Tells the router who the primary is (from a view).
     pub fn set_primary(&self, id: u32) {
         if self.url(id as usize).is_some() {
-            self.primary.store(id as usize, Ordering::Relaxed);
+            if self.primary.swap(id as usize, Ordering::Relaxed) != id as usize {
+                self.switches.fetch_add(1, Ordering::Relaxed);
+            }
             self.knows_view.store(true, Ordering::Relaxed);
         }
     }
@@ -100,6 +105,12 @@ impl Router {
     /// Whether a view (who is primary) has been learnt since start.
     pub fn knows_view(&self) -> bool {
         self.knows_view.load(Ordering::Relaxed)
+    }
+
+    /// How many times the replica this router sends writes to changed (failovers it
+    /// followed, and wrong guesses it corrected).
+    pub fn primary_switches(&self) -> u64 {
+        self.switches.load(Ordering::Relaxed)
     }
 
     fn url(&self, id: usize) -> Option<String> {
@@ -214,9 +225,14 @@ impl Router {
     }
 
     fn follow_to(&self, target: usize, next: usize) {
-        let _ = self
-            .primary
-            .compare_exchange(target, next, Ordering::Relaxed, Ordering::Relaxed);
+        if next != target
+            && self
+                .primary
+                .compare_exchange(target, next, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.switches.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// GET `path` from the primary ([`Read::Primary`]) or from replicas in turn.

@@ -70,7 +70,8 @@ impl Limits {
 
 /// Serves an app on a bound `listener` with `workers` threads until `shutdown` resolves,
 /// with [`Limits::default`]. `configure` registers the app's data and routes (it runs
-/// once per worker).
+/// once per worker). Every request is recorded by [`crate::metrics::track`] when the app
+/// registers a `web::Data<Metrics>`.
 pub async fn serve<F>(
     listener: TcpListener,
     workers: usize,
@@ -104,6 +105,7 @@ where
         actix_web::App::new()
             .app_data(guard.clone())
             .app_data(web::PayloadConfig::new(limits.max_body))
+            .wrap(from_fn(crate::metrics::track))
             .wrap(from_fn(enforce_limits))
             .configure(configure.clone())
     })

@@ -101,6 +101,11 @@ mod tests {
         assert_eq!(names, ["frontend", "cache", "catalog"]);
         let catalog: f64 = h.split("catalog;dur=").nth(1).unwrap().parse().unwrap();
         assert!(catalog >= 2.0, "{h}");
+        let parsed = parse(&h);
+        let names: Vec<&str> = parsed.iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, ["frontend", "cache", "catalog"]);
+        assert!(parsed[2].1 >= 2.0);
+        assert_eq!(parse("a;dur=x, ;dur=1, b;dur=2.5"), [("b", 2.5)]);
     }
 
     #[test]

@@ -229,3 +229,90 @@ pub mod whole {
             .build()
     }
 }
+
+/// `GET /cluster` on a frontend (operator token): every server of the cluster file with
+/// what the view service and the server itself say about it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ClusterMap {
+    /// The frontend that assembled the map.
+    pub frontend: u32,
+    /// When it was assembled, in milliseconds since the Unix epoch.
+    pub time_ms: u64,
+    /// The view of each replicated kind (catalog, order).
+    pub views: Vec<KindView>,
+    /// Every server, frontends first, then cache, catalog, order, by id.
+    pub servers: Vec<ServerInfo>,
+}
+
+/// What the view service says about one replicated kind.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct KindView {
+    pub kind: String,
+    /// `None` when no view is decided yet or the view service did not answer.
+    pub epoch: Option<u64>,
+    pub primary: Option<u32>,
+    pub backups: Vec<u32>,
+    /// Backups known to hold every committed entry (those a failover may promote).
+    pub synced: Vec<u32>,
+    /// View changes the view service made since it started (any membership change).
+    pub view_changes: Option<u64>,
+    /// View changes that replaced a primary that left the view (not a handover to a
+    /// lower-id backup, which keeps the old primary as a backup).
+    pub failovers: Option<u64>,
+    /// Why the view is unknown (the view service did not answer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// One server in a [`ClusterMap`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ServerInfo {
+    /// frontend, cache, catalog or order.
+    pub kind: String,
+    pub id: u32,
+    /// `host:port` (left out of the public `/status.json`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// Replicated kinds: primary, backup (in the view), idle (up, not in the view) or
+    /// down. Frontends and cache: serving or down.
+    pub role: String,
+    /// up (it answered its health or status route) or down.
+    pub health: String,
+    /// The epoch of the view the replica acts in, as it reports it.
+    pub epoch: Option<u64>,
+    /// Milliseconds since the replica last pinged the view service.
+    pub heartbeat_age_ms: Option<u64>,
+    /// The replica's commit index (entries known durable on every replica of its view).
+    pub commit_index: Option<u64>,
+    /// The replica's applied index.
+    pub applied_index: Option<u64>,
+    /// Replication lag in log entries: the primary's commit index minus this replica's
+    /// applied index (0 for a caught-up replica; `None` with no reachable primary).
+    pub lag_entries: Option<u64>,
+    /// A backup that the view service knows holds every committed entry.
+    pub synced: Option<bool>,
+    /// Whether the replica serves reads (caught up in its view).
+    pub serving_reads: Option<bool>,
+    /// Why the server is down (left out of the public `/status.json`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// One book's stock on the public status page.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct BookStock {
+    pub item_number: ItemNumber,
+    pub title: String,
+    pub stock: u32,
+}
+
+/// `GET /status.json` (public, what the `/status` page shows): the [`ClusterMap`]
+/// without addresses and error texts, and the stock of each book.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct StatusPage {
+    pub cluster: ClusterMap,
+    pub books: Vec<BookStock>,
+    /// Set when the catalog did not answer (the books are then left empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub books_error: Option<String>,
+}

@@ -1,14 +1,20 @@
 //! The routes every replicated service shares: `/health` (with role and epoch), the
 //! seed's `/shutdown` (a crash) and `/recover` (a restart from disk, the same code path as
 //! a process restart), `/replication/status` and `/replication/msg`; [`PublicApi`] and
-//! [`InternalApi`] document them (OpenAPI) for the services that register them.
+//! [`InternalApi`] document them (OpenAPI) for the services that register them; and the
+//! replica's gauges on `/metrics` ([`register_metrics`]).
 use crate::node::{self, Node, StateMachine, SubmitError};
 use actix_web::{web, HttpResponse};
 use bookstore_common::error::ErrorBody;
+use bookstore_common::metrics::Metrics;
 use bookstore_common::oplog::OpLog;
 use bookstore_common::types::{Done, Health, Readiness};
 use bookstore_common::ApiError;
 use node::Status;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 impl From<SubmitError> for ApiError {
@@ -150,6 +156,78 @@ async fn receive<S: StateMachine>(
 ) -> Result<HttpResponse, ApiError> {
     node::receive(&ctx.node, &req, &body)?;
     Ok(HttpResponse::Ok().finish())
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RoleLabel {
+    role: &'static str,
+}
+
+/// Exports the replica's state to `metrics`, read at each scrape:
+/// `bookstore_replication_epoch`, `bookstore_replication_role{role}` (1 for the current
+/// role of primary, backup, idle, down; 0 for the others), `..._commit_index`,
+/// `..._applied_index`, `..._lag_entries` (commit minus applied, as this replica knows
+/// the commit index), `..._serving_reads` and `bookstore_replication_view_changes_total`
+/// (views this replica moved to: failovers and membership changes it observed).
+pub fn register_metrics<S: StateMachine>(control: &web::Data<Control<S>>, metrics: &Metrics) {
+    let epoch = Gauge::<i64>::default();
+    let role = Family::<RoleLabel, Gauge>::default();
+    let commit = Gauge::<i64>::default();
+    let applied = Gauge::<i64>::default();
+    let lag = Gauge::<i64>::default();
+    let serving = Gauge::<i64>::default();
+    let changes = Counter::<u64>::default();
+    metrics.register(
+        "replication_epoch",
+        "Epoch of the view the replica acts in",
+        epoch.clone(),
+    );
+    metrics.register(
+        "replication_role",
+        "1 for the replica's current role",
+        role.clone(),
+    );
+    metrics.register(
+        "replication_commit_index",
+        "Highest log index known committed",
+        commit.clone(),
+    );
+    metrics.register(
+        "replication_applied_index",
+        "Highest log index applied",
+        applied.clone(),
+    );
+    metrics.register(
+        "replication_lag_entries",
+        "Committed entries not applied here yet",
+        lag.clone(),
+    );
+    metrics.register(
+        "replication_serving_reads",
+        "1 when the replica is caught up and serves reads",
+        serving.clone(),
+    );
+    metrics.register(
+        "replication_view_changes",
+        "Views (epochs) the replica moved to",
+        changes.clone(),
+    );
+    let control = control.clone();
+    metrics.on_scrape(move || {
+        let s = control.node.status();
+        let down = control.down.load(Ordering::Acquire) || !s.up;
+        let current = if down { "down" } else { s.role.as_str() };
+        for r in ["primary", "backup", "idle", "down"] {
+            role.get_or_create(&RoleLabel { role: r })
+                .set(i64::from(r == current));
+        }
+        epoch.set(s.epoch as i64);
+        commit.set(s.commit as i64);
+        applied.set(s.applied as i64);
+        lag.set(s.commit.saturating_sub(s.applied) as i64);
+        serving.set(i64::from(s.serving_reads && !down));
+        crate::vs_host::catch_up(&changes, s.view_changes);
+    });
 }
 
 /// Readiness: 200 once the replica is in a view and caught up (it can serve), else 503

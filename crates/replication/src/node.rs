@@ -63,6 +63,9 @@ pub struct Status {
     pub commit: LogIndex,
     pub applied: LogIndex,
     pub serving_reads: bool,
+    /// Views (epochs) this replica has moved to since its process started.
+    #[serde(default)]
+    pub view_changes: u64,
 }
 
 /// Everything a replica needs to run.
@@ -402,6 +405,7 @@ impl<S: StateMachine> Node<S> {
         let mut s = self.inner.status.write();
         *s = Status {
             id: s.id,
+            view_changes: s.view_changes,
             ..Status::default()
         };
     }
@@ -485,7 +489,11 @@ impl<S: StateMachine> Driver<S> {
             Role::Idle => "idle",
         }
         .into();
-        s.epoch = view.map_or(0, |v| v.epoch);
+        let epoch = view.map_or(0, |v| v.epoch);
+        if epoch != s.epoch && epoch != 0 {
+            s.view_changes += 1;
+        }
+        s.epoch = epoch;
         s.primary = view.map(|v| v.primary);
         s.backups = view.map(|v| v.backups.clone()).unwrap_or_default();
         s.commit = r.commit_index();

@@ -10,18 +10,68 @@
 //! service, so a retired replica is dropped from the view like a dead one. Every ping
 //! answer and `GET /vs/{kind}/view` carry the table, so replicas and routers learn about
 //! new peers without a restart.
+//!
+//! It also keeps what observability needs ([`KindReport`]): when each replica last
+//! pinged and the applied index it reported, and how many view changes and failovers
+//! (view changes that replaced a primary that left the view) it made.
+//! `GET /vs/{kind}/view` answers it, and [`VsHost::register_metrics`] exports it to
+//! `/metrics`.
 use crate::protocol::{Epoch, View};
 use crate::viewservice::{Ping, ViewService, VsCommand, VsConfig, VsEvent, VsState};
 use actix_web::{web, HttpResponse};
 use bookstore_common::error::ErrorBody;
+use bookstore_common::metrics::Metrics;
 use bookstore_common::ApiError;
 use parking_lot::Mutex;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// What the view service last heard from one replica.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct ReplicaSeen {
+    pub id: u32,
+    /// Milliseconds since its last ping.
+    pub heartbeat_age_ms: u64,
+    /// The epoch it acted in and its applied index, as of that ping.
+    pub epoch: Epoch,
+    pub applied: u64,
+}
+
+/// The view service's account of one kind (`GET /vs/{kind}/view`).
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
+pub struct KindReport {
+    /// The current view (none before the first one is decided).
+    pub view: Option<View>,
+    /// The view's primary has acknowledged it (a retirement waits for this).
+    #[serde(default)]
+    pub acked: bool,
+    /// Backups that hold every committed entry.
+    pub synced: Vec<u32>,
+    /// Base URL of every member replica, by id (replicas added at run time included).
+    #[serde(default)]
+    #[schema(value_type = BTreeMap<String, String>)]
+    pub members: BTreeMap<u32, String>,
+    /// View changes (new epochs) decided since this process started.
+    #[serde(default)]
+    pub view_changes: u64,
+    /// View changes that replaced a primary that left the view.
+    #[serde(default)]
+    pub failovers: u64,
+    /// Every replica that pinged since this process started, by id.
+    #[serde(default)]
+    pub replicas: Vec<ReplicaSeen>,
+}
 
 struct Slot {
     vs: ViewService,
@@ -30,6 +80,10 @@ struct Slot {
     changes: u64,
     members: Members,
     members_path: PathBuf,
+    /// Last ping of each replica: when, and the epoch and applied index it reported.
+    seen: BTreeMap<u32, (Instant, Epoch, u64)>,
+    view_changes: u64,
+    failovers: u64,
 }
 
 /// The replicas of one kind that may take part, by id.
@@ -117,6 +171,9 @@ impl VsHost {
                     changes: 0,
                     members,
                     members_path,
+                    seen: BTreeMap::new(),
+                    view_changes: 0,
+                    failovers: 0,
                 }),
             );
         }
@@ -128,6 +185,11 @@ impl VsHost {
             VsEvent::Ping(p) => Some(p.from),
             VsEvent::Tick => None,
         };
+        if let VsEvent::Ping(p) = &event {
+            slot.seen
+                .insert(p.from, (Instant::now(), p.epoch, p.applied));
+        }
+        let before = slot.vs.view().map(|v| (v.epoch, v.primary));
         let mut answer = None;
         for cmd in slot.vs.handle(event) {
             match cmd {
@@ -135,6 +197,16 @@ impl VsHost {
                     persist(&slot.path, &state)
                         .map_err(|e| format!("{}: {e}", slot.path.display()))?;
                     slot.changes += 1;
+                    if let Some(v) = &state.view {
+                        if Some(v.epoch) != before.map(|b| b.0) {
+                            slot.view_changes += 1;
+                            // A failover replaces a primary that left the view (a handover
+                            // to a lower-id synced backup keeps the old one as a backup).
+                            if before.is_some_and(|(_, p)| p != v.primary && !v.contains(p)) {
+                                slot.failovers += 1;
+                            }
+                        }
+                    }
                     tracing::info!(view = ?state.view, synced = ?state.synced, "view service state changed");
                 }
                 VsCommand::Reply {
@@ -262,6 +334,107 @@ impl VsHost {
         ))
     }
 
+    /// The kinds this host serves.
+    pub fn kinds(&self) -> Vec<String> {
+        self.slots.keys().cloned().collect()
+    }
+
+    /// The view, synced set, counters and last pings of `kind`.
+    pub fn report(&self, kind: &str) -> Option<KindReport> {
+        let slot = self.slots.get(kind)?.lock();
+        Some(KindReport {
+            view: slot.vs.view().cloned(),
+            acked: slot.vs.acked(),
+            synced: slot.vs.synced().iter().copied().collect(),
+            members: slot.members.urls.clone(),
+            view_changes: slot.view_changes,
+            failovers: slot.failovers,
+            replicas: slot
+                .seen
+                .iter()
+                .map(|(id, (at, epoch, applied))| ReplicaSeen {
+                    id: *id,
+                    heartbeat_age_ms: at.elapsed().as_millis() as u64,
+                    epoch: *epoch,
+                    applied: *applied,
+                })
+                .collect(),
+        })
+    }
+
+    /// Exports the views to `metrics`: `bookstore_vs_epoch{kind}`,
+    /// `bookstore_vs_view_changes_total{kind}`, `bookstore_vs_failovers_total{kind}`,
+    /// and per replica `bookstore_vs_heartbeat_age_seconds{kind,replica}`,
+    /// `bookstore_vs_applied_index{kind,replica}` and `bookstore_vs_lag_entries{kind,replica}`
+    /// (the primary's applied index minus the replica's, as of their last pings).
+    pub fn register_metrics(self: &Arc<Self>, metrics: &Metrics) {
+        let epoch = Family::<KindLabel, Gauge>::default();
+        let changes = Family::<KindLabel, Counter>::default();
+        let failovers = Family::<KindLabel, Counter>::default();
+        let age = Family::<ReplicaLabels, Gauge<f64, AtomicU64>>::default();
+        let applied = Family::<ReplicaLabels, Gauge>::default();
+        let lag = Family::<ReplicaLabels, Gauge>::default();
+        metrics.register("vs_epoch", "Epoch of the current view", epoch.clone());
+        metrics.register(
+            "vs_view_changes",
+            "View changes decided by the view service",
+            changes.clone(),
+        );
+        metrics.register(
+            "vs_failovers",
+            "View changes that replaced a primary that left the view",
+            failovers.clone(),
+        );
+        metrics.register(
+            "vs_heartbeat_age_seconds",
+            "Time since the replica last pinged the view service",
+            age.clone(),
+        );
+        metrics.register(
+            "vs_applied_index",
+            "Applied index the replica reported in its last ping",
+            applied.clone(),
+        );
+        metrics.register(
+            "vs_lag_entries",
+            "Primary's applied index minus the replica's (last pings)",
+            lag.clone(),
+        );
+        let host = Arc::downgrade(self);
+        metrics.on_scrape(move || {
+            let Some(host) = host.upgrade() else { return };
+            for kind in host.kinds() {
+                let Some(r) = host.report(&kind) else {
+                    continue;
+                };
+                let k = KindLabel { kind: kind.clone() };
+                epoch
+                    .get_or_create(&k)
+                    .set(r.view.as_ref().map_or(0, |v| v.epoch as i64));
+                catch_up(&changes.get_or_create(&k), r.view_changes);
+                catch_up(&failovers.get_or_create(&k), r.failovers);
+                let primary_applied = r
+                    .view
+                    .as_ref()
+                    .and_then(|v| r.replicas.iter().find(|s| s.id == v.primary))
+                    .map(|p| p.applied);
+                for s in &r.replicas {
+                    let l = ReplicaLabels {
+                        kind: kind.clone(),
+                        replica: s.id,
+                    };
+                    age.get_or_create(&l)
+                        .set(s.heartbeat_age_ms as f64 / 1000.0);
+                    applied.get_or_create(&l).set(s.applied as i64);
+                    if let Some(p) = primary_applied {
+                        lag.get_or_create(&l)
+                            .set(p.saturating_sub(s.applied) as i64);
+                    }
+                }
+            }
+        });
+    }
+
     /// One tick for every view service.
     pub fn tick(&self) {
         for slot in self.slots.values() {
@@ -311,42 +484,43 @@ pub async fn ping_route(
         .body(bincode::serialize(&answer).expect("answer encodes")))
 }
 
-/// `GET /vs/{kind}/view` answer.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
-pub struct ViewAnswer {
-    /// The current view (none before the first one is decided).
-    pub view: Option<View>,
-    /// The view's primary has acknowledged it (a retirement waits for this).
-    pub acked: bool,
-    /// Backups that hold every committed entry.
-    pub synced: Vec<u32>,
-    /// Base URL of every member replica, by id (replicas added at run time included).
-    pub members: BTreeMap<u32, String>,
-}
-
 /// `GET /vs/{kind}/view`: `{"view": {"epoch", "primary", "backups"}, "acked", "synced":
-/// [..], "members": {"0": "http://..."}}`.
+/// [..], "members": {"0": "http://..."}, "view_changes", "failovers", "replicas": [..]}`
+/// (a [`KindReport`]).
 #[utoipa::path(get, path = "/vs/{kind}/view",
     params(("kind" = VsKind, Path, description = "The replicated service")),
     responses(
-        (status = 200, body = ViewAnswer),
+        (status = 200, body = KindReport),
         (status = 404, description = "No view service for this kind here", body = ErrorBody),
     ))]
 pub async fn view_route(
     host: web::Data<Arc<VsHost>>,
     kind: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let (view, synced) = host
-        .view_and_synced(&kind)
+    let report = host
+        .report(&kind)
         .ok_or_else(|| ApiError::NotFound(format!("no view service for {kind:?}")))?;
-    let members = host.members(&kind).unwrap_or_default();
-    let acked = host.acked(&kind);
-    Ok(HttpResponse::Ok().json(ViewAnswer {
-        view,
-        acked,
-        synced,
-        members,
-    }))
+    Ok(HttpResponse::Ok().json(report))
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReplicaLabels {
+    kind: String,
+    replica: u32,
+}
+
+/// Raises a counter to `value` (counters only go up; values owned elsewhere are copied
+/// in at scrape time).
+pub fn catch_up(counter: &Counter, value: u64) {
+    let now = counter.get();
+    if value > now {
+        counter.inc_by(value - now);
+    }
 }
 
 /// Query of `POST /admin/cluster/register`.
@@ -354,6 +528,7 @@ pub async fn view_route(
 #[into_params(parameter_in = Query)]
 pub struct RegisterQuery {
     /// catalog or order.
+    #[param(value_type = VsKind)]
     pub kind: String,
     /// The new replica's base URL, `http://host:port`.
     pub url: String,
@@ -364,6 +539,7 @@ pub struct RegisterQuery {
 #[into_params(parameter_in = Query)]
 pub struct UnregisterQuery {
     /// catalog or order.
+    #[param(value_type = VsKind)]
     pub kind: String,
     /// The replica's id.
     pub id: u32,
@@ -464,5 +640,5 @@ pub struct VsApi;
 
 /// The membership routes (admin token), for the frontend's public document.
 #[derive(utoipa::OpenApi)]
-#[openapi(paths(register_route, unregister_route))]
+#[openapi(paths(register_route, unregister_route), components(schemas(VsKind)))]
 pub struct MembershipApi;

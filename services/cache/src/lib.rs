@@ -5,6 +5,8 @@
 //!   ([`internal_openapi`]) and the lease loop: the cache
 //!   serves entries only while it holds a lease from the catalog, which lets a catalog
 //!   that cannot reach the cache still guarantee no stale read after its write.
+//!   `/metrics` (cluster or admin token) counts hits and misses
+//!   (`bookstore_cache_requests_total{result}`), entries and whether a lease is held.
 pub mod store;
 
 pub mod cli;
@@ -15,6 +17,7 @@ use bookstore_common::auth::{require_cluster_token, Tokens};
 use bookstore_common::client::Client;
 use bookstore_common::config::{ClusterConfig, Kind};
 use bookstore_common::error::ErrorBody;
+use bookstore_common::metrics::{self, Metrics};
 use bookstore_common::openapi::{self, Access, ItemQuery, TopicQuery};
 use bookstore_common::oplog::OpLog;
 use bookstore_common::params::Params;
@@ -24,10 +27,13 @@ use bookstore_common::types::{CacheFill, Health, LeaseReply, LeaseRequest, Readi
 use bookstore_common::{server, ApiError};
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use std::future::Future;
 use std::net::TcpListener;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use store::Store;
@@ -48,8 +54,8 @@ pub struct Cache {
     store: RwLock<Store>,
     lease_until: Mutex<Option<Instant>>,
     log: OpLog,
-    hits: AtomicU64,
-    misses: AtomicU64,
+    hits: Counter,
+    misses: Counter,
 }
 
 impl Cache {
@@ -60,14 +66,14 @@ impl Cache {
     fn answer(&self, what: String, found: Option<Bytes>) -> HttpResponse {
         match found {
             Some(body) if self.leased() => {
-                self.hits.fetch_add(1, Ordering::Relaxed);
+                self.hits.inc();
                 self.log.record(format!("{what},hit"));
                 HttpResponse::Ok()
                     .insert_header(ContentType::json())
                     .body(body)
             }
             _ => {
-                self.misses.fetch_add(1, Ordering::Relaxed);
+                self.misses.inc();
                 self.log.record(format!("{what},miss"));
                 HttpResponse::NotFound().json(serde_json::json!({"error": "not cached"}))
             }
@@ -209,8 +215,8 @@ pub struct Stats {
 #[utoipa::path(get, path = "/stats", responses((status = 200, body = Stats)))]
 async fn stats(ctx: Ctx) -> HttpResponse {
     HttpResponse::Ok().json(Stats {
-        hits: ctx.hits.load(Ordering::Relaxed),
-        misses: ctx.misses.load(Ordering::Relaxed),
+        hits: ctx.hits.get(),
+        misses: ctx.misses.get(),
         entries: ctx.store.read().len() as u64,
         leased: ctx.leased(),
     })
@@ -271,8 +277,10 @@ struct CachePaths;
 
 /// The cache's API (`GET /internal/openapi.json`, cluster token; `/health` is public).
 pub fn internal_openapi() -> utoipa::openapi::OpenApi {
+    let mut doc = CachePaths::openapi();
+    doc.merge(metrics::MetricsApi::openapi());
     openapi::finish(
-        CachePaths::openapi(),
+        doc,
         "bookstore cache API",
         openapi::INTERNAL_DOC_PATH,
         |p| {
@@ -290,6 +298,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.app_data(openapi::allowed_methods(&[&doc]));
     cfg.service(web::resource("/health").get(health))
         .service(web::resource("/ready").get(ready))
+        .configure(metrics::routes)
         .service(
             web::scope("")
                 .wrap(from_fn(require_cluster_token))
@@ -335,6 +344,38 @@ async fn lease_loop(cache: web::Data<Cache>, catalog: Arc<Router>, every: Durati
     }
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+/// `bookstore_cache_requests_total{result="hit"|"miss"}`, `bookstore_cache_entries` and
+/// `bookstore_cache_leased` (1 while the cache holds a lease and may serve hits).
+fn register_metrics(
+    cache: &web::Data<Cache>,
+    requests: Family<ResultLabel, Counter>,
+    metrics: &Metrics,
+) {
+    let entries = Gauge::<i64>::default();
+    let leased = Gauge::<i64>::default();
+    metrics.register(
+        "cache_requests",
+        "Lookups and searches asked of the cache, by result (hit or miss)",
+        requests,
+    );
+    metrics.register("cache_entries", "Entries held", entries.clone());
+    metrics.register(
+        "cache_leased",
+        "1 while the cache holds a lease from the catalog primary",
+        leased.clone(),
+    );
+    let cache = cache.clone();
+    metrics.on_scrape(move || {
+        entries.set(cache.store.read().len() as i64);
+        leased.set(i64::from(cache.leased()));
+    });
+}
+
 /// Serves the cache on `listener` until `shutdown` resolves.
 pub async fn run(
     listener: TcpListener,
@@ -345,13 +386,20 @@ pub async fn run(
         Some(dir) => OpLog::open(&dir.join("cache_log"))?,
         None => OpLog::disabled(),
     };
+    // The hit and miss counters are the metric's own (a counter clone shares its value).
+    // (One statement each: the family's read guard must be gone before the next insert.)
+    let requests = Family::<ResultLabel, Counter>::default();
+    let hits = requests.get_or_create_owned(&ResultLabel { result: "hit" });
+    let misses = requests.get_or_create_owned(&ResultLabel { result: "miss" });
     let cache = web::Data::new(Cache {
         store: RwLock::new(Store::default()),
         lease_until: Mutex::new(None),
         log,
-        hits: AtomicU64::new(0),
-        misses: AtomicU64::new(0),
+        hits,
+        misses,
     });
+    let metrics = web::Data::new(Metrics::new());
+    register_metrics(&cache, requests, &metrics);
     let urls: Vec<String> = config
         .cluster
         .servers(Kind::Catalog)
@@ -381,6 +429,7 @@ pub async fn run(
     let json = server::json_config();
     let configure = move |cfg: &mut web::ServiceConfig| {
         cfg.app_data(c.clone())
+            .app_data(metrics.clone())
             .app_data(tokens.clone())
             .app_data(json.clone());
         routes(cfg);

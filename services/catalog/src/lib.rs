@@ -5,8 +5,9 @@
 //! - [`cache_link`]: invalidating the cache before a write is acknowledged.
 //! - [`cli`]: flags, shared by the binary and `infra serve catalog`.
 //! - this file: the replicated state machine, the HTTP routes (all internal, behind the
-//!   cluster token, except `/health`), their OpenAPI document ([`internal_openapi`]) and
-//!   [`run`], which serves on a bound listener.
+//!   cluster token, except `/health` and `/ready`; `/metrics` also takes the admin token),
+//!   their OpenAPI document ([`internal_openapi`]) and [`run`], which serves on a bound
+//!   listener.
 pub mod cache_link;
 pub mod cli;
 pub mod state;
@@ -16,6 +17,7 @@ use bookstore_common::auth::{require_cluster_token, Tokens};
 use bookstore_common::client::Client;
 use bookstore_common::config::{ClusterConfig, Kind};
 use bookstore_common::error::ErrorBody;
+use bookstore_common::metrics::{self, Metrics};
 use bookstore_common::openapi::{self, Access, IdempotencyHeader, ItemQuery, TopicQuery};
 use bookstore_common::oplog::OpLog;
 use bookstore_common::params::{idempotency_key, Params};
@@ -358,6 +360,7 @@ struct CatalogPaths;
 /// The catalog's API (`GET /internal/openapi.json`, cluster token; `/health` is public).
 pub fn internal_openapi() -> utoipa::openapi::OpenApi {
     let mut doc = CatalogPaths::openapi();
+    doc.merge(metrics::MetricsApi::openapi());
     doc.merge(control::PublicApi::openapi());
     doc.merge(control::InternalApi::openapi());
     openapi::finish(
@@ -378,18 +381,20 @@ pub fn internal_openapi() -> utoipa::openapi::OpenApi {
 pub fn routes(cfg: &mut web::ServiceConfig) {
     let doc = internal_openapi();
     cfg.app_data(openapi::allowed_methods(&[&doc]));
-    cfg.configure(control::public_routes::<CatalogSm>).service(
-        web::scope("")
-            .wrap(from_fn(require_cluster_token))
-            .route("/query_by_item", web::get().to(query_by_item))
-            .route("/query_by_topic", web::get().to(query_by_topic))
-            .route("/update", web::post().to(update))
-            .route("/books", web::get().to(books))
-            .route("/cache_lease", web::post().to(cache_lease))
-            .configure(control::internal_routes::<CatalogSm>)
-            .configure(move |c| openapi::serve_doc(c, openapi::INTERNAL_DOC_PATH, &doc))
-            .default_service(web::to(server::not_found)),
-    );
+    cfg.configure(control::public_routes::<CatalogSm>)
+        .configure(metrics::routes)
+        .service(
+            web::scope("")
+                .wrap(from_fn(require_cluster_token))
+                .route("/query_by_item", web::get().to(query_by_item))
+                .route("/query_by_topic", web::get().to(query_by_topic))
+                .route("/update", web::post().to(update))
+                .route("/books", web::get().to(books))
+                .route("/cache_lease", web::post().to(cache_lease))
+                .configure(control::internal_routes::<CatalogSm>)
+                .configure(move |c| openapi::serve_doc(c, openapi::INTERNAL_DOC_PATH, &doc))
+                .default_service(web::to(server::not_found)),
+        );
 }
 
 /// Serves a catalog replica on `listener` until `shutdown` resolves.
@@ -402,6 +407,8 @@ pub async fn run(
     let n_books = books.len();
     let catalog = Catalog::with_books(&config, books).map_err(std::io::Error::other)?;
     let control = catalog.control.clone();
+    let metrics = web::Data::new(Metrics::new());
+    control::register_metrics(&control, &metrics);
     let catalog = web::Data::new(catalog);
     let tokens = web::Data::new(config.tokens.clone());
     tracing::info!(id = config.id, addr = %listener.local_addr()?, books = n_books, "catalog serving");
@@ -409,6 +416,7 @@ pub async fn run(
     let json = server::json_config();
     let configure = move |cfg: &mut web::ServiceConfig| {
         cfg.app_data(c.clone())
+            .app_data(metrics.clone())
             .app_data(control.clone())
             .app_data(tokens.clone())
             .app_data(json.clone());

@@ -17,14 +17,21 @@
 //! A lookup or search sent with `Cache-Control: no-cache` (or `no-store`) skips the
 //! cache both ways: it is answered by the catalog and does not fill the cache (used by
 //! `loadtest run --compare-cache` to measure what the cache saves).
+//!
+//! Operators: `GET /cluster` (cluster or admin token) maps every server, `GET /metrics`
+//! (same tokens) exports Prometheus metrics, and the public `GET /status` page renders
+//! `GET /status.json` (the map without addresses, and the stock of each book): see
+//! [`observe`].
 pub mod cli;
+pub mod observe;
 
 use actix_web::http::header::ContentType;
 use actix_web::{middleware::from_fn, web, HttpRequest, HttpResponse};
-use bookstore_common::auth::{require_admin_token, Tokens};
+use bookstore_common::auth::{require_admin_token, require_operator_token, Tokens};
 use bookstore_common::client::{encode, CallError, Client};
 use bookstore_common::config::{ClusterConfig, Kind};
 use bookstore_common::error::ErrorBody;
+use bookstore_common::metrics::{self, Metrics};
 use bookstore_common::openapi::{self, Access, IdempotencyHeader, ItemQuery, TopicQuery};
 use bookstore_common::oplog::OpLog;
 use bookstore_common::params::{idempotency_key, Params};
@@ -65,6 +72,7 @@ pub struct Frontend {
     order: Arc<Router>,
     views: Option<Arc<VsHost>>,
     log: OpLog,
+    obs: observe::Observer,
 }
 
 impl Frontend {
@@ -123,7 +131,14 @@ impl Frontend {
             }
             None
         };
+        let obs = observe::Observer::new(
+            config.id,
+            config.cluster.clone(),
+            config.tokens.cluster(),
+            views.clone(),
+        );
         Ok(Frontend {
+            obs,
             id: config.id,
             cache: config.cluster.servers(Kind::Cache).first().map(|e| e.url()),
             catalog,
@@ -156,7 +171,9 @@ impl Frontend {
             .raw()
             .get(format!("{cache}{path}"))
             .timeout(Duration::from_millis(200));
-        let body = t.time("cache", self.client.send(req)).await.ok()?;
+        let body = t.time("cache", self.client.send(req)).await.ok();
+        self.obs.cache_lookup(body.is_some());
+        let body = body?;
         Some(
             HttpResponse::Ok()
                 .insert_header(ContentType::json())
@@ -421,6 +438,7 @@ struct PublicPaths;
 pub fn public_openapi() -> utoipa::openapi::OpenApi {
     let mut paths = PublicPaths::openapi();
     paths.merge(vs_host::MembershipApi::openapi());
+    paths.merge(observe::StatusApi::openapi());
     openapi::finish(
         paths,
         "bookstore public API",
@@ -436,10 +454,14 @@ pub fn public_openapi() -> utoipa::openapi::OpenApi {
 }
 
 /// The frontend's internal API (`GET /internal/openapi.json`, cluster token): the view
-/// service routes (hosted by frontend 0).
+/// service routes (hosted by frontend 0), `/cluster` and `/metrics` (which also take the
+/// admin token).
 pub fn internal_openapi() -> utoipa::openapi::OpenApi {
+    let mut doc = vs_host::VsApi::openapi();
+    doc.merge(observe::ClusterApi::openapi());
+    doc.merge(metrics::MetricsApi::openapi());
     openapi::finish(
-        vs_host::VsApi::openapi(),
+        doc,
         "bookstore frontend internal API",
         openapi::INTERNAL_DOC_PATH,
         |_| Access::Cluster,
@@ -479,6 +501,23 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 ),
         )
         .service(
+            web::resource("/cluster")
+                .wrap(from_fn(require_operator_token))
+                .route(web::get().to(observe::cluster))
+                .default_service(web::to(server::method_not_allowed("GET"))),
+        )
+        .service(
+            web::resource("/status")
+                .route(web::get().to(observe::status_page))
+                .default_service(web::to(server::method_not_allowed("GET"))),
+        )
+        .service(
+            web::resource("/status.json")
+                .route(web::get().to(observe::status_json))
+                .default_service(web::to(server::method_not_allowed("GET"))),
+        )
+        .configure(metrics::routes)
+        .service(
             web::scope("/vs")
                 .wrap(from_fn(bookstore_common::auth::require_cluster_token))
                 .route("/{kind}/ping", web::post().to(vs_host::ping_route))
@@ -510,10 +549,13 @@ pub async fn run(
             .unwrap_or_else(|| Arc::new(VsHost::empty())),
     );
     let frontend = web::Data::new(frontend);
+    let metrics = web::Data::new(Metrics::new());
+    frontend.obs.register_metrics(&frontend, &metrics);
     let tokens = web::Data::new(config.tokens.clone());
     tracing::info!(addr = %listener.local_addr()?, "frontend serving");
     let configure = move |cfg: &mut web::ServiceConfig| {
         cfg.app_data(frontend.clone())
+            .app_data(metrics.clone())
             .app_data(views.clone())
             .app_data(tokens.clone());
         routes(cfg);

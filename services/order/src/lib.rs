@@ -7,8 +7,9 @@
 //! retry, even one that reaches a new primary after a failover, never buys twice.
 //!
 //! - [`cli`]: flags, shared by the binary and `infra serve order`.
-//! - this file: the state machine ([`OrderSm`]), routes, their OpenAPI document
-//!   ([`internal_openapi`]) and [`run`].
+//! - this file: the state machine ([`OrderSm`]), routes (internal, cluster token, except
+//!   `/health` and `/ready`; `/metrics` also takes the admin token), their OpenAPI
+//!   document ([`internal_openapi`]) and [`run`].
 pub mod cli;
 
 use actix_web::{middleware::from_fn, web, HttpRequest, HttpResponse};
@@ -16,6 +17,7 @@ use bookstore_common::auth::{require_cluster_token, Tokens};
 use bookstore_common::client::{CallError, Client};
 use bookstore_common::config::{ClusterConfig, Kind};
 use bookstore_common::error::ErrorBody;
+use bookstore_common::metrics::{self, Metrics};
 use bookstore_common::openapi::{self, Access, IdempotencyHeader, ItemQuery};
 use bookstore_common::oplog::OpLog;
 use bookstore_common::params::{idempotency_key, Params};
@@ -25,6 +27,9 @@ use bookstore_common::types::{Book, BuySuccess, Order, Versioned, IDEMPOTENCY_KE
 use bookstore_common::{server, ApiError};
 use bookstore_replication::control::{self, Control};
 use bookstore_replication::node::{Node, NodeOptions, StateMachine};
+use bookstore_replication::vs_host::catch_up;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -286,6 +291,7 @@ struct OrderPaths;
 /// public).
 pub fn internal_openapi() -> utoipa::openapi::OpenApi {
     let mut doc = OrderPaths::openapi();
+    doc.merge(metrics::MetricsApi::openapi());
     doc.merge(control::PublicApi::openapi());
     doc.merge(control::InternalApi::openapi());
     openapi::finish(
@@ -305,15 +311,36 @@ pub fn internal_openapi() -> utoipa::openapi::OpenApi {
 pub fn routes(cfg: &mut web::ServiceConfig) {
     let doc = internal_openapi();
     cfg.app_data(openapi::allowed_methods(&[&doc]));
-    cfg.configure(control::public_routes::<OrderSm>).service(
-        web::scope("")
-            .wrap(from_fn(require_cluster_token))
-            .route("/buy", web::post().to(buy))
-            .route("/orders", web::get().to(orders))
-            .configure(control::internal_routes::<OrderSm>)
-            .configure(move |c| openapi::serve_doc(c, openapi::INTERNAL_DOC_PATH, &doc))
-            .default_service(web::to(server::not_found)),
+    cfg.configure(control::public_routes::<OrderSm>)
+        .configure(metrics::routes)
+        .service(
+            web::scope("")
+                .wrap(from_fn(require_cluster_token))
+                .route("/buy", web::post().to(buy))
+                .route("/orders", web::get().to(orders))
+                .configure(control::internal_routes::<OrderSm>)
+                .configure(move |c| openapi::serve_doc(c, openapi::INTERNAL_DOC_PATH, &doc))
+                .default_service(web::to(server::not_found)),
+        );
+}
+
+/// `bookstore_router_primary_switches_total{tier="catalog"}`: catalog failovers this
+/// replica followed.
+fn register_router_metrics(service: &web::Data<OrderService>, metrics: &Metrics) {
+    type Tier = [(&'static str, &'static str); 1];
+    let switches = Family::<Tier, Counter>::default();
+    metrics.register(
+        "router_primary_switches",
+        "Times this replica moved its catalog writes to another replica (failovers followed)",
+        switches.clone(),
     );
+    let service = service.clone();
+    metrics.on_scrape(move || {
+        catch_up(
+            &switches.get_or_create(&[("tier", "catalog")]),
+            service.catalog.primary_switches(),
+        );
+    });
 }
 
 /// Serves an order replica on `listener` until `shutdown` resolves.
@@ -324,12 +351,16 @@ pub async fn run(
 ) -> std::io::Result<()> {
     let service = OrderService::new(&config).map_err(std::io::Error::other)?;
     let control = service.control.clone();
+    let metrics = web::Data::new(Metrics::new());
+    control::register_metrics(&control, &metrics);
     let service = web::Data::new(service);
+    register_router_metrics(&service, &metrics);
     let tokens = web::Data::new(config.tokens.clone());
     tracing::info!(id = config.id, addr = %listener.local_addr()?, "order serving");
     let s = service.clone();
     let configure = move |cfg: &mut web::ServiceConfig| {
         cfg.app_data(s.clone())
+            .app_data(metrics.clone())
             .app_data(control.clone())
             .app_data(tokens.clone());
         routes(cfg);

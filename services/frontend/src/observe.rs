@@ -1,0 +1,460 @@
+//! The frontend's operator views: `GET /cluster` (the cluster map, operator token),
+//! `GET /status.json` (the same map without addresses and error texts, plus the stock of
+//! each book; public) and `GET /status` (a self-contained HTML page that renders
+//! `/status.json` every second).
+//!
+//! The map is assembled by whichever frontend is asked: the views come from the view
+//! services (in this process on frontend 0, from frontend 0's `GET /vs/{kind}/view`
+//! elsewhere), and each server is asked about itself (`/replication/status` of every
+//! catalog and order replica, `/health` of the others), all at once with a short
+//! timeout. A map is reused for [`FRESH`], so many open status pages cost the servers
+//! no more than one.
+use crate::{Ctx, Frontend};
+use actix_web::http::header;
+use actix_web::HttpResponse;
+use bookstore_common::client::Client;
+use bookstore_common::config::{ClusterConfig, Endpoint, Kind};
+use bookstore_common::metrics::Metrics;
+use bookstore_common::router::Read;
+use bookstore_common::types::{
+    Book, BookStock, ClusterMap, Health, KindView, ServerInfo, StatusPage, Versioned,
+};
+use bookstore_replication::node::Status;
+use bookstore_replication::vs_host::{catch_up, KindReport, VsHost};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long an assembled map is served before it is assembled again.
+pub const FRESH: Duration = Duration::from_millis(250);
+/// How long each server (and the view service) has to answer.
+const POLL_TIMEOUT: Duration = Duration::from_millis(500);
+
+const STATUS_HTML: &str = include_str!("status.html");
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TierLabel {
+    tier: &'static str,
+}
+
+type Books = Result<Vec<BookStock>, String>;
+
+/// The frontend's observability state.
+pub struct Observer {
+    id: u32,
+    cluster: ClusterConfig,
+    client: Client,
+    views: Option<Arc<VsHost>>,
+    map: tokio::sync::Mutex<Option<(Instant, Arc<ClusterMap>)>>,
+    books: tokio::sync::Mutex<Option<(Instant, Books)>>,
+    cache_lookups: Family<ResultLabel, Counter>,
+}
+
+/// What one server said when asked.
+enum Answer {
+    Replica(Status),
+    Plain,
+    Down(String),
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Observer {
+    pub fn new(
+        id: u32,
+        cluster: ClusterConfig,
+        token: &str,
+        views: Option<Arc<VsHost>>,
+    ) -> Observer {
+        Observer {
+            id,
+            cluster,
+            client: Client::with_timeout(token, POLL_TIMEOUT),
+            views,
+            map: tokio::sync::Mutex::new(None),
+            books: tokio::sync::Mutex::new(None),
+            cache_lookups: Family::default(),
+        }
+    }
+
+    /// Counts a cache lookup made for a public read.
+    pub fn cache_lookup(&self, hit: bool) {
+        let result = if hit { "hit" } else { "miss" };
+        self.cache_lookups
+            .get_or_create(&ResultLabel { result })
+            .inc();
+    }
+
+    /// The current map (at most [`FRESH`] old).
+    pub async fn map(&self) -> Arc<ClusterMap> {
+        let mut slot = self.map.lock().await;
+        if let Some((at, map)) = slot.as_ref() {
+            if at.elapsed() < FRESH {
+                return map.clone();
+            }
+        }
+        let map = Arc::new(self.assemble().await);
+        *slot = Some((Instant::now(), map.clone()));
+        map
+    }
+
+    async fn report(&self, kind: Kind) -> Result<KindReport, String> {
+        if let Some(vs) = &self.views {
+            return vs
+                .report(kind.name())
+                .ok_or_else(|| format!("no view service for {kind}"));
+        }
+        let f0 = self
+            .cluster
+            .server(Kind::Frontend, 0)
+            .ok_or("the cluster has no frontend 0 (it hosts the view services)")?;
+        self.client
+            .get_json(&format!("{}/vs/{kind}/view", f0.url()))
+            .await
+            .map_err(|e| format!("view service (frontend 0): {e}"))
+    }
+
+    async fn ask(&self, kind: Kind, id: u32, e: &Endpoint) -> Answer {
+        match kind {
+            Kind::Frontend if id == self.id => Answer::Plain,
+            Kind::Catalog | Kind::Order => {
+                match self
+                    .client
+                    .get_json::<Status>(&format!("{}/replication/status", e.url()))
+                    .await
+                {
+                    Ok(s) if s.up => Answer::Replica(s),
+                    Ok(_) => Answer::Down("replica is shut down".into()),
+                    Err(err) => Answer::Down(err.to_string()),
+                }
+            }
+            _ => match self
+                .client
+                .get_json::<Health>(&format!("{}/health", e.url()))
+                .await
+            {
+                Ok(h) if h.status == "ok" => Answer::Plain,
+                Ok(h) => Answer::Down(format!("health says {:?}", h.status)),
+                Err(err) => Answer::Down(err.to_string()),
+            },
+        }
+    }
+
+    async fn assemble(&self) -> ClusterMap {
+        let (catalog, order) = tokio::join!(self.report(Kind::Catalog), self.report(Kind::Order));
+        let reports = [(Kind::Catalog, catalog), (Kind::Order, order)];
+        // The replicas are the view service's members (replicas added or retired at run
+        // time included); the cluster file's when the view service does not answer.
+        let mut servers: Vec<(Kind, u32, Endpoint)> = Vec::new();
+        for (kind, id, e) in self.cluster.all() {
+            let members = reports
+                .iter()
+                .find(|(k, _)| *k == kind)
+                .and_then(|(_, r)| r.as_ref().ok())
+                .map(|r| &r.members)
+                .filter(|m| !m.is_empty());
+            match members {
+                None => servers.push((kind, id, e)),
+                Some(m) if id == 0 => servers.extend(
+                    m.iter()
+                        .filter_map(|(id, url)| endpoint_of(url).map(|e| (kind, *id, e))),
+                ),
+                Some(_) => {}
+            }
+        }
+        let answers =
+            futures::future::join_all(servers.iter().map(|(k, id, e)| self.ask(*k, *id, e))).await;
+        let views = reports
+            .iter()
+            .map(|(kind, r)| match r {
+                Ok(r) => KindView {
+                    kind: kind.name().into(),
+                    epoch: r.view.as_ref().map(|v| v.epoch),
+                    primary: r.view.as_ref().map(|v| v.primary),
+                    backups: r
+                        .view
+                        .as_ref()
+                        .map(|v| v.backups.clone())
+                        .unwrap_or_default(),
+                    synced: r.synced.clone(),
+                    view_changes: Some(r.view_changes),
+                    failovers: Some(r.failovers),
+                    error: None,
+                },
+                Err(e) => KindView {
+                    kind: kind.name().into(),
+                    error: Some(e.clone()),
+                    ..KindView::default()
+                },
+            })
+            .collect();
+        let report_of = |kind: Kind| {
+            reports
+                .iter()
+                .find(|(k, _)| *k == kind)
+                .and_then(|(_, r)| r.as_ref().ok())
+        };
+        // The primary's commit index, per replicated kind, from its own answer.
+        let primary_commit = |kind: Kind| -> Option<u64> {
+            let named = report_of(kind).and_then(|r| r.view.as_ref().map(|v| v.primary));
+            servers
+                .iter()
+                .zip(&answers)
+                .find_map(|((k, id, _), a)| match a {
+                    Answer::Replica(s)
+                        if *k == kind
+                            && (named == Some(*id) || (named.is_none() && s.role == "primary")) =>
+                    {
+                        Some(s.commit)
+                    }
+                    _ => None,
+                })
+        };
+        let servers = servers
+            .iter()
+            .zip(&answers)
+            .map(|((kind, id, e), answer)| {
+                let mut info = ServerInfo {
+                    kind: kind.name().into(),
+                    id: *id,
+                    address: Some(e.to_string()),
+                    role: "down".into(),
+                    health: "down".into(),
+                    epoch: None,
+                    heartbeat_age_ms: None,
+                    commit_index: None,
+                    applied_index: None,
+                    lag_entries: None,
+                    synced: None,
+                    serving_reads: None,
+                    error: None,
+                };
+                let report = report_of(*kind);
+                info.heartbeat_age_ms = report
+                    .and_then(|r| r.replicas.iter().find(|s| s.id == *id))
+                    .map(|s| s.heartbeat_age_ms);
+                match answer {
+                    Answer::Down(why) => info.error = Some(why.clone()),
+                    Answer::Plain => {
+                        info.health = "up".into();
+                        info.role = "serving".into();
+                    }
+                    Answer::Replica(s) => {
+                        let view = report.and_then(|r| r.view.as_ref());
+                        info.health = "up".into();
+                        info.role = match view {
+                            Some(v) if v.primary == *id => "primary".into(),
+                            Some(v) if v.backups.contains(id) => "backup".into(),
+                            Some(_) => "idle".into(),
+                            None => s.role.clone(),
+                        };
+                        if info.role == "backup" {
+                            info.synced = report.map(|r| r.synced.contains(id));
+                        }
+                        info.epoch = Some(s.epoch);
+                        info.commit_index = Some(s.commit);
+                        info.applied_index = Some(s.applied);
+                        info.serving_reads = Some(s.serving_reads);
+                        info.lag_entries =
+                            primary_commit(*kind).map(|c| c.saturating_sub(s.applied));
+                    }
+                }
+                info
+            })
+            .collect();
+        ClusterMap {
+            frontend: self.id,
+            time_ms: now_ms(),
+            views,
+            servers,
+        }
+    }
+
+    /// Registers the frontend's own metrics: cache hits and misses, the primary switches
+    /// of its routers, and (frontend 0) the view services'.
+    pub fn register_metrics(&self, frontend: &actix_web::web::Data<Frontend>, metrics: &Metrics) {
+        metrics.register(
+            "frontend_cache_lookups",
+            "Cache lookups of public reads, by result (hit or miss)",
+            self.cache_lookups.clone(),
+        );
+        let switches = Family::<TierLabel, Counter>::default();
+        metrics.register(
+            "router_primary_switches",
+            "Times the frontend moved its writes to another replica (failovers followed)",
+            switches.clone(),
+        );
+        let f = frontend.clone();
+        metrics.on_scrape(move || {
+            for (tier, router) in [("catalog", &f.catalog), ("order", &f.order)] {
+                catch_up(
+                    &switches.get_or_create(&TierLabel { tier }),
+                    router.primary_switches(),
+                );
+            }
+        });
+        if let Some(vs) = &self.views {
+            vs.register_metrics(metrics);
+        }
+    }
+
+    /// The stock of each book, read from the catalog primary (at most [`FRESH`] old).
+    async fn books(&self, frontend: &Frontend) -> Books {
+        let mut slot = self.books.lock().await;
+        if let Some((at, books)) = slot.as_ref() {
+            if at.elapsed() < FRESH {
+                return books.clone();
+            }
+        }
+        frontend.follow_views();
+        let read = frontend.catalog.read("/books", Read::Primary);
+        let books = match tokio::time::timeout(Duration::from_secs(1), read).await {
+            Ok(Ok(body)) => serde_json::from_slice::<Versioned<Vec<Book>>>(&body)
+                .map(|v| {
+                    v.result
+                        .into_iter()
+                        .map(|b| BookStock {
+                            item_number: b.item_number,
+                            title: b.title,
+                            stock: b.stock,
+                        })
+                        .collect()
+                })
+                .map_err(|_| "bad catalog answer".to_string()),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "status page: catalog call failed");
+                Err("catalog unavailable".into())
+            }
+            Err(_) => Err("catalog did not answer within 1 s".into()),
+        };
+        *slot = Some((Instant::now(), books.clone()));
+        books
+    }
+}
+
+/// The map as the public may see it: no addresses, no error texts.
+pub fn redact(map: &ClusterMap) -> ClusterMap {
+    let mut map = map.clone();
+    for s in &mut map.servers {
+        s.address = None;
+        s.error = None;
+    }
+    for v in &mut map.views {
+        if v.error.is_some() {
+            v.error = Some("view service unavailable".into());
+        }
+    }
+    map
+}
+
+/// The cluster map: every server with its role, health, epoch, lag and last heartbeat.
+/// Takes the cluster token, or the admin token (also as `Authorization: Bearer`).
+#[utoipa::path(get, path = "/cluster", responses((status = 200, body = ClusterMap)))]
+pub async fn cluster(ctx: Ctx) -> HttpResponse {
+    let map = ctx.obs.map().await;
+    HttpResponse::Ok()
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .json(&*map)
+}
+
+/// What the status page shows: the cluster map without addresses and error texts, and
+/// the stock of each book.
+#[utoipa::path(get, path = "/status.json", responses((status = 200, body = StatusPage)))]
+pub async fn status_json(ctx: Ctx) -> HttpResponse {
+    let (map, books) = tokio::join!(ctx.obs.map(), ctx.obs.books(&ctx));
+    let (books, books_error) = match books {
+        Ok(b) => (b, None),
+        Err(e) => (Vec::new(), Some(e)),
+    };
+    HttpResponse::Ok()
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .json(StatusPage {
+            cluster: redact(&map),
+            books,
+            books_error,
+        })
+}
+
+/// The status page (HTML); everything it shows comes from `/status.json`.
+#[utoipa::path(get, path = "/status", responses(
+    (status = 200, description = "The page", body = String, content_type = "text/html"),
+))]
+pub async fn status_page() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .insert_header((
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+             connect-src 'self'",
+        ))
+        .body(STATUS_HTML)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redaction_drops_addresses_and_error_texts() {
+        let map = ClusterMap {
+            frontend: 0,
+            time_ms: 1,
+            views: vec![KindView {
+                kind: "catalog".into(),
+                error: Some("unreachable: http://10.0.0.1:8000".into()),
+                ..KindView::default()
+            }],
+            servers: vec![ServerInfo {
+                kind: "catalog".into(),
+                id: 0,
+                address: Some("10.0.0.1:8002".into()),
+                role: "down".into(),
+                health: "down".into(),
+                epoch: None,
+                heartbeat_age_ms: Some(5),
+                commit_index: None,
+                applied_index: None,
+                lag_entries: None,
+                synced: None,
+                serving_reads: None,
+                error: Some("connection refused to 10.0.0.1:8002".into()),
+            }],
+        };
+        let text = serde_json::to_string(&redact(&map)).unwrap();
+        assert!(!text.contains("10.0.0.1"), "{text}");
+        assert!(text.contains("\"heartbeat_age_ms\":5"), "{text}");
+    }
+}
+
+/// The public observability routes (`/status`, `/status.json`).
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(status_page, status_json))]
+pub struct StatusApi;
+
+/// The operator routes (`/cluster`; `/metrics` is in `metrics::MetricsApi`).
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(cluster))]
+pub struct ClusterApi;
+
+/// `host:port` of a member's base URL (`http://host:port`).
+fn endpoint_of(url: &str) -> Option<Endpoint> {
+    let rest = url.strip_prefix("http://")?.trim_end_matches('/');
+    let (host, port) = rest.rsplit_once(':')?;
+    Some(Endpoint::new(
+        host.trim_start_matches('[').trim_end_matches(']'),
+        port.parse().ok()?,
+    ))
+}
