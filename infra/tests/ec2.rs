@@ -51,17 +51,17 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// A base port with the 6 ports after it free (services of one run on loopback), below
-/// the kernel's ephemeral range (32768-60999) so no outgoing connection takes one of them
-/// before the services bind.
+/// A base port with the 8 ports after it free (the 6 services of one run on loopback, and
+/// room for `add`), below the kernel's ephemeral range (32768-60999) so no outgoing
+/// connection takes one of them before the services bind.
 fn free_port_range() -> u16 {
     for _ in 0..200 {
         let base = 12_000 + (uuid::Uuid::new_v4().as_u128() % 20_000) as u16;
-        if (base..base + 6).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok()) {
+        if (base..base + 8).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok()) {
             return base;
         }
     }
-    panic!("no 6 free consecutive ports");
+    panic!("no 8 free consecutive ports");
 }
 
 fn wait_port(port: u16, limit: Duration) {
@@ -853,6 +853,8 @@ fn deploy_test_collect_stop_against_a_real_sshd() {
         .collect();
     assert_eq!(orders.matches("bought book 1").count(), 3, "{orders}");
 
+    let pids = scale_out_and_in(out.path(), run, &servers, &url, &base, &moto);
+
     run_ok(ec2(out.path(), &["stop", "--run", run]));
     let deadline = Instant::now() + Duration::from_secs(10);
     while pids.iter().any(|&p| alive(p)) {
@@ -862,6 +864,202 @@ fn deploy_test_collect_stop_against_a_real_sshd() {
     run_ok(ec2(out.path(), &["down", "--run", run]));
     assert_eq!(leftovers(&moto, run), (0, 0, 0));
     drop(servers);
+}
+
+/// The view document of `kind` from the frontend (cluster token).
+fn view_of(url: &str, token: &str, kind: &str) -> serde_json::Value {
+    let client = bookstore_common::client::Client::with_timeout(token, Duration::from_secs(5));
+    rt().block_on(client.get_json(&format!("{url}/vs/{kind}/view")))
+        .unwrap_or_else(|e| panic!("{kind} view: {e}"))
+}
+
+/// A replica's `/books` (cluster token): item number to stock.
+fn books_of(url: &str, token: &str) -> Vec<(u64, u64)> {
+    let client = bookstore_common::client::Client::with_timeout(token, Duration::from_secs(5));
+    let v: serde_json::Value = rt()
+        .block_on(client.get_json(&format!("{url}/books")))
+        .unwrap_or_else(|e| panic!("{url}/books: {e}"));
+    v["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["item_number"].as_u64().unwrap(),
+                b["stock"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn buy_ok(url: &str, item: u32) {
+    let status = rt().block_on(async {
+        reqwest::Client::new()
+            .post(format!("{url}/buy?item_number={item}"))
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+    });
+    assert_eq!(status.ok(), Some(200), "buy of book {item} through {url}");
+}
+
+/// `add catalog` then `remove catalog 0` on a deployed run; no other service restarts.
+/// Returns the pids of the services left.
+fn scale_out_and_in(
+    out: &Path,
+    run: &str,
+    servers: &ServersUnder,
+    url: &str,
+    base: &str,
+    moto: &Moto,
+) -> Vec<i32> {
+    let st = RunState::load(out, run).unwrap();
+    let token = st.cluster_token.clone();
+    let before = servers.pids();
+    let started = Instant::now();
+    let o = ec2(
+        out,
+        &["add", "catalog", "--run", run, "--wait-seconds", "30"],
+    )
+    .output()
+    .unwrap();
+    let (stdout, stderr) = texts(&o);
+    assert!(o.status.success(), "add failed\n{stdout}\n{stderr}");
+    eprintln!("add took {:?}\n{stderr}", started.elapsed());
+    assert!(stdout.contains("catalog 2 runs on"), "{stdout}");
+    assert!(
+        stderr.contains("is a synced backup and serves"),
+        "progress: {stderr}"
+    );
+    // Recorded in the state on a new port, the 7th; that port is open to the group.
+    let st = RunState::load(out, run).unwrap();
+    let port: u16 = base.parse::<u16>().unwrap() + 6;
+    assert_eq!(st.ports_used, 7);
+    let h = st
+        .hosts
+        .iter()
+        .position(|h| h.services.contains(&("catalog".to_string(), 2, port)))
+        .unwrap_or_else(|| panic!("catalog 2 on port {port} in {:?}", st.hosts));
+    let rules = rt().block_on(async {
+        moto.client()
+            .describe_security_groups()
+            .group_ids(st.security_group_id.clone().unwrap())
+            .send()
+            .await
+            .unwrap()
+            .security_groups()[0]
+            .ip_permissions()
+            .iter()
+            .map(|p| (p.from_port(), p.to_port()))
+            .collect::<Vec<_>>()
+    });
+    assert!(
+        rules.contains(&(Some(port.into()), Some(port.into()))),
+        "{rules:?}"
+    );
+    let script = std::fs::read_to_string(
+        out.join("remote")
+            .join(&st.hosts[h].instance_id)
+            .join("bookstore.sh"),
+    )
+    .unwrap();
+    assert!(
+        script.contains(&format!("catalog 2 127.0.0.1 {port}")),
+        "{script}"
+    );
+    // Nothing else restarted: the 6 old services keep their pids, one more runs.
+    let after = servers.pids();
+    assert_eq!(after.len(), 7, "{after:?}");
+    assert!(before.iter().all(|p| after.contains(p) && alive(*p)));
+
+    let view = view_of(url, &token, "catalog");
+    assert!(
+        view["synced"].as_array().unwrap().iter().any(|x| *x == 2),
+        "{view}"
+    );
+    let primary = view["view"]["primary"].as_u64().unwrap();
+    let primary_url = view["members"][primary.to_string()]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let new_url = format!("http://127.0.0.1:{port}");
+    assert_eq!(view["members"]["2"], new_url.as_str(), "{view}");
+    // (`test` sold books 1 and 2 out; 5, 6 and 7 are untouched.)
+    buy_ok(url, 5);
+    // The new backup holds what the primary holds (it applies a commit when it hears of
+    // the next one or of a ping: give it a moment).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (p, n) = (books_of(&primary_url, &token), books_of(&new_url, &token));
+        if p == n {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "primary {p:?}\nnew replica {n:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Scale in: catalog 0 (primary or not) leaves; the view no longer includes it.
+    let started = Instant::now();
+    let o = ec2(
+        out,
+        &[
+            "remove",
+            "catalog",
+            "0",
+            "--run",
+            run,
+            "--wait-seconds",
+            "30",
+        ],
+    )
+    .output()
+    .unwrap();
+    let (stdout, stderr) = texts(&o);
+    assert!(o.status.success(), "remove failed\n{stdout}\n{stderr}");
+    eprintln!("remove took {:?}\n{stderr}", started.elapsed());
+    assert!(
+        stdout.contains("catalog 0 is retired and stopped"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("catalog 0 is out of the view"),
+        "progress: {stderr}"
+    );
+    let view = view_of(url, &token, "catalog");
+    let in_view = view["view"]["primary"] == 0
+        || view["view"]["backups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| *x == 0);
+    assert!(!in_view, "{view}");
+    assert!(view["members"].get("0").is_none(), "{view}");
+    let st = RunState::load(out, run).unwrap();
+    assert!(st
+        .hosts
+        .iter()
+        .all(|h| !h.services.iter().any(|(k, i, _)| k == "catalog" && *i == 0)));
+    let left = servers.pids();
+    assert_eq!(left.len(), 6, "{left:?}");
+    let gone: Vec<&i32> = before.iter().filter(|p| !left.contains(p)).collect();
+    assert_eq!(gone.len(), 1, "one service stopped: {gone:?}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while alive(*gone[0]) {
+        assert!(Instant::now() < deadline, "catalog 0 still runs");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    buy_ok(url, 6);
+    buy_ok(url, 7);
+    // Removing it again names what is there.
+    let err = run_err(ec2(out, &["remove", "catalog", "0", "--run", run]));
+    assert!(
+        err.contains("has no catalog 0 (its catalog replicas: 1, 2)"),
+        "{err}"
+    );
+    left
 }
 
 #[test]

@@ -216,6 +216,34 @@ impl Api {
         Ok(())
     }
 
+    /// Opens one more service port to the members of the group (for a replica `add`
+    /// placed beyond the ports `up` opened). A rule that exists already is fine.
+    pub async fn authorize_within(&self, group_id: &str, port: u16) -> Result<(), String> {
+        let within = IpPermission::builder()
+            .ip_protocol("tcp")
+            .from_port(port.into())
+            .to_port(port.into())
+            .user_id_group_pairs(
+                UserIdGroupPair::builder()
+                    .group_id(group_id)
+                    .description("bookstore service, from members of this group only")
+                    .build(),
+            )
+            .build();
+        match self
+            .client
+            .authorize_security_group_ingress()
+            .group_id(group_id)
+            .ip_permissions(within)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Some("InvalidPermission.Duplicate") => Ok(()),
+            Err(e) => Err(self.explain(&format!("opening port {port} in {group_id}"), &e)),
+        }
+    }
+
     /// Launches `n` instances in one call, tagged with the run. Returns their ids.
     #[allow(clippy::too_many_arguments)]
     pub async fn launch(

@@ -27,6 +27,14 @@ pub enum Ec2Command {
     Collect(SelectArgs),
     /// Stop the services on every host (over SSH); the instances keep running.
     Stop(SelectArgs),
+    /// Scale out: register one more catalog or order replica with the view service, start
+    /// it on the least loaded host without one of its kind, and wait until it is synced.
+    /// Nothing else restarts.
+    Add(AddArgs),
+    /// Scale in: retire replica ID of KIND from the view service (refused if no other
+    /// replica holds every committed write), wait until the view no longer includes it,
+    /// and stop it. Nothing else restarts.
+    Remove(RemoveArgs),
     /// Terminate the instances, wait, delete the security group and the key pair.
     /// Idempotent; --all-runs cleans up every run's leftovers found by tag.
     Down(DownArgs),
@@ -37,6 +45,73 @@ pub enum Ec2Command {
     /// replica is in the view and synced.
     #[command(hide = true)]
     Ready(ReadyArgs),
+    /// (What add and remove run on the frontend's host.) Wait until one replica is a
+    /// synced member of its view, or is out of it.
+    #[command(hide = true)]
+    WaitMember(WaitMemberArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct AddArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
+    #[command(flatten)]
+    pub sel: SelectArgs,
+    /// catalog or order.
+    #[arg(value_parser = replicated_kind)]
+    pub kind: Kind,
+    /// How long the new replica may take to catch up and become a synced member.
+    #[arg(long, default_value_t = 120)]
+    pub wait_seconds: u64,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RemoveArgs {
+    #[command(flatten)]
+    pub sel: SelectArgs,
+    /// catalog or order.
+    #[arg(value_parser = replicated_kind)]
+    pub kind: Kind,
+    /// The replica's id (`infra ec2 add` prints it; the state file lists every service).
+    pub id: u32,
+    /// How long the view may take to drop the replica.
+    #[arg(long, default_value_t = 60)]
+    pub wait_seconds: u64,
+}
+
+/// Whether [`WaitMemberArgs`] waits for a replica to be in the view or out of it.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Until {
+    /// The primary, or a synced backup that serves reads in the current view.
+    Synced,
+    /// Neither primary nor backup of the current view.
+    Gone,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct WaitMemberArgs {
+    /// The frontend, e.g. http://10.0.0.5:8000.
+    #[arg(long)]
+    pub frontend: String,
+    #[arg(long, value_parser = replicated_kind)]
+    pub kind: Kind,
+    #[arg(long)]
+    pub id: u32,
+    #[arg(long, value_enum)]
+    pub until: Until,
+    #[arg(long, default_value_t = 60)]
+    pub seconds: u64,
+    #[arg(long, env = "BOOKSTORE_CLUSTER_TOKEN", hide_env_values = true)]
+    pub cluster_token: String,
+}
+
+fn replicated_kind(s: &str) -> Result<Kind, String> {
+    match Kind::parse(s) {
+        Some(k @ (Kind::Catalog | Kind::Order)) => Ok(k),
+        _ => Err(format!(
+            "only catalog and order replicas are added and removed, not {s:?}"
+        )),
+    }
 }
 
 #[derive(Args, Debug, Clone)]
@@ -46,6 +121,12 @@ pub struct ReadyArgs {
     pub frontend: String,
     #[arg(long, default_value_t = 60)]
     pub seconds: u64,
+    /// Catalog replicas to wait for.
+    #[arg(long, default_value_t = REPLICAS)]
+    pub catalogs: u32,
+    /// Order replicas to wait for.
+    #[arg(long, default_value_t = REPLICAS)]
+    pub orders: u32,
     #[arg(long, env = "BOOKSTORE_CLUSTER_TOKEN", hide_env_values = true)]
     pub cluster_token: String,
 }
@@ -252,11 +333,53 @@ pub async fn main(cmd: Ec2Command) -> Result<bool, String> {
                 down(&a.api, &a.sel.output_dir, &run).await.map(|_| true)
             }
         }
+        Ec2Command::Add(a) => {
+            let st = state::pick_run(&a.sel.output_dir, a.sel.run.as_deref(), &[Phase::Deployed])?;
+            add(
+                &a.sel.output_dir,
+                st,
+                &a.api,
+                a.kind,
+                Duration::from_secs(a.wait_seconds),
+            )
+            .await
+            .map(|_| true)
+        }
+        Ec2Command::Remove(a) => {
+            let st = state::pick_run(&a.sel.output_dir, a.sel.run.as_deref(), &[Phase::Deployed])?;
+            remove(
+                &a.sel.output_dir,
+                st,
+                a.kind,
+                a.id,
+                Duration::from_secs(a.wait_seconds),
+            )
+            .await
+            .map(|_| true)
+        }
+        Ec2Command::WaitMember(a) => {
+            let started = Instant::now();
+            let say_line = |line: &str| {
+                println!("[{:5.1} s] {line}", started.elapsed().as_secs_f64());
+            };
+            wait_member(
+                &a.frontend,
+                &a.cluster_token,
+                a.kind,
+                a.id,
+                a.until,
+                Duration::from_secs(a.seconds),
+                &say_line,
+            )
+            .await?;
+            Ok(true)
+        }
         Ec2Command::Run(a) => run(*a).await,
         Ec2Command::Ready(a) => {
             wait_ready(
                 &a.frontend,
                 &a.cluster_token,
+                &[(Kind::Catalog, a.catalogs), (Kind::Order, a.orders)],
                 Duration::from_secs(a.seconds),
             )
             .await?;
@@ -338,6 +461,7 @@ pub async fn up(a: &UpArgs, run: &str) -> Result<RunState, String> {
         instance_ids: Vec::new(),
         hosts: Vec::new(),
         base_port: a.base_port,
+        ports_used: n_services,
         cluster_token: token("BOOKSTORE_CLUSTER_TOKEN")?,
         admin_token: token("BOOKSTORE_ADMIN_TOKEN")?,
         deployment: None,
@@ -510,6 +634,52 @@ fn deployed_cluster(st: &RunState, service_hosts: &[String]) -> ClusterConfig {
     ClusterConfig::from_parts(&parts)
 }
 
+/// Services of `kind` in the run.
+fn count(st: &RunState, kind: Kind) -> usize {
+    st.hosts
+        .iter()
+        .flat_map(|h| &h.services)
+        .filter(|(k, _, _)| k == kind.name())
+        .count()
+}
+
+/// A cluster file numbers the replicas of a kind 0, 1, ...; after `add` and `remove` the
+/// ids may have gaps. A fresh deploy (new data) renumbers them; one that keeps the data
+/// (and the view service's member table) cannot.
+fn renumber(st: &mut RunState, keep_data: bool) -> Result<(), String> {
+    for kind in [Kind::Catalog, Kind::Order] {
+        let mut ids: Vec<u32> = st
+            .hosts
+            .iter()
+            .flat_map(|h| &h.services)
+            .filter(|(k, _, _)| k == kind.name())
+            .map(|(_, i, _)| *i)
+            .collect();
+        ids.sort_unstable();
+        if ids.iter().enumerate().all(|(n, &i)| n as u32 == i) {
+            continue;
+        }
+        if keep_data {
+            return Err(format!(
+                "run {}: the {kind} ids ({ids:?}) have gaps after `remove`, which a cluster file cannot express; deploy without --keep-data (they are renumbered from 0)",
+                st.run_id
+            ));
+        }
+        for h in &mut st.hosts {
+            for s in &mut h.services {
+                if s.0 == kind.name() {
+                    s.1 = ids.iter().position(|&i| i == s.1).unwrap_or(0) as u32;
+                }
+            }
+        }
+        say(&format!(
+            "[deploy] {kind} ids {ids:?} are renumbered 0-{} (fresh data)",
+            ids.len() - 1
+        ));
+    }
+    Ok(())
+}
+
 /// `deploy`: see [`Ec2Command::Deploy`].
 pub async fn deploy(
     out: &Path,
@@ -545,6 +715,7 @@ pub async fn deploy(
     if !key.exists() {
         return Err(format!("private key {}: no such file", key.display()));
     }
+    renumber(&mut st, o.keep_data)?;
     let pl = placement(&st, &map, &user, &key)?;
     let cluster = deployed_cluster(&st, &pl.service_hosts);
     let stage = st.dir(out).join("deploy");
@@ -680,8 +851,10 @@ pub async fn deploy(
     ));
     let r = pl.targets[fe_index]
         .run(&format!(
-            "cd {} && set -a && . ./env && set +a && ./infra ec2 ready --frontend {fe_local} --seconds 60\n",
-            sh_quote(&fe_dir)
+            "cd {} && set -a && . ./env && set +a && ./infra ec2 ready --frontend {fe_local} --seconds 60 --catalogs {} --orders {}\n",
+            sh_quote(&fe_dir),
+            count(&st, Kind::Catalog),
+            count(&st, Kind::Order)
         ))
         .await?;
     for line in r.lines() {
@@ -750,11 +923,16 @@ fn write_private(path: &Path, text: &str) -> Result<(), String> {
 
 /// Polls the frontend until it answers and every catalog and order replica is in the
 /// view and synced (the same readiness as `local up`).
-async fn wait_ready(url: &str, cluster_token: &str, limit: Duration) -> Result<(), String> {
+async fn wait_ready(
+    url: &str,
+    cluster_token: &str,
+    replicas: &[(Kind, u32)],
+    limit: Duration,
+) -> Result<(), String> {
     let client =
         bookstore_common::client::Client::with_timeout(cluster_token, Duration::from_secs(2));
     let deadline = Instant::now() + limit;
-    for kind in [Kind::Catalog, Kind::Order] {
+    for &(kind, n) in replicas {
         let view_url = format!("{url}/vs/{kind}/view");
         let mut last;
         loop {
@@ -762,8 +940,7 @@ async fn wait_ready(url: &str, cluster_token: &str, limit: Duration) -> Result<(
                 Ok(v) => {
                     let backups = v["view"]["backups"].as_array().map_or(0, Vec::len);
                     let synced = v["synced"].as_array().map_or(0, Vec::len);
-                    if !v["view"].is_null() && backups + 1 == REPLICAS as usize && synced == backups
-                    {
+                    if !v["view"].is_null() && backups + 1 == n as usize && synced == backups {
                         break;
                     }
                     last = v.to_string();
@@ -895,6 +1072,412 @@ pub async fn stop(st: &RunState) -> Result<(), String> {
         run_and_echo("stop", &id, &t, &script).await
     });
     on_all_hosts("stop failed", jobs).await
+}
+
+/// The host `add` puts a new replica of `kind` on: the least loaded host without one of
+/// that kind, else the least loaded (lowest index on a tie), as `up` places services.
+pub fn pick_host(hosts: &[Host], kind: Kind) -> usize {
+    let pick = |allow_same: bool| {
+        (0..hosts.len())
+            .filter(|&h| allow_same || !hosts[h].services.iter().any(|(k, _, _)| k == kind.name()))
+            .min_by_key(|&h| (hosts[h].services.len(), h))
+    };
+    pick(false).or_else(|| pick(true)).unwrap_or(0)
+}
+
+/// The port of the next service: `base_port + ports_used`, and past every port in use
+/// (a state file from before `ports_used` existed holds 0).
+pub fn next_port(st: &RunState) -> Result<u16, String> {
+    let counted = u32::from(st.base_port) + u32::from(st.ports_used);
+    let past_used = st
+        .hosts
+        .iter()
+        .flat_map(|h| h.services.iter().map(|s| u32::from(s.2) + 1))
+        .max()
+        .unwrap_or(0);
+    u16::try_from(counted.max(past_used))
+        .map_err(|_| format!("run {}: no service port left below 65536", st.run_id))
+}
+
+/// The ssh target, remote folder and service address of host `h` of a deployed run.
+fn host_access(st: &RunState, h: usize) -> Result<(Target, String, String), String> {
+    let id = &st.hosts[h].instance_id;
+    let service_host = st
+        .deployment
+        .as_ref()
+        .and_then(|d| d.service_hosts.iter().find(|(i, _)| i == id))
+        .map(|(_, s)| s.clone())
+        .ok_or_else(|| format!("run {}: no deployment record for {id}", st.run_id))?;
+    let (_, target, dir) = targets_of(st)?
+        .into_iter()
+        .find(|(i, _, _)| i == id)
+        .ok_or_else(|| format!("run {}: no ssh target for {id}", st.run_id))?;
+    Ok((target, dir, service_host))
+}
+
+/// Writes host `h`'s control script for the services the state lists and installs it
+/// over ssh (the running services are not touched).
+async fn install_script(out: &Path, st: &RunState, h: usize) -> Result<(), String> {
+    let (target, dir, service_host) = host_access(st, h)?;
+    let host = &st.hosts[h];
+    let svcs: Vec<Svc> = host
+        .services
+        .iter()
+        .map(|(k, i, port)| Svc {
+            kind: k.clone(),
+            id: *i,
+            host: service_host.clone(),
+            port: *port,
+        })
+        .collect();
+    let stage = st.dir(out).join("deploy");
+    std::fs::create_dir_all(&stage).map_err(|e| format!("{}: {e}", stage.display()))?;
+    let name = format!("bookstore-{}.sh", host.instance_id);
+    let file = stage.join(&name);
+    std::fs::write(&file, control_script(&st.run_id, &svcs))
+        .map_err(|e| format!("{}: {e}", file.display()))?;
+    target
+        .copy_to(&[file.as_path()], &format!("{dir}/"))
+        .await?;
+    target
+        .run(&format!(
+            "set -e\ncd {}\nchmod 700 {n}\nmv {n} bookstore.sh\n",
+            sh_quote(&dir),
+            n = sh_quote(&name)
+        ))
+        .await
+        .map(|_| ())
+}
+
+/// Where the frontend 0 of a deployed run is: host index and the URL its own host reaches
+/// it at.
+fn frontend_local(st: &RunState) -> Result<(usize, String), String> {
+    for (h, host) in st.hosts.iter().enumerate() {
+        if let Some((_, _, port)) = host
+            .services
+            .iter()
+            .find(|(k, i, _)| k == "frontend" && *i == 0)
+        {
+            let (_, _, service_host) = host_access(st, h)?;
+            return Ok((h, format!("http://{}:{port}", bracket(&service_host))));
+        }
+    }
+    Err(format!("run {}: no frontend 0 in the layout", st.run_id))
+}
+
+/// Runs `infra ec2 wait-member` on the frontend's host (so the cluster token stays off the
+/// network, and the replica's port, open to the group only, is reachable), echoing its
+/// progress as it comes.
+async fn wait_member_remote(
+    label: &str,
+    st: &RunState,
+    kind: Kind,
+    id: u32,
+    until: Until,
+    limit: Duration,
+) -> Result<(), String> {
+    let (fe, fe_url) = frontend_local(st)?;
+    let (target, dir, _) = host_access(st, fe)?;
+    let fe_id = st.hosts[fe].instance_id.clone();
+    let until_arg = match until {
+        Until::Synced => "synced",
+        Until::Gone => "gone",
+    };
+    say(&format!(
+        "[{label}] waiting up to {} s until {kind} {id} is {until_arg} (asked on {fe_id})",
+        limit.as_secs()
+    ));
+    target
+        .run_lines(
+            &format!(
+                "cd {} && set -a && . ./env && set +a && ./infra ec2 wait-member --frontend {fe_url} --kind {kind} --id {id} --until {until_arg} --seconds {}\n",
+                sh_quote(&dir),
+                limit.as_secs()
+            ),
+            |line| say(&format!("[{label}] {fe_id}: {line}")),
+        )
+        .await
+}
+
+/// An admin call to the frontend (`Authorization: Bearer <admin token>`; no cluster
+/// token). Returns the status and the answer (the `error` text of a failure).
+async fn admin_post(url: &str, admin_token: &str) -> Result<serde_json::Value, (u16, String)> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .map_err(|e| (0, e.to_string()))?;
+    let r = http
+        .post(url)
+        .bearer_auth(admin_token)
+        .send()
+        .await
+        .map_err(|e| (0, format!("cannot reach the frontend: {e}")))?;
+    let status = r.status().as_u16();
+    let body: serde_json::Value = r.json().await.unwrap_or(serde_json::Value::Null);
+    if (200..300).contains(&status) {
+        Ok(body)
+    } else {
+        Err((
+            status,
+            body["error"]
+                .as_str()
+                .map_or_else(|| format!("status {status}"), str::to_string),
+        ))
+    }
+}
+
+/// `add`: see [`Ec2Command::Add`]. Returns the new replica's id.
+pub async fn add(
+    out: &Path,
+    mut st: RunState,
+    api_args: &ApiArgs,
+    kind: Kind,
+    limit: Duration,
+) -> Result<u32, String> {
+    let run = st.run_id.clone();
+    let frontend_url = st
+        .deployment
+        .as_ref()
+        .map(|d| d.frontend_url.clone())
+        .ok_or_else(|| format!("run {run} is not deployed: run `infra ec2 deploy --run {run}`"))?;
+    let h = pick_host(&st.hosts, kind);
+    let port = next_port(&st)?;
+    let (target, dir, service_host) = host_access(&st, h)?;
+    let instance = st.hosts[h].instance_id.clone();
+    // `up` opened base_port.. for its own services; a port past them needs a rule.
+    let opened = st.base_port as u32 + layout::services(REPLICAS, REPLICAS).len() as u32;
+    if u32::from(port) >= opened {
+        let group = st
+            .security_group_id
+            .clone()
+            .ok_or_else(|| format!("run {run} has no security group"))?;
+        let region = api_args.region.clone().unwrap_or_else(|| st.region.clone());
+        let endpoint = api_args
+            .endpoint_url
+            .clone()
+            .or_else(|| st.endpoint_url.clone());
+        let api = Api::connect(Some(&region), endpoint.as_deref()).await?;
+        api.authorize_within(&group, port).await?;
+        say(&format!(
+            "[add] security group {group}: port {port} open to the group's members"
+        ));
+    }
+    let url = format!("http://{}:{port}", bracket(&service_host));
+    let answer = admin_post(
+        &format!(
+            "{frontend_url}/admin/cluster/register?kind={kind}&url={}",
+            bookstore_common::client::encode(&url)
+        ),
+        &st.admin_token,
+    )
+    .await
+    .map_err(|(_, e)| format!("register {kind} at {url} with {frontend_url}: {e}"))?;
+    let id = answer["id"]
+        .as_u64()
+        .and_then(|i| u32::try_from(i).ok())
+        .ok_or_else(|| format!("register answered without an id: {answer}"))?;
+    say(&format!(
+        "[add] registered {kind} {id} at {url} ({instance})"
+    ));
+    // Recorded before anything starts, so `stop`, `collect` and `remove` know it.
+    st.hosts[h]
+        .services
+        .push((kind.name().to_string(), id, port));
+    st.ports_used = port - st.base_port + 1;
+    st.save(out)?;
+    let undo = format!(
+        "{kind} {id} is registered and in the state file; `infra ec2 remove --run {run} {kind} {id}` retires it"
+    );
+    install_script(out, &st, h)
+        .await
+        .map_err(|e| format!("{e}\n{undo}"))?;
+    let script = format!(
+        "cd {} && ./bookstore.sh start-one {kind} {id} && ./bookstore.sh health 60 {kind} {id}\n",
+        sh_quote(&dir)
+    );
+    run_and_echo("add", &instance, &target, &script)
+        .await
+        .map_err(|e| format!("{e}\n{undo}"))?;
+    wait_member_remote("add", &st, kind, id, Until::Synced, limit)
+        .await
+        .map_err(|e| format!("{e}\n{undo}"))?;
+    println!("{kind} {id} runs on {instance} at {url} and is a synced replica");
+    Ok(id)
+}
+
+/// `remove`: see [`Ec2Command::Remove`].
+pub async fn remove(
+    out: &Path,
+    mut st: RunState,
+    kind: Kind,
+    id: u32,
+    limit: Duration,
+) -> Result<(), String> {
+    let run = st.run_id.clone();
+    let frontend_url = st
+        .deployment
+        .as_ref()
+        .map(|d| d.frontend_url.clone())
+        .ok_or_else(|| format!("run {run} is not deployed: run `infra ec2 deploy --run {run}`"))?;
+    let h = st
+        .hosts
+        .iter()
+        .position(|host| {
+            host.services
+                .iter()
+                .any(|(k, i, _)| k == kind.name() && *i == id)
+        })
+        .ok_or_else(|| {
+            let mut have: Vec<u32> = st
+                .hosts
+                .iter()
+                .flat_map(|host| host.services.iter())
+                .filter(|(k, _, _)| k == kind.name())
+                .map(|(_, i, _)| *i)
+                .collect();
+            have.sort_unstable();
+            let have: Vec<String> = have.iter().map(u32::to_string).collect();
+            format!(
+                "run {run} has no {kind} {id} (its {kind} replicas: {})",
+                have.join(", ")
+            )
+        })?;
+    let instance = st.hosts[h].instance_id.clone();
+    let url = format!("{frontend_url}/admin/cluster/unregister?kind={kind}&id={id}");
+    // A view change in progress answers 503 "retry shortly": retry until it settles.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match admin_post(&url, &st.admin_token).await {
+            Ok(_) => {
+                say(&format!(
+                    "[remove] {kind} {id} retired from the view service"
+                ));
+                break;
+            }
+            Err((404, e)) if e.contains("not a member") => {
+                say(&format!(
+                    "[remove] {kind} {id} was retired already (an earlier remove?)"
+                ));
+                break;
+            }
+            Err((_, e)) if e.contains("retry shortly") && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err((_, e)) => return Err(format!("retire {kind} {id}: {e}")),
+        }
+    }
+    wait_member_remote("remove", &st, kind, id, Until::Gone, limit).await?;
+    let (target, dir, _) = host_access(&st, h)?;
+    let script = format!(
+        "cd {} && ./bookstore.sh stop-one {kind} {id}\n",
+        sh_quote(&dir)
+    );
+    run_and_echo("remove", &instance, &target, &script).await?;
+    st.hosts[h]
+        .services
+        .retain(|(k, i, _)| !(k == kind.name() && *i == id));
+    st.save(out)?;
+    install_script(out, &st, h).await?;
+    println!("{kind} {id} is retired and stopped (its data stays in {dir}/output on {instance})");
+    Ok(())
+}
+
+/// Polls the view service until replica `id` of `kind` is a synced member that acts in
+/// the current view (`Until::Synced`, as `local add` waits), or is out of the view
+/// (`Until::Gone`). `progress` hears every change of what it sees.
+pub async fn wait_member(
+    frontend: &str,
+    cluster_token: &str,
+    kind: Kind,
+    id: u32,
+    until: Until,
+    limit: Duration,
+    progress: &dyn Fn(&str),
+) -> Result<(), String> {
+    let client =
+        bookstore_common::client::Client::with_timeout(cluster_token, Duration::from_secs(2));
+    let view_url = format!("{frontend}/vs/{kind}/view");
+    let deadline = Instant::now() + limit;
+    let mut last = String::new();
+    loop {
+        let (done, seen) = match client.get_json::<serde_json::Value>(&view_url).await {
+            Err(e) => (false, format!("the view service does not answer: {e}")),
+            Ok(v) => {
+                let view = &v["view"];
+                let primary = view["primary"] == id;
+                let backup = view["backups"]
+                    .as_array()
+                    .is_some_and(|b| b.iter().any(|x| *x == id));
+                let synced = v["synced"]
+                    .as_array()
+                    .is_some_and(|s| s.iter().any(|x| *x == id));
+                let epoch = view["epoch"].clone();
+                let summary = format!(
+                    "epoch {epoch}: primary {}, backups {}, synced {}",
+                    view["primary"], view["backups"], v["synced"]
+                );
+                match until {
+                    Until::Gone if view.is_null() => (false, "no view yet".to_string()),
+                    Until::Gone => (
+                        !primary && !backup,
+                        if primary || backup {
+                            format!("{kind} {id} is still in the view ({summary})")
+                        } else {
+                            format!("{kind} {id} is out of the view ({summary})")
+                        },
+                    ),
+                    Until::Synced if primary || (backup && synced) => {
+                        let role = if primary { "primary" } else { "backup" };
+                        let status = match v["members"][id.to_string()].as_str() {
+                            Some(u) => client
+                                .get_json::<serde_json::Value>(&format!("{u}/replication/status"))
+                                .await
+                                .ok(),
+                            None => None,
+                        };
+                        let acting = status.as_ref().is_some_and(|s| {
+                            s["serving_reads"] == true && s["epoch"] == epoch && s["role"] == role
+                        });
+                        (
+                            acting,
+                            if acting {
+                                format!("{kind} {id} is a synced {role} and serves ({summary})")
+                            } else {
+                                format!(
+                                    "{kind} {id} is a synced {role} in the view; waiting until it acts in epoch {epoch} and serves reads"
+                                )
+                            },
+                        )
+                    }
+                    Until::Synced if backup => (
+                        false,
+                        format!("{kind} {id} is a backup, catching up ({summary})"),
+                    ),
+                    Until::Synced => (
+                        false,
+                        format!("{kind} {id} is not in the view yet ({summary})"),
+                    ),
+                }
+            }
+        };
+        if seen != last {
+            progress(&seen);
+            last = seen;
+        }
+        if done {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "{kind} {id} is not {} after {limit:?} (last seen: {last})",
+                match until {
+                    Until::Synced => "a synced member",
+                    Until::Gone => "out of the view",
+                }
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Runs `script` on a host, echoing its output as `[label] id: line`.
@@ -1101,5 +1684,104 @@ pub async fn run(a: RunArgs) -> Result<bool, String> {
         (Ok(_), Err(t)) => Err(t),
         (Err(e), Ok(())) => Err(e),
         (Err(e), Err(t)) => Err(format!("{e}\n{t}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(id: &str, services: &[(&str, u32, u16)]) -> Host {
+        Host {
+            instance_id: id.into(),
+            public_ip: None,
+            private_ip: "10.0.0.1".into(),
+            services: services
+                .iter()
+                .map(|&(k, i, p)| (k.to_string(), i, p))
+                .collect(),
+        }
+    }
+
+    fn state(hosts: Vec<Host>, ports_used: u16) -> RunState {
+        RunState {
+            run_id: "r".into(),
+            created_unix: 0,
+            phase: Phase::Deployed,
+            region: "us-east-1".into(),
+            endpoint_url: None,
+            allow_cidr: "203.0.113.7/32".into(),
+            instance_type: "t3.micro".into(),
+            image_id: None,
+            image_name: None,
+            key_name: None,
+            key_created: false,
+            ssh_key: None,
+            ssh_user: "admin".into(),
+            security_group_id: None,
+            instance_ids: Vec::new(),
+            hosts,
+            base_port: 8000,
+            ports_used,
+            cluster_token: "c".into(),
+            admin_token: "a".into(),
+            deployment: None,
+        }
+    }
+
+    #[test]
+    fn a_new_replica_goes_to_the_least_loaded_host_without_its_kind() {
+        let hosts = vec![
+            host("a", &[("frontend", 0, 8000), ("catalog", 0, 8002)]),
+            host(
+                "b",
+                &[("cache", 0, 8001), ("catalog", 1, 8003), ("order", 0, 8004)],
+            ),
+            host("c", &[("order", 1, 8005)]),
+        ];
+        assert_eq!(pick_host(&hosts, Kind::Catalog), 2);
+        // Every host has an order replica but c: c is also the least loaded.
+        assert_eq!(
+            pick_host(&hosts, Kind::Order),
+            0,
+            "a has none and is lighter than b"
+        );
+        let full = vec![
+            host("a", &[("catalog", 0, 8002), ("order", 0, 8004)]),
+            host("b", &[("catalog", 1, 8003)]),
+        ];
+        assert_eq!(pick_host(&full, Kind::Catalog), 1, "else the least loaded");
+    }
+
+    #[test]
+    fn ports_are_never_reused() {
+        let hosts = vec![host("a", &[("frontend", 0, 8000), ("catalog", 2, 8006)])];
+        assert_eq!(next_port(&state(hosts.clone(), 7)).unwrap(), 8007);
+        // A removed service's port (8007) is not handed out again.
+        assert_eq!(next_port(&state(hosts.clone(), 8)).unwrap(), 8008);
+        // A state file from before `ports_used`: past the highest port in use.
+        assert_eq!(next_port(&state(hosts, 0)).unwrap(), 8007);
+        let mut st = state(vec![], 0);
+        st.base_port = 65_535;
+        st.ports_used = 1;
+        assert!(next_port(&st).is_err());
+    }
+
+    #[test]
+    fn a_fresh_deploy_renumbers_ids_with_gaps() {
+        let hosts = vec![
+            host("a", &[("catalog", 1, 8003), ("order", 0, 8004)]),
+            host("b", &[("catalog", 2, 8006), ("order", 1, 8005)]),
+        ];
+        let mut st = state(hosts, 7);
+        assert!(renumber(&mut st.clone(), true)
+            .unwrap_err()
+            .contains("without --keep-data"));
+        renumber(&mut st, false).unwrap();
+        assert_eq!(st.hosts[0].services[0], ("catalog".to_string(), 0, 8003));
+        assert_eq!(st.hosts[1].services[0], ("catalog".to_string(), 1, 8006));
+        assert_eq!(st.hosts[1].services[1], ("order".to_string(), 1, 8005));
+        // Contiguous ids: nothing to do, with or without the data.
+        renumber(&mut st, true).unwrap();
     }
 }

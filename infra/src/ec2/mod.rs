@@ -1,14 +1,15 @@
 //! `infra ec2 ...`: run the bookstore on EC2 instances (or on an EC2-compatible emulator).
 //!
 //! - [`cli`]: the clap commands and what each one does (`up`, `deploy`, `test`, `collect`,
-//!   `stop`, `down`, `run`).
+//!   `stop`, `add`, `remove`, `down`, `run`).
 //! - [`api`]: the EC2 calls (aws-sdk-ec2), with errors turned into messages a person can
 //!   act on (missing credentials, missing image, quota).
 //! - [`state`]: the per-run state file `output/ec2/<run>/state.json`, written after every
 //!   resource is created so that `down` can finish what a killed run left.
 //! - [`layout`]: which service runs on which host, the cluster file, CIDRs, host maps.
 //! - [`ssh`]: ssh/scp/tar through the system's OpenSSH client.
-//! - [`remote`]: the control script deployed to every host (start, stop, health).
+//! - [`remote`]: the control script deployed to every host (start, stop, health, and
+//!   start-one / stop-one for `add` and `remove`).
 //!
 //! See `docs/ec2.md` for the walk-through.
 pub mod api;

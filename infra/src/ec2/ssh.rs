@@ -93,6 +93,69 @@ impl Target {
         }
     }
 
+    /// Like [`Target::run`], but hands each line of stdout to `on_line` as it arrives (for
+    /// progress of long remote commands).
+    pub async fn run_lines(
+        &self,
+        script: &str,
+        mut on_line: impl FnMut(&str),
+    ) -> Result<(), String> {
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+        let mut child = Command::new("ssh")
+            .args(self.opts())
+            .arg("-p")
+            .arg(self.port.to_string())
+            .arg(self.dest())
+            .arg("bash -s")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| missing_tool("ssh", e))?;
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        let script = script.to_string();
+        let feed = tokio::spawn(async move {
+            let _ = stdin.write_all(script.as_bytes()).await;
+            let _ = stdin.shutdown().await;
+        });
+        let mut stderr = child.stderr.take().expect("piped stderr");
+        let errors = tokio::spawn(async move {
+            let mut buf = Vec::new();
+            let _ = stderr.read_to_end(&mut buf).await;
+            buf
+        });
+        let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+        let mut last = Vec::new();
+        while let Some(line) = lines
+            .next_line()
+            .await
+            .map_err(|e| format!("ssh {}: {e}", self.name()))?
+        {
+            on_line(&line);
+            last.push(line);
+            if last.len() > 15 {
+                last.remove(0);
+            }
+        }
+        let status = child
+            .wait()
+            .await
+            .map_err(|e| format!("ssh {}: {e}", self.name()))?;
+        let _ = feed.await;
+        let stderr = errors.await.unwrap_or_default();
+        if status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "ssh {}: {status}: {}{}",
+                self.name(),
+                String::from_utf8_lossy(&stderr).trim(),
+                tail_of(last.join("\n").as_bytes())
+            ))
+        }
+    }
+
     /// Tries `true` over ssh until it works or `limit` passes (a new instance's sshd takes
     /// a while to start).
     pub async fn wait_reachable(&self, limit: Duration) -> Result<(), String> {

@@ -65,6 +65,11 @@ pub struct RunState {
     pub instance_ids: Vec<String>,
     pub hosts: Vec<Host>,
     pub base_port: u16,
+    /// How many service ports the run has handed out: `up` places 6, each `add` one more
+    /// (at `base_port + ports_used`), so no port is ever reused, even after a `remove`.
+    /// (0 in state files written before `add` existed.)
+    #[serde(default)]
+    pub ports_used: u16,
     pub cluster_token: String,
     pub admin_token: String,
     pub deployment: Option<Deployment>,
