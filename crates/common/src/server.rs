@@ -59,10 +59,12 @@ impl Default for Limits {
 }
 
 impl Limits {
-    /// Catalog and order: replication messages carry snapshots (64 MiB bodies).
+    /// Catalog and order: replication messages carry whole snapshots (a 1,000,000-book
+    /// catalog's is about 68 MB), so their bodies may be up to 512 MiB. Only peers with
+    /// the cluster token can send them.
     pub fn replica() -> Limits {
         Limits {
-            max_body: 64 << 20,
+            max_body: 512 << 20,
             ..Limits::default()
         }
     }

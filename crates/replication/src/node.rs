@@ -643,10 +643,12 @@ async fn peer_sender(client: Client, url: String, mut rx: mpsc::UnboundedReceive
         }
         let body = bincode::serialize(&batch).expect("messages encode");
         batch.clear();
+        // A batch is usually a few kB; a snapshot can be tens of MB: give it time.
+        let timeout = Duration::from_secs(1) + Duration::from_millis(body.len() as u64 / 10_000);
         let req = client
             .raw()
             .post(&url)
-            .timeout(Duration::from_secs(1))
+            .timeout(timeout)
             .header("content-type", "application/octet-stream")
             .body(body);
         if let Err(e) = client.send(req).await {

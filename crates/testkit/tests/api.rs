@@ -560,3 +560,23 @@ async fn the_openapi_documents_are_served() {
         assert_eq!(v, serde_json::to_value(doc).unwrap(), "{url}");
     }
 }
+
+/// A replication message as big as a snapshot of a 1,000,000-book catalog (~68 MB) is
+/// read and judged by the replica, not refused for its size (which would leave a backup
+/// that needs a snapshot unable to catch up, and writes waiting for it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_sized_replication_messages_are_accepted() {
+    let c = TestCluster::start().await;
+    let body = vec![0xffu8; 100 << 20];
+    let r = reqwest::Client::new()
+        .post(c.url(Kind::Catalog, 1) + "/replication/msg?from=0")
+        .header("x-cluster-token", CLUSTER_TOKEN)
+        .header("content-type", "application/octet-stream")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400, "read, then refused as undecodable");
+    let v: Value = r.json().await.unwrap();
+    assert!(v["error"].as_str().unwrap().contains("undecodable"), "{v}");
+}
