@@ -144,6 +144,78 @@ pub fn check_books(path: &Path) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
+/// The member table frontend 0's view service keeps for `kind` under `output_dir`, if
+/// this output directory has run a cluster before.
+fn members_on_disk(output_dir: &Path, kind: Kind) -> Result<Option<Vec<(u32, Endpoint)>>, String> {
+    let path = output_dir
+        .join("data")
+        .join("frontend0")
+        .join(format!("members-{kind}.json"));
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    let v: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+    let urls = v["urls"]
+        .as_object()
+        .ok_or_else(|| format!("{}: no member table", path.display()))?;
+    let mut out = Vec::new();
+    for (id, url) in urls {
+        let id: u32 = id
+            .parse()
+            .map_err(|_| format!("{}: bad replica id {id:?}", path.display()))?;
+        let url = url.as_str().unwrap_or_default();
+        let endpoint = url
+            .strip_prefix("http://")
+            .and_then(|hp| hp.rsplit_once(':'))
+            .and_then(|(h, p)| Some(Endpoint::new(h, p.parse().ok()?)))
+            .ok_or_else(|| format!("{}: bad member URL {url:?}", path.display()))?;
+        out.push((id, endpoint));
+    }
+    out.sort_by_key(|(id, _)| *id);
+    Ok(Some(out))
+}
+
+/// What to start: the cluster file's servers, except that the catalog and order replicas
+/// are those of the member table when `output_dir` has one (a restarted `local up` keeps
+/// the replicas added with `local add` and leaves out those retired with `local remove`).
+fn planned_servers(
+    cluster: &ClusterConfig,
+    output_dir: &Path,
+    progress: &dyn Fn(&str),
+) -> Result<Vec<(Kind, u32, Endpoint)>, String> {
+    let mut out = Vec::new();
+    for kind in [Kind::Frontend, Kind::Cache, Kind::Catalog, Kind::Order] {
+        let file: Vec<(u32, Endpoint)> = cluster
+            .servers(kind)
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (i as u32, e.clone()))
+            .collect();
+        let members = match kind {
+            Kind::Catalog | Kind::Order => members_on_disk(output_dir, kind)?,
+            _ => None,
+        };
+        let chosen = match members {
+            Some(m) if m != file => {
+                progress(&format!(
+                    "{kind} replicas from the view service's member table (scaled at run time): {}",
+                    m.iter()
+                        .map(|(id, e)| format!("{id}@{e}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+                m
+            }
+            _ => file,
+        };
+        out.extend(chosen.into_iter().map(|(id, e)| (kind, id, e)));
+    }
+    Ok(out)
+}
+
 impl LocalCluster {
     /// Checks the files and ports, starts every server, and waits until all are healthy.
     /// `progress` is told what happens.
@@ -155,7 +227,8 @@ impl LocalCluster {
         check_books(&options.books)?;
         std::fs::create_dir_all(&options.output_dir)
             .map_err(|e| format!("{}: {e}", options.output_dir.display()))?;
-        for (kind, id, e) in cluster.all() {
+        let servers = planned_servers(&cluster, &options.output_dir, progress)?;
+        for (kind, id, e) in &servers {
             drop(bookstore_common::server::bind(
                 &e.addr(),
                 &format!("{kind} {id}"),
@@ -176,7 +249,7 @@ impl LocalCluster {
             options,
             haproxy: None,
         };
-        let mut order = cluster.all();
+        let mut order = servers;
         if lc.options.reverse_start {
             order.reverse();
         }

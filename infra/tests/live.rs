@@ -179,6 +179,30 @@ async fn scale_out_then_in_keeps_every_sale() {
         "every acknowledged order is on the last order replica"
     );
     lc.stop().await;
+
+    // A restart from the same output directory keeps the scaled cluster: only catalog 2
+    // and order 2 are started (from the member table), and they still hold every sale.
+    let lines = std::sync::Mutex::new(Vec::new());
+    let mut lc = LocalCluster::start(options(dir.path()), &|s: &str| {
+        lines.lock().unwrap().push(s.to_string())
+    })
+    .await
+    .unwrap();
+    let lines = lines.into_inner().unwrap();
+    assert!(
+        lines.iter().any(|l| l.contains("member table")),
+        "{lines:?}"
+    );
+    let started: Vec<(Kind, u32)> = lc.servers.iter().map(|s| (s.kind, s.id)).collect();
+    assert!(started.contains(&(Kind::Catalog, 2)) && started.contains(&(Kind::Order, 2)));
+    assert!(!started.contains(&(Kind::Catalog, 0)) && !started.contains(&(Kind::Order, 1)));
+    let f = lc.frontend_url();
+    assert_eq!(buy(&http, &f, 3).await, 200);
+    assert_eq!(
+        books_of(&url_of(&lc, Kind::Catalog, 2)).await[&3],
+        100000 - 11
+    );
+    lc.stop().await;
 }
 
 /// Replicas and the cache started before the frontend that hosts the view service wait
