@@ -3,7 +3,6 @@
 //! process that dies with its supervisor.
 use bookstore_common::config::Endpoint;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 use tokio::process::{Child, Command};
 
@@ -92,28 +91,8 @@ impl Haproxy {
             ));
         }
         let log = dir.join("haproxy.stderr.log");
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .map_err(|e| format!("{}: {e}", log.display()))?;
-        let err = out.try_clone().map_err(|e| e.to_string())?;
-        let mut cmd = Command::new(&bin);
-        cmd.arg("-db")
-            .arg("-f")
-            .arg(&config_file)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .kill_on_drop(true);
-        #[cfg(target_os = "linux")]
-        // SAFETY: prctl is async-signal-safe; it only sets a flag on the child.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                Ok(())
-            });
-        }
+        let mut cmd = crate::local::supervised(&bin, &log)?;
+        cmd.arg("-db").arg("-f").arg(&config_file);
         let child = cmd
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
@@ -157,19 +136,8 @@ impl Haproxy {
 
     /// SIGTERM (HAProxy's hard stop), SIGKILL after 3 s.
     pub async fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            if let Some(pid) = child.id() {
-                // SAFETY: kill(2) on our own child.
-                unsafe {
-                    libc::kill(pid as i32, libc::SIGTERM);
-                }
-            }
-            if tokio::time::timeout(Duration::from_secs(3), child.wait())
-                .await
-                .is_err()
-            {
-                let _ = child.kill().await;
-            }
+        if let Some(child) = self.child.take() {
+            crate::local::terminate(child).await;
         }
     }
 }

@@ -103,6 +103,55 @@ pub fn random_token() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
 
+/// A command for a supervised child: stdin closed, stdout and stderr appended to `log`,
+/// killed when dropped, and (Linux) sent SIGTERM by the kernel if the supervisor dies.
+pub(crate) fn supervised(program: &Path, log: &Path) -> Result<Command, String> {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(|e| format!("{}: {e}", log.display()))?;
+    let err = out.try_clone().map_err(|e| e.to_string())?;
+    let mut cmd = Command::new(program);
+    cmd.stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .kill_on_drop(true);
+    #[cfg(target_os = "linux")]
+    // SAFETY: prctl is async-signal-safe; it only sets a flag on the child.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
+    Ok(cmd)
+}
+
+/// SIGTERM to a child we own, without waiting.
+fn sigterm(child: &Child) {
+    if let Some(pid) = child.id() {
+        // SAFETY: plain kill(2) on a child we own.
+        unsafe {
+            libc::kill(pid as i32, libc::SIGTERM);
+        }
+    }
+}
+
+/// Waits for a child until `deadline`, then SIGKILLs it.
+async fn reap(mut child: Child, deadline: Instant) {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if tokio::time::timeout(left, child.wait()).await.is_err() {
+        let _ = child.kill().await;
+    }
+}
+
+/// SIGTERM, then SIGKILL if the child has not exited after 3 s.
+pub(crate) async fn terminate(child: Child) {
+    sigterm(&child);
+    reap(child, Instant::now() + Duration::from_secs(3)).await;
+}
+
 fn tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
@@ -167,10 +216,7 @@ fn members_on_disk(output_dir: &Path, kind: Kind) -> Result<Option<Vec<(u32, End
             .parse()
             .map_err(|_| format!("{}: bad replica id {id:?}", path.display()))?;
         let url = url.as_str().unwrap_or_default();
-        let endpoint = url
-            .strip_prefix("http://")
-            .and_then(|hp| hp.rsplit_once(':'))
-            .and_then(|(h, p)| Some(Endpoint::new(h, p.parse().ok()?)))
+        let endpoint = Endpoint::from_url(url)
             .ok_or_else(|| format!("{}: bad member URL {url:?}", path.display()))?;
         out.push((id, endpoint));
     }
@@ -511,19 +557,8 @@ impl LocalCluster {
     /// SIGTERM to one server; SIGKILL if it has not exited after 3 s.
     pub async fn stop_one(&mut self, kind: Kind, id: u32) -> Result<(), String> {
         let s = self.find(kind, id)?;
-        if let Some(mut child) = s.child.take() {
-            if let Some(pid) = child.id() {
-                // SAFETY: plain kill(2) on a child we own.
-                unsafe {
-                    libc::kill(pid as i32, libc::SIGTERM);
-                }
-            }
-            if tokio::time::timeout(Duration::from_secs(3), child.wait())
-                .await
-                .is_err()
-            {
-                let _ = child.kill().await;
-            }
+        if let Some(child) = s.child.take() {
+            terminate(child).await;
         }
         Ok(())
     }
@@ -537,13 +572,7 @@ impl LocalCluster {
     }
 
     fn spawn(&self, exe: &Path, server: &mut Server) -> Result<(), String> {
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&server.log)
-            .map_err(|e| format!("{}: {e}", server.log.display()))?;
-        let err = out.try_clone().map_err(|e| e.to_string())?;
-        let mut cmd = Command::new(exe);
+        let mut cmd = supervised(exe, &server.log)?;
         cmd.arg("serve")
             .arg(server.kind.name())
             .arg("--id")
@@ -555,11 +584,7 @@ impl LocalCluster {
             .arg("--listen")
             .arg(server.endpoint.addr())
             .env("BOOKSTORE_CLUSTER_TOKEN", &self.options.cluster_token)
-            .envs(self.options.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .kill_on_drop(true);
+            .envs(self.options.env.iter().map(|(k, v)| (k, v)));
         match server.kind {
             Kind::Catalog => {
                 cmd.arg("--books").arg(&self.options.books);
@@ -568,14 +593,6 @@ impl LocalCluster {
                 cmd.env("BOOKSTORE_ADMIN_TOKEN", &self.options.admin_token);
             }
             _ => {}
-        }
-        #[cfg(target_os = "linux")]
-        // SAFETY: prctl is async-signal-safe; it only sets a flag on the child.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                Ok(())
-            });
         }
         let child = cmd
             .spawn()
@@ -802,21 +819,13 @@ impl LocalCluster {
         if let Some(mut h) = self.haproxy.take() {
             h.stop().await;
         }
-        for s in &self.servers {
-            if let Some(pid) = s.pid() {
-                // SAFETY: plain kill(2) on a child we own.
-                unsafe {
-                    libc::kill(pid as i32, libc::SIGTERM);
-                }
-            }
+        for child in self.servers.iter().filter_map(|s| s.child.as_ref()) {
+            sigterm(child);
         }
         let deadline = Instant::now() + Duration::from_secs(3);
         for s in &mut self.servers {
-            if let Some(mut child) = s.child.take() {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if tokio::time::timeout(left, child.wait()).await.is_err() {
-                    let _ = child.kill().await;
-                }
+            if let Some(child) = s.child.take() {
+                reap(child, deadline).await;
             }
         }
     }

@@ -6,30 +6,15 @@
 //! skipped, and the test says so loudly.
 use serde_json::Value;
 use std::path::PathBuf;
+
+mod support;
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+use support::infra_binary;
 
 /// The two runs share the machine (2 cores) and the iptables chain: one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
-
-/// `infra` next to this test's target directory (target/<profile>/infra).
-fn infra_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable");
-    // target/<profile>/deps/chaos-<hash> -> target/<profile>/infra
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>");
-    let infra = profile_dir.join("infra");
-    assert!(
-        infra.is_file(),
-        "{} is missing: the chaos tests run the real servers; build them first with \
-         `cargo build -p infra` (cargo test --workspace builds it too)",
-        infra.display()
-    );
-    infra
-}
 
 /// Why partitions cannot run here, if they cannot.
 fn partitions_unavailable() -> Option<String> {

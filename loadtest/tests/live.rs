@@ -4,25 +4,9 @@
 use bookstore_common::config::Kind;
 use infra::local::{free_port_cluster, LocalCluster, LocalOptions};
 use loadtest::{run, RunConfig, Stop, Workload};
-use std::path::PathBuf;
+mod support;
 use std::time::{Duration, Instant};
-
-/// `infra` next to this test's target directory (target/<profile>/infra).
-fn infra_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable");
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>");
-    let infra = profile_dir.join("infra");
-    assert!(
-        infra.is_file(),
-        "{} is missing: build it first with `cargo build -p infra` (cargo test --workspace \
-         builds it too)",
-        infra.display()
-    );
-    infra
-}
+use support::infra_binary;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_restart_fails_no_buy() {

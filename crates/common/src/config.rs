@@ -70,6 +70,18 @@ impl Endpoint {
     pub fn addr(&self) -> String {
         format!("{}:{}", self.host, self.port)
     }
+
+    /// The endpoint of a base URL `http://host:port` (what [`Endpoint::url`] writes, and
+    /// what the view service's member table holds); `None` for anything else.
+    pub fn from_url(url: &str) -> Option<Endpoint> {
+        let rest = url.strip_prefix("http://")?.trim_end_matches('/');
+        let (host, port) = rest.rsplit_once(':')?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return None;
+        }
+        Some(Endpoint::new(host, port.parse().ok()?))
+    }
 }
 
 impl fmt::Display for Endpoint {
@@ -182,6 +194,11 @@ impl ClusterConfig {
     /// The servers of a kind, in replica-id order.
     pub fn servers(&self, kind: Kind) -> &[Endpoint] {
         self.servers.get(&kind).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// The base URLs of the servers of a kind, in replica-id order.
+    pub fn urls(&self, kind: Kind) -> Vec<String> {
+        self.servers(kind).iter().map(Endpoint::url).collect()
     }
 
     /// Server `id` of `kind`.

@@ -72,6 +72,20 @@ fn operations(item: &mut PathItem) -> impl Iterator<Item = &mut Operation> {
     .filter_map(Option::as_mut)
 }
 
+/// A server's internal document (served at [`INTERNAL_DOC_PATH`]): `doc` plus
+/// `GET /metrics`, with `/health` and `/ready` public and every other route behind the
+/// cluster token.
+pub fn internal(mut doc: OpenApi, title: &str) -> OpenApi {
+    doc.merge(<crate::metrics::MetricsApi as utoipa::OpenApi>::openapi());
+    finish(doc, title, INTERNAL_DOC_PATH, |path| {
+        if matches!(path, "/health" | "/ready") {
+            Access::Public
+        } else {
+            Access::Cluster
+        }
+    })
+}
+
 /// Completes a service's document: `title`; the route serving it at `doc_path`; the
 /// security requirement `access(path)` says each route has; the `ErrorBody` answers every
 /// route can give (the limits of [`crate::server::serve`], 401 on token routes).

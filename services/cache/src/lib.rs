@@ -18,7 +18,7 @@ use bookstore_common::client::Client;
 use bookstore_common::config::{ClusterConfig, Kind};
 use bookstore_common::error::ErrorBody;
 use bookstore_common::metrics::{self, Metrics};
-use bookstore_common::openapi::{self, Access, ItemQuery, TopicQuery};
+use bookstore_common::openapi::{self, ItemQuery, TopicQuery};
 use bookstore_common::oplog::OpLog;
 use bookstore_common::params::Params;
 use bookstore_common::router::{follow_views, Router};
@@ -277,20 +277,7 @@ struct CachePaths;
 
 /// The cache's API (`GET /internal/openapi.json`, cluster token; `/health` is public).
 pub fn internal_openapi() -> utoipa::openapi::OpenApi {
-    let mut doc = CachePaths::openapi();
-    doc.merge(metrics::MetricsApi::openapi());
-    openapi::finish(
-        doc,
-        "bookstore cache API",
-        openapi::INTERNAL_DOC_PATH,
-        |p| {
-            if p == "/health" || p == "/ready" {
-                Access::Public
-            } else {
-                Access::Cluster
-            }
-        },
-    )
+    openapi::internal(CachePaths::openapi(), "bookstore cache API")
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -400,12 +387,7 @@ pub async fn run(
     });
     let metrics = web::Data::new(Metrics::new());
     register_metrics(&cache, requests, &metrics);
-    let urls: Vec<String> = config
-        .cluster
-        .servers(Kind::Catalog)
-        .iter()
-        .map(|e| e.url())
-        .collect();
+    let urls = config.cluster.urls(Kind::Catalog);
     if urls.is_empty() {
         return Err(std::io::Error::other("the cluster has no catalog"));
     }

@@ -18,7 +18,7 @@ use bookstore_common::client::Client;
 use bookstore_common::config::{ClusterConfig, Kind};
 use bookstore_common::error::ErrorBody;
 use bookstore_common::metrics::{self, Metrics};
-use bookstore_common::openapi::{self, Access, IdempotencyHeader, ItemQuery, TopicQuery};
+use bookstore_common::openapi::{self, IdempotencyHeader, ItemQuery, TopicQuery};
 use bookstore_common::oplog::OpLog;
 use bookstore_common::params::{idempotency_key, Params};
 use bookstore_common::timing::{Timing, SERVER_TIMING};
@@ -116,12 +116,7 @@ impl Catalog {
         }
         let client = Client::new(config.tokens.cluster());
         let cache_url = config.cluster.servers(Kind::Cache).first().map(|e| e.url());
-        let peers = config
-            .cluster
-            .servers(Kind::Catalog)
-            .iter()
-            .map(|e| e.url())
-            .collect();
+        let peers = config.cluster.urls(Kind::Catalog);
         let vs_url = config
             .cluster
             .server(Kind::Frontend, 0)
@@ -360,21 +355,9 @@ struct CatalogPaths;
 /// The catalog's API (`GET /internal/openapi.json`, cluster token; `/health` is public).
 pub fn internal_openapi() -> utoipa::openapi::OpenApi {
     let mut doc = CatalogPaths::openapi();
-    doc.merge(metrics::MetricsApi::openapi());
     doc.merge(control::PublicApi::openapi());
     doc.merge(control::InternalApi::openapi());
-    openapi::finish(
-        doc,
-        "bookstore catalog API",
-        openapi::INTERNAL_DOC_PATH,
-        |p| {
-            if p == "/health" || p == "/ready" {
-                Access::Public
-            } else {
-                Access::Cluster
-            }
-        },
-    )
+    openapi::internal(doc, "bookstore catalog API")
 }
 
 /// Registers the routes of a catalog replica.

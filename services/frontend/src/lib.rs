@@ -83,35 +83,23 @@ impl Frontend {
         };
         let client = Client::new(config.tokens.cluster());
         let router = |kind: Kind| {
-            let urls: Vec<String> = config
-                .cluster
-                .servers(kind)
-                .iter()
-                .map(|e| e.url())
-                .collect();
+            let urls = config.cluster.urls(kind);
             if urls.is_empty() {
                 return Err(std::io::Error::other(format!("the cluster has no {kind}")));
             }
             Ok(Arc::new(Router::new(client.clone(), urls)))
         };
-        let urls = |kind: Kind| -> Vec<String> {
-            config
-                .cluster
-                .servers(kind)
-                .iter()
-                .map(|e| e.url())
-                .collect()
-        };
         let catalog = router(Kind::Catalog)?;
         let order = router(Kind::Order)?;
         let views = if config.id == 0 {
             let kinds = [
-                ("catalog", urls(Kind::Catalog)),
-                ("order", urls(Kind::Order)),
+                ("catalog", config.cluster.urls(Kind::Catalog)),
+                ("order", config.cluster.urls(Kind::Order)),
             ];
             let host =
                 Arc::new(VsHost::open(&config.data_dir, &kinds, 6).map_err(std::io::Error::other)?);
             host.spawn_ticker(config.tick);
+            follow_members(&host, &catalog, &order, config.tick * 2);
             Some(host)
         } else {
             // Other frontends follow frontend 0's view service: primaries and members.
@@ -149,14 +137,12 @@ impl Frontend {
         })
     }
 
-    /// Points the routers at the primaries and members of the current views (frontend 0,
-    /// which hosts the view service; the others poll it in the background).
+    /// Points the routers at the primaries of the current views (frontend 0, which hosts
+    /// the view service; the others poll it in the background). Members change rarely:
+    /// [`follow_members`] applies them off the request path.
     fn follow_views(&self) {
         if let Some(vs) = &self.views {
             for (kind, router) in [("catalog", &self.catalog), ("order", &self.order)] {
-                if let Some(members) = vs.members(kind) {
-                    router.set_members(&members);
-                }
                 if let Some(v) = vs.view(kind) {
                     router.set_primary(v.primary);
                 }
@@ -459,13 +445,7 @@ pub fn public_openapi() -> utoipa::openapi::OpenApi {
 pub fn internal_openapi() -> utoipa::openapi::OpenApi {
     let mut doc = vs_host::VsApi::openapi();
     doc.merge(observe::ClusterApi::openapi());
-    doc.merge(metrics::MetricsApi::openapi());
-    openapi::finish(
-        doc,
-        "bookstore frontend internal API",
-        openapi::INTERNAL_DOC_PATH,
-        |_| Access::Cluster,
-    )
+    openapi::internal(doc, "bookstore frontend internal API")
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -532,6 +512,32 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 }),
         )
         .default_service(web::to(server::not_found));
+}
+
+/// Frontend 0: applies the in-process view service's member tables to the routers every
+/// `every`, until the routers or the host are dropped.
+fn follow_members(host: &Arc<VsHost>, catalog: &Arc<Router>, order: &Arc<Router>, every: Duration) {
+    let (host, catalog, order) = (
+        Arc::downgrade(host),
+        Arc::downgrade(catalog),
+        Arc::downgrade(order),
+    );
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(every);
+        loop {
+            interval.tick().await;
+            let (Some(host), Some(catalog), Some(order)) =
+                (host.upgrade(), catalog.upgrade(), order.upgrade())
+            else {
+                break;
+            };
+            for (kind, router) in [("catalog", &catalog), ("order", &order)] {
+                if let Some(members) = host.members(kind) {
+                    router.set_members(&members);
+                }
+            }
+        }
+    });
 }
 
 /// Serves the frontend on `listener` until `shutdown` resolves.

@@ -169,7 +169,7 @@ impl Observer {
                 None => servers.push((kind, id, e)),
                 Some(m) if id == 0 => servers.extend(
                     m.iter()
-                        .filter_map(|(id, url)| endpoint_of(url).map(|e| (kind, *id, e))),
+                        .filter_map(|(id, url)| Endpoint::from_url(url).map(|e| (kind, *id, e))),
                 ),
                 Some(_) => {}
             }
@@ -448,13 +448,3 @@ pub struct StatusApi;
 #[derive(utoipa::OpenApi)]
 #[openapi(paths(cluster))]
 pub struct ClusterApi;
-
-/// `host:port` of a member's base URL (`http://host:port`).
-fn endpoint_of(url: &str) -> Option<Endpoint> {
-    let rest = url.strip_prefix("http://")?.trim_end_matches('/');
-    let (host, port) = rest.rsplit_once(':')?;
-    Some(Endpoint::new(
-        host.trim_start_matches('[').trim_end_matches(']'),
-        port.parse().ok()?,
-    ))
-}

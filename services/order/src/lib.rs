@@ -18,7 +18,7 @@ use bookstore_common::client::{CallError, Client};
 use bookstore_common::config::{ClusterConfig, Kind};
 use bookstore_common::error::ErrorBody;
 use bookstore_common::metrics::{self, Metrics};
-use bookstore_common::openapi::{self, Access, IdempotencyHeader, ItemQuery};
+use bookstore_common::openapi::{self, IdempotencyHeader, ItemQuery};
 use bookstore_common::oplog::OpLog;
 use bookstore_common::params::{idempotency_key, Params};
 use bookstore_common::router::{follow_views, Router};
@@ -126,14 +126,6 @@ impl OrderService {
                 .map_err(|e| e.to_string())?,
             None => OpLog::disabled(),
         };
-        let urls = |kind: Kind| -> Vec<String> {
-            config
-                .cluster
-                .servers(kind)
-                .iter()
-                .map(|e| e.url())
-                .collect()
-        };
         let frontend0 = config
             .cluster
             .server(Kind::Frontend, 0)
@@ -142,7 +134,7 @@ impl OrderService {
         let vs_url = format!("{frontend0}/vs/order");
         let mut opts = NodeOptions::new(
             config.id,
-            urls(Kind::Order),
+            config.cluster.urls(Kind::Order),
             vs_url,
             config.data_dir.clone(),
             config.tokens.cluster(),
@@ -151,7 +143,7 @@ impl OrderService {
         let node = Node::start(opts, OrderSm::default)?;
         let catalog = Arc::new(Router::new(
             Client::new(config.tokens.cluster()),
-            urls(Kind::Catalog),
+            config.cluster.urls(Kind::Catalog),
         ));
         // Follow the catalog's view: its primary and replicas added or retired at run time.
         follow_views(
@@ -291,21 +283,9 @@ struct OrderPaths;
 /// public).
 pub fn internal_openapi() -> utoipa::openapi::OpenApi {
     let mut doc = OrderPaths::openapi();
-    doc.merge(metrics::MetricsApi::openapi());
     doc.merge(control::PublicApi::openapi());
     doc.merge(control::InternalApi::openapi());
-    openapi::finish(
-        doc,
-        "bookstore order API",
-        openapi::INTERNAL_DOC_PATH,
-        |p| {
-            if p == "/health" || p == "/ready" {
-                Access::Public
-            } else {
-                Access::Cluster
-            }
-        },
-    )
+    openapi::internal(doc, "bookstore order API")
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
