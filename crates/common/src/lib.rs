@@ -5,6 +5,8 @@
 //! - [`error`]: [`ApiError`], the one error enum of the HTTP boundary, mapped to status codes.
 //! - [`params`]: strict query-string parsing with errors that name the parameter.
 //! - [`auth`]: cluster-token and admin-token checks (constant time).
+//! - [`cache_store`]: cache entries and their version rules, used by the cache service
+//!   and by each frontend's near cache.
 //! - [`client`]: the pooled HTTP client services use to call each other.
 //! - [`metrics`]: Prometheus `/metrics` (per-route request counts and latency histograms,
 //!   downstream tiers, service gauges) and the middleware that records requests.
@@ -16,6 +18,7 @@
 //! - [`timing`]: `Server-Timing` headers (own time and each downstream call, nested
 //!   callees folded in as `callee.call`).
 pub mod auth;
+pub mod cache_store;
 pub mod cli;
 pub mod client;
 pub mod config;

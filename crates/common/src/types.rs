@@ -142,6 +142,36 @@ pub struct CacheFill {
     pub response: serde_json::Value,
 }
 
+/// The header on a cache hit naming the catalog version the answer was read at (a
+/// frontend's near cache stores the answer under it).
+pub const CACHE_VERSION_HEADER: &str = "bookstore-version";
+
+/// Frontend -> cache: ask for (or renew) the near-cache lease that lets this frontend
+/// answer lookups and searches from its own memory. While it holds one, the cache pushes
+/// every invalidation to it before acknowledging the invalidation.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct NearLeaseRequest {
+    /// The frontend's id (the cache pushes invalidations to this frontend's address in
+    /// the cluster file).
+    #[serde(deserialize_with = "whole::u63")]
+    #[schema(minimum = 0, maximum = 4294967295_u64)]
+    pub frontend: u64,
+    /// A random number the frontend draws at start: a lease asked under the same id by
+    /// another process starts (and makes the next one start) with a flush.
+    #[serde(default, deserialize_with = "whole::u63")]
+    #[schema(minimum = 0, maximum = 9223372036854775807_i64)]
+    pub session: u64,
+}
+
+/// Cache -> frontend: a near-cache lease of `millis` (counted by the frontend from the
+/// moment it sent its request; 0 when the cache itself holds no lease), and whether the
+/// frontend must first drop every near entry (it may have missed an invalidation).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct NearLeaseReply {
+    pub millis: u64,
+    pub flush: bool,
+}
+
 /// A short acknowledgement: `{"result": "..."}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Done {

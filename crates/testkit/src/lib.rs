@@ -29,6 +29,9 @@ pub struct Options {
     pub lease: Duration,
     /// Replication tick.
     pub tick: Duration,
+    /// Frontends listed in the cluster file after frontend 0 whose sockets accept
+    /// connections but never answer (a paused frontend).
+    pub silent_frontends: usize,
 }
 
 impl Default for Options {
@@ -41,6 +44,7 @@ impl Default for Options {
             output_dir: None,
             lease: Duration::from_millis(1000),
             tick: Duration::from_millis(20),
+            silent_frontends: 0,
         }
     }
 }
@@ -54,6 +58,8 @@ pub struct TestCluster {
     /// Holds every replica's data directory (`<kind><id>/`).
     pub data: tempfile::TempDir,
     stops: Vec<(Kind, u32, oneshot::Sender<()>)>,
+    /// The silent frontends' sockets (bound, never accepted from).
+    _silent: Vec<TcpListener>,
 }
 
 fn listener() -> (TcpListener, Endpoint) {
@@ -78,7 +84,7 @@ impl TestCluster {
                 listeners.push((kind, l));
             }
         };
-        add(Kind::Frontend, 1);
+        add(Kind::Frontend, 1 + opts.silent_frontends);
         add(Kind::Cache, usize::from(opts.with_cache));
         add(Kind::Catalog, opts.catalogs);
         add(Kind::Order, opts.orders);
@@ -86,9 +92,14 @@ impl TestCluster {
         let tokens = Tokens::new(CLUSTER_TOKEN, Some(ADMIN_TOKEN));
         let data = tempfile::tempdir().expect("temp dir");
         let mut stops = Vec::new();
+        let mut silent = Vec::new();
         let mut ids = std::collections::HashMap::<Kind, u32>::new();
         for (kind, l) in listeners {
             let id = *ids.entry(kind).and_modify(|i| *i += 1).or_insert(0);
+            if kind == Kind::Frontend && id > 0 {
+                silent.push(l);
+                continue;
+            }
             let (tx, rx) = oneshot::channel::<()>();
             stops.push((kind, id, tx));
             let stop = async move {
@@ -153,6 +164,7 @@ impl TestCluster {
             cluster,
             data,
             stops,
+            _silent: silent,
         };
         tc.wait_healthy().await;
         tc.wait_ready().await;
@@ -162,6 +174,9 @@ impl TestCluster {
     async fn wait_healthy(&self) {
         let http = reqwest::Client::new();
         for (kind, id, e) in self.cluster.all() {
+            if kind == Kind::Frontend && id > 0 {
+                continue; // silent
+            }
             let url = format!("{}/health", e.url());
             let mut ok = false;
             for _ in 0..200 {

@@ -169,18 +169,19 @@ async fn no_cache_requests_skip_the_cache_both_ways() {
         }
         req.send()
     };
-    // A normal lookup fills the cache; wait until it is answered from there.
+    // A normal lookup fills the caches; wait until it is answered from the frontend's
+    // near cache (no downstream call at all).
     let mut hit = false;
     for _ in 0..200 {
         let r = get("lookup?item_number=1", None).await.unwrap();
         assert_eq!(r.status(), 200);
-        if tiers(&r) == ["frontend", "cache"] {
+        if tiers(&r) == ["frontend"] {
             hit = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert!(hit, "lookups never came from the cache");
+    assert!(hit, "lookups never came from the near cache");
     let before = cache_stats().await;
     for (path, bypass) in [
         ("lookup?item_number=1", "no-cache"),
@@ -201,9 +202,93 @@ async fn no_cache_requests_skip_the_cache_both_ways() {
         before["entries"], after["entries"],
         "no fill: {before} {after}"
     );
-    // Another directive alone does not bypass.
-    let r = get("lookup?item_number=1", Some("max-age=0"))
+    // Another directive alone does not bypass: the answer comes from a cache (the near
+    // one, or the cache service right after a flush of the near one, e.g. when the
+    // catalog primary changes at start).
+    let mut cached = false;
+    for _ in 0..50 {
+        let r = get("lookup?item_number=1", Some("max-age=0"))
+            .await
+            .unwrap();
+        if tiers(&r) == ["frontend"] {
+            cached = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(cached, "max-age=0 bypassed the cache");
+}
+
+/// A frontend that holds a near lease but does not answer (paused) cannot be told of an
+/// invalidation: the cache then holds the write's acknowledgement until that lease has
+/// run out, and the frontend's next lease starts with a flush.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_near_cache_is_waited_out_before_a_write_is_acknowledged() {
+    use bookstore_cache::near::NEAR_LEASE;
+    use bookstore_common::types::{NearLeaseReply, NearLeaseRequest};
+    use std::time::Instant;
+    let c = TestCluster::with(Options {
+        books: books(),
+        silent_frontends: 1,
+        ..Options::default()
+    })
+    .await;
+    c.wait_cache_leased().await;
+    let f = c.frontend();
+    let http = reqwest::Client::new();
+    let cache = c.url(Kind::Cache, 0);
+    let lease = |frontend: u64| {
+        let (client, url) = (c.internal(), format!("{cache}/near_lease"));
+        async move {
+            client
+                .post_body::<_, NearLeaseReply>(
+                    &url,
+                    &NearLeaseRequest {
+                        frontend,
+                        session: 1,
+                    },
+                )
+                .await
+                .unwrap()
+        }
+    };
+    // Warm up (the first invalidations of a fresh cache wait one lease length anyway).
+    let r = http
+        .post(format!("{f}/buy?item_number=1"))
+        .send()
         .await
         .unwrap();
-    assert_eq!(tiers(&r), ["frontend", "cache"]);
+    assert_eq!(r.status(), 200);
+    tokio::time::sleep(NEAR_LEASE).await;
+    // Frontend 1 (silent) takes a near lease; the next buy must wait it out.
+    let granted = lease(1).await;
+    let asked = Instant::now();
+    assert!(granted.millis > 0 && granted.flush, "{granted:?}");
+    let r = http
+        .post(format!("{f}/buy?item_number=1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let waited = asked.elapsed();
+    assert!(
+        waited >= Duration::from_millis(granted.millis) - Duration::from_millis(20),
+        "the buy was acknowledged after {waited:?}, inside frontend 1's {} ms lease",
+        granted.millis
+    );
+    assert!(lease(1).await.flush, "frontend 1 missed an invalidation");
+    // Unknown frontends get no lease.
+    let e = c
+        .internal()
+        .post_body::<_, NearLeaseReply>(
+            &format!("{cache}/near_lease"),
+            &NearLeaseRequest {
+                frontend: 7,
+                session: 1,
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Some(404), "{e}");
+    assert_eq!(stock(&http, &f).await, 100_000 - 2);
 }

@@ -250,12 +250,18 @@ async fn metrics_count_requests_per_route_and_tier_and_need_a_token() {
     assert!(text.contains(
         "bookstore_http_request_duration_seconds_count{route=\"/lookup\",method=\"GET\",status=\"200\"} 5"
     ), "{text}");
-    assert!(
-        text.contains(
-            "bookstore_downstream_duration_seconds_count{route=\"/lookup\",tier=\"cache\"} 5"
-        ),
-        "{text}"
-    );
+    // The first lookup asks the cache service; later ones may be answered from the
+    // frontend's near cache (no downstream call).
+    let cache_calls: f64 = text
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(
+                "bookstore_downstream_duration_seconds_count{route=\"/lookup\",tier=\"cache\"} ",
+            )
+        })
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0);
+    assert!((1.0..=5.0).contains(&cache_calls), "{text}");
     assert!(text.contains(
         "bookstore_downstream_duration_seconds_count{route=\"/lookup\",tier=\"catalog\"}"
     ));
@@ -269,8 +275,13 @@ async fn metrics_count_requests_per_route_and_tier_and_need_a_token() {
         "bookstore_frontend_cache_lookups_total",
         &[("result", "miss")],
     );
-    assert_eq!(hits + misses, 5.0, "{text}");
-    assert!(hits >= 1.0, "{text}");
+    let near = value(
+        &after,
+        "bookstore_frontend_cache_lookups_total",
+        &[("result", "near")],
+    );
+    assert_eq!(hits + misses + near, 5.0, "{text}");
+    assert!(hits + near >= 1.0, "{text}");
     let vs_epoch = value(&after, "bookstore_vs_epoch", &[("kind", "catalog")]);
     assert!(vs_epoch >= 1.0, "{text}");
     assert_eq!(

@@ -1,13 +1,18 @@
 //! Cache service: lookup and search answers, kept coherent with the catalog.
 //!
-//! - [`store`]: entries and the version rules (pure).
+//! - [`store`]: entries and the version rules (pure; shared with the frontends' near
+//!   caches, in `bookstore_common::cache_store`).
+//! - [`near`]: the frontends' near leases (pure): who must hear of an invalidation before
+//!   the cache acknowledges it.
 //! - this file: the routes (internal, cluster token), their OpenAPI document
 //!   ([`internal_openapi`]) and the lease loop: the cache
 //!   serves entries only while it holds a lease from the catalog, which lets a catalog
 //!   that cannot reach the cache still guarantee no stale read after its write.
 //!   `/metrics` (cluster or admin token) counts hits and misses
 //!   (`bookstore_cache_requests_total{result}`), entries and whether a lease is held.
-pub mod store;
+pub use bookstore_common::cache_store as store;
+
+pub mod near;
 
 pub mod cli;
 
@@ -23,7 +28,10 @@ use bookstore_common::oplog::OpLog;
 use bookstore_common::params::Params;
 use bookstore_common::router::{follow_views, Router};
 use bookstore_common::types::Done;
-use bookstore_common::types::{CacheFill, Health, LeaseReply, LeaseRequest, Readiness};
+use bookstore_common::types::{
+    CacheFill, Health, LeaseReply, LeaseRequest, NearLeaseReply, NearLeaseRequest, Readiness,
+    CACHE_VERSION_HEADER,
+};
 use bookstore_common::{server, ApiError};
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
@@ -31,6 +39,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -53,6 +62,15 @@ pub struct CacheConfig {
 pub struct Cache {
     store: RwLock<Store>,
     lease_until: Mutex<Option<Instant>>,
+    /// The frontends' near leases.
+    near: Mutex<near::Holders>,
+    /// Each frontend's base URL (from the cluster file), where invalidations are pushed.
+    frontends: HashMap<u32, String>,
+    /// Pushes invalidations to the frontends.
+    client: Client,
+    /// When this cache started: for one near-lease length it holds back invalidation
+    /// answers (see [`near::NEAR_LEASE`]).
+    started: Instant,
     log: OpLog,
     hits: Counter,
     misses: Counter,
@@ -63,13 +81,14 @@ impl Cache {
         self.lease_until.lock().is_some_and(|t| Instant::now() < t)
     }
 
-    fn answer(&self, what: String, found: Option<Bytes>) -> HttpResponse {
+    fn answer(&self, what: String, found: Option<(Bytes, u64)>) -> HttpResponse {
         match found {
-            Some(body) if self.leased() => {
+            Some((body, version)) if self.leased() => {
                 self.hits.inc();
                 self.log.record(format!("{what},hit"));
                 HttpResponse::Ok()
                     .insert_header(ContentType::json())
+                    .insert_header((CACHE_VERSION_HEADER, version.to_string()))
                     .body(body)
             }
             _ => {
@@ -102,7 +121,7 @@ async fn health() -> HttpResponse {
 ))]
 async fn lookup(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let item = Params::parse(req.query_string()).item_number()?;
-    let found = ctx.store.read().lookup(item);
+    let found = ctx.store.read().lookup_versioned(item);
     Ok(ctx.answer(format!("lookup,{item}"), found))
 }
 
@@ -115,7 +134,7 @@ async fn lookup(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
 async fn search(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let params = Params::parse(req.query_string());
     let topic = params.topic()?;
-    let found = ctx.store.read().search(topic);
+    let found = ctx.store.read().search_versioned(topic);
     Ok(ctx.answer(format!("search,{topic}"), found))
 }
 
@@ -189,15 +208,80 @@ async fn invalidate(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError
     let epoch = epoch.map(u64::try_from).transpose().map_err(|_| {
         ApiError::BadRequest("parameter epoch must be a whole number below 2^63".into())
     })?;
-    let mut store = ctx.store.write();
-    if let Some(e) = epoch {
-        store.observe_epoch(e);
+    {
+        let mut store = ctx.store.write();
+        if let Some(e) = epoch {
+            store.observe_epoch(e);
+        }
+        store.invalidate(item, version);
     }
-    store.invalidate(item, version);
-    drop(store);
     ctx.log.record(format!("invalidate_cache,{item}"));
+    let epoch = epoch.map_or(String::new(), |e| format!("&epoch={e}"));
+    push_to_frontends(
+        &ctx,
+        &format!("/internal/near/invalidate?item_number={item}&version={version}{epoch}"),
+    )
+    .await;
     Ok(HttpResponse::Ok().json(Done {
         result: "ok".into(),
+    }))
+}
+
+/// Makes sure no frontend can answer from a near entry the invalidation `path` drops:
+/// pushes it to every frontend holding a near lease and, for each push that fails, waits
+/// until that frontend's lease has run out.
+async fn push_to_frontends(ctx: &Cache, path: &str) {
+    // A frontend may still hold a lease from this cache's previous incarnation.
+    tokio::time::sleep_until((ctx.started + near::NEAR_LEASE).into()).await;
+    let live = ctx.near.lock().live(Instant::now());
+    let pushes = live.into_iter().map(|(id, until)| async move {
+        let ok = match ctx.frontends.get(&id) {
+            Some(base) => {
+                let timeout = until.saturating_duration_since(Instant::now());
+                let req = ctx
+                    .client
+                    .raw()
+                    .post(format!("{base}{path}"))
+                    .timeout(timeout.max(Duration::from_millis(1)));
+                ctx.client.send(req).await.is_ok()
+            }
+            None => false,
+        };
+        if !ok {
+            let until = ctx.near.lock().failed(id);
+            tracing::debug!(
+                frontend = id,
+                "near invalidation failed; waiting out its lease"
+            );
+            if let Some(t) = until {
+                tokio::time::sleep_until(t.into()).await;
+            }
+        }
+    });
+    futures::future::join_all(pushes).await;
+}
+
+/// Grants (or renews) a frontend's near lease.
+#[utoipa::path(post, path = "/near_lease", request_body = NearLeaseRequest, responses(
+    (status = 200, body = NearLeaseReply),
+    (status = 400, description = "Malformed body", body = ErrorBody),
+    (status = 404, description = "No such frontend in the cluster file", body = ErrorBody),
+))]
+async fn near_lease(ctx: Ctx, body: web::Json<NearLeaseRequest>) -> Result<HttpResponse, ApiError> {
+    let id = u32::try_from(body.frontend)
+        .ok()
+        .filter(|id| ctx.frontends.contains_key(id))
+        .ok_or_else(|| {
+            ApiError::NotFound(format!("no frontend {} in the cluster file", body.frontend))
+        })?;
+    let cache_until = *ctx.lease_until.lock();
+    let (grant, flush) = ctx
+        .near
+        .lock()
+        .renew(id, body.session, Instant::now(), cache_until);
+    Ok(HttpResponse::Ok().json(NearLeaseReply {
+        millis: grant.as_millis() as u64,
+        flush,
     }))
 }
 
@@ -209,6 +293,9 @@ pub struct Stats {
     pub entries: u64,
     /// Whether the cache holds a lease (serves hits).
     pub leased: bool,
+    /// Frontends holding a near lease (answering hits from their own memory).
+    #[serde(default)]
+    pub near_leases: u64,
 }
 
 /// Hit and miss counts.
@@ -219,6 +306,7 @@ async fn stats(ctx: Ctx) -> HttpResponse {
         misses: ctx.misses.get(),
         entries: ctx.store.read().len() as u64,
         leased: ctx.leased(),
+        near_leases: ctx.near.lock().leased(Instant::now()) as u64,
     })
 }
 
@@ -271,7 +359,7 @@ async fn ready() -> HttpResponse {
 
 #[derive(OpenApi)]
 #[openapi(paths(
-    health, ready, lookup, search, put_lookup, put_search, invalidate, stats
+    health, ready, lookup, search, put_lookup, put_search, invalidate, near_lease, stats
 ))]
 struct CachePaths;
 
@@ -294,6 +382,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .route("/put_lookup_cache", web::post().to(put_lookup))
                 .route("/put_search_cache", web::post().to(put_search))
                 .route("/invalidate", web::post().to(invalidate))
+                .route("/near_lease", web::post().to(near_lease))
                 .route("/stats", web::get().to(stats))
                 .configure(move |c| openapi::serve_doc(c, openapi::INTERNAL_DOC_PATH, &doc))
                 .default_service(web::to(server::not_found)),
@@ -322,6 +411,10 @@ async fn lease_loop(cache: web::Data<Cache>, catalog: Arc<Router>, every: Durati
                 store.flush(floor);
                 drop(store);
                 cache.log.record(format!("flush,{floor}"));
+                // The frontends' near caches drop everything too (they would stop at the
+                // end of their leases anyway: those never outlive the cache's).
+                let c = cache.clone();
+                tokio::spawn(async move { push_to_frontends(&c, "/internal/near/flush").await });
                 flushed_to = Some(floor);
                 continue;
             }
@@ -378,9 +471,20 @@ pub async fn run(
     let requests = Family::<ResultLabel, Counter>::default();
     let hits = requests.get_or_create_owned(&ResultLabel { result: "hit" });
     let misses = requests.get_or_create_owned(&ResultLabel { result: "miss" });
+    let frontends = config
+        .cluster
+        .servers(Kind::Frontend)
+        .iter()
+        .enumerate()
+        .map(|(id, e)| (id as u32, e.url()))
+        .collect();
     let cache = web::Data::new(Cache {
         store: RwLock::new(Store::default()),
         lease_until: Mutex::new(None),
+        near: Mutex::new(near::Holders::default()),
+        frontends,
+        client: Client::new(config.tokens.cluster()),
+        started: Instant::now(),
         log,
         hits,
         misses,

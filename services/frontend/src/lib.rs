@@ -14,6 +14,10 @@
 //! [`public_openapi`] (served at `GET /openapi.json`) and [`internal_openapi`]
 //! (`GET /internal/openapi.json`, cluster token).
 //!
+//! Each frontend keeps a **near cache** ([`near`]): answers held in this process under a
+//! lease from the cache service, which pushes every invalidation here before it
+//! acknowledges it, so a hit costs one HTTP hop and is never staler than the cache's.
+//!
 //! A lookup or search sent with `Cache-Control: no-cache` (or `no-store`) skips the
 //! cache both ways: it is answered by the catalog and does not fill the cache (used by
 //! `loadtest run --compare-cache` to measure what the cache saves).
@@ -23,6 +27,7 @@
 //! `GET /status.json` (the map without addresses, and the stock of each book): see
 //! [`observe`].
 pub mod cli;
+pub mod near;
 pub mod observe;
 
 use actix_web::http::header::ContentType;
@@ -38,11 +43,13 @@ use bookstore_common::params::{idempotency_key, Params};
 use bookstore_common::router::{follow_views, Read, Router};
 use bookstore_common::timing::{Timing, SERVER_TIMING};
 use bookstore_common::types::{
-    Book, BuySuccess, CacheFill, Health, LookupResponse, Readiness, SearchHit, SearchResponse,
-    Versioned, IDEMPOTENCY_KEY_HEADER,
+    Book, BuySuccess, CacheFill, Health, ItemNumber, LookupResponse, Readiness, SearchHit,
+    SearchResponse, Versioned, CACHE_VERSION_HEADER, IDEMPOTENCY_KEY_HEADER,
 };
 use bookstore_common::{server, ApiError};
 use bookstore_replication::vs_host::{self, VsHost};
+use bytes::Bytes;
+use near::{Near, Ticket};
 use std::future::Future;
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -68,6 +75,8 @@ pub struct Frontend {
     id: u32,
     client: Client,
     cache: Option<String>,
+    /// This frontend's near cache (when the cluster has a cache service).
+    near: Option<Arc<Near>>,
     catalog: Arc<Router>,
     order: Arc<Router>,
     views: Option<Arc<VsHost>>,
@@ -125,10 +134,17 @@ impl Frontend {
             config.tokens.cluster(),
             views.clone(),
         );
+        let cache = config.cluster.servers(Kind::Cache).first().map(|e| e.url());
+        let near = cache.as_ref().map(|url| {
+            let near = Arc::new(Near::default());
+            near::spawn_lease_loop(&near, client.clone(), url.clone(), config.id);
+            near
+        });
         Ok(Frontend {
             obs,
             id: config.id,
-            cache: config.cluster.servers(Kind::Cache).first().map(|e| e.url()),
+            cache,
+            near,
             catalog,
             order,
             client,
@@ -150,22 +166,39 @@ impl Frontend {
         }
     }
 
-    async fn cached(&self, path: String, t: &mut Timing) -> Option<HttpResponse> {
+    /// Asks the cache service for `path`: the stored answer and the catalog version it
+    /// was read at.
+    async fn cached(&self, path: String, t: &mut Timing) -> Option<(Bytes, Option<u64>)> {
         let cache = self.cache.as_ref()?;
         let req = self
             .client
             .raw()
             .get(format!("{cache}{path}"))
             .timeout(Duration::from_millis(200));
-        let body = t.time("cache", self.client.send(req)).await.ok();
-        self.obs.cache_lookup(body.is_some());
-        let body = body?;
-        Some(
-            HttpResponse::Ok()
-                .insert_header(ContentType::json())
-                .insert_header((SERVER_TIMING, t.header("frontend")))
-                .body(body),
-        )
+        let found = t
+            .time("cache", async {
+                let resp = req.send().await.ok()?;
+                if !resp.status().is_success() {
+                    return None;
+                }
+                let version = resp
+                    .headers()
+                    .get(CACHE_VERSION_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok());
+                Some((resp.bytes().await.ok()?, version))
+            })
+            .await;
+        self.obs
+            .cache_lookup(if found.is_some() { "hit" } else { "miss" });
+        found
+    }
+
+    /// A near hit for `found` (a near-cache lookup), counted.
+    fn near_hit(&self, found: Option<Bytes>, t: &Timing) -> Option<HttpResponse> {
+        let body = found?;
+        self.obs.cache_lookup("near");
+        Some(json_answer(body, t))
     }
 
     /// Stores an answer in the cache without holding up the reply.
@@ -206,6 +239,14 @@ pub fn bypasses_cache(req: &HttpRequest) -> bool {
         })
 }
 
+/// A JSON answer with this frontend's `Server-Timing`.
+fn json_answer(body: Bytes, t: &Timing) -> HttpResponse {
+    HttpResponse::Ok()
+        .insert_header(ContentType::json())
+        .insert_header((SERVER_TIMING, t.header("frontend")))
+        .body(body)
+}
+
 fn decode<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body)
         .map_err(|e| ApiError::BadGateway(format!("bad catalog answer: {e}")))
@@ -235,12 +276,23 @@ async fn lookup(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     ctx.log.record(format!("lookup,{item}"));
     let mut t = Timing::start();
     let use_cache = !bypasses_cache(&req);
+    let near = ctx.near.as_ref().filter(|_| use_cache);
+    let mut ticket = None;
+    if let Some(near) = near {
+        if let Some(hit) = ctx.near_hit(near.lookup(item), &t) {
+            return Ok(hit);
+        }
+        ticket = Some(near.ticket());
+    }
     if use_cache {
-        if let Some(hit) = ctx
+        if let Some((body, version)) = ctx
             .cached(format!("/lookup?item_number={item}"), &mut t)
             .await
         {
-            return Ok(hit);
+            if let (Some(near), Some(ticket), Some(version)) = (near, ticket, version) {
+                near.put_lookup(ticket, item, version, body.clone());
+            }
+            return Ok(json_answer(body, &t));
         }
     }
     ctx.follow_views();
@@ -251,20 +303,21 @@ async fn lookup(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
         .map_err(|e| upstream_error("catalog", e))?;
     let v: Versioned<Book> = decode(&body)?;
     let response = LookupResponse { result: v.result };
-    let value = serde_json::to_value(&response).unwrap_or_default();
+    let bytes = Bytes::from(serde_json::to_vec(&response).unwrap_or_default());
     if use_cache {
+        if let (Some(near), Some(ticket)) = (near, ticket) {
+            near.put_lookup(ticket, item, v.version, bytes.clone());
+        }
         ctx.fill(
             "/put_lookup_cache".into(),
             CacheFill {
                 version: v.version,
                 items: vec![item],
-                response: value.clone(),
+                response: serde_json::to_value(&response).unwrap_or_default(),
             },
         );
     }
-    Ok(HttpResponse::Ok()
-        .insert_header((SERVER_TIMING, t.header("frontend")))
-        .json(value))
+    Ok(json_answer(bytes, &t))
 }
 
 /// The books of a topic (an empty list for an unknown topic).
@@ -279,9 +332,20 @@ async fn search(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let q = encode(topic);
     let mut t = Timing::start();
     let use_cache = !bypasses_cache(&req);
-    if use_cache {
-        if let Some(hit) = ctx.cached(format!("/search?topic={q}"), &mut t).await {
+    let near = ctx.near.as_ref().filter(|_| use_cache);
+    let mut ticket = None;
+    if let Some(near) = near {
+        if let Some(hit) = ctx.near_hit(near.search(topic), &t) {
             return Ok(hit);
+        }
+        ticket = Some(near.ticket());
+    }
+    if use_cache {
+        if let Some((body, version)) = ctx.cached(format!("/search?topic={q}"), &mut t).await {
+            if let (Some(near), Some(ticket), Some(version)) = (near, ticket, version) {
+                near_fill_search(near, ticket, topic, version, &body);
+            }
+            return Ok(json_answer(body, &t));
         }
     }
     let path = format!("/query_by_topic?topic={q}");
@@ -290,23 +354,104 @@ async fn search(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
         .await
         .map_err(|e| upstream_error("catalog", e))?;
     let v: Versioned<Vec<SearchHit>> = decode(&body)?;
-    let items = v.result.iter().map(|h| h.item_number).collect();
+    let items: Vec<ItemNumber> = v.result.iter().map(|h| h.item_number).collect();
     let response = SearchResponse { result: v.result };
-    let value = serde_json::to_value(&response).unwrap_or_default();
+    let bytes = Bytes::from(serde_json::to_vec(&response).unwrap_or_default());
     if use_cache {
+        if let (Some(near), Some(ticket)) = (near, ticket) {
+            near.put_search(ticket, topic, v.version, items.clone(), bytes.clone());
+        }
         ctx.fill(
             format!("/put_search_cache?topic={q}"),
             CacheFill {
                 version: v.version,
                 items,
-                response: value.clone(),
+                response: serde_json::to_value(&response).unwrap_or_default(),
             },
         );
     }
-    Ok(HttpResponse::Ok()
-        .insert_header((SERVER_TIMING, t.header("frontend")))
-        .json(value))
+    Ok(json_answer(bytes, &t))
 }
+
+/// Keeps a search answer the cache service served in the near cache: the items it
+/// depends on are read from the answer itself.
+fn near_fill_search(near: &Near, ticket: Ticket, topic: &str, version: u64, body: &Bytes) {
+    #[derive(serde::Deserialize)]
+    struct Hit {
+        item_number: ItemNumber,
+    }
+    #[derive(serde::Deserialize)]
+    struct Hits {
+        result: Vec<Hit>,
+    }
+    if let Ok(hits) = serde_json::from_slice::<Hits>(body) {
+        let items = hits.result.into_iter().map(|h| h.item_number).collect();
+        near.put_search(ticket, topic, version, items, body.clone());
+    }
+}
+
+/// Cache -> frontend: drop the near entries of an item read below a version (the cache's
+/// own invalidation, passed on before the cache acknowledges it).
+#[utoipa::path(post, path = "/internal/near/invalidate", params(ItemQuery, NearInvalidateQuery), responses(
+    (status = 200, body = bookstore_common::types::Done),
+    (status = 400, description = "Malformed parameter", body = ErrorBody),
+))]
+async fn near_invalidate(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let params = Params::parse(req.query_string());
+    let item = params.item_number()?;
+    let whole = |name: &str| -> Result<Option<u64>, ApiError> {
+        params
+            .optional::<i64>(name, "a whole number below 2^63")?
+            .map(u64::try_from)
+            .transpose()
+            .map_err(|_| {
+                ApiError::BadRequest(format!(
+                    "parameter {name} must be a whole number below 2^63"
+                ))
+            })
+    };
+    let version = whole("version")?.ok_or_else(|| {
+        ApiError::BadRequest("parameter version is required (a whole number below 2^63)".into())
+    })?;
+    let epoch = whole("epoch")?;
+    if let Some(near) = &ctx.near {
+        near.invalidate(item, version, epoch);
+    }
+    Ok(done())
+}
+
+/// Cache -> frontend: drop every near entry (the cache flushed).
+#[utoipa::path(post, path = "/internal/near/flush", responses(
+    (status = 200, body = bookstore_common::types::Done),
+))]
+async fn near_flush(ctx: Ctx) -> HttpResponse {
+    if let Some(near) = &ctx.near {
+        near.flush();
+    }
+    done()
+}
+
+fn done() -> HttpResponse {
+    HttpResponse::Ok().json(bookstore_common::types::Done {
+        result: "ok".into(),
+    })
+}
+
+/// Query of `POST /internal/near/invalidate` besides `item_number` (documentation only).
+#[derive(Debug, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct NearInvalidateQuery {
+    /// Near entries read below this catalog version are dropped.
+    #[param(minimum = 0, maximum = 9223372036854775807_i64)]
+    pub version: u64,
+    /// The epoch of the catalog primary that wrote (a newer one drops every entry).
+    #[param(minimum = 0, maximum = 9223372036854775807_i64)]
+    pub epoch: Option<u64>,
+}
+
+#[derive(OpenApi)]
+#[openapi(paths(near_invalidate, near_flush))]
+struct NearApi;
 
 fn client_key(req: &HttpRequest) -> Result<String, ApiError> {
     Ok(idempotency_key(
@@ -445,6 +590,7 @@ pub fn public_openapi() -> utoipa::openapi::OpenApi {
 pub fn internal_openapi() -> utoipa::openapi::OpenApi {
     let mut doc = vs_host::VsApi::openapi();
     doc.merge(observe::ClusterApi::openapi());
+    doc.merge(NearApi::openapi());
     openapi::internal(doc, "bookstore frontend internal API")
 }
 
@@ -506,6 +652,16 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(
             web::scope("/internal")
                 .wrap(from_fn(bookstore_common::auth::require_cluster_token))
+                .service(
+                    web::resource("/near/invalidate")
+                        .route(web::post().to(near_invalidate))
+                        .default_service(web::to(server::method_not_allowed("POST"))),
+                )
+                .service(
+                    web::resource("/near/flush")
+                        .route(web::post().to(near_flush))
+                        .default_service(web::to(server::method_not_allowed("POST"))),
+                )
                 .configure(move |c| {
                     let path = openapi::INTERNAL_DOC_PATH.trim_start_matches("/internal");
                     openapi::serve_doc(c, path, &internal)

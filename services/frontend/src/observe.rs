@@ -89,9 +89,9 @@ impl Observer {
         }
     }
 
-    /// Counts a cache lookup made for a public read.
-    pub fn cache_lookup(&self, hit: bool) {
-        let result = if hit { "hit" } else { "miss" };
+    /// Counts a cache lookup made for a public read: `near` (answered from this
+    /// frontend's near cache), `hit` (from the cache service) or `miss`.
+    pub fn cache_lookup(&self, result: &'static str) {
         self.cache_lookups
             .get_or_create(&ResultLabel { result })
             .inc();

@@ -1,10 +1,12 @@
-//! The cache's entries and the version rules that keep stale answers out (pure).
+//! Cache entries and the version rules that keep stale answers out (pure): the cache
+//! service's store, and each frontend's near cache (the same rules, fed the same
+//! invalidations).
 //!
 //! Every entry carries the catalog version it was read at. `invalidate(item, v)` drops
 //! entries of `item` read below `v` and remembers `v` as the item's watermark, so a slow
 //! fill read before the write can never put the old value back. `flush(floor)` drops
 //! everything and refuses fills read below `floor`.
-use bookstore_common::types::ItemNumber;
+use crate::types::ItemNumber;
 use bytes::Bytes;
 use std::collections::{HashMap, HashSet};
 
@@ -34,6 +36,18 @@ impl Store {
 
     pub fn search(&self, topic: &str) -> Option<Bytes> {
         self.searches.get(topic).map(|e| e.body.clone())
+    }
+
+    /// A lookup answer and the catalog version it was read at.
+    pub fn lookup_versioned(&self, item: ItemNumber) -> Option<(Bytes, u64)> {
+        self.lookups.get(&item).map(|e| (e.body.clone(), e.version))
+    }
+
+    /// A search answer and the catalog version it was read at.
+    pub fn search_versioned(&self, topic: &str) -> Option<(Bytes, u64)> {
+        self.searches
+            .get(topic)
+            .map(|e| (e.body.clone(), e.version))
     }
 
     fn fresh(&self, version: u64, items: &[ItemNumber]) -> bool {
