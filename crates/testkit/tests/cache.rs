@@ -292,3 +292,88 @@ async fn a_silent_near_cache_is_waited_out_before_a_write_is_acknowledged() {
     assert_eq!(e.status(), Some(404), "{e}");
     assert_eq!(stock(&http, &f).await, 100_000 - 2);
 }
+
+/// A sold-out answer never comes before the invalidation of the sale that sold the book
+/// out: with the cache just stopped, the frontend's near cache may still answer for up to
+/// its lease, so a client told "sold out" must not then be shown a copy left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_sold_out_answer_no_cache_shows_a_copy() {
+    let mut c = TestCluster::with(Options {
+        books: books(),
+        lease: Duration::from_millis(300),
+        ..Options::default()
+    })
+    .await;
+    c.wait_cache_leased().await;
+    let f = c.frontend();
+    let http = reqwest::Client::new();
+    for _ in 0..2 {
+        let r = http
+            .post(format!("{f}/buy?item_number=2"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    // Book 2 has one copy left; wait until the frontend answers it from its near cache.
+    let near_hit = || async {
+        let r = http
+            .get(format!("{f}/lookup?item_number=2"))
+            .send()
+            .await
+            .unwrap();
+        let tiers = r.headers()["server-timing"].to_str().unwrap().to_string();
+        let v: Value = r.json().await.unwrap();
+        (!tiers.contains("cache") && !tiers.contains("catalog"), v)
+    };
+    let mut warm = false;
+    for _ in 0..200 {
+        let (near, v) = near_hit().await;
+        if near {
+            assert_eq!(v["result"]["stock"], 1);
+            warm = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(warm, "never answered from the near cache");
+    c.stop(Kind::Cache, 0).await;
+    // Two buyers race for the last copy; the one told "sold out" looks at once.
+    let buyers: Vec<_> = (0..2)
+        .map(|_| {
+            let (http, f) = (http.clone(), f.clone());
+            tokio::spawn(async move {
+                let r = http
+                    .post(format!("{f}/buy?item_number=2"))
+                    .send()
+                    .await
+                    .unwrap();
+                let status = r.status().as_u16();
+                let seen = if status == 409 {
+                    let v: Value = http
+                        .get(format!("{f}/lookup?item_number=2"))
+                        .send()
+                        .await
+                        .unwrap()
+                        .json()
+                        .await
+                        .unwrap();
+                    Some(v["result"]["stock"].as_u64().unwrap())
+                } else {
+                    None
+                };
+                (status, seen)
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for b in buyers {
+        let (status, seen) = b.await.unwrap();
+        statuses.push(status);
+        if let Some(stock) = seen {
+            assert_eq!(stock, 0, "told sold out, then shown {stock} copies");
+        }
+    }
+    statuses.sort();
+    assert_eq!(statuses, [200, 409]);
+}

@@ -3,11 +3,13 @@
 //!
 //! - [`state`]: the data and its one atomic write (pure).
 //! - [`cache_link`]: invalidating the cache before a write is acknowledged.
+//! - [`barrier`]: no lookup or sold-out answer shows a write before its invalidation.
 //! - [`cli`]: flags, shared by the binary and `infra serve catalog`.
 //! - this file: the replicated state machine, the HTTP routes (all internal, behind the
 //!   cluster token, except `/health` and `/ready`; `/metrics` also takes the admin token),
 //!   their OpenAPI document ([`internal_openapi`]) and [`run`], which serves on a bound
 //!   listener.
+pub mod barrier;
 pub mod cache_link;
 pub mod cli;
 pub mod state;
@@ -80,6 +82,7 @@ impl StateMachine for CatalogSm {
 pub struct Catalog {
     control: web::Data<Control<CatalogSm>>,
     cache: CacheLink,
+    barrier: barrier::Barrier,
 }
 
 /// Init lines per op-log record: a big catalog is logged in a few large writes
@@ -137,6 +140,7 @@ impl Catalog {
         Ok(Catalog {
             control: web::Data::new(Control::new("catalog", config.id, node, log)),
             cache: CacheLink::new(client, cache_url, config.lease),
+            barrier: barrier::Barrier::default(),
         })
     }
 
@@ -156,8 +160,31 @@ impl Catalog {
         &self.control.log
     }
 
+    /// Replicates an update, invalidates the cache, and only then returns. Runs to the
+    /// end even if the caller goes away (its own task): an update that may commit always
+    /// gets its invalidation.
+    pub async fn update_detached(
+        self: Arc<Self>,
+        u: Update,
+        mut t: Timing,
+    ) -> (Result<Versioned<Book>, ApiError>, Timing) {
+        tokio::spawn(async move {
+            let r = self.update(u, &mut t).await;
+            (r, t)
+        })
+        .await
+        .unwrap_or_else(|e| {
+            (
+                Err(ApiError::Unavailable(format!("update task failed: {e}"))),
+                Timing::start(),
+            )
+        })
+    }
+
     /// Replicates an update, invalidates the cache, and only then returns.
     pub async fn update(&self, u: Update, t: &mut Timing) -> Result<Versioned<Book>, ApiError> {
+        let item = u.item_number;
+        let entry = self.barrier.enter(item);
         // A repeated request is answered from the primary's committed state: no log
         // entry, no fsync.
         let status = self.node().status();
@@ -183,6 +210,7 @@ impl Catalog {
         ));
         match outcome {
             Ok((book, version)) => {
+                entry.applied(version);
                 let epoch = self.node().status().epoch;
                 t.time(
                     "cache",
@@ -194,7 +222,14 @@ impl Catalog {
                     version,
                 })
             }
-            Err(UpdateError::OutOfStock) => Err(ApiError::OutOfStock),
+            Err(UpdateError::OutOfStock) => {
+                // Sold out may be the work of updates still invalidating: answer once they
+                // are done, or a cache could still show copies after this answer.
+                drop(entry);
+                let version = self.read(|s| s.version())?;
+                t.time("cache", self.barrier.settle(item, version)).await;
+                Err(ApiError::OutOfStock)
+            }
             Err(e @ UpdateError::UnknownItem(_)) => Err(ApiError::NotFound(e.to_string())),
             Err(e) => Err(ApiError::BadRequest(e.to_string())),
         }
@@ -228,6 +263,7 @@ async fn query_by_item(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiEr
     let found = ctx.read(|s| s.lookup(item).map(|b| (b, s.version())))?;
     let (book, version) =
         found.ok_or_else(|| ApiError::NotFound(format!("no book with item_number {item}")))?;
+    ctx.barrier.settle(item, version).await;
     Ok(HttpResponse::Ok().json(Versioned {
         result: book,
         version,
@@ -262,7 +298,7 @@ async fn query_by_topic(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiE
     (status = 421, description = "Not the primary", body = ErrorBody),
 ))]
 async fn update(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    let mut t = Timing::start();
+    let t = Timing::start();
     ctx.check_up()?;
     let params = Params::parse(req.query_string());
     let item_number = params.item_number()?;
@@ -283,17 +319,19 @@ async fn update(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
             .get(IDEMPOTENCY_KEY_HEADER)
             .map(|v| v.as_bytes()),
     )?;
-    let out = ctx
-        .update(
+    let (out, t) = ctx
+        .into_inner()
+        .update_detached(
             Update {
                 item_number,
                 stock_delta,
                 cost,
                 request_id,
             },
-            &mut t,
+            t,
         )
-        .await?;
+        .await;
+    let out = out?;
     Ok(HttpResponse::Ok()
         .insert_header((SERVER_TIMING, t.header("catalog")))
         .json(out))
