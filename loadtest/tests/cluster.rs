@@ -120,16 +120,19 @@ async fn reads_and_mixed_against_a_cluster() {
     assert_eq!(missing.rounds[0].errors.unexpected_4xx, 10);
 
     // Per-tier latency from the Server-Timing headers: end-to-end first, then the
-    // frontend's own time, then its calls (to the cache, and to the catalog on a miss).
+    // frontend's own time, then its calls (to the cache on a near-cache miss, and to the
+    // catalog on a miss of both; near-cache hits call nothing). The first round starts
+    // cold: its first lookup of each item reaches the cache service.
+    let cold = tier_names(&lookup.rounds[0]);
+    assert!(
+        cold.contains(&"frontend->cache") || cold.contains(&"frontend->catalog"),
+        "{cold:?}"
+    );
     for r in &lookup.rounds {
         let names = tier_names(r);
         assert_eq!(
             names[..2],
             [END_TO_END, "frontend (in server)"],
-            "{names:?}"
-        );
-        assert!(
-            names.contains(&"frontend->cache") || names.contains(&"frontend->catalog"),
             "{names:?}"
         );
         assert_eq!(r.tiers[0].count, r.count);
@@ -326,8 +329,13 @@ async fn cache_on_and_off_are_compared() {
     };
     assert_eq!(calls(&off, "frontend->catalog"), 300);
     assert_eq!(calls(&off, "frontend->cache"), 0);
-    // With the cache on, two items: almost every answer is a hit.
-    assert_eq!(calls(&on, "frontend->cache"), 300);
+    // With the cache on, two items: almost every answer is a hit (of the frontend's near
+    // cache, after the first lookups of each item asked the cache service).
+    assert!(
+        calls(&on, "frontend->cache") >= 2,
+        "{:?}",
+        on.rounds[0].tiers
+    );
     assert!(
         calls(&on, "frontend->catalog") < 30,
         "{:?}",
