@@ -6,6 +6,9 @@
 //! entries of `item` read below `v` and remembers `v` as the item's watermark, so a slow
 //! fill read before the write can never put the old value back. `flush(floor)` drops
 //! everything and refuses fills read below `floor`.
+//!
+//! A store holds at most `limit` answers: a new one beyond that evicts an arbitrary
+//! other (dropping an answer is always safe; the watermarks, which are not, are kept).
 use crate::types::ItemNumber;
 use bytes::Bytes;
 use std::collections::{HashMap, HashSet};
@@ -17,8 +20,11 @@ struct Entry {
     body: Bytes,
 }
 
+/// How many answers a store holds unless told otherwise.
+pub const DEFAULT_LIMIT: usize = 100_000;
+
 /// Cache entries for lookups (by item) and searches (by topic).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Store {
     lookups: HashMap<ItemNumber, Entry>,
     searches: HashMap<String, Entry>,
@@ -27,9 +33,47 @@ pub struct Store {
     floor: u64,
     /// The newest catalog epoch seen (from a lease or an invalidation).
     epoch: u64,
+    /// The most answers held.
+    limit: usize,
+}
+
+impl Default for Store {
+    fn default() -> Store {
+        Store::with_limit(DEFAULT_LIMIT)
+    }
 }
 
 impl Store {
+    /// A store of at most `limit` answers (0: it stores nothing).
+    pub fn with_limit(limit: usize) -> Store {
+        Store {
+            lookups: HashMap::new(),
+            searches: HashMap::new(),
+            searches_by_item: HashMap::new(),
+            watermark: HashMap::new(),
+            floor: 0,
+            epoch: 0,
+            limit,
+        }
+    }
+
+    /// Makes room for one more answer; false if the store holds none.
+    fn make_room(&mut self) -> bool {
+        if self.limit == 0 {
+            return false;
+        }
+        while self.len() >= self.limit {
+            if let Some(item) = self.lookups.keys().next().copied() {
+                self.lookups.remove(&item);
+            } else if let Some(topic) = self.searches.keys().next().cloned() {
+                self.remove_search(&topic);
+            } else {
+                break;
+            }
+        }
+        true
+    }
+
     pub fn lookup(&self, item: ItemNumber) -> Option<Bytes> {
         self.lookups.get(&item).map(|e| e.body.clone())
     }
@@ -65,6 +109,9 @@ impl Store {
         if self.lookups.get(&item).is_some_and(|e| e.version > version) {
             return false;
         }
+        if !self.lookups.contains_key(&item) && !self.make_room() {
+            return false;
+        }
         self.lookups.insert(
             item,
             Entry {
@@ -92,6 +139,9 @@ impl Store {
             .get(topic)
             .is_some_and(|e| e.version > version)
         {
+            return false;
+        }
+        if !self.searches.contains_key(topic) && !self.make_room() {
             return false;
         }
         for i in &items {
@@ -217,6 +267,30 @@ mod tests {
         assert!(s.observe_epoch(3));
         assert!(s.is_empty());
         assert!(!s.observe_epoch(2));
+    }
+
+    #[test]
+    fn a_full_store_evicts_and_keeps_its_watermarks() {
+        let mut s = Store::with_limit(3);
+        for i in 1..=5 {
+            assert!(s.put_lookup(i, 10, b("x")));
+            assert!(s.len() <= 3);
+        }
+        assert!(s.put_search("t", 10, vec![1, 2], b("s")));
+        assert_eq!(s.len(), 3);
+        assert!(s.search("t").is_some(), "the newest answer is kept");
+        s.invalidate(9, 12);
+        assert!(
+            !s.put_lookup(9, 11, b("old")),
+            "the watermark survives eviction"
+        );
+        // Replacing an answer makes no room.
+        assert!(s.put_search("t", 11, vec![1, 2], b("s11")));
+        assert_eq!(s.len(), 3);
+        let mut none = Store::with_limit(0);
+        assert!(!none.put_lookup(1, 1, b("x")));
+        assert!(!none.put_search("t", 1, vec![1], b("x")));
+        assert!(none.is_empty());
     }
 
     #[test]

@@ -119,6 +119,7 @@ impl TestCluster {
                         data_dir,
                         tick: opts.tick,
                         workers: 2,
+                        near_entries: 1000,
                     };
                     tokio::spawn(bookstore_frontend::run(l, c, stop));
                 }
@@ -128,6 +129,7 @@ impl TestCluster {
                         tokens,
                         output_dir: out,
                         renew_every: opts.lease / 5,
+                        max_entries: 1000,
                         workers: 2,
                     };
                     tokio::spawn(bookstore_cache::run(l, c, stop));

@@ -262,6 +262,12 @@ async fn metrics_count_requests_per_route_and_tier_and_need_a_token() {
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0.0);
     assert!((1.0..=5.0).contains(&cache_calls), "{text}");
+    // The near cache's gauges: it holds the answer it was filled with, under a lease.
+    assert!(
+        value(&after, "bookstore_frontend_near_entries", &[]) >= 1.0,
+        "{text}"
+    );
+    assert!(text.contains("bookstore_frontend_near_leased "), "{text}");
     assert!(text.contains(
         "bookstore_downstream_duration_seconds_count{route=\"/lookup\",tier=\"catalog\"}"
     ));
@@ -406,6 +412,7 @@ async fn a_frontend_other_than_0_maps_the_cluster_with_the_views_of_frontend_0()
         data_dir: data.path().to_path_buf(),
         tick: Duration::from_millis(20),
         workers: 1,
+        near_entries: 1000,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(bookstore_frontend::run(listener, config, async move {

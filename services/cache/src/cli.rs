@@ -13,6 +13,9 @@ pub struct Cli {
     /// How often to renew the lease from the catalog, in milliseconds.
     #[arg(long, default_value_t = 200, env = "BOOKSTORE_CACHE_RENEW_MS")]
     renew_ms: u64,
+    /// The most answers the cache holds; a new one beyond that evicts another.
+    #[arg(long, default_value_t = 200_000, env = "BOOKSTORE_CACHE_MAX_ENTRIES")]
+    max_entries: usize,
 }
 
 /// Loads configuration, binds, and serves until Ctrl-C or SIGTERM.
@@ -24,6 +27,7 @@ pub async fn launch(args: Cli) -> Result<(), String> {
         tokens: Tokens::new(&args.common.cluster_token, None),
         output_dir: Some(args.common.output_dir.clone()),
         renew_every: Duration::from_millis(args.renew_ms),
+        max_entries: args.max_entries,
         workers: args.common.workers,
     };
     run(listener, config, bookstore_common::server::termination())

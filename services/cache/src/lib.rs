@@ -56,6 +56,8 @@ pub struct CacheConfig {
     pub output_dir: Option<PathBuf>,
     /// How often the lease is renewed.
     pub renew_every: Duration,
+    /// The most answers held (a new one beyond that evicts another).
+    pub max_entries: usize,
     pub workers: usize,
 }
 
@@ -479,7 +481,7 @@ pub async fn run(
         .map(|(id, e)| (id as u32, e.url()))
         .collect();
     let cache = web::Data::new(Cache {
-        store: RwLock::new(Store::default()),
+        store: RwLock::new(Store::with_limit(config.max_entries)),
         lease_until: Mutex::new(None),
         near: Mutex::new(near::Holders::default()),
         frontends,

@@ -16,6 +16,10 @@ pub struct Cli {
     /// Token of the admin routes (`Authorization: Bearer ...`); unset = admin routes refuse all.
     #[arg(long, env = "BOOKSTORE_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+    /// The most answers this frontend's near cache holds (0: no near cache; every hit
+    /// then asks the cache service).
+    #[arg(long, default_value_t = 100_000, env = "BOOKSTORE_NEAR_ENTRIES")]
+    near_entries: usize,
 }
 
 /// Loads configuration, binds, and serves until Ctrl-C or SIGTERM.
@@ -30,6 +34,7 @@ pub async fn launch(args: Cli) -> Result<(), String> {
         data_dir: args.replica.data_dir(Kind::Frontend, &args.common),
         tick: args.replica.tick(),
         workers: args.common.workers,
+        near_entries: args.near_entries,
     };
     run(listener, config, bookstore_common::server::termination())
         .await

@@ -69,6 +69,8 @@ pub struct FrontendConfig {
     /// View-service tick; a replica silent for 6 ticks is dead.
     pub tick: Duration,
     pub workers: usize,
+    /// The most answers the near cache holds; 0 turns it off.
+    pub near_entries: usize,
 }
 
 pub struct Frontend {
@@ -135,11 +137,14 @@ impl Frontend {
             views.clone(),
         );
         let cache = config.cluster.servers(Kind::Cache).first().map(|e| e.url());
-        let near = cache.as_ref().map(|url| {
-            let near = Arc::new(Near::default());
-            near::spawn_lease_loop(&near, client.clone(), url.clone(), config.id);
-            near
-        });
+        let near = cache
+            .as_ref()
+            .filter(|_| config.near_entries > 0)
+            .map(|url| {
+                let near = Arc::new(Near::new(config.near_entries));
+                near::spawn_lease_loop(&near, client.clone(), url.clone(), config.id);
+                near
+            });
         Ok(Frontend {
             obs,
             id: config.id,

@@ -37,6 +37,18 @@ pub struct Near {
     state: RwLock<State>,
 }
 
+impl Near {
+    /// A near cache of at most `limit` answers.
+    pub fn new(limit: usize) -> Near {
+        Near {
+            state: RwLock::new(State {
+                store: Store::with_limit(limit),
+                ..State::default()
+            }),
+        }
+    }
+}
+
 /// A fill's ticket: taken before asking the cache or the catalog, handed back to store
 /// the answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -24,6 +24,7 @@ use bookstore_replication::vs_host::{catch_up, KindReport, VsHost};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -287,7 +288,7 @@ impl Observer {
     pub fn register_metrics(&self, frontend: &actix_web::web::Data<Frontend>, metrics: &Metrics) {
         metrics.register(
             "frontend_cache_lookups",
-            "Cache lookups of public reads, by result (hit or miss)",
+            "Cache lookups of public reads, by result (near, hit or miss)",
             self.cache_lookups.clone(),
         );
         let switches = Family::<TierLabel, Counter>::default();
@@ -295,6 +296,18 @@ impl Observer {
             "router_primary_switches",
             "Times the frontend moved its writes to another replica (failovers followed)",
             switches.clone(),
+        );
+        let near_entries = Gauge::<i64>::default();
+        let near_leased = Gauge::<i64>::default();
+        metrics.register(
+            "frontend_near_entries",
+            "Answers held in this frontend's near cache",
+            near_entries.clone(),
+        );
+        metrics.register(
+            "frontend_near_leased",
+            "1 while this frontend holds a near lease from the cache (answers from memory)",
+            near_leased.clone(),
         );
         let f = frontend.clone();
         metrics.on_scrape(move || {
@@ -304,6 +317,9 @@ impl Observer {
                     router.primary_switches(),
                 );
             }
+            let near = f.near.as_deref();
+            near_entries.set(near.map_or(0, |n| n.len() as i64));
+            near_leased.set(i64::from(near.is_some_and(|n| n.leased())));
         });
         if let Some(vs) = &self.views {
             vs.register_metrics(metrics);
