@@ -24,7 +24,7 @@ use bookstore_common::openapi::{self, IdempotencyHeader, ItemQuery, TopicQuery};
 use bookstore_common::oplog::OpLog;
 use bookstore_common::params::{idempotency_key, Params};
 use bookstore_common::timing::{Timing, SERVER_TIMING};
-use bookstore_common::types::{Book, LeaseRequest, Versioned, IDEMPOTENCY_KEY_HEADER};
+use bookstore_common::types::{Book, ItemNumber, LeaseRequest, Versioned, IDEMPOTENCY_KEY_HEADER};
 use bookstore_common::types::{LeaseReply, SearchHit};
 use bookstore_common::{server, ApiError};
 use bookstore_replication::control::{self, Control};
@@ -37,6 +37,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use utoipa::OpenApi;
+
+/// How long an answer waits for an update in flight to invalidate what it shows before
+/// invalidating it itself.
+const SETTLE_PATIENCE: Duration = Duration::from_millis(50);
 
 /// Everything a catalog replica needs to start.
 #[derive(Debug, Clone)]
@@ -160,6 +164,18 @@ impl Catalog {
         &self.control.log
     }
 
+    /// Returns once no cache can serve `item` as it was before the write at `written`
+    /// (see [`barrier`]): waits for the update in flight to invalidate it, or, after a
+    /// short patience, invalidates it here.
+    async fn settle(&self, item: ItemNumber, written: u64) {
+        if self.barrier.wait(item, written, SETTLE_PATIENCE).await {
+            return;
+        }
+        let epoch = self.node().status().epoch;
+        self.cache.invalidate(item, written, epoch).await;
+        self.barrier.invalidated(item, written);
+    }
+
     /// Replicates an update, invalidates the cache, and only then returns. Runs to the
     /// end even if the caller goes away (its own task): an update that may commit always
     /// gets its invalidation.
@@ -184,7 +200,6 @@ impl Catalog {
     /// Replicates an update, invalidates the cache, and only then returns.
     pub async fn update(&self, u: Update, t: &mut Timing) -> Result<Versioned<Book>, ApiError> {
         let item = u.item_number;
-        let entry = self.barrier.enter(item);
         // A repeated request is answered from the primary's committed state: no log
         // entry, no fsync.
         let status = self.node().status();
@@ -210,13 +225,13 @@ impl Catalog {
         ));
         match outcome {
             Ok((book, version)) => {
-                entry.applied(version);
                 let epoch = self.node().status().epoch;
                 t.time(
                     "cache",
                     self.cache.invalidate(book.item_number, version, epoch),
                 )
                 .await;
+                self.barrier.invalidated(item, version);
                 Ok(Versioned {
                     result: book,
                     version,
@@ -225,9 +240,8 @@ impl Catalog {
             Err(UpdateError::OutOfStock) => {
                 // Sold out may be the work of updates still invalidating: answer once they
                 // are done, or a cache could still show copies after this answer.
-                drop(entry);
-                let version = self.read(|s| s.version())?;
-                t.time("cache", self.barrier.settle(item, version)).await;
+                let written = self.read(|s| s.written_at(item))?;
+                t.time("cache", self.settle(item, written)).await;
                 Err(ApiError::OutOfStock)
             }
             Err(e @ UpdateError::UnknownItem(_)) => Err(ApiError::NotFound(e.to_string())),
@@ -238,10 +252,17 @@ impl Catalog {
 
 type Ctx = web::Data<Catalog>;
 
+/// Whether the request says `?consistent=1` (it wants the primary's answer).
+fn consistent(params: &Params) -> Result<bool, ApiError> {
+    Ok(matches!(
+        params.optional_str("consistent")?,
+        Some("1" | "true")
+    ))
+}
+
 /// `?consistent=1` asks for the primary's answer (a backup answers 421).
 fn require_primary(ctx: &Catalog, params: &Params) -> Result<(), ApiError> {
-    let consistent = matches!(params.optional_str("consistent")?, Some("1" | "true"));
-    if consistent {
+    if consistent(params)? {
         ctx.control.check_primary()?;
     }
     Ok(())
@@ -260,10 +281,13 @@ async fn query_by_item(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiEr
     let item = params.item_number()?;
     require_primary(&ctx, &params)?;
     ctx.log().record(format!("query_by_item,{item}"));
-    let found = ctx.read(|s| s.lookup(item).map(|b| (b, s.version())))?;
-    let (book, version) =
+    let found = ctx.read(|s| s.lookup(item).map(|b| (b, s.version(), s.written_at(item))))?;
+    let (book, version, written) =
         found.ok_or_else(|| ApiError::NotFound(format!("no book with item_number {item}")))?;
-    ctx.barrier.settle(item, version).await;
+    if consistent(&params)? {
+        // The primary's answer: never ahead of what the caches have been told.
+        ctx.settle(item, written).await;
+    }
     Ok(HttpResponse::Ok().json(Versioned {
         result: book,
         version,

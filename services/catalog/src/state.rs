@@ -63,6 +63,10 @@ pub struct CatalogState {
     /// Stock and cost by position.
     stock: Vec<u32>,
     cost: Vec<u32>,
+    /// By position: the version of the last update that changed the book (the version
+    /// the state was built at for books not changed since). Not in snapshots: a state
+    /// built from one counts every book as written at the snapshot's version.
+    written: Vec<u64>,
     version: u64,
     applied: HashMap<String, UpdateOutcome>,
     applied_order: VecDeque<String>,
@@ -127,10 +131,12 @@ impl CatalogState {
                 (t.clone(), Arc::new(h))
             })
             .collect();
+        let written = vec![first_version; stock.len()];
         CatalogState {
             shelf: Arc::new(shelf),
             stock,
             cost,
+            written,
             version: first_version,
             applied: HashMap::new(),
             applied_order: VecDeque::new(),
@@ -167,6 +173,14 @@ impl CatalogState {
     }
 
     /// The book `item`, if there is one.
+    /// The version of the last update that changed `item` (0 for an unknown item).
+    pub fn written_at(&self, item: ItemNumber) -> u64 {
+        self.shelf
+            .position
+            .get(&item)
+            .map_or(0, |&p| self.written[p as usize])
+    }
+
     pub fn lookup(&self, item: ItemNumber) -> Option<Book> {
         let p = *self.shelf.position.get(&item)?;
         Some(self.book_at(p as usize))
@@ -230,6 +244,7 @@ impl CatalogState {
         if let Some(cost) = u.cost {
             self.cost[p] = cost;
         }
+        self.written[p] = self.version;
         Ok((self.book_at(p), self.version))
     }
 
@@ -313,6 +328,14 @@ mod tests {
         );
         assert_eq!(c.update(&sell(1, None), 103), Err(UpdateError::OutOfStock));
         assert_eq!(c.version(), 103);
+        assert_eq!(c.written_at(1), 102, "a sold-out answer changes nothing");
+        assert_eq!(
+            CatalogState::from_bytes(&c.to_bytes())
+                .unwrap()
+                .written_at(1),
+            103,
+            "a snapshot counts every book as written at its version"
+        );
         assert_eq!(
             c.update(&sell(9, None), 104),
             Err(UpdateError::UnknownItem(9))
