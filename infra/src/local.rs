@@ -7,8 +7,8 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 use tokio::process::{Child, Command};
 
-/// What to start.
-#[derive(Debug, Clone)]
+/// What to start (`Default`: empty paths and tokens, for `..` after the fields set).
+#[derive(Debug, Clone, Default)]
 pub struct LocalOptions {
     pub cluster_file: PathBuf,
     pub books: PathBuf,

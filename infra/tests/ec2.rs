@@ -7,6 +7,7 @@
 //! a printed reason elsewhere.
 #![cfg(feature = "ec2")]
 use aws_sdk_ec2::types::Filter;
+use bookstore_common::types::{Book, Versioned};
 use infra::ec2::state::{Phase, RunState};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -876,19 +877,12 @@ fn view_of(url: &str, token: &str, kind: &str) -> serde_json::Value {
 /// A replica's `/books` (cluster token): item number to stock.
 fn books_of(url: &str, token: &str) -> Vec<(u64, u64)> {
     let client = bookstore_common::client::Client::with_timeout(token, Duration::from_secs(5));
-    let v: serde_json::Value = rt()
+    let v: Versioned<Vec<Book>> = rt()
         .block_on(client.get_json(&format!("{url}/books")))
         .unwrap_or_else(|e| panic!("{url}/books: {e}"));
-    v["result"]
-        .as_array()
-        .unwrap()
+    v.result
         .iter()
-        .map(|b| {
-            (
-                b["item_number"].as_u64().unwrap(),
-                b["stock"].as_u64().unwrap(),
-            )
-        })
+        .map(|b| (b.item_number.into(), b.stock.into()))
         .collect()
 }
 

@@ -2,10 +2,10 @@
 //! replica killed at once, a backup restarted after missing 1000 writes. Histories are
 //! checked for oversell, lost acknowledged buys and divergence.
 use bookstore_common::config::Kind;
+use bookstore_common::types::{Book, Versioned};
 use infra::local::{free_port_cluster, LocalCluster, LocalOptions};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -45,13 +45,7 @@ async fn start_with(books: &[(u32, u64)], env: Vec<(String, String)>) -> Fixture
             admin_token: ADMIN.into(),
             program: Some(env!("CARGO_BIN_EXE_infra").into()),
             env,
-            ..LocalOptions::new(
-                PathBuf::new(),
-                PathBuf::new(),
-                PathBuf::new(),
-                String::new(),
-                String::new(),
-            )
+            ..LocalOptions::default()
         },
         &|_| {},
     )
@@ -141,17 +135,11 @@ fn spawn_buyers(
 }
 
 async fn books_of(url: &str) -> Option<BTreeMap<u32, u64>> {
-    let v: Value = internal().get_json(&format!("{url}/books")).await.ok()?;
+    let v: Versioned<Vec<Book>> = internal().get_json(&format!("{url}/books")).await.ok()?;
     Some(
-        v["result"]
-            .as_array()?
+        v.result
             .iter()
-            .map(|b| {
-                (
-                    b["item_number"].as_u64().unwrap() as u32,
-                    b["stock"].as_u64().unwrap(),
-                )
-            })
+            .map(|b| (b.item_number, b.stock.into()))
             .collect(),
     )
 }

@@ -1,6 +1,7 @@
 //! The live cluster with real processes: scale out and in with no restart, services
 //! started in any order, and N frontends behind HAProxy surviving the loss of one.
 use bookstore_common::config::Kind;
+use bookstore_common::types::{Book, Versioned};
 use infra::local::{free_port_cluster, LocalCluster, LocalOptions};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -40,20 +41,13 @@ fn internal() -> bookstore_common::client::Client {
 }
 
 async fn books_of(url: &str) -> BTreeMap<u64, u64> {
-    let v: Value = internal()
+    let v: Versioned<Vec<Book>> = internal()
         .get_json(&format!("{url}/books"))
         .await
         .unwrap_or_else(|e| panic!("{url}/books: {e}"));
-    v["result"]
-        .as_array()
-        .unwrap()
+    v.result
         .iter()
-        .map(|b| {
-            (
-                b["item_number"].as_u64().unwrap(),
-                b["stock"].as_u64().unwrap(),
-            )
-        })
+        .map(|b| (b.item_number.into(), b.stock.into()))
         .collect()
 }
 

@@ -74,14 +74,24 @@ impl Client {
         &self,
         req: reqwest::RequestBuilder,
     ) -> Result<(Bytes, Option<String>), CallError> {
+        self.send_with_header(req, crate::timing::SERVER_TIMING)
+            .await
+    }
+
+    /// Sends a request; returns the body of a 2xx answer and its header `name`.
+    pub async fn send_with_header(
+        &self,
+        req: reqwest::RequestBuilder,
+        name: &str,
+    ) -> Result<(Bytes, Option<String>), CallError> {
         let resp = req
             .send()
             .await
             .map_err(|e| CallError::Unreachable(error_chain(&e)))?;
         let status = resp.status();
-        let timing = resp
+        let header = resp
             .headers()
-            .get(crate::timing::SERVER_TIMING)
+            .get(name)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
         let body = resp
@@ -89,7 +99,7 @@ impl Client {
             .await
             .map_err(|e| CallError::Unreachable(error_chain(&e)))?;
         if status.is_success() {
-            Ok((body, timing))
+            Ok((body, header))
         } else {
             let body = serde_json::from_slice(&body).unwrap_or_else(|_| ErrorBody {
                 error: String::from_utf8_lossy(&body).chars().take(200).collect(),

@@ -5,6 +5,9 @@ use std::str::FromStr;
 /// The longest `topic` accepted, in characters.
 pub const MAX_TOPIC_CHARS: usize = 256;
 
+/// What [`Params::u63`] accepts.
+const U63: &str = "a whole number below 2^63";
+
 /// The decoded parameters of one query string.
 #[derive(Debug, Default)]
 pub struct Params {
@@ -55,6 +58,20 @@ impl Params {
             None => Ok(None),
             Some(raw) => parse_value(name, raw, what).map(Some),
         }
+    }
+
+    /// An optional whole number below 2^63 (the range every JSON tool reads exactly).
+    pub fn optional_u63(&self, name: &str) -> Result<Option<u64>, ApiError> {
+        self.optional::<i64>(name, U63)?
+            .map(u64::try_from)
+            .transpose()
+            .map_err(|_| ApiError::BadRequest(format!("parameter {name} must be {U63}")))
+    }
+
+    /// A required whole number below 2^63.
+    pub fn u63(&self, name: &str) -> Result<u64, ApiError> {
+        self.required_str(name)?;
+        Ok(self.optional_u63(name)?.unwrap_or_default())
     }
 
     /// The `item_number` parameter: a positive integer.

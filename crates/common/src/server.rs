@@ -294,6 +294,14 @@ pub fn method_not_allowed(
     move || std::future::ready(ApiError::MethodNotAllowed { allow }.error_response())
 }
 
+/// A resource at `path` answering `route` (e.g. `web::post().to(handler)`), and a JSON
+/// 405 naming `allow` to any other method.
+pub fn only(path: &str, allow: &'static str, route: actix_web::Route) -> actix_web::Resource {
+    web::resource(path)
+        .route(route)
+        .default_service(web::to(method_not_allowed(allow)))
+}
+
 /// JSON body extraction: 1 MiB at most, errors as 400 with a JSON body.
 pub fn json_config() -> web::JsonConfig {
     web::JsonConfig::default()

@@ -27,8 +27,13 @@ fn books() -> Vec<Book> {
 }
 
 async fn stock(http: &reqwest::Client, f: &str) -> u64 {
+    stock_of(http, f, 1).await
+}
+
+/// The stock of `item` a lookup through the frontend `f` shows.
+async fn stock_of(http: &reqwest::Client, f: &str, item: u32) -> u64 {
     let v: Value = http
-        .get(format!("{f}/lookup?item_number=1"))
+        .get(format!("{f}/lookup?item_number={item}"))
         .send()
         .await
         .unwrap()
@@ -36,6 +41,16 @@ async fn stock(http: &reqwest::Client, f: &str) -> u64 {
         .await
         .unwrap();
     v["result"]["stock"].as_u64().unwrap()
+}
+
+/// Buys one copy of `item` through the frontend `f`; the answer's status.
+async fn buy(http: &reqwest::Client, f: &str, item: u32) -> u16 {
+    http.post(format!("{f}/buy?item_number={item}"))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -132,12 +147,7 @@ async fn with_the_cache_gone_writes_still_succeed_and_reads_stay_fresh() {
     assert_eq!(stock(&http, &f).await, 100_000);
     c.stop(Kind::Cache, 0).await;
     for expected in (99_995..100_000).rev() {
-        let r = http
-            .post(format!("{f}/buy?item_number=1"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
+        assert_eq!(buy(&http, &f, 1).await, 200);
         assert_eq!(stock(&http, &f).await, expected);
     }
 }
@@ -253,23 +263,13 @@ async fn a_silent_near_cache_is_waited_out_before_a_write_is_acknowledged() {
         }
     };
     // Warm up (the first invalidations of a fresh cache wait one lease length anyway).
-    let r = http
-        .post(format!("{f}/buy?item_number=1"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(buy(&http, &f, 1).await, 200);
     tokio::time::sleep(NEAR_LEASE).await;
     // Frontend 1 (silent) takes a near lease; the next buy must wait it out.
     let granted = lease(1).await;
     let asked = Instant::now();
     assert!(granted.millis > 0 && granted.flush, "{granted:?}");
-    let r = http
-        .post(format!("{f}/buy?item_number=1"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(buy(&http, &f, 1).await, 200);
     let waited = asked.elapsed();
     assert!(
         waited >= Duration::from_millis(granted.millis) - Duration::from_millis(20),
@@ -308,12 +308,7 @@ async fn after_a_sold_out_answer_no_cache_shows_a_copy() {
     let f = c.frontend();
     let http = reqwest::Client::new();
     for _ in 0..2 {
-        let r = http
-            .post(format!("{f}/buy?item_number=2"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
+        assert_eq!(buy(&http, &f, 2).await, 200);
     }
     // Book 2 has one copy left; wait until the frontend answers it from its near cache.
     let near_hit = || async {
@@ -343,22 +338,9 @@ async fn after_a_sold_out_answer_no_cache_shows_a_copy() {
         .map(|_| {
             let (http, f) = (http.clone(), f.clone());
             tokio::spawn(async move {
-                let r = http
-                    .post(format!("{f}/buy?item_number=2"))
-                    .send()
-                    .await
-                    .unwrap();
-                let status = r.status().as_u16();
+                let status = buy(&http, &f, 2).await;
                 let seen = if status == 409 {
-                    let v: Value = http
-                        .get(format!("{f}/lookup?item_number=2"))
-                        .send()
-                        .await
-                        .unwrap()
-                        .json()
-                        .await
-                        .unwrap();
-                    Some(v["result"]["stock"].as_u64().unwrap())
+                    Some(stock_of(&http, &f, 2).await)
                 } else {
                     None
                 };

@@ -54,9 +54,12 @@ impl Target {
         format!("{}@{}:{}", self.user, self.host, self.port)
     }
 
-    /// Runs `script` with `bash -s` on the host; returns its stdout, or an error with its
-    /// stderr.
-    pub async fn run(&self, script: &str) -> Result<String, String> {
+    /// Starts `bash -s` on the host over ssh (stdout and stderr piped) and feeds it
+    /// `script` in the background.
+    fn spawn_script(
+        &self,
+        script: &str,
+    ) -> Result<(tokio::process::Child, tokio::task::JoinHandle<()>), String> {
         let mut child = Command::new("ssh")
             .args(self.opts())
             .arg("-p")
@@ -75,6 +78,13 @@ impl Target {
             let _ = stdin.write_all(script.as_bytes()).await;
             let _ = stdin.shutdown().await;
         });
+        Ok((child, feed))
+    }
+
+    /// Runs `script` with `bash -s` on the host; returns its stdout, or an error with its
+    /// stderr.
+    pub async fn run(&self, script: &str) -> Result<String, String> {
+        let (child, feed) = self.spawn_script(script)?;
         let out = child
             .wait_with_output()
             .await
@@ -101,24 +111,7 @@ impl Target {
         mut on_line: impl FnMut(&str),
     ) -> Result<(), String> {
         use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
-        let mut child = Command::new("ssh")
-            .args(self.opts())
-            .arg("-p")
-            .arg(self.port.to_string())
-            .arg(self.dest())
-            .arg("bash -s")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| missing_tool("ssh", e))?;
-        let mut stdin = child.stdin.take().expect("piped stdin");
-        let script = script.to_string();
-        let feed = tokio::spawn(async move {
-            let _ = stdin.write_all(script.as_bytes()).await;
-            let _ = stdin.shutdown().await;
-        });
+        let (mut child, feed) = self.spawn_script(script)?;
         let mut stderr = child.stderr.take().expect("piped stderr");
         let errors = tokio::spawn(async move {
             let mut buf = Vec::new();

@@ -298,13 +298,7 @@ pub async fn run(config: &ChaosConfig) -> Result<ChaosReport, String> {
             admin_token: admin_token.clone(),
             program: Some(wrapper.clone().unwrap_or_else(|| infra.clone())),
             env,
-            ..LocalOptions::new(
-                PathBuf::new(),
-                PathBuf::new(),
-                PathBuf::new(),
-                String::new(),
-                String::new(),
-            )
+            ..LocalOptions::default()
         },
         &|m| say(config, m),
     )

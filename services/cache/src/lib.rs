@@ -23,7 +23,7 @@ use bookstore_common::client::Client;
 use bookstore_common::config::{ClusterConfig, Kind};
 use bookstore_common::error::ErrorBody;
 use bookstore_common::metrics::{self, Metrics};
-use bookstore_common::openapi::{self, ItemQuery, TopicQuery};
+use bookstore_common::openapi::{self, InvalidateQuery, ItemQuery, TopicQuery};
 use bookstore_common::oplog::OpLog;
 use bookstore_common::params::Params;
 use bookstore_common::router::{follow_views, Router};
@@ -202,14 +202,8 @@ async fn put_search(
 async fn invalidate(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let params = Params::parse(req.query_string());
     let item = params.item_number()?;
-    let version = params.required::<i64>("version", "a whole number below 2^63")?;
-    let version = u64::try_from(version).map_err(|_| {
-        ApiError::BadRequest("parameter version must be a whole number below 2^63".into())
-    })?;
-    let epoch = params.optional::<i64>("epoch", "a whole number below 2^63")?;
-    let epoch = epoch.map(u64::try_from).transpose().map_err(|_| {
-        ApiError::BadRequest("parameter epoch must be a whole number below 2^63".into())
-    })?;
+    let version = params.u63("version")?;
+    let epoch = params.optional_u63("epoch")?;
     {
         let mut store = ctx.store.write();
         if let Some(e) = epoch {
@@ -234,7 +228,10 @@ async fn invalidate(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError
 /// until that frontend's lease has run out.
 async fn push_to_frontends(ctx: &Cache, path: &str) {
     // A frontend may still hold a lease from this cache's previous incarnation.
-    tokio::time::sleep_until((ctx.started + near::NEAR_LEASE).into()).await;
+    let fresh_until = ctx.started + near::NEAR_LEASE;
+    if Instant::now() < fresh_until {
+        tokio::time::sleep_until(fresh_until.into()).await;
+    }
     let live = ctx.near.lock().live(Instant::now());
     let pushes = live.into_iter().map(|(id, until)| async move {
         let ok = match ctx.frontends.get(&id) {
@@ -339,18 +336,6 @@ fn lookup_items_schema() -> utoipa::openapi::Array {
     a.min_items = Some(1);
     a.max_items = Some(1);
     a
-}
-
-/// Query of `POST /invalidate` besides `item_number` (documentation only).
-#[derive(Debug, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct InvalidateQuery {
-    /// Entries read below this catalog version are dropped.
-    #[param(minimum = 0, maximum = 9223372036854775807_i64)]
-    pub version: u64,
-    /// The epoch of the catalog primary that wrote.
-    #[param(minimum = 0, maximum = 9223372036854775807_i64)]
-    pub epoch: Option<u64>,
 }
 
 /// Readiness: the cache needs nothing to answer (without a lease it only misses).
@@ -473,13 +458,7 @@ pub async fn run(
     let requests = Family::<ResultLabel, Counter>::default();
     let hits = requests.get_or_create_owned(&ResultLabel { result: "hit" });
     let misses = requests.get_or_create_owned(&ResultLabel { result: "miss" });
-    let frontends = config
-        .cluster
-        .servers(Kind::Frontend)
-        .iter()
-        .enumerate()
-        .map(|(id, e)| (id as u32, e.url()))
-        .collect();
+    let frontends = (0..).zip(config.cluster.urls(Kind::Frontend)).collect();
     let cache = web::Data::new(Cache {
         store: RwLock::new(Store::with_limit(config.max_entries)),
         lease_until: Mutex::new(None),

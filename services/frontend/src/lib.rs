@@ -37,7 +37,9 @@ use bookstore_common::client::{encode, CallError, Client};
 use bookstore_common::config::{ClusterConfig, Kind};
 use bookstore_common::error::ErrorBody;
 use bookstore_common::metrics::{self, Metrics};
-use bookstore_common::openapi::{self, Access, IdempotencyHeader, ItemQuery, TopicQuery};
+use bookstore_common::openapi::{
+    self, Access, IdempotencyHeader, InvalidateQuery, ItemQuery, TopicQuery,
+};
 use bookstore_common::oplog::OpLog;
 use bookstore_common::params::{idempotency_key, Params};
 use bookstore_common::router::{follow_views, Read, Router};
@@ -181,19 +183,13 @@ impl Frontend {
             .get(format!("{cache}{path}"))
             .timeout(Duration::from_millis(200));
         let found = t
-            .time("cache", async {
-                let resp = req.send().await.ok()?;
-                if !resp.status().is_success() {
-                    return None;
-                }
-                let version = resp
-                    .headers()
-                    .get(CACHE_VERSION_HEADER)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse().ok());
-                Some((resp.bytes().await.ok()?, version))
-            })
-            .await;
+            .time(
+                "cache",
+                self.client.send_with_header(req, CACHE_VERSION_HEADER),
+            )
+            .await
+            .ok()
+            .map(|(body, version)| (body, version.and_then(|v| v.parse().ok())));
         self.obs
             .cache_lookup(if found.is_some() { "hit" } else { "miss" });
         found
@@ -397,28 +393,15 @@ fn near_fill_search(near: &Near, ticket: Ticket, topic: &str, version: u64, body
 
 /// Cache -> frontend: drop the near entries of an item read below a version (the cache's
 /// own invalidation, passed on before the cache acknowledges it).
-#[utoipa::path(post, path = "/internal/near/invalidate", params(ItemQuery, NearInvalidateQuery), responses(
+#[utoipa::path(post, path = "/internal/near/invalidate", params(ItemQuery, InvalidateQuery), responses(
     (status = 200, body = bookstore_common::types::Done),
     (status = 400, description = "Malformed parameter", body = ErrorBody),
 ))]
 async fn near_invalidate(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let params = Params::parse(req.query_string());
     let item = params.item_number()?;
-    let whole = |name: &str| -> Result<Option<u64>, ApiError> {
-        params
-            .optional::<i64>(name, "a whole number below 2^63")?
-            .map(u64::try_from)
-            .transpose()
-            .map_err(|_| {
-                ApiError::BadRequest(format!(
-                    "parameter {name} must be a whole number below 2^63"
-                ))
-            })
-    };
-    let version = whole("version")?.ok_or_else(|| {
-        ApiError::BadRequest("parameter version is required (a whole number below 2^63)".into())
-    })?;
-    let epoch = whole("epoch")?;
+    let version = params.u63("version")?;
+    let epoch = params.optional_u63("epoch")?;
     if let Some(near) = &ctx.near {
         near.invalidate(item, version, epoch);
     }
@@ -440,18 +423,6 @@ fn done() -> HttpResponse {
     HttpResponse::Ok().json(bookstore_common::types::Done {
         result: "ok".into(),
     })
-}
-
-/// Query of `POST /internal/near/invalidate` besides `item_number` (documentation only).
-#[derive(Debug, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct NearInvalidateQuery {
-    /// Near entries read below this catalog version are dropped.
-    #[param(minimum = 0, maximum = 9223372036854775807_i64)]
-    pub version: u64,
-    /// The epoch of the catalog primary that wrote (a newer one drops every entry).
-    #[param(minimum = 0, maximum = 9223372036854775807_i64)]
-    pub epoch: Option<u64>,
 }
 
 #[derive(OpenApi)]
@@ -607,46 +578,36 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/ready", web::get().to(ready))
         .route("/search", web::get().to(search))
         .route("/lookup", web::get().to(lookup))
-        .service(
-            web::resource("/buy")
-                .route(web::post().to(buy))
-                .default_service(web::to(server::method_not_allowed("POST"))),
-        )
+        .service(server::only("/buy", "POST", web::post().to(buy)))
         .service(
             web::scope("/admin")
                 .wrap(from_fn(require_admin_token))
-                .service(
-                    web::resource("/restock")
-                        .route(web::post().to(restock))
-                        .default_service(web::to(server::method_not_allowed("POST"))),
-                )
-                .service(
-                    web::resource("/cluster/register")
-                        .route(web::post().to(vs_host::register_route))
-                        .default_service(web::to(server::method_not_allowed("POST"))),
-                )
-                .service(
-                    web::resource("/cluster/unregister")
-                        .route(web::post().to(vs_host::unregister_route))
-                        .default_service(web::to(server::method_not_allowed("POST"))),
-                ),
+                .service(server::only("/restock", "POST", web::post().to(restock)))
+                .service(server::only(
+                    "/cluster/register",
+                    "POST",
+                    web::post().to(vs_host::register_route),
+                ))
+                .service(server::only(
+                    "/cluster/unregister",
+                    "POST",
+                    web::post().to(vs_host::unregister_route),
+                )),
         )
         .service(
-            web::resource("/cluster")
-                .wrap(from_fn(require_operator_token))
-                .route(web::get().to(observe::cluster))
-                .default_service(web::to(server::method_not_allowed("GET"))),
+            server::only("/cluster", "GET", web::get().to(observe::cluster))
+                .wrap(from_fn(require_operator_token)),
         )
-        .service(
-            web::resource("/status")
-                .route(web::get().to(observe::status_page))
-                .default_service(web::to(server::method_not_allowed("GET"))),
-        )
-        .service(
-            web::resource("/status.json")
-                .route(web::get().to(observe::status_json))
-                .default_service(web::to(server::method_not_allowed("GET"))),
-        )
+        .service(server::only(
+            "/status",
+            "GET",
+            web::get().to(observe::status_page),
+        ))
+        .service(server::only(
+            "/status.json",
+            "GET",
+            web::get().to(observe::status_json),
+        ))
         .configure(metrics::routes)
         .service(
             web::scope("/vs")
@@ -657,16 +618,16 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(
             web::scope("/internal")
                 .wrap(from_fn(bookstore_common::auth::require_cluster_token))
-                .service(
-                    web::resource("/near/invalidate")
-                        .route(web::post().to(near_invalidate))
-                        .default_service(web::to(server::method_not_allowed("POST"))),
-                )
-                .service(
-                    web::resource("/near/flush")
-                        .route(web::post().to(near_flush))
-                        .default_service(web::to(server::method_not_allowed("POST"))),
-                )
+                .service(server::only(
+                    "/near/invalidate",
+                    "POST",
+                    web::post().to(near_invalidate),
+                ))
+                .service(server::only(
+                    "/near/flush",
+                    "POST",
+                    web::post().to(near_flush),
+                ))
                 .configure(move |c| {
                     let path = openapi::INTERNAL_DOC_PATH.trim_start_matches("/internal");
                     openapi::serve_doc(c, path, &internal)

@@ -31,6 +31,13 @@ struct State {
     generation: u64,
 }
 
+impl State {
+    fn flush(&mut self) {
+        self.store.flush(0);
+        self.generation += 1;
+    }
+}
+
 /// A frontend's near cache.
 #[derive(Debug, Default)]
 pub struct Near {
@@ -55,22 +62,23 @@ impl Near {
 pub struct Ticket(u64);
 
 impl Near {
-    /// A lookup answer, if held and the lease runs.
-    pub fn lookup(&self, item: ItemNumber) -> Option<Bytes> {
+    /// `f` of the store, if the lease runs.
+    fn leased_read(&self, f: impl FnOnce(&Store) -> Option<Bytes>) -> Option<Bytes> {
         let s = self.state.read();
         if s.until? <= Instant::now() {
             return None;
         }
-        s.store.lookup(item)
+        f(&s.store)
+    }
+
+    /// A lookup answer, if held and the lease runs.
+    pub fn lookup(&self, item: ItemNumber) -> Option<Bytes> {
+        self.leased_read(|s| s.lookup(item))
     }
 
     /// A search answer, if held and the lease runs.
     pub fn search(&self, topic: &str) -> Option<Bytes> {
-        let s = self.state.read();
-        if s.until? <= Instant::now() {
-            return None;
-        }
-        s.store.search(topic)
+        self.leased_read(|s| s.search(topic))
     }
 
     pub fn ticket(&self) -> Ticket {
@@ -112,9 +120,7 @@ impl Near {
 
     /// Drops every entry (and every fill under way).
     pub fn flush(&self) {
-        let mut s = self.state.write();
-        s.store.flush(0);
-        s.generation += 1;
+        self.state.write().flush();
     }
 
     /// The cache's answer to a lease request sent at `sent`.
@@ -122,8 +128,7 @@ impl Near {
         let mut s = self.state.write();
         let lapsed = s.until.is_none_or(|u| u <= sent);
         if reply.flush || lapsed {
-            s.store.flush(0);
-            s.generation += 1;
+            s.flush();
         }
         s.until = (reply.millis > 0).then(|| sent + Duration::from_millis(reply.millis));
     }
