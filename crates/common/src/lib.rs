@@ -5,6 +5,7 @@
 //! - [`error`]: [`ApiError`], the one error enum of the HTTP boundary, mapped to status codes.
 //! - [`params`]: strict query-string parsing with errors that name the parameter.
 //! - [`auth`]: cluster-token and admin-token checks (constant time).
+//! - [`batch`]: coalescing concurrent calls to another service into one call.
 //! - [`cache_store`]: cache entries and their version rules, used by the cache service
 //!   and by each frontend's near cache.
 //! - [`client`]: the pooled HTTP client services use to call each other.
@@ -18,6 +19,7 @@
 //! - [`timing`]: `Server-Timing` headers (own time and each downstream call, nested
 //!   callees folded in as `callee.call`).
 pub mod auth;
+pub mod batch;
 pub mod cache_store;
 pub mod cli;
 pub mod client;

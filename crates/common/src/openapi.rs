@@ -236,19 +236,6 @@ pub struct ItemQuery {
     pub item_number: u64,
 }
 
-/// Query of an invalidation besides `item_number` (documentation only): the cache's
-/// `POST /invalidate` and a frontend's `POST /internal/near/invalidate`.
-#[derive(Debug, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct InvalidateQuery {
-    /// Entries read below this catalog version are dropped.
-    #[param(minimum = 0, maximum = 9223372036854775807_i64)]
-    pub version: u64,
-    /// The epoch of the catalog primary that wrote (a newer one drops every entry).
-    #[param(minimum = 0, maximum = 9223372036854775807_i64)]
-    pub epoch: Option<u64>,
-}
-
 /// Query `topic` (documentation only).
 #[derive(Debug, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]

@@ -109,6 +109,17 @@ fn parse_value<T: FromStr>(name: &str, raw: &str, what: &str) -> Result<T, ApiEr
     })
 }
 
+/// Validates the size of a batch body's list `name` (1 to [`crate::types::MAX_BATCH`]).
+pub fn batch_len(name: &str, n: usize) -> Result<(), ApiError> {
+    let max = crate::types::MAX_BATCH;
+    if n == 0 || n > max {
+        return Err(ApiError::BadRequest(format!(
+            "{name} must hold 1 to {max} entries, got {n}"
+        )));
+    }
+    Ok(())
+}
+
 /// Validates a client's `Idempotency-Key`: 1 to 128 visible ASCII characters.
 pub fn idempotency_key(raw: Option<&[u8]>) -> Result<Option<String>, ApiError> {
     let Some(raw) = raw else { return Ok(None) };

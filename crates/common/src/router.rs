@@ -5,11 +5,14 @@
 //! The set of replicas can change at run time ([`Router::set_members`]): replicas added
 //! by `infra local add` and retired by `infra local remove`. [`follow_views`] keeps a
 //! router in step with the view service (who is primary, which replicas exist).
+use crate::batch::Batcher;
 use crate::client::{CallError, Client};
+use crate::types::{BatchAnswer, BatchItem, MAX_BATCH};
 use parking_lot::RwLock;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -156,10 +159,18 @@ impl Router {
         path: &str,
         body: &B,
     ) -> Result<T, CallError> {
+        self.write_json_timed(path, body).await.map(|(v, _)| v)
+    }
+
+    /// [`Router::write_json`], also returning the answer's `Server-Timing` header.
+    pub async fn write_json_timed<B: serde::Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<(T, Option<String>), CallError> {
         let body = serde_json::to_vec(body).map_err(|e| CallError::Decode(e.to_string()))?;
         self.post(path, &[("content-type", "application/json")], Some(body))
             .await
-            .map(|(v, _)| v)
     }
 
     async fn post<T: DeserializeOwned>(
@@ -306,6 +317,73 @@ impl Router {
     }
 }
 
+/// A batch call's outcome for one request: the request's own answer (whatever its
+/// status), or the failure of the whole call.
+pub type Batched<T> = Result<BatchItem<T>, CallError>;
+
+/// Starts a [`Batcher`] whose batches go to the primary as one `POST path` with the JSON
+/// body `wrap(requests)` (following the primary as [`Router::write`] does), answered by a
+/// [`BatchAnswer`] with one item per request.
+pub fn batcher<I, B, T>(
+    name: &str,
+    in_flight: usize,
+    router: &Arc<Router>,
+    path: &'static str,
+    wrap: fn(Vec<I>) -> B,
+) -> Batcher<I, Batched<T>>
+where
+    I: Send + 'static,
+    B: serde::Serialize + Send + Sync + 'static,
+    T: DeserializeOwned + Send + 'static,
+{
+    let router = router.clone();
+    Batcher::new(
+        MAX_BATCH,
+        crate::batch::in_flight(name, in_flight),
+        move |requests: Vec<I>| {
+            let router = router.clone();
+            let n = requests.len();
+            let body = wrap(requests);
+            async move {
+                match router
+                    .write_json_timed::<_, BatchAnswer<T>>(path, &body)
+                    .await
+                {
+                    Ok((answer, _)) if answer.results.len() == n => {
+                        answer.results.into_iter().map(Ok).collect()
+                    }
+                    Ok((answer, _)) => {
+                        let e = CallError::Decode(format!(
+                            "{} answers to a batch of {n}",
+                            answer.results.len()
+                        ));
+                        (0..n).map(|_| Err(e.clone())).collect()
+                    }
+                    Err(e) => (0..n).map(|_| Err(e.clone())).collect(),
+                }
+            }
+        },
+    )
+}
+
+/// What one request sent through [`batcher`] gets: its answer and `Server-Timing`. A
+/// request the batch answered with 421 or 503 (the replica stepped down, or the outcome is
+/// unknown), or that a lost batch left without an answer, is sent again alone with
+/// `single`, which follows the primary and retries.
+pub async fn batched_or_single<T, F>(
+    batched: Option<Batched<T>>,
+    single: F,
+) -> Result<(T, Option<String>), CallError>
+where
+    F: Future<Output = Result<(T, Option<String>), CallError>>,
+{
+    match batched {
+        Some(Ok(item)) if !matches!(item.status, 421 | 503) => item.into_result(),
+        Some(Err(e)) => Err(e),
+        _ => single.await,
+    }
+}
+
 /// Polls `view_url` (`{frontend 0}/vs/{kind}/view`) every `every` and applies what it
 /// answers to the router, until the router is dropped. A view service that does not
 /// answer changes nothing: the router keeps following 421 hints.
@@ -325,4 +403,37 @@ pub fn follow_views(router: &Arc<Router>, client: Client, view_url: String, ever
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ApiError;
+
+    async fn single() -> Result<(u32, Option<String>), CallError> {
+        Ok((99, None))
+    }
+
+    #[tokio::test]
+    async fn only_unknown_outcomes_are_sent_again_alone() {
+        let item = |r: Result<u32, ApiError>| Some(Ok(BatchItem::new(r, None)));
+        // Answered in the batch: success or a definite failure.
+        assert_eq!(batched_or_single(item(Ok(1)), single()).await.unwrap().0, 1);
+        assert!(matches!(
+            batched_or_single(item(Err(ApiError::OutOfStock)), single()).await,
+            Err(CallError::Status { status: 409, .. })
+        ));
+        // The replica stepped down, or does not know: alone again, following the primary.
+        let moved = item(Err(ApiError::NotPrimary { primary: None }));
+        assert_eq!(batched_or_single(moved, single()).await.unwrap().0, 99);
+        let unknown = item(Err(ApiError::Unavailable("retry".into())));
+        assert_eq!(batched_or_single(unknown, single()).await.unwrap().0, 99);
+        assert_eq!(batched_or_single(None, single()).await.unwrap().0, 99);
+        // The whole batch failed after the router's own retries: no second round.
+        let failed: Option<Batched<u32>> = Some(Err(CallError::Unreachable("down".into())));
+        assert!(matches!(
+            batched_or_single(failed, single()).await,
+            Err(CallError::Unreachable(_))
+        ));
+    }
 }

@@ -68,10 +68,10 @@ pub struct Health {
     pub service: String,
     pub id: u32,
     /// Replicated services: primary, backup, idle or down.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
     /// Replicated services: the epoch of the view the replica acts in.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub epoch: Option<u64>,
 }
 
@@ -79,7 +79,7 @@ pub struct Health {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Readiness {
     pub status: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub waiting_for: Option<String>,
 }
 
@@ -178,6 +178,137 @@ pub struct Done {
     pub result: String,
 }
 
+/// The most requests one batch call (`/buy_batch`, `/update_batch`, `/invalidate_batch`)
+/// may carry.
+pub const MAX_BATCH: usize = 256;
+
+/// One buy in an order replica's `POST /buy_batch` (frontend -> order).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct BuyRequest {
+    #[serde(deserialize_with = "whole::item")]
+    #[schema(value_type = u64, minimum = 1, maximum = 4294967295_u64)]
+    pub item_number: ItemNumber,
+    /// The buy's idempotency key (1 to 128 visible ASCII characters).
+    #[schema(min_length = 1, max_length = 128, pattern = "^[!-~]+$")]
+    pub key: String,
+}
+
+/// `POST /buy_batch` body.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BuyBatch {
+    #[schema(min_items = 1, max_items = 256)]
+    pub buys: Vec<BuyRequest>,
+}
+
+/// One stock change in a catalog replica's `POST /update_batch` (order -> catalog).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct StockChange {
+    #[serde(deserialize_with = "whole::item")]
+    #[schema(value_type = u64, minimum = 1, maximum = 4294967295_u64)]
+    pub item_number: ItemNumber,
+    /// The change of stock (`-1` for a buy).
+    #[serde(deserialize_with = "whole::signed")]
+    #[schema(minimum = -4294967295_i64, maximum = 4294967295_i64)]
+    pub stock: i64,
+    /// The idempotency key the change is applied at most once under (1 to 128 visible
+    /// ASCII characters).
+    #[schema(min_length = 1, max_length = 128, pattern = "^[!-~]+$")]
+    pub key: String,
+}
+
+/// `POST /update_batch` body.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct UpdateBatch {
+    #[schema(min_items = 1, max_items = 256)]
+    pub updates: Vec<StockChange>,
+}
+
+/// One invalidation: drop the entries of `item_number` read below `version` (and, with
+/// `epoch`, note the catalog primary's epoch).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Invalidation {
+    #[serde(deserialize_with = "whole::item")]
+    #[schema(value_type = u64, minimum = 1, maximum = 4294967295_u64)]
+    pub item_number: ItemNumber,
+    #[serde(deserialize_with = "whole::u63")]
+    #[schema(minimum = 0, maximum = 9223372036854775807_i64)]
+    pub version: u64,
+    #[serde(default, deserialize_with = "whole::opt_u63")]
+    #[schema(minimum = 0, maximum = 9223372036854775807_i64)]
+    pub epoch: Option<u64>,
+}
+
+/// `POST /invalidate_batch` body (catalog -> cache, cache -> frontend).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct InvalidationBatch {
+    #[schema(min_items = 1, max_items = 256)]
+    pub items: Vec<Invalidation>,
+}
+
+/// The answer to one request of a batch: the status the request would have had alone,
+/// its answer or error, and its `Server-Timing`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BatchItem<T> {
+    pub status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ok: Option<T>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// With a 421: the replica the answering one believes is primary.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub primary: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timing: Option<String>,
+}
+
+impl<T> BatchItem<T> {
+    /// The answer to a request that returned `r` with `timing` (its `Server-Timing`).
+    pub fn new(r: Result<T, crate::ApiError>, timing: Option<String>) -> BatchItem<T> {
+        use actix_web::ResponseError;
+        match r {
+            Ok(v) => BatchItem {
+                status: 200,
+                ok: Some(v),
+                error: None,
+                primary: None,
+                timing,
+            },
+            Err(e) => BatchItem {
+                status: e.status_code().as_u16(),
+                ok: None,
+                primary: match e {
+                    crate::ApiError::NotPrimary { primary } => primary,
+                    _ => None,
+                },
+                error: Some(e.to_string()),
+                timing,
+            },
+        }
+    }
+
+    /// What the request alone would have given its caller: the answer and its
+    /// `Server-Timing`, or the error as a [`crate::client::CallError::Status`].
+    pub fn into_result(self) -> Result<(T, Option<String>), crate::client::CallError> {
+        match (self.status, self.ok) {
+            (200, Some(v)) => Ok((v, self.timing)),
+            (status, _) => Err(crate::client::CallError::Status {
+                status: if status == 200 { 502 } else { status },
+                body: crate::error::ErrorBody {
+                    error: self.error.unwrap_or_else(|| "answer missing".into()),
+                    result: (status == 409).then(|| "Failed".into()),
+                    primary: self.primary,
+                },
+            }),
+        }
+    }
+}
+
+/// A batch call's answer: one [`BatchItem`] per request, in order.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BatchAnswer<T> {
+    pub results: Vec<BatchItem<T>>,
+}
+
 /// Whole numbers in JSON bodies, read as JSON Schema's `integer` defines them: `7` or
 /// `7.0` (an integral float), within the documented range. Unsigned 64-bit values on the
 /// wire stay below 2^63 (the `int64` range every JSON Schema tool knows).
@@ -239,6 +370,40 @@ pub mod whole {
         }
     }
 
+    /// A signed whole number (`-3`, `-3.0`) in the `i64` range.
+    pub fn signed<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = i64;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a whole number")
+            }
+            fn visit_i64<E: Error>(self, v: i64) -> Result<i64, E> {
+                Ok(v)
+            }
+            fn visit_u64<E: Error>(self, v: u64) -> Result<i64, E> {
+                i64::try_from(v).map_err(|_| E::custom(format!("{v} is out of range")))
+            }
+            fn visit_f64<E: Error>(self, v: f64) -> Result<i64, E> {
+                if v.fract() == 0.0 && v >= i64::MIN as f64 && v < i64::MAX as f64 {
+                    Ok(v as i64)
+                } else {
+                    Err(E::custom(format!("{v} is not a whole number in range")))
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+
+    /// An item number: a whole number in `1..=2^32-1`.
+    pub fn item<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+        let v = at_most(Whole::deserialize(d)?.0, u32::MAX.into())?;
+        if v == 0 {
+            return Err(D::Error::custom("item_number must be positive"));
+        }
+        Ok(v as u32)
+    }
+
     /// A list of whole numbers in `0..=2^32-1`.
     pub fn vec_u32<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u32>, D::Error> {
         Vec::<Whole>::deserialize(d)?
@@ -290,7 +455,7 @@ pub struct KindView {
     /// lower-id backup, which keeps the old primary as a backup).
     pub failovers: Option<u64>,
     /// Why the view is unknown (the view service did not answer).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
 
@@ -301,7 +466,7 @@ pub struct ServerInfo {
     pub kind: String,
     pub id: u32,
     /// `host:port` (left out of the public `/status.json`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
     /// Replicated kinds: primary, backup (in the view), idle (up, not in the view) or
     /// down. Frontends and cache: serving or down.
@@ -324,7 +489,7 @@ pub struct ServerInfo {
     /// Whether the replica serves reads (caught up in its view).
     pub serving_reads: Option<bool>,
     /// Why the server is down (left out of the public `/status.json`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
 
@@ -343,6 +508,79 @@ pub struct StatusPage {
     pub cluster: ClusterMap,
     pub books: Vec<BookStock>,
     /// Set when the catalog did not answer (the books are then left empty).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub books_error: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::CallError;
+    use crate::ApiError;
+
+    fn through_the_wire<T: Serialize + serde::de::DeserializeOwned>(
+        item: BatchItem<T>,
+    ) -> BatchItem<T> {
+        serde_json::from_slice(&serde_json::to_vec(&item).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_batch_item_gives_its_caller_what_the_single_call_would_have() {
+        let ok = through_the_wire(BatchItem::new(Ok(7u32), Some("order;dur=1".into())));
+        assert_eq!(ok.into_result().unwrap(), (7, Some("order;dur=1".into())));
+
+        let sold_out = through_the_wire(BatchItem::<u32>::new(Err(ApiError::OutOfStock), None));
+        match sold_out.into_result() {
+            Err(CallError::Status { status: 409, body }) => {
+                assert_eq!(body.result.as_deref(), Some("Failed"))
+            }
+            other => panic!("{other:?}"),
+        }
+        let moved = through_the_wire(BatchItem::<u32>::new(
+            Err(ApiError::NotPrimary { primary: Some(1) }),
+            None,
+        ));
+        match moved.into_result() {
+            Err(CallError::Status { status: 421, body }) => assert_eq!(body.primary, Some(1)),
+            other => panic!("{other:?}"),
+        }
+        let missing = through_the_wire(BatchItem::<u32>::new(
+            Err(ApiError::NotFound("no book with item_number 9".into())),
+            None,
+        ));
+        match missing.into_result() {
+            Err(CallError::Status { status: 404, body }) => {
+                assert_eq!(body.error, "no book with item_number 9")
+            }
+            other => panic!("{other:?}"),
+        }
+        // A 200 without an answer is the callee's fault, never a success.
+        let empty: BatchItem<u32> = serde_json::from_str(r#"{"status":200}"#).unwrap();
+        assert!(matches!(
+            empty.into_result(),
+            Err(CallError::Status { status: 502, .. })
+        ));
+    }
+
+    #[test]
+    fn batch_bodies_refuse_item_number_zero_and_out_of_range() {
+        let ok: BuyBatch =
+            serde_json::from_str(r#"{"buys":[{"item_number":3,"key":"k"}]}"#).unwrap();
+        assert_eq!(ok.buys[0].item_number, 3);
+        for bad in [
+            r#"{"buys":[{"item_number":0,"key":"k"}]}"#,
+            r#"{"buys":[{"item_number":4294967296,"key":"k"}]}"#,
+            r#"{"buys":[{"item_number":-1,"key":"k"}]}"#,
+            r#"{"buys":[{"key":"k"}]}"#,
+        ] {
+            assert!(serde_json::from_str::<BuyBatch>(bad).is_err(), "{bad}");
+        }
+        let change: StockChange =
+            serde_json::from_str(r#"{"item_number":2.0,"stock":-3.0,"key":"k"}"#).unwrap();
+        assert_eq!((change.item_number, change.stock), (2, -3));
+        assert!(
+            serde_json::from_str::<StockChange>(r#"{"item_number":2,"stock":-3.5,"key":"k"}"#)
+                .is_err()
+        );
+    }
 }

@@ -580,3 +580,125 @@ async fn snapshot_sized_replication_messages_are_accepted() {
     let v: Value = r.json().await.unwrap();
     assert!(v["error"].as_str().unwrap().contains("undecodable"), "{v}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_routes_answer_each_request_as_the_single_route_would() {
+    let c = TestCluster::start().await;
+    let http = c.internal();
+    let post_json = |url: String, body: Value| {
+        let req = http.raw().post(url).json(&body);
+        async move {
+            let r = req.send().await.expect("request");
+            let s = r.status().as_u16();
+            (s, r.json::<Value>().await.expect("JSON body"))
+        }
+    };
+    let order = c.url(Kind::Order, 0);
+    let catalog = c.url(Kind::Catalog, 0);
+    let statuses = |v: &Value| -> Vec<u64> {
+        v["results"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no results in {v}"))
+            .iter()
+            .map(|r| r["status"].as_u64().unwrap())
+            .collect()
+    };
+
+    // Buys: a success, an unknown book, and a retry of the first under its key.
+    let (s, v) = post_json(
+        format!("{order}/buy_batch"),
+        json!({"buys": [
+            {"item_number": 1, "key": "batch-a"},
+            {"item_number": 99, "key": "batch-b"},
+            {"item_number": 1, "key": "batch-a"},
+        ]}),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(statuses(&v), [200, 404, 200], "{v}");
+    assert_eq!(v["results"][0]["ok"], v["results"][2]["ok"], "{v}");
+    assert!(v["results"][1]["error"].as_str().unwrap().contains("99"));
+    assert!(v["results"][0]["timing"]
+        .as_str()
+        .unwrap()
+        .starts_with("order;dur="));
+    let (_, book) = get(format!("{}/lookup?item_number=1", c.frontend())).await;
+    assert_eq!(book["result"]["stock"], 2, "the retried key bought once");
+
+    // Stock changes: four buyers of book 3's three copies in one batch.
+    let changes: Vec<Value> = (0..4)
+        .map(|i| json!({"item_number": 3, "stock": -1, "key": format!("change-{i}")}))
+        .collect();
+    let (s, v) = post_json(
+        format!("{catalog}/update_batch"),
+        json!({ "updates": changes }),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let mut got = statuses(&v);
+    got.sort();
+    assert_eq!(got, [200, 200, 200, 409], "{v}");
+
+    // A backup sends the whole batch to the primary.
+    let (s, v) = post_json(
+        format!("{}/update_batch", c.url(Kind::Catalog, 1)),
+        json!({"updates": [{"item_number": 2, "stock": -1, "key": "on-backup"}]}),
+    )
+    .await;
+    assert_eq!((s, v["primary"].as_u64()), (421, Some(0)), "{v}");
+
+    // Bad bodies: 400 with an error naming the problem, and nothing applied.
+    let too_many: Vec<Value> = (0..257)
+        .map(|i| json!({"item_number": 2, "key": format!("k{i}")}))
+        .collect();
+    let cases = [
+        (
+            format!("{order}/buy_batch"),
+            json!({"buys": []}),
+            "1 to 256",
+        ),
+        (
+            format!("{order}/buy_batch"),
+            json!({ "buys": too_many }),
+            "got 257",
+        ),
+        (
+            format!("{order}/buy_batch"),
+            json!({"buys": [{"item_number": 0, "key": "k"}]}),
+            "item_number",
+        ),
+        (
+            format!("{order}/buy_batch"),
+            json!({"buys": [{"item_number": 2, "key": "a b"}]}),
+            "buys[0].key",
+        ),
+        (
+            format!("{catalog}/update_batch"),
+            json!({"updates": [{"item_number": 2, "stock": 1i64 << 40, "key": "k"}]}),
+            "updates[0].stock",
+        ),
+        (
+            format!("{catalog}/update_batch"),
+            json!([1, 2]),
+            "bad JSON body",
+        ),
+        (
+            format!("{}/invalidate_batch", c.url(Kind::Cache, 0)),
+            json!({"items": []}),
+            "items must hold",
+        ),
+        (
+            format!("{}/internal/near/invalidate_batch", c.frontend()),
+            json!({"items": [{"item_number": 1}]}),
+            "version",
+        ),
+    ];
+    for (url, body, needle) in cases {
+        let (s, v) = post_json(url.clone(), body).await;
+        assert_eq!(s, 400, "{url}: {v}");
+        let msg = v["error"].as_str().unwrap_or_default();
+        assert!(msg.contains(needle), "{url}: {msg:?} lacks {needle:?}");
+    }
+    let (_, book) = get(format!("{}/lookup?item_number=2", c.frontend())).await;
+    assert_eq!(book["result"]["stock"], 3);
+}

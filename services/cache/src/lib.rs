@@ -23,15 +23,15 @@ use bookstore_common::client::Client;
 use bookstore_common::config::{ClusterConfig, Kind};
 use bookstore_common::error::ErrorBody;
 use bookstore_common::metrics::{self, Metrics};
-use bookstore_common::openapi::{self, InvalidateQuery, ItemQuery, TopicQuery};
+use bookstore_common::openapi::{self, ItemQuery, TopicQuery};
 use bookstore_common::oplog::OpLog;
-use bookstore_common::params::Params;
+use bookstore_common::params::{batch_len, Params};
 use bookstore_common::router::{follow_views, Router};
-use bookstore_common::types::Done;
 use bookstore_common::types::{
     CacheFill, Health, LeaseReply, LeaseRequest, NearLeaseReply, NearLeaseRequest, Readiness,
     CACHE_VERSION_HEADER,
 };
+use bookstore_common::types::{Done, InvalidationBatch};
 use bookstore_common::{server, ApiError};
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
@@ -194,30 +194,33 @@ async fn put_search(
     Ok(HttpResponse::Ok().json(Stored { stored }))
 }
 
-/// Drops the entries of an item read below a version.
-#[utoipa::path(post, path = "/invalidate", params(ItemQuery, InvalidateQuery), responses(
+/// Drops the entries of each item read below its version (the catalog's invalidations,
+/// sent together), and answers once every frontend holding a near lease has done the
+/// same or its lease has run out.
+#[utoipa::path(post, path = "/invalidate_batch", request_body = InvalidationBatch, responses(
     (status = 200, body = Done),
-    (status = 400, description = "Malformed parameter", body = ErrorBody),
+    (status = 400, description = "Malformed body", body = ErrorBody),
 ))]
-async fn invalidate(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    let params = Params::parse(req.query_string());
-    let item = params.item_number()?;
-    let version = params.u63("version")?;
-    let epoch = params.optional_u63("epoch")?;
+async fn invalidate_batch(
+    ctx: Ctx,
+    body: web::Json<InvalidationBatch>,
+) -> Result<HttpResponse, ApiError> {
+    let batch = body.into_inner();
+    batch_len("items", batch.items.len())?;
     {
         let mut store = ctx.store.write();
-        if let Some(e) = epoch {
-            store.observe_epoch(e);
+        for inv in &batch.items {
+            if let Some(e) = inv.epoch {
+                store.observe_epoch(e);
+            }
+            store.invalidate(inv.item_number, inv.version);
         }
-        store.invalidate(item, version);
     }
-    ctx.log.record(format!("invalidate_cache,{item}"));
-    let epoch = epoch.map_or(String::new(), |e| format!("&epoch={e}"));
-    push_to_frontends(
-        &ctx,
-        &format!("/internal/near/invalidate?item_number={item}&version={version}{epoch}"),
-    )
-    .await;
+    for inv in &batch.items {
+        ctx.log
+            .record(format!("invalidate_cache,{}", inv.item_number));
+    }
+    push_to_frontends(&ctx, "/internal/near/invalidate_batch", Some(&batch)).await;
     Ok(HttpResponse::Ok().json(Done {
         result: "ok".into(),
     }))
@@ -226,7 +229,7 @@ async fn invalidate(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError
 /// Makes sure no frontend can answer from a near entry the invalidation `path` drops:
 /// pushes it to every frontend holding a near lease and, for each push that fails, waits
 /// until that frontend's lease has run out.
-async fn push_to_frontends(ctx: &Cache, path: &str) {
+async fn push_to_frontends(ctx: &Cache, path: &str, body: Option<&InvalidationBatch>) {
     // A frontend may still hold a lease from this cache's previous incarnation.
     let fresh_until = ctx.started + near::NEAR_LEASE;
     if Instant::now() < fresh_until {
@@ -237,11 +240,14 @@ async fn push_to_frontends(ctx: &Cache, path: &str) {
         let ok = match ctx.frontends.get(&id) {
             Some(base) => {
                 let timeout = until.saturating_duration_since(Instant::now());
-                let req = ctx
+                let mut req = ctx
                     .client
                     .raw()
                     .post(format!("{base}{path}"))
                     .timeout(timeout.max(Duration::from_millis(1)));
+                if let Some(b) = body {
+                    req = req.json(b);
+                }
                 ctx.client.send(req).await.is_ok()
             }
             None => false,
@@ -346,7 +352,15 @@ async fn ready() -> HttpResponse {
 
 #[derive(OpenApi)]
 #[openapi(paths(
-    health, ready, lookup, search, put_lookup, put_search, invalidate, near_lease, stats
+    health,
+    ready,
+    lookup,
+    search,
+    put_lookup,
+    put_search,
+    invalidate_batch,
+    near_lease,
+    stats
 ))]
 struct CachePaths;
 
@@ -368,7 +382,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .route("/search", web::get().to(search))
                 .route("/put_lookup_cache", web::post().to(put_lookup))
                 .route("/put_search_cache", web::post().to(put_search))
-                .route("/invalidate", web::post().to(invalidate))
+                .route("/invalidate_batch", web::post().to(invalidate_batch))
                 .route("/near_lease", web::post().to(near_lease))
                 .route("/stats", web::get().to(stats))
                 .configure(move |c| openapi::serve_doc(c, openapi::INTERNAL_DOC_PATH, &doc))
@@ -401,7 +415,9 @@ async fn lease_loop(cache: web::Data<Cache>, catalog: Arc<Router>, every: Durati
                 // The frontends' near caches drop everything too (they would stop at the
                 // end of their leases anyway: those never outlive the cache's).
                 let c = cache.clone();
-                tokio::spawn(async move { push_to_frontends(&c, "/internal/near/flush").await });
+                tokio::spawn(
+                    async move { push_to_frontends(&c, "/internal/near/flush", None).await },
+                );
                 flushed_to = Some(floor);
                 continue;
             }

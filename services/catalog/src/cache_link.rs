@@ -14,9 +14,11 @@
 //! by which time every lease its predecessors granted has expired. The cache ignores
 //! grants from an epoch older than one it has seen, and drops every entry when it sees a
 //! newer epoch.
+use bookstore_common::batch::Batcher;
 use bookstore_common::client::Client;
-use bookstore_common::types::{ItemNumber, LeaseReply};
+use bookstore_common::types::{Invalidation, InvalidationBatch, ItemNumber, LeaseReply, MAX_BATCH};
 use parking_lot::Mutex;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +62,8 @@ pub struct CacheLink {
     url: Option<String>,
     lease: Duration,
     state: Mutex<LinkState>,
+    /// Concurrent invalidations leave together as one `POST /invalidate_batch`.
+    batcher: OnceLock<Batcher<Invalidation, bool>>,
 }
 
 impl CacheLink {
@@ -74,7 +78,32 @@ impl CacheLink {
                 last_grant: None,
                 blocked_since: Some(Instant::now()),
             }),
+            batcher: OnceLock::new(),
         }
+    }
+
+    /// Sends `inv` to the cache at `base` with whatever other invalidations are waiting;
+    /// whether the cache acknowledged it.
+    async fn send(&self, base: &str, inv: Invalidation) -> bool {
+        let batcher = self.batcher.get_or_init(|| {
+            let client = self.client.clone();
+            let url = format!("{base}/invalidate_batch");
+            Batcher::new(
+                MAX_BATCH,
+                bookstore_common::batch::in_flight("invalidations", 2),
+                move |items: Vec<Invalidation>| {
+                    let n = items.len();
+                    let req = client
+                        .raw()
+                        .post(&url)
+                        .timeout(Duration::from_millis(300))
+                        .json(&InvalidationBatch { items });
+                    let client = client.clone();
+                    async move { vec![client.send(req).await.is_ok(); n] }
+                },
+            )
+        });
+        batcher.call(inv).await.unwrap_or(false)
     }
 
     /// Makes sure no cache entry of `item` older than `version` can be served once this
@@ -90,19 +119,23 @@ impl CacheLink {
                 2
             }
         };
-        let url = format!("{base}/invalidate?item_number={item}&version={version}&epoch={epoch}");
+        let inv = Invalidation {
+            item_number: item,
+            version,
+            epoch: Some(epoch),
+        };
         for attempt in 1..=attempts {
-            let req = self
-                .client
-                .raw()
-                .post(&url)
-                .timeout(Duration::from_millis(300));
-            match self.client.send(req).await {
-                Ok(_) => return,
-                Err(e) if attempt == attempts => {
-                    tracing::debug!(item, version, error = %e, "cache invalidation failed; relying on the cache lease")
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            if self.send(base, inv.clone()).await {
+                return;
+            }
+            if attempt == attempts {
+                tracing::debug!(
+                    item,
+                    version,
+                    "cache invalidation failed; relying on the cache lease"
+                );
+            } else {
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
         let wait_until = {

@@ -22,10 +22,10 @@ use bookstore_common::error::ErrorBody;
 use bookstore_common::metrics::{self, Metrics};
 use bookstore_common::openapi::{self, IdempotencyHeader, ItemQuery, TopicQuery};
 use bookstore_common::oplog::OpLog;
-use bookstore_common::params::{idempotency_key, Params};
+use bookstore_common::params::{batch_len, idempotency_key, Params};
 use bookstore_common::timing::{Timing, SERVER_TIMING};
+use bookstore_common::types::{BatchAnswer, BatchItem, LeaseReply, SearchHit, UpdateBatch};
 use bookstore_common::types::{Book, ItemNumber, LeaseRequest, Versioned, IDEMPOTENCY_KEY_HEADER};
-use bookstore_common::types::{LeaseReply, SearchHit};
 use bookstore_common::{server, ApiError};
 use bookstore_replication::control::{self, Control};
 use bookstore_replication::node::{Node, NodeOptions, StateMachine};
@@ -35,7 +35,7 @@ use std::future::Future;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use utoipa::OpenApi;
 
 /// How long an answer waits for an update in flight to invalidate what it shows before
@@ -208,11 +208,26 @@ impl Catalog {
         } else {
             None
         };
+        // The version a write will have is its log index, known as soon as the primary
+        // places it: the cache is told while the write replicates (dropping entries below
+        // a version not yet committed only costs misses), not after.
+        let mut early = None;
         let outcome = match settled {
             Some(o) => o,
             None => {
                 let data = bincode::serialize(&u).expect("update encodes");
-                let answer = t.time("replication", self.node().submit(data)).await?;
+                let (placed, at) = tokio::sync::oneshot::channel();
+                let invalidate_early = async {
+                    let (index, epoch) = at.await.ok()?;
+                    let started = Instant::now();
+                    self.cache.invalidate(item, index, epoch).await;
+                    Some((index, started.elapsed()))
+                };
+                let replicate =
+                    t.time("replication", self.node().submit_placed(data, Some(placed)));
+                let (answer, done) = tokio::join!(replicate, invalidate_early);
+                early = done;
+                let answer = answer?;
                 bincode::deserialize::<UpdateOutcome>(&answer)
                     .map_err(|e| ApiError::BadGateway(format!("undecodable outcome: {e}")))?
             }
@@ -225,12 +240,17 @@ impl Catalog {
         ));
         match outcome {
             Ok((book, version)) => {
-                let epoch = self.node().status().epoch;
-                t.time(
-                    "cache",
-                    self.cache.invalidate(book.item_number, version, epoch),
-                )
-                .await;
+                match early {
+                    Some((index, took)) if index == version => t.add_time("cache", took),
+                    _ => {
+                        let epoch = self.node().status().epoch;
+                        t.time(
+                            "cache",
+                            self.cache.invalidate(book.item_number, version, epoch),
+                        )
+                        .await;
+                    }
+                }
                 self.barrier.invalidated(item, version);
                 Ok(Versioned {
                     result: book,
@@ -361,6 +381,49 @@ async fn update(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
         .json(out))
 }
 
+/// `POST /update_batch`: stock changes under idempotency keys, each applied as
+/// `POST /update` would apply it, answered together (the order service's buys).
+#[utoipa::path(post, path = "/update_batch", request_body = UpdateBatch, responses(
+    (status = 200, description = "One answer per change, with the status `/update` would have given it", body = BatchAnswer<Versioned<Book>>),
+    (status = 400, description = "Malformed body", body = ErrorBody),
+    (status = 421, description = "Not the primary", body = ErrorBody),
+))]
+async fn update_batch(ctx: Ctx, body: web::Json<UpdateBatch>) -> Result<HttpResponse, ApiError> {
+    let t = Timing::start();
+    ctx.check_up()?;
+    ctx.control.check_primary()?;
+    let changes = body.into_inner().updates;
+    batch_len("updates", changes.len())?;
+    let mut updates = Vec::with_capacity(changes.len());
+    for (i, c) in changes.into_iter().enumerate() {
+        if c.stock.unsigned_abs() > u64::from(u32::MAX) {
+            return Err(ApiError::BadRequest(format!(
+                "updates[{i}].stock is out of range"
+            )));
+        }
+        let key = idempotency_key(Some(c.key.as_bytes()))
+            .map_err(|e| ApiError::BadRequest(format!("updates[{i}].key: {e}")))?;
+        updates.push(Update {
+            item_number: c.item_number,
+            stock_delta: c.stock,
+            cost: None,
+            request_id: key,
+        });
+    }
+    let catalog = ctx.into_inner();
+    let runs = updates.into_iter().map(|u| {
+        let catalog = catalog.clone();
+        async move {
+            let (r, t) = catalog.update_detached(u, Timing::start()).await;
+            BatchItem::new(r, Some(t.header("catalog")))
+        }
+    });
+    let results = futures::future::join_all(runs).await;
+    Ok(HttpResponse::Ok()
+        .insert_header((SERVER_TIMING, t.header("catalog")))
+        .json(BatchAnswer { results }))
+}
+
 /// Every book and the catalog version.
 #[utoipa::path(get, path = "/books", responses((status = 200, body = Versioned<Vec<Book>>)))]
 async fn books(ctx: Ctx) -> Result<HttpResponse, ApiError> {
@@ -411,7 +474,14 @@ pub struct UpdateQuery {
 }
 
 #[derive(OpenApi)]
-#[openapi(paths(query_by_item, query_by_topic, update, books, cache_lease))]
+#[openapi(paths(
+    query_by_item,
+    query_by_topic,
+    update,
+    update_batch,
+    books,
+    cache_lease
+))]
 struct CatalogPaths;
 
 /// The catalog's API (`GET /internal/openapi.json`, cluster token; `/health` is public).
@@ -434,6 +504,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .route("/query_by_item", web::get().to(query_by_item))
                 .route("/query_by_topic", web::get().to(query_by_topic))
                 .route("/update", web::post().to(update))
+                .route("/update_batch", web::post().to(update_batch))
                 .route("/books", web::get().to(books))
                 .route("/cache_lease", web::post().to(cache_lease))
                 .configure(control::internal_routes::<CatalogSm>)

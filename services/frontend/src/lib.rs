@@ -33,20 +33,20 @@ pub mod observe;
 use actix_web::http::header::ContentType;
 use actix_web::{middleware::from_fn, web, HttpRequest, HttpResponse};
 use bookstore_common::auth::{require_admin_token, require_operator_token, Tokens};
+use bookstore_common::batch::Batcher;
 use bookstore_common::client::{encode, CallError, Client};
 use bookstore_common::config::{ClusterConfig, Kind};
 use bookstore_common::error::ErrorBody;
 use bookstore_common::metrics::{self, Metrics};
-use bookstore_common::openapi::{
-    self, Access, IdempotencyHeader, InvalidateQuery, ItemQuery, TopicQuery,
-};
+use bookstore_common::openapi::{self, Access, IdempotencyHeader, ItemQuery, TopicQuery};
 use bookstore_common::oplog::OpLog;
-use bookstore_common::params::{idempotency_key, Params};
-use bookstore_common::router::{follow_views, Read, Router};
+use bookstore_common::params::{batch_len, idempotency_key, Params};
+use bookstore_common::router::{self, batched_or_single, follow_views, Batched, Read, Router};
 use bookstore_common::timing::{Timing, SERVER_TIMING};
 use bookstore_common::types::{
-    Book, BuySuccess, CacheFill, Health, ItemNumber, LookupResponse, Readiness, SearchHit,
-    SearchResponse, Versioned, CACHE_VERSION_HEADER, IDEMPOTENCY_KEY_HEADER,
+    Book, BuyBatch, BuyRequest, BuySuccess, CacheFill, Health, InvalidationBatch, ItemNumber,
+    LookupResponse, Readiness, SearchHit, SearchResponse, Versioned, CACHE_VERSION_HEADER,
+    IDEMPOTENCY_KEY_HEADER,
 };
 use bookstore_common::{server, ApiError};
 use bookstore_replication::vs_host::{self, VsHost};
@@ -83,6 +83,8 @@ pub struct Frontend {
     near: Option<Arc<Near>>,
     catalog: Arc<Router>,
     order: Arc<Router>,
+    /// Concurrent buys leave together as one `POST /buy_batch`.
+    buys: Batcher<BuyRequest, Batched<BuySuccess>>,
     views: Option<Arc<VsHost>>,
     log: OpLog,
     obs: observe::Observer,
@@ -147,12 +149,14 @@ impl Frontend {
                 near::spawn_lease_loop(&near, client.clone(), url.clone(), config.id);
                 near
             });
+        let buys = router::batcher("buys", 2, &order, "/buy_batch", |buys| BuyBatch { buys });
         Ok(Frontend {
             obs,
             id: config.id,
             cache,
             near,
             catalog,
+            buys,
             order,
             client,
             views,
@@ -391,19 +395,21 @@ fn near_fill_search(near: &Near, ticket: Ticket, topic: &str, version: u64, body
     }
 }
 
-/// Cache -> frontend: drop the near entries of an item read below a version (the cache's
-/// own invalidation, passed on before the cache acknowledges it).
-#[utoipa::path(post, path = "/internal/near/invalidate", params(ItemQuery, InvalidateQuery), responses(
+/// Cache -> frontend: drop the near entries of each item read below its version (the
+/// cache's own invalidations, passed on before the cache acknowledges them).
+#[utoipa::path(post, path = "/internal/near/invalidate_batch", request_body = InvalidationBatch, responses(
     (status = 200, body = bookstore_common::types::Done),
-    (status = 400, description = "Malformed parameter", body = ErrorBody),
+    (status = 400, description = "Malformed body", body = ErrorBody),
 ))]
-async fn near_invalidate(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    let params = Params::parse(req.query_string());
-    let item = params.item_number()?;
-    let version = params.u63("version")?;
-    let epoch = params.optional_u63("epoch")?;
+async fn near_invalidate(
+    ctx: Ctx,
+    body: web::Json<InvalidationBatch>,
+) -> Result<HttpResponse, ApiError> {
+    batch_len("items", body.items.len())?;
     if let Some(near) = &ctx.near {
-        near.invalidate(item, version, epoch);
+        for inv in &body.items {
+            near.invalidate(inv.item_number, inv.version, inv.epoch);
+        }
     }
     Ok(done())
 }
@@ -451,14 +457,19 @@ async fn buy(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     ctx.log.record(format!("buy,{item}"));
     ctx.follow_views();
     let mut t = Timing::start();
-    // The router retries an unknown outcome with the same key: it cannot buy twice.
+    // Sent with other buys in flight. A buy whose outcome is unknown is sent again with
+    // the same key, alone (the router follows the primary): it cannot buy twice.
     let path = format!("/buy?item_number={item}");
+    let headers = [(IDEMPOTENCY_KEY_HEADER, key.as_str())];
+    let single = ctx.order.write_timed(&path, &headers);
+    let request = BuyRequest {
+        item_number: item,
+        key: key.clone(),
+    };
     let (ok, timing): (BuySuccess, _) = t
-        .time(
-            "order",
-            ctx.order
-                .write_timed(&path, &[(IDEMPOTENCY_KEY_HEADER, &key)]),
-        )
+        .time("order", async {
+            batched_or_single(ctx.buys.call(request).await, single).await
+        })
         .await
         .map_err(|e| upstream_error("order", e))?;
     if let Some(h) = timing {
@@ -572,7 +583,8 @@ pub fn internal_openapi() -> utoipa::openapi::OpenApi {
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     let (public, internal) = (public_openapi(), internal_openapi());
-    cfg.app_data(openapi::allowed_methods(&[&public, &internal]));
+    cfg.app_data(openapi::allowed_methods(&[&public, &internal]))
+        .app_data(server::json_config());
     openapi::serve_doc(cfg, openapi::PUBLIC_DOC_PATH, &public);
     cfg.route("/health", web::get().to(health))
         .route("/ready", web::get().to(ready))
@@ -619,7 +631,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             web::scope("/internal")
                 .wrap(from_fn(bookstore_common::auth::require_cluster_token))
                 .service(server::only(
-                    "/near/invalidate",
+                    "/near/invalidate_batch",
                     "POST",
                     web::post().to(near_invalidate),
                 ))

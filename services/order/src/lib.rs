@@ -14,16 +14,20 @@ pub mod cli;
 
 use actix_web::{middleware::from_fn, web, HttpRequest, HttpResponse};
 use bookstore_common::auth::{require_cluster_token, Tokens};
+use bookstore_common::batch::Batcher;
 use bookstore_common::client::{CallError, Client};
 use bookstore_common::config::{ClusterConfig, Kind};
 use bookstore_common::error::ErrorBody;
 use bookstore_common::metrics::{self, Metrics};
 use bookstore_common::openapi::{self, IdempotencyHeader, ItemQuery};
 use bookstore_common::oplog::OpLog;
-use bookstore_common::params::{idempotency_key, Params};
-use bookstore_common::router::{follow_views, Router};
+use bookstore_common::params::{batch_len, idempotency_key, Params};
+use bookstore_common::router::{self, batched_or_single, follow_views, Batched, Router};
 use bookstore_common::timing::{Timing, SERVER_TIMING};
-use bookstore_common::types::{Book, BuySuccess, Order, Versioned, IDEMPOTENCY_KEY_HEADER};
+use bookstore_common::types::{
+    BatchAnswer, BatchItem, Book, BuyBatch, BuySuccess, Order, StockChange, UpdateBatch, Versioned,
+    IDEMPOTENCY_KEY_HEADER,
+};
 use bookstore_common::{server, ApiError};
 use bookstore_replication::control::{self, Control};
 use bookstore_replication::node::{Node, NodeOptions, StateMachine};
@@ -117,6 +121,8 @@ impl StateMachine for OrderSm {
 pub struct OrderService {
     control: web::Data<Control<OrderSm>>,
     catalog: Arc<Router>,
+    /// Concurrent stock changes leave together as one `POST /update_batch`.
+    updates: Batcher<StockChange, Batched<Versioned<Book>>>,
 }
 
 impl OrderService {
@@ -152,9 +158,13 @@ impl OrderService {
             format!("{frontend0}/vs/catalog/view"),
             config.tick * 2,
         );
+        let updates = router::batcher("updates", 2, &catalog, "/update_batch", |updates| {
+            UpdateBatch { updates }
+        });
         Ok(OrderService {
             control: web::Data::new(Control::new("order", config.id, node, log)),
             catalog,
+            updates,
         })
     }
 
@@ -169,13 +179,20 @@ impl OrderService {
         if let Some(Some(order)) = self.node().read(|sm| sm.by_key(key).cloned()) {
             return Ok(order);
         }
+        // Sent with the other buys in flight; alone again (following the primary) if its
+        // outcome is unknown. The catalog applies a key at most once.
         let path = format!("/update?item_number={item}&stock=-1");
+        let headers = [(IDEMPOTENCY_KEY_HEADER, key)];
+        let single = self.catalog.write_timed(&path, &headers);
+        let change = StockChange {
+            item_number: item,
+            stock: -1,
+            key: key.to_string(),
+        };
         let answer: Result<(Versioned<Book>, Option<String>), CallError> = t
-            .time(
-                "catalog",
-                self.catalog
-                    .write_timed(&path, &[(IDEMPOTENCY_KEY_HEADER, key)]),
-            )
+            .time("catalog", async {
+                batched_or_single(self.updates.call(change).await, single).await
+            })
             .await;
         let book = match answer {
             Ok((v, timing)) => {
@@ -261,6 +278,43 @@ async fn buy(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
         }))
 }
 
+/// Buys under idempotency keys, each as `POST /buy` would, answered together (the
+/// frontends' buys).
+#[utoipa::path(post, path = "/buy_batch", request_body = BuyBatch, responses(
+    (status = 200, description = "One answer per buy, with the status `/buy` would have given it", body = BatchAnswer<BuySuccess>),
+    (status = 400, description = "Malformed body", body = ErrorBody),
+    (status = 421, description = "Not the primary", body = ErrorBody),
+))]
+async fn buy_batch(ctx: Ctx, body: web::Json<BuyBatch>) -> Result<HttpResponse, ApiError> {
+    let t = Timing::start();
+    ctx.check_up()?;
+    ctx.control.check_primary()?;
+    let buys = body.into_inner().buys;
+    batch_len("buys", buys.len())?;
+    for (i, b) in buys.iter().enumerate() {
+        idempotency_key(Some(b.key.as_bytes()))
+            .map_err(|e| ApiError::BadRequest(format!("buys[{i}].key: {e}")))?;
+    }
+    let runs = buys.iter().map(|b| {
+        let ctx = &ctx;
+        async move {
+            let mut t = Timing::start();
+            let r = ctx
+                .buy(b.item_number, &b.key, &mut t)
+                .await
+                .map(|order| BuySuccess {
+                    result: "Success".into(),
+                    order_id: order.order_id,
+                });
+            BatchItem::new(r, Some(t.header("order")))
+        }
+    });
+    let results = futures::future::join_all(runs).await;
+    Ok(HttpResponse::Ok()
+        .insert_header((SERVER_TIMING, t.header("order")))
+        .json(BatchAnswer { results }))
+}
+
 /// `GET /orders` answer.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct OrdersAnswer {
@@ -276,7 +330,7 @@ async fn orders(ctx: Ctx) -> Result<HttpResponse, ApiError> {
 }
 
 #[derive(OpenApi)]
-#[openapi(paths(buy, orders))]
+#[openapi(paths(buy, buy_batch, orders))]
 struct OrderPaths;
 
 /// The order service's API (`GET /internal/openapi.json`, cluster token; `/health` is
@@ -290,13 +344,15 @@ pub fn internal_openapi() -> utoipa::openapi::OpenApi {
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     let doc = internal_openapi();
-    cfg.app_data(openapi::allowed_methods(&[&doc]));
+    cfg.app_data(openapi::allowed_methods(&[&doc]))
+        .app_data(server::json_config());
     cfg.configure(control::public_routes::<OrderSm>)
         .configure(metrics::routes)
         .service(
             web::scope("")
                 .wrap(from_fn(require_cluster_token))
                 .route("/buy", web::post().to(buy))
+                .route("/buy_batch", web::post().to(buy_batch))
                 .route("/orders", web::get().to(orders))
                 .configure(control::internal_routes::<OrderSm>)
                 .configure(move |c| openapi::serve_doc(c, openapi::INTERNAL_DOC_PATH, &doc))

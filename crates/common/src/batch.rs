@@ -1,0 +1,207 @@
+//! Coalescing concurrent calls into one: [`Batcher`] takes single requests from any
+//! number of tasks and hands them to one call function in batches.
+//!
+//! It adds no delay: a request that finds a free slot goes out at once, alone. Only while
+//! `in_flight` batches are already on their way do requests wait, and then they all leave
+//! together in the next batch. Under load a service therefore makes one call per batch
+//! instead of one per request (fewer HTTP hops, wake-ups and context switches), and when
+//! idle it behaves as if there were no batcher at all.
+//!
+//! The wire side of a batch (one answer per request, with its own status and
+//! `Server-Timing`) is [`crate::types::BatchItem`].
+use std::future::Future;
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+type Job<I, O> = (I, oneshot::Sender<O>);
+
+/// How many batches of the batcher `name` may be on their way at once: `default`, unless
+/// `BOOKSTORE_BATCHES_IN_FLIGHT_<NAME>` (or, for every batcher, `BOOKSTORE_BATCHES_IN_FLIGHT`)
+/// says otherwise.
+pub fn in_flight(name: &str, default: usize) -> usize {
+    let read = |var: String| {
+        std::env::var(var)
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .filter(|n| *n > 0)
+    };
+    read(format!(
+        "BOOKSTORE_BATCHES_IN_FLIGHT_{}",
+        name.to_uppercase()
+    ))
+    .or_else(|| read("BOOKSTORE_BATCHES_IN_FLIGHT".into()))
+    .unwrap_or(default)
+}
+
+/// A handle on a batching task; cheap to clone. The task ends when every handle is gone.
+#[derive(Debug)]
+pub struct Batcher<I, O> {
+    tx: mpsc::UnboundedSender<Job<I, O>>,
+}
+
+impl<I, O> Clone for Batcher<I, O> {
+    fn clone(&self) -> Self {
+        Batcher {
+            tx: self.tx.clone(),
+        }
+    }
+}
+
+impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
+    /// Starts the batching task on the current tokio runtime. `call` gets at most
+    /// `max_batch` requests at once, at most `in_flight` calls run at the same time, and
+    /// each call must answer with one output per input, in order (a missing output fails
+    /// its request: [`Batcher::call`] returns `None`).
+    pub fn new<F, Fut>(max_batch: usize, in_flight: usize, call: F) -> Batcher<I, O>
+    where
+        F: Fn(Vec<I>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Vec<O>> + Send + 'static,
+    {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run(rx, max_batch.max(1), in_flight.max(1), call));
+        Batcher { tx }
+    }
+
+    /// Sends `input` with the next batch and waits for its output; `None` if the batch
+    /// failed to produce one (or the task is gone).
+    pub async fn call(&self, input: I) -> Option<O> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send((input, reply)).ok()?;
+        rx.await.ok()
+    }
+}
+
+async fn run<I, O, F, Fut>(
+    mut rx: mpsc::UnboundedReceiver<Job<I, O>>,
+    max_batch: usize,
+    in_flight: usize,
+    call: F,
+) where
+    I: Send + 'static,
+    O: Send + 'static,
+    F: Fn(Vec<I>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Vec<O>> + Send + 'static,
+{
+    let slots = Arc::new(Semaphore::new(in_flight));
+    let (mut batches, mut requests) = (0u64, 0u64);
+    loop {
+        // A slot first: while none is free, requests pile up and leave together.
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let Some(first) = rx.recv().await else { return };
+        let mut jobs = vec![first];
+        while jobs.len() < max_batch {
+            match rx.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        batches += 1;
+        requests += jobs.len() as u64;
+        if batches.is_multiple_of(1000) {
+            tracing::debug!(
+                batches,
+                requests,
+                "batcher: {requests} requests in {batches} batches"
+            );
+        }
+        let (inputs, replies): (Vec<I>, Vec<oneshot::Sender<O>>) = jobs.into_iter().unzip();
+        let answer = call(inputs);
+        tokio::spawn(async move {
+            let outputs = answer.await;
+            drop(slot);
+            for (reply, out) in replies.into_iter().zip(outputs) {
+                let _ = reply.send(out);
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn a_lone_request_goes_out_alone_and_at_once() {
+        let b = Batcher::new(8, 1, |xs: Vec<u32>| async move {
+            xs.iter().map(|x| x * 2).collect::<Vec<_>>()
+        });
+        let t = std::time::Instant::now();
+        assert_eq!(b.call(21).await, Some(42));
+        assert!(t.elapsed() < Duration::from_millis(100));
+    }
+
+    #[tokio::test]
+    async fn requests_waiting_for_a_slot_leave_together_and_in_order() {
+        let sizes = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let s = sizes.clone();
+        let b = Batcher::new(100, 1, move |xs: Vec<u32>| {
+            s.lock().push(xs.len());
+            async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                xs.iter().map(|x| x + 1).collect::<Vec<_>>()
+            }
+        });
+        let calls = (0..50).map(|i| {
+            let b = b.clone();
+            async move { (i, b.call(i).await) }
+        });
+        for (i, out) in futures::future::join_all(calls).await {
+            assert_eq!(out, Some(i + 1));
+        }
+        let sizes = sizes.lock().clone();
+        assert_eq!(sizes.iter().sum::<usize>(), 50);
+        assert!(sizes.len() <= 3, "50 concurrent requests took {sizes:?}");
+    }
+
+    #[tokio::test]
+    async fn batches_are_capped_and_run_at_most_in_flight_at_once() {
+        let running = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let biggest = Arc::new(AtomicUsize::new(0));
+        let (r, m, big) = (running.clone(), most.clone(), biggest.clone());
+        let b = Batcher::new(4, 2, move |xs: Vec<u32>| {
+            let (r, m) = (r.clone(), m.clone());
+            big.fetch_max(xs.len(), Ordering::SeqCst);
+            async move {
+                let now = r.fetch_add(1, Ordering::SeqCst) + 1;
+                m.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                r.fetch_sub(1, Ordering::SeqCst);
+                xs
+            }
+        });
+        let calls = (0..40).map(|i| {
+            let b = b.clone();
+            async move { b.call(i).await }
+        });
+        let outs = futures::future::join_all(calls).await;
+        assert_eq!(outs, (0..40).map(Some).collect::<Vec<_>>());
+        assert_eq!(biggest.load(Ordering::SeqCst), 4);
+        assert_eq!(most.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_short_answer_fails_only_the_requests_it_left_out() {
+        let b = Batcher::new(10, 1, |xs: Vec<u32>| async move {
+            if xs == [0] {
+                // Holds the only slot while 1 and 2 queue up behind it.
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                return xs;
+            }
+            xs.into_iter().take(1).collect::<Vec<_>>()
+        });
+        let first = {
+            let b = b.clone();
+            tokio::spawn(async move { b.call(0).await })
+        };
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let (one, two) = tokio::join!(b.call(1), b.call(2));
+        assert_eq!(first.await.unwrap(), Some(0));
+        assert_eq!(one, Some(1));
+        assert_eq!(two, None);
+    }
+}
