@@ -40,12 +40,6 @@ impl Timing {
         out
     }
 
-    /// Records `d` under `name`, for a call timed elsewhere (e.g. one that ran
-    /// alongside another).
-    pub fn add_time(&mut self, name: &'static str, d: Duration) {
-        self.add(Cow::Borrowed(name), d);
-    }
-
     /// Adds the downstream calls listed in `header`, the `Server-Timing` answer of the
     /// call recorded as `callee`, as `callee.<name>` (the callee's own time, the first
     /// entry, is left out: [`Timing::time`] already measured the call).

@@ -117,9 +117,6 @@ impl NodeOptions {
 
 type WriteReply = oneshot::Sender<Result<Vec<u8>, SubmitError>>;
 
-/// Where the primary put a write in its log, before it is committed: `(index, epoch)`.
-pub type Placed = (LogIndex, Epoch);
-
 /// A peer replica: its base URL and the queue of its sender task.
 struct Peer {
     base: String,
@@ -133,7 +130,6 @@ enum Input {
     Write {
         data: Vec<u8>,
         reply: WriteReply,
-        placed: Option<oneshot::Sender<Placed>>,
     },
     Event(Event),
     Fatal(String),
@@ -351,28 +347,12 @@ impl<S: StateMachine> Node<S> {
     /// Replicates `data` and returns the state machine's answer once it is committed
     /// (durable on every replica of the view) and applied here.
     pub async fn submit(&self, data: Vec<u8>) -> Result<Vec<u8>, SubmitError> {
-        self.submit_placed(data, None).await
-    }
-
-    /// [`Node::submit`], also telling `placed` where the primary put the write in its log
-    /// as soon as it has (before it is durable or committed; the sender is dropped if the
-    /// write was refused). The index is the version the write will have if it commits,
-    /// so work that must be done before the answer can start early.
-    pub async fn submit_placed(
-        &self,
-        data: Vec<u8>,
-        placed: Option<oneshot::Sender<Placed>>,
-    ) -> Result<Vec<u8>, SubmitError> {
         let (reply, rx) = oneshot::channel();
         {
             let tx = self.inner.tx.lock();
             let tx = tx.as_ref().ok_or(SubmitError::Down)?;
-            tx.send(Input::Write {
-                data,
-                reply,
-                placed,
-            })
-            .map_err(|_| SubmitError::Down)?;
+            tx.send(Input::Write { data, reply })
+                .map_err(|_| SubmitError::Down)?;
         }
         rx.await.unwrap_or(Err(SubmitError::Retry))
     }
@@ -460,22 +440,12 @@ impl<S: StateMachine> Driver<S> {
                 match input {
                     Input::Tick => self.replica.step(Event::Tick, &mut cmds),
                     Input::Members(members) => self.set_members(members),
-                    Input::Write {
-                        data,
-                        reply,
-                        placed,
-                    } => {
+                    Input::Write { data, reply } => {
                         self.next_request += 1;
                         self.pending.insert(self.next_request, reply);
                         let request = RequestId(self.next_request);
-                        let before = self.replica.last_index();
                         self.replica
                             .step(Event::ClientWrite { request, data }, &mut cmds);
-                        let last = self.replica.last_index();
-                        if let (Some(placed), true) = (placed, last > before) {
-                            let epoch = self.replica.view().map_or(0, |v| v.epoch);
-                            let _ = placed.send((last, epoch));
-                        }
                     }
                     Input::Event(e) => self.replica.step(e, &mut cmds),
                     Input::Fatal(e) => {
