@@ -8,8 +8,14 @@
 //! idle it behaves as if there were no batcher at all.
 //!
 //! The wire side of a batch (one answer per request, with its own status and
-//! `Server-Timing`) is [`crate::types::BatchItem`].
+//! `Server-Timing`) is [`crate::types::BatchItem`]. [`register_metrics`] exports how many
+//! batches went out and how many requests they carried
+//! (`bookstore_batches_total{batcher}`, `bookstore_batched_requests_total{batcher}`).
+use crate::metrics::Metrics;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
@@ -33,18 +39,70 @@ pub fn in_flight(name: &str, default: usize) -> usize {
     .unwrap_or(default)
 }
 
+/// How many batches a batcher sent and how many requests they carried.
+#[derive(Debug, Default)]
+pub struct BatchStats {
+    batches: AtomicU64,
+    requests: AtomicU64,
+}
+
+impl BatchStats {
+    /// `(batches, requests)` so far.
+    pub fn get(&self) -> (u64, u64) {
+        (
+            self.batches.load(Ordering::Relaxed),
+            self.requests.load(Ordering::Relaxed),
+        )
+    }
+}
+
 /// A handle on a batching task; cheap to clone. The task ends when every handle is gone.
 #[derive(Debug)]
 pub struct Batcher<I, O> {
     tx: mpsc::UnboundedSender<Job<I, O>>,
+    stats: Arc<BatchStats>,
 }
 
 impl<I, O> Clone for Batcher<I, O> {
     fn clone(&self) -> Self {
         Batcher {
             tx: self.tx.clone(),
+            stats: self.stats.clone(),
         }
     }
+}
+
+/// Exports the counts of the batcher `name` whose stats `stats` returns (`None` while it
+/// has not started) on every scrape of `metrics`.
+pub fn register_metrics(
+    metrics: &Metrics,
+    name: &'static str,
+    stats: impl Fn() -> Option<Arc<BatchStats>> + Send + Sync + 'static,
+) {
+    type Labels = [(&'static str, &'static str); 1];
+    let batches = Family::<Labels, Counter>::default();
+    let requests = Family::<Labels, Counter>::default();
+    metrics.register(
+        "batches",
+        "Batch calls this server sent to another (one HTTP request each)",
+        batches.clone(),
+    );
+    metrics.register(
+        "batched_requests",
+        "Requests those batch calls carried",
+        requests.clone(),
+    );
+    metrics.on_scrape(move || {
+        let Some(s) = stats() else { return };
+        let (b, r) = s.get();
+        for (family, value) in [(&batches, b), (&requests, r)] {
+            let c = family.get_or_create(&[("batcher", name)]);
+            let now = c.get();
+            if value > now {
+                c.inc_by(value - now);
+            }
+        }
+    });
 }
 
 impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
@@ -58,8 +116,20 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
         Fut: Future<Output = Vec<O>> + Send + 'static,
     {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(rx, max_batch.max(1), in_flight.max(1), call));
-        Batcher { tx }
+        let stats = Arc::new(BatchStats::default());
+        tokio::spawn(run(
+            rx,
+            max_batch.max(1),
+            in_flight.max(1),
+            call,
+            stats.clone(),
+        ));
+        Batcher { tx, stats }
+    }
+
+    /// This batcher's counts.
+    pub fn stats(&self) -> Arc<BatchStats> {
+        self.stats.clone()
     }
 
     /// Sends `input` with the next batch and waits for its output; `None` if the batch
@@ -76,6 +146,7 @@ async fn run<I, O, F, Fut>(
     max_batch: usize,
     in_flight: usize,
     call: F,
+    stats: Arc<BatchStats>,
 ) where
     I: Send + 'static,
     O: Send + 'static,
@@ -83,7 +154,6 @@ async fn run<I, O, F, Fut>(
     Fut: Future<Output = Vec<O>> + Send + 'static,
 {
     let slots = Arc::new(Semaphore::new(in_flight));
-    let (mut batches, mut requests) = (0u64, 0u64);
     loop {
         // A slot first: while none is free, requests pile up and leave together.
         let Ok(slot) = slots.clone().acquire_owned().await else {
@@ -97,15 +167,10 @@ async fn run<I, O, F, Fut>(
                 Err(_) => break,
             }
         }
-        batches += 1;
-        requests += jobs.len() as u64;
-        if batches.is_multiple_of(1000) {
-            tracing::debug!(
-                batches,
-                requests,
-                "batcher: {requests} requests in {batches} batches"
-            );
-        }
+        stats.batches.fetch_add(1, Ordering::Relaxed);
+        stats
+            .requests
+            .fetch_add(jobs.len() as u64, Ordering::Relaxed);
         let (inputs, replies): (Vec<I>, Vec<oneshot::Sender<O>>) = jobs.into_iter().unzip();
         let answer = call(inputs);
         tokio::spawn(async move {
@@ -154,6 +219,7 @@ mod tests {
         }
         let sizes = sizes.lock().clone();
         assert_eq!(sizes.iter().sum::<usize>(), 50);
+        assert_eq!(b.stats().get(), (sizes.len() as u64, 50));
         assert!(sizes.len() <= 3, "50 concurrent requests took {sizes:?}");
     }
 

@@ -439,3 +439,46 @@ async fn a_frontend_other_than_0_maps_the_cluster_with_the_views_of_frontend_0()
         .all(|v| v.error.is_none() && v.epoch.is_some()));
     let _ = stop.send(());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_buys_leave_in_batches_and_the_batches_are_counted() {
+    let tc = TestCluster::start().await;
+    let f = tc.frontend();
+    let http = reqwest::Client::new();
+    let r = http
+        .post(format!("{f}/admin/restock?item_number=4&quantity=100"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let buys = (0..48).map(|_| {
+        let req = http.post(format!("{f}/buy?item_number=4")).send();
+        async move { req.await.unwrap().status().as_u16() }
+    });
+    let statuses = futures::future::join_all(buys).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+
+    let token = ("x-cluster-token", CLUSTER_TOKEN);
+    let counts = |text: &str, batcher: &str| {
+        let s = parse(text);
+        let labels = [("batcher", batcher)];
+        (
+            value(&s, "bookstore_batches_total", &labels),
+            value(&s, "bookstore_batched_requests_total", &labels),
+        )
+    };
+    let (batches, requests) = counts(&scrape(&f, Some(token)).await.1, "buys");
+    assert_eq!(requests, 48.0);
+    assert!(
+        (1.0..48.0).contains(&batches),
+        "48 concurrent buys took {batches} batches"
+    );
+    let order = scrape(&tc.url(Kind::Order, 0), Some(token)).await.1;
+    let (batches, requests) = counts(&order, "updates");
+    assert_eq!(requests, 48.0, "{order}");
+    assert!((1.0..48.0).contains(&batches), "{order}");
+    let catalog = scrape(&tc.url(Kind::Catalog, 0), Some(token)).await.1;
+    let (batches, requests) = counts(&catalog, "invalidations");
+    assert!(requests >= 48.0 && batches >= 1.0, "{catalog}");
+}

@@ -82,6 +82,11 @@ impl CacheLink {
         }
     }
 
+    /// The counts of the invalidation batches (`None` before the first invalidation).
+    pub fn batch_stats(&self) -> Option<std::sync::Arc<bookstore_common::batch::BatchStats>> {
+        self.batcher.get().map(|b| b.stats())
+    }
+
     /// Sends `inv` to the cache at `base` with whatever other invalidations are waiting;
     /// whether the cache acknowledged it.
     async fn send(&self, base: &str, inv: Invalidation) -> bool {

@@ -508,6 +508,10 @@ pub async fn run(
     let metrics = web::Data::new(Metrics::new());
     control::register_metrics(&control, &metrics);
     let catalog = web::Data::new(catalog);
+    let c = catalog.clone();
+    bookstore_common::batch::register_metrics(&metrics, "invalidations", move || {
+        c.cache.batch_stats()
+    });
     let tokens = web::Data::new(config.tokens.clone());
     tracing::info!(id = config.id, addr = %listener.local_addr()?, books = n_books, "catalog serving");
     let c = catalog.clone();

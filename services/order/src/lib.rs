@@ -391,6 +391,8 @@ pub async fn run(
     control::register_metrics(&control, &metrics);
     let service = web::Data::new(service);
     register_router_metrics(&service, &metrics);
+    let updates = service.updates.stats();
+    bookstore_common::batch::register_metrics(&metrics, "updates", move || Some(updates.clone()));
     let tokens = web::Data::new(config.tokens.clone());
     tracing::info!(id = config.id, addr = %listener.local_addr()?, "order serving");
     let s = service.clone();
