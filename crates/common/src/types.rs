@@ -113,6 +113,12 @@ pub struct LeaseRequest {
     #[serde(default, deserialize_with = "whole::opt_u63")]
     #[schema(minimum = 0, maximum = 9223372036854775807_i64)]
     pub flushed_to: Option<u64>,
+    /// A random number the cache draws at start. A cache the catalog has not heard from
+    /// under this number (a restarted one) must flush first: it may hold fills read
+    /// before its restart, below invalidations its predecessor acknowledged.
+    #[serde(default, deserialize_with = "whole::u63")]
+    #[schema(minimum = 0, maximum = 9223372036854775807_i64)]
+    pub session: u64,
 }
 
 /// Catalog -> cache: either a lease of `millis` (counted by the cache from the moment it

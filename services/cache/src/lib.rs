@@ -393,10 +393,17 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 /// Keeps the lease from the catalog primary alive.
 async fn lease_loop(cache: web::Data<Cache>, catalog: Arc<Router>, every: Duration) {
     let mut flushed_to = None;
+    let session = uuid::Uuid::new_v4().as_u64_pair().0 >> 1;
     loop {
         let asked_at = Instant::now();
         match catalog
-            .write_json::<_, LeaseReply>("/cache_lease", &LeaseRequest { flushed_to })
+            .write_json::<_, LeaseReply>(
+                "/cache_lease",
+                &LeaseRequest {
+                    flushed_to,
+                    session,
+                },
+            )
             .await
         {
             Ok(LeaseReply::Grant { millis, epoch }) => {

@@ -41,6 +41,8 @@ struct LinkState {
     last_grant: Option<Instant>,
     /// When the current blocked period began (a failed invalidation or a promotion).
     blocked_since: Option<Instant>,
+    /// The session of the cache process that last asked for a lease.
+    cache_session: Option<u64>,
 }
 
 impl LinkState {
@@ -77,6 +79,7 @@ impl CacheLink {
                 epoch: 0,
                 last_grant: None,
                 blocked_since: Some(Instant::now()),
+                cache_session: None,
             }),
             batcher: OnceLock::new(),
         }
@@ -159,15 +162,23 @@ impl CacheLink {
     }
 
     /// Answers the cache's lease request. `current_version` is read after the mode change,
-    /// so every write at or below the floor is covered by the flush.
+    /// so every write at or below the floor is covered by the flush. A cache process not
+    /// seen before (`session`: a restarted cache) must flush first: it may have been
+    /// given fills read before its restart, below invalidations its predecessor
+    /// acknowledged.
     pub fn lease(
         &self,
         flushed_to: Option<u64>,
+        session: u64,
         epoch: u64,
         current_version: impl FnOnce() -> u64,
     ) -> LeaseReply {
         let mut s = self.state.lock();
         s.enter(epoch);
+        if s.cache_session != Some(session) {
+            s.cache_session = Some(session);
+            s.mode = Mode::Blocked;
+        }
         match s.mode {
             Mode::Normal => {}
             Mode::Blocked => {
@@ -207,15 +218,15 @@ mod tests {
     async fn a_new_primary_makes_the_cache_flush_before_its_first_lease() {
         let link = link(50);
         assert_eq!(
-            link.lease(None, 3, || 7),
+            link.lease(None, 1, 3, || 7),
             LeaseReply::Flush { floor: 7, epoch: 3 }
         );
         assert_eq!(
-            link.lease(Some(6), 3, || 8),
+            link.lease(Some(6), 1, 3, || 8),
             LeaseReply::Flush { floor: 7, epoch: 3 }
         );
         assert_eq!(
-            link.lease(Some(7), 3, || 8),
+            link.lease(Some(7), 1, 3, || 8),
             LeaseReply::Grant {
                 millis: 50,
                 epoch: 3
@@ -223,7 +234,7 @@ mod tests {
         );
         // A later epoch (this replica was deposed and promoted again) starts over.
         assert_eq!(
-            link.lease(None, 5, || 9),
+            link.lease(None, 1, 5, || 9),
             LeaseReply::Flush { floor: 9, epoch: 5 }
         );
     }
@@ -231,9 +242,9 @@ mod tests {
     #[tokio::test]
     async fn an_unreachable_cache_is_waited_out_and_must_flush_again() {
         let link = link(50);
-        link.lease(None, 1, || 1);
+        link.lease(None, 1, 1, || 1);
         assert!(matches!(
-            link.lease(Some(1), 1, || 1),
+            link.lease(Some(1), 1, 1, || 1),
             LeaseReply::Grant { .. }
         ));
         let started = Instant::now();
@@ -243,11 +254,11 @@ mod tests {
             "waited out the lease"
         );
         assert_eq!(
-            link.lease(None, 1, || 7),
+            link.lease(None, 1, 1, || 7),
             LeaseReply::Flush { floor: 7, epoch: 1 }
         );
         assert_eq!(
-            link.lease(Some(7), 1, || 8),
+            link.lease(Some(7), 1, 1, || 8),
             LeaseReply::Grant {
                 millis: 50,
                 epoch: 1
@@ -265,5 +276,29 @@ mod tests {
         let again = Instant::now();
         link.invalidate(1, 6, 2).await;
         assert!(again.elapsed() < Duration::from_millis(50));
+    }
+
+    #[tokio::test]
+    async fn a_restarted_cache_must_flush_before_its_first_lease() {
+        let link = link(50);
+        link.lease(None, 1, 1, || 3);
+        assert!(matches!(
+            link.lease(Some(3), 1, 1, || 4),
+            LeaseReply::Grant { .. }
+        ));
+        // Renewals by the same process are granted; a new process (session 2) flushes
+        // to the current version, even though nothing failed.
+        assert!(matches!(
+            link.lease(None, 1, 1, || 5),
+            LeaseReply::Grant { .. }
+        ));
+        assert_eq!(
+            link.lease(None, 2, 1, || 9),
+            LeaseReply::Flush { floor: 9, epoch: 1 }
+        );
+        assert!(matches!(
+            link.lease(Some(9), 2, 1, || 9),
+            LeaseReply::Grant { .. }
+        ));
     }
 }

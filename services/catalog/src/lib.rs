@@ -429,7 +429,7 @@ async fn cache_lease(ctx: Ctx, body: web::Json<LeaseRequest>) -> Result<HttpResp
     if s.role != "primary" || !s.serving_reads {
         return Err(ApiError::NotPrimary { primary: s.primary });
     }
-    let reply = ctx.cache.lease(body.flushed_to, s.epoch, || {
+    let reply = ctx.cache.lease(body.flushed_to, body.session, s.epoch, || {
         ctx.node().read_any(|sm| sm.0.version())
     });
     Ok(HttpResponse::Ok().json(reply))
