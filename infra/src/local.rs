@@ -2,6 +2,8 @@
 //! as `infra serve KIND --id N ...`, so one build serves all; each child asks the kernel
 //! to SIGTERM it if the supervisor dies, so nothing is left orphaned.
 use bookstore_common::config::{ClusterConfig, Endpoint, Kind};
+use bookstore_common::router::ViewDoc;
+use bookstore_replication::node::Status;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -361,48 +363,53 @@ impl LocalCluster {
         )
     }
 
-    /// The view document of `kind`: `{"view", "synced", "members"}`.
-    pub async fn view_doc(&self, kind: Kind) -> Result<serde_json::Value, String> {
+    /// The view document of `kind`: the view, its synced backups and the members.
+    pub async fn view_doc(&self, kind: Kind) -> Result<ViewDoc, String> {
         self.client()
             .get_json(&format!("{}/vs/{kind}/view", self.frontend_url()))
             .await
             .map_err(|e| format!("view service: {e}"))
     }
 
+    /// What replica `s` says of itself (`GET /replication/status`).
+    async fn replica_status(&self, s: &Server) -> Option<Status> {
+        let url = format!("{}/replication/status", s.endpoint.url());
+        self.client().get_json(&url).await.ok()
+    }
+
     /// Waits until replica `id` of `kind` is a synced backup or the primary of the view,
     /// and serves reads.
     pub async fn wait_synced(&self, kind: Kind, id: u32, limit: Duration) -> Result<(), String> {
         let deadline = Instant::now() + limit;
-        let status_url = self
+        let server = self
             .servers
             .iter()
             .find(|s| s.kind == kind && s.id == id)
-            .map(|s| format!("{}/replication/status", s.endpoint.url()))
             .ok_or_else(|| format!("no {kind} {id} in this cluster"))?;
         loop {
             // The view service counts it as primary or synced backup, and the replica
             // itself acts in that same view (same epoch and role) and serves reads.
             let expect = match self.view_doc(kind).await {
-                Ok(v) if v["view"]["primary"] == id => {
-                    Some((v["view"]["epoch"].clone(), "primary"))
-                }
-                Ok(v)
-                    if v["synced"]
-                        .as_array()
-                        .is_some_and(|s| s.iter().any(|x| *x == id)) =>
-                {
-                    Some((v["view"]["epoch"].clone(), "backup"))
+                Ok(ViewDoc {
+                    view: Some(v),
+                    synced,
+                    ..
+                }) => {
+                    if v.primary == id {
+                        Some((v.epoch, "primary"))
+                    } else if synced.contains(&id) {
+                        Some((v.epoch, "backup"))
+                    } else {
+                        None
+                    }
                 }
                 _ => None,
             };
             if let Some((epoch, role)) = expect {
                 let acting = self
-                    .client()
-                    .get_json::<serde_json::Value>(&status_url)
+                    .replica_status(server)
                     .await
-                    .is_ok_and(|v| {
-                        v["serving_reads"] == true && v["epoch"] == epoch && v["role"] == role
-                    });
+                    .is_some_and(|s| s.serving_reads && s.epoch == epoch && s.role == role);
                 if acting {
                     return Ok(());
                 }
@@ -499,13 +506,8 @@ impl LocalCluster {
         ));
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            if let Ok(v) = self.view_doc(kind).await {
-                let view = &v["view"];
-                let member = view["primary"] == id
-                    || view["backups"]
-                        .as_array()
-                        .is_some_and(|b| b.iter().any(|x| *x == id));
-                if !view.is_null() && !member {
+            if let Ok(ViewDoc { view: Some(v), .. }) = self.view_doc(kind).await {
+                if v.primary != id && !v.backups.contains(&id) {
                     break;
                 }
             }
@@ -642,19 +644,17 @@ impl LocalCluster {
     /// Waits until every catalog and order replica is in the view, caught up, and (for
     /// backups) synced, so that any single failure can be survived.
     pub async fn wait_ready(&self, limit: Duration) -> Result<(), String> {
-        let client = bookstore_common::client::Client::with_timeout(
-            &self.options.cluster_token,
-            Duration::from_millis(500),
-        );
         let deadline = Instant::now() + limit;
         for kind in [Kind::Catalog, Kind::Order] {
             let n = self.servers.iter().filter(|s| s.kind == kind).count();
-            let url = format!("{}/vs/{kind}/view", self.frontend_url());
             loop {
-                if let Ok(v) = client.get_json::<serde_json::Value>(&url).await {
-                    let backups = v["view"]["backups"].as_array().map_or(0, Vec::len);
-                    let synced = v["synced"].as_array().map_or(0, Vec::len);
-                    if !v["view"].is_null() && backups + 1 == n && synced == backups {
+                if let Ok(ViewDoc {
+                    view: Some(v),
+                    synced,
+                    ..
+                }) = self.view_doc(kind).await
+                {
+                    if v.backups.len() + 1 == n && synced.len() == v.backups.len() {
                         break;
                     }
                 }
@@ -671,12 +671,13 @@ impl LocalCluster {
             .iter()
             .filter(|s| matches!(s.kind, Kind::Catalog | Kind::Order))
         {
-            let url = format!("{}/replication/status", s.endpoint.url());
             loop {
-                if let Ok(v) = client.get_json::<serde_json::Value>(&url).await {
-                    if v["serving_reads"] == true {
-                        break;
-                    }
+                if self
+                    .replica_status(s)
+                    .await
+                    .is_some_and(|st| st.serving_reads)
+                {
+                    break;
                 }
                 if Instant::now() > deadline {
                     return Err(format!(
@@ -764,26 +765,13 @@ impl LocalCluster {
         Err(format!("{kind} {id} did not come back within 10 s"))
     }
 
-    /// The current view of `kind` (catalog or order), from the view service.
-    pub async fn view(&self, kind: Kind) -> Result<serde_json::Value, String> {
-        let client = bookstore_common::client::Client::with_timeout(
-            &self.options.cluster_token,
-            Duration::from_millis(500),
-        );
-        let v: serde_json::Value = client
-            .get_json(&format!("{}/vs/{kind}/view", self.frontend_url()))
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(v["view"].clone())
-    }
-
     /// The primary of `kind` in the current view.
     pub async fn primary(&self, kind: Kind) -> Result<u32, String> {
-        let v = self.view(kind).await?;
-        v["primary"]
-            .as_u64()
-            .map(|p| p as u32)
-            .ok_or_else(|| format!("no {kind} view yet: {v}"))
+        self.view_doc(kind)
+            .await?
+            .view
+            .map(|v| v.primary)
+            .ok_or_else(|| format!("no {kind} view yet"))
     }
 
     /// Where clients go: HAProxy if there is one, else frontend 0.
