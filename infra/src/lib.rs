@@ -15,4 +15,5 @@ pub mod control;
 pub mod ec2;
 pub mod haproxy;
 pub mod local;
+pub mod membership;
 pub mod scenarios;

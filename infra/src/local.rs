@@ -1,6 +1,7 @@
 //! A cluster of real processes on this machine. Every server is this same binary run
 //! as `infra serve KIND --id N ...`, so one build serves all; each child asks the kernel
 //! to SIGTERM it if the supervisor dies, so nothing is left orphaned.
+use crate::membership::{self, Standing};
 use bookstore_common::config::{ClusterConfig, Endpoint, Kind};
 use bookstore_common::router::ViewDoc;
 use bookstore_replication::node::Status;
@@ -389,27 +390,15 @@ impl LocalCluster {
         loop {
             // The view service counts it as primary or synced backup, and the replica
             // itself acts in that same view (same epoch and role) and serves reads.
-            let expect = match self.view_doc(kind).await {
-                Ok(ViewDoc {
-                    view: Some(v),
-                    synced,
-                    ..
-                }) => {
-                    if v.primary == id {
-                        Some((v.epoch, "primary"))
-                    } else if synced.contains(&id) {
-                        Some((v.epoch, "backup"))
-                    } else {
-                        None
-                    }
-                }
-                _ => None,
+            let standing = match self.view_doc(kind).await {
+                Ok(doc) => membership::standing(&doc, id),
+                Err(_) => Standing::NoView,
             };
-            if let Some((epoch, role)) = expect {
+            if let Standing::Member { epoch, role } = standing {
                 let acting = self
                     .replica_status(server)
                     .await
-                    .is_some_and(|s| s.serving_reads && s.epoch == epoch && s.role == role);
+                    .is_some_and(|s| membership::acts_as(&s, epoch, role));
                 if acting {
                     return Ok(());
                 }
@@ -506,8 +495,8 @@ impl LocalCluster {
         ));
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            if let Ok(ViewDoc { view: Some(v), .. }) = self.view_doc(kind).await {
-                if v.primary != id && !v.backups.contains(&id) {
+            if let Ok(doc) = self.view_doc(kind).await {
+                if membership::standing(&doc, id) == Standing::Out {
                     break;
                 }
             }

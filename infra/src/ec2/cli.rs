@@ -5,7 +5,10 @@ use super::remote::{control_script, Svc};
 use super::ssh::{self, sh_quote, Target};
 use super::state::{self, Deployment, Host, Phase, RunState};
 use super::{check_run_id, new_run_id, say, NAME_PREFIX};
+use crate::membership::{self, Standing};
 use bookstore_common::config::{ClusterConfig, Kind};
+use bookstore_common::router::ViewDoc;
+use bookstore_replication::node::Status;
 use clap::{Args, Subcommand};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -1400,44 +1403,30 @@ pub async fn wait_member(
     let deadline = Instant::now() + limit;
     let mut last = String::new();
     loop {
-        let (done, seen) = match client.get_json::<serde_json::Value>(&view_url).await {
+        let (done, seen) = match client.get_json::<ViewDoc>(&view_url).await {
             Err(e) => (false, format!("the view service does not answer: {e}")),
-            Ok(v) => {
-                let view = &v["view"];
-                let primary = view["primary"] == id;
-                let backup = view["backups"]
-                    .as_array()
-                    .is_some_and(|b| b.iter().any(|x| *x == id));
-                let synced = v["synced"]
-                    .as_array()
-                    .is_some_and(|s| s.iter().any(|x| *x == id));
-                let epoch = view["epoch"].clone();
-                let summary = format!(
-                    "epoch {epoch}: primary {}, backups {}, synced {}",
-                    view["primary"], view["backups"], v["synced"]
-                );
-                match until {
-                    Until::Gone if view.is_null() => (false, "no view yet".to_string()),
-                    Until::Gone => (
-                        !primary && !backup,
-                        if primary || backup {
-                            format!("{kind} {id} is still in the view ({summary})")
-                        } else {
-                            format!("{kind} {id} is out of the view ({summary})")
-                        },
+            Ok(doc) => {
+                let summary = membership::summary(&doc);
+                match (until, membership::standing(&doc, id)) {
+                    (_, Standing::NoView) => (false, summary),
+                    (Until::Gone, Standing::Out) => {
+                        (true, format!("{kind} {id} is out of the view ({summary})"))
+                    }
+                    (Until::Gone, _) => (
+                        false,
+                        format!("{kind} {id} is still in the view ({summary})"),
                     ),
-                    Until::Synced if primary || (backup && synced) => {
-                        let role = if primary { "primary" } else { "backup" };
-                        let status = match v["members"][id.to_string()].as_str() {
+                    (Until::Synced, Standing::Member { epoch, role }) => {
+                        let status = match doc.members.get(&id) {
                             Some(u) => client
-                                .get_json::<serde_json::Value>(&format!("{u}/replication/status"))
+                                .get_json::<Status>(&format!("{u}/replication/status"))
                                 .await
                                 .ok(),
                             None => None,
                         };
-                        let acting = status.as_ref().is_some_and(|s| {
-                            s["serving_reads"] == true && s["epoch"] == epoch && s["role"] == role
-                        });
+                        let acting = status
+                            .as_ref()
+                            .is_some_and(|s| membership::acts_as(s, epoch, role));
                         (
                             acting,
                             if acting {
@@ -1449,11 +1438,11 @@ pub async fn wait_member(
                             },
                         )
                     }
-                    Until::Synced if backup => (
+                    (Until::Synced, Standing::CatchingUp) => (
                         false,
                         format!("{kind} {id} is a backup, catching up ({summary})"),
                     ),
-                    Until::Synced => (
+                    (Until::Synced, Standing::Out) => (
                         false,
                         format!("{kind} {id} is not in the view yet ({summary})"),
                     ),

@@ -1,0 +1,105 @@
+//! Where a replica stands in its kind's view: the one reading of a view document
+//! (`GET /vs/{kind}/view`) and of a replica's `/replication/status` that `local add`,
+//! `local remove`, `local up` and `ec2 wait-member` share.
+use bookstore_common::router::ViewDoc;
+use bookstore_replication::node::Status;
+
+/// A replica's place in the current view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standing {
+    /// The view service has decided no view yet.
+    NoView,
+    /// Neither the primary nor a backup of the view.
+    Out,
+    /// A backup that does not hold every committed entry yet.
+    CatchingUp,
+    /// The primary, or a backup holding every committed entry, of the view `epoch`.
+    Member { epoch: u64, role: &'static str },
+}
+
+/// Where replica `id` stands in `doc`.
+pub fn standing(doc: &ViewDoc, id: u32) -> Standing {
+    let Some(v) = &doc.view else {
+        return Standing::NoView;
+    };
+    if v.primary == id {
+        Standing::Member {
+            epoch: v.epoch,
+            role: "primary",
+        }
+    } else if !v.backups.contains(&id) {
+        Standing::Out
+    } else if doc.synced.contains(&id) {
+        Standing::Member {
+            epoch: v.epoch,
+            role: "backup",
+        }
+    } else {
+        Standing::CatchingUp
+    }
+}
+
+/// Whether a replica acts as `role` in the view `epoch` and serves reads, by its own
+/// account (it may lag behind the view service by a ping).
+pub fn acts_as(status: &Status, epoch: u64, role: &str) -> bool {
+    status.serving_reads && status.epoch == epoch && status.role == role
+}
+
+/// `epoch 3: primary 0, backups [1], synced [1]`, or `no view yet`.
+pub fn summary(doc: &ViewDoc) -> String {
+    match &doc.view {
+        None => "no view yet".into(),
+        Some(v) => format!(
+            "epoch {}: primary {}, backups {:?}, synced {:?}",
+            v.epoch, v.primary, v.backups, doc.synced
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bookstore_common::router::ViewSummary;
+
+    #[test]
+    fn a_replica_stands_where_the_view_and_its_synced_set_put_it() {
+        let mut doc = ViewDoc::default();
+        assert_eq!(standing(&doc, 0), Standing::NoView);
+        assert_eq!(summary(&doc), "no view yet");
+        doc.view = Some(ViewSummary {
+            epoch: 4,
+            primary: 1,
+            backups: vec![0, 2],
+        });
+        doc.synced = vec![2];
+        assert_eq!(
+            standing(&doc, 1),
+            Standing::Member {
+                epoch: 4,
+                role: "primary"
+            }
+        );
+        assert_eq!(standing(&doc, 0), Standing::CatchingUp);
+        assert_eq!(
+            standing(&doc, 2),
+            Standing::Member {
+                epoch: 4,
+                role: "backup"
+            }
+        );
+        assert_eq!(standing(&doc, 3), Standing::Out);
+        assert_eq!(
+            summary(&doc),
+            "epoch 4: primary 1, backups [0, 2], synced [2]"
+        );
+        let status = Status {
+            serving_reads: true,
+            epoch: 4,
+            role: "backup".into(),
+            ..Status::default()
+        };
+        assert!(acts_as(&status, 4, "backup"));
+        assert!(!acts_as(&status, 5, "backup"));
+        assert!(!acts_as(&status, 4, "primary"));
+    }
+}
