@@ -5,6 +5,8 @@
 //! The set of replicas can change at run time ([`Router::set_members`]): replicas added
 //! by `infra local add` and retired by `infra local remove`. [`follow_views`] keeps a
 //! router in step with the view service (who is primary, which replicas exist).
+//! [`batcher`] sends concurrent writes to the primary as one batch call, and
+//! [`batched_or_single`] resends alone a request the batch left with an unknown outcome.
 use crate::batch::Batcher;
 use crate::client::{CallError, Client};
 use crate::types::{BatchAnswer, BatchItem, MAX_BATCH};
