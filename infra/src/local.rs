@@ -80,6 +80,8 @@ pub struct LocalCluster {
     pub options: LocalOptions,
     /// HAProxy in front of the frontends (`LocalOptions::haproxy`).
     pub haproxy: Option<crate::haproxy::Haproxy>,
+    /// The client of this tool's own calls to the servers (cluster token, 1 s timeout).
+    client: bookstore_common::client::Client,
 }
 
 /// A cluster file for `n_catalog` catalogs and `n_order` orders on free loopback ports.
@@ -292,11 +294,16 @@ impl LocalCluster {
         if let Some(h) = &options.haproxy {
             drop(bookstore_common::server::bind(&h.addr(), "haproxy")?);
         }
+        let client = bookstore_common::client::Client::with_timeout(
+            &options.cluster_token,
+            Duration::from_millis(1000),
+        );
         let mut lc = LocalCluster {
             cluster: cluster.clone(),
             servers: Vec::new(),
             options,
             haproxy: None,
+            client,
         };
         let mut order = servers;
         if lc.options.reverse_start {
@@ -357,11 +364,8 @@ impl LocalCluster {
         }
     }
 
-    fn client(&self) -> bookstore_common::client::Client {
-        bookstore_common::client::Client::with_timeout(
-            &self.options.cluster_token,
-            Duration::from_millis(1000),
-        )
+    fn client(&self) -> &bookstore_common::client::Client {
+        &self.client
     }
 
     /// The view document of `kind`: the view, its synced backups and the members.

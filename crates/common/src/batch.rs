@@ -11,7 +11,7 @@
 //! `Server-Timing`) is [`crate::types::BatchItem`]. [`register_metrics`] exports how many
 //! batches went out and how many requests they carried
 //! (`bookstore_batches_total{batcher}`, `bookstore_batched_requests_total{batcher}`).
-use crate::metrics::Metrics;
+use crate::metrics::{catch_up, Metrics};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use std::future::Future;
@@ -72,13 +72,8 @@ impl<I, O> Clone for Batcher<I, O> {
     }
 }
 
-/// Exports the counts of the batcher `name` whose stats `stats` returns (`None` while it
-/// has not started) on every scrape of `metrics`.
-pub fn register_metrics(
-    metrics: &Metrics,
-    name: &'static str,
-    stats: impl Fn() -> Option<Arc<BatchStats>> + Send + Sync + 'static,
-) {
+/// Exports the counts `stats` of the batcher `name` on every scrape of `metrics`.
+pub fn register_metrics(metrics: &Metrics, name: &'static str, stats: Arc<BatchStats>) {
     type Labels = [(&'static str, &'static str); 1];
     let batches = Family::<Labels, Counter>::default();
     let requests = Family::<Labels, Counter>::default();
@@ -93,15 +88,9 @@ pub fn register_metrics(
         requests.clone(),
     );
     metrics.on_scrape(move || {
-        let Some(s) = stats() else { return };
-        let (b, r) = s.get();
-        for (family, value) in [(&batches, b), (&requests, r)] {
-            let c = family.get_or_create(&[("batcher", name)]);
-            let now = c.get();
-            if value > now {
-                c.inc_by(value - now);
-            }
-        }
+        let (b, r) = stats.get();
+        catch_up(&batches.get_or_create(&[("batcher", name)]), b);
+        catch_up(&requests.get_or_create(&[("batcher", name)]), r);
     });
 }
 

@@ -258,6 +258,15 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     );
 }
 
+/// Raises a counter to `value` (counters only go up; values owned elsewhere are copied
+/// in at scrape time).
+pub fn catch_up(counter: &Counter, value: u64) {
+    let now = counter.get();
+    if value > now {
+        counter.inc_by(value - now);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -120,6 +120,13 @@ pub fn batch_len(name: &str, n: usize) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Validates the idempotency key of entry `i` of a batch body's list `list`.
+pub fn batch_key(list: &str, i: usize, key: &str) -> Result<String, ApiError> {
+    idempotency_key(Some(key.as_bytes()))
+        .map(|k| k.unwrap_or_default())
+        .map_err(|e| ApiError::BadRequest(format!("{list}[{i}].key: {e}")))
+}
+
 /// Validates a client's `Idempotency-Key`: 1 to 128 visible ASCII characters.
 pub fn idempotency_key(raw: Option<&[u8]>) -> Result<Option<String>, ApiError> {
     let Some(raw) = raw else { return Ok(None) };

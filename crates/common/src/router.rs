@@ -347,22 +347,20 @@ where
             let n = requests.len();
             let body = wrap(requests);
             async move {
-                match router
+                let e = match router
                     .write_json_timed::<_, BatchAnswer<T>>(path, &body)
                     .await
                 {
                     Ok((answer, _)) if answer.results.len() == n => {
-                        answer.results.into_iter().map(Ok).collect()
+                        return answer.results.into_iter().map(Ok).collect();
                     }
-                    Ok((answer, _)) => {
-                        let e = CallError::Decode(format!(
-                            "{} answers to a batch of {n}",
-                            answer.results.len()
-                        ));
-                        (0..n).map(|_| Err(e.clone())).collect()
-                    }
-                    Err(e) => (0..n).map(|_| Err(e.clone())).collect(),
-                }
+                    Ok((answer, _)) => CallError::Decode(format!(
+                        "{} answers to a batch of {n}",
+                        answer.results.len()
+                    )),
+                    Err(e) => e,
+                };
+                (0..n).map(|_| Err(e.clone())).collect()
             }
         },
     )

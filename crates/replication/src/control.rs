@@ -226,7 +226,7 @@ pub fn register_metrics<S: StateMachine>(control: &web::Data<Control<S>>, metric
         applied.set(s.applied as i64);
         lag.set(s.commit.saturating_sub(s.applied) as i64);
         serving.set(i64::from(s.serving_reads && !down));
-        crate::vs_host::catch_up(&changes, s.view_changes);
+        bookstore_common::metrics::catch_up(&changes, s.view_changes);
     });
 }
 

@@ -20,7 +20,7 @@ use crate::protocol::{Epoch, View};
 use crate::viewservice::{Ping, ViewService, VsCommand, VsConfig, VsEvent, VsState};
 use actix_web::{web, HttpResponse};
 use bookstore_common::error::ErrorBody;
-use bookstore_common::metrics::Metrics;
+use bookstore_common::metrics::{catch_up, Metrics};
 use bookstore_common::ApiError;
 use parking_lot::Mutex;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -512,15 +512,6 @@ struct KindLabel {
 struct ReplicaLabels {
     kind: String,
     replica: u32,
-}
-
-/// Raises a counter to `value` (counters only go up; values owned elsewhere are copied
-/// in at scrape time).
-pub fn catch_up(counter: &Counter, value: u64) {
-    let now = counter.get();
-    if value > now {
-        counter.inc_by(value - now);
-    }
 }
 
 /// Query of `POST /admin/cluster/register`.

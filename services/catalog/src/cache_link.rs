@@ -18,7 +18,6 @@ use bookstore_common::batch::Batcher;
 use bookstore_common::client::Client;
 use bookstore_common::types::{Invalidation, InvalidationBatch, ItemNumber, LeaseReply, MAX_BATCH};
 use parking_lot::Mutex;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,41 +59,16 @@ impl LinkState {
 /// The link from one catalog replica to the cache (if the cluster has one).
 #[derive(Debug)]
 pub struct CacheLink {
-    client: Client,
-    url: Option<String>,
     lease: Duration,
     state: Mutex<LinkState>,
-    /// Concurrent invalidations leave together as one `POST /invalidate_batch`.
-    batcher: OnceLock<Batcher<Invalidation, bool>>,
+    /// Concurrent invalidations leave together as one `POST /invalidate_batch` (none
+    /// without a cache).
+    batcher: Option<Batcher<Invalidation, bool>>,
 }
 
 impl CacheLink {
     pub fn new(client: Client, cache_url: Option<String>, lease: Duration) -> CacheLink {
-        CacheLink {
-            client,
-            url: cache_url,
-            lease,
-            state: Mutex::new(LinkState {
-                mode: Mode::Blocked,
-                epoch: 0,
-                last_grant: None,
-                blocked_since: Some(Instant::now()),
-                cache_session: None,
-            }),
-            batcher: OnceLock::new(),
-        }
-    }
-
-    /// The counts of the invalidation batches (`None` before the first invalidation).
-    pub fn batch_stats(&self) -> Option<std::sync::Arc<bookstore_common::batch::BatchStats>> {
-        self.batcher.get().map(|b| b.stats())
-    }
-
-    /// Sends `inv` to the cache at `base` with whatever other invalidations are waiting;
-    /// whether the cache acknowledged it.
-    async fn send(&self, base: &str, inv: Invalidation) -> bool {
-        let batcher = self.batcher.get_or_init(|| {
-            let client = self.client.clone();
+        let batcher = cache_url.map(|base| {
             let url = format!("{base}/invalidate_batch");
             Batcher::new(
                 MAX_BATCH,
@@ -111,13 +85,30 @@ impl CacheLink {
                 },
             )
         });
-        batcher.call(inv).await.unwrap_or(false)
+        CacheLink {
+            lease,
+            state: Mutex::new(LinkState {
+                mode: Mode::Blocked,
+                epoch: 0,
+                last_grant: None,
+                blocked_since: Some(Instant::now()),
+                cache_session: None,
+            }),
+            batcher,
+        }
+    }
+
+    /// The counts of the invalidation batches (`None` without a cache).
+    pub fn batch_stats(&self) -> Option<std::sync::Arc<bookstore_common::batch::BatchStats>> {
+        self.batcher.as_ref().map(|b| b.stats())
     }
 
     /// Makes sure no cache entry of `item` older than `version` can be served once this
     /// returns. `epoch` is the epoch this replica is primary in.
     pub async fn invalidate(&self, item: ItemNumber, version: u64, epoch: u64) {
-        let Some(base) = &self.url else { return };
+        let Some(batcher) = &self.batcher else {
+            return;
+        };
         let attempts = {
             let mut s = self.state.lock();
             s.enter(epoch);
@@ -133,7 +124,7 @@ impl CacheLink {
             epoch: Some(epoch),
         };
         for attempt in 1..=attempts {
-            if self.send(base, inv.clone()).await {
+            if batcher.call(inv.clone()).await.unwrap_or(false) {
                 return;
             }
             if attempt == attempts {

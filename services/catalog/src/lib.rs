@@ -22,7 +22,7 @@ use bookstore_common::error::ErrorBody;
 use bookstore_common::metrics::{self, Metrics};
 use bookstore_common::openapi::{self, IdempotencyHeader, ItemQuery, TopicQuery};
 use bookstore_common::oplog::OpLog;
-use bookstore_common::params::{batch_len, idempotency_key, Params};
+use bookstore_common::params::{batch_key, batch_len, idempotency_key, Params};
 use bookstore_common::timing::{Timing, SERVER_TIMING};
 use bookstore_common::types::{BatchAnswer, BatchItem, LeaseReply, SearchHit, UpdateBatch};
 use bookstore_common::types::{Book, ItemNumber, LeaseRequest, Versioned, IDEMPOTENCY_KEY_HEADER};
@@ -383,13 +383,11 @@ async fn update_batch(ctx: Ctx, body: web::Json<UpdateBatch>) -> Result<HttpResp
                 "updates[{i}].stock is out of range"
             )));
         }
-        let key = idempotency_key(Some(c.key.as_bytes()))
-            .map_err(|e| ApiError::BadRequest(format!("updates[{i}].key: {e}")))?;
         updates.push(Update {
             item_number: c.item_number,
             stock_delta: c.stock,
             cost: None,
-            request_id: key,
+            request_id: Some(batch_key("updates", i, &c.key)?),
         });
     }
     let catalog = ctx.into_inner();
@@ -508,10 +506,9 @@ pub async fn run(
     let metrics = web::Data::new(Metrics::new());
     control::register_metrics(&control, &metrics);
     let catalog = web::Data::new(catalog);
-    let c = catalog.clone();
-    bookstore_common::batch::register_metrics(&metrics, "invalidations", move || {
-        c.cache.batch_stats()
-    });
+    if let Some(stats) = catalog.cache.batch_stats() {
+        bookstore_common::batch::register_metrics(&metrics, "invalidations", stats);
+    }
     let tokens = web::Data::new(config.tokens.clone());
     tracing::info!(id = config.id, addr = %listener.local_addr()?, books = n_books, "catalog serving");
     let c = catalog.clone();

@@ -691,8 +691,7 @@ pub async fn run(
     let frontend = web::Data::new(frontend);
     let metrics = web::Data::new(Metrics::new());
     frontend.obs.register_metrics(&frontend, &metrics);
-    let buys = frontend.buys.stats();
-    bookstore_common::batch::register_metrics(&metrics, "buys", move || Some(buys.clone()));
+    bookstore_common::batch::register_metrics(&metrics, "buys", frontend.buys.stats());
     let tokens = web::Data::new(config.tokens.clone());
     tracing::info!(addr = %listener.local_addr()?, "frontend serving");
     let configure = move |cfg: &mut web::ServiceConfig| {

@@ -14,13 +14,14 @@ use actix_web::http::header;
 use actix_web::HttpResponse;
 use bookstore_common::client::Client;
 use bookstore_common::config::{ClusterConfig, Endpoint, Kind};
+use bookstore_common::metrics::catch_up;
 use bookstore_common::metrics::Metrics;
 use bookstore_common::router::Read;
 use bookstore_common::types::{
     Book, BookStock, ClusterMap, Health, KindView, ServerInfo, StatusPage, Versioned,
 };
 use bookstore_replication::node::Status;
-use bookstore_replication::vs_host::{catch_up, KindReport, VsHost};
+use bookstore_replication::vs_host::{KindReport, VsHost};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;

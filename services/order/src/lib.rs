@@ -18,10 +18,10 @@ use bookstore_common::batch::Batcher;
 use bookstore_common::client::{CallError, Client};
 use bookstore_common::config::{ClusterConfig, Kind};
 use bookstore_common::error::ErrorBody;
-use bookstore_common::metrics::{self, Metrics};
+use bookstore_common::metrics::{self, catch_up, Metrics};
 use bookstore_common::openapi::{self, IdempotencyHeader, ItemQuery};
 use bookstore_common::oplog::OpLog;
-use bookstore_common::params::{batch_len, idempotency_key, Params};
+use bookstore_common::params::{batch_key, batch_len, idempotency_key, Params};
 use bookstore_common::router::{self, batched_or_single, follow_views, Batched, Router};
 use bookstore_common::timing::{Timing, SERVER_TIMING};
 use bookstore_common::types::{
@@ -31,7 +31,6 @@ use bookstore_common::types::{
 use bookstore_common::{server, ApiError};
 use bookstore_replication::control::{self, Control};
 use bookstore_replication::node::{Node, NodeOptions, StateMachine};
-use bookstore_replication::vs_host::catch_up;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use serde::{Deserialize, Serialize};
@@ -251,6 +250,14 @@ fn now_ms() -> u64 {
 
 type Ctx = web::Data<OrderService>;
 
+/// The answer to a buy that recorded `order`.
+fn success(order: Order) -> BuySuccess {
+    BuySuccess {
+        result: "Success".into(),
+        order_id: order.order_id,
+    }
+}
+
 /// Buys one copy under an idempotency key.
 #[utoipa::path(post, path = "/buy", params(ItemQuery, IdempotencyHeader), responses(
     (status = 200, body = BuySuccess),
@@ -272,10 +279,7 @@ async fn buy(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let order = ctx.buy(item, &key, &mut t).await?;
     Ok(HttpResponse::Ok()
         .insert_header((SERVER_TIMING, t.header("order")))
-        .json(BuySuccess {
-            result: "Success".into(),
-            order_id: order.order_id,
-        }))
+        .json(success(order)))
 }
 
 /// Buys under idempotency keys, each as `POST /buy` would, answered together (the
@@ -292,20 +296,13 @@ async fn buy_batch(ctx: Ctx, body: web::Json<BuyBatch>) -> Result<HttpResponse, 
     let buys = body.into_inner().buys;
     batch_len("buys", buys.len())?;
     for (i, b) in buys.iter().enumerate() {
-        idempotency_key(Some(b.key.as_bytes()))
-            .map_err(|e| ApiError::BadRequest(format!("buys[{i}].key: {e}")))?;
+        batch_key("buys", i, &b.key)?;
     }
     let runs = buys.iter().map(|b| {
         let ctx = &ctx;
         async move {
             let mut t = Timing::start();
-            let r = ctx
-                .buy(b.item_number, &b.key, &mut t)
-                .await
-                .map(|order| BuySuccess {
-                    result: "Success".into(),
-                    order_id: order.order_id,
-                });
+            let r = ctx.buy(b.item_number, &b.key, &mut t).await.map(success);
             BatchItem::new(r, Some(t.header("order")))
         }
     });
@@ -391,8 +388,7 @@ pub async fn run(
     control::register_metrics(&control, &metrics);
     let service = web::Data::new(service);
     register_router_metrics(&service, &metrics);
-    let updates = service.updates.stats();
-    bookstore_common::batch::register_metrics(&metrics, "updates", move || Some(updates.clone()));
+    bookstore_common::batch::register_metrics(&metrics, "updates", service.updates.stats());
     let tokens = web::Data::new(config.tokens.clone());
     tracing::info!(id = config.id, addr = %listener.local_addr()?, "order serving");
     let s = service.clone();
