@@ -19,12 +19,22 @@
 //!   primary that learns of a higher epoch steps down at once: every pending client
 //!   write is answered [`Outcome::Retry`] (its fate is unknown) and it stops acting.
 //! * **Writes.** Only the primary of its active view accepts [`Event::ClientWrite`]. It
-//!   appends an [`Entry`] (`index = last + 1`, `epoch = view.epoch`), persists it and,
-//!   once it is durable locally, replicates it to *every* backup of the view (so a
-//!   primary that restarts within its epoch never re-uses an `(index, epoch)` a backup
-//!   may hold; concurrent writes still share fsyncs and messages). The commit index is the largest index
-//!   that is durable on the primary **and** acknowledged as durable by every backup of
-//!   the view (synchronous replication). Only then is [`Outcome::Committed`] replied.
+//!   appends an [`Entry`] (`index = last + 1`, `epoch = view.epoch`) and at once both
+//!   persists it and sends it to *every* backup of the view, so its own `fdatasync` and
+//!   the backups' overlap (concurrent writes still share fsyncs and messages). The
+//!   commit index is the largest index that is durable on the primary **and**
+//!   acknowledged as durable by every backup of the view (synchronous replication).
+//!   Only then is [`Outcome::Committed`] replied.
+//! * **Restart fence.** Sending before persisting means a backup may hold an entry
+//!   `(index, epoch)` that its primary lost in a crash. Were that primary to restart and
+//!   lead the same epoch, it would append a *different* entry with the same
+//!   `(index, epoch)`, and log matching (invariant 2) would break. So a replica never
+//!   leads an epoch it may have acted in before its restart: [`Replica::recover`] sets
+//!   its fence to the epoch of its persisted view, every [`Ping`] carries it, and the
+//!   view service answers a primary that pings with a fence at its view's epoch by
+//!   moving to the next epoch with the same members (`viewservice`). That primary still
+//!   holds every committed entry (a commit needs its own persist), and the backups'
+//!   consistency check truncates the lost entries' copies.
 //! * **Backups** accept [`Msg::Replicate`] only from the primary of their (equal) epoch,
 //!   after the Raft-style consistency check on `(prev_index, prev_epoch)`. A conflicting
 //!   suffix (uncommitted entries of a deposed primary) is truncated. An [`Msg::Ack`] is sent
@@ -150,6 +160,9 @@ pub struct Config {
     pub fencing: bool,
     /// MUTATION KNOB for tests: `false` commits right after the primary's own persist.
     pub sync_ack: bool,
+    /// MUTATION KNOB for tests: `false` lets a restarted primary lead the epoch it
+    /// crashed in (see "Restart fence" above).
+    pub restart_fence: bool,
 }
 
 impl Default for Config {
@@ -161,6 +174,7 @@ impl Default for Config {
             max_retained_log: 10_000,
             fencing: true,
             sync_ack: true,
+            restart_fence: true,
         }
     }
 }
@@ -340,6 +354,9 @@ pub struct Replica {
     /// Heard from the view service since start (a restarted replica does not lead or
     /// serve on the strength of its persisted view alone: it may have been deposed).
     vs_confirmed: bool,
+    /// Epoch of the view persisted before this start: this replica may have acted in it
+    /// (and sent entries it had not persisted), so it never leads it again.
+    fence: Epoch,
     snap: SnapshotMeta,
     log: VecDeque<Entry>,
     persisted: LogIndex,
@@ -384,6 +401,10 @@ impl Replica {
             );
         }
         let last = snap.index + log.len() as u64;
+        let fence = match &durable.view {
+            Some(v) if config.restart_fence => v.epoch,
+            _ => 0,
+        };
         let mut r = Replica {
             id,
             config,
@@ -395,6 +416,7 @@ impl Replica {
             fresh,
             lead_from: None,
             vs_confirmed: false,
+            fence,
             snap,
             log,
             persisted: last,
@@ -559,7 +581,9 @@ impl Replica {
     }
 
     fn may_lead(&self, epoch: Epoch) -> bool {
-        self.vs_confirmed && (!self.fresh || self.lead_from.is_some_and(|f| epoch >= f))
+        self.vs_confirmed
+            && epoch > self.fence
+            && (!self.fresh || self.lead_from.is_some_and(|f| epoch >= f))
     }
 
     fn ping(&self, out: &mut Vec<Command>) {
@@ -573,6 +597,7 @@ impl Replica {
             epoch,
             applied: self.applied,
             synced: self.synced_backups(),
+            fence: self.fence,
         }));
     }
 
@@ -694,11 +719,9 @@ impl Replica {
         }
         let prev_index = next - 1;
         let prev_epoch = self.term_at(prev_index).expect("prev retained");
-        // Only entries durable here are sent: a primary that restarts in the same epoch
-        // must never re-use an (index, epoch) that a backup may already hold.
-        let upto = last
-            .min(self.persisted.max(prev_index))
-            .min(next - 1 + self.config.max_entries_per_msg as u64);
+        // Entries are sent whether or not they are durable here yet: the restart fence
+        // keeps a restarted primary from re-using an (index, epoch) a backup may hold.
+        let upto = last.min(next - 1 + self.config.max_entries_per_msg as u64);
         let entries: Vec<Entry> = (next..=upto)
             .map(|i| self.entry(i).expect("retained").clone())
             .collect();
@@ -802,7 +825,11 @@ impl Replica {
         out.push(Command::Persist {
             entries: vec![entry],
         });
-        // Replicated once durable here (see `send_append`), from `on_persisted`.
+        // Sent now, while it is being persisted here: the fsyncs overlap.
+        let backups: Vec<ReplicaId> = self.progress.keys().copied().collect();
+        for b in backups {
+            self.send_append(b, out);
+        }
     }
 
     fn on_vs_reply(&mut self, view: Option<View>, lead_from: Epoch, out: &mut Vec<Command>) {
@@ -834,18 +861,7 @@ impl Replica {
         }
         self.persisted = index.min(self.last_index());
         match self.role {
-            Role::Primary => {
-                let ready: Vec<ReplicaId> = self
-                    .progress
-                    .iter()
-                    .filter(|(_, p)| p.next <= self.persisted)
-                    .map(|(b, _)| *b)
-                    .collect();
-                for b in ready {
-                    self.send_append(b, out);
-                }
-                self.try_commit(out);
-            }
+            Role::Primary => self.try_commit(out),
             Role::Backup => self.send_ack(out, false),
             Role::Idle => {}
         }

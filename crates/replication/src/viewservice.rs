@@ -13,7 +13,13 @@
 //! * The view changes only after the current view was **acknowledged** by its primary
 //!   (a ping from it carrying the current epoch), except when that primary restarted
 //!   with a new disk (it could never acknowledge; see `decide`).
-//! * At most one change per decision, in this priority:
+//! * **Restarted primary.** A replica pings with the epoch of the view it had persisted
+//!   when it (re)started ([`Ping::fence`]) and never leads that epoch again (it may have
+//!   sent entries it had not persisted; see `protocol`, "Restart fence"). When the
+//!   primary of the current view pings with a fence at that view's epoch, the VS moves
+//!   to the next epoch with the same members, acknowledged or not: the primary holds
+//!   every committed entry, and so does every synced backup.
+//! * Otherwise at most one change per decision, in this priority:
 //!   1. primary dead (or restarted with a new disk) -> the lowest-id alive **synced** backup
 //!      becomes primary (epoch + 1); with no synced backup nothing changes (consistent
 //!      but unavailable);
@@ -52,6 +58,9 @@ pub struct Ping {
     pub applied: LogIndex,
     /// Primary only: backups that hold every committed entry.
     pub synced: Vec<ReplicaId>,
+    /// Epoch of the view the replica had persisted when its process started (0: none);
+    /// it will not lead that epoch.
+    pub fence: Epoch,
 }
 
 /// View-service configuration.
@@ -121,6 +130,8 @@ pub struct ViewService {
     state: VsState,
     now: u64,
     last_seen: BTreeMap<ReplicaId, u64>,
+    /// Latest [`Ping::fence`] per replica (volatile: every ping repeats it).
+    fences: BTreeMap<ReplicaId, Epoch>,
 }
 
 impl ViewService {
@@ -143,6 +154,7 @@ impl ViewService {
             state,
             now: 0,
             last_seen,
+            fences: BTreeMap::new(),
         }
     }
 
@@ -218,6 +230,7 @@ impl ViewService {
             }
         }
         self.last_seen.insert(p.from, self.now);
+        self.fences.insert(p.from, p.fence);
         let Some(v) = &self.state.view else {
             return changed;
         };
@@ -274,6 +287,14 @@ impl ViewService {
             self.install(view, BTreeSet::new());
             return true;
         };
+        let next = v.epoch + 1;
+        // A primary that restarted within this view will not lead it again: the same
+        // members move on to the next epoch.
+        if self.usable(v.primary) && self.fences.get(&v.primary).is_some_and(|f| *f >= v.epoch) {
+            let synced = self.state.synced.clone();
+            self.install(View { epoch: next, ..v }, synced);
+            return true;
+        }
         // A primary that restarted with a new disk can never acknowledge (a fresh replica
         // refuses to lead views older than its restart), so waiting for its ack would
         // block forever; replacing it is safe because every commit of the unacknowledged
@@ -281,7 +302,6 @@ impl ViewService {
         if !self.state.acked && !self.state.tainted.contains(&v.primary) {
             return false;
         }
-        let next = v.epoch + 1;
         if !self.usable(v.primary) {
             let candidate = v
                 .backups

@@ -127,8 +127,9 @@ proptest! {
 
     #[test]
     fn pings_round_trip(from in 0u32..9, incarnation in any::<u64>(), epoch in any::<u64>(),
-                        applied in any::<u64>(), synced in proptest::collection::vec(0u32..9, 0..4)) {
-        let p = Ping { from, incarnation, epoch, applied, synced };
+                        applied in any::<u64>(), synced in proptest::collection::vec(0u32..9, 0..4),
+                        fence in any::<u64>()) {
+        let p = Ping { from, incarnation, epoch, applied, synced, fence };
         prop_assert_eq!(decode::<Ping>(&bincode::serialize(&p).unwrap()).unwrap(), p);
     }
 }

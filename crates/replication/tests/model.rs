@@ -5,7 +5,9 @@
 //! request id), a lossy reordering network (a message may be delivered in any order or
 //! never), at most one replica crash (volatile state lost, disk kept) and restart, and
 //! partitions from the view service (a `Round` in which one replica's pings are lost).
-//! Disk writes complete synchronously, to keep the state space small.
+//! Disk writes complete synchronously, to keep the state space small; the primary's
+//! sending before its own write lands (and the restart fence that makes it safe) is
+//! checked by `sim.rs` and `targeted.rs`, whose disks are queues a crash empties.
 //!
 //! It starts from a steady state (view acknowledged, every backup synced) computed by
 //! running the same code, and checks with bounded BFS:
@@ -357,6 +359,7 @@ fn cfg(fencing: bool, sync_ack: bool) -> Config {
         max_retained_log: 1000,
         fencing,
         sync_ack,
+        restart_fence: true,
     }
 }
 

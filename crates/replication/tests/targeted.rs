@@ -16,6 +16,7 @@ fn cfg(max_retained_log: usize) -> Config {
         max_retained_log,
         fencing: true,
         sync_ack: true,
+        restart_fence: true,
     }
 }
 
@@ -266,22 +267,25 @@ fn view(epoch: u64, primary: u32, backups: &[u32]) -> View {
     }
 }
 
-/// A replica started directly in `v` (as if persisted), with `entries` on disk.
+/// A replica with `entries` on disk that learned `v` from the view service (a view
+/// persisted *before* a start is one the replica never leads: the restart fence).
 fn replica_in(id: u32, v: View, entries: Vec<Entry>) -> Replica {
     let mut r = Replica::recover(
         id,
         cfg(1000),
         DurableState {
             incarnation: 1,
-            view: Some(v.clone()),
+            view: None,
             snapshot: None,
             entries,
         },
     );
+    let epoch = v.epoch;
     r.handle(Event::VsReply {
         view: Some(v),
         lead_from: 1,
     });
+    r.handle(Event::ViewPersisted { epoch });
     r
 }
 
@@ -319,7 +323,11 @@ fn lower_epoch_message_is_rejected() {
         request: RequestId(7),
         data: vec![9],
     });
-    assert!(matches!(&out[..], [Command::Persist { .. }]));
+    // Persisted and sent at once: the two fsyncs overlap.
+    assert!(matches!(
+        &out[..],
+        [Command::Persist { .. }, Command::Send { to: 2, .. }]
+    ));
     let out = p.handle(Event::Message {
         from: 2,
         msg: Msg::Reject { view: v3.clone() },
@@ -410,6 +418,7 @@ fn ping(from: u32, epoch: u64, synced: &[u32]) -> VsEvent {
         epoch,
         applied: 0,
         synced: synced.to_vec(),
+        fence: 0,
     })
 }
 
@@ -507,6 +516,7 @@ fn vs_new_incarnation_is_never_promoted_on_old_data() {
         epoch: 0,
         applied: 0,
         synced: vec![],
+        fence: 0,
     }));
     let lead_from = cmds.iter().find_map(|c| match c {
         VsCommand::Reply { lead_from, .. } => Some(*lead_from),
@@ -558,4 +568,74 @@ fn fresh_replica_refuses_to_lead_a_view_decided_before_its_restart() {
     });
     r.handle(Event::ViewPersisted { epoch: 5 });
     assert_eq!(r.role(), Role::Primary);
+}
+
+// ----- restart fence ---------------------------------------------------------------------
+
+/// The primary sends buy A before persisting it; the backup persists A; the primary
+/// crashes before its own write lands and restarts at once (the view service never saw
+/// it gone). Then buy B is written, and finally the primary dies for good.
+fn primary_restarts_with_a_lost_entry(restart_fence: bool) -> (Cluster, View, View) {
+    let mut c = Cluster::new(
+        2,
+        1,
+        Config {
+            restart_fence,
+            ..cfg(1000)
+        },
+        VsConfig {
+            replicas: 2,
+            dead_ticks: 5,
+            startup_ticks: 3,
+        },
+    );
+    let before = stabilize(&mut c);
+    assert_eq!(before.primary, 0);
+    c.client_write(0, 1); // A: queued on 0's disk and already sent to 1
+    for m in std::mem::take(&mut c.net) {
+        c.deliver(m);
+    }
+    c.flush_all(1); // A is durable on the backup; its ack is lost with the crash
+    c.crash(0, false); // 0's write of A never happened
+    c.net.clear();
+    c.restart(0);
+    let after = stabilize(&mut c);
+    assert_eq!(after.primary, 0);
+    c.client_write(0, 2); // B
+    c.run_rounds(2);
+    assert!(
+        c.acked.iter().any(|a| a.request == 2),
+        "B was acknowledged: {:?}",
+        c.replies
+    );
+    c.crash(0, false);
+    c.run_rounds(20);
+    assert_eq!(c.serving_primary(), Some(1));
+    c.check();
+    (c, before, after)
+}
+
+#[test]
+fn a_restarted_primary_leads_a_new_epoch_and_its_lost_entry_is_overwritten() {
+    let (c, before, after) = primary_restarts_with_a_lost_entry(true);
+    c.assert_ok();
+    assert_eq!(after.epoch, before.epoch + 1, "same members, next epoch");
+    assert_eq!(after.backups, before.backups);
+    let sm = &c.servers[1].sm;
+    assert_eq!(sm.seen.get(&2), Some(&true), "B survives the failover");
+    assert_eq!(sm.seen.get(&1), None, "A was never committed");
+}
+
+/// The mutation: without the fence the restarted primary re-uses `(1, epoch)` for B while
+/// the backup holds A there; the logs diverge and the failover loses B.
+#[test]
+fn without_the_restart_fence_the_backup_diverges() {
+    let (c, before, after) = primary_restarts_with_a_lost_entry(false);
+    assert_eq!(after.epoch, before.epoch, "the primary re-leads its epoch");
+    assert!(
+        c.violations.iter().any(|v| v.contains("different entry"))
+            && c.violations.iter().any(|v| v.contains("lost acknowledged")),
+        "violations: {:#?}",
+        c.violations
+    );
 }
