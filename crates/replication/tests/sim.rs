@@ -191,62 +191,44 @@ fn random_schedules_two_replicas() {
     run_many(2, 1000..1200, 500);
 }
 
-/// The checker must bite: without synchronous acks some schedule loses an acknowledged write.
+/// The checker must bite: with the mutation `cfg` (named `what`), some of the first
+/// `seeds` schedules of `n` replicas violates safety.
+fn assert_some_schedule_breaks(what: &str, n: u32, cfg: Config, seeds: u64) {
+    let p = SimParams { n, steps: 400, cfg };
+    let found = (0..seeds).find_map(|seed| run_seed(seed, &p).violations.first().cloned());
+    eprintln!("{what}: {found:?}");
+    assert!(found.is_some(), "no schedule violated safety with {what}");
+}
+
+/// Without synchronous acks some schedule loses an acknowledged write.
 #[test]
 fn random_schedules_detect_missing_sync_ack() {
-    let p = SimParams {
-        n: 2,
-        steps: 400,
-        cfg: Config {
-            sync_ack: false,
-            ..cfg()
-        },
+    let cfg = Config {
+        sync_ack: false,
+        ..cfg()
     };
-    let found = (0..200u64).find_map(|seed| run_seed(seed, &p).violations.first().cloned());
-    eprintln!("sync_ack=false: {found:?}");
-    assert!(
-        found.is_some(),
-        "no schedule violated safety with sync_ack = false"
-    );
+    assert_some_schedule_breaks("sync_ack = false", 2, cfg, 200);
 }
 
-/// The checker must bite: without epoch fencing some schedule violates safety.
+/// Without epoch fencing some schedule violates safety.
 #[test]
 fn random_schedules_detect_missing_fencing() {
-    let p = SimParams {
-        n: 3,
-        steps: 400,
-        cfg: Config {
-            fencing: false,
-            ..cfg()
-        },
+    let cfg = Config {
+        fencing: false,
+        ..cfg()
     };
-    let found = (0..200u64).find_map(|seed| run_seed(seed, &p).violations.first().cloned());
-    eprintln!("fencing=false: {found:?}");
-    assert!(
-        found.is_some(),
-        "no schedule violated safety with fencing = false"
-    );
+    assert_some_schedule_breaks("fencing = false", 3, cfg, 200);
 }
 
-/// The checker must bite: without the restart fence (a restarted primary leads the epoch
-/// it crashed in) some schedule re-uses an index a backup holds and the logs diverge.
+/// Without the restart fence (a restarted primary leads the epoch it crashed in) some
+/// schedule re-uses an index a backup holds, and the logs diverge.
 #[test]
 fn random_schedules_detect_missing_restart_fence() {
-    let p = SimParams {
-        n: 2,
-        steps: 400,
-        cfg: Config {
-            restart_fence: false,
-            ..cfg()
-        },
+    let cfg = Config {
+        restart_fence: false,
+        ..cfg()
     };
-    let found = (0..400u64).find_map(|seed| run_seed(seed, &p).violations.first().cloned());
-    eprintln!("restart_fence=false: {found:?}");
-    assert!(
-        found.is_some(),
-        "no schedule violated safety with restart_fence = false"
-    );
+    assert_some_schedule_breaks("restart_fence = false", 2, cfg, 400);
 }
 
 /// `SEED=.. N=.. cargo test --test sim debug_one -- --ignored --nocapture` traces one seed.
