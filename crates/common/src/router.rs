@@ -24,7 +24,8 @@ use std::time::{Duration, Instant};
 pub struct Router {
     client: Client,
     /// Base URL by replica id; `None` for ids that were removed (ids are never reused).
-    urls: RwLock<Vec<Option<String>>>,
+    /// Base URL by replica id (`None`: retired); shared, so a call copies a pointer.
+    urls: RwLock<Vec<Option<Arc<str>>>>,
     primary: AtomicUsize,
     next_read: AtomicUsize,
     /// A view was applied at least once (readiness: we know who is primary).
@@ -55,7 +56,7 @@ impl Router {
     pub fn new(client: Client, urls: Vec<String>) -> Router {
         Router {
             client,
-            urls: RwLock::new(urls.into_iter().map(Some).collect()),
+            urls: RwLock::new(urls.into_iter().map(|u| Some(u.into())).collect()),
             primary: AtomicUsize::new(0),
             next_read: AtomicUsize::new(0),
             knows_view: AtomicBool::new(false),
@@ -70,7 +71,7 @@ impl Router {
             .read()
             .iter()
             .enumerate()
-            .filter_map(|(id, u)| u.clone().map(|u| (id as u32, u)))
+            .filter_map(|(id, u)| u.as_ref().map(|u| (id as u32, u.to_string())))
             .collect()
     }
 
@@ -83,7 +84,7 @@ impl Router {
         let len = *members.keys().next_back().expect("non-empty") as usize + 1;
         let mut urls = vec![None; len];
         for (id, url) in members {
-            urls[*id as usize] = Some(url.clone());
+            urls[*id as usize] = Some(Arc::from(url.as_str()));
         }
         let mut cur = self.urls.write();
         if *cur != urls {
@@ -99,7 +100,7 @@ impl Router {
 
     /// Tells the router who the primary is (from a view).
     pub fn set_primary(&self, id: u32) {
-        if self.url(id as usize).is_some() {
+        if self.is_member(id as usize) {
             if self.primary.swap(id as usize, Ordering::Relaxed) != id as usize {
                 self.switches.fetch_add(1, Ordering::Relaxed);
             }
@@ -118,8 +119,12 @@ impl Router {
         self.switches.load(Ordering::Relaxed)
     }
 
-    fn url(&self, id: usize) -> Option<String> {
+    fn url(&self, id: usize) -> Option<Arc<str>> {
         self.urls.read().get(id).cloned().flatten()
+    }
+
+    fn is_member(&self, id: usize) -> bool {
+        self.urls.read().get(id).is_some_and(|u| u.is_some())
     }
 
     /// The member after `id` (wrapping), or `id` itself if it is the only one.
@@ -230,7 +235,7 @@ impl Router {
             CallError::Status { status: 421, body } => body
                 .primary
                 .map(|p| p as usize)
-                .filter(|p| *p != target && self.url(*p).is_some())
+                .filter(|p| *p != target && self.is_member(*p))
                 .unwrap_or_else(|| self.next_after(target)),
             _ => self.next_after(target),
         };
