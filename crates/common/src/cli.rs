@@ -66,6 +66,8 @@ pub struct ReplicaArgs {
     #[arg(long, env = "BOOKSTORE_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     /// Replication tick in milliseconds (heartbeats every 2 ticks, failure suspected after 10).
+    /// Every server of a cluster must use the same tick: a primary's read lease (5 ticks)
+    /// must end before the view service declares it dead (6 of frontend 0's ticks).
     #[arg(long, default_value_t = 50, env = "BOOKSTORE_TICK_MS")]
     pub tick_ms: u64,
 }

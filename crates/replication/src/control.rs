@@ -72,7 +72,11 @@ impl<S: StateMachine> Control<S> {
     /// Reads the state machine if this replica is caught up, else 503.
     pub fn read<R>(&self, f: impl FnOnce(&S) -> R) -> Result<R, ApiError> {
         self.node.read(f).ok_or_else(|| {
-            ApiError::Unavailable(format!("{} {} is not caught up", self.service, self.id))
+            ApiError::Unavailable(format!(
+                "{} {} is not serving reads: it is catching up, or, as primary, has had no \
+                 answer from the view service for a read lease",
+                self.service, self.id
+            ))
         })
     }
 }

@@ -8,11 +8,21 @@
 //!   with one `fdatasync` (group commit) and reports completions in order;
 //! - one **sender task per peer** batches queued messages into one HTTP POST
 //!   (`/replication/msg?from=ID`, bincode body, cluster token);
-//! - pings to the view service are HTTP POSTs to `{vs_url}/ping`.
+//! - pings to the view service are HTTP POSTs to `{vs_url}/ping`;
+//! - a primary serves reads only under a **read lease**: for [`NodeOptions::read_lease`]
+//!   after it *sent* a ping that the view service answered with a view naming it
+//!   primary of its current epoch. The view service declares a replica dead only
+//!   [`crate::vs_host::DEAD_TICKS`] ticks after it *received* its last ping, and only then
+//!   can a view without it be decided; the lease is one tick shorter. So a primary that
+//!   is cut off, or paused, stops answering reads before any successor can commit, and a
+//!   read never shows a state older than an acknowledged write (no stale read across a
+//!   failover). While the view service is unreachable the primary keeps committing
+//!   writes, but not answering reads: consistency over availability.
 //!
 //! The service's data plugs in as a [`StateMachine`]: deterministic `apply`, plus
 //! `snapshot`/`restore` for compaction and state transfer. Reads go through
-//! [`Node::read`], which refuses while the replica is not caught up.
+//! [`Node::read`], which refuses while the replica is not caught up or, as primary, holds
+//! no read lease.
 use crate::protocol::{
     Command, Config, DurableState, Entry, Epoch, Event, LogIndex, Msg, Outcome, Replica, ReplicaId,
     RequestId, Role, SnapshotMeta, View,
@@ -26,7 +36,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 /// The replicated data of a service. `apply` must be deterministic: every replica
@@ -78,7 +88,8 @@ pub struct NodeOptions {
     pub vs_url: String,
     /// The replica's data directory (WAL, snapshots, meta).
     pub data_dir: PathBuf,
-    /// Length of one protocol tick.
+    /// Length of one protocol tick (the view service's ticks must be as long: the read
+    /// lease is counted in them).
     pub tick: Duration,
     pub protocol: Config,
     /// Cluster token for the HTTP calls.
@@ -115,6 +126,15 @@ impl NodeOptions {
     }
 }
 
+impl NodeOptions {
+    /// How long a view-service answer naming this replica primary lets it serve reads,
+    /// counted from when the ping was sent: one tick shorter than the view service's
+    /// dead time ([`crate::vs_host::DEAD_TICKS`] ticks).
+    pub fn read_lease(&self) -> Duration {
+        self.tick * (crate::vs_host::DEAD_TICKS as u32 - 1)
+    }
+}
+
 type WriteReply = oneshot::Sender<Result<Vec<u8>, SubmitError>>;
 
 /// A peer replica: its base URL and the queue of its sender task.
@@ -130,6 +150,12 @@ enum Input {
     Write {
         data: Vec<u8>,
         reply: WriteReply,
+    },
+    /// The view service's answer to a ping sent at `sent`.
+    VsAnswer {
+        view: Option<View>,
+        lead_from: Epoch,
+        sent: Instant,
     },
     Event(Event),
     Fatal(String),
@@ -158,6 +184,8 @@ struct Inner<S> {
     sm: RwLock<S>,
     initial: Box<dyn Fn() -> S + Send + Sync>,
     status: RwLock<Status>,
+    /// The epoch this replica leads and until when it may serve reads in it.
+    read_lease: Mutex<Option<(Epoch, Instant)>>,
     tx: Mutex<Option<mpsc::UnboundedSender<Input>>>,
     disk_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     client: Client,
@@ -218,6 +246,7 @@ impl<S: StateMachine> Node<S> {
                 id: opts.id,
                 ..Status::default()
             }),
+            read_lease: Mutex::new(None),
             tx: Mutex::new(None),
             disk_thread: Mutex::new(None),
             client,
@@ -357,13 +386,29 @@ impl<S: StateMachine> Node<S> {
         rx.await.unwrap_or(Err(SubmitError::Retry))
     }
 
-    /// Reads the state machine if this replica is caught up (primary, or a backup that
-    /// has applied everything its primary told it was committed).
+    /// Reads the state machine if this replica is caught up: a primary holding its read
+    /// lease, or a backup that has applied everything its primary told it was committed.
     pub fn read<R>(&self, f: impl FnOnce(&S) -> R) -> Option<R> {
-        if !self.inner.status.read().serving_reads {
+        if !self.serving_reads() {
             return None;
         }
         Some(f(&self.inner.sm.read()))
+    }
+
+    /// May this replica answer reads now? Caught up and, as primary, holding its read
+    /// lease. Anything that lends out the right to answer reads (the catalog's cache
+    /// leases) must ask this too.
+    pub fn serving_reads(&self) -> bool {
+        let s = self.inner.status.read();
+        s.serving_reads && (s.role != "primary" || self.leased(s.epoch))
+    }
+
+    /// Does this replica hold a read lease for `epoch` now?
+    fn leased(&self, epoch: Epoch) -> bool {
+        self.inner
+            .read_lease
+            .lock()
+            .is_some_and(|(e, until)| e == epoch && Instant::now() < until)
     }
 
     /// Reads the state machine whatever the replica's state (diagnostics, tests).
@@ -447,6 +492,16 @@ impl<S: StateMachine> Driver<S> {
                         self.replica
                             .step(Event::ClientWrite { request, data }, &mut cmds);
                     }
+                    Input::VsAnswer {
+                        view,
+                        lead_from,
+                        sent,
+                    } => {
+                        let names_me = view.as_ref().map(|v| (v.epoch, v.primary));
+                        self.replica
+                            .step(Event::VsReply { view, lead_from }, &mut cmds);
+                        self.renew_lease(names_me, sent);
+                    }
                     Input::Event(e) => self.replica.step(e, &mut cmds),
                     Input::Fatal(e) => {
                         tracing::error!(id = self.replica.id(), error = %e, "disk failure: replica stops");
@@ -476,6 +531,26 @@ impl<S: StateMachine> Driver<S> {
         s.up = false;
         s.serving_reads = false;
         s.role = "down".into();
+    }
+
+    /// A view-service answer naming this replica primary of the epoch it leads renews
+    /// its read lease, counted from when the ping was sent.
+    fn renew_lease(&self, view: Option<(Epoch, ReplicaId)>, sent: Instant) {
+        let Some((epoch, primary)) = view else {
+            return;
+        };
+        let leads = self.replica.role() == Role::Primary
+            && primary == self.replica.id()
+            && self.replica.view().map(|v| v.epoch) == Some(epoch);
+        if !leads {
+            return;
+        }
+        let until = sent + self.inner.opts.read_lease();
+        let mut lease = self.inner.read_lease.lock();
+        match *lease {
+            Some((e, u)) if e == epoch && u >= until => {}
+            _ => *lease = Some((epoch, until)),
+        }
     }
 
     fn publish_status(&self) {
@@ -609,6 +684,7 @@ impl<S: StateMachine> Driver<S> {
         let tx = self.tx.clone();
         let timeout = self.inner.opts.tick * 4;
         tokio::spawn(async move {
+            let sent = Instant::now();
             let body = bincode::serialize(&ping).expect("ping encodes");
             let req = client
                 .raw()
@@ -622,7 +698,11 @@ impl<S: StateMachine> Driver<S> {
                         if !members.is_empty() {
                             let _ = tx.send(Input::Members(members));
                         }
-                        let _ = tx.send(Input::Event(Event::VsReply { view, lead_from }));
+                        let _ = tx.send(Input::VsAnswer {
+                            view,
+                            lead_from,
+                            sent,
+                        });
                     }
                     Err(e) => tracing::warn!(error = %e, "bad view-service answer"),
                 }

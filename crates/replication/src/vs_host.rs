@@ -99,6 +99,10 @@ pub struct Members {
 /// member table.
 pub type PingAnswer = (Option<View>, Epoch, BTreeMap<u32, String>);
 
+/// Ticks of silence after which the hosted view services declare a replica dead. A
+/// primary's read lease ([`crate::node::NodeOptions::read_lease`]) must be shorter.
+pub const DEAD_TICKS: u64 = 6;
+
 /// The view services of a cluster.
 pub struct VsHost {
     slots: BTreeMap<String, Mutex<Slot>>,

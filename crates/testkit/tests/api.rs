@@ -702,3 +702,52 @@ async fn batch_routes_answer_each_request_as_the_single_route_would() {
     let (_, book) = get(format!("{}/lookup?item_number=2", c.frontend())).await;
     assert_eq!(book["result"]["stock"], 3);
 }
+
+/// A primary answers reads only under a lease from the view service. Cut off from it
+/// (here frontend 0, which hosts it, stops), the primary refuses reads once the lease
+/// runs out, one tick before the view service could have chosen a successor, and it
+/// still commits writes with its backup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_without_word_from_the_view_service_stops_serving_reads() {
+    let mut c = TestCluster::start().await;
+    let client = c.internal();
+    let cat0 = c.url(Kind::Catalog, 0);
+    let read = format!("{cat0}/query_by_item?item_number=1");
+    let _: Value = client
+        .get_json(&read)
+        .await
+        .expect("the primary serves reads");
+    c.stop(Kind::Frontend, 0).await;
+    // Ticks of 20 ms: the lease lasts 5 ticks after a ping, the view service's dead time
+    // is 6 ticks.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    match client.get_json::<Value>(&read).await {
+        Err(bookstore_common::client::CallError::Status { status, body }) => {
+            assert_eq!(status, 503);
+            assert!(body.error.contains("read lease"), "{}", body.error);
+        }
+        other => panic!("a primary without a lease answered a read: {other:?}"),
+    }
+    // Nor does it lend the cache a lease to answer reads for it.
+    let lent = client
+        .post_body::<_, Value>(
+            &format!("{cat0}/cache_lease"),
+            &json!({"flushed_to": null, "session": 1}),
+        )
+        .await;
+    assert!(
+        matches!(
+            lent,
+            Err(bookstore_common::client::CallError::Status { status: 421, .. })
+        ),
+        "a primary without a read lease lent the cache one: {lent:?}"
+    );
+    let written: Value = client
+        .post_json(
+            &format!("{cat0}/update?item_number=1&stock=-1"),
+            &[("Idempotency-Key", "lease-test-1")],
+        )
+        .await
+        .expect("writes need the backup, not the view service");
+    assert_eq!(written["result"]["stock"], 2, "{written}");
+}

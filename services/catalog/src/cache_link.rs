@@ -11,7 +11,9 @@
 //! Leases and invalidations carry the primary's **epoch**. A replica that becomes primary
 //! (a new epoch) starts blocked: it grants no lease until the cache has flushed for it,
 //! and a write whose invalidation fails waits until a lease's length after the promotion,
-//! by which time every lease its predecessors granted has expired. The cache ignores
+//! by which time every lease its predecessors granted has expired (a primary grants only
+//! while it holds its own read lease from the view service, so one declared dead stopped
+//! granting before its successor was promoted; see `lib.rs`, `cache_lease`). The cache ignores
 //! grants from an epoch older than one it has seen, and drops every entry when it sees a
 //! newer epoch.
 use bookstore_common::batch::Batcher;

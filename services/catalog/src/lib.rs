@@ -424,7 +424,9 @@ async fn books(ctx: Ctx) -> Result<HttpResponse, ApiError> {
 async fn cache_lease(ctx: Ctx, body: web::Json<LeaseRequest>) -> Result<HttpResponse, ApiError> {
     ctx.check_up()?;
     let s = ctx.node().status();
-    if s.role != "primary" || !s.serving_reads {
+    // A primary without a read lease lends none: a deposed primary that does not know it
+    // yet stops renewing the cache's lease before a successor can exist.
+    if s.role != "primary" || !ctx.node().serving_reads() {
         return Err(ApiError::NotPrimary { primary: s.primary });
     }
     let reply = ctx.cache.lease(body.flushed_to, body.session, s.epoch, || {
