@@ -124,19 +124,17 @@ fn persist<T: Serialize>(path: &Path, state: &T) -> std::io::Result<()> {
 
 impl VsHost {
     /// Opens (or creates) the state of each `(kind, replica URLs)` under `dir`. The URLs
-    /// (by id) are the initial member table; a persisted table takes precedence.
-    pub fn open(
-        dir: &Path,
-        kinds: &[(&str, Vec<String>)],
-        dead_ticks: u64,
-    ) -> Result<VsHost, String> {
+    /// (by id) are the initial member table; a persisted table takes precedence. A
+    /// replica is dead after [`DEAD_TICKS`] silent ticks: fixed, because the primaries'
+    /// read leases are derived from it.
+    pub fn open(dir: &Path, kinds: &[(&str, Vec<String>)]) -> Result<VsHost, String> {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let mut slots = BTreeMap::new();
         for (kind, urls) in kinds {
             let config = VsConfig {
                 replicas: urls.len() as u32,
-                dead_ticks,
-                startup_ticks: dead_ticks,
+                dead_ticks: DEAD_TICKS,
+                startup_ticks: DEAD_TICKS,
             };
             let members_path = dir.join(format!("members-{kind}.json"));
             let members = match std::fs::read(&members_path) {

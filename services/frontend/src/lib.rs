@@ -49,7 +49,7 @@ use bookstore_common::types::{
     IDEMPOTENCY_KEY_HEADER,
 };
 use bookstore_common::{server, ApiError};
-use bookstore_replication::vs_host::{self, VsHost, DEAD_TICKS};
+use bookstore_replication::vs_host::{self, VsHost};
 use bytes::Bytes;
 use near::{Near, Ticket};
 use std::future::Future;
@@ -111,10 +111,8 @@ impl Frontend {
                 ("catalog", config.cluster.urls(Kind::Catalog)),
                 ("order", config.cluster.urls(Kind::Order)),
             ];
-            let host = Arc::new(
-                VsHost::open(&config.data_dir, &kinds, DEAD_TICKS)
-                    .map_err(std::io::Error::other)?,
-            );
+            let host =
+                Arc::new(VsHost::open(&config.data_dir, &kinds).map_err(std::io::Error::other)?);
             host.spawn_ticker(config.tick);
             follow_members(&host, &catalog, &order, config.tick * 2);
             Some(host)
