@@ -28,8 +28,8 @@ use crate::protocol::{
     RequestId, Role, SnapshotMeta, View,
 };
 use crate::viewservice::Ping;
-use crate::vs_host::PingAnswer;
 use crate::wal::{Wal, WalOptions};
+use crate::wire::PingAnswer;
 use bookstore_common::client::Client;
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
@@ -694,7 +694,11 @@ impl<S: StateMachine> Driver<S> {
                 .body(body);
             if let Ok(bytes) = client.send(req).await {
                 match crate::protocol::decode::<PingAnswer>(&bytes) {
-                    Ok((view, lead_from, members)) => {
+                    Ok(PingAnswer {
+                        view,
+                        lead_from,
+                        members,
+                    }) => {
                         if !members.is_empty() {
                             let _ = tx.send(Input::Members(members));
                         }

@@ -22,6 +22,7 @@ use actix_web::{web, HttpResponse};
 use bookstore_common::error::ErrorBody;
 use bookstore_common::metrics::{catch_up, Metrics};
 use bookstore_common::ApiError;
+pub use bookstore_replication_core::wire::{KindReport, Members, PingAnswer, ReplicaSeen};
 use parking_lot::Mutex;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -35,44 +36,6 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// What the view service last heard from one replica.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
-pub struct ReplicaSeen {
-    pub id: u32,
-    /// Milliseconds since its last ping.
-    pub heartbeat_age_ms: u64,
-    /// The epoch it acted in and its applied index, as of that ping.
-    pub epoch: Epoch,
-    pub applied: u64,
-}
-
-/// The view service's account of one kind (`GET /vs/{kind}/view`).
-#[derive(
-    Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
-)]
-pub struct KindReport {
-    /// The current view (none before the first one is decided).
-    pub view: Option<View>,
-    /// The view's primary has acknowledged it (a retirement waits for this).
-    #[serde(default)]
-    pub acked: bool,
-    /// Backups that hold every committed entry.
-    pub synced: Vec<u32>,
-    /// Base URL of every member replica, by id (replicas added at run time included).
-    #[serde(default)]
-    #[schema(value_type = BTreeMap<String, String>)]
-    pub members: BTreeMap<u32, String>,
-    /// View changes (new epochs) decided since this process started.
-    #[serde(default)]
-    pub view_changes: u64,
-    /// View changes that replaced a primary that left the view.
-    #[serde(default)]
-    pub failovers: u64,
-    /// Every replica that pinged since this process started, by id.
-    #[serde(default)]
-    pub replicas: Vec<ReplicaSeen>,
-}
-
 struct Slot {
     vs: ViewService,
     path: PathBuf,
@@ -85,19 +48,6 @@ struct Slot {
     view_changes: u64,
     failovers: u64,
 }
-
-/// The replicas of one kind that may take part, by id.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Members {
-    /// Base URL by id.
-    pub urls: BTreeMap<u32, String>,
-    /// The id the next registered replica gets.
-    pub next_id: u32,
-}
-
-/// What a ping is answered with: the view, `lead_from` (see [`VsCommand::Reply`]) and the
-/// member table.
-pub type PingAnswer = (Option<View>, Epoch, BTreeMap<u32, String>);
 
 /// Ticks of silence after which the hosted view services declare a replica dead. A
 /// primary's read lease ([`crate::node::NodeOptions::read_lease`]) must be shorter.
@@ -141,14 +91,7 @@ impl VsHost {
                 Ok(bytes) => serde_json::from_slice::<Members>(&bytes)
                     .map_err(|e| format!("{}: {e}", members_path.display()))?,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    let m = Members {
-                        urls: urls
-                            .iter()
-                            .enumerate()
-                            .map(|(i, u)| (i as u32, u.clone()))
-                            .collect(),
-                        next_id: urls.len() as u32,
-                    };
+                    let m = Members::initial(urls);
                     persist(&members_path, &m)
                         .map_err(|e| format!("{}: {e}", members_path.display()))?;
                     m
@@ -247,8 +190,16 @@ impl VsHost {
         }
         let members = slot.members.urls.clone();
         match Self::run(&mut slot, VsEvent::Ping(ping)) {
-            Ok(Some((view, lead_from))) => Ok((view, lead_from, members)),
-            Ok(None) => Ok((slot.vs.view().cloned(), Epoch::MAX, members)),
+            Ok(Some((view, lead_from))) => Ok(PingAnswer {
+                view,
+                lead_from,
+                members,
+            }),
+            Ok(None) => Ok(PingAnswer {
+                view: slot.vs.view().cloned(),
+                lead_from: Epoch::MAX,
+                members,
+            }),
             Err(e) => Err(ApiError::Unavailable(format!(
                 "view service cannot persist: {e}"
             ))),

@@ -9,7 +9,7 @@
 //! replica on purpose, so what follows would be 503s), `POST /replication/msg` and
 //! `POST /vs/{kind}/ping` (a random message that decodes would be obeyed: peers holding
 //! the cluster token are trusted; the decoders are property-tested in
-//! crates/replication/tests/decode_prop.rs), and `POST /admin/cluster/register` and
+//! crates/replication-core/tests/decode_prop.rs), and `POST /admin/cluster/register` and
 //! `/unregister` (random members would be added to the cluster and real ones retired;
 //! infra/tests/live.rs covers them with real processes).
 use bookstore_common::config::Kind;

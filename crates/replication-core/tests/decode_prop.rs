@@ -2,8 +2,8 @@
 //! (`protocol::decode`: replication messages, view-service pings and answers): whatever
 //! the bytes, an error or a value, never a panic, and never an allocation the input does
 //! not pay for.
-use bookstore_replication::protocol::{decode, Entry, Epoch, Msg, SnapshotMeta, View};
-use bookstore_replication::viewservice::Ping;
+use bookstore_replication_core::protocol::{decode, Entry, Epoch, Msg, SnapshotMeta, View};
+use bookstore_replication_core::viewservice::Ping;
 use proptest::prelude::*;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;

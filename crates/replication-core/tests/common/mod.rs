@@ -3,11 +3,11 @@
 //! de-duplicates request ids). Shared by the simulation and targeted tests.
 #![allow(dead_code)]
 
-use bookstore_replication::protocol::{
+use bookstore_replication_core::protocol::{
     Command, Config, DurableState, Entry, Event, LogIndex, Msg, Outcome, ReplicaId, RequestId,
     Role, SnapshotMeta, View,
 };
-use bookstore_replication::viewservice::{
+use bookstore_replication_core::viewservice::{
     Ping, ViewService, VsCommand, VsConfig, VsEvent, VsState,
 };
 use rand::rngs::StdRng;
@@ -107,7 +107,7 @@ pub struct Server {
     queue: VecDeque<DiskOp>,
 }
 
-pub type ReplicaBox = bookstore_replication::protocol::Replica;
+pub type ReplicaBox = bookstore_replication_core::protocol::Replica;
 
 #[derive(Clone, Debug)]
 pub struct Acked {

@@ -2,10 +2,10 @@
 //! replica and the view service in isolation.
 mod common;
 
-use bookstore_replication::protocol::{
+use bookstore_replication_core::protocol::{
     Command, Config, DurableState, Entry, Event, Msg, Outcome, Replica, RequestId, Role, View,
 };
-use bookstore_replication::viewservice::{Ping, ViewService, VsCommand, VsConfig, VsEvent};
+use bookstore_replication_core::viewservice::{Ping, ViewService, VsCommand, VsConfig, VsEvent};
 use common::{Cluster, Node};
 
 fn cfg(max_retained_log: usize) -> Config {

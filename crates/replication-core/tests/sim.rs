@@ -3,8 +3,8 @@
 //! view-service restarts; then heal and check convergence and progress.
 mod common;
 
-use bookstore_replication::protocol::{Config, Outcome, ReplicaId, Role};
-use bookstore_replication::viewservice::VsConfig;
+use bookstore_replication_core::protocol::{Config, Outcome, ReplicaId, Role};
+use bookstore_replication_core::viewservice::VsConfig;
 use common::{Cluster, Node};
 use rand::Rng;
 

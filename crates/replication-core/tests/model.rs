@@ -19,11 +19,11 @@
 //! counter-example: a model that cannot fail proves nothing.
 mod common;
 
-use bookstore_replication::protocol::{
+use bookstore_replication_core::protocol::{
     Command, Config, DurableState, Entry, Event, Msg, Outcome, Replica, ReplicaId, RequestId, Role,
     View,
 };
-use bookstore_replication::viewservice::{ViewService, VsCommand, VsConfig, VsEvent};
+use bookstore_replication_core::viewservice::{ViewService, VsCommand, VsConfig, VsEvent};
 use common::{buy, Stock};
 use stateright::{Checker, HasDiscoveries, Model, Property};
 use std::collections::{BTreeSet, VecDeque};

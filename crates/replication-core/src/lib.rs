@@ -1,0 +1,12 @@
+//! The pure core of replication: no I/O, no clock, no HTTP. Everything here is a value or
+//! a state machine that a runtime drives, so the same code runs in the services, in the
+//! seeded simulation and in the stateright model.
+//!
+//! - [`protocol`]: the primary-backup replica protocol (events in, commands out), and
+//!   [`protocol::decode`], the bounded bincode decoder of everything other processes send.
+//! - [`viewservice`]: the view service's decision rules (who is primary in which epoch).
+//! - [`wire`]: the named structs that travel between replicas, coordinators and routers
+//!   (ping answers, view reports, member tables).
+pub mod protocol;
+pub mod viewservice;
+pub mod wire;
