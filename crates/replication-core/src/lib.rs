@@ -4,9 +4,11 @@
 //!
 //! - [`protocol`]: the primary-backup replica protocol (events in, commands out), and
 //!   [`protocol::decode`], the bounded bincode decoder of everything other processes send.
+//! - [`lease`]: a primary's read lease and the tick counts it is derived from.
 //! - [`viewservice`]: the view service's decision rules (who is primary in which epoch).
 //! - [`wire`]: the named structs that travel between replicas, coordinators and routers
 //!   (ping answers, view reports, member tables).
+pub mod lease;
 pub mod protocol;
 pub mod viewservice;
 pub mod wire;

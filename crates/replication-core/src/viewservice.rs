@@ -142,8 +142,24 @@ impl ViewService {
 
     /// Restart from persisted state. Members of the view get a full `dead_ticks` of grace.
     pub fn recover(config: VsConfig, state: VsState) -> Self {
+        Self::take_over(config, state, true)
+    }
+
+    /// Takes over decided state from an earlier view service (a new coordinator leader,
+    /// or a restart): the soft state (who pinged when, fences) starts empty.
+    ///
+    /// With `lease_wait`, every member of the view counts as seen *now*, so none is
+    /// declared dead for `dead_ticks` ticks from here. An earlier view service granted a
+    /// primary's read lease only in answer to a ping sent before this take-over, and that
+    /// lease is `dead_ticks - 1` ticks long ([`crate::lease`]), so it has run out before
+    /// this view service can decide a view without that primary.
+    ///
+    /// `lease_wait = false` is a MUTATION SWITCH for tests: members not yet heard from
+    /// count as dead at once, and a new leader can promote a backup while the old primary
+    /// still serves reads under its lease.
+    pub fn take_over(config: VsConfig, state: VsState, lease_wait: bool) -> Self {
         let mut last_seen = BTreeMap::new();
-        if let Some(v) = &state.view {
+        if let (Some(v), true) = (&state.view, lease_wait) {
             last_seen.insert(v.primary, 0);
             for b in &v.backups {
                 last_seen.insert(*b, 0);
@@ -156,6 +172,16 @@ impl ViewService {
             last_seen,
             fences: BTreeMap::new(),
         }
+    }
+
+    /// Replaces the decided state with one decided elsewhere (a registration or a
+    /// retirement committed by the coordinator group), keeping the soft state.
+    pub fn set_state(&mut self, state: VsState) {
+        self.state = state;
+    }
+
+    pub fn config(&self) -> &VsConfig {
+        &self.config
     }
 
     pub fn view(&self) -> Option<&View> {

@@ -12,6 +12,9 @@ pub struct SimParams {
     pub n: u32,
     pub steps: usize,
     pub cfg: Config,
+    /// A restarted view service (a new coordinator leader) waits out earlier read leases;
+    /// `false` is the mutation.
+    pub lease_wait: bool,
 }
 
 /// Run one seeded schedule; returns the cluster (violations are recorded, not asserted).
@@ -24,6 +27,7 @@ pub fn run_seed(seed: u64, p: &SimParams) -> Cluster {
     };
     let stock = 6;
     let mut c = Cluster::new(p.n, stock, p.cfg.clone(), vs_cfg);
+    c.lease_wait = p.lease_wait;
     c.add_clients(3);
     let mut disk_losses = 0;
     for _ in 0..p.steps {
@@ -63,13 +67,16 @@ pub fn run_seed(seed: u64, p: &SimParams) -> Cluster {
                 }
             }
             91..=93 => c.heal(),
-            94 => {
-                if rng.gen_bool(0.5) {
-                    c.crash_vs()
-                } else {
-                    c.restart_vs()
+            94 => match rng.gen_range(0..3) {
+                0 => c.crash_vs(),
+                1 => c.restart_vs(),
+                // A coordinator leader change: another view service takes over the
+                // decided state at once, with none of the old one's soft state.
+                _ => {
+                    c.crash_vs();
+                    c.restart_vs();
                 }
-            }
+            },
             _ => c.tick_all(),
         }
         c.check();
@@ -160,8 +167,9 @@ fn run_many(n: u32, seeds: std::ops::Range<u64>, steps: usize) {
         n,
         steps,
         cfg: cfg(),
+        lease_wait: true,
     };
-    let (mut acked, mut epochs, mut snapshots, mut runs) = (0, 0, 0, 0);
+    let (mut acked, mut epochs, mut snapshots, mut runs, mut reads) = (0, 0, 0, 0, 0);
     for seed in seeds {
         let c = run_seed(seed, &p);
         assert!(
@@ -173,9 +181,14 @@ fn run_many(n: u32, seeds: std::ops::Range<u64>, steps: usize) {
         acked += c.acked.len();
         epochs += c.vs_view().map_or(0, |v| v.epoch);
         snapshots += c.snapshots_installed;
+        reads += c.lease_reads;
     }
     eprintln!(
-        "n={n}: {runs} runs, {acked} acknowledged writes, {epochs} views, {snapshots} snapshot installs"
+        "n={n}: {runs} runs, {acked} acknowledged writes, {epochs} views, {snapshots} snapshot installs, {reads} reads under a lease"
+    );
+    assert!(
+        reads > runs as u64,
+        "hardly any read under a lease was checked"
     );
     assert!(acked > runs, "the simulation hardly committed anything");
     assert!(epochs > 2 * runs as u64, "too few view changes");
@@ -194,7 +207,12 @@ fn random_schedules_two_replicas() {
 /// The checker must bite: with the mutation `cfg` (named `what`), some of the first
 /// `seeds` schedules of `n` replicas violates safety.
 fn assert_some_schedule_breaks(what: &str, n: u32, cfg: Config, seeds: u64) {
-    let p = SimParams { n, steps: 400, cfg };
+    let p = SimParams {
+        n,
+        steps: 400,
+        cfg,
+        lease_wait: true,
+    };
     let found = (0..seeds).find_map(|seed| run_seed(seed, &p).violations.first().cloned());
     eprintln!("{what}: {found:?}");
     assert!(found.is_some(), "no schedule violated safety with {what}");
@@ -244,6 +262,7 @@ fn debug_one() {
             n,
             steps: 400,
             cfg: cfg(),
+            lease_wait: std::env::var_os("NO_LEASE_WAIT").is_none(),
         },
     );
     eprintln!("violations: {:#?}", c.violations);

@@ -639,3 +639,62 @@ fn without_the_restart_fence_the_backup_diverges() {
         c.violations
     );
 }
+
+/// A coordinator leader change while the primary is cut off from everything: the new
+/// leader takes over the decided state (`ViewService::take_over`) with none of the old
+/// one's soft state. Returns the violations found while the backup is promoted and
+/// commits a write.
+fn leader_change_while_primary_cut_off(lease_wait: bool) -> Vec<String> {
+    let mut c = cluster(2, 10, 1000);
+    let v = stabilize(&mut c);
+    assert_eq!((v.primary, v.backups.clone()), (0, vec![1]));
+    write_many(&mut c, 1, 3);
+    // One more round: replica 0 pings and is answered, so it holds a fresh read lease.
+    c.run_rounds(1);
+    assert!(
+        c.servers[0].lease.holds(v.epoch, c.now),
+        "primary holds its lease"
+    );
+    c.isolate(0);
+    c.lease_wait = lease_wait;
+    c.crash_vs();
+    c.restart_vs();
+    let mut request = 100;
+    for _ in 0..4 * c.lease_ticks() {
+        c.run_rounds(1);
+        let p = c.vs_view().unwrap().primary;
+        if p == 1 && c.replica(1).role() == Role::Primary {
+            request += 1;
+            c.client_write(1, request);
+            c.settle();
+            c.check();
+        }
+    }
+    assert!(
+        c.acked.iter().any(|a| a.request > 100),
+        "the promoted backup committed a write: {:?}",
+        c.vs_view()
+    );
+    c.violations.clone()
+}
+
+/// With the wait, the new leader declares the cut-off primary dead only after the longest
+/// lease an earlier leader could have granted it has run out: no stale read.
+#[test]
+fn a_new_coordinator_leader_waits_out_read_leases() {
+    let found = leader_change_while_primary_cut_off(true);
+    assert!(found.is_empty(), "{found:#?}");
+}
+
+/// Mutation: without the wait, the new leader promotes the backup at once, and the old
+/// primary, still under the lease the old leader granted, shows a stock older than an
+/// acknowledged buy.
+#[test]
+fn without_the_lease_wait_a_new_leader_allows_a_stale_read() {
+    let found = leader_change_while_primary_cut_off(false);
+    eprintln!("{found:?}");
+    assert!(
+        found.iter().any(|v| v.starts_with("stale read")),
+        "no stale read without the lease wait: {found:?}"
+    );
+}

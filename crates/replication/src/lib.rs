@@ -1,5 +1,5 @@
 //! The replication runtime: drives the pure core (`bookstore-replication-core`, re-exported
-//! here as [`protocol`], [`viewservice`] and [`wire`]) with tokio, HTTP and a disk, for
+//! here as [`lease`], [`protocol`], [`viewservice`] and [`wire`]) with tokio, HTTP and a disk, for
 //! every replicated service (catalog and order).
 //!
 //! - [`wal`]: the durable write-ahead log with group commit and snapshots.
@@ -11,6 +11,6 @@
 //! - [`vs_host`]: hosts the view service of each replicated kind (in the frontend).
 pub mod control;
 pub mod node;
-pub use bookstore_replication_core::{protocol, viewservice, wire};
+pub use bookstore_replication_core::{lease, protocol, viewservice, wire};
 pub mod vs_host;
 pub mod wal;

@@ -12,7 +12,7 @@
 //! - a primary serves reads only under a **read lease**: for [`NodeOptions::read_lease`]
 //!   after it *sent* a ping that the view service answered with a view naming it
 //!   primary of its current epoch. The view service declares a replica dead only
-//!   [`crate::vs_host::DEAD_TICKS`] ticks after it *received* its last ping, and only then
+//!   [`crate::lease::DEAD_TICKS`] ticks after it *received* its last ping, and only then
 //!   can a view without it be decided; the lease is one tick shorter. So a primary that
 //!   is cut off, or paused, stops answering reads before any successor can commit, and a
 //!   read never shows a state older than an acknowledged write (no stale read across a
@@ -23,6 +23,7 @@
 //! `snapshot`/`restore` for compaction and state transfer. Reads go through
 //! [`Node::read`], which refuses while the replica is not caught up or, as primary, holds
 //! no read lease.
+use crate::lease::ReadLease;
 use crate::protocol::{
     Command, Config, DurableState, Entry, Epoch, Event, LogIndex, Msg, Outcome, Replica, ReplicaId,
     RequestId, Role, SnapshotMeta, View,
@@ -129,9 +130,9 @@ impl NodeOptions {
 impl NodeOptions {
     /// How long a view-service answer naming this replica primary lets it serve reads,
     /// counted from when the ping was sent: one tick shorter than the view service's
-    /// dead time ([`crate::vs_host::DEAD_TICKS`] ticks).
+    /// dead time ([`crate::lease::DEAD_TICKS`] ticks).
     pub fn read_lease(&self) -> Duration {
-        self.tick * (crate::vs_host::DEAD_TICKS as u32 - 1)
+        self.tick * crate::lease::LEASE_TICKS as u32
     }
 }
 
@@ -185,7 +186,7 @@ struct Inner<S> {
     initial: Box<dyn Fn() -> S + Send + Sync>,
     status: RwLock<Status>,
     /// The epoch this replica leads and until when it may serve reads in it.
-    read_lease: Mutex<Option<(Epoch, Instant)>>,
+    read_lease: Mutex<ReadLease<Instant>>,
     tx: Mutex<Option<mpsc::UnboundedSender<Input>>>,
     disk_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     client: Client,
@@ -246,7 +247,7 @@ impl<S: StateMachine> Node<S> {
                 id: opts.id,
                 ..Status::default()
             }),
-            read_lease: Mutex::new(None),
+            read_lease: Mutex::new(ReadLease::new()),
             tx: Mutex::new(None),
             disk_thread: Mutex::new(None),
             client,
@@ -405,10 +406,7 @@ impl<S: StateMachine> Node<S> {
 
     /// Does this replica hold a read lease for `epoch` now?
     fn leased(&self, epoch: Epoch) -> bool {
-        self.inner
-            .read_lease
-            .lock()
-            .is_some_and(|(e, until)| e == epoch && Instant::now() < until)
+        self.inner.read_lease.lock().holds(epoch, Instant::now())
     }
 
     /// Reads the state machine whatever the replica's state (diagnostics, tests).
@@ -539,18 +537,15 @@ impl<S: StateMachine> Driver<S> {
         let Some((epoch, primary)) = view else {
             return;
         };
-        let leads = self.replica.role() == Role::Primary
-            && primary == self.replica.id()
-            && self.replica.view().map(|v| v.epoch) == Some(epoch);
-        if !leads {
-            return;
-        }
-        let until = sent + self.inner.opts.read_lease();
-        let mut lease = self.inner.read_lease.lock();
-        match *lease {
-            Some((e, u)) if e == epoch && u >= until => {}
-            _ => *lease = Some((epoch, until)),
-        }
+        let leading = (self.replica.role() == Role::Primary)
+            .then(|| self.replica.view().map(|v| v.epoch))
+            .flatten();
+        self.inner.read_lease.lock().renew(
+            self.replica.id(),
+            leading,
+            (epoch, primary),
+            sent + self.inner.opts.read_lease(),
+        );
     }
 
     fn publish_status(&self) {

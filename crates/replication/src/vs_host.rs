@@ -49,9 +49,7 @@ struct Slot {
     failovers: u64,
 }
 
-/// Ticks of silence after which the hosted view services declare a replica dead. A
-/// primary's read lease ([`crate::node::NodeOptions::read_lease`]) must be shorter.
-pub const DEAD_TICKS: u64 = 6;
+pub use bookstore_replication_core::lease::DEAD_TICKS;
 
 /// The view services of a cluster.
 pub struct VsHost {

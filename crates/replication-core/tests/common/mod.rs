@@ -3,6 +3,7 @@
 //! de-duplicates request ids). Shared by the simulation and targeted tests.
 #![allow(dead_code)]
 
+use bookstore_replication_core::lease::ReadLease;
 use bookstore_replication_core::protocol::{
     Command, Config, DurableState, Entry, Event, LogIndex, Msg, Outcome, ReplicaId, RequestId,
     Role, SnapshotMeta, View,
@@ -73,8 +74,10 @@ pub enum Node {
 #[derive(Clone, Debug)]
 pub enum Payload {
     Replica(Msg),
-    Ping(Ping),
-    VsReply(Option<View>, u64),
+    /// A ping and the (global) tick it was sent at.
+    Ping(Ping, u64),
+    /// The view, `lead_from`, and the tick the answered ping was sent at.
+    VsReply(Option<View>, u64, u64),
 }
 
 #[derive(Clone, Debug)]
@@ -105,6 +108,8 @@ pub struct Server {
     pub sm: Stock,
     pub disk: Disk,
     queue: VecDeque<DiskOp>,
+    /// The primary's read lease, in global ticks (volatile: a crash loses it).
+    pub lease: ReadLease<u64>,
 }
 
 pub type ReplicaBox = bookstore_replication_core::protocol::Replica;
@@ -145,6 +150,14 @@ pub struct Cluster {
     next_incarnation: u64,
     pub trace: bool,
     pub snapshots_installed: usize,
+    /// Global time: how many times everything ticked (the view service's own ticks stop
+    /// while it is down; replicas' ticks stop while they are down).
+    pub now: u64,
+    /// A restarted view service (a new coordinator leader) waits out earlier leases
+    /// (`ViewService::take_over`); `false` is the mutation.
+    pub lease_wait: bool,
+    /// Reads answered by lease-holding primaries (every tick, each one reads).
+    pub lease_reads: u64,
 }
 
 impl Cluster {
@@ -167,6 +180,9 @@ impl Cluster {
             next_incarnation: 1,
             trace: std::env::var("TRACE").is_ok(),
             snapshots_installed: 0,
+            now: 0,
+            lease_wait: true,
+            lease_reads: 0,
         };
         for id in 0..n {
             let inc = c.fresh_incarnation();
@@ -180,6 +196,7 @@ impl Cluster {
                 sm: Stock::new(stock),
                 disk,
                 queue: VecDeque::new(),
+                lease: ReadLease::new(),
             });
         }
         c
@@ -262,7 +279,7 @@ impl Cluster {
                 Command::PingVs(p) => self.net.push(Envelope {
                     from: Node::R(r),
                     to: Node::Vs,
-                    payload: Payload::Ping(p),
+                    payload: Payload::Ping(p, self.now),
                 }),
                 Command::Persist { entries } => self.servers[r as usize]
                     .queue
@@ -405,12 +422,12 @@ impl Cluster {
             return;
         }
         match (env.to, env.payload) {
-            (Node::Vs, Payload::Ping(p)) => {
+            (Node::Vs, Payload::Ping(p, sent)) => {
                 let Some(vs) = self.vs.as_mut() else {
                     return;
                 };
                 let cmds = vs.handle(VsEvent::Ping(p));
-                self.run_vs(cmds);
+                self.run_vs(cmds, sent);
             }
             (Node::R(r), Payload::Replica(msg)) => {
                 let Node::R(from) = env.from else {
@@ -418,14 +435,30 @@ impl Cluster {
                 };
                 self.feed(r, Event::Message { from, msg });
             }
-            (Node::R(r), Payload::VsReply(view, lead_from)) => {
-                self.feed(r, Event::VsReply { view, lead_from })
+            (Node::R(r), Payload::VsReply(view, lead_from, sent)) => {
+                let named = view.as_ref().map(|v| (v.epoch, v.primary));
+                self.feed(r, Event::VsReply { view, lead_from });
+                // As the runtime does: an answer naming this replica primary of the epoch
+                // it leads renews its lease, counted from the ping's sending.
+                let until = sent + self.lease_ticks();
+                let s = &mut self.servers[r as usize];
+                if let (Some(rep), Some(named)) = (s.replica.as_ref(), named) {
+                    let leading = (rep.role() == Role::Primary)
+                        .then(|| rep.view().map(|v| v.epoch))
+                        .flatten();
+                    s.lease.renew(r, leading, named, until);
+                }
             }
             _ => unreachable!(),
         }
     }
 
-    fn run_vs(&mut self, cmds: Vec<VsCommand>) {
+    /// How long a lease lasts: one tick less than the view service's dead time.
+    pub fn lease_ticks(&self) -> u64 {
+        self.vs_cfg.dead_ticks - 1
+    }
+
+    fn run_vs(&mut self, cmds: Vec<VsCommand>, sent: u64) {
         for c in cmds {
             match c {
                 VsCommand::Persist(st) => self.vs_disk = st,
@@ -436,7 +469,7 @@ impl Cluster {
                 } => self.net.push(Envelope {
                     from: Node::Vs,
                     to: Node::R(to),
-                    payload: Payload::VsReply(view, lead_from),
+                    payload: Payload::VsReply(view, lead_from, sent),
                 }),
             }
         }
@@ -445,11 +478,12 @@ impl Cluster {
     pub fn tick_vs(&mut self) {
         if let Some(vs) = self.vs.as_mut() {
             let cmds = vs.handle(VsEvent::Tick);
-            self.run_vs(cmds);
+            self.run_vs(cmds, 0);
         }
     }
 
     pub fn tick_all(&mut self) {
+        self.now += 1;
         self.tick_vs();
         for r in 0..self.n {
             self.feed(r, Event::Tick);
@@ -457,7 +491,7 @@ impl Cluster {
     }
 
     /// Deliver every in-flight message (FIFO) and complete all disk writes, repeatedly,
-    /// until nothing is left (bounded).
+    /// until nothing is left (bounded: an endless exchange is recorded as a violation).
     pub fn settle(&mut self) {
         for _ in 0..10_000 {
             let mut progressed = false;
@@ -477,7 +511,9 @@ impl Cluster {
                 return;
             }
         }
-        panic!("settle did not converge");
+        self.net.clear();
+        self.violations
+            .push("livelock: messages kept flowing after 10,000 rounds".into());
     }
 
     /// `k` rounds of: tick everything, then settle.
@@ -499,6 +535,7 @@ impl Cluster {
         let s = &mut self.servers[r as usize];
         s.replica = None;
         s.queue.clear();
+        s.lease = ReadLease::new();
         if lose_disk {
             s.disk = Disk {
                 incarnation: inc,
@@ -537,9 +574,10 @@ impl Cluster {
 
     pub fn restart_vs(&mut self) {
         if self.vs.is_none() {
-            self.vs = Some(ViewService::recover(
+            self.vs = Some(ViewService::take_over(
                 self.vs_cfg.clone(),
                 self.vs_disk.clone(),
+                self.lease_wait,
             ));
         }
     }
@@ -649,6 +687,33 @@ impl Cluster {
                         )),
                     }
                 }
+            }
+        }
+        // Reads under a lease are linearizable: a primary that holds its read lease now
+        // shows every write acknowledged so far, in any epoch.
+        for r in 0..self.n {
+            let s = &self.servers[r as usize];
+            let Some(rep) = s.replica.as_ref() else {
+                continue;
+            };
+            let epoch = rep.view().map_or(0, |v| v.epoch);
+            if rep.role() != Role::Primary
+                || !rep.can_serve_reads()
+                || !s.lease.holds(epoch, self.now)
+            {
+                continue;
+            }
+            self.lease_reads += 1;
+            if let Some(a) = self
+                .acked
+                .iter()
+                .find(|a| s.sm.seen.get(&a.request) != Some(&a.success))
+            {
+                self.violations.push(format!(
+                    "stale read: r{r}, primary of epoch {epoch} under its read lease (now {}), \
+                     misses request {} acknowledged in epoch {}",
+                    self.now, a.request, a.epoch
+                ));
             }
         }
         // dedup so a persistent problem does not flood the list
