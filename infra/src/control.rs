@@ -102,9 +102,9 @@ struct KindQuery {
 
 fn replicated(kind: &str) -> Result<Kind, ApiError> {
     match Kind::parse(kind) {
-        Some(k @ (Kind::Catalog | Kind::Order)) => Ok(k),
+        Some(k @ (Kind::Catalog | Kind::Order | Kind::Coordinator)) => Ok(k),
         _ => Err(ApiError::BadRequest(format!(
-            "kind must be catalog or order, not {kind:?}"
+            "kind must be catalog, order or coordinator, not {kind:?}"
         ))),
     }
 }

@@ -3,8 +3,11 @@
 //! to SIGTERM it if the supervisor dies, so nothing is left orphaned.
 use crate::membership::{self, Standing};
 use bookstore_common::config::{ClusterConfig, Endpoint, Kind};
-use bookstore_common::router::ViewDoc;
+use bookstore_common::coordinators::Coordinators;
 use bookstore_replication::node::Status;
+use bookstore_replication::wire::{CoordinatorRole, CoordinatorStatus, KindReport};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -22,8 +25,8 @@ pub struct LocalOptions {
     pub program: Option<PathBuf>,
     /// Extra environment for every server (tests use it for mutation switches).
     pub env: Vec<(String, String)>,
-    /// Start the servers in the reverse of the cluster file's order (replicas before the
-    /// frontend that hosts their view service): tests use it to show any order works.
+    /// Start the servers in the reverse of the cluster file's order (replicas first,
+    /// coordinators last): tests use it to show any order works.
     pub reverse_start: bool,
     /// Put HAProxy (listening here) in front of the frontends.
     pub haproxy: Option<Endpoint>,
@@ -82,14 +85,28 @@ pub struct LocalCluster {
     pub haproxy: Option<crate::haproxy::Haproxy>,
     /// The client of this tool's own calls to the servers (cluster token, 1 s timeout).
     client: bookstore_common::client::Client,
+    /// The coordinator group, for views and admin calls.
+    coordinators: std::sync::Arc<Coordinators>,
 }
 
-/// A cluster file for `n_catalog` catalogs and `n_order` orders on free loopback ports.
+/// A cluster file for `n_catalog` catalogs and `n_order` orders, one coordinator, one
+/// frontend and a cache, on free loopback ports.
 pub fn free_port_cluster(n_catalog: usize, n_order: usize) -> std::io::Result<ClusterConfig> {
+    free_port_cluster_with(1, 1, n_catalog, n_order)
+}
+
+/// A cluster file with `n_coordinators` coordinators and `n_frontends` frontends besides.
+pub fn free_port_cluster_with(
+    n_coordinators: usize,
+    n_frontends: usize,
+    n_catalog: usize,
+    n_order: usize,
+) -> std::io::Result<ClusterConfig> {
     let mut parts = Vec::new();
     let mut hold = Vec::new();
     for (kind, n) in [
-        (Kind::Frontend, 1),
+        (Kind::Coordinator, n_coordinators),
+        (Kind::Frontend, n_frontends),
         (Kind::Cache, 1),
         (Kind::Catalog, n_catalog),
         (Kind::Order, n_order),
@@ -198,78 +215,78 @@ pub fn check_books(path: &Path) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
-/// The member table frontend 0's view service keeps for `kind` under `output_dir`, if
-/// this output directory has run a cluster before.
-fn members_on_disk(output_dir: &Path, kind: Kind) -> Result<Option<Vec<(u32, Endpoint)>>, String> {
-    let path = output_dir
-        .join("data")
-        .join("frontend0")
-        .join(format!("members-{kind}.json"));
-    let bytes = match std::fs::read(&path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("{}: {e}", path.display())),
-    };
-    let v: serde_json::Value =
-        serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
-    let urls = v["urls"]
-        .as_object()
-        .ok_or_else(|| format!("{}: no member table", path.display()))?;
-    let mut out = Vec::new();
-    for (id, url) in urls {
-        let id: u32 = id
-            .parse()
-            .map_err(|_| format!("{}: bad replica id {id:?}", path.display()))?;
-        let url = url.as_str().unwrap_or_default();
-        let endpoint = Endpoint::from_url(url)
-            .ok_or_else(|| format!("{}: bad member URL {url:?}", path.display()))?;
-        out.push((id, endpoint));
-    }
-    out.sort_by_key(|(id, _)| *id);
-    Ok(Some(out))
+/// Coordinators added and retired at run time (`local add|remove coordinator`), kept in
+/// `<output-dir>/coordinators.json` so that a restarted `local up` starts the group as it
+/// was left.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CoordinatorLayout {
+    /// Added coordinators: `host:port` by id.
+    #[serde(default)]
+    pub added: BTreeMap<u32, String>,
+    /// Ids removed from the group (never started again).
+    #[serde(default)]
+    pub retired: Vec<u32>,
 }
 
-/// What to start: the cluster file's servers, except that the catalog and order replicas
-/// are those of the member table when `output_dir` has one (a restarted `local up` keeps
-/// the replicas added with `local add` and leaves out those retired with `local remove`).
+impl CoordinatorLayout {
+    fn path(output_dir: &Path) -> PathBuf {
+        output_dir.join("coordinators.json")
+    }
+
+    pub fn load(output_dir: &Path) -> Result<CoordinatorLayout, String> {
+        let path = Self::path(output_dir);
+        match std::fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| format!("{}: {e}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(CoordinatorLayout::default()),
+            Err(e) => Err(format!("{}: {e}", path.display())),
+        }
+    }
+
+    fn save(&self, output_dir: &Path) -> Result<(), String> {
+        let path = Self::path(output_dir);
+        std::fs::write(
+            &path,
+            serde_json::to_vec_pretty(self).expect("layout encodes"),
+        )
+        .map_err(|e| format!("{}: {e}", path.display()))
+    }
+}
+
+/// What to start: the cluster file's servers, with the coordinators added and without
+/// those retired at run time.
 fn planned_servers(
     cluster: &ClusterConfig,
     output_dir: &Path,
-    progress: &dyn Fn(&str),
 ) -> Result<Vec<(Kind, u32, Endpoint)>, String> {
+    let layout = CoordinatorLayout::load(output_dir)?;
     let mut out = Vec::new();
-    for kind in [Kind::Frontend, Kind::Cache, Kind::Catalog, Kind::Order] {
-        let file: Vec<(u32, Endpoint)> = cluster
-            .servers(kind)
-            .iter()
-            .enumerate()
-            .map(|(i, e)| (i as u32, e.clone()))
-            .collect();
-        let members = match kind {
-            Kind::Catalog | Kind::Order => members_on_disk(output_dir, kind)?,
-            _ => None,
-        };
-        let chosen = match members {
-            Some(m) if m != file => {
-                progress(&format!(
-                    "{kind} replicas from the view service's member table (scaled at run time): {}",
-                    m.iter()
-                        .map(|(id, e)| format!("{id}@{e}"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ));
-                m
+    for (kind, id, e) in cluster.all() {
+        if kind == Kind::Coordinator && layout.retired.contains(&id) {
+            continue;
+        }
+        out.push((kind, id, e));
+        if kind == Kind::Coordinator && id + 1 == cluster.servers(kind).len() as u32 {
+            for (added, addr) in &layout.added {
+                if layout.retired.contains(added) {
+                    continue;
+                }
+                let (host, port) = addr
+                    .rsplit_once(':')
+                    .and_then(|(h, p)| Some((h, p.parse().ok()?)))
+                    .ok_or_else(|| format!("coordinators.json: bad address {addr:?}"))?;
+                out.push((kind, *added, Endpoint::new(host, port)));
             }
-            _ => file,
-        };
-        out.extend(chosen.into_iter().map(|(id, e)| (kind, id, e)));
+        }
     }
     Ok(out)
 }
 
 impl LocalCluster {
     /// Checks the files and ports, starts every server, and waits until all are healthy.
-    /// `progress` is told what happens.
+    /// The coordinators start first; when the output directory holds the state of an
+    /// earlier run, the catalog and order replicas started are those of the coordinators'
+    /// member tables (replicas added with `local add` included, those retired with
+    /// `local remove` left out). `progress` is told what happens.
     pub async fn start(
         options: LocalOptions,
         progress: &dyn Fn(&str),
@@ -278,8 +295,9 @@ impl LocalCluster {
         check_books(&options.books)?;
         std::fs::create_dir_all(&options.output_dir)
             .map_err(|e| format!("{}: {e}", options.output_dir.display()))?;
-        let servers = planned_servers(&cluster, &options.output_dir, progress)?;
-        for (kind, id, e) in &servers {
+        let resumed = options.output_dir.join("data").is_dir();
+        let planned = planned_servers(&cluster, &options.output_dir)?;
+        for (kind, id, e) in &planned {
             drop(bookstore_common::server::bind(
                 &e.addr(),
                 &format!("{kind} {id}"),
@@ -298,34 +316,49 @@ impl LocalCluster {
             &options.cluster_token,
             Duration::from_millis(1000),
         );
+        let coordinator_urls = planned
+            .iter()
+            .filter(|(k, _, _)| *k == Kind::Coordinator)
+            .map(|(_, _, e)| e.url())
+            .collect();
         let mut lc = LocalCluster {
             cluster: cluster.clone(),
             servers: Vec::new(),
+            coordinators: std::sync::Arc::new(Coordinators::new(client.clone(), coordinator_urls)),
             options,
             haproxy: None,
             client,
         };
-        let mut order = servers;
+        let (coordinators, mut rest): (Vec<_>, Vec<_>) = planned
+            .into_iter()
+            .partition(|(k, _, _)| *k == Kind::Coordinator);
         if lc.options.reverse_start {
-            order.reverse();
-        }
-        for (kind, id, endpoint) in order {
-            let log = lc.options.output_dir.join(format!("{kind}{id}.stderr.log"));
-            let mut server = Server {
-                kind,
-                id,
-                endpoint,
-                log,
-                child: None,
-            };
-            lc.spawn(&exe, &mut server)?;
-            progress(&format!(
-                "started {} on {} (pid {})",
-                server.name(),
-                server.endpoint,
-                server.pid().unwrap_or(0)
-            ));
-            lc.servers.push(server);
+            rest.reverse();
+            lc.spawn_all(&exe, rest, progress)?;
+            let mut coordinators = coordinators;
+            coordinators.reverse();
+            lc.spawn_all(&exe, coordinators, progress)?;
+        } else {
+            lc.spawn_all(&exe, coordinators, progress)?;
+            if let Err(e) = lc.wait_healthy(Duration::from_secs(20)).await {
+                lc.stop().await;
+                return Err(e);
+            }
+            progress("every coordinator answers; waiting for a leader");
+            if let Err(e) = lc.wait_leader(Duration::from_secs(20)).await {
+                lc.stop().await;
+                return Err(e);
+            }
+            if resumed {
+                match lc.members_from_coordinators(&rest, progress).await {
+                    Ok(r) => rest = r,
+                    Err(e) => {
+                        lc.stop().await;
+                        return Err(e);
+                    }
+                }
+            }
+            lc.spawn_all(&exe, rest, progress)?;
         }
         if let Err(e) = lc.wait_healthy(Duration::from_secs(20)).await {
             lc.stop().await;
@@ -357,6 +390,102 @@ impl LocalCluster {
         Ok(lc)
     }
 
+    fn spawn_all(
+        &mut self,
+        exe: &Path,
+        servers: Vec<(Kind, u32, Endpoint)>,
+        progress: &dyn Fn(&str),
+    ) -> Result<(), String> {
+        for (kind, id, endpoint) in servers {
+            let log = self
+                .options
+                .output_dir
+                .join(format!("{kind}{id}.stderr.log"));
+            let mut server = Server {
+                kind,
+                id,
+                endpoint,
+                log,
+                child: None,
+            };
+            self.spawn(exe, &mut server)?;
+            progress(&format!(
+                "started {} on {} (pid {})",
+                server.name(),
+                server.endpoint,
+                server.pid().unwrap_or(0)
+            ));
+            self.servers.push(server);
+        }
+        Ok(())
+    }
+
+    /// The catalog and order replicas of the coordinators' member tables (an earlier run
+    /// may have added or retired some), in place of the cluster file's.
+    async fn members_from_coordinators(
+        &self,
+        planned: &[(Kind, u32, Endpoint)],
+        progress: &dyn Fn(&str),
+    ) -> Result<Vec<(Kind, u32, Endpoint)>, String> {
+        let mut out: Vec<(Kind, u32, Endpoint)> = planned
+            .iter()
+            .filter(|(k, _, _)| !matches!(k, Kind::Catalog | Kind::Order))
+            .cloned()
+            .collect();
+        for kind in [Kind::Catalog, Kind::Order] {
+            let file: Vec<(Kind, u32, Endpoint)> = planned
+                .iter()
+                .filter(|(k, _, _)| *k == kind)
+                .cloned()
+                .collect();
+            let doc = self.view_doc(kind).await?;
+            let members: Vec<(Kind, u32, Endpoint)> = doc
+                .members
+                .iter()
+                .filter_map(|(id, url)| Endpoint::from_url(url).map(|e| (kind, *id, e)))
+                .collect();
+            if members.is_empty() || members == file {
+                out.extend(file);
+                continue;
+            }
+            progress(&format!(
+                "{kind} replicas from the coordinators' member table (scaled at run time): {}",
+                members
+                    .iter()
+                    .map(|(_, id, e)| format!("{id}@{e}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+            for (k, id, e) in &members {
+                if !file.iter().any(|(_, i, _)| i == id) {
+                    drop(bookstore_common::server::bind(
+                        &e.addr(),
+                        &format!("{k} {id}"),
+                    )?);
+                }
+            }
+            out.extend(members);
+        }
+        Ok(out)
+    }
+
+    /// Waits until the coordinators have a leader that answers with authority.
+    pub async fn wait_leader(&self, limit: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let last = match self.view_doc(Kind::Catalog).await {
+                Ok(_) => return Ok(()),
+                Err(e) => e,
+            };
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "the coordinators did not elect a leader within {limit:?}: {last}"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     fn program(&self) -> Result<PathBuf, String> {
         match &self.options.program {
             Some(p) => Ok(p.clone()),
@@ -368,12 +497,40 @@ impl LocalCluster {
         &self.client
     }
 
-    /// The view document of `kind`: the view, its synced backups and the members.
-    pub async fn view_doc(&self, kind: Kind) -> Result<ViewDoc, String> {
-        self.client()
-            .get_json(&format!("{}/vs/{kind}/view", self.frontend_url()))
+    /// The coordinator leader's report of `kind`: the view, its synced backups and the
+    /// members.
+    pub async fn view_doc(&self, kind: Kind) -> Result<KindReport, String> {
+        self.coordinators
+            .view(kind.name(), Duration::from_millis(500))
             .await
-            .map_err(|e| format!("view service: {e}"))
+            .map_err(|e| format!("coordinators: {e}"))
+    }
+
+    /// The coordinator group, as this tool reaches it.
+    pub fn coordinators(&self) -> &Coordinators {
+        &self.coordinators
+    }
+
+    /// What coordinator `s` says of itself (`GET /coordinator/status`).
+    pub async fn coordinator_status(&self, id: u32) -> Option<CoordinatorStatus> {
+        let s = self
+            .servers
+            .iter()
+            .find(|s| s.kind == Kind::Coordinator && s.id == id)?;
+        let url = format!("{}/coordinator/status", s.endpoint.url());
+        self.client().get_json(&url).await.ok()
+    }
+
+    /// The id of the coordinator leader, asked of the running coordinators.
+    pub async fn coordinator_leader(&self) -> Option<u32> {
+        for s in self.servers.iter().filter(|s| s.kind == Kind::Coordinator) {
+            if let Some(st) = self.coordinator_status(s.id).await {
+                if st.role == CoordinatorRole::Leader {
+                    return Some(st.id as u32);
+                }
+            }
+        }
+        None
     }
 
     /// What replica `s` says of itself (`GET /replication/status`).
@@ -420,9 +577,12 @@ impl LocalCluster {
     /// on a free loopback port, starts it, and waits until it has caught up and is a
     /// synced backup. Returns its id. Nothing else is restarted.
     pub async fn add(&mut self, kind: Kind, progress: &dyn Fn(&str)) -> Result<u32, String> {
+        if kind == Kind::Coordinator {
+            return self.add_coordinator(progress).await;
+        }
         if !matches!(kind, Kind::Catalog | Kind::Order) {
             return Err(format!(
-                "only catalog and order replicas can be added, not {kind}"
+                "only coordinators and catalog and order replicas can be added, not {kind}"
             ));
         }
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -430,13 +590,12 @@ impl LocalCluster {
             .map_err(|e| format!("no free port: {e}"))?
             .port();
         let endpoint = Endpoint::new("127.0.0.1", port);
-        let url = format!(
-            "{}/admin/cluster/register?kind={kind}&url={}",
-            self.frontend_url(),
+        let path = format!(
+            "/admin/cluster/register?kind={kind}&url={}",
             bookstore_common::client::encode(&endpoint.url())
         );
         let answer: serde_json::Value = self
-            .admin_post(&url)
+            .admin_post(&path)
             .await
             .map_err(|e| format!("register {kind} at {endpoint}: {e}"))?;
         let id = answer["id"]
@@ -479,14 +638,14 @@ impl LocalCluster {
         progress: &dyn Fn(&str),
     ) -> Result<(), String> {
         self.find(kind, id)?;
-        let url = format!(
-            "{}/admin/cluster/unregister?kind={kind}&id={id}",
-            self.frontend_url()
-        );
+        if kind == Kind::Coordinator {
+            return self.remove_coordinator(id, progress).await;
+        }
+        let path = format!("/admin/cluster/unregister?kind={kind}&id={id}");
         // A view change in progress answers 503: retry until it settles.
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            match self.admin_post::<serde_json::Value>(&url).await {
+            match self.admin_post::<serde_json::Value>(&path).await {
                 Ok(_) => break,
                 Err(e) if e.contains("retry shortly") && Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -520,10 +679,12 @@ impl LocalCluster {
         Ok(())
     }
 
-    /// Restarts every catalog and order replica, one at a time: per kind the backups first,
-    /// then the primary (the view service promotes a synced backup while it is away). Each
+    /// Restarts every catalog and order replica, then every coordinator, one at a time:
+    /// per kind the backups first, then the primary (the view service promotes a synced
+    /// backup while it is away); the coordinator followers first, then the leader. Each
     /// one is stopped with SIGTERM, started again from its disk, and must be a synced
-    /// member again before the next one goes, so one failure can always be survived.
+    /// member again (a coordinator: caught up with the leader) before the next one goes,
+    /// so one failure can always be survived.
     pub async fn rolling_restart(&mut self, progress: &dyn Fn(&str)) -> Result<(), String> {
         for kind in [Kind::Catalog, Kind::Order] {
             let primary = self.primary(kind).await?;
@@ -546,7 +707,154 @@ impl LocalCluster {
                 progress(&format!("{kind} {id} is back and synced"));
             }
         }
+        self.wait_ready(Duration::from_secs(30)).await?;
+        let leader = self
+            .coordinator_leader()
+            .await
+            .ok_or("no coordinator leads; not restarting the coordinators")?;
+        let mut ids: Vec<u32> = self
+            .servers
+            .iter()
+            .filter(|s| s.kind == Kind::Coordinator && s.id != leader)
+            .map(|s| s.id)
+            .collect();
+        ids.sort_unstable();
+        ids.push(leader);
+        for id in ids {
+            let role = if id == leader { "leader" } else { "follower" };
+            progress(&format!("restarting coordinator {id} ({role})"));
+            let applied = self.leader_applied().await;
+            self.stop_one(Kind::Coordinator, id).await?;
+            self.restart(Kind::Coordinator, id).await?;
+            self.wait_coordinator_caught_up(id, applied, Duration::from_secs(30))
+                .await?;
+            progress(&format!("coordinator {id} is back and caught up"));
+        }
+        self.wait_leader(Duration::from_secs(30)).await?;
         self.wait_ready(Duration::from_secs(30)).await
+    }
+
+    /// The leader's applied Raft index, if a leader answers.
+    async fn leader_applied(&self) -> u64 {
+        let leader = self.coordinator_leader().await;
+        match leader {
+            Some(l) => self
+                .coordinator_status(l)
+                .await
+                .and_then(|s| s.applied_index)
+                .unwrap_or(0),
+            None => 0,
+        }
+    }
+
+    /// Waits until coordinator `id` knows a leader, is a voter again, and has applied at
+    /// least `applied`.
+    pub async fn wait_coordinator_caught_up(
+        &self,
+        id: u32,
+        applied: u64,
+        limit: Duration,
+    ) -> Result<(), String> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(s) = self.coordinator_status(id).await {
+                let voter = matches!(s.role, CoordinatorRole::Leader | CoordinatorRole::Follower);
+                if voter && s.leader.is_some() && s.applied_index.unwrap_or(0) >= applied {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "coordinator {id} did not catch up with the leader within {limit:?}"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Adds a coordinator: reserves its id with the leader, starts it empty with `--join`
+    /// on a free loopback port, and has the leader add it (as a learner until it has
+    /// caught up, then as a voter).
+    async fn add_coordinator(&mut self, progress: &dyn Fn(&str)) -> Result<u32, String> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| format!("no free port: {e}"))?
+            .port();
+        let endpoint = Endpoint::new("127.0.0.1", port);
+        let answer: serde_json::Value = self
+            .admin_post("/admin/coordinators/reserve")
+            .await
+            .map_err(|e| format!("reserve a coordinator id: {e}"))?;
+        let id = answer["id"]
+            .as_u64()
+            .ok_or_else(|| format!("reserve answered without an id: {answer}"))?
+            as u32;
+        let mut layout = CoordinatorLayout::load(&self.options.output_dir)?;
+        layout.added.insert(id, endpoint.addr());
+        layout.save(&self.options.output_dir)?;
+        let mut server = Server {
+            kind: Kind::Coordinator,
+            id,
+            endpoint: endpoint.clone(),
+            log: self
+                .options
+                .output_dir
+                .join(format!("coordinator{id}.stderr.log")),
+            child: None,
+        };
+        let exe = self.program()?;
+        self.spawn(&exe, &mut server)?;
+        progress(&format!(
+            "started coordinator {id} on {endpoint} (pid {}); adding it to the group",
+            server.pid().unwrap_or(0)
+        ));
+        self.servers.push(server);
+        let path = format!(
+            "/admin/coordinators/add?id={id}&url={}",
+            bookstore_common::client::encode(&endpoint.url())
+        );
+        let answer: serde_json::Value = self
+            .admin_post(&path)
+            .await
+            .map_err(|e| format!("add coordinator {id}: {e}"))?;
+        self.coordinators.learn([endpoint.url().as_str()]);
+        progress(&format!(
+            "coordinator {id} is a voting member; voters {}",
+            answer["voters"]
+        ));
+        let applied = self.leader_applied().await;
+        self.wait_coordinator_caught_up(id, applied, Duration::from_secs(30))
+            .await?;
+        Ok(id)
+    }
+
+    /// Removes coordinator `id` from the group (the leader too: it steps down once the
+    /// change is committed), then stops it. Its data directory is kept; it is never
+    /// started again.
+    async fn remove_coordinator(&mut self, id: u32, progress: &dyn Fn(&str)) -> Result<(), String> {
+        let answer: serde_json::Value = self
+            .admin_post(&format!("/admin/coordinators/remove?id={id}"))
+            .await
+            .map_err(|e| format!("remove coordinator {id}: {e}"))?;
+        progress(&format!(
+            "coordinator {id} left the group; voters {}",
+            answer["voters"]
+        ));
+        let mut layout = CoordinatorLayout::load(&self.options.output_dir)?;
+        if !layout.retired.contains(&id) {
+            layout.retired.push(id);
+        }
+        layout.save(&self.options.output_dir)?;
+        self.stop_one(Kind::Coordinator, id).await?;
+        let pos = self
+            .servers
+            .iter()
+            .position(|s| s.kind == Kind::Coordinator && s.id == id)
+            .expect("found above");
+        self.servers.remove(pos);
+        self.wait_leader(Duration::from_secs(10)).await?;
+        progress(&format!("coordinator {id} stopped"));
+        Ok(())
     }
 
     /// SIGTERM to one server; SIGKILL if it has not exited after 3 s.
@@ -558,12 +866,22 @@ impl LocalCluster {
         Ok(())
     }
 
-    async fn admin_post<T: serde::de::DeserializeOwned>(&self, url: &str) -> Result<T, String> {
+    /// `POST path` with the admin token to the coordinator leader, following it.
+    async fn admin_post<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, String> {
         let auth = format!("Bearer {}", self.options.admin_token);
-        self.client()
-            .post_json(url, &[("authorization", auth.as_str())])
+        let body = self
+            .coordinators
+            .call(
+                |c, base| {
+                    c.post(format!("{base}{path}"))
+                        .header("authorization", auth.as_str())
+                },
+                Duration::from_secs(30),
+                Duration::from_secs(30),
+            )
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        serde_json::from_slice(&body).map_err(|e| format!("bad answer: {e}"))
     }
 
     fn spawn(&self, exe: &Path, server: &mut Server) -> Result<(), String> {
@@ -586,6 +904,14 @@ impl LocalCluster {
             }
             Kind::Frontend => {
                 cmd.env("BOOKSTORE_ADMIN_TOKEN", &self.options.admin_token);
+            }
+            Kind::Coordinator => {
+                cmd.env("BOOKSTORE_ADMIN_TOKEN", &self.options.admin_token);
+                // Coordinators beyond the cluster file's were added at run time: they
+                // join the running group rather than form one.
+                if server.id as usize >= self.cluster.servers(Kind::Coordinator).len() {
+                    cmd.arg("--join");
+                }
             }
             _ => {}
         }
@@ -653,7 +979,7 @@ impl LocalCluster {
         for kind in [Kind::Catalog, Kind::Order] {
             let n = self.servers.iter().filter(|s| s.kind == kind).count();
             loop {
-                if let Ok(ViewDoc {
+                if let Ok(KindReport {
                     view: Some(v),
                     synced,
                     ..

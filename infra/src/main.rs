@@ -62,16 +62,17 @@ enum Local {
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16))]
         frontends: u32,
     },
-    /// Scale out: start a new catalog or order replica in the running `local up`; it joins,
-    /// catches up and serves, with no restart of anything else.
+    /// Scale out: start a new catalog or order replica, or a coordinator, in the running
+    /// `local up`; it joins, catches up and serves, with no restart of anything else.
     Add {
-        /// catalog or order.
+        /// catalog, order or coordinator.
         kind: String,
         /// The `--output-dir` of the running `local up`.
         #[arg(long, default_value = "output", env = "BOOKSTORE_OUTPUT_DIR")]
         output_dir: PathBuf,
     },
-    /// Scale in: retire replica ID of KIND (catalog or order) gracefully and stop it.
+    /// Scale in: retire replica ID of KIND (catalog or order) gracefully, or remove
+    /// coordinator ID from the group, and stop it.
     Remove {
         kind: String,
         id: u32,
@@ -79,8 +80,9 @@ enum Local {
         #[arg(long, default_value = "output", env = "BOOKSTORE_OUTPUT_DIR")]
         output_dir: PathBuf,
     },
-    /// Restart every catalog and order replica of the running `local up`, one at a time,
-    /// backups first, each synced again before the next goes.
+    /// Restart every catalog and order replica, then every coordinator, of the running
+    /// `local up`, one at a time: backups first, the coordinator leader last, each synced
+    /// again before the next goes.
     RollingRestart {
         /// The `--output-dir` of the running `local up`.
         #[arg(long, default_value = "output", env = "BOOKSTORE_OUTPUT_DIR")]
@@ -103,6 +105,7 @@ enum Local {
 
 #[derive(Subcommand, Debug)]
 enum Serve {
+    Coordinator(bookstore_coordinator::cli::Cli),
     Frontend(bookstore_frontend::cli::Cli),
     Cache(bookstore_cache::cli::Cli),
     Catalog(bookstore_catalog::cli::Cli),
@@ -206,7 +209,7 @@ async fn up(
         "         curl -X POST '{public}/buy?item_number=1'"
     ));
     out(&format!("  admin: curl -X POST -H 'Authorization: Bearer {admin_token}' '{public}/admin/restock?item_number=1&quantity=5'"));
-    out("  scale: infra local add catalog | infra local remove catalog ID | infra local rolling-restart");
+    out("  scale: infra local add catalog|order|coordinator | infra local remove KIND ID | infra local rolling-restart");
     out(&format!(
         "  logs:  {}/ (operation logs *_log, server output *.stderr.log)",
         output_dir.display()
@@ -325,6 +328,7 @@ async fn main() {
     let args = Args::parse();
     let result = match args.command {
         Command::Serve { server } => match server {
+            Serve::Coordinator(c) => bookstore_coordinator::cli::launch(c).await,
             Serve::Frontend(c) => bookstore_frontend::cli::launch(c).await,
             Serve::Cache(c) => bookstore_cache::cli::launch(c).await,
             Serve::Catalog(c) => bookstore_catalog::cli::launch(c).await,

@@ -1,8 +1,8 @@
-//! Where a replica stands in its kind's view: the one reading of a view document
-//! (`GET /vs/{kind}/view`) and of a replica's `/replication/status` that `local add`,
-//! `local remove`, `local up` and `ec2 wait-member` share.
-use bookstore_common::router::ViewDoc;
+//! Where a replica stands in its kind's view: the one reading of a coordinator's view
+//! report (`GET /vs/{kind}/view`) and of a replica's `/replication/status` that `local
+//! add`, `local remove`, `local up` and `ec2 wait-member` share.
 use bookstore_replication::node::Status;
+use bookstore_replication::wire::KindReport;
 
 /// A replica's place in the current view.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,7 +18,7 @@ pub enum Standing {
 }
 
 /// Where replica `id` stands in `doc`.
-pub fn standing(doc: &ViewDoc, id: u32) -> Standing {
+pub fn standing(doc: &KindReport, id: u32) -> Standing {
     let Some(v) = &doc.view else {
         return Standing::NoView;
     };
@@ -46,7 +46,7 @@ pub fn acts_as(status: &Status, epoch: u64, role: &str) -> bool {
 }
 
 /// `epoch 3: primary 0, backups [1], synced [1]`, or `no view yet`.
-pub fn summary(doc: &ViewDoc) -> String {
+pub fn summary(doc: &KindReport) -> String {
     match &doc.view {
         None => "no view yet".into(),
         Some(v) => format!(
@@ -59,14 +59,14 @@ pub fn summary(doc: &ViewDoc) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bookstore_common::router::ViewSummary;
+    use bookstore_replication::protocol::View;
 
     #[test]
     fn a_replica_stands_where_the_view_and_its_synced_set_put_it() {
-        let mut doc = ViewDoc::default();
+        let mut doc = KindReport::default();
         assert_eq!(standing(&doc, 0), Standing::NoView);
         assert_eq!(summary(&doc), "no view yet");
-        doc.view = Some(ViewSummary {
+        doc.view = Some(View {
             epoch: 4,
             primary: 1,
             backups: vec![0, 2],

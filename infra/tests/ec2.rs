@@ -52,13 +52,13 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// A base port with the 8 ports after it free (the 6 services of one run on loopback, and
+/// A base port with the 9 ports after it free (the 7 services of one run on loopback, and
 /// room for `add`), below the kernel's ephemeral range (32768-60999) so no outgoing
 /// connection takes one of them before the services bind.
 fn free_port_range() -> u16 {
     for _ in 0..200 {
         let base = 12_000 + (uuid::Uuid::new_v4().as_u128() % 20_000) as u16;
-        if (base..base + 8).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok()) {
+        if (base..base + 9).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok()) {
             return base;
         }
     }
@@ -328,11 +328,11 @@ fn up_creates_tagged_instances_and_a_tight_group_and_down_deletes_everything() {
         assert_eq!(mode & 0o077, 0, "the state file holds tokens: 0600");
     }
 
-    // The cluster file: 6 services on the instances' private addresses, replicas of a
-    // kind on different hosts.
+    // The cluster file: 7 services (a coordinator, a frontend, a cache, 2 catalogs, 2
+    // orders) on the instances' private addresses, replicas of a kind on different hosts.
     let cluster_file = out.path().join("ec2").join(run).join("cluster.csv");
     let cluster = bookstore_common::config::ClusterConfig::load(&cluster_file).unwrap();
-    assert_eq!(cluster.all().len(), 6);
+    assert_eq!(cluster.all().len(), 7);
     let privates: Vec<String> = st.hosts.iter().map(|h| h.private_ip.clone()).collect();
     for (_, _, e) in cluster.all() {
         assert!(
@@ -425,7 +425,7 @@ fn up_creates_tagged_instances_and_a_tight_group_and_down_deletes_everything() {
             vec![
                 (22, 22, me.clone(), vec![]),
                 (8000, 8000, me.clone(), vec![]),
-                (8000, 8005, vec![], group),
+                (8000, 8006, vec![], group),
             ],
             "ssh and frontend from the operator's CIDR only, services from the group only"
         );
@@ -789,9 +789,9 @@ fn deploy_test_collect_stop_against_a_real_sshd() {
     assert!(stdout.contains(&format!("is deployed: {url}")), "{stdout}");
     let st = RunState::load(out.path(), run).unwrap();
     assert_eq!(st.phase, Phase::Deployed);
-    // Every service runs detached from the (finished) ssh sessions: 6 live pids.
+    // Every service runs detached from the (finished) ssh sessions: 7 live pids.
     let pids = servers.pids();
-    assert_eq!(pids.len(), 6, "{pids:?}");
+    assert_eq!(pids.len(), 7, "{pids:?}");
     assert!(pids.iter().all(|&p| alive(p)));
     let env_mode = {
         use std::os::unix::fs::PermissionsExt;
@@ -867,10 +867,13 @@ fn deploy_test_collect_stop_against_a_real_sshd() {
     drop(servers);
 }
 
-/// The view document of `kind` from the frontend (cluster token).
+/// The view document of `kind` from the coordinator (cluster token), which takes the
+/// port after the frontend's at `url`.
 fn view_of(url: &str, token: &str, kind: &str) -> serde_json::Value {
     let client = bookstore_common::client::Client::with_timeout(token, Duration::from_secs(5));
-    rt().block_on(client.get_json(&format!("{url}/vs/{kind}/view")))
+    let (host, port) = url.rsplit_once(':').unwrap();
+    let coordinator = format!("{host}:{}", port.parse::<u16>().unwrap() + 1);
+    rt().block_on(client.get_json(&format!("{coordinator}/vs/{kind}/view")))
         .unwrap_or_else(|e| panic!("{kind} view: {e}"))
 }
 
@@ -925,10 +928,10 @@ fn scale_out_and_in(
         stderr.contains("is a synced backup and serves"),
         "progress: {stderr}"
     );
-    // Recorded in the state on a new port, the 7th; that port is open to the group.
+    // Recorded in the state on a new port, the 8th; that port is open to the group.
     let st = RunState::load(out, run).unwrap();
-    let port: u16 = base.parse::<u16>().unwrap() + 6;
-    assert_eq!(st.ports_used, 7);
+    let port: u16 = base.parse::<u16>().unwrap() + 7;
+    assert_eq!(st.ports_used, 8);
     let h = st
         .hosts
         .iter()
@@ -961,9 +964,9 @@ fn scale_out_and_in(
         script.contains(&format!("catalog 2 127.0.0.1 {port}")),
         "{script}"
     );
-    // Nothing else restarted: the 6 old services keep their pids, one more runs.
+    // Nothing else restarted: the 7 old services keep their pids, one more runs.
     let after = servers.pids();
-    assert_eq!(after.len(), 7, "{after:?}");
+    assert_eq!(after.len(), 8, "{after:?}");
     assert!(before.iter().all(|p| after.contains(p) && alive(*p)));
 
     let view = view_of(url, &token, "catalog");
@@ -1037,7 +1040,7 @@ fn scale_out_and_in(
         .iter()
         .all(|h| !h.services.iter().any(|(k, i, _)| k == "catalog" && *i == 0)));
     let left = servers.pids();
-    assert_eq!(left.len(), 6, "{left:?}");
+    assert_eq!(left.len(), 7, "{left:?}");
     let gone: Vec<&i32> = before.iter().filter(|p| !left.contains(p)).collect();
     assert_eq!(gone.len(), 1, "one service stopped: {gone:?}");
     let deadline = Instant::now() + Duration::from_secs(5);

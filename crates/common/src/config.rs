@@ -14,9 +14,11 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-/// The four kinds of server in a cluster file.
+/// The kinds of server in a cluster file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
+    /// A member of the coordinator group (Raft): views, member tables, read leases.
+    Coordinator,
     Frontend,
     Cache,
     Catalog,
@@ -24,10 +26,21 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 4] = [Kind::Frontend, Kind::Cache, Kind::Catalog, Kind::Order];
+    /// Every kind, in start order (coordinators first).
+    pub const ALL: [Kind; 5] = [
+        Kind::Coordinator,
+        Kind::Frontend,
+        Kind::Cache,
+        Kind::Catalog,
+        Kind::Order,
+    ];
+
+    /// The replicated kinds, whose views the coordinators decide.
+    pub const REPLICATED: [Kind; 2] = [Kind::Catalog, Kind::Order];
 
     pub fn name(self) -> &'static str {
         match self {
+            Kind::Coordinator => "coordinator",
             Kind::Frontend => "frontend",
             Kind::Cache => "cache",
             Kind::Catalog => "catalog",
@@ -154,7 +167,7 @@ impl ClusterConfig {
             let kind_name = kind.trim();
             let kind = Kind::parse(kind_name).ok_or_else(|| {
                 err(format!(
-                    "unknown kind {kind_name:?} (expected frontend, cache, catalog or order)"
+                    "unknown kind {kind_name:?} (expected coordinator, frontend, cache, catalog or order)"
                 ))
             })?;
             let addr = addr.trim();
@@ -174,7 +187,12 @@ impl ClusterConfig {
             }
             config.servers.entry(kind).or_default().push(ep);
         }
-        for kind in [Kind::Frontend, Kind::Catalog, Kind::Order] {
+        for kind in [
+            Kind::Coordinator,
+            Kind::Frontend,
+            Kind::Catalog,
+            Kind::Order,
+        ] {
             if config.servers(kind).is_empty() {
                 return Err(ConfigError::Whole {
                     file: file.to_string(),
@@ -206,7 +224,7 @@ impl ClusterConfig {
         self.servers(kind).get(id as usize)
     }
 
-    /// Every server, frontend first, as (kind, id, endpoint).
+    /// Every server, coordinators first, as (kind, id, endpoint).
     pub fn all(&self) -> Vec<(Kind, u32, Endpoint)> {
         let mut out = Vec::new();
         for kind in Kind::ALL {
@@ -351,7 +369,7 @@ pub struct CommonSettings {
 mod tests {
     use super::*;
 
-    const SEED: &str = "frontend,127.0.0.1:8000\ncache,127.0.0.1:8001\ncatalog,127.0.0.1:8002\ncatalog,127.0.0.1:8003\norder,127.0.0.1:8004\norder,127.0.0.1:8005\n";
+    const SEED: &str = "coordinator,127.0.0.1:8006\nfrontend,127.0.0.1:8000\ncache,127.0.0.1:8001\ncatalog,127.0.0.1:8002\ncatalog,127.0.0.1:8003\norder,127.0.0.1:8004\norder,127.0.0.1:8005\n";
 
     #[test]
     fn parses_the_seed_format() {
@@ -366,14 +384,17 @@ mod tests {
         let bad = |text: &str| ClusterConfig::parse(text, "f").unwrap_err().to_string();
         assert_eq!(
             bad("frontend,127.0.0.1:8000\nwarehouse,127.0.0.1:9\n"),
-            "f:2: unknown kind \"warehouse\" (expected frontend, cache, catalog or order)"
+            "f:2: unknown kind \"warehouse\" (expected coordinator, frontend, cache, catalog or order)"
         );
         assert!(bad("frontend,127.0.0.1:8000\ncatalog,127.0.0.1:8000\n")
             .starts_with("f:2: address 127.0.0.1:8000 is already used on line 1"));
         assert!(bad("frontend,127.0.0.1:99999\n").starts_with("f:1: bad port"));
         assert!(bad("frontend,127.0.0.1:0\n").starts_with("f:1: bad port"));
         assert!(bad("frontend 127.0.0.1:80\n").starts_with("f:1: expected"));
-        assert!(bad("frontend,127.0.0.1:8000\n").contains("no catalog server"));
+        assert!(bad("frontend,127.0.0.1:8000\n").contains("no coordinator server"));
+        assert!(
+            bad("coordinator,127.0.0.1:9\nfrontend,127.0.0.1:8000\n").contains("no catalog server")
+        );
     }
 
     #[test]

@@ -36,6 +36,9 @@ pub enum ApiError {
     /// The caller was retired from the cluster: 410.
     #[error("{0}")]
     Gone(String),
+    /// A coordinator that is not the leader: 421, with the leader's base URL if known.
+    #[error("not the coordinator leader")]
+    NotLeader { leader: Option<String> },
 }
 
 impl ResponseError for ApiError {
@@ -47,7 +50,9 @@ impl ResponseError for ApiError {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::NotPrimary { .. } => StatusCode::MISDIRECTED_REQUEST,
+            ApiError::NotPrimary { .. } | ApiError::NotLeader { .. } => {
+                StatusCode::MISDIRECTED_REQUEST
+            }
             ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Gone(_) => StatusCode::GONE,
@@ -69,6 +74,9 @@ impl ResponseError for ApiError {
             ApiError::NotPrimary { primary } => {
                 builder.json(json!({"error": self.to_string(), "primary": primary}))
             }
+            ApiError::NotLeader { leader } => {
+                builder.json(json!({"error": self.to_string(), "leader": leader}))
+            }
             _ => builder.json(json!({"error": self.to_string()})),
         }
     }
@@ -86,4 +94,7 @@ pub struct ErrorBody {
     /// With a 421: the replica the answering one believes is primary.
     #[serde(default)]
     pub primary: Option<u32>,
+    /// With a 421 from a coordinator: the base URL of the leader, if it knows one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<String>,
 }

@@ -4,15 +4,16 @@
 //!
 //! The set of replicas can change at run time ([`Router::set_members`]): replicas added
 //! by `infra local add` and retired by `infra local remove`. [`follow_views`] keeps a
-//! router in step with the view service (who is primary, which replicas exist).
+//! router in step with the coordinators' view (who is primary, which replicas exist).
 //! [`batcher`] sends concurrent writes to the primary as one batch call, and
 //! [`batched_or_single`] resends alone a request the batch left with an unknown outcome.
 use crate::batch::Batcher;
 use crate::client::{CallError, Client};
+use crate::coordinators::Coordinators;
 use crate::types::{BatchAnswer, BatchItem, MAX_BATCH};
+use bookstore_replication_core::wire::KindReport;
 use parking_lot::RwLock;
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -293,30 +294,9 @@ impl Router {
     }
 }
 
-/// What `GET /vs/{kind}/view` answers (the parts a router needs).
-#[derive(Debug, Clone, Default, Deserialize, serde::Serialize, PartialEq)]
-pub struct ViewDoc {
-    #[serde(default)]
-    pub view: Option<ViewSummary>,
-    #[serde(default)]
-    pub synced: Vec<u32>,
-    /// Base URL of every registered replica, by id.
-    #[serde(default)]
-    pub members: BTreeMap<u32, String>,
-}
-
-/// A view: epoch, primary and backups.
-#[derive(Debug, Clone, Default, Deserialize, serde::Serialize, PartialEq)]
-pub struct ViewSummary {
-    pub epoch: u64,
-    pub primary: u32,
-    #[serde(default)]
-    pub backups: Vec<u32>,
-}
-
 impl Router {
-    /// Applies a view document: the member table, then the primary.
-    pub fn apply(&self, doc: &ViewDoc) {
+    /// Applies a coordinator's view report: the member table, then the primary.
+    pub fn apply(&self, doc: &KindReport) {
         self.set_members(&doc.members);
         if let Some(v) = &doc.view {
             self.set_primary(v.primary);
@@ -389,10 +369,15 @@ where
     }
 }
 
-/// Polls `view_url` (`{frontend 0}/vs/{kind}/view`) every `every` and applies what it
-/// answers to the router, until the router is dropped. A view service that does not
-/// answer changes nothing: the router keeps following 421 hints.
-pub fn follow_views(router: &Arc<Router>, client: Client, view_url: String, every: Duration) {
+/// Asks the coordinator leader for `kind`'s view every `every` and applies it to the
+/// router, until the router is dropped. No answer changes nothing: the router keeps
+/// following 421 hints from the replicas.
+pub fn follow_views(
+    router: &Arc<Router>,
+    coordinators: Arc<Coordinators>,
+    kind: &'static str,
+    every: Duration,
+) {
     let weak: Weak<Router> = Arc::downgrade(router);
     tokio::spawn(async move {
         let mut interval = tokio::time::interval(every);
@@ -400,11 +385,11 @@ pub fn follow_views(router: &Arc<Router>, client: Client, view_url: String, ever
         loop {
             interval.tick().await;
             let Some(router) = weak.upgrade() else { break };
-            if let Ok(body) = client.get_bytes(&view_url).await {
-                match serde_json::from_slice::<ViewDoc>(&body) {
-                    Ok(doc) => router.apply(&doc),
-                    Err(e) => tracing::warn!(error = %e, url = %view_url, "bad view document"),
-                }
+            if let Ok(report) = coordinators
+                .view(kind, every.max(Duration::from_millis(100)))
+                .await
+            {
+                router.apply(&report);
             }
         }
     });

@@ -303,6 +303,7 @@ impl<T> BatchItem<T> {
                     error: self.error.unwrap_or_else(|| "answer missing".into()),
                     result: (status == 409).then(|| "Failed".into()),
                     primary: self.primary,
+                    leader: None,
                 },
             }),
         }
@@ -441,7 +442,7 @@ pub struct ClusterMap {
     pub time_ms: u64,
     /// The view of each replicated kind (catalog, order).
     pub views: Vec<KindView>,
-    /// Every server, frontends first, then cache, catalog, order, by id.
+    /// Every server, coordinators first, then frontends, cache, catalog, order, by id.
     pub servers: Vec<ServerInfo>,
 }
 
@@ -460,6 +461,11 @@ pub struct KindView {
     /// View changes that replaced a primary that left the view (not a handover to a
     /// lower-id backup, which keeps the old primary as a backup).
     pub failovers: Option<u64>,
+    /// The coordinator that decided the current view, and the Raft term it led then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decided_by: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decided_in_term: Option<u64>,
     /// Why the view is unknown (the view service did not answer).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -468,22 +474,26 @@ pub struct KindView {
 /// One server in a [`ClusterMap`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ServerInfo {
-    /// frontend, cache, catalog or order.
+    /// coordinator, frontend, cache, catalog or order.
     pub kind: String,
     pub id: u32,
     /// `host:port` (left out of the public `/status.json`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
     /// Replicated kinds: primary, backup (in the view), idle (up, not in the view) or
-    /// down. Frontends and cache: serving or down.
+    /// down. Coordinators: leader, follower, candidate, learner or down. Frontends and
+    /// cache: serving or down.
     pub role: String,
     /// up (it answered its health or status route) or down.
     pub health: String,
-    /// The epoch of the view the replica acts in, as it reports it.
+    /// The epoch of the view the replica acts in, as it reports it. Coordinators: their
+    /// Raft term.
     pub epoch: Option<u64>,
-    /// Milliseconds since the replica last pinged the view service.
+    /// Milliseconds since the replica last pinged the view service. Coordinators: since
+    /// their last contact with the leader (the leader: since a quorum acknowledged it).
     pub heartbeat_age_ms: Option<u64>,
     /// The replica's commit index (entries known durable on every replica of its view).
+    /// Coordinators: their applied Raft index.
     pub commit_index: Option<u64>,
     /// The replica's applied index.
     pub applied_index: Option<u64>,
@@ -494,6 +504,9 @@ pub struct ServerInfo {
     pub synced: Option<bool>,
     /// Whether the replica serves reads (caught up in its view).
     pub serving_reads: Option<bool>,
+    /// Coordinators: the leader they know of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<u64>,
     /// Why the server is down (left out of the public `/status.json`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -589,4 +602,63 @@ mod tests {
                 .is_err()
         );
     }
+}
+
+/// Query of `POST /admin/cluster/register` (scale out).
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct RegisterQuery {
+    /// The replicated service: `catalog` or `order`.
+    pub kind: String,
+    /// The new replica's base URL, `http://host:port`.
+    pub url: String,
+}
+
+/// Query of `POST /admin/cluster/unregister` (scale in).
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct UnregisterQuery {
+    /// The replicated service: `catalog` or `order`.
+    pub kind: String,
+    /// The replica's id.
+    pub id: u32,
+}
+
+/// Answer of `POST /admin/cluster/register` and `/unregister`.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct MemberChange {
+    pub kind: String,
+    pub id: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<String>,
+}
+
+/// Query of `POST /admin/coordinators/add`: a coordinator started with `--join` and the
+/// id `POST /admin/coordinators/reserve` gave it.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct CoordinatorAddQuery {
+    /// The id reserved for it.
+    pub id: u64,
+    /// Its base URL, `http://host:port`.
+    pub url: String,
+}
+
+/// Query of `POST /admin/coordinators/remove`.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct CoordinatorRemoveQuery {
+    /// The coordinator's id.
+    pub id: u64,
+}
+
+/// Answer of the `/admin/coordinators/*` routes: the coordinator concerned and the voting
+/// members after the change.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct CoordinatorChange {
+    pub id: u64,
+    #[serde(default)]
+    pub voters: Vec<u64>,
 }

@@ -12,6 +12,8 @@ pub struct PingAnswer {
     pub view: Option<View>,
     pub lead_from: Epoch,
     pub members: BTreeMap<ReplicaId, String>,
+    /// The coordinator group's members (base URLs), so replicas follow its changes.
+    pub coordinators: Vec<String>,
 }
 
 /// The replicas of one kind that may take part, by id.
@@ -62,13 +64,66 @@ pub struct KindReport {
     #[serde(default)]
     #[schema(value_type = BTreeMap<String, String>)]
     pub members: BTreeMap<ReplicaId, String>,
-    /// View changes (new epochs) decided since this process started.
+    /// View changes (new epochs) decided since this coordinator became leader.
     #[serde(default)]
     pub view_changes: u64,
     /// View changes that replaced a primary that left the view.
     #[serde(default)]
     pub failovers: u64,
-    /// Every replica that pinged since this process started, by id.
+    /// Every replica that pinged since this coordinator became leader, by id.
     #[serde(default)]
     pub replicas: Vec<ReplicaSeen>,
+    /// The coordinator that decided the current view, and the Raft term it led then.
+    #[serde(default)]
+    pub decided_by: Option<DecidedBy>,
+    /// The coordinator group's members: base URL by coordinator id.
+    #[serde(default)]
+    #[schema(value_type = BTreeMap<String, String>)]
+    pub coordinators: BTreeMap<u64, String>,
+}
+
+/// Which coordinator decided a view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DecidedBy {
+    pub coordinator: u64,
+    pub term: u64,
+}
+
+/// A coordinator's role in its Raft group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum CoordinatorRole {
+    Leader,
+    Follower,
+    Candidate,
+    Learner,
+    Shutdown,
+}
+
+/// What one coordinator reports about itself (`GET /coordinator/status`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct CoordinatorStatus {
+    pub id: u64,
+    pub role: CoordinatorRole,
+    /// The Raft term it is in.
+    pub term: u64,
+    /// The leader it knows of, by id and base URL.
+    pub leader: Option<u64>,
+    pub leader_url: Option<String>,
+    /// The last log index applied to its state machine (it trails the commit index by
+    /// at most the entries in flight).
+    pub applied_index: Option<u64>,
+    pub last_log_index: Option<u64>,
+    /// Milliseconds since its last contact with the leader: for a follower, since the
+    /// leader's last accepted AppendEntries; for the leader, since a quorum last
+    /// acknowledged it.
+    pub leader_contact_age_ms: Option<u64>,
+    /// Voting members, by id.
+    pub voters: Vec<u64>,
+    /// Every member (voters and learners): base URL by id.
+    #[schema(value_type = BTreeMap<String, String>)]
+    pub members: BTreeMap<u64, String>,
+    /// As leader: milliseconds since it took over the view services (it declares no
+    /// replica dead during the first read-lease period after that).
+    pub leading_for_ms: Option<u64>,
 }

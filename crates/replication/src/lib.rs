@@ -8,9 +8,7 @@
 //!   machine plugs in through [`node::StateMachine`].
 //! - [`control`]: the routes every replicated service shares (`/health`, `/shutdown`,
 //!   `/recover`, `/replication/*`).
-//! - [`vs_host`]: hosts the view service of each replicated kind (in the frontend).
 pub mod control;
 pub mod node;
 pub use bookstore_replication_core::{lease, protocol, viewservice, wire};
-pub mod vs_host;
 pub mod wal;

@@ -8,7 +8,8 @@
 //!   with one `fdatasync` (group commit) and reports completions in order;
 //! - one **sender task per peer** batches queued messages into one HTTP POST
 //!   (`/replication/msg?from=ID`, bincode body, cluster token);
-//! - pings to the view service are HTTP POSTs to `{vs_url}/ping`;
+//! - pings to the view service are HTTP POSTs to `{coordinator}/vs/{kind}/ping`, sent to
+//!   the coordinator group's leader wherever it is ([`Coordinators`]);
 //! - a primary serves reads only under a **read lease**: for [`NodeOptions::read_lease`]
 //!   after it *sent* a ping that the view service answered with a view naming it
 //!   primary of its current epoch. The view service declares a replica dead only
@@ -32,6 +33,7 @@ use crate::viewservice::Ping;
 use crate::wal::{Wal, WalOptions};
 use crate::wire::PingAnswer;
 use bookstore_common::client::Client;
+use bookstore_common::coordinators::Coordinators;
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -85,8 +87,10 @@ pub struct NodeOptions {
     pub id: ReplicaId,
     /// Base URL of every replica of this kind, by id (this one included).
     pub peers: Vec<String>,
-    /// Base URL of this kind's view service, e.g. `http://127.0.0.1:8000/vs/catalog`.
-    pub vs_url: String,
+    /// This replica's kind (`catalog`, `order`): its view service is `/vs/{kind}`.
+    pub kind: String,
+    /// Base URLs of the coordinators (any of them; the leader is found from there).
+    pub coordinators: Vec<String>,
     /// The replica's data directory (WAL, snapshots, meta).
     pub data_dir: PathBuf,
     /// Length of one protocol tick (the view service's ticks must be as long: the read
@@ -103,14 +107,16 @@ impl NodeOptions {
     pub fn new(
         id: ReplicaId,
         peers: Vec<String>,
-        vs_url: String,
+        kind: &str,
+        coordinators: Vec<String>,
         data_dir: PathBuf,
         token: &str,
     ) -> Self {
         NodeOptions {
             id,
             peers,
-            vs_url,
+            kind: kind.to_string(),
+            coordinators,
             data_dir,
             tick: Duration::from_millis(50),
             protocol: Config {
@@ -190,6 +196,7 @@ struct Inner<S> {
     tx: Mutex<Option<mpsc::UnboundedSender<Input>>>,
     disk_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     client: Client,
+    coordinators: Coordinators,
 }
 
 /// A running replica (cheap to clone).
@@ -250,6 +257,7 @@ impl<S: StateMachine> Node<S> {
             read_lease: Mutex::new(ReadLease::new()),
             tx: Mutex::new(None),
             disk_thread: Mutex::new(None),
+            coordinators: Coordinators::new(client.clone(), opts.coordinators.clone()),
             client,
             opts,
         });
@@ -673,38 +681,49 @@ impl<S: StateMachine> Driver<S> {
         }
     }
 
+    /// Pings the coordinator leader. The read lease an answer grants is counted from
+    /// before the first attempt, wherever the answer came from.
     fn ping_vs(&self, ping: Ping) {
-        let client = self.inner.client.clone();
-        let url = format!("{}/ping", self.inner.opts.vs_url);
+        let inner = self.inner.clone();
         let tx = self.tx.clone();
-        let timeout = self.inner.opts.tick * 4;
+        let tick = self.inner.opts.tick;
         tokio::spawn(async move {
             let sent = Instant::now();
             let body = bincode::serialize(&ping).expect("ping encodes");
-            let req = client
-                .raw()
-                .post(&url)
-                .timeout(timeout)
-                .header("content-type", "application/octet-stream")
-                .body(body);
-            if let Ok(bytes) = client.send(req).await {
-                match crate::protocol::decode::<PingAnswer>(&bytes) {
-                    Ok(PingAnswer {
+            let path = format!("/vs/{}/ping", inner.opts.kind);
+            let answer = inner
+                .coordinators
+                .call(
+                    |c, base| {
+                        c.post(format!("{base}{path}"))
+                            .header("content-type", "application/octet-stream")
+                            .body(body.clone())
+                    },
+                    tick * 2,
+                    tick * 4,
+                )
+                .await;
+            let Ok(bytes) = answer else { return };
+            match crate::protocol::decode::<PingAnswer>(&bytes) {
+                Ok(PingAnswer {
+                    view,
+                    lead_from,
+                    members,
+                    coordinators,
+                }) => {
+                    inner
+                        .coordinators
+                        .learn(coordinators.iter().map(String::as_str));
+                    if !members.is_empty() {
+                        let _ = tx.send(Input::Members(members));
+                    }
+                    let _ = tx.send(Input::VsAnswer {
                         view,
                         lead_from,
-                        members,
-                    }) => {
-                        if !members.is_empty() {
-                            let _ = tx.send(Input::Members(members));
-                        }
-                        let _ = tx.send(Input::VsAnswer {
-                            view,
-                            lead_from,
-                            sent,
-                        });
-                    }
-                    Err(e) => tracing::warn!(error = %e, "bad view-service answer"),
+                        sent,
+                    });
                 }
+                Err(e) => tracing::warn!(error = %e, "bad coordinator answer"),
             }
         });
     }

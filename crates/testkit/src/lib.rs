@@ -22,6 +22,8 @@ pub fn seed_books() -> Vec<Book> {
 #[derive(Debug, Clone)]
 pub struct Options {
     pub books: Vec<Book>,
+    /// Coordinators (a Raft group; 1 by default, which always leads).
+    pub coordinators: usize,
     pub catalogs: usize,
     pub orders: usize,
     pub with_cache: bool,
@@ -38,6 +40,7 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             books: seed_books(),
+            coordinators: 1,
             catalogs: 2,
             orders: 2,
             with_cache: true,
@@ -84,6 +87,7 @@ impl TestCluster {
                 listeners.push((kind, l));
             }
         };
+        add(Kind::Coordinator, opts.coordinators);
         add(Kind::Frontend, 1 + opts.silent_frontends);
         add(Kind::Cache, usize::from(opts.with_cache));
         add(Kind::Catalog, opts.catalogs);
@@ -110,13 +114,40 @@ impl TestCluster {
             let out = opts.output_dir.clone();
             let data_dir = data.path().join(format!("{kind}{id}"));
             match kind {
+                Kind::Coordinator => {
+                    let c = bookstore_coordinator::CoordinatorConfig {
+                        id: u64::from(id),
+                        url: cluster.server(kind, id).expect("listed").url(),
+                        initial: cluster
+                            .urls(Kind::Coordinator)
+                            .into_iter()
+                            .enumerate()
+                            .map(|(i, u)| (i as u64, u))
+                            .collect(),
+                        join: false,
+                        kinds: Kind::REPLICATED
+                            .iter()
+                            .map(|k| (k.name().to_string(), cluster.urls(*k)))
+                            .collect(),
+                        data_dir,
+                        tokens,
+                        tick: opts.tick,
+                        heartbeat: Duration::from_millis(50),
+                        lease_wait: true,
+                        workers: 2,
+                    };
+                    tokio::spawn(async move {
+                        if let Err(e) = bookstore_coordinator::run(l, c, stop).await {
+                            panic!("coordinator {id}: {e}");
+                        }
+                    });
+                }
                 Kind::Frontend => {
                     let c = bookstore_frontend::FrontendConfig {
                         id,
                         cluster,
                         tokens,
                         output_dir: out,
-                        data_dir,
                         tick: opts.tick,
                         workers: 2,
                         near_entries: 1000,
@@ -200,7 +231,7 @@ impl TestCluster {
         let c = self.internal();
         for kind in [Kind::Catalog, Kind::Order] {
             let n = self.cluster.servers(kind).len();
-            let url = format!("{}/vs/{kind}/view", self.frontend());
+            let url = self.view_url(kind);
             let mut ok = false;
             for _ in 0..500 {
                 if let Ok(v) = c.get_json::<serde_json::Value>(&url).await {
@@ -236,6 +267,16 @@ impl TestCluster {
     /// Base URL of the frontend.
     pub fn frontend(&self) -> String {
         self.url(Kind::Frontend, 0)
+    }
+
+    /// Base URL of coordinator 0 (the leader when there is one coordinator).
+    pub fn coordinator(&self) -> String {
+        self.url(Kind::Coordinator, 0)
+    }
+
+    /// `GET /vs/{kind}/view` of coordinator 0.
+    pub fn view_url(&self, kind: Kind) -> String {
+        format!("{}/vs/{kind}/view", self.coordinator())
     }
 
     /// Base URL of server `id` of `kind`.

@@ -242,6 +242,8 @@ fn every_operation(c: &TestCluster) -> Vec<(String, String, String, Option<Strin
         (c.frontend(), bookstore_frontend::public_openapi()),
         (c.frontend(), bookstore_frontend::internal_openapi()),
         (c.url(Kind::Cache, 0), bookstore_cache::internal_openapi()),
+        (c.coordinator(), bookstore_coordinator::internal_openapi()),
+        (c.coordinator(), bookstore_coordinator::admin_openapi()),
     ];
     for id in 0..2 {
         docs.push((
@@ -304,7 +306,7 @@ async fn internal_routes_need_the_cluster_token() {
     // With the token, garbage is refused by name, not obeyed.
     for url in [
         c.url(Kind::Catalog, 1) + "/replication/msg?from=0",
-        c.frontend() + "/vs/catalog/ping",
+        c.coordinator() + "/vs/catalog/ping",
     ] {
         let r = http
             .post(&url)
@@ -545,6 +547,7 @@ async fn the_openapi_documents_are_served() {
         ),
         (c.url(Kind::Order, 0), bookstore_order::internal_openapi()),
         (c.url(Kind::Cache, 0), bookstore_cache::internal_openapi()),
+        (c.coordinator(), bookstore_coordinator::internal_openapi()),
     ];
     for (base, doc) in internal {
         let url = format!("{base}/internal/openapi.json");
@@ -703,10 +706,10 @@ async fn batch_routes_answer_each_request_as_the_single_route_would() {
     assert_eq!(book["result"]["stock"], 3);
 }
 
-/// A primary answers reads only under a lease from the view service. Cut off from it
-/// (here frontend 0, which hosts it, stops), the primary refuses reads once the lease
-/// runs out, one tick before the view service could have chosen a successor, and it
-/// still commits writes with its backup.
+/// A primary answers reads only under a lease from the coordinators. Cut off from them
+/// (here the one coordinator stops), the primary refuses reads once the lease runs out,
+/// one tick before the view service could have chosen a successor, and it still commits
+/// writes with its backup.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_primary_without_word_from_the_view_service_stops_serving_reads() {
     let mut c = TestCluster::start().await;
@@ -717,7 +720,7 @@ async fn a_primary_without_word_from_the_view_service_stops_serving_reads() {
         .get_json(&read)
         .await
         .expect("the primary serves reads");
-    c.stop(Kind::Frontend, 0).await;
+    c.stop(Kind::Coordinator, 0).await;
     // Ticks of 20 ms: the lease lasts 5 ticks after a ping, the view service's dead time
     // is 6 ticks.
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;

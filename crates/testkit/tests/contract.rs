@@ -137,6 +137,19 @@ async fn frontend_documents_match_its_router() {
 }
 
 #[actix_web::test]
+async fn coordinator_documents_match_its_router() {
+    check(
+        "coordinator",
+        bookstore_coordinator::routes,
+        &[
+            bookstore_coordinator::internal_openapi(),
+            bookstore_coordinator::admin_openapi(),
+        ],
+    )
+    .await;
+}
+
+#[actix_web::test]
 async fn catalog_document_matches_its_router() {
     check(
         "catalog",

@@ -104,7 +104,7 @@ async fn cluster_map_needs_a_token_names_every_server_and_follows_a_failover() {
         .unwrap();
     assert_eq!(r.status(), 200);
     let map: ClusterMap = r.json().await.unwrap();
-    assert_eq!(map.servers.len(), 6, "{map:#?}");
+    assert_eq!(map.servers.len(), 7, "{map:#?}");
     // At a cold start the first replica to ping may lead until replica 0 takes over.
     let map = wait_for(&f, Duration::from_secs(5), |m| {
         server(m, "catalog", 0).role == "primary" && server(m, "order", 0).role == "primary"
@@ -120,6 +120,12 @@ async fn cluster_map_needs_a_token_names_every_server_and_follows_a_failover() {
     }
     assert_eq!(server(&map, "frontend", 0).role, "serving");
     assert_eq!(server(&map, "cache", 0).role, "serving");
+    let coordinator = server(&map, "coordinator", 0);
+    assert_eq!(coordinator.role, "leader", "{coordinator:?}");
+    assert!(
+        coordinator.epoch.unwrap() >= 1,
+        "a Raft term: {coordinator:?}"
+    );
     for kind in ["catalog", "order"] {
         let primary = server(&map, kind, 0);
         assert_eq!(primary.role, "primary", "{map:#?}");
@@ -130,6 +136,11 @@ async fn cluster_map_needs_a_token_names_every_server_and_follows_a_failover() {
         assert_eq!(backup.epoch, primary.epoch);
         let view = map.views.iter().find(|v| v.kind == kind).unwrap();
         assert_eq!(view.primary, Some(0));
+        assert_eq!(
+            view.decided_by,
+            Some(0),
+            "coordinator 0 decided it: {view:?}"
+        );
     }
 
     // Writes move the commit index; the backups catch up (lag 0).
@@ -178,8 +189,8 @@ async fn cluster_map_needs_a_token_names_every_server_and_follows_a_failover() {
     assert!(new.epoch.unwrap() > epoch);
     assert!(failovers(&map, "catalog") > before, "{map:#?}");
 
-    // The frontend's metrics count the failover.
-    let (status, text) = scrape(&f, Some(("x-cluster-token", CLUSTER_TOKEN))).await;
+    // The coordinator leader's metrics count the failover.
+    let (status, text) = scrape(&tc.coordinator(), Some(("x-cluster-token", CLUSTER_TOKEN))).await;
     assert_eq!(status, 200);
     let s = parse(&text);
     assert!(
@@ -288,15 +299,28 @@ async fn metrics_count_requests_per_route_and_tier_and_need_a_token() {
     );
     assert_eq!(hits + misses + near, 5.0, "{text}");
     assert!(hits + near >= 1.0, "{text}");
-    let vs_epoch = value(&after, "bookstore_vs_epoch", &[("kind", "catalog")]);
+    // The view services' metrics are the coordinator leader's.
+    let (status, text) = scrape(&tc.coordinator(), Some(("authorization", &bearer))).await;
+    assert_eq!(status, 200);
+    let coord = parse(&text);
+    let vs_epoch = value(&coord, "bookstore_vs_epoch", &[("kind", "catalog")]);
     assert!(vs_epoch >= 1.0, "{text}");
     assert_eq!(
         value(
-            &after,
+            &coord,
             "bookstore_vs_lag_entries",
             &[("kind", "catalog"), ("replica", "1")]
         ),
         0.0
+    );
+    assert_eq!(
+        value(&coord, "bookstore_coordinator_is_leader", &[]),
+        1.0,
+        "{text}"
+    );
+    assert!(
+        value(&coord, "bookstore_coordinator_term", &[]) >= 1.0,
+        "{text}"
     );
 
     // The cache counts its own hits and misses.
@@ -368,12 +392,13 @@ async fn status_page_and_its_json_are_public_and_show_no_addresses() {
     let r = reqwest::get(format!("{f}/status.json")).await.unwrap();
     assert_eq!(r.status(), 200);
     let text = r.text().await.unwrap();
+    // (Not the bare port number: a timestamp or an age may contain its digits.)
     for (_, _, e) in tc.cluster.all() {
-        assert!(!text.contains(&e.port.to_string()), "{text} shows {e}");
+        assert!(!text.contains(&e.to_string()), "{text} shows {e}");
     }
     assert!(!text.contains("address"));
     let status: StatusPage = serde_json::from_str(&text).unwrap();
-    assert_eq!(status.cluster.servers.len(), 6);
+    assert_eq!(status.cluster.servers.len(), 7);
     assert_eq!(server(&status.cluster, "catalog", 0).role, "primary");
     assert_eq!(status.books.len(), 7, "{text}");
     let book = status.books.iter().find(|b| b.item_number == 1).unwrap();
@@ -390,7 +415,7 @@ async fn status_page_and_its_json_are_public_and_show_no_addresses() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_frontend_other_than_0_maps_the_cluster_with_the_views_of_frontend_0() {
+async fn every_frontend_maps_the_cluster_with_the_coordinators_views() {
     use bookstore_common::auth::Tokens;
     use bookstore_common::config::{ClusterConfig, Endpoint};
     let tc = TestCluster::start().await;
@@ -403,13 +428,11 @@ async fn a_frontend_other_than_0_maps_the_cluster_with_the_views_of_frontend_0()
         .map(|(k, _, e)| (k, e))
         .collect();
     parts.push((Kind::Frontend, Endpoint::new("127.0.0.1", port)));
-    let data = tempfile::tempdir().unwrap();
     let config = bookstore_frontend::FrontendConfig {
         id: 1,
         cluster: ClusterConfig::from_parts(&parts),
         tokens: Tokens::new(CLUSTER_TOKEN, Some(ADMIN_TOKEN)),
         output_dir: None,
-        data_dir: data.path().to_path_buf(),
         tick: Duration::from_millis(20),
         workers: 1,
         near_entries: 1000,
@@ -424,11 +447,11 @@ async fn a_frontend_other_than_0_maps_the_cluster_with_the_views_of_frontend_0()
     })
     .await;
     assert_eq!(map.frontend, 1);
-    assert_eq!(map.servers.len(), 7, "{map:#?}");
+    assert_eq!(map.servers.len(), 8, "{map:#?}");
     assert_eq!(server(&map, "frontend", 0).role, "serving");
     assert_eq!(server(&map, "frontend", 1).role, "serving");
     assert_eq!(server(&map, "catalog", 1).role, "backup", "{map:#?}");
-    // Heartbeats are only known to the view service: they came from frontend 0.
+    // Heartbeats are only known to the coordinator leader: they came from there.
     assert!(
         server(&map, "catalog", 1).heartbeat_age_ms.is_some(),
         "{map:#?}"

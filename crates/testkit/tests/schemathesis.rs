@@ -147,6 +147,12 @@ async fn schemathesis_finds_no_server_error_and_no_schema_violation() {
             name: "frontend-internal",
             url: c.frontend(),
             doc: bookstore_frontend::internal_openapi(),
+            exclude: &[],
+        },
+        Target {
+            name: "coordinator",
+            url: c.coordinator(),
+            doc: bookstore_coordinator::internal_openapi(),
             exclude: &["/vs/{kind}/ping"],
         },
         Target {

@@ -46,7 +46,7 @@ async fn no_token_reaches_the_log() {
         for url in [
             format!("{}/books", c.url(Kind::Catalog, 0)),
             format!("{}/stats", c.url(Kind::Cache, 0)),
-            format!("{f}/vs/order/view"),
+            c.view_url(Kind::Order),
         ] {
             http.get(url)
                 .header("x-cluster-token", token)

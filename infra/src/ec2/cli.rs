@@ -7,7 +7,6 @@ use super::state::{self, Deployment, Host, Phase, RunState};
 use super::{check_run_id, new_run_id, say, NAME_PREFIX};
 use crate::membership::{self, Standing};
 use bookstore_common::config::{ClusterConfig, Kind};
-use bookstore_common::router::ViewDoc;
 use bookstore_replication::node::Status;
 use clap::{Args, Subcommand};
 use std::path::{Path, PathBuf};
@@ -93,9 +92,9 @@ pub enum Until {
 
 #[derive(Args, Debug, Clone)]
 pub struct WaitMemberArgs {
-    /// The frontend, e.g. http://10.0.0.5:8000.
-    #[arg(long)]
-    pub frontend: String,
+    /// The run's cluster file (the coordinators are asked, wherever their leader is).
+    #[arg(long, default_value = "cluster.csv")]
+    pub cluster: std::path::PathBuf,
     #[arg(long, value_parser = replicated_kind)]
     pub kind: Kind,
     #[arg(long)]
@@ -119,9 +118,9 @@ fn replicated_kind(s: &str) -> Result<Kind, String> {
 
 #[derive(Args, Debug, Clone)]
 pub struct ReadyArgs {
-    /// The frontend, e.g. http://10.0.0.5:8000.
-    #[arg(long)]
-    pub frontend: String,
+    /// The run's cluster file (the coordinators are asked, wherever their leader is).
+    #[arg(long, default_value = "cluster.csv")]
+    pub cluster: std::path::PathBuf,
     #[arg(long, default_value_t = 60)]
     pub seconds: u64,
     /// Catalog replicas to wait for.
@@ -366,7 +365,7 @@ pub async fn main(cmd: Ec2Command) -> Result<bool, String> {
                 println!("[{:5.1} s] {line}", started.elapsed().as_secs_f64());
             };
             wait_member(
-                &a.frontend,
+                &coordinator_urls(&a.cluster)?,
                 &a.cluster_token,
                 a.kind,
                 a.id,
@@ -380,7 +379,7 @@ pub async fn main(cmd: Ec2Command) -> Result<bool, String> {
         Ec2Command::Run(a) => run(*a).await,
         Ec2Command::Ready(a) => {
             wait_ready(
-                &a.frontend,
+                &coordinator_urls(&a.cluster)?,
                 &a.cluster_token,
                 &[(Kind::Catalog, a.catalogs), (Kind::Order, a.orders)],
                 Duration::from_secs(a.seconds),
@@ -847,14 +846,13 @@ pub async fn deploy(
     on_all_hosts("services did not become healthy", checks).await?;
     let fe = &st.hosts[fe_index];
     let fe_dir = format!("{}/{}", o.remote_dir.trim_end_matches('/'), fe.instance_id);
-    let fe_local = format!("http://{}:{fe_port}", bracket(&pl.service_hosts[fe_index]));
     say(&format!(
         "[deploy] waiting until the replicas agree on primaries (asked on {}, so the cluster token stays off the network)",
         fe.instance_id
     ));
     let r = pl.targets[fe_index]
         .run(&format!(
-            "cd {} && set -a && . ./env && set +a && ./infra ec2 ready --frontend {fe_local} --seconds 60 --catalogs {} --orders {}\n",
+            "cd {} && set -a && . ./env && set +a && ./infra ec2 ready --cluster cluster.csv --seconds 60 --catalogs {} --orders {}\n",
             sh_quote(&fe_dir),
             count(&st, Kind::Catalog),
             count(&st, Kind::Order)
@@ -924,29 +922,34 @@ fn write_private(path: &Path, text: &str) -> Result<(), String> {
         .map_err(|e| format!("{}: {e}", path.display()))
 }
 
-/// Polls the frontend until it answers and every catalog and order replica is in the
-/// view and synced (the same readiness as `local up`).
+/// The coordinators' base URLs, from a cluster file.
+fn coordinator_urls(cluster: &std::path::Path) -> Result<Vec<String>, String> {
+    let c = bookstore_common::config::ClusterConfig::load(cluster).map_err(|e| e.to_string())?;
+    Ok(c.urls(Kind::Coordinator))
+}
+
+/// Polls the coordinator leader until every catalog and order replica is in the view
+/// and synced (the same readiness as `local up`).
 async fn wait_ready(
-    url: &str,
+    coordinators: &[String],
     cluster_token: &str,
     replicas: &[(Kind, u32)],
     limit: Duration,
 ) -> Result<(), String> {
     let client =
         bookstore_common::client::Client::with_timeout(cluster_token, Duration::from_secs(2));
+    let group = bookstore_common::coordinators::Coordinators::new(client, coordinators.to_vec());
     let deadline = Instant::now() + limit;
     for &(kind, n) in replicas {
-        let view_url = format!("{url}/vs/{kind}/view");
         let mut last;
         loop {
-            match client.get_json::<serde_json::Value>(&view_url).await {
+            match group.view(kind.name(), Duration::from_secs(2)).await {
                 Ok(v) => {
-                    let backups = v["view"]["backups"].as_array().map_or(0, Vec::len);
-                    let synced = v["synced"].as_array().map_or(0, Vec::len);
-                    if !v["view"].is_null() && backups + 1 == n as usize && synced == backups {
+                    let backups = v.view.as_ref().map_or(0, |v| v.backups.len());
+                    if v.view.is_some() && backups + 1 == n as usize && v.synced.len() == backups {
                         break;
                     }
-                    last = v.to_string();
+                    last = serde_json::to_string(&v).unwrap_or_default();
                 }
                 Err(e) => last = e.to_string(),
             }
@@ -1179,7 +1182,7 @@ async fn wait_member_remote(
     until: Until,
     limit: Duration,
 ) -> Result<(), String> {
-    let (fe, fe_url) = frontend_local(st)?;
+    let (fe, _) = frontend_local(st)?;
     let (target, dir, _) = host_access(st, fe)?;
     let fe_id = st.hosts[fe].instance_id.clone();
     let until_arg = match until {
@@ -1193,7 +1196,7 @@ async fn wait_member_remote(
     target
         .run_lines(
             &format!(
-                "cd {} && set -a && . ./env && set +a && ./infra ec2 wait-member --frontend {fe_url} --kind {kind} --id {id} --until {until_arg} --seconds {}\n",
+                "cd {} && set -a && . ./env && set +a && ./infra ec2 wait-member --cluster cluster.csv --kind {kind} --id {id} --until {until_arg} --seconds {}\n",
                 sh_quote(&dir),
                 limit.as_secs()
             ),
@@ -1389,7 +1392,7 @@ pub async fn remove(
 /// the current view (`Until::Synced`, as `local add` waits), or is out of the view
 /// (`Until::Gone`). `progress` hears every change of what it sees.
 pub async fn wait_member(
-    frontend: &str,
+    coordinators: &[String],
     cluster_token: &str,
     kind: Kind,
     id: u32,
@@ -1399,12 +1402,13 @@ pub async fn wait_member(
 ) -> Result<(), String> {
     let client =
         bookstore_common::client::Client::with_timeout(cluster_token, Duration::from_secs(2));
-    let view_url = format!("{frontend}/vs/{kind}/view");
+    let group =
+        bookstore_common::coordinators::Coordinators::new(client.clone(), coordinators.to_vec());
     let deadline = Instant::now() + limit;
     let mut last = String::new();
     loop {
-        let (done, seen) = match client.get_json::<ViewDoc>(&view_url).await {
-            Err(e) => (false, format!("the view service does not answer: {e}")),
+        let (done, seen) = match group.view(kind.name(), Duration::from_secs(2)).await {
+            Err(e) => (false, format!("the coordinators do not answer: {e}")),
             Ok(doc) => {
                 let summary = membership::summary(&doc);
                 match (until, membership::standing(&doc, id)) {

@@ -4,9 +4,14 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::Path;
 
-/// The services of a run, in cluster-file order (frontend, cache, catalogs, orders).
+/// The services of a run (frontend, coordinator, cache, catalogs, orders): the frontend
+/// first, so that it takes the base port, the one open to the operator.
 pub fn services(n_catalog: u32, n_order: u32) -> Vec<(Kind, u32)> {
-    let mut v = vec![(Kind::Frontend, 0), (Kind::Cache, 0)];
+    let mut v = vec![
+        (Kind::Frontend, 0),
+        (Kind::Coordinator, 0),
+        (Kind::Cache, 0),
+    ];
     v.extend((0..n_catalog).map(|i| (Kind::Catalog, i)));
     v.extend((0..n_order).map(|i| (Kind::Order, i)));
     v
@@ -129,7 +134,7 @@ mod tests {
         let svcs = services(2, 2);
         for n in 1..=6 {
             let placed = place(n, 8000, &svcs);
-            assert_eq!(placed.len(), 6);
+            assert_eq!(placed.len(), 7);
             if n >= 2 {
                 for kind in [Kind::Catalog, Kind::Order] {
                     let hosts: Vec<usize> =
@@ -138,13 +143,13 @@ mod tests {
                 }
             }
             let used: std::collections::HashSet<usize> = placed.iter().map(|p| p.2).collect();
-            assert_eq!(used.len(), n.min(6), "{n} hosts: every host gets work");
+            assert_eq!(used.len(), n.min(7), "{n} hosts: every host gets work");
         }
         let placed = place(2, 9000, &svcs);
         let c = cluster(&placed, &["10.0.0.1".into(), "10.0.0.2".into()]);
         assert_eq!(
             c.to_text(),
-            "frontend,10.0.0.1:9000\ncache,10.0.0.2:9001\ncatalog,10.0.0.1:9002\ncatalog,10.0.0.2:9003\norder,10.0.0.1:9004\norder,10.0.0.2:9005\n"
+            "coordinator,10.0.0.2:9001\nfrontend,10.0.0.1:9000\ncache,10.0.0.1:9002\ncatalog,10.0.0.2:9003\ncatalog,10.0.0.1:9004\norder,10.0.0.2:9005\norder,10.0.0.1:9006\n"
         );
         ClusterConfig::parse(&c.to_text(), "c").unwrap();
     }

@@ -120,7 +120,11 @@ pub fn loopback_cluster(replicas: usize) -> std::io::Result<ClusterConfig> {
     let net = (std::process::id() % 250) + 1;
     let mut parts = Vec::new();
     let mut hold = Vec::new();
-    let mut layout = vec![(Kind::Frontend, 1u32), (Kind::Cache, 2)];
+    let mut layout = vec![
+        (Kind::Coordinator, 3u32),
+        (Kind::Frontend, 1),
+        (Kind::Cache, 2),
+    ];
     for i in 0..replicas as u32 {
         layout.push((Kind::Catalog, 10 + i));
     }

@@ -206,8 +206,7 @@ pub struct Nemesis {
     pub history: Arc<History>,
     pub gid_base: u32,
     pub settle_limit: Duration,
-    client: bookstore_common::client::Client,
-    frontend: String,
+    coordinators: bookstore_common::coordinators::Coordinators,
     replicas: BTreeMap<Kind, usize>,
     hosts: BTreeMap<(Kind, u32), String>,
 }
@@ -223,7 +222,10 @@ impl Nemesis {
             &lc.options.cluster_token,
             Duration::from_millis(300),
         );
-        let frontend = lc.frontend_url();
+        let coordinators = bookstore_common::coordinators::Coordinators::new(
+            client,
+            lc.cluster.urls(Kind::Coordinator),
+        );
         let mut replicas = BTreeMap::new();
         let mut hosts = BTreeMap::new();
         for (kind, id, e) in lc.cluster.all() {
@@ -236,8 +238,7 @@ impl Nemesis {
             history,
             gid_base,
             settle_limit: Duration::from_secs(6),
-            client,
-            frontend,
+            coordinators,
             replicas,
             hosts,
         }
@@ -251,24 +252,15 @@ impl Nemesis {
         self.hosts.get(&(kind, id)).cloned().unwrap_or_default()
     }
 
-    /// The view of `kind` from the view service: (primary, backups, synced).
+    /// The view of `kind` from the coordinator leader: (primary, backups, synced).
     pub async fn view(&self, kind: Kind) -> Option<(u32, Vec<u32>, Vec<u32>)> {
-        let v: serde_json::Value = self
-            .client
-            .get_json(&format!("{}/vs/{kind}/view", self.frontend))
+        let r = self
+            .coordinators
+            .view(kind.name(), Duration::from_millis(300))
             .await
             .ok()?;
-        let ids = |x: &serde_json::Value| -> Vec<u32> {
-            x.as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|i| i.as_u64().map(|i| i as u32))
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
-        let primary = v["view"]["primary"].as_u64()? as u32;
-        Some((primary, ids(&v["view"]["backups"]), ids(&v["synced"])))
+        let v = r.view?;
+        Some((v.primary, v.backups, r.synced))
     }
 
     /// Primary and one backup of `kind` (asks the view service for up to 1 s; falls

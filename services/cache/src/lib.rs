@@ -21,6 +21,7 @@ use actix_web::{middleware::from_fn, web, HttpRequest, HttpResponse};
 use bookstore_common::auth::{require_cluster_token, Tokens};
 use bookstore_common::client::Client;
 use bookstore_common::config::{ClusterConfig, Kind};
+use bookstore_common::coordinators::Coordinators;
 use bookstore_common::error::ErrorBody;
 use bookstore_common::metrics::{self, Metrics};
 use bookstore_common::openapi::{self, ItemQuery, TopicQuery};
@@ -504,14 +505,11 @@ pub async fn run(
     router.patience = config.renew_every;
     let router = Arc::new(router);
     // Follow the catalog's view (its primary, replicas added or retired at run time).
-    if let Some(f0) = config.cluster.server(Kind::Frontend, 0) {
-        follow_views(
-            &router,
-            client,
-            format!("{}/vs/catalog/view", f0.url()),
-            Duration::from_millis(100),
-        );
-    }
+    let coordinators = Arc::new(Coordinators::new(
+        client,
+        config.cluster.urls(Kind::Coordinator),
+    ));
+    follow_views(&router, coordinators, "catalog", Duration::from_millis(100));
     let lease = tokio::spawn(lease_loop(cache.clone(), router, config.renew_every));
     let tokens = web::Data::new(config.tokens.clone());
     tracing::info!(addr = %listener.local_addr()?, "cache serving");

@@ -124,15 +124,11 @@ impl Catalog {
         let client = Client::new(config.tokens.cluster());
         let cache_url = config.cluster.servers(Kind::Cache).first().map(|e| e.url());
         let peers = config.cluster.urls(Kind::Catalog);
-        let vs_url = config
-            .cluster
-            .server(Kind::Frontend, 0)
-            .map(|e| format!("{}/vs/catalog", e.url()))
-            .ok_or("the cluster has no frontend (it hosts the view service)")?;
         let mut opts = NodeOptions::new(
             config.id,
             peers,
-            vs_url,
+            "catalog",
+            config.cluster.urls(Kind::Coordinator),
             config.data_dir.clone(),
             config.tokens.cluster(),
         );

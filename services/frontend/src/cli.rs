@@ -1,7 +1,7 @@
 //! Command-line entry point shared by the service binary and `infra serve`.
 use crate::{run, FrontendConfig};
 use bookstore_common::auth::Tokens;
-use bookstore_common::cli::{ReplicaArgs, ServiceArgs};
+use bookstore_common::cli::ServiceArgs;
 use bookstore_common::config::Kind;
 
 /// Flags of the frontend server.
@@ -9,10 +9,10 @@ use bookstore_common::config::Kind;
 pub struct Cli {
     #[command(flatten)]
     common: ServiceArgs,
-    /// Frontend 0 hosts the view services: `--data-dir` keeps their state, `--tick-ms`
-    /// paces them (a replica silent for 6 ticks is dead).
-    #[command(flatten)]
-    replica: ReplicaArgs,
+    /// The cluster's tick in milliseconds: the routers ask the coordinators for the
+    /// views every two ticks.
+    #[arg(long, default_value_t = 50, env = "BOOKSTORE_TICK_MS")]
+    tick_ms: u64,
     /// Token of the admin routes (`Authorization: Bearer ...`); unset = admin routes refuse all.
     #[arg(long, env = "BOOKSTORE_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
@@ -31,8 +31,7 @@ pub async fn launch(args: Cli) -> Result<(), String> {
         cluster,
         tokens: Tokens::new(&args.common.cluster_token, args.admin_token.as_deref()),
         output_dir: Some(args.common.output_dir.clone()),
-        data_dir: args.replica.data_dir(Kind::Frontend, &args.common),
-        tick: args.replica.tick(),
+        tick: std::time::Duration::from_millis(args.tick_ms.max(1)),
         workers: args.common.workers,
         near_entries: args.near_entries,
     };

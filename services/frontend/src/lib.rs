@@ -5,9 +5,10 @@
 //! to the cache first and fill it (asynchronously, versioned) on a miss; buys go to
 //! the order service with an idempotency key.
 //!
-//! Writes go to the primary of catalog and order (learned from the view service, which
-//! frontend 0 hosts at `/vs/{kind}/...`, and from `421` answers), failing over to the
-//! next replica when one does not answer. Lookups are read from the catalog primary;
+//! Writes go to the primary of catalog and order (learned from the coordinator leader's
+//! views, and from `421` answers), failing over to the next replica when one does not
+//! answer. Every frontend is the same: none hosts any part of the control plane, and the
+//! admin membership routes (`/admin/cluster/*`) are forwarded to the coordinators. Lookups are read from the catalog primary;
 //! searches (titles never change) from any caught-up replica in turn.
 //!
 //! The API is described by OpenAPI documents generated from the handlers' annotations:
@@ -26,6 +27,7 @@
 //! (same tokens) exports Prometheus metrics, and the public `GET /status` page renders
 //! `GET /status.json` (the map without addresses, and the stock of each book): see
 //! [`observe`].
+pub mod admin;
 pub mod cli;
 pub mod near;
 pub mod observe;
@@ -36,6 +38,7 @@ use bookstore_common::auth::{require_admin_token, require_operator_token, Tokens
 use bookstore_common::batch::Batcher;
 use bookstore_common::client::{encode, CallError, Client};
 use bookstore_common::config::{ClusterConfig, Kind};
+use bookstore_common::coordinators::Coordinators;
 use bookstore_common::error::ErrorBody;
 use bookstore_common::metrics::{self, Metrics};
 use bookstore_common::openapi::{self, Access, IdempotencyHeader, ItemQuery, TopicQuery};
@@ -49,7 +52,6 @@ use bookstore_common::types::{
     IDEMPOTENCY_KEY_HEADER,
 };
 use bookstore_common::{server, ApiError};
-use bookstore_replication::vs_host::{self, VsHost};
 use bytes::Bytes;
 use near::{Near, Ticket};
 use std::future::Future;
@@ -66,9 +68,7 @@ pub struct FrontendConfig {
     /// Cluster token (to call the services) and admin token (for `/admin/*`).
     pub tokens: Tokens,
     pub output_dir: Option<PathBuf>,
-    /// Where frontend 0 keeps the view services' state.
-    pub data_dir: PathBuf,
-    /// View-service tick; a replica silent for 6 ticks is dead.
+    /// How often the routers ask the coordinators for the views: every two ticks.
     pub tick: Duration,
     pub workers: usize,
     /// The most answers the near cache holds; 0 turns it off.
@@ -85,7 +85,7 @@ pub struct Frontend {
     order: Arc<Router>,
     /// Concurrent buys leave together as one `POST /buy_batch`.
     buys: Batcher<BuyRequest, Batched<BuySuccess>>,
-    views: Option<Arc<VsHost>>,
+    coordinators: Arc<Coordinators>,
     log: OpLog,
     obs: observe::Observer,
 }
@@ -106,39 +106,19 @@ impl Frontend {
         };
         let catalog = router(Kind::Catalog)?;
         let order = router(Kind::Order)?;
-        let views = if config.id == 0 {
-            let kinds = [
-                ("catalog", config.cluster.urls(Kind::Catalog)),
-                ("order", config.cluster.urls(Kind::Order)),
-            ];
-            let host =
-                Arc::new(VsHost::open(&config.data_dir, &kinds).map_err(std::io::Error::other)?);
-            host.spawn_ticker(config.tick);
-            follow_members(&host, &catalog, &order, config.tick * 2);
-            Some(host)
-        } else {
-            // Other frontends follow frontend 0's view service: primaries and members.
-            let vs = config
-                .cluster
-                .server(Kind::Frontend, 0)
-                .map(|e| e.url())
-                .ok_or_else(|| std::io::Error::other("the cluster has no frontend 0"))?;
-            let poll = Client::with_timeout(config.tokens.cluster(), Duration::from_millis(500));
-            for (kind, r) in [("catalog", &catalog), ("order", &order)] {
-                follow_views(
-                    r,
-                    poll.clone(),
-                    format!("{vs}/vs/{kind}/view"),
-                    config.tick * 2,
-                );
-            }
-            None
-        };
+        // Follow the coordinators' views: primaries and members.
+        let coordinators = Arc::new(Coordinators::new(
+            Client::with_timeout(config.tokens.cluster(), Duration::from_millis(500)),
+            config.cluster.urls(Kind::Coordinator),
+        ));
+        for (kind, r) in [("catalog", &catalog), ("order", &order)] {
+            follow_views(r, coordinators.clone(), kind, config.tick * 2);
+        }
         let obs = observe::Observer::new(
             config.id,
             config.cluster.clone(),
             config.tokens.cluster(),
-            views.clone(),
+            coordinators.clone(),
         );
         let cache = config.cluster.servers(Kind::Cache).first().map(|e| e.url());
         let near = cache
@@ -159,22 +139,9 @@ impl Frontend {
             buys,
             order,
             client,
-            views,
+            coordinators,
             log,
         })
-    }
-
-    /// Points the routers at the primaries of the current views (frontend 0, which hosts
-    /// the view service; the others poll it in the background). Members change rarely:
-    /// [`follow_members`] applies them off the request path.
-    fn follow_views(&self) {
-        if let Some(vs) = &self.views {
-            for (kind, router) in [("catalog", &self.catalog), ("order", &self.order)] {
-                if let Some(v) = vs.view(kind) {
-                    router.set_primary(v.primary);
-                }
-            }
-        }
     }
 
     /// Asks the cache service for `path`: the stored answer and the catalog version it
@@ -300,7 +267,6 @@ async fn lookup(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
             return Ok(json_answer(body, &t));
         }
     }
-    ctx.follow_views();
     let path = format!("/query_by_item?item_number={item}&consistent=1");
     let body = t
         .time("catalog", ctx.catalog.read(&path, Read::Primary))
@@ -455,7 +421,6 @@ async fn buy(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let item = Params::parse(req.query_string()).item_number()?;
     let key = client_key(&req)?;
     ctx.log.record(format!("buy,{item}"));
-    ctx.follow_views();
     let mut t = Timing::start();
     // Sent with other buys in flight. A buy whose outcome is unknown is sent again with
     // the same key, alone (the router follows the primary): it cannot buy twice.
@@ -504,7 +469,6 @@ async fn restock(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let path = format!("/update?item_number={item}&stock={quantity}&cost={cost_param}");
     ctx.log
         .record(format!("restock,{item},{quantity},{cost_param}"));
-    ctx.follow_views();
     let v: Versioned<Book> = ctx
         .catalog
         .write(&path, &[(IDEMPOTENCY_KEY_HEADER, &key)])
@@ -514,25 +478,21 @@ async fn restock(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
 }
 
 /// Readiness: 200 once this frontend knows who the catalog and order primaries are
-/// (frontend 0 from its view service, the others from polling it), else 503 naming what
-/// it waits for. A load balancer sends requests only to ready frontends.
+/// (from the coordinators' views), else 503 naming what it waits for. A load balancer sends requests only to ready frontends.
 #[utoipa::path(get, path = "/ready", responses(
     (status = 200, body = Readiness),
     (status = 503, description = "No view of catalog or order yet", body = Readiness),
 ))]
 async fn ready(ctx: Ctx) -> HttpResponse {
-    ctx.follow_views();
     let waiting: Vec<&str> = [("catalog", &ctx.catalog), ("order", &ctx.order)]
         .into_iter()
         .filter(|(_, r)| !r.knows_view())
         .map(|(k, _)| k)
         .collect();
-    Readiness::answer((!waiting.is_empty()).then(|| {
-        format!(
-            "a view of {} from the view service (frontend 0)",
-            waiting.join(" and ")
-        )
-    }))
+    Readiness::answer(
+        (!waiting.is_empty())
+            .then(|| format!("a view of {} from the coordinators", waiting.join(" and "))),
+    )
 }
 
 /// Query of `POST /admin/restock` besides `item_number` (documentation only).
@@ -555,7 +515,7 @@ struct PublicPaths;
 /// The public API (`GET /openapi.json`): search, lookup, buy, health, admin restock.
 pub fn public_openapi() -> utoipa::openapi::OpenApi {
     let mut paths = PublicPaths::openapi();
-    paths.merge(vs_host::MembershipApi::openapi());
+    paths.merge(admin::MembershipApi::openapi());
     paths.merge(observe::StatusApi::openapi());
     openapi::finish(
         paths,
@@ -571,12 +531,10 @@ pub fn public_openapi() -> utoipa::openapi::OpenApi {
     )
 }
 
-/// The frontend's internal API (`GET /internal/openapi.json`, cluster token): the view
-/// service routes (hosted by frontend 0), `/cluster` and `/metrics` (which also take the
-/// admin token).
+/// The frontend's internal API (`GET /internal/openapi.json`, cluster token): `/cluster`
+/// and `/metrics` (which also take the admin token), and the near cache's routes.
 pub fn internal_openapi() -> utoipa::openapi::OpenApi {
-    let mut doc = vs_host::VsApi::openapi();
-    doc.merge(observe::ClusterApi::openapi());
+    let mut doc = observe::ClusterApi::openapi();
     doc.merge(NearApi::openapi());
     openapi::internal(doc, "bookstore frontend internal API")
 }
@@ -584,7 +542,8 @@ pub fn internal_openapi() -> utoipa::openapi::OpenApi {
 pub fn routes(cfg: &mut web::ServiceConfig) {
     let (public, internal) = (public_openapi(), internal_openapi());
     cfg.app_data(openapi::allowed_methods(&[&public, &internal]))
-        .app_data(server::json_config());
+        .app_data(server::json_config())
+        .app_data(server::query_config());
     openapi::serve_doc(cfg, openapi::PUBLIC_DOC_PATH, &public);
     cfg.route("/health", web::get().to(health))
         .route("/ready", web::get().to(ready))
@@ -598,12 +557,12 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .service(server::only(
                     "/cluster/register",
                     "POST",
-                    web::post().to(vs_host::register_route),
+                    web::post().to(admin::register),
                 ))
                 .service(server::only(
                     "/cluster/unregister",
                     "POST",
-                    web::post().to(vs_host::unregister_route),
+                    web::post().to(admin::unregister),
                 )),
         )
         .service(
@@ -621,12 +580,6 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             web::get().to(observe::status_json),
         ))
         .configure(metrics::routes)
-        .service(
-            web::scope("/vs")
-                .wrap(from_fn(bookstore_common::auth::require_cluster_token))
-                .route("/{kind}/ping", web::post().to(vs_host::ping_route))
-                .route("/{kind}/view", web::get().to(vs_host::view_route)),
-        )
         .service(
             web::scope("/internal")
                 .wrap(from_fn(bookstore_common::auth::require_cluster_token))
@@ -648,32 +601,6 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .default_service(web::to(server::not_found));
 }
 
-/// Frontend 0: applies the in-process view service's member tables to the routers every
-/// `every`, until the routers or the host are dropped.
-fn follow_members(host: &Arc<VsHost>, catalog: &Arc<Router>, order: &Arc<Router>, every: Duration) {
-    let (host, catalog, order) = (
-        Arc::downgrade(host),
-        Arc::downgrade(catalog),
-        Arc::downgrade(order),
-    );
-    tokio::spawn(async move {
-        let mut interval = tokio::time::interval(every);
-        loop {
-            interval.tick().await;
-            let (Some(host), Some(catalog), Some(order)) =
-                (host.upgrade(), catalog.upgrade(), order.upgrade())
-            else {
-                break;
-            };
-            for (kind, router) in [("catalog", &catalog), ("order", &order)] {
-                if let Some(members) = host.members(kind) {
-                    router.set_members(&members);
-                }
-            }
-        }
-    });
-}
-
 /// Serves the frontend on `listener` until `shutdown` resolves.
 pub async fn run(
     listener: TcpListener,
@@ -681,13 +608,6 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let frontend = Frontend::new(&config)?;
-    // Frontends other than 0 answer view-service routes with 404 (no host).
-    let views = web::Data::new(
-        frontend
-            .views
-            .clone()
-            .unwrap_or_else(|| Arc::new(VsHost::empty())),
-    );
     let frontend = web::Data::new(frontend);
     let metrics = web::Data::new(Metrics::new());
     frontend.obs.register_metrics(&frontend, &metrics);
@@ -697,7 +617,6 @@ pub async fn run(
     let configure = move |cfg: &mut web::ServiceConfig| {
         cfg.app_data(frontend.clone())
             .app_data(metrics.clone())
-            .app_data(views.clone())
             .app_data(tokens.clone());
         routes(cfg);
     };

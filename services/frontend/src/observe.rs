@@ -3,17 +3,17 @@
 //! each book; public) and `GET /status` (a self-contained HTML page that renders
 //! `/status.json` every second).
 //!
-//! The map is assembled by whichever frontend is asked: the views come from the view
-//! services (in this process on frontend 0, from frontend 0's `GET /vs/{kind}/view`
-//! elsewhere), and each server is asked about itself (`/replication/status` of every
-//! catalog and order replica, `/health` of the others), all at once with a short
-//! timeout. A map is reused for [`FRESH`], so many open status pages cost the servers
+//! The map is assembled by whichever frontend is asked: the views come from the
+//! coordinator leader (`GET /vs/{kind}/view`), and each server is asked about itself
+//! (`/coordinator/status` of every coordinator, `/replication/status` of every catalog
+//! and order replica, `/health` of the others), all at once with a short timeout. A map is reused for [`FRESH`], so many open status pages cost the servers
 //! no more than one.
 use crate::{Ctx, Frontend};
 use actix_web::http::header;
 use actix_web::HttpResponse;
 use bookstore_common::client::Client;
 use bookstore_common::config::{ClusterConfig, Endpoint, Kind};
+use bookstore_common::coordinators::Coordinators;
 use bookstore_common::metrics::catch_up;
 use bookstore_common::metrics::Metrics;
 use bookstore_common::router::Read;
@@ -21,7 +21,7 @@ use bookstore_common::types::{
     Book, BookStock, ClusterMap, Health, KindView, ServerInfo, StatusPage, Versioned,
 };
 use bookstore_replication::node::Status;
-use bookstore_replication::vs_host::{KindReport, VsHost};
+use bookstore_replication::wire::{CoordinatorRole, CoordinatorStatus, KindReport};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -53,7 +53,7 @@ pub struct Observer {
     id: u32,
     cluster: ClusterConfig,
     client: Client,
-    views: Option<Arc<VsHost>>,
+    coordinators: Arc<Coordinators>,
     map: tokio::sync::Mutex<Option<(Instant, Arc<ClusterMap>)>>,
     books: tokio::sync::Mutex<Option<(Instant, Books)>>,
     cache_lookups: Family<ResultLabel, Counter>,
@@ -62,6 +62,7 @@ pub struct Observer {
 /// What one server said when asked.
 enum Answer {
     Replica(Status),
+    Coordinator(CoordinatorStatus),
     Plain,
     Down(String),
 }
@@ -78,13 +79,13 @@ impl Observer {
         id: u32,
         cluster: ClusterConfig,
         token: &str,
-        views: Option<Arc<VsHost>>,
+        coordinators: Arc<Coordinators>,
     ) -> Observer {
         Observer {
             id,
             cluster,
             client: Client::with_timeout(token, POLL_TIMEOUT),
-            views,
+            coordinators,
             map: tokio::sync::Mutex::new(None),
             books: tokio::sync::Mutex::new(None),
             cache_lookups: Family::default(),
@@ -113,24 +114,23 @@ impl Observer {
     }
 
     async fn report(&self, kind: Kind) -> Result<KindReport, String> {
-        if let Some(vs) = &self.views {
-            return vs
-                .report(kind.name())
-                .ok_or_else(|| format!("no view service for {kind}"));
-        }
-        let f0 = self
-            .cluster
-            .server(Kind::Frontend, 0)
-            .ok_or("the cluster has no frontend 0 (it hosts the view services)")?;
-        self.client
-            .get_json(&format!("{}/vs/{kind}/view", f0.url()))
+        self.coordinators
+            .view(kind.name(), POLL_TIMEOUT)
             .await
-            .map_err(|e| format!("view service (frontend 0): {e}"))
+            .map_err(|e| format!("coordinators: {e}"))
     }
 
     async fn ask(&self, kind: Kind, id: u32, e: &Endpoint) -> Answer {
         match kind {
             Kind::Frontend if id == self.id => Answer::Plain,
+            Kind::Coordinator => match self
+                .client
+                .get_json::<CoordinatorStatus>(&format!("{}/coordinator/status", e.url()))
+                .await
+            {
+                Ok(s) => Answer::Coordinator(s),
+                Err(err) => Answer::Down(err.to_string()),
+            },
             Kind::Catalog | Kind::Order => {
                 match self
                     .client
@@ -158,9 +158,23 @@ impl Observer {
         let (catalog, order) = tokio::join!(self.report(Kind::Catalog), self.report(Kind::Order));
         let reports = [(Kind::Catalog, catalog), (Kind::Order, order)];
         // The replicas are the view service's members (replicas added or retired at run
-        // time included); the cluster file's when the view service does not answer.
+        // time included); the cluster file's when the view service does not answer. The
+        // coordinators are the group's members as the leader reports them.
         let mut servers: Vec<(Kind, u32, Endpoint)> = Vec::new();
+        let group = reports
+            .iter()
+            .find_map(|(_, r)| r.as_ref().ok())
+            .map(|r| r.coordinators.clone())
+            .filter(|g| !g.is_empty());
+        if let Some(g) = &group {
+            servers.extend(g.iter().filter_map(|(id, url)| {
+                Endpoint::from_url(url).map(|e| (Kind::Coordinator, *id as u32, e))
+            }));
+        }
         for (kind, id, e) in self.cluster.all() {
+            if kind == Kind::Coordinator && group.is_some() {
+                continue;
+            }
             let members = reports
                 .iter()
                 .find(|(k, _)| *k == kind)
@@ -193,6 +207,8 @@ impl Observer {
                     synced: r.synced.clone(),
                     view_changes: Some(r.view_changes),
                     failovers: Some(r.failovers),
+                    decided_by: r.decided_by.map(|d| d.coordinator),
+                    decided_in_term: r.decided_by.map(|d| d.term),
                     error: None,
                 },
                 Err(e) => KindView {
@@ -241,6 +257,7 @@ impl Observer {
                     lag_entries: None,
                     synced: None,
                     serving_reads: None,
+                    leader: None,
                     error: None,
                 };
                 let report = report_of(*kind);
@@ -252,6 +269,22 @@ impl Observer {
                     Answer::Plain => {
                         info.health = "up".into();
                         info.role = "serving".into();
+                    }
+                    Answer::Coordinator(s) => {
+                        info.health = "up".into();
+                        info.role = match s.role {
+                            CoordinatorRole::Leader => "leader",
+                            CoordinatorRole::Follower => "follower",
+                            CoordinatorRole::Candidate => "candidate",
+                            CoordinatorRole::Learner => "learner",
+                            CoordinatorRole::Shutdown => "down",
+                        }
+                        .into();
+                        info.epoch = Some(s.term);
+                        info.leader = s.leader;
+                        info.commit_index = s.applied_index;
+                        info.applied_index = s.applied_index;
+                        info.heartbeat_age_ms = s.leader_contact_age_ms;
                     }
                     Answer::Replica(s) => {
                         let view = report.and_then(|r| r.view.as_ref());
@@ -285,7 +318,7 @@ impl Observer {
     }
 
     /// Registers the frontend's own metrics: cache hits and misses, the primary switches
-    /// of its routers, and (frontend 0) the view services'.
+    /// of its routers.
     pub fn register_metrics(&self, frontend: &actix_web::web::Data<Frontend>, metrics: &Metrics) {
         metrics.register(
             "frontend_cache_lookups",
@@ -322,9 +355,6 @@ impl Observer {
             near_entries.set(near.map_or(0, |n| n.len() as i64));
             near_leased.set(i64::from(near.is_some_and(|n| n.leased())));
         });
-        if let Some(vs) = &self.views {
-            vs.register_metrics(metrics);
-        }
     }
 
     /// The stock of each book, read from the catalog primary (at most [`FRESH`] old).
@@ -335,7 +365,6 @@ impl Observer {
                 return books.clone();
             }
         }
-        frontend.follow_views();
         let read = frontend.catalog.read("/books", Read::Primary);
         let books = match tokio::time::timeout(Duration::from_secs(1), read).await {
             Ok(Ok(body)) => serde_json::from_slice::<Versioned<Vec<Book>>>(&body)
@@ -447,6 +476,7 @@ mod tests {
                 lag_entries: None,
                 synced: None,
                 serving_reads: None,
+                leader: None,
                 error: Some("connection refused to 10.0.0.1:8002".into()),
             }],
         };

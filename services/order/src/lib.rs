@@ -17,6 +17,7 @@ use bookstore_common::auth::{require_cluster_token, Tokens};
 use bookstore_common::batch::Batcher;
 use bookstore_common::client::{CallError, Client};
 use bookstore_common::config::{ClusterConfig, Kind};
+use bookstore_common::coordinators::Coordinators;
 use bookstore_common::error::ErrorBody;
 use bookstore_common::metrics::{self, catch_up, Metrics};
 use bookstore_common::openapi::{self, IdempotencyHeader, ItemQuery};
@@ -131,16 +132,11 @@ impl OrderService {
                 .map_err(|e| e.to_string())?,
             None => OpLog::disabled(),
         };
-        let frontend0 = config
-            .cluster
-            .server(Kind::Frontend, 0)
-            .map(|e| e.url())
-            .ok_or("the cluster has no frontend (it hosts the view service)")?;
-        let vs_url = format!("{frontend0}/vs/order");
         let mut opts = NodeOptions::new(
             config.id,
             config.cluster.urls(Kind::Order),
-            vs_url,
+            "order",
+            config.cluster.urls(Kind::Coordinator),
             config.data_dir.clone(),
             config.tokens.cluster(),
         );
@@ -151,12 +147,11 @@ impl OrderService {
             config.cluster.urls(Kind::Catalog),
         ));
         // Follow the catalog's view: its primary and replicas added or retired at run time.
-        follow_views(
-            &catalog,
+        let coordinators = Arc::new(Coordinators::new(
             Client::with_timeout(config.tokens.cluster(), Duration::from_millis(500)),
-            format!("{frontend0}/vs/catalog/view"),
-            config.tick * 2,
-        );
+            config.cluster.urls(Kind::Coordinator),
+        ));
+        follow_views(&catalog, coordinators, "catalog", config.tick * 2);
         let updates = router::batcher("updates", 2, &catalog, "/update_batch", |updates| {
             UpdateBatch { updates }
         });

@@ -1,0 +1,79 @@
+//! Command-line entry point shared by the coordinator binary and `infra serve`.
+use crate::{run, CoordinatorConfig};
+use bookstore_common::auth::Tokens;
+use bookstore_common::cli::ServiceArgs;
+use bookstore_common::config::Kind;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Flags of a coordinator.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Cli {
+    #[command(flatten)]
+    common: ServiceArgs,
+    /// Raft log, vote and snapshots; default `<output-dir>/data/coordinator<id>`.
+    #[arg(long, env = "BOOKSTORE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// View-service tick in milliseconds: a replica silent for 6 ticks is dead, and a
+    /// primary's read lease lasts 5. Every server of a cluster must use the same tick.
+    #[arg(long, default_value_t = 50, env = "BOOKSTORE_TICK_MS")]
+    tick_ms: u64,
+    /// Raft heartbeat interval in milliseconds; an election starts after 3 to 6 of them
+    /// without a leader (plus openraft's leader lease of 6).
+    #[arg(long, default_value_t = 50, env = "BOOKSTORE_RAFT_HEARTBEAT_MS")]
+    raft_heartbeat_ms: u64,
+    /// Start empty and wait to be added to a running group (`infra local add
+    /// coordinator` does this); without it, a coordinator listed in the cluster file forms
+    /// the initial group with the others listed there.
+    #[arg(long)]
+    join: bool,
+    /// Admin token for `/admin/*` (membership changes).
+    #[arg(long, env = "BOOKSTORE_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+}
+
+/// Loads configuration, binds, and serves until Ctrl-C or SIGTERM.
+pub async fn launch(args: Cli) -> Result<(), String> {
+    bookstore_common::telemetry::init();
+    let (cluster, listener) = args.common.load_and_bind(Kind::Coordinator)?;
+    let initial = cluster
+        .servers(Kind::Coordinator)
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (i as u64, e.url()))
+        .collect();
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let url = match &args.common.listen {
+        Some(l) => format!("http://{l}"),
+        None => cluster
+            .server(Kind::Coordinator, args.common.id)
+            .map(|e| e.url())
+            .unwrap_or_else(|| format!("http://{addr}")),
+    };
+    let kinds = Kind::REPLICATED
+        .iter()
+        .map(|k| (k.name().to_string(), cluster.urls(*k)))
+        .collect();
+    let data_dir = args.data_dir.clone().unwrap_or_else(|| {
+        args.common
+            .output_dir
+            .join("data")
+            .join(format!("coordinator{}", args.common.id))
+    });
+    // Mutation switch, for proving that the tests bite. Never set it in production.
+    let lease_wait = std::env::var_os("BOOKSTORE_UNSAFE_NO_LEASE_WAIT").is_none();
+    let config = CoordinatorConfig {
+        id: u64::from(args.common.id),
+        url,
+        initial,
+        join: args.join,
+        kinds,
+        data_dir,
+        tokens: Tokens::new(&args.common.cluster_token, args.admin_token.as_deref()),
+        tick: Duration::from_millis(args.tick_ms.max(1)),
+        heartbeat: Duration::from_millis(args.raft_heartbeat_ms.max(1)),
+        lease_wait,
+        workers: args.common.workers,
+    };
+    run(listener, config, bookstore_common::server::termination()).await
+}
