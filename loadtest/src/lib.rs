@@ -5,6 +5,8 @@
 //! - [`tiers`]: per-tier latency from the answers' `Server-Timing` headers;
 //! - [`report`]: the terminal table, `results.csv` / `results.json` and `latency.svg`
 //!   (through [`plot`]), and the cache-on/cache-off comparison;
+//! - [`procstat`]: the servers' CPU time and context switches, from `/proc`
+//!   (`loadtest run --server-cpu`, `loadtest server-cpu`);
 //! - [`books`]: `loadtest gen-books`, large books CSVs for the catalog;
 //! - [`baseline`]: a bare one-hop server to compare a report with;
 //! - [`chaos`]: `loadtest chaos`, a Jepsen-style fault-injection run with checkers.
@@ -23,6 +25,7 @@ pub mod baseline;
 pub mod books;
 pub mod chaos;
 pub mod plot;
+pub mod procstat;
 pub mod report;
 pub mod runner;
 pub mod tiers;

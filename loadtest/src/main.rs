@@ -29,9 +29,31 @@ enum Command {
     /// Starts a local cluster, runs buyers/readers/restocks under a seeded nemesis (kills,
     /// pauses, partitions, restarts) and checks the history; exit 1 if a checker fails.
     Chaos(Box<ChaosArgs>),
+    /// Measures what the servers of a running `infra local up` spend while another load
+    /// client (e.g. wrk) runs: CPU time and context switches per request and per copy
+    /// sold, per process and per thread.
+    ServerCpu(ServerCpuArgs),
     /// Writes a books CSV (the format of data/books.csv) with COUNT books: the seed's 7,
     /// then generated ones in topics topic-0000, topic-0001, ... of --hits-per-topic each.
     GenBooks(GenBooksArgs),
+}
+
+#[derive(Args)]
+struct ServerCpuArgs {
+    /// How long to measure, e.g. 10s.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Wait this long before the measurement starts (let the load client ramp up).
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    delay: Duration,
+    /// The `--output-dir` of the running `local up` (its local-up.json has the
+    /// supervisor's pid, the public URL and the admin token).
+    #[arg(long, default_value = "output", env = "BOOKSTORE_OUTPUT_DIR")]
+    local_up_dir: PathBuf,
+    /// Items whose stock falls count as copies sold (read with public lookups that skip
+    /// the caches, before and after).
+    #[arg(long, default_value = "1-7", value_parser = parse_items_arg)]
+    items: ItemList,
 }
 
 #[derive(Args)]
@@ -168,6 +190,14 @@ struct RunArgs {
     /// cache-off/ and comparison.csv.
     #[arg(long)]
     compare_cache: bool,
+    /// Also measure what the servers of the running `infra local up` spend (CPU time and
+    /// context switches, per process and thread, from /proc) in each round, per request
+    /// and per copy sold.
+    #[arg(long)]
+    server_cpu: bool,
+    /// The `--output-dir` of that `local up` (where its local-up.json is).
+    #[arg(long, default_value = "output", env = "BOOKSTORE_OUTPUT_DIR")]
+    local_up_dir: PathBuf,
     /// Output folder: results go to DIR/<run-id>/results.csv, results.json and latency.svg.
     #[arg(long, default_value = report::DEFAULT_OUT_DIR)]
     out: PathBuf,
@@ -233,16 +263,116 @@ async fn run(args: RunArgs) -> Result<bool, String> {
     config.timeout = args.timeout;
     config.progress = !args.quiet;
     config.run_id = args.run_id;
+    if args.server_cpu {
+        config.servers = loadtest::procstat::local_up_servers(&args.local_up_dir)?;
+    }
     if args.compare_cache {
         return compare_cache(config, &args.out).await;
     }
     let report = loadtest::run(&config).await.map_err(|e| e.to_string())?;
     print!("{}", report::table(&report));
+    for r in &report.rounds {
+        if let Some(cost) = &r.server {
+            println!("\n{} clients:", r.clients);
+            print!("{}", cost.table(r.count, "request"));
+        }
+    }
     let folder = write(&report, &args.out)?;
     eprintln!("results: {}", folder.display());
     if !report.race_consistent() {
         eprintln!("race: the successes do not match the stock (see the table)");
         return Ok(false);
+    }
+    Ok(true)
+}
+
+/// The stock of `items`, read through the public lookup with the caches skipped.
+async fn stocks(http: &reqwest::Client, url: &str, items: &[u32]) -> Result<Vec<u64>, String> {
+    let mut out = Vec::new();
+    for item in items {
+        let v: serde_json::Value = http
+            .get(format!("{url}/lookup?item_number={item}"))
+            .header("cache-control", "no-cache")
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .map_err(|e| format!("lookup of {item}: {e}"))?
+            .json()
+            .await
+            .map_err(|e| format!("lookup of {item}: {e}"))?;
+        out.push(v["result"]["stock"].as_u64().unwrap_or(0));
+    }
+    Ok(out)
+}
+
+/// Requests the frontend at `url` has answered, every route but `/metrics` (admin token).
+async fn answered(http: &reqwest::Client, url: &str, token: &str) -> Result<u64, String> {
+    let text = http
+        .get(format!("{url}/metrics"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .and_then(|r| r.error_for_status())
+        .map_err(|e| format!("{url}/metrics: {e}"))?
+        .text()
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(text
+        .lines()
+        .filter(|l| l.starts_with("bookstore_http_requests_total{") && !l.contains("/metrics"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64)
+}
+
+async fn server_cpu(args: ServerCpuArgs) -> Result<bool, String> {
+    let dir = &args.local_up_dir;
+    let servers = loadtest::procstat::local_up_servers(dir)?;
+    let state: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.join("local-up.json")).map_err(|e| e.to_string())?,
+    )
+    .map_err(|e| e.to_string())?;
+    let url = state["frontend"].as_str().unwrap_or_default().to_string();
+    let token = state["admin_token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .map_err(|e| e.to_string())?;
+    tokio::time::sleep(args.delay).await;
+    let (stock0, requests0) = (
+        stocks(&http, &url, &args.items.0).await?,
+        answered(&http, &url, &token).await?,
+    );
+    let before = loadtest::procstat::Sample::take(&servers);
+    tokio::time::sleep(args.duration).await;
+    let after = loadtest::procstat::Sample::take(&servers);
+    let (stock1, requests1) = (
+        stocks(&http, &url, &args.items.0).await?,
+        answered(&http, &url, &token).await?,
+    );
+    let cost = loadtest::procstat::Cost::between(&before, &after);
+    let sold: u64 = stock0
+        .iter()
+        .zip(&stock1)
+        .map(|(a, b)| a.saturating_sub(*b))
+        .sum();
+    // Our own lookups between the two counts are not the load's.
+    let requests = requests1
+        .saturating_sub(requests0)
+        .saturating_sub(args.items.0.len() as u64);
+    println!(
+        "{} s: {requests} requests answered by the frontend at {url}, {sold} copies sold",
+        args.duration.as_secs_f64()
+    );
+    print!("{}", cost.table(requests, "request"));
+    if sold > 0 {
+        println!(
+            "per copy sold: {:.3} ms of server CPU, {:.1} context switches",
+            cost.cpu_ms / sold as f64,
+            cost.switches as f64 / sold as f64
+        );
     }
     Ok(true)
 }
@@ -405,6 +535,7 @@ fn main() -> ExitCode {
             Command::Baseline(args) => baseline(args).await,
             Command::Chaos(args) => chaos(*args).await,
             Command::GenBooks(args) => gen_books(args),
+            Command::ServerCpu(args) => server_cpu(args).await,
         }
     });
     match result {

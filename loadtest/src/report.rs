@@ -243,6 +243,27 @@ pub fn table(report: &RunReport) -> String {
     row("p99.9 (ms)", &|r| ms(r.latency.p999_ms));
     row("max (ms)", &|r| ms(r.latency.max_ms));
     row("elapsed (s)", &|r| format!("{:.2}", r.elapsed_s));
+    if rounds.iter().any(|r| r.server.is_some()) {
+        let per = |r: &RoundResult, f: &dyn Fn(&crate::procstat::Cost) -> f64, n: u64| {
+            r.server.as_ref().map_or("-".to_string(), |c| {
+                format!("{:.3}", f(c) / n.max(1) as f64)
+            })
+        };
+        row("server CPU per request (ms)", &|r| {
+            per(r, &|c| c.cpu_ms, r.count)
+        });
+        row("server switches per request", &|r| {
+            per(r, &|c| c.switches as f64, r.count)
+        });
+        if report.workload.buys() {
+            row("server CPU per copy sold (ms)", &|r| {
+                per(r, &|c| c.cpu_ms, r.bought)
+            });
+            row("server switches per copy sold", &|r| {
+                per(r, &|c| c.switches as f64, r.bought)
+            });
+        }
+    }
     let tiers = report.tier_names();
     if !tiers.is_empty() {
         row("per tier (ms; from Server-Timing)", &|_| String::new());

@@ -89,6 +89,9 @@ pub struct RunConfig {
     /// Send lookups and searches with `Cache-Control: no-cache` (the frontend then skips
     /// its cache both ways).
     pub bypass_cache: bool,
+    /// Servers whose CPU time and context switches each round measures (empty: none;
+    /// see [`crate::procstat`]).
+    pub servers: Vec<crate::procstat::Server>,
 }
 
 impl RunConfig {
@@ -110,6 +113,7 @@ impl RunConfig {
             progress: false,
             run_id: None,
             bypass_cache: false,
+            servers: Vec::new(),
         }
     }
 
@@ -279,6 +283,9 @@ pub struct RoundResult {
     #[serde(default)]
     pub tiers: Vec<TierResult>,
     pub race: Option<RaceResult>,
+    /// What the servers spent during the round (with [`RunConfig::servers`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<crate::procstat::Cost>,
     /// The round's histogram (microseconds); not serialised.
     #[serde(skip)]
     pub histogram: Option<Histogram<u64>>,
@@ -700,6 +707,8 @@ pub async fn run_round(
             }
         }
     }
+    let sample =
+        (!config.servers.is_empty()).then(|| crate::procstat::Sample::take(&config.servers));
     let start = Instant::now();
     let shared = Arc::new(Shared {
         http: http.clone(),
@@ -757,6 +766,10 @@ pub async fn run_round(
         sold_out += s.sold_out;
     }
     let elapsed = start.elapsed().as_secs_f64();
+    let server = sample.map(|before| {
+        let after = crate::procstat::Sample::take(&config.servers);
+        crate::procstat::Cost::between(&before, &after)
+    });
     if let Some(p) = progress {
         p.abort();
         let _ = p.await;
@@ -809,6 +822,7 @@ pub async fn run_round(
         latency,
         tiers,
         race,
+        server,
         histogram: Some(hist),
     })
 }
