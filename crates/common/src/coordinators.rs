@@ -142,6 +142,26 @@ impl Coordinators {
         serde_json::from_slice(&body).map_err(|e| CallError::Decode(e.to_string()))
     }
 
+    /// The leader's report of `kind` once it differs from version `known`, or after
+    /// `wait` (a long poll; see the coordinator's `GET /vs/{kind}/view?version=`).
+    pub async fn watch_view(
+        &self,
+        kind: &str,
+        known: u64,
+        wait: Duration,
+        attempt: Duration,
+    ) -> Result<bookstore_replication_core::wire::KindReport, CallError> {
+        let path = format!(
+            "/vs/{kind}/view?version={known}&wait_ms={}",
+            wait.as_millis()
+        );
+        let report: bookstore_replication_core::wire::KindReport = self
+            .get_json(&path, wait + attempt, wait + attempt * 3)
+            .await?;
+        self.learn(report.coordinators.values().map(String::as_str));
+        Ok(report)
+    }
+
     /// The leader's report of `kind` (`GET /vs/{kind}/view`).
     pub async fn view(
         &self,

@@ -369,9 +369,13 @@ where
     }
 }
 
-/// Asks the coordinator leader for `kind`'s view every `every` and applies it to the
-/// router, until the router is dropped. No answer changes nothing: the router keeps
-/// following 421 hints from the replicas.
+/// How long the coordinator leader holds a router's question when nothing changed.
+const VIEW_WAIT: Duration = Duration::from_millis(1000);
+
+/// Keeps the router in step with `kind`'s view, until the router is dropped: a long poll
+/// of the coordinator leader, answered at once when the view or the members change, else
+/// after a second. After a failure it asks again every `every`. No answer changes
+/// nothing: the router keeps following 421 hints from the replicas.
 pub fn follow_views(
     router: &Arc<Router>,
     coordinators: Arc<Coordinators>,
@@ -380,16 +384,25 @@ pub fn follow_views(
 ) {
     let weak: Weak<Router> = Arc::downgrade(router);
     tokio::spawn(async move {
-        let mut interval = tokio::time::interval(every);
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let attempt = every.max(Duration::from_millis(100));
+        let mut known = u64::MAX;
         loop {
-            interval.tick().await;
-            let Some(router) = weak.upgrade() else { break };
-            if let Ok(report) = coordinators
-                .view(kind, every.max(Duration::from_millis(100)))
+            if weak.strong_count() == 0 {
+                break;
+            }
+            match coordinators
+                .watch_view(kind, known, VIEW_WAIT, attempt)
                 .await
             {
-                router.apply(&report);
+                Ok(report) => {
+                    let Some(router) = weak.upgrade() else { break };
+                    router.apply(&report);
+                    known = report.version;
+                }
+                Err(_) => {
+                    known = u64::MAX;
+                    tokio::time::sleep(every).await;
+                }
             }
         }
     });

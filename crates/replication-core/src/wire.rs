@@ -80,6 +80,10 @@ pub struct KindReport {
     #[serde(default)]
     #[schema(value_type = BTreeMap<String, String>)]
     pub coordinators: BTreeMap<u64, String>,
+    /// Grows with every committed change of this kind (view, synced set, members): a
+    /// router that knows it can wait for the next change (`?version=`).
+    #[serde(default)]
+    pub version: u64,
 }
 
 /// Which coordinator decided a view.

@@ -378,6 +378,7 @@ impl Authority {
         ping: Ping,
         received: Instant,
     ) -> Result<PingAnswer, AuthorityError> {
+        let from = ping.from;
         let (view, lead_from, members) = {
             let mut g = self.acquire().await?;
             let t = g.as_mut().expect("acquired");
@@ -398,10 +399,15 @@ impl Authority {
                 None => (current, Epoch::MAX, members),
             }
         };
-        self.confirmer
-            .confirm()
-            .await
-            .map_err(AuthorityError::Unconfirmed)?;
+        // Only an answer naming the pinger primary renews a read lease; it needs a
+        // leadership confirmation. Any other answer is a committed view, harmless if it is
+        // old (a replica never goes back to a lower epoch).
+        if view.as_ref().is_some_and(|v| v.primary == from) {
+            self.confirmer
+                .confirm()
+                .await
+                .map_err(AuthorityError::Unconfirmed)?;
+        }
         Ok(PingAnswer {
             view,
             lead_from,
@@ -461,6 +467,7 @@ impl Authority {
                 .decided_by
                 .map(|(coordinator, term)| DecidedBy { coordinator, term }),
             coordinators: self.members(),
+            version: slot.version,
         }
     }
 
@@ -470,6 +477,33 @@ impl Authority {
             return BTreeMap::new();
         }
         self.reports.lock().clone()
+    }
+
+    /// The leader's report of `kind` once its committed version differs from `known`,
+    /// or after `wait` (a long poll: routers learn of a change at once without asking
+    /// ten times a second).
+    pub async fn report_after(
+        &self,
+        kind: &str,
+        known: u64,
+        wait: Duration,
+    ) -> Result<KindReport, AuthorityError> {
+        let mut changes = self.sm.changes();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let version = self
+                .sm
+                .read(|d| d.control.kinds.get(kind).map(|k| k.version))
+                .ok_or_else(|| AuthorityError::UnknownKind(kind.into()))?;
+            if version != known {
+                break;
+            }
+            match tokio::time::timeout_at(deadline, changes.changed()).await {
+                Ok(Ok(())) => continue,
+                _ => break,
+            }
+        }
+        self.report(kind).await
     }
 
     /// The leader's report of `kind` (`GET /vs/{kind}/view`).

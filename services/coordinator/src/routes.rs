@@ -87,10 +87,22 @@ pub async fn ping(
         .body(bincode::serialize(&answer).expect("answers encode")))
 }
 
+/// Query of `GET /vs/{kind}/view`: a long poll for routers.
+#[derive(Debug, Clone, Copy, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ViewQuery {
+    /// The version the caller knows: the answer waits until the kind changes (or
+    /// `wait_ms` passes).
+    pub version: Option<u64>,
+    /// How long to wait for a change, in milliseconds (at most 5000).
+    #[param(maximum = 5000)]
+    pub wait_ms: Option<u64>,
+}
+
 /// The leader's account of one replicated service: view, synced backups, members, the
 /// last ping of each replica, which coordinator decided the view.
 #[utoipa::path(get, path = "/vs/{kind}/view",
-    params(("kind" = VsKind, Path, description = "The replicated service")),
+    params(("kind" = VsKind, Path, description = "The replicated service"), ViewQuery),
     responses(
         (status = 200, body = KindReport),
         (status = 404, description = "No such replicated service", body = ErrorBody),
@@ -99,8 +111,21 @@ pub async fn ping(
 pub async fn view(
     c: web::Data<Coordinator>,
     kind: web::Path<String>,
+    q: web::Query<ViewQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    Ok(HttpResponse::Ok().json(c.authority.report(&kind).await?))
+    let report = match (q.version, q.wait_ms) {
+        (Some(known), Some(wait)) if wait > 0 => {
+            if wait > 5000 {
+                return Err(ApiError::BadRequest(format!(
+                    "wait_ms must be at most 5000, not {wait}"
+                )));
+            }
+            let wait = std::time::Duration::from_millis(wait);
+            c.authority.report_after(&kind, known, wait).await?
+        }
+        _ => c.authority.report(&kind).await?,
+    };
+    Ok(HttpResponse::Ok().json(report))
 }
 
 /// This coordinator's role, term, leader, indexes and last contact with the leader.

@@ -30,6 +30,8 @@ struct Inner {
     path: PathBuf,
     data: RwLock<SmData>,
     snapshot: Mutex<Option<StoredSnapshot>>,
+    /// Counts applied batches and installed snapshots, for those waiting for a change.
+    applied: tokio::sync::watch::Sender<u64>,
 }
 
 /// The coordinator's state machine (cheap to clone: a shared handle).
@@ -72,6 +74,7 @@ impl StateMachineStore {
                 path,
                 data: RwLock::new(data),
                 snapshot: Mutex::new(snapshot),
+                applied: tokio::sync::watch::channel(0).0,
             }),
         })
     }
@@ -79,6 +82,15 @@ impl StateMachineStore {
     /// Reads the applied state.
     pub fn read<R>(&self, f: impl FnOnce(&SmData) -> R) -> R {
         f(&self.inner.data.read())
+    }
+
+    /// A receiver that sees every change of the applied state.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.applied.subscribe()
+    }
+
+    fn changed(&self) {
+        self.inner.applied.send_modify(|n| *n += 1);
     }
 
     /// Writes `s` atomically and durably (temp file, fsync, rename, fsync directory).
@@ -144,8 +156,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        let mut d = self.inner.data.write();
         let mut out = Vec::new();
+        let mut d = self.inner.data.write();
         for e in entries {
             d.last_applied = Some(e.log_id);
             out.push(match e.payload {
@@ -159,6 +171,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 }
             });
         }
+        drop(d);
+        self.changed();
         Ok(out)
     }
 
@@ -188,6 +202,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             membership: meta.last_membership.clone(),
             control,
         };
+        self.changed();
         Ok(())
     }
 
