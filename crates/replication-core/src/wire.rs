@@ -1,8 +1,19 @@
 //! Wire types of the control plane: what a replica's ping is answered with, what a view
 //! report (`GET /vs/{kind}/view`) holds, and the member table of a replicated kind.
 use crate::protocol::{Epoch, ReplicaId, View};
+use crate::viewservice::Ping;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// What a replica sends to the coordinators (bincode, `POST /vs/{kind}/ping`, cluster
+/// token): the protocol's ping and the base URL the replica serves at. A replica
+/// registered at run time becomes a *proven* member when it first pings from the URL it
+/// was registered with; until then nobody sends it the cluster token.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PingRequest {
+    pub ping: Ping,
+    pub url: String,
+}
 
 /// The answer to a replica's ping (bincode): the current view, `lead_from` (views with a
 /// smaller epoch were decided before the view service knew the pinger's disk, see
@@ -23,6 +34,10 @@ pub struct Members {
     pub urls: BTreeMap<ReplicaId, String>,
     /// The id the next registered replica gets (ids are never reused).
     pub next_id: ReplicaId,
+    /// Registered replicas that have not yet pinged from their URL: not shown to
+    /// anyone who would send them the cluster token.
+    #[serde(default)]
+    pub unproven: BTreeSet<ReplicaId>,
 }
 
 impl Members {
@@ -35,7 +50,17 @@ impl Members {
                 .map(|(i, u)| (i as ReplicaId, u.clone()))
                 .collect(),
             next_id: urls.len() as ReplicaId,
+            unproven: BTreeSet::new(),
         }
+    }
+
+    /// The members that may be sent the cluster token: every member but the unproven.
+    pub fn proven(&self) -> BTreeMap<ReplicaId, String> {
+        self.urls
+            .iter()
+            .filter(|(id, _)| !self.unproven.contains(id))
+            .map(|(id, u)| (*id, u.clone()))
+            .collect()
     }
 }
 
@@ -60,10 +85,15 @@ pub struct KindReport {
     pub acked: bool,
     /// Backups that hold every committed entry.
     pub synced: Vec<ReplicaId>,
-    /// Base URL of every member replica, by id (replicas added at run time included).
+    /// Base URL of every proven member replica, by id (replicas added at run time
+    /// included once they have pinged from that URL).
     #[serde(default)]
     #[schema(value_type = BTreeMap<String, String>)]
     pub members: BTreeMap<ReplicaId, String>,
+    /// Registered replicas that have not pinged from their URL yet.
+    #[serde(default)]
+    #[schema(value_type = BTreeMap<String, String>)]
+    pub unproven: BTreeMap<ReplicaId, String>,
     /// View changes (new epochs) decided since this coordinator became leader.
     #[serde(default)]
     pub view_changes: u64,

@@ -31,7 +31,7 @@ use crate::protocol::{
 };
 use crate::viewservice::Ping;
 use crate::wal::{Wal, WalOptions};
-use crate::wire::PingAnswer;
+use crate::wire::{PingAnswer, PingRequest};
 use bookstore_common::client::Client;
 use bookstore_common::coordinators::Coordinators;
 use parking_lot::{Mutex, RwLock};
@@ -91,6 +91,10 @@ pub struct NodeOptions {
     pub kind: String,
     /// Base URLs of the coordinators (any of them; the leader is found from there).
     pub coordinators: Vec<String>,
+    /// This replica's own base URL, sent with every ping: a replica registered at run time
+    /// is trusted with the cluster token only once it pings from the URL it was
+    /// registered with.
+    pub url: String,
     /// The replica's data directory (WAL, snapshots, meta).
     pub data_dir: PathBuf,
     /// Length of one protocol tick (the view service's ticks must be as long: the read
@@ -112,11 +116,13 @@ impl NodeOptions {
         data_dir: PathBuf,
         token: &str,
     ) -> Self {
+        let url = peers.get(id as usize).cloned().unwrap_or_default();
         NodeOptions {
             id,
             peers,
             kind: kind.to_string(),
             coordinators,
+            url,
             data_dir,
             tick: Duration::from_millis(50),
             protocol: Config {
@@ -689,7 +695,11 @@ impl<S: StateMachine> Driver<S> {
         let tick = self.inner.opts.tick;
         tokio::spawn(async move {
             let sent = Instant::now();
-            let body = bincode::serialize(&ping).expect("ping encodes");
+            let body = bincode::serialize(&PingRequest {
+                ping,
+                url: inner.opts.url.clone(),
+            })
+            .expect("ping encodes");
             let path = format!("/vs/{}/ping", inner.opts.kind);
             let answer = inner
                 .coordinators

@@ -129,6 +129,8 @@ impl TestCluster {
                             .iter()
                             .map(|k| (k.name().to_string(), cluster.urls(*k)))
                             .collect(),
+                        member_hosts: vec!["127.0.0.1".into()],
+                        member_cidrs: Vec::new(),
                         data_dir,
                         tokens,
                         tick: opts.tick,
@@ -173,6 +175,7 @@ impl TestCluster {
                         tokens,
                         output_dir: out,
                         data_dir,
+                        url: None,
                         lease: opts.lease,
                         tick: opts.tick,
                         workers: 2,
@@ -186,6 +189,7 @@ impl TestCluster {
                         tokens,
                         output_dir: out,
                         data_dir,
+                        url: None,
                         tick: opts.tick,
                         workers: 2,
                     };

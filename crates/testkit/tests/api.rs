@@ -4,6 +4,7 @@ use bookstore_common::types::Book;
 use bookstore_testkit::{Options, TestCluster, ADMIN_TOKEN, CLUSTER_TOKEN};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
+use std::sync::Arc;
 
 async fn get(url: String) -> (StatusCode, Value) {
     let r = reqwest::get(&url).await.expect("request");
@@ -753,4 +754,115 @@ async fn a_primary_without_word_from_the_view_service_stops_serving_reads() {
         .await
         .expect("writes need the backup, not the view service");
     assert_eq!(written["result"]["stock"], 2, "{written}");
+}
+
+/// A fake server that answers every request 200 `{}` and records whether any request
+/// carried the cluster token.
+async fn token_trap() -> (
+    String,
+    Arc<std::sync::atomic::AtomicU64>,
+    Arc<std::sync::atomic::AtomicU64>,
+) {
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let seen = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let leaked = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (s, l) = (seen.clone(), leaked.clone());
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let (s, l) = (s.clone(), l.clone());
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 << 10];
+                while let Ok(n) = conn.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    let head = String::from_utf8_lossy(&buf[..n]).to_lowercase();
+                    s.fetch_add(1, Ordering::Relaxed);
+                    if head.contains(&CLUSTER_TOKEN.to_lowercase()) {
+                        l.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let _ = conn
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}")
+                        .await;
+                }
+            });
+        }
+    });
+    (url, seen, leaked)
+}
+
+/// The admin token alone cannot make an address a member that is sent the cluster
+/// token: a registered replica is shown to routers, observers and peers only once it has
+/// pinged (with the cluster token) from the URL it was registered at, and an address
+/// outside the cluster cannot be registered at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_url_registered_with_the_admin_token_never_receives_the_cluster_token() {
+    use std::sync::atomic::Ordering;
+    let c = TestCluster::start().await;
+    let http = reqwest::Client::new();
+    let register = |url: String| {
+        let http = http.clone();
+        let c = c.coordinator();
+        async move {
+            http.post(format!("{c}/admin/cluster/register"))
+                .query(&[("kind", "catalog"), ("url", url.as_str())])
+                .bearer_auth(ADMIN_TOKEN)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let r = register("http://192.0.2.7:9000".into()).await;
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().await.unwrap();
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("not inside the cluster"),
+        "{v}"
+    );
+
+    let (trap, seen, leaked) = token_trap().await;
+    let r = register(trap.clone()).await;
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    // Everything that would send a member the token: the cluster map (which asks every
+    // member for its status), searches (spread over members), lookups and buys (the
+    // primary's backups).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(2500);
+    while std::time::Instant::now() < deadline {
+        let _ = http
+            .get(format!("{}/cluster", c.frontend()))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await;
+        for topic in ["distributed%20systems", "graduate%20school"] {
+            let _ = http
+                .get(format!("{}/search?topic={topic}", c.frontend()))
+                .header("cache-control", "no-cache")
+                .send()
+                .await;
+        }
+        let _ = http
+            .post(format!("{}/buy?item_number=4", c.frontend()))
+            .send()
+            .await;
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        leaked.load(Ordering::Relaxed),
+        0,
+        "the registered URL received the cluster token ({} requests in all)",
+        seen.load(Ordering::Relaxed)
+    );
+    let view: Value = c
+        .internal()
+        .get_json(&c.view_url(Kind::Catalog))
+        .await
+        .unwrap();
+    assert!(view["members"].get("2").is_none(), "{view}");
+    assert_eq!(view["unproven"]["2"], trap.as_str(), "{view}");
 }

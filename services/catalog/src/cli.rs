@@ -33,6 +33,7 @@ pub async fn launch(args: Cli) -> Result<(), String> {
         tokens: Tokens::new(&args.common.cluster_token, None),
         output_dir: Some(args.common.output_dir.clone()),
         data_dir: args.replica.data_dir(Kind::Catalog, &args.common),
+        url: None,
         lease: Duration::from_millis(args.cache_lease_ms),
         tick: args.replica.tick(),
         workers: args.common.workers,

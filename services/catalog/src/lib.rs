@@ -53,6 +53,9 @@ pub struct CatalogConfig {
     pub output_dir: Option<PathBuf>,
     /// The replica's durable state (WAL, snapshots).
     pub data_dir: PathBuf,
+    /// The base URL this replica serves at, sent with its pings (`None`: its listener's
+    /// address, as `run` finds it).
+    pub url: Option<String>,
     /// How long a cache lease lasts.
     pub lease: Duration,
     /// Protocol tick (heartbeats every 2 ticks, failure after 10).
@@ -133,6 +136,9 @@ impl Catalog {
             config.tokens.cluster(),
         );
         opts.tick = config.tick;
+        if let Some(url) = &config.url {
+            opts.url = url.clone();
+        }
         // Copies of the state share the titles and the topic index: building the initial
         // state again (the node does at start and before installing a snapshot) is cheap.
         let initial = CatalogState::new(books, 0);
@@ -497,6 +503,9 @@ pub async fn run(
     mut config: CatalogConfig,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
+    if config.url.is_none() {
+        config.url = Some(format!("http://{}", listener.local_addr()?));
+    }
     let books = std::mem::take(&mut config.books);
     let n_books = books.len();
     let catalog = Catalog::with_books(&config, books).map_err(std::io::Error::other)?;

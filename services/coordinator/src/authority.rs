@@ -21,8 +21,10 @@ use crate::raft::{NodeId, Raft};
 use crate::state::{Applied, CoordinatorId, KindState, Proposal, Refusal};
 use bookstore_common::ApiError;
 use bookstore_replication_core::protocol::{Epoch, ReplicaId, View};
-use bookstore_replication_core::viewservice::{Ping, ViewService, VsCommand, VsEvent};
-use bookstore_replication_core::wire::{DecidedBy, KindReport, PingAnswer, ReplicaSeen};
+use bookstore_replication_core::viewservice::{ViewService, VsCommand, VsEvent};
+use bookstore_replication_core::wire::{
+    DecidedBy, KindReport, Members, PingAnswer, PingRequest, ReplicaSeen,
+};
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::ServerState;
 use parking_lot::Mutex;
@@ -40,6 +42,13 @@ pub enum AuthorityError {
     UnknownKind(String),
     #[error("{kind} {id} is not a member of the cluster (never registered, or retired)")]
     NotMember { kind: String, id: ReplicaId },
+    #[error("{kind} {id} was registered at {registered}, not {url}: it must ping from there")]
+    WrongUrl {
+        kind: String,
+        id: ReplicaId,
+        registered: String,
+        url: String,
+    },
     #[error(transparent)]
     Refused(Refusal),
 }
@@ -50,7 +59,9 @@ impl From<AuthorityError> for ApiError {
             AuthorityError::NotLeader { leader } => ApiError::NotLeader { leader },
             AuthorityError::Unconfirmed(m) => ApiError::Unavailable(m),
             AuthorityError::UnknownKind(_) => ApiError::NotFound(e.to_string()),
-            AuthorityError::NotMember { .. } => ApiError::Gone(e.to_string()),
+            AuthorityError::NotMember { .. } | AuthorityError::WrongUrl { .. } => {
+                ApiError::Gone(e.to_string())
+            }
             AuthorityError::Refused(r) => match r {
                 Refusal::ViewChanging(_) | Refusal::Stale { .. } => {
                     ApiError::Unavailable(r.to_string())
@@ -69,7 +80,7 @@ struct Slot {
     vs: ViewService,
     /// The committed version of the kind that `vs` reflects.
     version: u64,
-    members: BTreeMap<ReplicaId, String>,
+    members: Members,
     decided_by: Option<(CoordinatorId, u64)>,
     /// Last ping of each replica: when, and the epoch and applied index it reported.
     seen: BTreeMap<ReplicaId, (Instant, Epoch, u64)>,
@@ -82,7 +93,7 @@ impl Slot {
         Slot {
             vs: ViewService::take_over(k.vs_config(), k.vs.clone(), lease_wait),
             version: k.version,
-            members: k.members.urls.clone(),
+            members: k.members.clone(),
             decided_by: k.decided_by,
             seen: BTreeMap::new(),
             view_changes: 0,
@@ -95,7 +106,7 @@ impl Slot {
         if k.version != self.version {
             self.vs.set_state(k.vs.clone());
             self.version = k.version;
-            self.members = k.members.urls.clone();
+            self.members = k.members.clone();
             self.decided_by = k.decided_by;
         }
     }
@@ -372,27 +383,69 @@ impl Authority {
     }
 
     /// Answers a replica's ping (received at `received`).
+    /// A member registered at run time pings from its URL for the first time: committed,
+    /// it becomes a proven member that others may send the cluster token.
+    async fn prove(
+        &self,
+        g: &mut Option<Term>,
+        kind: &str,
+        id: ReplicaId,
+    ) -> Result<(), AuthorityError> {
+        let p = Proposal::Prove {
+            kind: kind.into(),
+            id,
+        };
+        match self.propose(p).await {
+            Ok(_) => {
+                if let Some(t) = g.as_mut() {
+                    self.sync(t, kind)?;
+                }
+                tracing::info!(kind, id, "registered replica proven (pinged from its URL)");
+                Ok(())
+            }
+            Err(e) => {
+                *g = None;
+                Err(e)
+            }
+        }
+    }
+
+    /// Answers a replica's ping (received at `received`).
     pub async fn ping(
         &self,
         kind: &str,
-        ping: Ping,
+        request: PingRequest,
         received: Instant,
     ) -> Result<PingAnswer, AuthorityError> {
+        let PingRequest { ping, url } = request;
         let from = ping.from;
         let (view, lead_from, members) = {
             let mut g = self.acquire().await?;
             let t = g.as_mut().expect("acquired");
             self.sync(t, kind)?;
             let slot = t.kinds.get_mut(kind).expect("synced");
-            if !slot.members.contains_key(&ping.from) {
+            let Some(registered) = slot.members.urls.get(&from).cloned() else {
                 return Err(AuthorityError::NotMember {
                     kind: kind.into(),
-                    id: ping.from,
+                    id: from,
                 });
+            };
+            if slot.members.unproven.contains(&from) {
+                if registered.trim_end_matches('/') != url.trim_end_matches('/') {
+                    return Err(AuthorityError::WrongUrl {
+                        kind: kind.into(),
+                        id: from,
+                        registered,
+                        url,
+                    });
+                }
+                self.prove(&mut g, kind, from).await?;
             }
+            let t = g.as_mut().expect("acquired");
+            let slot = t.kinds.get_mut(kind).expect("synced");
             slot.seen
                 .insert(ping.from, (received, ping.epoch, ping.applied));
-            let members = slot.members.clone();
+            let members = slot.members.proven();
             let current = slot.vs.view().cloned();
             match self.step(&mut g, kind, VsEvent::Ping(ping)).await? {
                 Some((view, lead_from)) => (view, lead_from, members),
@@ -450,7 +503,13 @@ impl Authority {
             view: slot.vs.view().cloned(),
             acked: slot.vs.acked(),
             synced: slot.vs.synced().iter().copied().collect(),
-            members: slot.members.clone(),
+            members: slot.members.proven(),
+            unproven: slot
+                .members
+                .unproven
+                .iter()
+                .filter_map(|id| Some((*id, slot.members.urls.get(id)?.clone())))
+                .collect(),
             view_changes: slot.view_changes,
             failovers: slot.failovers,
             replicas: slot

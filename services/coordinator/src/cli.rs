@@ -27,6 +27,10 @@ pub struct Cli {
     /// the initial group with the others listed there.
     #[arg(long)]
     join: bool,
+    /// A network where replicas may be registered besides the cluster file's hosts, e.g.
+    /// 10.0.0.0/16 (repeat, or separate with commas).
+    #[arg(long, env = "BOOKSTORE_MEMBER_CIDRS", value_delimiter = ',')]
+    member_cidr: Vec<ipnet::IpNet>,
     /// Admin token for `/admin/*` (membership changes).
     #[arg(long, env = "BOOKSTORE_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
@@ -54,6 +58,9 @@ pub async fn launch(args: Cli) -> Result<(), String> {
         .iter()
         .map(|k| (k.name().to_string(), cluster.urls(*k)))
         .collect();
+    let mut member_hosts: Vec<String> = cluster.all().into_iter().map(|(_, _, e)| e.host).collect();
+    member_hosts.sort();
+    member_hosts.dedup();
     let data_dir = args.data_dir.clone().unwrap_or_else(|| {
         args.common
             .output_dir
@@ -68,6 +75,8 @@ pub async fn launch(args: Cli) -> Result<(), String> {
         initial,
         join: args.join,
         kinds,
+        member_hosts,
+        member_cidrs: args.member_cidr.clone(),
         data_dir,
         tokens: Tokens::new(&args.common.cluster_token, args.admin_token.as_deref()),
         tick: Duration::from_millis(args.tick_ms.max(1)),

@@ -66,6 +66,11 @@ pub struct CoordinatorConfig {
     pub join: bool,
     /// Each replicated kind and its initial replicas' URLs.
     pub kinds: Vec<(String, Vec<String>)>,
+    /// Where a replica may be registered (`POST /admin/cluster/register`): these hosts
+    /// (the cluster file's) and these networks. Anything else is refused, so the admin
+    /// token cannot make an outside address a member.
+    pub member_hosts: Vec<String>,
+    pub member_cidrs: Vec<ipnet::IpNet>,
     /// Raft log, vote and snapshots.
     pub data_dir: PathBuf,
     pub tokens: Tokens,
@@ -83,12 +88,25 @@ pub struct CoordinatorConfig {
 /// A running coordinator: its Raft and its authority over views.
 pub struct Coordinator {
     id: u64,
+    member_hosts: Vec<String>,
+    member_cidrs: Vec<ipnet::IpNet>,
     authority: Authority,
     contact: Arc<LeaderContact>,
     log: LogStore,
 }
 
 impl Coordinator {
+    /// May a replica be registered at `host`? One of the cluster file's hosts, or an
+    /// address in a configured network.
+    pub fn inside_cluster(&self, host: &str) -> bool {
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        if self.member_hosts.iter().any(|h| h == bare) {
+            return true;
+        }
+        bare.parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| self.member_cidrs.iter().any(|n| n.contains(&ip)))
+    }
+
     /// What this coordinator reports about itself.
     pub fn status(&self) -> CoordinatorStatus {
         let m = self.authority.raft().metrics().borrow().clone();
@@ -391,6 +409,8 @@ pub async fn run(
     }
     let coordinator = Arc::new(Coordinator {
         id: config.id,
+        member_hosts: config.member_hosts.clone(),
+        member_cidrs: config.member_cidrs.clone(),
         authority,
         contact: Arc::new(LeaderContact::default()),
         log,

@@ -17,8 +17,7 @@ use bookstore_common::types::{
     Readiness, RegisterQuery, UnregisterQuery,
 };
 use bookstore_common::ApiError;
-use bookstore_replication_core::viewservice::Ping;
-use bookstore_replication_core::wire::{CoordinatorStatus, KindReport};
+use bookstore_replication_core::wire::{CoordinatorStatus, KindReport, PingRequest};
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::BasicNode;
 use std::collections::BTreeSet;
@@ -64,7 +63,7 @@ pub async fn ready(c: web::Data<Coordinator>) -> HttpResponse {
 #[utoipa::path(post, path = "/vs/{kind}/ping",
     params(("kind" = VsKind, Path, description = "The replicated service")),
     request_body(content = Vec<u8>, content_type = "application/octet-stream",
-        description = "A bincode-encoded ping"),
+        description = "A bincode-encoded PingRequest: the ping and the replica's base URL"),
     responses(
         (status = 200, content_type = "application/octet-stream", body = Vec<u8>,
             description = "bincode PingAnswer: view, lead_from, members, coordinators"),
@@ -79,9 +78,9 @@ pub async fn ping(
     body: bytes::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let received = Instant::now();
-    let ping: Ping = bookstore_replication_core::protocol::decode(&body)
+    let request: PingRequest = bookstore_replication_core::protocol::decode(&body)
         .map_err(|e| ApiError::BadRequest(format!("undecodable ping: {e}")))?;
-    let answer = c.authority.ping(&kind, ping, received).await?;
+    let answer = c.authority.ping(&kind, request, received).await?;
     Ok(HttpResponse::Ok()
         .content_type("application/octet-stream")
         .body(bincode::serialize(&answer).expect("answers encode")))
@@ -167,7 +166,7 @@ pub fn base_url(url: &str) -> Result<String, ApiError> {
 #[utoipa::path(post, path = "/admin/cluster/register", params(RegisterQuery),
     responses(
         (status = 200, body = MemberChange),
-        (status = 400, description = "Bad kind or URL", body = ErrorBody),
+        (status = 400, description = "Bad kind or URL, or a URL outside the cluster", body = ErrorBody),
         (status = 421, description = "Not the leader; `leader` names it", body = ErrorBody),
     ))]
 pub async fn register(
@@ -176,6 +175,16 @@ pub async fn register(
 ) -> Result<HttpResponse, ApiError> {
     check_kind(&c.authority, &q.kind)?;
     let url = base_url(&q.url)?;
+    let host = url::Url::parse(&url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_string))
+        .unwrap_or_default();
+    if !c.inside_cluster(&host) {
+        return Err(ApiError::BadRequest(format!(
+            "url {url:?} is not inside the cluster: a replica may be registered only on one \
+             of the cluster file's hosts or in a network given with --member-cidr"
+        )));
+    }
     let id = c.authority.register(&q.kind, &url).await?;
     Ok(HttpResponse::Ok().json(MemberChange {
         kind: q.kind.clone(),

@@ -70,6 +70,8 @@ pub enum Proposal {
     Register { kind: String, url: String },
     /// Retires replica `id` (scale in).
     Unregister { kind: String, id: ReplicaId },
+    /// Replica `id` pinged (with the cluster token) from the URL it was registered with.
+    Prove { kind: String, id: ReplicaId },
     /// Reserves the id of a coordinator about to be added.
     ReserveCoordinator,
 }
@@ -162,6 +164,7 @@ impl ControlState {
                 }
                 let id = k.members.next_id;
                 k.members.urls.insert(id, url);
+                k.members.unproven.insert(id);
                 k.members.next_id += 1;
                 k.version += 1;
                 Applied::Registered {
@@ -177,7 +180,17 @@ impl ControlState {
                     return Applied::Refused(r);
                 }
                 k.members.urls.remove(&id);
+                k.members.unproven.remove(&id);
                 k.version += 1;
+                Applied::Done { version: k.version }
+            }
+            Proposal::Prove { kind, id } => {
+                let Some(k) = self.kinds.get_mut(&kind) else {
+                    return Applied::Refused(Refusal::UnknownKind(kind));
+                };
+                if k.members.unproven.remove(&id) {
+                    k.version += 1;
+                }
                 Applied::Done { version: k.version }
             }
             Proposal::ReserveCoordinator => {
@@ -308,6 +321,18 @@ mod tests {
             reg(&mut s, "http://a:3"),
             Applied::Registered { id: 2, .. }
         ));
+        // Not shown to anyone holding the cluster token until it pings from there.
+        let members = &s.kinds["catalog"].members;
+        assert!(!members.proven().contains_key(&2));
+        assert!(
+            members.proven().contains_key(&0),
+            "the cluster file's are proven"
+        );
+        s.apply(Proposal::Prove {
+            kind: "catalog".into(),
+            id: 2,
+        });
+        assert!(s.kinds["catalog"].members.proven().contains_key(&2));
         assert!(matches!(
             s.apply(Proposal::Register {
                 kind: "nope".into(),

@@ -23,6 +23,7 @@ pub async fn launch(args: Cli) -> Result<(), String> {
         tokens: Tokens::new(&args.common.cluster_token, None),
         output_dir: Some(args.common.output_dir.clone()),
         data_dir: args.replica.data_dir(Kind::Order, &args.common),
+        url: None,
         tick: args.replica.tick(),
         workers: args.common.workers,
     };

@@ -51,6 +51,9 @@ pub struct OrderConfig {
     pub output_dir: Option<PathBuf>,
     /// The replica's durable state (WAL, snapshots).
     pub data_dir: PathBuf,
+    /// The base URL this replica serves at, sent with its pings (`None`: its listener's
+    /// address, as `run` finds it).
+    pub url: Option<String>,
     /// Protocol tick.
     pub tick: Duration,
     pub workers: usize,
@@ -141,6 +144,9 @@ impl OrderService {
             config.tokens.cluster(),
         );
         opts.tick = config.tick;
+        if let Some(url) = &config.url {
+            opts.url = url.clone();
+        }
         let node = Node::start(opts, OrderSm::default)?;
         let catalog = Arc::new(Router::new(
             Client::new(config.tokens.cluster()),
@@ -374,9 +380,12 @@ fn register_router_metrics(service: &web::Data<OrderService>, metrics: &Metrics)
 /// Serves an order replica on `listener` until `shutdown` resolves.
 pub async fn run(
     listener: TcpListener,
-    config: OrderConfig,
+    mut config: OrderConfig,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
+    if config.url.is_none() {
+        config.url = Some(format!("http://{}", listener.local_addr()?));
+    }
     let service = OrderService::new(&config).map_err(std::io::Error::other)?;
     let control = service.control.clone();
     let metrics = web::Data::new(Metrics::new());
