@@ -1,8 +1,8 @@
 //! Durable write-ahead log (WAL) with group commit, snapshots and a small meta value.
 //!
-//! Synchronous std I/O only: call it from a dedicated thread or `spawn_blocking`, or use
-//! [`GroupCommitter`], which owns a background writer thread and hands out
-//! [`CommitTicket`]s that can be waited on (blocking) or `.await`ed (any executor).
+//! Synchronous std I/O only: call it from a dedicated thread or `spawn_blocking`. Group
+//! commit is the caller's loop: append every record that is waiting, then one
+//! [`Wal::sync`] makes them all durable (the replica's disk thread in `node.rs` does this).
 //!
 //! # Directory layout
 //!
@@ -25,8 +25,7 @@
 //! # Guarantees
 //!
 //! * [`Wal::append`] only buffers. After [`Wal::sync`] returns `Ok`, every record appended
-//!   before it is on stable storage (one `write` + one `fdatasync` per call). A record is
-//!   never acknowledged by [`GroupCommitter`] before that.
+//!   before it is on stable storage (one `write` + one `fdatasync` per call).
 //! * Open verifies every CRC. A bad or incomplete record in the **last** segment, with no
 //!   valid record anywhere after it, is a torn write: the segment is truncated there
 //!   ([`Recovered::tail_repair`] says where). Any other bad record (in an older segment, or
@@ -47,16 +46,10 @@
 //! * One process per directory: no lock file is taken, the caller must ensure it.
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
-use std::future::Future;
 use std::io::{self, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
-use std::thread::JoinHandle;
-
-use parking_lot::{Condvar, Mutex};
 
 const SEGMENT_MAGIC: [u8; 8] = *b"BKSTWAL1";
 const SEGMENT_HEADER_LEN: u64 = 16;
@@ -129,15 +122,9 @@ pub enum WalError {
     /// `install_snapshot` with an index older than the installed snapshot.
     #[error("snapshot index {index} is older than the installed snapshot {current}")]
     StaleSnapshot { index: u64, current: u64 },
-    /// A queued record was discarded by [`GroupCommitter::truncate_suffix`] before being written.
-    #[error("record {index} was discarded by truncate_suffix({from}) before being written")]
-    Truncated { index: u64, from: u64 },
     /// An earlier write/sync failed; reopen the WAL to recover.
     #[error("the WAL is unusable after an earlier failure (reopen to recover): {0}")]
     Poisoned(#[source] Arc<WalError>),
-    /// The [`GroupCommitter`] has been shut down.
-    #[error("the group committer has shut down")]
-    Closed,
 }
 
 struct OffsetSuffix(Option<u64>);
@@ -217,7 +204,7 @@ pub struct Recovered {
 }
 
 /// Counters since open. `data_syncs` counts `fdatasync`s of segment files (one per
-/// [`Wal::sync`] that had something to write, plus one per segment rollover);
+/// [`Wal::sync`] that had something to write, including the one a segment rollover makes);
 /// `other_syncs` counts every other fsync (directories, new segments, snapshots, meta,
 /// truncation).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -262,7 +249,7 @@ struct Segment {
     len: u64,
 }
 
-/// The write-ahead log. Not thread-safe by itself (`&mut self`); see [`GroupCommitter`].
+/// The write-ahead log. Not thread-safe by itself (`&mut self`): one thread owns it.
 #[derive(Debug)]
 pub struct Wal {
     dir: PathBuf,
@@ -1092,403 +1079,6 @@ impl Wal {
     /// Counters since open.
     pub fn stats(&self) -> WalStats {
         self.counters.snapshot()
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// Group commit
-
-#[derive(Debug, Default)]
-struct SlotState {
-    result: Option<Result<(), WalError>>,
-    waker: Option<Waker>,
-}
-
-#[derive(Debug, Default)]
-struct Slot {
-    state: Mutex<SlotState>,
-    done: Condvar,
-}
-
-impl Slot {
-    fn complete(&self, result: Result<(), WalError>) {
-        let waker = {
-            let mut state = self.state.lock();
-            state.result = Some(result);
-            state.waker.take()
-        };
-        self.done.notify_all();
-        if let Some(waker) = waker {
-            waker.wake();
-        }
-    }
-}
-
-/// Completion of one submission to a [`GroupCommitter`]: resolves to `Ok(())` once every
-/// record of the submission is durable. Wait with [`CommitTicket::wait`] or `.await` it
-/// (it is a plain [`Future`], usable from any executor without blocking it).
-#[derive(Debug)]
-pub struct CommitTicket {
-    slot: Arc<Slot>,
-    last_index: u64,
-}
-
-impl CommitTicket {
-    fn ready(last_index: u64) -> Self {
-        let slot = Arc::new(Slot::default());
-        slot.complete(Ok(()));
-        CommitTicket { slot, last_index }
-    }
-
-    /// The highest index in the submission.
-    pub fn index(&self) -> u64 {
-        self.last_index
-    }
-
-    /// Blocks until the submission is durable (or failed).
-    pub fn wait(self) -> Result<(), WalError> {
-        let mut state = self.slot.state.lock();
-        loop {
-            if let Some(result) = state.result.take() {
-                return result;
-            }
-            self.slot.done.wait(&mut state);
-        }
-    }
-
-    /// The outcome if already known, without blocking.
-    pub fn try_result(&self) -> Option<Result<(), WalError>> {
-        self.slot.state.lock().result.clone()
-    }
-}
-
-impl Future for CommitTicket {
-    type Output = Result<(), WalError>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut state = self.slot.state.lock();
-        if let Some(result) = &state.result {
-            return Poll::Ready(result.clone());
-        }
-        match &state.waker {
-            Some(waker) if waker.will_wake(cx.waker()) => {}
-            _ => state.waker = Some(cx.waker().clone()),
-        }
-        Poll::Pending
-    }
-}
-
-/// Counters of a [`GroupCommitter`]. Fsyncs per record = `wal.data_syncs / records`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct GroupCommitStats {
-    pub wal: WalStats,
-    /// Records made durable through the committer.
-    pub records: u64,
-    /// Write + fdatasync rounds that committed at least one record.
-    pub batches: u64,
-    /// Largest number of records committed by one round.
-    pub max_batch_records: u64,
-}
-
-struct Pending {
-    records: Vec<(u64, Vec<u8>)>,
-    slot: Arc<Slot>,
-}
-
-struct Queue {
-    items: Vec<Pending>,
-    last_enqueued: Option<u64>,
-    closed: bool,
-}
-
-struct Shared {
-    /// Lock order: `wal` before `queue`.
-    wal: Mutex<Wal>,
-    queue: Mutex<Queue>,
-    work: Condvar,
-    counters: Arc<Counters>,
-    max_record_bytes: u32,
-    records: AtomicU64,
-    batches: AtomicU64,
-    max_batch_records: AtomicU64,
-}
-
-impl Shared {
-    /// Appends `batch` to the WAL, syncs once, and completes every ticket.
-    fn commit(&self, wal: &mut Wal, batch: Vec<Pending>) -> Result<(), WalError> {
-        if batch.is_empty() {
-            return Ok(());
-        }
-        let mut accepted = Vec::with_capacity(batch.len());
-        let mut records = 0u64;
-        for pending in batch {
-            match append_all(wal, &pending.records) {
-                Ok(()) => {
-                    records += pending.records.len() as u64;
-                    accepted.push(pending.slot);
-                }
-                Err(e) => pending.slot.complete(Err(e)),
-            }
-        }
-        let result = wal.sync();
-        if result.is_ok() && records > 0 {
-            Counters::add(&self.records, records);
-            Counters::add(&self.batches, 1);
-            self.max_batch_records.fetch_max(records, Ordering::Relaxed);
-        }
-        for slot in accepted {
-            slot.complete(result.clone());
-        }
-        result
-    }
-
-    fn drain_and_commit(&self, wal: &mut Wal) -> Result<(), WalError> {
-        let batch = std::mem::take(&mut self.queue.lock().items);
-        self.commit(wal, batch)
-    }
-
-    fn writer_loop(&self) {
-        loop {
-            {
-                let mut queue = self.queue.lock();
-                while queue.items.is_empty() && !queue.closed {
-                    self.work.wait(&mut queue);
-                }
-                if queue.items.is_empty() && queue.closed {
-                    return;
-                }
-            }
-            let mut wal = self.wal.lock();
-            // Errors were delivered to the tickets.
-            let _ = self.drain_and_commit(&mut wal);
-        }
-    }
-}
-
-fn append_all(wal: &mut Wal, records: &[(u64, Vec<u8>)]) -> Result<(), WalError> {
-    if let (Some(last), Some(&(first, _))) = (wal.last_index(), records.first()) {
-        if first <= last {
-            return Err(WalError::NonMonotonicIndex { index: first, last });
-        }
-    }
-    records
-        .iter()
-        .try_for_each(|(index, payload)| wal.append(*index, payload))
-}
-
-/// Thread-safe group-commit front end of a [`Wal`]: many writers submit records, one
-/// background thread writes everything pending with one `write` + one `fdatasync` and
-/// wakes all their tickets. Submission order must match index order; submitting is
-/// non-blocking, so a caller can assign an index and submit under its own lock and wait
-/// outside it (or let [`GroupCommitter::submit_next`] assign the index).
-///
-/// Dropping it (or [`GroupCommitter::shutdown`]) commits what is queued and stops the
-/// thread.
-pub struct GroupCommitter {
-    shared: Arc<Shared>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl fmt::Debug for GroupCommitter {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("GroupCommitter")
-            .field("stats", &self.stats())
-            .finish_non_exhaustive()
-    }
-}
-
-impl GroupCommitter {
-    /// Takes ownership of `wal` and starts the writer thread.
-    pub fn new(wal: Wal) -> Self {
-        let shared = Arc::new(Shared {
-            counters: Arc::clone(&wal.counters),
-            max_record_bytes: wal.opts.max_record_bytes,
-            queue: Mutex::new(Queue {
-                items: Vec::new(),
-                last_enqueued: wal.last_index(),
-                closed: false,
-            }),
-            wal: Mutex::new(wal),
-            work: Condvar::new(),
-            records: AtomicU64::new(0),
-            batches: AtomicU64::new(0),
-            max_batch_records: AtomicU64::new(0),
-        });
-        let thread_shared = Arc::clone(&shared);
-        let thread = std::thread::Builder::new()
-            .name("wal-group-commit".into())
-            .spawn(move || thread_shared.writer_loop())
-            .expect("spawn WAL writer thread");
-        GroupCommitter {
-            shared,
-            thread: Some(thread),
-        }
-    }
-
-    /// Queues one record; the ticket resolves when it is durable.
-    pub fn submit(&self, index: u64, payload: Vec<u8>) -> Result<CommitTicket, WalError> {
-        self.submit_batch(vec![(index, payload)])
-    }
-
-    /// Queues several records (strictly increasing indices); one ticket for all of them.
-    pub fn submit_batch(&self, records: Vec<(u64, Vec<u8>)>) -> Result<CommitTicket, WalError> {
-        let mut queue = self.shared.queue.lock();
-        self.enqueue(&mut queue, records)
-    }
-
-    /// Queues one record at index `last + 1` (1 for an empty log), assigned atomically.
-    pub fn submit_next(&self, payload: Vec<u8>) -> Result<(u64, CommitTicket), WalError> {
-        let mut queue = self.shared.queue.lock();
-        let index = queue.last_enqueued.map_or(1, |l| l + 1);
-        let ticket = self.enqueue(&mut queue, vec![(index, payload)])?;
-        Ok((index, ticket))
-    }
-
-    fn enqueue(
-        &self,
-        queue: &mut Queue,
-        records: Vec<(u64, Vec<u8>)>,
-    ) -> Result<CommitTicket, WalError> {
-        if queue.closed {
-            return Err(WalError::Closed);
-        }
-        let mut last = queue.last_enqueued;
-        for (index, payload) in &records {
-            if payload.len() > self.shared.max_record_bytes as usize {
-                return Err(WalError::RecordTooLarge {
-                    len: payload.len(),
-                    max: self.shared.max_record_bytes,
-                });
-            }
-            if let Some(last) = last {
-                if *index <= last {
-                    return Err(WalError::NonMonotonicIndex {
-                        index: *index,
-                        last,
-                    });
-                }
-            }
-            last = Some(*index);
-        }
-        let Some(&(last_index, _)) = records.last() else {
-            return Ok(CommitTicket::ready(queue.last_enqueued.unwrap_or(0)));
-        };
-        queue.last_enqueued = Some(last_index);
-        let slot = Arc::new(Slot::default());
-        queue.items.push(Pending {
-            records,
-            slot: Arc::clone(&slot),
-        });
-        self.shared.work.notify_one();
-        Ok(CommitTicket { slot, last_index })
-    }
-
-    /// Submits one record and blocks until it is durable.
-    pub fn append_and_wait(&self, index: u64, payload: Vec<u8>) -> Result<(), WalError> {
-        self.submit(index, payload)?.wait()
-    }
-
-    /// Blocks until everything submitted before the call is durable.
-    pub fn flush(&self) -> Result<(), WalError> {
-        let mut wal = self.shared.wal.lock();
-        self.shared.drain_and_commit(&mut wal)
-    }
-
-    /// [`Wal::truncate_suffix`]. Queued submissions containing an index >= `from` fail
-    /// with [`WalError::Truncated`] and none of their records are written; the others are
-    /// committed first.
-    pub fn truncate_suffix(&self, from: u64) -> Result<(), WalError> {
-        let mut wal = self.shared.wal.lock();
-        let mut queue = self.shared.queue.lock();
-        if let Some(snapshot_index) = wal.snapshot_index() {
-            if from <= snapshot_index {
-                return Err(WalError::TruncateBelowSnapshot {
-                    from,
-                    snapshot_index,
-                });
-            }
-        }
-        let split = queue
-            .items
-            .iter()
-            .position(|p| p.records.last().is_some_and(|r| r.0 >= from))
-            .unwrap_or(queue.items.len());
-        let discarded = queue.items.split_off(split);
-        let keep = std::mem::take(&mut queue.items);
-        let committed = self.shared.commit(&mut wal, keep);
-        let result = committed.and_then(|()| wal.truncate_suffix(from));
-        queue.last_enqueued = wal.last_index();
-        drop(queue);
-        drop(wal);
-        for pending in discarded {
-            let index = pending.records.first().map_or(from, |r| r.0);
-            pending
-                .slot
-                .complete(Err(WalError::Truncated { index, from }));
-        }
-        result
-    }
-
-    /// [`Wal::install_snapshot`], after committing everything queued.
-    pub fn install_snapshot(&self, index: u64, data: &[u8]) -> Result<(), WalError> {
-        let mut wal = self.shared.wal.lock();
-        let mut queue = self.shared.queue.lock();
-        let batch = std::mem::take(&mut queue.items);
-        self.shared.commit(&mut wal, batch)?;
-        let result = wal.install_snapshot(index, data);
-        queue.last_enqueued = max_opt(queue.last_enqueued, wal.last_index());
-        result
-    }
-
-    /// [`Wal::write_meta`].
-    pub fn write_meta(&self, data: &[u8]) -> Result<(), WalError> {
-        self.shared.wal.lock().write_meta(data)
-    }
-
-    /// Read-only access to the WAL (waits for an in-flight write to finish).
-    pub fn with_wal<R>(&self, f: impl FnOnce(&Wal) -> R) -> R {
-        f(&self.shared.wal.lock())
-    }
-
-    /// The highest index submitted so far (or in the WAL when opened).
-    pub fn last_submitted_index(&self) -> Option<u64> {
-        self.shared.queue.lock().last_enqueued
-    }
-
-    /// Counters (lock-free; does not wait for the writer).
-    pub fn stats(&self) -> GroupCommitStats {
-        GroupCommitStats {
-            wal: self.shared.counters.snapshot(),
-            records: self.shared.records.load(Ordering::Relaxed),
-            batches: self.shared.batches.load(Ordering::Relaxed),
-            max_batch_records: self.shared.max_batch_records.load(Ordering::Relaxed),
-        }
-    }
-
-    fn stop_thread(&mut self) {
-        self.shared.queue.lock().closed = true;
-        self.shared.work.notify_all();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-
-    /// Commits what is queued, stops the writer thread and returns the WAL. Later
-    /// submissions through other references are impossible (this consumes the handle).
-    pub fn shutdown(mut self) -> Result<Wal, WalError> {
-        self.stop_thread();
-        let shared = Arc::clone(&self.shared);
-        drop(self);
-        let shared = Arc::into_inner(shared).ok_or(WalError::Closed)?;
-        let mut wal = shared.wal.into_inner();
-        wal.sync()?;
-        Ok(wal)
-    }
-}
-
-impl Drop for GroupCommitter {
-    fn drop(&mut self) {
-        self.stop_thread();
     }
 }
 
