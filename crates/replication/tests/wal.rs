@@ -499,3 +499,66 @@ fn group_commit_is_one_write_and_one_fdatasync_per_sync() {
     assert_eq!(wal.stats().data_syncs, syncs_before + 2);
     assert_eq!(wal.durable_index(), Some(316));
 }
+
+/// Files as the first version of the WAL wrote them (taken from a directory it wrote:
+/// segment 8 of a log whose snapshot is at 20, and the meta file). A data directory
+/// written by any earlier build must keep opening.
+#[test]
+fn a_directory_written_by_the_first_format_opens() {
+    fn record(buf: &mut Vec<u8>, crc: u32, index: u64, payload: &[u8]) {
+        buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        buf.extend_from_slice(&crc.to_le_bytes());
+        buf.extend_from_slice(&index.to_le_bytes());
+        buf.extend_from_slice(payload);
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let mut segment = b"BKSTWAL1".to_vec();
+    segment.extend_from_slice(&8u64.to_le_bytes());
+    record(&mut segment, 0x96dd_7e2e, 56, &[0xab; 100]);
+    record(&mut segment, 0xe157_8e39, 57, b"");
+    record(&mut segment, 0x3723_2c45, 58, b"x");
+    assert_eq!(segment.len(), 165);
+    fs::write(tmp.path().join("00000000000000000008.seg"), &segment).unwrap();
+    let mut snapshot = b"BKSTSNP1".to_vec();
+    snapshot.extend_from_slice(&20u64.to_le_bytes());
+    snapshot.extend_from_slice(&8u64.to_le_bytes());
+    snapshot.extend_from_slice(&0x8476_a29au32.to_le_bytes());
+    snapshot.extend_from_slice(&[0; 4]);
+    snapshot.extend_from_slice(b"state@20");
+    fs::write(tmp.path().join("snap-00000000000000000020.snap"), &snapshot).unwrap();
+    let mut meta = b"BKSTMTA1".to_vec();
+    meta.extend_from_slice(&7u32.to_le_bytes());
+    meta.extend_from_slice(&0x311d_c1adu32.to_le_bytes());
+    meta.extend_from_slice(b"epoch=3");
+    fs::write(tmp.path().join("meta"), &meta).unwrap();
+
+    let (mut wal, recovered) = Wal::open(tmp.path(), WalOptions::default()).unwrap();
+    let snapshot = recovered.snapshot.unwrap();
+    assert_eq!((snapshot.index, &snapshot.data[..]), (20, &b"state@20"[..]));
+    assert_eq!(recovered.meta.as_deref(), Some(&b"epoch=3"[..]));
+    assert_eq!(recovered.tail_repair, None);
+    let expect = vec![
+        Record {
+            index: 56,
+            payload: vec![0xab; 100],
+        },
+        Record {
+            index: 57,
+            payload: Vec::new(),
+        },
+        Record {
+            index: 58,
+            payload: b"x".to_vec(),
+        },
+    ];
+    assert_eq!(recovered.records, expect);
+    assert_eq!((wal.first_index(), wal.last_index()), (Some(56), Some(58)));
+    // Appending continues the same segment, in the same format.
+    wal.append(59, b"y").unwrap();
+    wal.sync().unwrap();
+    drop(wal);
+    let mut longer = segment.clone();
+    record(&mut longer, 0x575f_0890, 59, b"y");
+    let on_disk = fs::read(tmp.path().join("00000000000000000008.seg")).unwrap();
+    assert_eq!(on_disk, longer);
+}
