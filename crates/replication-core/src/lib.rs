@@ -8,7 +8,11 @@
 //! - [`viewservice`]: the view service's decision rules (who is primary in which epoch).
 //! - [`wire`]: the named structs that travel between replicas, coordinators and routers
 //!   (ping answers, view reports, member tables).
+//! - [`wal_format`]: the bytes of the write-ahead log's files (records, segments, snapshot,
+//!   meta, CRCs) and the scan that tells a torn tail from corruption; the runtime does the
+//!   file I/O.
 pub mod lease;
 pub mod protocol;
 pub mod viewservice;
+pub mod wal_format;
 pub mod wire;

@@ -1,14 +1,9 @@
 //! Integration tests of the write-ahead log (`bookstore_replication::wal`).
-use std::collections::HashMap;
 use std::fs::{self, OpenOptions};
-use std::future::Future;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::pin::pin;
-use std::sync::Arc;
-use std::task::{Context, Poll, Wake, Waker};
 
-use bookstore_replication::wal::{GroupCommitter, Record, Wal, WalError, WalOptions};
+use bookstore_replication::wal::{Record, Wal, WalError, WalOptions};
 
 const SEGMENT_HEADER: u64 = 16;
 const RECORD_HEADER: u64 = 16;
@@ -462,171 +457,108 @@ fn meta_round_trip() {
 }
 
 #[test]
-fn group_commit_16_threads_x_500() {
-    const THREADS: u64 = 16;
-    const PER_THREAD: u64 = 500;
-    // On the target dir rather than TMPDIR, which may be a tmpfs where fsync costs nothing
-    // and there is nothing to batch.
-    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let opts = WalOptions {
-        segment_max_bytes: 64 << 10,
-        ..WalOptions::default()
-    };
-    let (wal, _) = Wal::open(tmp.path(), opts.clone()).unwrap();
-    let committer = Arc::new(GroupCommitter::new(wal));
-    std::thread::scope(|s| {
-        for t in 0..THREADS {
-            let committer = Arc::clone(&committer);
-            s.spawn(move || {
-                for k in 0..PER_THREAD {
-                    let (_, ticket) = committer
-                        .submit_next(format!("{t}:{k}").into_bytes())
-                        .unwrap();
-                    ticket.wait().unwrap();
-                }
-            });
-        }
-    });
-    let stats = committer.stats();
-    let total = THREADS * PER_THREAD;
-    assert_eq!(stats.records, total);
-    assert_eq!(stats.wal.records_appended, total);
-    println!(
-        "group commit: {} records, {} data fsyncs ({:.3} per record), {} batches, max batch {}",
-        total,
-        stats.wal.data_syncs,
-        stats.wal.data_syncs as f64 / total as f64,
-        stats.batches,
-        stats.max_batch_records
-    );
-    assert!(
-        stats.wal.data_syncs * 4 < total,
-        "expected far fewer fsyncs than records: {stats:?}"
-    );
-    let committer = Arc::into_inner(committer).unwrap();
-    drop(committer.shutdown().unwrap());
-
-    let (_wal, recovered) = Wal::open(tmp.path(), opts).unwrap();
-    assert_eq!(recovered.records.len() as u64, total);
-    let mut next_per_thread: HashMap<u64, u64> = HashMap::new();
-    for (i, record) in recovered.records.iter().enumerate() {
-        assert_eq!(record.index, i as u64 + 1);
-        let text = String::from_utf8(record.payload.clone()).unwrap();
-        let (t, k) = text.split_once(':').unwrap();
-        let (t, k): (u64, u64) = (t.parse().unwrap(), k.parse().unwrap());
-        let next = next_per_thread.entry(t).or_default();
-        assert_eq!(k, *next, "thread {t} records out of order");
-        *next += 1;
-    }
-    assert!(next_per_thread.values().all(|&n| n == PER_THREAD));
-}
-
-#[test]
-fn group_commit_with_caller_assigned_indices() {
-    // The caller assigns indices under its own lock, submits (non-blocking) under that
-    // lock, and waits outside it.
+fn group_commit_is_one_write_and_one_fdatasync_per_sync() {
+    // What a group-committing caller (the replica's disk thread) relies on: however many
+    // records were appended since the last sync, one `sync` writes them all with one
+    // `fdatasync`; a sync with nothing buffered costs nothing; a segment rollover adds one.
     let tmp = tempfile::tempdir().unwrap();
-    let (wal, _) = Wal::open(tmp.path(), WalOptions::default()).unwrap();
-    let committer = GroupCommitter::new(wal);
-    let next_index = parking_lot::Mutex::new(1u64);
-    std::thread::scope(|s| {
-        for _ in 0..8 {
-            s.spawn(|| {
-                for _ in 0..50 {
-                    let ticket = {
-                        let mut next = next_index.lock();
-                        let ticket = committer.submit(*next, payload(*next)).unwrap();
-                        *next += 1;
-                        ticket
-                    };
-                    ticket.wait().unwrap();
-                }
-            });
+    let (mut wal, _) = Wal::open(tmp.path(), WalOptions::default()).unwrap();
+    let base = wal.stats();
+    assert_eq!((base.records_appended, base.data_syncs), (0, 0));
+    for round in 0..3u64 {
+        for i in round * 100 + 1..=round * 100 + 100 {
+            wal.append(i, &payload(i)).unwrap();
         }
-    });
-    // Batches of several records at once.
-    let ticket = committer
-        .submit_batch((401..=410).map(|i| (i, payload(i))).collect())
-        .unwrap();
-    assert_eq!(ticket.index(), 410);
-    ticket.wait().unwrap();
-    assert!(matches!(
-        committer.submit(410, vec![]),
-        Err(WalError::NonMonotonicIndex { .. })
-    ));
-    committer.append_and_wait(411, payload(411)).unwrap();
-    drop(committer);
-    let (_wal, recovered) = Wal::open(tmp.path(), WalOptions::default()).unwrap();
-    assert_eq!(recovered.records, records(1..=411));
-}
-
-#[test]
-fn group_committer_truncate_snapshot_meta_and_shutdown() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (wal, _) = Wal::open(tmp.path(), small_segments()).unwrap();
-    let committer = GroupCommitter::new(wal);
-    for i in 1..=30 {
-        committer.append_and_wait(i, payload(i)).unwrap();
+        assert_eq!(wal.durable_index(), (round > 0).then_some(round * 100));
+        wal.sync().unwrap();
+        wal.sync().unwrap();
+        assert_eq!(wal.durable_index(), Some(round * 100 + 100));
+        let stats = wal.stats();
+        assert_eq!(stats.data_syncs, round + 1);
+        assert_eq!(stats.records_appended, round * 100 + 100);
+        let record_len = RECORD_HEADER + payload(1).len() as u64;
+        assert_eq!(stats.bytes_written, (round * 100 + 100) * record_len);
     }
-    committer.truncate_suffix(21).unwrap();
-    assert_eq!(committer.last_submitted_index(), Some(20));
-    let (index, ticket) = committer.submit_next(b"after truncate".to_vec()).unwrap();
-    assert_eq!(index, 21);
-    ticket.wait().unwrap();
-    committer.install_snapshot(10, b"state@10").unwrap();
-    committer.write_meta(b"view=7").unwrap();
-    assert_eq!(committer.with_wal(|w| w.snapshot_index()), Some(10));
-    // Submitted but not waited for: shutdown commits it.
-    let _ticket = committer.submit(22, payload(22)).unwrap();
-    let wal = committer.shutdown().unwrap();
-    assert_eq!(wal.durable_index(), Some(22));
     drop(wal);
 
-    let (_wal, recovered) = Wal::open(tmp.path(), small_segments()).unwrap();
-    assert_eq!(recovered.snapshot.unwrap().index, 10);
-    assert_eq!(recovered.meta.as_deref(), Some(&b"view=7"[..]));
-    let mut expect = records(11..=20);
-    expect.push(Record {
-        index: 21,
-        payload: b"after truncate".to_vec(),
-    });
-    expect.push(Record {
-        index: 22,
-        payload: payload(22),
-    });
-    assert_eq!(recovered.records, expect);
+    let (mut wal, recovered) = Wal::open(tmp.path(), small_segments()).unwrap();
+    assert_eq!(recovered.records, records(1..=300));
+    // A record that does not fit the active segment starts the next one, after syncing
+    // what is buffered (here nothing: no fdatasync; then 8 records of 28 bytes fill a
+    // 256-byte segment, and the 9th rolls over with one fdatasync of those 8).
+    let syncs_before = wal.stats().data_syncs;
+    wal.append(301, &payload(301)).unwrap();
+    assert_eq!(wal.segment_count(), 2);
+    for i in 302..=316 {
+        wal.append(i, &payload(i)).unwrap();
+    }
+    assert_eq!(wal.segment_count(), 3);
+    assert_eq!(wal.stats().data_syncs, syncs_before + 1);
+    assert_eq!(wal.durable_index(), Some(308));
+    wal.sync().unwrap();
+    assert_eq!(wal.stats().data_syncs, syncs_before + 2);
+    assert_eq!(wal.durable_index(), Some(316));
 }
 
-/// A minimal `block_on` to check that `CommitTicket` is a well-behaved `Future`.
-fn block_on<F: Future>(fut: F) -> F::Output {
-    struct ThreadWaker(std::thread::Thread);
-    impl Wake for ThreadWaker {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-    let waker = Waker::from(Arc::new(ThreadWaker(std::thread::current())));
-    let mut cx = Context::from_waker(&waker);
-    let mut fut = pin!(fut);
-    loop {
-        match fut.as_mut().poll(&mut cx) {
-            Poll::Ready(out) => return out,
-            Poll::Pending => std::thread::park(),
-        }
-    }
-}
-
+/// Files as the first version of the WAL wrote them (taken from a directory it wrote:
+/// segment 8 of a log whose snapshot is at 20, and the meta file). A data directory
+/// written by any earlier build must keep opening.
 #[test]
-fn commit_ticket_can_be_awaited() {
+fn a_directory_written_by_the_first_format_opens() {
+    fn record(buf: &mut Vec<u8>, crc: u32, index: u64, payload: &[u8]) {
+        buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        buf.extend_from_slice(&crc.to_le_bytes());
+        buf.extend_from_slice(&index.to_le_bytes());
+        buf.extend_from_slice(payload);
+    }
     let tmp = tempfile::tempdir().unwrap();
-    let (wal, _) = Wal::open(tmp.path(), WalOptions::default()).unwrap();
-    let committer = GroupCommitter::new(wal);
-    let result = block_on(async {
-        for i in 1..=20 {
-            committer.submit(i, payload(i))?.await?;
-        }
-        Ok::<_, WalError>(())
-    });
-    result.unwrap();
-    assert_eq!(committer.with_wal(|w| w.durable_index()), Some(20));
+    let mut segment = b"BKSTWAL1".to_vec();
+    segment.extend_from_slice(&8u64.to_le_bytes());
+    record(&mut segment, 0x96dd_7e2e, 56, &[0xab; 100]);
+    record(&mut segment, 0xe157_8e39, 57, b"");
+    record(&mut segment, 0x3723_2c45, 58, b"x");
+    assert_eq!(segment.len(), 165);
+    fs::write(tmp.path().join("00000000000000000008.seg"), &segment).unwrap();
+    let mut snapshot = b"BKSTSNP1".to_vec();
+    snapshot.extend_from_slice(&20u64.to_le_bytes());
+    snapshot.extend_from_slice(&8u64.to_le_bytes());
+    snapshot.extend_from_slice(&0x8476_a29au32.to_le_bytes());
+    snapshot.extend_from_slice(&[0; 4]);
+    snapshot.extend_from_slice(b"state@20");
+    fs::write(tmp.path().join("snap-00000000000000000020.snap"), &snapshot).unwrap();
+    let mut meta = b"BKSTMTA1".to_vec();
+    meta.extend_from_slice(&7u32.to_le_bytes());
+    meta.extend_from_slice(&0x311d_c1adu32.to_le_bytes());
+    meta.extend_from_slice(b"epoch=3");
+    fs::write(tmp.path().join("meta"), &meta).unwrap();
+
+    let (mut wal, recovered) = Wal::open(tmp.path(), WalOptions::default()).unwrap();
+    let snapshot = recovered.snapshot.unwrap();
+    assert_eq!((snapshot.index, &snapshot.data[..]), (20, &b"state@20"[..]));
+    assert_eq!(recovered.meta.as_deref(), Some(&b"epoch=3"[..]));
+    assert_eq!(recovered.tail_repair, None);
+    let expect = vec![
+        Record {
+            index: 56,
+            payload: vec![0xab; 100],
+        },
+        Record {
+            index: 57,
+            payload: Vec::new(),
+        },
+        Record {
+            index: 58,
+            payload: b"x".to_vec(),
+        },
+    ];
+    assert_eq!(recovered.records, expect);
+    assert_eq!((wal.first_index(), wal.last_index()), (Some(56), Some(58)));
+    // Appending continues the same segment, in the same format.
+    wal.append(59, b"y").unwrap();
+    wal.sync().unwrap();
+    drop(wal);
+    let mut longer = segment.clone();
+    record(&mut longer, 0x575f_0890, 59, b"y");
+    let on_disk = fs::read(tmp.path().join("00000000000000000008.seg")).unwrap();
+    assert_eq!(on_disk, longer);
 }
