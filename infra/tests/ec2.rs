@@ -623,6 +623,11 @@ struct Sshd {
 
 impl Sshd {
     fn start(authorized_key: &Path) -> Option<Sshd> {
+        Sshd::start_on(authorized_key, free_port())
+    }
+
+    /// An sshd on `port` with a host key of its own (a new one on every start).
+    fn start_on(authorized_key: &Path, port: u16) -> Option<Sshd> {
         let sshd = need("/usr/sbin/sshd")?;
         need("ssh")?;
         need("scp")?;
@@ -636,7 +641,6 @@ impl Sshd {
         assert!(st.success());
         let auth = dir.path().join("authorized_keys");
         std::fs::copy(authorized_key, &auth).unwrap();
-        let port = free_port();
         let sftp = [
             "/usr/lib/openssh/sftp-server",
             "/usr/libexec/openssh/sftp-server",
@@ -679,6 +683,15 @@ impl Sshd {
             port,
             _dir: dir,
         })
+    }
+
+    /// The public half of this sshd's host key (`ssh-ed25519 AAAA...`, without a comment).
+    fn host_key(&self) -> String {
+        let text = std::fs::read_to_string(self._dir.path().join("host_key.pub")).unwrap();
+        text.split_whitespace()
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 }
 
@@ -900,6 +913,61 @@ fn buy_ok(url: &str, item: u32) {
     assert_eq!(status.ok(), Some(200), "buy of book {item} through {url}");
 }
 
+/// Stands in for an HTTP proxy: a command run with `http_proxy` pointing here sends
+/// every plain-HTTP request it makes from this machine here instead. It records each
+/// request's first line, whether it carried `token`, and answers 502.
+struct Recorder {
+    url: String,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Recorder {
+    fn start(token: &str) -> Recorder {
+        use std::io::{BufRead, Write};
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (log, token) = (seen.clone(), token.to_string());
+        std::thread::spawn(move || {
+            for conn in l.incoming().flatten() {
+                let mut r = std::io::BufReader::new(conn);
+                let mut head = String::new();
+                loop {
+                    let mut line = String::new();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    head.push_str(&line);
+                }
+                let first = head.lines().next().unwrap_or_default().to_string();
+                let carried = if head.contains(&token) {
+                    " (carries the admin token)"
+                } else {
+                    ""
+                };
+                log.lock().unwrap().push(format!("{first}{carried}"));
+                let _ = r.get_mut().write_all(
+                    b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                );
+            }
+        });
+        Recorder { url, seen }
+    }
+
+    fn seen(&self) -> Vec<String> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// `c` with every plain-HTTP request it makes sent here.
+    fn proxy(&self, mut c: Command) -> Command {
+        c.env("http_proxy", &self.url)
+            .env("HTTP_PROXY", &self.url)
+            .env_remove("no_proxy")
+            .env_remove("NO_PROXY");
+        c
+    }
+}
+
 /// `add catalog` then `remove catalog 0` on a deployed run; no other service restarts.
 /// Returns the pids of the services left.
 fn scale_out_and_in(
@@ -913,14 +981,23 @@ fn scale_out_and_in(
     let st = RunState::load(out, run).unwrap();
     let token = st.cluster_token.clone();
     let before = servers.pids();
+    // The admin calls travel over ssh: nothing of `add` and `remove` is plain HTTP from
+    // this machine (which would cross the internet in clear text on EC2).
+    let recorder = Recorder::start(&st.admin_token);
     let started = Instant::now();
-    let o = ec2(
-        out,
-        &["add", "catalog", "--run", run, "--wait-seconds", "30"],
-    )
-    .output()
-    .unwrap();
+    let o = recorder
+        .proxy(ec2(
+            out,
+            &["add", "catalog", "--run", run, "--wait-seconds", "30"],
+        ))
+        .output()
+        .unwrap();
     let (stdout, stderr) = texts(&o);
+    assert_eq!(
+        recorder.seen(),
+        Vec::<String>::new(),
+        "add sent plain HTTP from this machine\n{stderr}"
+    );
     assert!(o.status.success(), "add failed\n{stdout}\n{stderr}");
     eprintln!("add took {:?}\n{stderr}", started.elapsed());
     assert!(stdout.contains("catalog 2 runs on"), "{stdout}");
@@ -1000,21 +1077,27 @@ fn scale_out_and_in(
 
     // Scale in: catalog 0 (primary or not) leaves; the view no longer includes it.
     let started = Instant::now();
-    let o = ec2(
-        out,
-        &[
-            "remove",
-            "catalog",
-            "0",
-            "--run",
-            run,
-            "--wait-seconds",
-            "30",
-        ],
-    )
-    .output()
-    .unwrap();
+    let o = recorder
+        .proxy(ec2(
+            out,
+            &[
+                "remove",
+                "catalog",
+                "0",
+                "--run",
+                run,
+                "--wait-seconds",
+                "30",
+            ],
+        ))
+        .output()
+        .unwrap();
     let (stdout, stderr) = texts(&o);
+    assert_eq!(
+        recorder.seen(),
+        Vec::<String>::new(),
+        "remove sent plain HTTP from this machine\n{stderr}"
+    );
     assert!(o.status.success(), "remove failed\n{stdout}\n{stderr}");
     eprintln!("remove took {:?}\n{stderr}", started.elapsed());
     assert!(
@@ -1143,4 +1226,150 @@ fn run_does_everything_against_moto_and_sshd() {
             .is_ok()
     });
     assert!(kept, "a key pair the user brought is not deleted");
+}
+
+/// A run on moto whose hosts are all one test sshd, deployed with a stand-in `infra` that
+/// exits at once: `deploy` reaches every host and copies every file, then fails because
+/// no service starts. Cheap: no server runs.
+struct StandInRun {
+    sshd: Sshd,
+    out: tempfile::TempDir,
+    remote: PathBuf,
+    key: PathBuf,
+    _moto: Moto,
+}
+
+fn stand_in_run(run: &str, hosts: &str) -> Option<StandInRun> {
+    let moto = Moto::start()?;
+    if need("/usr/sbin/sshd").is_none() || need("ssh").is_none() {
+        return None;
+    }
+    let out = tempfile::tempdir().unwrap();
+    let base = free_port_range().to_string();
+    let me = user();
+    run_ok(ec2(
+        out.path(),
+        &up_args(
+            &moto,
+            run,
+            &["--hosts", hosts, "--base-port", &base, "--ssh-user", &me],
+        ),
+    ));
+    let key = RunState::load(out.path(), run)
+        .unwrap()
+        .ssh_key
+        .unwrap()
+        .with_extension("pub");
+    let sshd = Sshd::start(&key)?;
+    let stand_in = out.path().join("stand-in");
+    std::fs::write(&stand_in, "#!/bin/sh\nexit 1\n").unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&stand_in, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let remote = out.path().join("remote");
+    let map = format!("*=127.0.0.1:{}", sshd.port);
+    let err = run_err(ec2(
+        out.path(),
+        &[
+            "deploy",
+            "--run",
+            run,
+            "--host-map",
+            &map,
+            "--binary",
+            stand_in.to_str().unwrap(),
+            "--remote-dir",
+            remote.to_str().unwrap(),
+            "--ssh-wait",
+            "20",
+        ],
+    ));
+    assert!(err.contains("not running"), "{err}");
+    Some(StandInRun {
+        sshd,
+        out,
+        remote,
+        key,
+        _moto: moto,
+    })
+}
+
+/// Issue 17, item 6: the first contact with a host (deploy) learns its host key into the
+/// run's known_hosts; every later connection checks it strictly, so another machine at
+/// the same address (with the tokens' file about to cross to it) is refused.
+#[test]
+fn host_keys_are_learned_on_first_contact_and_checked_after() {
+    let Some(r) = stand_in_run("t-hostkeys", "3") else {
+        return;
+    };
+    let run_dir = r.out.path().join("ec2").join("t-hostkeys");
+    let learned = r.sshd.host_key();
+    // Another machine (another host key) now answers at the hosts' address.
+    let port = r.sshd.port;
+    drop(r.sshd);
+    let Some(impostor) = Sshd::start_on(&r.key, port) else {
+        return;
+    };
+    assert_ne!(impostor.host_key(), learned);
+    let err = run_err(ec2(r.out.path(), &["stop", "--run", "t-hostkeys"]));
+    assert!(err.contains("host key"), "{err}");
+    let known = std::fs::read_to_string(run_dir.join("known_hosts")).unwrap_or_default();
+    assert!(known.contains(&learned), "known_hosts:\n{known}");
+    assert!(
+        !known.contains(&impostor.host_key()),
+        "known_hosts:\n{known}"
+    );
+    // A host whose key was never learned is refused as well: no later command learns.
+    std::fs::remove_file(run_dir.join("known_hosts")).unwrap();
+    let err = run_err(ec2(r.out.path(), &["stop", "--run", "t-hostkeys"]));
+    assert!(err.contains("host key"), "{err}");
+    let relearned = std::fs::read_to_string(run_dir.join("known_hosts")).unwrap_or_default();
+    assert!(
+        !relearned.contains(&impostor.host_key()),
+        "a later command learned a host key:\n{relearned}"
+    );
+}
+
+/// The kinds listed in a deployed host's `bookstore.sh`.
+fn kinds_in_script(script: &str) -> Vec<String> {
+    let list = script
+        .split_once("SERVICES=\"")
+        .and_then(|(_, rest)| rest.split_once('"'))
+        .map(|(list, _)| list)
+        .unwrap_or_default();
+    list.lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Issue 17, item 6: the admin token goes only to the hosts that run a coordinator (which
+/// serves the admin API) or a frontend (which checks it before forwarding); every host
+/// gets the cluster token.
+#[test]
+fn the_admin_token_goes_only_to_the_hosts_that_need_it() {
+    let Some(r) = stand_in_run("t-tokens", "4") else {
+        return;
+    };
+    let st = RunState::load(r.out.path(), "t-tokens").unwrap();
+    let mut without = 0;
+    for id in &st.instance_ids {
+        let dir = r.remote.join(id);
+        let env = std::fs::read_to_string(dir.join("env")).unwrap();
+        let kinds = kinds_in_script(&std::fs::read_to_string(dir.join("bookstore.sh")).unwrap());
+        assert!(!kinds.is_empty(), "{id} runs nothing");
+        assert!(env.contains(&st.cluster_token), "{id}: no cluster token");
+        let needs = kinds.iter().any(|k| k == "coordinator" || k == "frontend");
+        assert_eq!(
+            env.contains(&st.admin_token),
+            needs,
+            "{id} runs {kinds:?}: it should hold the admin token only if it runs a coordinator or a frontend"
+        );
+        without += usize::from(!needs);
+    }
+    assert!(
+        without > 0,
+        "4 hosts: one runs neither a coordinator nor a frontend"
+    );
 }
