@@ -7,8 +7,9 @@
 //! a printed reason elsewhere.
 #![cfg(feature = "ec2")]
 use aws_sdk_ec2::types::Filter;
+use bookstore_common::config::Kind;
 use bookstore_common::types::{Book, Versioned};
-use infra::ec2::state::{Phase, RunState};
+use infra::ec2::state::{Phase, RunState, Service};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -52,17 +53,17 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// A base port with the 9 ports after it free (the 7 services of one run on loopback, and
-/// room for `add`), below the kernel's ephemeral range (32768-60999) so no outgoing
+/// A base port with the 14 ports after it free (the 11 services of one run on loopback,
+/// and room for `add`), below the kernel's ephemeral range (32768-60999) so no outgoing
 /// connection takes one of them before the services bind.
 fn free_port_range() -> u16 {
     for _ in 0..200 {
         let base = 12_000 + (uuid::Uuid::new_v4().as_u128() % 20_000) as u16;
-        if (base..base + 9).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok()) {
+        if (base..base + 14).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok()) {
             return base;
         }
     }
-    panic!("no 8 free consecutive ports");
+    panic!("no 14 free consecutive ports");
 }
 
 fn wait_port(port: u16, limit: Duration) {
@@ -328,11 +329,35 @@ fn up_creates_tagged_instances_and_a_tight_group_and_down_deletes_everything() {
         assert_eq!(mode & 0o077, 0, "the state file holds tokens: 0600");
     }
 
-    // The cluster file: 7 services (a coordinator, a frontend, a cache, 2 catalogs, 2
-    // orders) on the instances' private addresses, replicas of a kind on different hosts.
+    // The cluster file: 11 services (3 coordinators, 3 frontends, a cache, 2 catalogs, 2
+    // orders) on the instances' private addresses, replicas of a kind on different hosts,
+    // each coordinator on a host of its own with a frontend beside it.
     let cluster_file = out.path().join("ec2").join(run).join("cluster.csv");
     let cluster = bookstore_common::config::ClusterConfig::load(&cluster_file).unwrap();
-    assert_eq!(cluster.all().len(), 7);
+    assert_eq!(cluster.all().len(), 11);
+    {
+        use bookstore_common::config::Kind::{Coordinator, Frontend};
+        let coordinators: Vec<&str> = cluster
+            .servers(Coordinator)
+            .iter()
+            .map(|e| e.host.as_str())
+            .collect();
+        let frontends: Vec<&str> = cluster
+            .servers(Frontend)
+            .iter()
+            .map(|e| e.host.as_str())
+            .collect();
+        let distinct: std::collections::HashSet<&&str> = coordinators.iter().collect();
+        assert_eq!(
+            distinct.len(),
+            3,
+            "coordinators share a host: {coordinators:?}"
+        );
+        assert_eq!(
+            frontends, coordinators,
+            "a frontend beside each coordinator"
+        );
+    }
     let privates: Vec<String> = st.hosts.iter().map(|h| h.private_ip.clone()).collect();
     for (_, _, e) in cluster.all() {
         assert!(
@@ -424,10 +449,10 @@ fn up_creates_tagged_instances_and_a_tight_group_and_down_deletes_everything() {
             rules,
             vec![
                 (22, 22, me.clone(), vec![]),
-                (8000, 8000, me.clone(), vec![]),
-                (8000, 8006, vec![], group),
+                (8000, 8002, me.clone(), vec![]),
+                (8000, 8010, vec![], group),
             ],
-            "ssh and frontend from the operator's CIDR only, services from the group only"
+            "ssh and the frontends from the operator's CIDR only, services from the group only"
         );
         assert!(sg
             .ip_permissions()
@@ -469,7 +494,7 @@ fn down_finishes_a_half_finished_up() {
         &up_args(&moto, run, &["--instance-type", "x9.nonexistent"]),
     ));
     assert!(
-        err.contains("launching 2 x9.nonexistent instances"),
+        err.contains("launching 3 x9.nonexistent instances"),
         "{err}"
     );
     let st = RunState::load(out.path(), run).unwrap();
@@ -488,11 +513,11 @@ fn down_all_runs_finds_leftovers_of_crashed_runs_by_tag() {
     let out = tempfile::tempdir().unwrap();
     run_ok(ec2(
         out.path(),
-        &up_args(&moto, "t-crash1", &["--hosts", "1"]),
+        &up_args(&moto, "t-crash1", &["--hosts", "1", "--coordinators", "1"]),
     ));
     run_ok(ec2(
         out.path(),
-        &up_args(&moto, "t-crash2", &["--hosts", "2"]),
+        &up_args(&moto, "t-crash2", &["--hosts", "2", "--coordinators", "1"]),
     ));
     // The state files are lost (the runs crashed on another machine, say).
     std::fs::remove_dir_all(out.path().join("ec2")).unwrap();
@@ -618,6 +643,7 @@ fn run_tears_down_after_a_failure_and_after_ctrl_c() {
 struct Sshd {
     child: Child,
     port: u16,
+    program: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -667,22 +693,44 @@ impl Sshd {
         if unsafe { libc::geteuid() } == 0 {
             let _ = std::fs::create_dir_all("/run/sshd"); // privilege separation directory
         }
-        let child = Command::new(sshd)
-            .arg("-D")
-            .arg("-e")
-            .arg("-f")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("sshd.log")).unwrap())
-            .spawn()
-            .unwrap();
+        let child = Sshd::spawn(&sshd, dir.path());
         wait_port(port, Duration::from_secs(10));
         Some(Sshd {
             child,
             port,
+            program: sshd,
             _dir: dir,
         })
+    }
+
+    fn spawn(program: &Path, dir: &Path) -> Child {
+        Command::new(program)
+            .arg("-D")
+            .arg("-e")
+            .arg("-f")
+            .arg(dir.join("sshd_config"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(dir.join("sshd.log"))
+                    .unwrap(),
+            )
+            .spawn()
+            .unwrap()
+    }
+
+    /// Stops listening (the host is lost); [`Sshd::resume`] starts again with the same
+    /// host key.
+    fn pause(&mut self) {
+        kill(&mut self.child);
+    }
+
+    fn resume(&mut self) {
+        self.child = Sshd::spawn(&self.program, self._dir.path());
+        wait_port(self.port, Duration::from_secs(10));
     }
 
     /// The public half of this sshd's host key (`ssh-ed25519 AAAA...`, without a comment).
@@ -706,22 +754,30 @@ struct ServersUnder(PathBuf);
 
 impl ServersUnder {
     fn pids(&self) -> Vec<i32> {
-        let mut pids = Vec::new();
-        for host in std::fs::read_dir(&self.0).into_iter().flatten().flatten() {
-            for f in std::fs::read_dir(host.path().join("run"))
-                .into_iter()
-                .flatten()
-                .flatten()
-            {
-                if let Ok(p) = std::fs::read_to_string(f.path()) {
-                    if let Ok(p) = p.trim().parse() {
-                        pids.push(p);
-                    }
-                }
+        std::fs::read_dir(&self.0)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .flat_map(|host| pids_in(&host.path()))
+            .collect()
+    }
+}
+
+/// The pids of the servers a deploy started in one host's folder.
+fn pids_in(host_dir: &Path) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for f in std::fs::read_dir(host_dir.join("run"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if let Ok(p) = std::fs::read_to_string(f.path()) {
+            if let Ok(p) = p.trim().parse() {
+                pids.push(p);
             }
         }
-        pids
     }
+    pids
 }
 
 impl Drop for ServersUnder {
@@ -763,21 +819,25 @@ fn deploy_test_collect_stop_against_a_real_sshd() {
     ));
     let st = RunState::load(out.path(), run).unwrap();
     let key = st.ssh_key.clone().unwrap();
-    let Some(sshd) = Sshd::start(&key.with_extension("pub")) else {
+    // Host 0 gets an sshd of its own, so that the test can lose it alone.
+    let (Some(mut sshd0), Some(sshd)) = (
+        Sshd::start(&key.with_extension("pub")),
+        Sshd::start(&key.with_extension("pub")),
+    ) else {
         return;
     };
 
-    // One instance mapped on the command line, the other through a file.
+    // One instance mapped on the command line, the others through a file.
     let map_file = out.path().join("hosts.map");
     std::fs::write(
         &map_file,
         format!(
-            "# moto's addresses are fake\n{}=127.0.0.1:{}\n",
-            st.instance_ids[1], sshd.port
+            "# moto's addresses are fake\n{}=127.0.0.1:{}\n{}=127.0.0.1:{}\n",
+            st.instance_ids[1], sshd.port, st.instance_ids[2], sshd.port
         ),
     )
     .unwrap();
-    let first = format!("{}=127.0.0.1:{}", st.instance_ids[0], sshd.port);
+    let first = format!("{}=127.0.0.1:{}", st.instance_ids[0], sshd0.port);
     let started = Instant::now();
     let stdout = run_ok(ec2(
         out.path(),
@@ -802,9 +862,9 @@ fn deploy_test_collect_stop_against_a_real_sshd() {
     assert!(stdout.contains(&format!("is deployed: {url}")), "{stdout}");
     let st = RunState::load(out.path(), run).unwrap();
     assert_eq!(st.phase, Phase::Deployed);
-    // Every service runs detached from the (finished) ssh sessions: 7 live pids.
+    // Every service runs detached from the (finished) ssh sessions: 11 live pids.
     let pids = servers.pids();
-    assert_eq!(pids.len(), 7, "{pids:?}");
+    assert_eq!(pids.len(), 11, "{pids:?}");
     assert!(pids.iter().all(|&p| alive(p)));
     let env_mode = {
         use std::os::unix::fs::PermissionsExt;
@@ -842,8 +902,8 @@ fn deploy_test_collect_stop_against_a_real_sshd() {
     run_ok(ec2(out.path(), &["collect", "--run", run]));
     for h in &st.hosts {
         let dir = out.path().join("ec2").join(run).join(&h.instance_id);
-        for (k, i, _) in &h.services {
-            let log = dir.join(format!("{k}{i}.stderr.log"));
+        for s in &h.services {
+            let log = dir.join(format!("{}{}.stderr.log", s.kind, s.id));
             assert!(log.is_file(), "{} missing", log.display());
         }
         assert!(
@@ -867,7 +927,11 @@ fn deploy_test_collect_stop_against_a_real_sshd() {
         .collect();
     assert_eq!(orders.matches("bought book 1").count(), 3, "{orders}");
 
-    let pids = scale_out_and_in(out.path(), run, &servers, &url, &base, &moto);
+    scale_out_and_in(out.path(), run, &servers, &url, &base, &moto);
+    lose_host_0(out.path(), run, &remote, &mut sshd0, &base);
+    // Host 0 is back (its sshd with the same host key; its services stay dead).
+    sshd0.resume();
+    let pids = servers.pids();
 
     run_ok(ec2(out.path(), &["stop", "--run", run]));
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -880,13 +944,18 @@ fn deploy_test_collect_stop_against_a_real_sshd() {
     drop(servers);
 }
 
-/// The view document of `kind` from the coordinator (cluster token), which takes the
-/// port after the frontend's at `url`.
-fn view_of(url: &str, token: &str, kind: &str) -> serde_json::Value {
+/// The view document of `kind` from the coordinator leader (cluster token), found from
+/// the coordinators of the run's deployed cluster file.
+fn view_of(out: &Path, run: &str, token: &str, kind: &str) -> serde_json::Value {
+    let file = out.join("ec2").join(run).join("deploy").join("cluster.csv");
+    let cluster = bookstore_common::config::ClusterConfig::load(&file).unwrap();
     let client = bookstore_common::client::Client::with_timeout(token, Duration::from_secs(5));
-    let (host, port) = url.rsplit_once(':').unwrap();
-    let coordinator = format!("{host}:{}", port.parse::<u16>().unwrap() + 1);
-    rt().block_on(client.get_json(&format!("{coordinator}/vs/{kind}/view")))
+    let group = bookstore_common::coordinators::Coordinators::new(
+        client,
+        cluster.urls(bookstore_common::config::Kind::Coordinator),
+    );
+    let t = Duration::from_secs(5);
+    rt().block_on(group.get_json(&format!("/vs/{kind}/view"), t, t))
         .unwrap_or_else(|e| panic!("{kind} view: {e}"))
 }
 
@@ -969,7 +1038,6 @@ impl Recorder {
 }
 
 /// `add catalog` then `remove catalog 0` on a deployed run; no other service restarts.
-/// Returns the pids of the services left.
 fn scale_out_and_in(
     out: &Path,
     run: &str,
@@ -977,7 +1045,7 @@ fn scale_out_and_in(
     url: &str,
     base: &str,
     moto: &Moto,
-) -> Vec<i32> {
+) {
     let st = RunState::load(out, run).unwrap();
     let token = st.cluster_token.clone();
     let before = servers.pids();
@@ -1005,14 +1073,15 @@ fn scale_out_and_in(
         stderr.contains("is a synced backup and serves"),
         "progress: {stderr}"
     );
-    // Recorded in the state on a new port, the 8th; that port is open to the group.
+    // Recorded in the state on a new port, the 12th; that port is open to the group.
     let st = RunState::load(out, run).unwrap();
-    let port: u16 = base.parse::<u16>().unwrap() + 7;
-    assert_eq!(st.ports_used, 8);
+    let port: u16 = base.parse::<u16>().unwrap() + 11;
+    assert_eq!(st.ports_used, 12);
+    let catalog2 = Service::new(Kind::Catalog, 2, port);
     let h = st
         .hosts
         .iter()
-        .position(|h| h.services.contains(&("catalog".to_string(), 2, port)))
+        .position(|h| h.services.contains(&catalog2))
         .unwrap_or_else(|| panic!("catalog 2 on port {port} in {:?}", st.hosts));
     let rules = rt().block_on(async {
         moto.client()
@@ -1041,12 +1110,12 @@ fn scale_out_and_in(
         script.contains(&format!("catalog 2 127.0.0.1 {port}")),
         "{script}"
     );
-    // Nothing else restarted: the 7 old services keep their pids, one more runs.
+    // Nothing else restarted: the 11 old services keep their pids, one more runs.
     let after = servers.pids();
-    assert_eq!(after.len(), 8, "{after:?}");
+    assert_eq!(after.len(), 12, "{after:?}");
     assert!(before.iter().all(|p| after.contains(p) && alive(*p)));
 
-    let view = view_of(url, &token, "catalog");
+    let view = view_of(out, run, &token, "catalog");
     assert!(
         view["synced"].as_array().unwrap().iter().any(|x| *x == 2),
         "{view}"
@@ -1108,7 +1177,7 @@ fn scale_out_and_in(
         stderr.contains("catalog 0 is out of the view"),
         "progress: {stderr}"
     );
-    let view = view_of(url, &token, "catalog");
+    let view = view_of(out, run, &token, "catalog");
     let in_view = view["view"]["primary"] == 0
         || view["view"]["backups"]
             .as_array()
@@ -1121,9 +1190,9 @@ fn scale_out_and_in(
     assert!(st
         .hosts
         .iter()
-        .all(|h| !h.services.iter().any(|(k, i, _)| k == "catalog" && *i == 0)));
+        .all(|h| !h.services.iter().any(|s| s.is(Kind::Catalog, 0))));
     let left = servers.pids();
-    assert_eq!(left.len(), 7, "{left:?}");
+    assert_eq!(left.len(), 11, "{left:?}");
     let gone: Vec<&i32> = before.iter().filter(|p| !left.contains(p)).collect();
     assert_eq!(gone.len(), 1, "one service stopped: {gone:?}");
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -1139,7 +1208,92 @@ fn scale_out_and_in(
         err.contains("has no catalog 0 (its catalog replicas: 1, 2)"),
         "{err}"
     );
-    left
+}
+
+/// `POST /buy` of `item` through `frontend`, with one idempotency key, until it is
+/// answered 200 (a retry of a buy that went through buys nothing more).
+fn buy_within(frontend: &str, item: u32, limit: Duration) {
+    let key = uuid::Uuid::new_v4().to_string();
+    let deadline = Instant::now() + limit;
+    loop {
+        let status = rt().block_on(async {
+            reqwest::Client::new()
+                .post(format!("{frontend}/buy?item_number={item}"))
+                .header("Idempotency-Key", &key)
+                .timeout(Duration::from_secs(3))
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        });
+        if status.as_ref().ok() == Some(&200) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no buy of book {item} through {frontend} within {limit:?}: {status:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Host 0 (coordinator 0, frontend 0, the cache, a catalog and an order) is lost: its
+/// servers are killed and its sshd stops. Frontends 1 and 2, on the other coordinators'
+/// hosts, keep serving buys, and `add order` still works: its admin call and its waits
+/// run on the next coordinator host that ssh reaches.
+fn lose_host_0(out: &Path, run: &str, remote: &Path, sshd0: &mut Sshd, base: &str) {
+    let st = RunState::load(out, run).unwrap();
+    let lost = st.hosts[0].instance_id.clone();
+    assert!(
+        st.hosts[0]
+            .services
+            .iter()
+            .any(|s| s.kind == Kind::Coordinator)
+            && st.hosts[0]
+                .services
+                .iter()
+                .any(|s| s.kind == Kind::Frontend),
+        "{:?}",
+        st.hosts[0]
+    );
+    for p in pids_in(&remote.join(&lost)) {
+        // SAFETY: SIGKILL to a server process this test's deploy started.
+        unsafe {
+            libc::kill(p, libc::SIGKILL);
+        }
+    }
+    sshd0.pause();
+    let started = Instant::now();
+    let base: u16 = base.parse().unwrap();
+    for f in [base + 1, base + 2] {
+        buy_within(&format!("http://127.0.0.1:{f}"), 4, Duration::from_secs(20));
+    }
+    eprintln!(
+        "host 0 lost: frontends 1 and 2 served buys after {:?}",
+        started.elapsed()
+    );
+    let o = ec2(out, &["add", "order", "--run", run, "--wait-seconds", "30"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = texts(&o);
+    assert!(o.status.success(), "add failed\n{stdout}\n{stderr}");
+    eprintln!("add with host 0 lost:\n{stderr}");
+    assert!(
+        stderr.contains(&format!("{lost} (a coordinator's host) cannot be reached")),
+        "{stderr}"
+    );
+    assert!(stdout.contains("order 2 runs on"), "{stdout}");
+    let st = RunState::load(out, run).unwrap();
+    let h = st
+        .hosts
+        .iter()
+        .position(|h| h.services.iter().any(|s| s.is(Kind::Order, 2)))
+        .unwrap();
+    assert_ne!(h, 0, "the new replica goes to a live host");
+    buy_within(
+        &format!("http://127.0.0.1:{}", base + 2),
+        3,
+        Duration::from_secs(10),
+    );
 }
 
 #[test]
