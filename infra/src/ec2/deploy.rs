@@ -3,7 +3,9 @@
 //! they are healthy, the replicas are in their views, and this machine reaches every
 //! frontend.
 //!
-//! Each host's `env` file holds the cluster token and the admin token.
+//! The first contact with each host learns its ssh host key into the run's known_hosts;
+//! every later connection (of this and every other command) checks it. Each host's `env`
+//! file holds the cluster token and the admin token.
 use super::cli::DeployOpts;
 use super::layout::{self, HostMap};
 use super::reach::{self, links, on_all_hosts, run_and_echo, Link};
@@ -43,7 +45,7 @@ pub async fn deploy(
     }
     renumber(&mut st, o.keep_data)?;
     // Recorded before anything starts, so `collect` and `stop` work after a failed deploy.
-    st.deployment = Some(record(&st, &map, user, key, &o.remote_dir)?);
+    st.deployment = Some(record(out, &st, &map, user, key, &o.remote_dir)?);
     st.phase = Phase::Up;
     st.save(out)?;
     let staged = stage(out, &st, &o.books)?;
@@ -100,6 +102,7 @@ fn host_map(st: &RunState, o: &DeployOpts) -> Result<HostMap, String> {
 /// Where each instance is reached and runs its services: the host map's address for
 /// both, else the public address for ssh and the private one for the services.
 fn record(
+    out: &Path,
     st: &RunState,
     map: &HostMap,
     ssh_user: String,
@@ -128,10 +131,13 @@ fn record(
             service_host,
         });
     }
+    let known_hosts = std::path::absolute(st.dir(out).join("known_hosts"))
+        .map_err(|e| format!("{}: {e}", st.dir(out).display()))?;
     Ok(Deployment {
         hosts,
         ssh_user,
         ssh_key,
+        known_hosts,
         remote_dir: remote_dir.trim_end_matches('/').to_string(),
     })
 }
@@ -221,8 +227,8 @@ fn env_file(st: &RunState, _host: &Host) -> String {
     )
 }
 
-/// One host: wait for its sshd, stop what an earlier deploy started, copy the files,
-/// start its services.
+/// One host: wait for its sshd (learning its host key), stop what an earlier deploy
+/// started, copy the files, start its services.
 async fn install(
     l: Link,
     staged: &Staged,
@@ -236,7 +242,12 @@ async fn install(
         "[deploy] {id}: waiting for ssh at {}",
         l.target.name()
     ));
-    l.target.wait_reachable(wait).await.map_err(failed)?;
+    l.target
+        .clone()
+        .learning()
+        .wait_reachable(wait)
+        .await
+        .map_err(failed)?;
     let q = sh_quote(&l.dir);
     let clear = if keep_data {
         ""
@@ -354,7 +365,8 @@ mod tests {
     }
 
     #[test]
-    fn the_deployment_record_maps_hosts() {
+    fn the_deployment_record_maps_hosts_and_learns_keys_in_the_run() {
+        let dir = tempfile::tempdir().unwrap();
         let mut st = state(
             vec![
                 host("i-a", &[(Kind::Frontend, 0, 8000)]),
@@ -364,7 +376,7 @@ mod tests {
         );
         st.hosts[1].public_ip = Some("203.0.113.9".into());
         let map = layout::parse_host_map(&["i-a=127.0.0.1:2222".into()]).unwrap();
-        let d = record(&st, &map, "me".into(), "/k".into(), "r/").unwrap();
+        let d = record(dir.path(), &st, &map, "me".into(), "/k".into(), "r/").unwrap();
         assert_eq!(d.remote_dir, "r");
         assert_eq!(
             d.hosts[0],
@@ -382,8 +394,11 @@ mod tests {
             ),
             ("203.0.113.9", "10.0.0.1")
         );
+        assert!(d.known_hosts.is_absolute() && d.known_hosts.ends_with("ec2/r/known_hosts"));
         st.deployment = Some(d);
         let l = reach::link(&st, 0).unwrap();
+        assert_eq!(l.target.alias, "i-a");
+        assert_eq!(l.target.host_keys, crate::ec2::ssh::HostKeys::Check);
         assert_eq!(l.dir, "r/i-a");
         assert_eq!(
             reach::public_frontends(&st).unwrap(),

@@ -18,7 +18,8 @@
 //!   every resource is created so that `down` can finish what a killed run left.
 //! - [`layout`]: which service runs on which host (coordinators on distinct hosts, each
 //!   with a frontend), the cluster file, CIDRs, host maps.
-//! - [`ssh`]: ssh/scp/tar through the system's OpenSSH client.
+//! - [`ssh`]: ssh/scp/tar through the system's OpenSSH client, with the run's known host
+//!   keys.
 //! - [`remote`]: the control script deployed to every host (start, stop, health, and
 //!   start-one / stop-one for `add` and `remove`).
 //!

@@ -1,12 +1,12 @@
-//! Reaching the hosts of a deployed run from this machine: over ssh with the run's key
-//! ([`Link`]), on every host at once ([`on_all_hosts`]), or on the
+//! Reaching the hosts of a deployed run from this machine: over ssh with the run's key and
+//! its known host keys ([`Link`]), on every host at once ([`on_all_hosts`]), or on the
 //! first coordinator host that answers ([`on_coordinator_host`]). Whatever needs a token
 //! runs on a host (the admin calls, the waits on the views), so no token crosses the
 //! internet in clear HTTP; only ssh does.
 use super::cli::Until;
 use super::remote::{control_script, Svc};
 use super::say;
-use super::ssh::{sh_quote, SshError, Target};
+use super::ssh::{sh_quote, HostKeys, SshError, Target};
 use super::state::RunState;
 use crate::admin::{AdminAnswer, AdminError};
 use bookstore_common::config::Kind;
@@ -20,7 +20,7 @@ pub struct Link {
     /// Index in the state's hosts.
     pub host: usize,
     pub instance_id: String,
-    /// ssh to it.
+    /// ssh to it, checking its learned host key.
     pub target: Target,
     /// The run's folder on it.
     pub dir: String,
@@ -47,6 +47,9 @@ pub fn link(st: &RunState, h: usize) -> Result<Link, String> {
             host: reach.ssh_host.clone(),
             port: reach.ssh_port,
             key: d.ssh_key.clone(),
+            alias: id.clone(),
+            known_hosts: d.known_hosts.clone(),
+            host_keys: HostKeys::Check,
         },
         dir: format!("{}/{id}", d.remote_dir),
         service_host: reach.service_host.clone(),
@@ -119,7 +122,7 @@ where
 }
 
 /// Runs `job` on the coordinators' hosts, in coordinator order, until one gets an ssh
-/// session: a host that ssh cannot reach (down, or refusing the key) is skipped for
+/// session: a host that ssh cannot reach (down, or its host key refused) is skipped for
 /// the next, so losing one host does not stop `add`, `remove` or `deploy`'s wait. The
 /// error names every host tried.
 pub async fn on_coordinator_host<T, F, Fut>(st: &RunState, job: F) -> Result<T, String>

@@ -1,11 +1,23 @@
-//! ssh, scp and tar through the system's OpenSSH client, never prompting: batch mode, the
-//! run's own key, and no host-key bookkeeping (every instance is new, and its host key
-//! cannot be known in advance).
+//! ssh, scp and tar through the system's OpenSSH client, never prompting: batch mode and
+//! the run's own key. Host keys are checked against the run's own known_hosts file, where
+//! each host is named by its instance id (`HostKeyAlias`): `deploy`'s first contact with
+//! a host learns its key ([`HostKeys::Learn`], OpenSSH's `accept-new`, which still refuses
+//! a key that differs from one learned before); every other connection requires the
+//! learned key ([`HostKeys::Check`], `StrictHostKeyChecking=yes`).
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
+
+/// How a connection treats a host key that is not in the run's known_hosts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostKeys {
+    /// First contact: learn it (a key that differs from a learned one is still refused).
+    Learn,
+    /// Refuse it: only the learned key is accepted.
+    Check,
+}
 
 /// Why an ssh, scp or tar step failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -35,31 +47,59 @@ pub struct Target {
     pub host: String,
     pub port: u16,
     pub key: PathBuf,
+    /// The host's name in `known_hosts`: its instance id.
+    pub alias: String,
+    pub known_hosts: PathBuf,
+    pub host_keys: HostKeys,
+}
+
+/// An ssh option value as ssh reads it: `%` doubled (ssh expands `%` tokens in file
+/// names), in double quotes (for spaces).
+fn option_path(p: &Path) -> Result<String, SshError> {
+    let s = p.display().to_string();
+    if s.contains('"') || s.contains('\n') {
+        return Err(SshError::Local(format!(
+            "{s}: a path with a double quote or a newline cannot be handed to ssh"
+        )));
+    }
+    Ok(format!("\"{}\"", s.replace('%', "%%")))
 }
 
 impl Target {
     fn opts(&self) -> Result<Vec<String>, SshError> {
-        Ok([
-            "-o",
+        let strict = match self.host_keys {
+            HostKeys::Learn => "accept-new",
+            HostKeys::Check => "yes",
+        };
+        let mut v: Vec<String> = [
             "BatchMode=yes",
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
             "LogLevel=ERROR",
-            "-o",
             "ConnectTimeout=10",
-            "-o",
             "IdentitiesOnly=yes",
-            "-o",
             "ServerAliveInterval=15",
-            "-i",
+            "GlobalKnownHostsFile=/dev/null",
+            "HashKnownHosts=no",
+            "CheckHostIP=no",
+            "UpdateHostKeys=no",
         ]
-        .iter()
-        .map(|s| s.to_string())
-        .chain([self.key.display().to_string()])
-        .collect())
+        .into_iter()
+        .map(str::to_string)
+        .chain([
+            format!("StrictHostKeyChecking={strict}"),
+            format!("UserKnownHostsFile={}", option_path(&self.known_hosts)?),
+            format!("HostKeyAlias={}", self.alias),
+        ])
+        .flat_map(|o| ["-o".to_string(), o])
+        .collect();
+        v.push("-i".into());
+        v.push(self.key.display().to_string());
+        Ok(v)
+    }
+
+    /// This target for a first contact, which learns the host's key.
+    pub fn learning(mut self) -> Target {
+        self.host_keys = HostKeys::Learn;
+        self
     }
 
     fn dest(&self) -> String {
@@ -114,11 +154,29 @@ impl Target {
             String::from_utf8_lossy(stderr).trim(),
             tail
         );
+        let text = text + &self.host_key_advice(stderr);
         if status.code() == Some(255) {
             SshError::Connect(text)
         } else {
             SshError::Remote(text)
         }
+    }
+
+    /// What to do when ssh refused the host's key (empty if it did not).
+    fn host_key_advice(&self, stderr: &[u8]) -> String {
+        if !String::from_utf8_lossy(stderr).contains("Host key verification failed") {
+            return String::new();
+        }
+        format!(
+            "\nThe host key of {} ({}:{}) is not the one learned at its first contact (in {}), or none was learned. \
+             If the instance really was replaced, forget its key with `ssh-keygen -R {} -f {}` and deploy again.",
+            self.alias,
+            self.host,
+            self.port,
+            self.known_hosts.display(),
+            self.alias,
+            self.known_hosts.display()
+        )
     }
 
     /// Runs `script` with `bash -s` on the host; returns its stdout, or an error with its
@@ -175,12 +233,15 @@ impl Target {
     }
 
     /// Tries `true` over ssh until it works or `limit` passes (a new instance's sshd takes
-    /// a while to start).
+    /// a while to start). A refused host key ends the wait at once.
     pub async fn wait_reachable(&self, limit: Duration) -> Result<(), SshError> {
         let deadline = Instant::now() + limit;
         loop {
             match self.run("true").await {
                 Ok(_) => return Ok(()),
+                Err(SshError::Connect(e)) if e.contains("Host key verification failed") => {
+                    return Err(SshError::Connect(e))
+                }
                 Err(e) if Instant::now() > deadline => {
                     return Err(SshError::Connect(format!(
                         "cannot ssh to {} within {limit:?}: {e}",
@@ -211,10 +272,11 @@ impl Target {
             Ok(())
         } else {
             Err(SshError::Remote(format!(
-                "scp to {}:{dest}: {}: {}",
+                "scp to {}:{dest}: {}: {}{}",
                 self.name(),
                 out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
+                String::from_utf8_lossy(&out.stderr).trim(),
+                self.host_key_advice(&out.stderr)
             )))
         }
     }
@@ -328,6 +390,34 @@ pub async fn keygen(path: &Path, comment: &str) -> Result<Vec<u8>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_keys_are_checked_against_the_runs_file() {
+        let t = Target {
+            user: "admin".into(),
+            host: "203.0.113.9".into(),
+            port: 22,
+            key: "/k".into(),
+            alias: "i-1".into(),
+            known_hosts: "/out/50% done/known_hosts".into(),
+            host_keys: HostKeys::Check,
+        };
+        let check = t.opts().unwrap().join(" ");
+        assert!(check.contains("StrictHostKeyChecking=yes"), "{check}");
+        assert!(check.contains("UserKnownHostsFile=\"/out/50%% done/known_hosts\""));
+        assert!(check.contains("HostKeyAlias=i-1"));
+        assert!(!check.contains("/dev/null -o StrictHostKeyChecking=no"));
+        let learn = t.clone().learning().opts().unwrap().join(" ");
+        assert!(
+            learn.contains("StrictHostKeyChecking=accept-new"),
+            "{learn}"
+        );
+        let bad = Target {
+            known_hosts: "/a\"b".into(),
+            ..t
+        };
+        assert!(bad.opts().is_err());
+    }
 
     #[test]
     fn quoting() {

@@ -6,8 +6,8 @@
 //! Everything in it is typed: services are [`Service`]s of a [`Kind`], hosts and how
 //! `deploy` reaches them are named structs. State files written before the types still
 //! load: their services (`["catalog", 1, 8003]`) are read as [`Service`]s, and their
-//! deployment record, of another shape, is dropped, so such a run is deployed again
-//! before anything connects to it.
+//! deployment record, which lacks the run's host keys, is dropped, so such a run is
+//! deployed again before anything connects to it.
 use bookstore_common::config::Kind;
 use serde::{Deserialize, Deserializer, Serialize};
 use std::path::{Path, PathBuf};
@@ -117,6 +117,9 @@ pub struct Deployment {
     pub hosts: Vec<Reach>,
     pub ssh_user: String,
     pub ssh_key: PathBuf,
+    /// The run's known_hosts: every host's key, learned at `deploy`'s first contact and
+    /// checked on every later connection.
+    pub known_hosts: PathBuf,
     /// Remote folder of the run; each instance uses `<remote_dir>/<instance id>/`.
     pub remote_dir: String,
 }
@@ -164,8 +167,8 @@ pub struct RunState {
     pub deployment: Option<Deployment>,
 }
 
-/// A deployment record, or none for one of an older shape (such a run is deployed again
-/// before anything connects to it).
+/// A deployment record, or none for one written before host keys were recorded (such a
+/// run is deployed again before anything connects to it).
 fn current_deployment<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Deployment>, D::Error> {
     let v = Option::<serde_json::Value>::deserialize(d)?;
     Ok(v.and_then(|v| serde_json::from_value(v).ok()))
@@ -256,7 +259,7 @@ impl RunState {
     pub fn deployed(&self) -> Result<&Deployment, String> {
         self.deployment.as_ref().ok_or_else(|| {
             format!(
-                "run {} is not deployed (or was deployed by an older infra): run `infra ec2 deploy --run {}`",
+                "run {} is not deployed (or was deployed by an older infra that did not record the hosts' keys): run `infra ec2 deploy --run {}`",
                 self.run_id, self.run_id
             )
         })
