@@ -5,7 +5,8 @@
 //!
 //! The first contact with each host learns its ssh host key into the run's known_hosts;
 //! every later connection (of this and every other command) checks it. Each host's `env`
-//! file holds the cluster token and the admin token.
+//! file holds the cluster token, and the admin token only where a coordinator or a
+//! frontend runs.
 use super::cli::DeployOpts;
 use super::layout::{self, HostMap};
 use super::reach::{self, links, on_all_hosts, run_and_echo, Link};
@@ -219,11 +220,17 @@ fn stage(out: &Path, st: &RunState, books: &Path) -> Result<Staged, String> {
     Ok(staged)
 }
 
-/// A host's `env` file: the cluster token and the admin token.
-fn env_file(st: &RunState, _host: &Host) -> String {
+/// A host's `env` file: the cluster token, and the admin token only if it runs a
+/// coordinator or a frontend.
+fn env_file(st: &RunState, host: &Host) -> String {
+    let admin = if host.needs_admin_token() {
+        format!("BOOKSTORE_ADMIN_TOKEN={}\n", st.admin_token)
+    } else {
+        String::new()
+    };
     format!(
-        "BOOKSTORE_CLUSTER_TOKEN={}\nBOOKSTORE_ADMIN_TOKEN={}\nRUST_LOG=info\n",
-        st.cluster_token, st.admin_token
+        "BOOKSTORE_CLUSTER_TOKEN={}\n{admin}RUST_LOG=info\n",
+        st.cluster_token
     )
 }
 
@@ -362,6 +369,24 @@ mod tests {
         assert_eq!(st.hosts[1].services[1], Service::new(Order, 1, 8005));
         // Contiguous ids: nothing to do, with or without the data.
         renumber(&mut st, true).unwrap();
+    }
+
+    #[test]
+    fn only_coordinator_and_frontend_hosts_get_the_admin_token() {
+        use Kind::*;
+        let st = state(
+            vec![
+                host("a", &[(Frontend, 0, 8000), (Coordinator, 0, 8001)]),
+                host("b", &[(Catalog, 0, 8002)]),
+            ],
+            3,
+        );
+        let env = |h: usize| env_file(&st, &st.hosts[h]);
+        assert_eq!(
+            env(0),
+            "BOOKSTORE_CLUSTER_TOKEN=c\nBOOKSTORE_ADMIN_TOKEN=a\nRUST_LOG=info\n"
+        );
+        assert_eq!(env(1), "BOOKSTORE_CLUSTER_TOKEN=c\nRUST_LOG=info\n");
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! `start` runs each of the host's services as
 //! `infra serve KIND --id N --listen HOST:PORT ...` so that it outlives the SSH session: as a systemd unit when systemd runs and `sudo -n` works,
 //! else with `setsid nohup ... &` and a pid file in `run/`. Tokens come from the file
-//! `env` (mode 0600), never from the command line.
+//! `env` (mode 0600), never from the command line; only the hosts of coordinators and
+//! frontends have the admin token in it.
 
 use super::state::Service;
 

@@ -95,6 +95,12 @@ impl Host {
     pub fn runs(&self, kind: Kind) -> bool {
         self.services.iter().any(|s| s.kind == kind)
     }
+
+    /// Whether the host needs the admin token: a coordinator serves the admin API, a
+    /// frontend checks the token before it forwards an admin call.
+    pub fn needs_admin_token(&self) -> bool {
+        self.runs(Kind::Coordinator) || self.runs(Kind::Frontend)
+    }
 }
 
 /// How `deploy` reaches one instance.
