@@ -866,22 +866,11 @@ impl LocalCluster {
         Ok(())
     }
 
-    /// `POST path` with the admin token to the coordinator leader, following it.
+    /// `POST path` with the admin token to the coordinator leader ([`crate::admin`]).
     async fn admin_post<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, String> {
-        let auth = format!("Bearer {}", self.options.admin_token);
-        let body = self
-            .coordinators
-            .call(
-                |c, base| {
-                    c.post(format!("{base}{path}"))
-                        .header("authorization", auth.as_str())
-                },
-                Duration::from_secs(30),
-                Duration::from_secs(30),
-            )
+        crate::admin::post(&self.coordinators, &self.options.admin_token, path)
             .await
-            .map_err(|e| e.to_string())?;
-        serde_json::from_slice(&body).map_err(|e| format!("bad answer: {e}"))
+            .map_err(|e| e.to_string())
     }
 
     fn spawn(&self, exe: &Path, server: &mut Server) -> Result<(), String> {

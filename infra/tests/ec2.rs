@@ -7,8 +7,9 @@
 //! a printed reason elsewhere.
 #![cfg(feature = "ec2")]
 use aws_sdk_ec2::types::Filter;
+use bookstore_common::config::Kind;
 use bookstore_common::types::{Book, Versioned};
-use infra::ec2::state::{Phase, RunState};
+use infra::ec2::state::{Phase, RunState, Service};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -52,17 +53,17 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// A base port with the 9 ports after it free (the 7 services of one run on loopback, and
-/// room for `add`), below the kernel's ephemeral range (32768-60999) so no outgoing
+/// A base port with the 14 ports after it free (the 11 services of one run on loopback,
+/// and room for `add`), below the kernel's ephemeral range (32768-60999) so no outgoing
 /// connection takes one of them before the services bind.
 fn free_port_range() -> u16 {
     for _ in 0..200 {
         let base = 12_000 + (uuid::Uuid::new_v4().as_u128() % 20_000) as u16;
-        if (base..base + 9).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok()) {
+        if (base..base + 14).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok()) {
             return base;
         }
     }
-    panic!("no 8 free consecutive ports");
+    panic!("no 14 free consecutive ports");
 }
 
 fn wait_port(port: u16, limit: Duration) {
@@ -328,11 +329,35 @@ fn up_creates_tagged_instances_and_a_tight_group_and_down_deletes_everything() {
         assert_eq!(mode & 0o077, 0, "the state file holds tokens: 0600");
     }
 
-    // The cluster file: 7 services (a coordinator, a frontend, a cache, 2 catalogs, 2
-    // orders) on the instances' private addresses, replicas of a kind on different hosts.
+    // The cluster file: 11 services (3 coordinators, 3 frontends, a cache, 2 catalogs, 2
+    // orders) on the instances' private addresses, replicas of a kind on different hosts,
+    // each coordinator on a host of its own with a frontend beside it.
     let cluster_file = out.path().join("ec2").join(run).join("cluster.csv");
     let cluster = bookstore_common::config::ClusterConfig::load(&cluster_file).unwrap();
-    assert_eq!(cluster.all().len(), 7);
+    assert_eq!(cluster.all().len(), 11);
+    {
+        use bookstore_common::config::Kind::{Coordinator, Frontend};
+        let coordinators: Vec<&str> = cluster
+            .servers(Coordinator)
+            .iter()
+            .map(|e| e.host.as_str())
+            .collect();
+        let frontends: Vec<&str> = cluster
+            .servers(Frontend)
+            .iter()
+            .map(|e| e.host.as_str())
+            .collect();
+        let distinct: std::collections::HashSet<&&str> = coordinators.iter().collect();
+        assert_eq!(
+            distinct.len(),
+            3,
+            "coordinators share a host: {coordinators:?}"
+        );
+        assert_eq!(
+            frontends, coordinators,
+            "a frontend beside each coordinator"
+        );
+    }
     let privates: Vec<String> = st.hosts.iter().map(|h| h.private_ip.clone()).collect();
     for (_, _, e) in cluster.all() {
         assert!(
@@ -424,10 +449,10 @@ fn up_creates_tagged_instances_and_a_tight_group_and_down_deletes_everything() {
             rules,
             vec![
                 (22, 22, me.clone(), vec![]),
-                (8000, 8000, me.clone(), vec![]),
-                (8000, 8006, vec![], group),
+                (8000, 8002, me.clone(), vec![]),
+                (8000, 8010, vec![], group),
             ],
-            "ssh and frontend from the operator's CIDR only, services from the group only"
+            "ssh and the frontends from the operator's CIDR only, services from the group only"
         );
         assert!(sg
             .ip_permissions()
@@ -469,7 +494,7 @@ fn down_finishes_a_half_finished_up() {
         &up_args(&moto, run, &["--instance-type", "x9.nonexistent"]),
     ));
     assert!(
-        err.contains("launching 2 x9.nonexistent instances"),
+        err.contains("launching 3 x9.nonexistent instances"),
         "{err}"
     );
     let st = RunState::load(out.path(), run).unwrap();
@@ -488,11 +513,11 @@ fn down_all_runs_finds_leftovers_of_crashed_runs_by_tag() {
     let out = tempfile::tempdir().unwrap();
     run_ok(ec2(
         out.path(),
-        &up_args(&moto, "t-crash1", &["--hosts", "1"]),
+        &up_args(&moto, "t-crash1", &["--hosts", "1", "--coordinators", "1"]),
     ));
     run_ok(ec2(
         out.path(),
-        &up_args(&moto, "t-crash2", &["--hosts", "2"]),
+        &up_args(&moto, "t-crash2", &["--hosts", "2", "--coordinators", "1"]),
     ));
     // The state files are lost (the runs crashed on another machine, say).
     std::fs::remove_dir_all(out.path().join("ec2")).unwrap();
@@ -618,11 +643,17 @@ fn run_tears_down_after_a_failure_and_after_ctrl_c() {
 struct Sshd {
     child: Child,
     port: u16,
+    program: PathBuf,
     _dir: tempfile::TempDir,
 }
 
 impl Sshd {
     fn start(authorized_key: &Path) -> Option<Sshd> {
+        Sshd::start_on(authorized_key, free_port())
+    }
+
+    /// An sshd on `port` with a host key of its own (a new one on every start).
+    fn start_on(authorized_key: &Path, port: u16) -> Option<Sshd> {
         let sshd = need("/usr/sbin/sshd")?;
         need("ssh")?;
         need("scp")?;
@@ -636,7 +667,6 @@ impl Sshd {
         assert!(st.success());
         let auth = dir.path().join("authorized_keys");
         std::fs::copy(authorized_key, &auth).unwrap();
-        let port = free_port();
         let sftp = [
             "/usr/lib/openssh/sftp-server",
             "/usr/libexec/openssh/sftp-server",
@@ -663,22 +693,53 @@ impl Sshd {
         if unsafe { libc::geteuid() } == 0 {
             let _ = std::fs::create_dir_all("/run/sshd"); // privilege separation directory
         }
-        let child = Command::new(sshd)
-            .arg("-D")
-            .arg("-e")
-            .arg("-f")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("sshd.log")).unwrap())
-            .spawn()
-            .unwrap();
+        let child = Sshd::spawn(&sshd, dir.path());
         wait_port(port, Duration::from_secs(10));
         Some(Sshd {
             child,
             port,
+            program: sshd,
             _dir: dir,
         })
+    }
+
+    fn spawn(program: &Path, dir: &Path) -> Child {
+        Command::new(program)
+            .arg("-D")
+            .arg("-e")
+            .arg("-f")
+            .arg(dir.join("sshd_config"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(dir.join("sshd.log"))
+                    .unwrap(),
+            )
+            .spawn()
+            .unwrap()
+    }
+
+    /// Stops listening (the host is lost); [`Sshd::resume`] starts again with the same
+    /// host key.
+    fn pause(&mut self) {
+        kill(&mut self.child);
+    }
+
+    fn resume(&mut self) {
+        self.child = Sshd::spawn(&self.program, self._dir.path());
+        wait_port(self.port, Duration::from_secs(10));
+    }
+
+    /// The public half of this sshd's host key (`ssh-ed25519 AAAA...`, without a comment).
+    fn host_key(&self) -> String {
+        let text = std::fs::read_to_string(self._dir.path().join("host_key.pub")).unwrap();
+        text.split_whitespace()
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 }
 
@@ -693,22 +754,30 @@ struct ServersUnder(PathBuf);
 
 impl ServersUnder {
     fn pids(&self) -> Vec<i32> {
-        let mut pids = Vec::new();
-        for host in std::fs::read_dir(&self.0).into_iter().flatten().flatten() {
-            for f in std::fs::read_dir(host.path().join("run"))
-                .into_iter()
-                .flatten()
-                .flatten()
-            {
-                if let Ok(p) = std::fs::read_to_string(f.path()) {
-                    if let Ok(p) = p.trim().parse() {
-                        pids.push(p);
-                    }
-                }
+        std::fs::read_dir(&self.0)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .flat_map(|host| pids_in(&host.path()))
+            .collect()
+    }
+}
+
+/// The pids of the servers a deploy started in one host's folder.
+fn pids_in(host_dir: &Path) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for f in std::fs::read_dir(host_dir.join("run"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if let Ok(p) = std::fs::read_to_string(f.path()) {
+            if let Ok(p) = p.trim().parse() {
+                pids.push(p);
             }
         }
-        pids
     }
+    pids
 }
 
 impl Drop for ServersUnder {
@@ -750,21 +819,25 @@ fn deploy_test_collect_stop_against_a_real_sshd() {
     ));
     let st = RunState::load(out.path(), run).unwrap();
     let key = st.ssh_key.clone().unwrap();
-    let Some(sshd) = Sshd::start(&key.with_extension("pub")) else {
+    // Host 0 gets an sshd of its own, so that the test can lose it alone.
+    let (Some(mut sshd0), Some(sshd)) = (
+        Sshd::start(&key.with_extension("pub")),
+        Sshd::start(&key.with_extension("pub")),
+    ) else {
         return;
     };
 
-    // One instance mapped on the command line, the other through a file.
+    // One instance mapped on the command line, the others through a file.
     let map_file = out.path().join("hosts.map");
     std::fs::write(
         &map_file,
         format!(
-            "# moto's addresses are fake\n{}=127.0.0.1:{}\n",
-            st.instance_ids[1], sshd.port
+            "# moto's addresses are fake\n{}=127.0.0.1:{}\n{}=127.0.0.1:{}\n",
+            st.instance_ids[1], sshd.port, st.instance_ids[2], sshd.port
         ),
     )
     .unwrap();
-    let first = format!("{}=127.0.0.1:{}", st.instance_ids[0], sshd.port);
+    let first = format!("{}=127.0.0.1:{}", st.instance_ids[0], sshd0.port);
     let started = Instant::now();
     let stdout = run_ok(ec2(
         out.path(),
@@ -789,9 +862,9 @@ fn deploy_test_collect_stop_against_a_real_sshd() {
     assert!(stdout.contains(&format!("is deployed: {url}")), "{stdout}");
     let st = RunState::load(out.path(), run).unwrap();
     assert_eq!(st.phase, Phase::Deployed);
-    // Every service runs detached from the (finished) ssh sessions: 7 live pids.
+    // Every service runs detached from the (finished) ssh sessions: 11 live pids.
     let pids = servers.pids();
-    assert_eq!(pids.len(), 7, "{pids:?}");
+    assert_eq!(pids.len(), 11, "{pids:?}");
     assert!(pids.iter().all(|&p| alive(p)));
     let env_mode = {
         use std::os::unix::fs::PermissionsExt;
@@ -829,8 +902,8 @@ fn deploy_test_collect_stop_against_a_real_sshd() {
     run_ok(ec2(out.path(), &["collect", "--run", run]));
     for h in &st.hosts {
         let dir = out.path().join("ec2").join(run).join(&h.instance_id);
-        for (k, i, _) in &h.services {
-            let log = dir.join(format!("{k}{i}.stderr.log"));
+        for s in &h.services {
+            let log = dir.join(format!("{}{}.stderr.log", s.kind, s.id));
             assert!(log.is_file(), "{} missing", log.display());
         }
         assert!(
@@ -854,7 +927,11 @@ fn deploy_test_collect_stop_against_a_real_sshd() {
         .collect();
     assert_eq!(orders.matches("bought book 1").count(), 3, "{orders}");
 
-    let pids = scale_out_and_in(out.path(), run, &servers, &url, &base, &moto);
+    scale_out_and_in(out.path(), run, &servers, &url, &base, &moto);
+    lose_host_0(out.path(), run, &remote, &mut sshd0, &base);
+    // Host 0 is back (its sshd with the same host key; its services stay dead).
+    sshd0.resume();
+    let pids = servers.pids();
 
     run_ok(ec2(out.path(), &["stop", "--run", run]));
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -867,13 +944,18 @@ fn deploy_test_collect_stop_against_a_real_sshd() {
     drop(servers);
 }
 
-/// The view document of `kind` from the coordinator (cluster token), which takes the
-/// port after the frontend's at `url`.
-fn view_of(url: &str, token: &str, kind: &str) -> serde_json::Value {
+/// The view document of `kind` from the coordinator leader (cluster token), found from
+/// the coordinators of the run's deployed cluster file.
+fn view_of(out: &Path, run: &str, token: &str, kind: &str) -> serde_json::Value {
+    let file = out.join("ec2").join(run).join("deploy").join("cluster.csv");
+    let cluster = bookstore_common::config::ClusterConfig::load(&file).unwrap();
     let client = bookstore_common::client::Client::with_timeout(token, Duration::from_secs(5));
-    let (host, port) = url.rsplit_once(':').unwrap();
-    let coordinator = format!("{host}:{}", port.parse::<u16>().unwrap() + 1);
-    rt().block_on(client.get_json(&format!("{coordinator}/vs/{kind}/view")))
+    let group = bookstore_common::coordinators::Coordinators::new(
+        client,
+        cluster.urls(bookstore_common::config::Kind::Coordinator),
+    );
+    let t = Duration::from_secs(5);
+    rt().block_on(group.get_json(&format!("/vs/{kind}/view"), t, t))
         .unwrap_or_else(|e| panic!("{kind} view: {e}"))
 }
 
@@ -900,8 +982,62 @@ fn buy_ok(url: &str, item: u32) {
     assert_eq!(status.ok(), Some(200), "buy of book {item} through {url}");
 }
 
+/// Stands in for an HTTP proxy: a command run with `http_proxy` pointing here sends
+/// every plain-HTTP request it makes from this machine here instead. It records each
+/// request's first line, whether it carried `token`, and answers 502.
+struct Recorder {
+    url: String,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Recorder {
+    fn start(token: &str) -> Recorder {
+        use std::io::{BufRead, Write};
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (log, token) = (seen.clone(), token.to_string());
+        std::thread::spawn(move || {
+            for conn in l.incoming().flatten() {
+                let mut r = std::io::BufReader::new(conn);
+                let mut head = String::new();
+                loop {
+                    let mut line = String::new();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    head.push_str(&line);
+                }
+                let first = head.lines().next().unwrap_or_default().to_string();
+                let carried = if head.contains(&token) {
+                    " (carries the admin token)"
+                } else {
+                    ""
+                };
+                log.lock().unwrap().push(format!("{first}{carried}"));
+                let _ = r.get_mut().write_all(
+                    b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                );
+            }
+        });
+        Recorder { url, seen }
+    }
+
+    fn seen(&self) -> Vec<String> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// `c` with every plain-HTTP request it makes sent here.
+    fn proxy(&self, mut c: Command) -> Command {
+        c.env("http_proxy", &self.url)
+            .env("HTTP_PROXY", &self.url)
+            .env_remove("no_proxy")
+            .env_remove("NO_PROXY");
+        c
+    }
+}
+
 /// `add catalog` then `remove catalog 0` on a deployed run; no other service restarts.
-/// Returns the pids of the services left.
 fn scale_out_and_in(
     out: &Path,
     run: &str,
@@ -909,18 +1045,27 @@ fn scale_out_and_in(
     url: &str,
     base: &str,
     moto: &Moto,
-) -> Vec<i32> {
+) {
     let st = RunState::load(out, run).unwrap();
     let token = st.cluster_token.clone();
     let before = servers.pids();
+    // The admin calls travel over ssh: nothing of `add` and `remove` is plain HTTP from
+    // this machine (which would cross the internet in clear text on EC2).
+    let recorder = Recorder::start(&st.admin_token);
     let started = Instant::now();
-    let o = ec2(
-        out,
-        &["add", "catalog", "--run", run, "--wait-seconds", "30"],
-    )
-    .output()
-    .unwrap();
+    let o = recorder
+        .proxy(ec2(
+            out,
+            &["add", "catalog", "--run", run, "--wait-seconds", "30"],
+        ))
+        .output()
+        .unwrap();
     let (stdout, stderr) = texts(&o);
+    assert_eq!(
+        recorder.seen(),
+        Vec::<String>::new(),
+        "add sent plain HTTP from this machine\n{stderr}"
+    );
     assert!(o.status.success(), "add failed\n{stdout}\n{stderr}");
     eprintln!("add took {:?}\n{stderr}", started.elapsed());
     assert!(stdout.contains("catalog 2 runs on"), "{stdout}");
@@ -928,14 +1073,15 @@ fn scale_out_and_in(
         stderr.contains("is a synced backup and serves"),
         "progress: {stderr}"
     );
-    // Recorded in the state on a new port, the 8th; that port is open to the group.
+    // Recorded in the state on a new port, the 12th; that port is open to the group.
     let st = RunState::load(out, run).unwrap();
-    let port: u16 = base.parse::<u16>().unwrap() + 7;
-    assert_eq!(st.ports_used, 8);
+    let port: u16 = base.parse::<u16>().unwrap() + 11;
+    assert_eq!(st.ports_used, 12);
+    let catalog2 = Service::new(Kind::Catalog, 2, port);
     let h = st
         .hosts
         .iter()
-        .position(|h| h.services.contains(&("catalog".to_string(), 2, port)))
+        .position(|h| h.services.contains(&catalog2))
         .unwrap_or_else(|| panic!("catalog 2 on port {port} in {:?}", st.hosts));
     let rules = rt().block_on(async {
         moto.client()
@@ -964,12 +1110,12 @@ fn scale_out_and_in(
         script.contains(&format!("catalog 2 127.0.0.1 {port}")),
         "{script}"
     );
-    // Nothing else restarted: the 7 old services keep their pids, one more runs.
+    // Nothing else restarted: the 11 old services keep their pids, one more runs.
     let after = servers.pids();
-    assert_eq!(after.len(), 8, "{after:?}");
+    assert_eq!(after.len(), 12, "{after:?}");
     assert!(before.iter().all(|p| after.contains(p) && alive(*p)));
 
-    let view = view_of(url, &token, "catalog");
+    let view = view_of(out, run, &token, "catalog");
     assert!(
         view["synced"].as_array().unwrap().iter().any(|x| *x == 2),
         "{view}"
@@ -1000,21 +1146,27 @@ fn scale_out_and_in(
 
     // Scale in: catalog 0 (primary or not) leaves; the view no longer includes it.
     let started = Instant::now();
-    let o = ec2(
-        out,
-        &[
-            "remove",
-            "catalog",
-            "0",
-            "--run",
-            run,
-            "--wait-seconds",
-            "30",
-        ],
-    )
-    .output()
-    .unwrap();
+    let o = recorder
+        .proxy(ec2(
+            out,
+            &[
+                "remove",
+                "catalog",
+                "0",
+                "--run",
+                run,
+                "--wait-seconds",
+                "30",
+            ],
+        ))
+        .output()
+        .unwrap();
     let (stdout, stderr) = texts(&o);
+    assert_eq!(
+        recorder.seen(),
+        Vec::<String>::new(),
+        "remove sent plain HTTP from this machine\n{stderr}"
+    );
     assert!(o.status.success(), "remove failed\n{stdout}\n{stderr}");
     eprintln!("remove took {:?}\n{stderr}", started.elapsed());
     assert!(
@@ -1025,7 +1177,7 @@ fn scale_out_and_in(
         stderr.contains("catalog 0 is out of the view"),
         "progress: {stderr}"
     );
-    let view = view_of(url, &token, "catalog");
+    let view = view_of(out, run, &token, "catalog");
     let in_view = view["view"]["primary"] == 0
         || view["view"]["backups"]
             .as_array()
@@ -1038,9 +1190,9 @@ fn scale_out_and_in(
     assert!(st
         .hosts
         .iter()
-        .all(|h| !h.services.iter().any(|(k, i, _)| k == "catalog" && *i == 0)));
+        .all(|h| !h.services.iter().any(|s| s.is(Kind::Catalog, 0))));
     let left = servers.pids();
-    assert_eq!(left.len(), 7, "{left:?}");
+    assert_eq!(left.len(), 11, "{left:?}");
     let gone: Vec<&i32> = before.iter().filter(|p| !left.contains(p)).collect();
     assert_eq!(gone.len(), 1, "one service stopped: {gone:?}");
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -1056,7 +1208,92 @@ fn scale_out_and_in(
         err.contains("has no catalog 0 (its catalog replicas: 1, 2)"),
         "{err}"
     );
-    left
+}
+
+/// `POST /buy` of `item` through `frontend`, with one idempotency key, until it is
+/// answered 200 (a retry of a buy that went through buys nothing more).
+fn buy_within(frontend: &str, item: u32, limit: Duration) {
+    let key = uuid::Uuid::new_v4().to_string();
+    let deadline = Instant::now() + limit;
+    loop {
+        let status = rt().block_on(async {
+            reqwest::Client::new()
+                .post(format!("{frontend}/buy?item_number={item}"))
+                .header("Idempotency-Key", &key)
+                .timeout(Duration::from_secs(3))
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        });
+        if status.as_ref().ok() == Some(&200) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no buy of book {item} through {frontend} within {limit:?}: {status:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Host 0 (coordinator 0, frontend 0, the cache, a catalog and an order) is lost: its
+/// servers are killed and its sshd stops. Frontends 1 and 2, on the other coordinators'
+/// hosts, keep serving buys, and `add order` still works: its admin call and its waits
+/// run on the next coordinator host that ssh reaches.
+fn lose_host_0(out: &Path, run: &str, remote: &Path, sshd0: &mut Sshd, base: &str) {
+    let st = RunState::load(out, run).unwrap();
+    let lost = st.hosts[0].instance_id.clone();
+    assert!(
+        st.hosts[0]
+            .services
+            .iter()
+            .any(|s| s.kind == Kind::Coordinator)
+            && st.hosts[0]
+                .services
+                .iter()
+                .any(|s| s.kind == Kind::Frontend),
+        "{:?}",
+        st.hosts[0]
+    );
+    for p in pids_in(&remote.join(&lost)) {
+        // SAFETY: SIGKILL to a server process this test's deploy started.
+        unsafe {
+            libc::kill(p, libc::SIGKILL);
+        }
+    }
+    sshd0.pause();
+    let started = Instant::now();
+    let base: u16 = base.parse().unwrap();
+    for f in [base + 1, base + 2] {
+        buy_within(&format!("http://127.0.0.1:{f}"), 4, Duration::from_secs(20));
+    }
+    eprintln!(
+        "host 0 lost: frontends 1 and 2 served buys after {:?}",
+        started.elapsed()
+    );
+    let o = ec2(out, &["add", "order", "--run", run, "--wait-seconds", "30"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = texts(&o);
+    assert!(o.status.success(), "add failed\n{stdout}\n{stderr}");
+    eprintln!("add with host 0 lost:\n{stderr}");
+    assert!(
+        stderr.contains(&format!("{lost} (a coordinator's host) cannot be reached")),
+        "{stderr}"
+    );
+    assert!(stdout.contains("order 2 runs on"), "{stdout}");
+    let st = RunState::load(out, run).unwrap();
+    let h = st
+        .hosts
+        .iter()
+        .position(|h| h.services.iter().any(|s| s.is(Kind::Order, 2)))
+        .unwrap();
+    assert_ne!(h, 0, "the new replica goes to a live host");
+    buy_within(
+        &format!("http://127.0.0.1:{}", base + 2),
+        3,
+        Duration::from_secs(10),
+    );
 }
 
 #[test]
@@ -1143,4 +1380,150 @@ fn run_does_everything_against_moto_and_sshd() {
             .is_ok()
     });
     assert!(kept, "a key pair the user brought is not deleted");
+}
+
+/// A run on moto whose hosts are all one test sshd, deployed with a stand-in `infra` that
+/// exits at once: `deploy` reaches every host and copies every file, then fails because
+/// no service starts. Cheap: no server runs.
+struct StandInRun {
+    sshd: Sshd,
+    out: tempfile::TempDir,
+    remote: PathBuf,
+    key: PathBuf,
+    _moto: Moto,
+}
+
+fn stand_in_run(run: &str, hosts: &str) -> Option<StandInRun> {
+    let moto = Moto::start()?;
+    if need("/usr/sbin/sshd").is_none() || need("ssh").is_none() {
+        return None;
+    }
+    let out = tempfile::tempdir().unwrap();
+    let base = free_port_range().to_string();
+    let me = user();
+    run_ok(ec2(
+        out.path(),
+        &up_args(
+            &moto,
+            run,
+            &["--hosts", hosts, "--base-port", &base, "--ssh-user", &me],
+        ),
+    ));
+    let key = RunState::load(out.path(), run)
+        .unwrap()
+        .ssh_key
+        .unwrap()
+        .with_extension("pub");
+    let sshd = Sshd::start(&key)?;
+    let stand_in = out.path().join("stand-in");
+    std::fs::write(&stand_in, "#!/bin/sh\nexit 1\n").unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&stand_in, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let remote = out.path().join("remote");
+    let map = format!("*=127.0.0.1:{}", sshd.port);
+    let err = run_err(ec2(
+        out.path(),
+        &[
+            "deploy",
+            "--run",
+            run,
+            "--host-map",
+            &map,
+            "--binary",
+            stand_in.to_str().unwrap(),
+            "--remote-dir",
+            remote.to_str().unwrap(),
+            "--ssh-wait",
+            "20",
+        ],
+    ));
+    assert!(err.contains("not running"), "{err}");
+    Some(StandInRun {
+        sshd,
+        out,
+        remote,
+        key,
+        _moto: moto,
+    })
+}
+
+/// Issue 17, item 6: the first contact with a host (deploy) learns its host key into the
+/// run's known_hosts; every later connection checks it strictly, so another machine at
+/// the same address (with the tokens' file about to cross to it) is refused.
+#[test]
+fn host_keys_are_learned_on_first_contact_and_checked_after() {
+    let Some(r) = stand_in_run("t-hostkeys", "3") else {
+        return;
+    };
+    let run_dir = r.out.path().join("ec2").join("t-hostkeys");
+    let learned = r.sshd.host_key();
+    // Another machine (another host key) now answers at the hosts' address.
+    let port = r.sshd.port;
+    drop(r.sshd);
+    let Some(impostor) = Sshd::start_on(&r.key, port) else {
+        return;
+    };
+    assert_ne!(impostor.host_key(), learned);
+    let err = run_err(ec2(r.out.path(), &["stop", "--run", "t-hostkeys"]));
+    assert!(err.contains("host key"), "{err}");
+    let known = std::fs::read_to_string(run_dir.join("known_hosts")).unwrap_or_default();
+    assert!(known.contains(&learned), "known_hosts:\n{known}");
+    assert!(
+        !known.contains(&impostor.host_key()),
+        "known_hosts:\n{known}"
+    );
+    // A host whose key was never learned is refused as well: no later command learns.
+    std::fs::remove_file(run_dir.join("known_hosts")).unwrap();
+    let err = run_err(ec2(r.out.path(), &["stop", "--run", "t-hostkeys"]));
+    assert!(err.contains("host key"), "{err}");
+    let relearned = std::fs::read_to_string(run_dir.join("known_hosts")).unwrap_or_default();
+    assert!(
+        !relearned.contains(&impostor.host_key()),
+        "a later command learned a host key:\n{relearned}"
+    );
+}
+
+/// The kinds listed in a deployed host's `bookstore.sh`.
+fn kinds_in_script(script: &str) -> Vec<String> {
+    let list = script
+        .split_once("SERVICES=\"")
+        .and_then(|(_, rest)| rest.split_once('"'))
+        .map(|(list, _)| list)
+        .unwrap_or_default();
+    list.lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Issue 17, item 6: the admin token goes only to the hosts that run a coordinator (which
+/// serves the admin API) or a frontend (which checks it before forwarding); every host
+/// gets the cluster token.
+#[test]
+fn the_admin_token_goes_only_to_the_hosts_that_need_it() {
+    let Some(r) = stand_in_run("t-tokens", "4") else {
+        return;
+    };
+    let st = RunState::load(r.out.path(), "t-tokens").unwrap();
+    let mut without = 0;
+    for id in &st.instance_ids {
+        let dir = r.remote.join(id);
+        let env = std::fs::read_to_string(dir.join("env")).unwrap();
+        let kinds = kinds_in_script(&std::fs::read_to_string(dir.join("bookstore.sh")).unwrap());
+        assert!(!kinds.is_empty(), "{id} runs nothing");
+        assert!(env.contains(&st.cluster_token), "{id}: no cluster token");
+        let needs = kinds.iter().any(|k| k == "coordinator" || k == "frontend");
+        assert_eq!(
+            env.contains(&st.admin_token),
+            needs,
+            "{id} runs {kinds:?}: it should hold the admin token only if it runs a coordinator or a frontend"
+        );
+        without += usize::from(!needs);
+    }
+    assert!(
+        without > 0,
+        "4 hosts: one runs neither a coordinator nor a frontend"
+    );
 }

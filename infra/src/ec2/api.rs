@@ -147,7 +147,7 @@ impl Api {
         Ok(())
     }
 
-    /// Creates the run's security group: SSH and the frontend port from `allow` only, the
+    /// Creates the run's security group: SSH and the frontends' ports from `allow` only, the
     /// service ports from members of the group only. Returns its id.
     pub async fn create_security_group(&self, name: &str, run: &str) -> Result<String, String> {
         let out = self
@@ -169,14 +169,14 @@ impl Api {
         &self,
         group_id: &str,
         allow: &str,
-        frontend_port: u16,
+        frontend_ports: (u16, u16),
         service_ports: (u16, u16),
     ) -> Result<(), String> {
-        let from_operator = |port: u16, what: &str| {
+        let from_operator = |(from, to): (u16, u16), what: &str| {
             let p = IpPermission::builder()
                 .ip_protocol("tcp")
-                .from_port(port.into())
-                .to_port(port.into());
+                .from_port(from.into())
+                .to_port(to.into());
             if allow.contains(':') {
                 p.ipv6_ranges(
                     Ipv6Range::builder()
@@ -204,10 +204,10 @@ impl Api {
         self.client
             .authorize_security_group_ingress()
             .group_id(group_id)
-            .ip_permissions(from_operator(22, "ssh from the operator"))
+            .ip_permissions(from_operator((22, 22), "ssh from the operator"))
             .ip_permissions(from_operator(
-                frontend_port,
-                "bookstore frontend from the operator",
+                frontend_ports,
+                "bookstore frontends from the operator",
             ))
             .ip_permissions(within)
             .send()

@@ -6,22 +6,26 @@
 //! `start` runs each of the host's services as
 //! `infra serve KIND --id N --listen HOST:PORT ...` so that it outlives the SSH session: as a systemd unit when systemd runs and `sudo -n` works,
 //! else with `setsid nohup ... &` and a pid file in `run/`. Tokens come from the file
-//! `env` (mode 0600), never from the command line.
+//! `env` (mode 0600), never from the command line; only the hosts of coordinators and
+//! frontends have the admin token in it.
 
-/// A service on a host: kind, replica id, the address it binds, port.
+use super::state::Service;
+
+/// A service on a host and the address it binds.
 #[derive(Debug, Clone)]
 pub struct Svc {
-    pub kind: String,
-    pub id: u32,
+    pub service: Service,
     pub host: String,
-    pub port: u16,
 }
 
 /// The script for one host's services.
 pub fn control_script(run: &str, services: &[Svc]) -> String {
     let list: String = services
         .iter()
-        .map(|s| format!("{} {} {} {}\n", s.kind, s.id, s.host, s.port))
+        .map(|s| {
+            let Service { kind, id, port } = s.service;
+            format!("{kind} {id} {} {port}\n", s.host)
+        })
         .collect();
     SCRIPT
         .replace("@RUN@", run)
@@ -209,24 +213,22 @@ esac
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bookstore_common::config::Kind;
+
+    fn svc(kind: Kind, id: u32, host: &str, port: u16) -> Svc {
+        Svc {
+            service: Service::new(kind, id, port),
+            host: host.into(),
+        }
+    }
 
     #[test]
     fn the_script_lists_the_services() {
         let s = control_script(
             "r1",
             &[
-                Svc {
-                    kind: "frontend".into(),
-                    id: 0,
-                    host: "10.0.0.1".into(),
-                    port: 8000,
-                },
-                Svc {
-                    kind: "catalog".into(),
-                    id: 1,
-                    host: "10.0.0.1".into(),
-                    port: 8003,
-                },
+                svc(Kind::Frontend, 0, "10.0.0.1", 8000),
+                svc(Kind::Catalog, 1, "10.0.0.1", 8003),
             ],
         );
         assert!(s.contains("SERVICES=\"frontend 0 10.0.0.1 8000\ncatalog 1 10.0.0.1 8003\"\n"));
@@ -255,16 +257,16 @@ mod tests {
         use std::process::Command;
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        let svc = |kind: &str, id, port| Svc {
-            kind: kind.into(),
-            id,
-            host: "127.0.0.1".into(),
-            port,
-        };
         let script = d.join("bookstore.sh");
         std::fs::write(
             &script,
-            control_script("r1", &[svc("frontend", 0, 8000), svc("catalog", 3, 8006)]),
+            control_script(
+                "r1",
+                &[
+                    svc(Kind::Frontend, 0, "127.0.0.1", 8000),
+                    svc(Kind::Catalog, 3, "127.0.0.1", 8006),
+                ],
+            ),
         )
         .unwrap();
         std::fs::write(
