@@ -95,14 +95,14 @@ impl Coordinators {
     ) -> Result<Bytes, CallError> {
         let deadline = Instant::now() + budget;
         let mut queue = self.order();
-        let mut tried = Vec::new();
+        // What each coordinator tried so far answered (a 503 or no answer).
+        let mut tried: Vec<(String, CallError)> = Vec::new();
         let mut last = CallError::Unreachable("no coordinator is known".into());
         while let Some(base) = (!queue.is_empty()).then(|| queue.remove(0)) {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
             }
-            tried.push(base.clone());
             let req = make(self.client.raw(), &base).timeout(attempt.min(left));
             match self.client.send(req).await {
                 Ok(body) => {
@@ -112,15 +112,23 @@ impl Coordinators {
                 Err(CallError::Status { status: 421, body }) => {
                     let hint = body.leader.clone();
                     last = CallError::Status { status: 421, body };
+                    tried.push((base, last.clone()));
                     if let Some(leader) = hint {
                         let leader = leader.trim_end_matches('/').to_string();
-                        if !tried.contains(&leader) && self.set_leader(&leader) {
+                        // The leader was asked already: its own answer (a 503 "retry
+                        // shortly", say) is the answer, not this follower's pointer to it.
+                        if let Some((_, e)) = tried.iter().find(|(u, _)| *u == leader) {
+                            if e.status() == Some(503) {
+                                return Err(e.clone());
+                            }
+                        } else if self.set_leader(&leader) {
                             queue.retain(|u| *u != leader);
                             queue.insert(0, leader);
                         }
                     }
                 }
                 Err(e @ (CallError::Unreachable(_) | CallError::Status { status: 503, .. })) => {
+                    tried.push((base, e.clone()));
                     last = e;
                 }
                 Err(e) => return Err(e),
