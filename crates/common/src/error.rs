@@ -36,6 +36,10 @@ pub enum ApiError {
     /// The caller was retired from the cluster: 410.
     #[error("{0}")]
     Gone(String),
+    /// A well-formed request that cannot be carried out as sent (an `Idempotency-Key`
+    /// reused for another request): 422.
+    #[error("{0}")]
+    Unprocessable(String),
 }
 
 impl ResponseError for ApiError {
@@ -51,6 +55,7 @@ impl ResponseError for ApiError {
             ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Gone(_) => StatusCode::GONE,
+            ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
         }
     }
 

@@ -9,6 +9,7 @@
 //! - [`cache_store`]: cache entries and their version rules, used by the cache service
 //!   and by each frontend's near cache.
 //! - [`client`]: the pooled HTTP client services use to call each other.
+//! - [`idempotency`]: the table of `Idempotency-Key`s the replicated services keep, by age.
 //! - [`metrics`]: Prometheus `/metrics` (per-route request counts and latency histograms,
 //!   downstream tiers, service gauges) and the middleware that records requests.
 //! - [`oplog`]: the seed's one-operation-a-line logs, written off the request path.
@@ -25,6 +26,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod idempotency;
 pub mod metrics;
 pub mod openapi;
 pub mod oplog;

@@ -3,6 +3,7 @@
 use bookstore_common::auth::Tokens;
 use bookstore_common::client::Client;
 use bookstore_common::config::{parse_books, ClusterConfig, Endpoint, Kind};
+use bookstore_common::idempotency::Retention;
 use bookstore_common::types::Book;
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -32,6 +33,10 @@ pub struct Options {
     /// Frontends listed in the cluster file after frontend 0 whose sockets accept
     /// connections but never answer (a paused frontend).
     pub silent_frontends: usize,
+    /// Idempotency keys kept by the catalog replicas.
+    pub catalog_retention: Retention,
+    /// Idempotency keys kept by the order replicas.
+    pub order_retention: Retention,
 }
 
 impl Default for Options {
@@ -45,6 +50,8 @@ impl Default for Options {
             lease: Duration::from_millis(1000),
             tick: Duration::from_millis(20),
             silent_frontends: 0,
+            catalog_retention: Retention::default(),
+            order_retention: Retention::default(),
         }
     }
 }
@@ -145,6 +152,7 @@ impl TestCluster {
                         lease: opts.lease,
                         tick: opts.tick,
                         workers: 2,
+                        retention: opts.catalog_retention,
                     };
                     tokio::spawn(bookstore_catalog::run(l, c, stop));
                 }
@@ -157,6 +165,7 @@ impl TestCluster {
                         data_dir,
                         tick: opts.tick,
                         workers: 2,
+                        retention: opts.order_retention,
                     };
                     tokio::spawn(bookstore_order::run(l, c, stop));
                 }

@@ -19,6 +19,7 @@ use bookstore_common::auth::{require_cluster_token, Tokens};
 use bookstore_common::client::Client;
 use bookstore_common::config::{ClusterConfig, Kind};
 use bookstore_common::error::ErrorBody;
+use bookstore_common::idempotency::Retention;
 use bookstore_common::metrics::{self, Metrics};
 use bookstore_common::openapi::{self, IdempotencyHeader, ItemQuery, TopicQuery};
 use bookstore_common::oplog::OpLog;
@@ -58,6 +59,8 @@ pub struct CatalogConfig {
     /// Protocol tick (heartbeats every 2 ticks, failure after 10).
     pub tick: Duration,
     pub workers: usize,
+    /// How long and how many idempotency keys are kept (the same on every replica).
+    pub retention: Retention,
 }
 
 /// The replicated state machine: the catalog state, updated by log entries.
@@ -65,8 +68,8 @@ pub struct CatalogSm(pub CatalogState);
 
 impl StateMachine for CatalogSm {
     fn apply(&mut self, index: u64, data: &[u8]) -> Vec<u8> {
-        let outcome: UpdateOutcome = match bookstore_replication::protocol::decode::<Update>(data) {
-            Ok(u) => self.0.update(&u, index),
+        let outcome: UpdateOutcome = match state::decode_entry(data) {
+            Ok((u, time_ms)) => self.0.update_at(&u, index, time_ms),
             Err(_) => Err(UpdateError::Malformed),
         };
         bincode::serialize(&outcome).expect("outcome encodes")
@@ -77,7 +80,7 @@ impl StateMachine for CatalogSm {
     }
 
     fn restore(&mut self, data: &[u8]) -> Result<(), String> {
-        self.0 = CatalogState::from_bytes(data)?;
+        self.0 = CatalogState::from_bytes_with(data, self.0.retention())?;
         Ok(())
     }
 }
@@ -139,7 +142,8 @@ impl Catalog {
         opts.tick = config.tick;
         // Copies of the state share the titles and the topic index: building the initial
         // state again (the node does at start and before installing a snapshot) is cheap.
-        let initial = CatalogState::new(books, 0);
+        let mut initial = CatalogState::new(books, 0);
+        initial.set_retention(config.retention);
         let node = Node::start(opts, move || CatalogSm(initial.clone()))?;
         Ok(Catalog {
             control: web::Data::new(Control::new("catalog", config.id, node, log)),
@@ -211,7 +215,7 @@ impl Catalog {
         let outcome = match settled {
             Some(o) => o,
             None => {
-                let data = bincode::serialize(&u).expect("update encodes");
+                let data = state::encode_entry(&u, now_ms());
                 let answer = t.time("replication", self.node().submit(data)).await?;
                 bincode::deserialize::<UpdateOutcome>(&answer)
                     .map_err(|e| ApiError::BadGateway(format!("undecodable outcome: {e}")))?
@@ -247,9 +251,18 @@ impl Catalog {
                 Err(ApiError::OutOfStock)
             }
             Err(e @ UpdateError::UnknownItem(_)) => Err(ApiError::NotFound(e.to_string())),
+            Err(e @ UpdateError::KeyReused { .. }) => Err(ApiError::Unprocessable(e.to_string())),
+            Err(e @ UpdateError::KeysFull) => Err(ApiError::Unavailable(e.to_string())),
             Err(e) => Err(ApiError::BadRequest(e.to_string())),
         }
     }
+}
+
+/// Milliseconds since the Unix epoch: the time a primary stamps on an update.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 type Ctx = web::Data<Catalog>;
@@ -321,6 +334,7 @@ async fn query_by_topic(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiE
     (status = 400, description = "Malformed parameter, or stock would leave its range", body = ErrorBody),
     (status = 404, description = "No such book", body = ErrorBody),
     (status = 409, description = "Out of stock", body = ErrorBody),
+    (status = 422, description = "Idempotency-Key already used for another request", body = ErrorBody),
     (status = 421, description = "Not the primary", body = ErrorBody),
 ))]
 async fn update(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {

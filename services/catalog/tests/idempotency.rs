@@ -52,5 +52,6 @@ fn a_key_reused_for_another_item_is_refused() {
         reused.is_err(),
         "a key reused for another item must be refused, got {reused:?}"
     );
+    assert_eq!(reused, Err(UpdateError::KeyReused { first_item: 1 }));
     assert_eq!(c.lookup(2).unwrap().stock, 5, "and change nothing");
 }

@@ -25,6 +25,7 @@ pub async fn launch(args: Cli) -> Result<(), String> {
         data_dir: args.replica.data_dir(Kind::Order, &args.common),
         tick: args.replica.tick(),
         workers: args.common.workers,
+        retention: args.replica.retention(),
     };
     run(listener, config, bookstore_common::server::termination())
         .await
