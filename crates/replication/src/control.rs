@@ -172,8 +172,10 @@ struct RoleLabel {
 /// role of primary, backup, idle, down; 0 for the others), `..._commit_index`,
 /// `..._applied_index`, `..._lag_entries` (commit minus applied, as this replica knows
 /// the commit index), `..._serving_reads` and `bookstore_replication_view_changes_total`
-/// (views this replica moved to: failovers and membership changes it observed).
+/// (views this replica moved to: failovers and membership changes it observed), and the
+/// operation log's dropped lines.
 pub fn register_metrics<S: StateMachine>(control: &web::Data<Control<S>>, metrics: &Metrics) {
+    control.log.register_metrics(metrics);
     let epoch = Gauge::<i64>::default();
     let role = Family::<RoleLabel, Gauge>::default();
     let commit = Gauge::<i64>::default();

@@ -92,8 +92,8 @@ pub struct Catalog {
     barrier: barrier::Barrier,
 }
 
-/// Init lines per op-log record: a big catalog is logged in a few large writes
-/// instead of a million small queued strings.
+/// Init lines per op-log record: a big catalog is logged in a few large records
+/// instead of a million small queued ones.
 const INIT_LINES_PER_RECORD: usize = 10_000;
 
 impl Catalog {
@@ -104,25 +104,22 @@ impl Catalog {
     /// [`Catalog::new`] with the books moved in instead of `config.books` (a big catalog
     /// is then not copied).
     pub fn with_books(config: &CatalogConfig, books: Vec<Book>) -> Result<Catalog, String> {
-        use std::fmt::Write as _;
         let log = match &config.output_dir {
             Some(dir) => OpLog::open(&dir.join(format!("catalog{}_log", config.id)))
                 .map_err(|e| e.to_string())?,
             None => OpLog::disabled(),
         };
         for chunk in books.chunks(INIT_LINES_PER_RECORD) {
-            let mut lines = String::with_capacity(chunk.len() * 80);
-            for (i, b) in chunk.iter().enumerate() {
-                if i > 0 {
-                    lines.push('\n');
-                }
-                let _ = write!(
-                    lines,
-                    "init,{},{},{},{},{}",
-                    b.item_number, b.stock, b.cost, b.topic, b.title
-                );
-            }
-            log.record(lines);
+            let lines = chunk
+                .iter()
+                .map(|b| {
+                    format!(
+                        "init,{},{},{},{},{}",
+                        b.item_number, b.stock, b.cost, b.topic, b.title
+                    )
+                })
+                .collect();
+            log.record_lines(lines);
         }
         let client = Client::new(config.tokens.cluster());
         let cache_url = config.cluster.servers(Kind::Cache).first().map(|e| e.url());

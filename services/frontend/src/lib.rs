@@ -694,6 +694,7 @@ pub async fn run(
     let frontend = web::Data::new(frontend);
     let metrics = web::Data::new(Metrics::new());
     frontend.obs.register_metrics(&frontend, &metrics);
+    frontend.log.register_metrics(&metrics);
     bookstore_common::batch::register_metrics(&metrics, "buys", frontend.buys.stats());
     let tokens = web::Data::new(config.tokens.clone());
     tracing::info!(addr = %listener.local_addr()?, "frontend serving");
