@@ -189,6 +189,8 @@ struct Inner<S> {
     tx: Mutex<Option<mpsc::UnboundedSender<Input>>>,
     disk_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     client: Client,
+    /// Why the replica stopped on its own (a disk failure), until it boots again.
+    failure: tokio::sync::watch::Sender<Option<String>>,
 }
 
 /// A running replica (cheap to clone).
@@ -250,6 +252,7 @@ impl<S: StateMachine> Node<S> {
             tx: Mutex::new(None),
             disk_thread: Mutex::new(None),
             client,
+            failure: tokio::sync::watch::Sender::new(None),
             opts,
         });
         let node = Node { inner };
@@ -258,6 +261,7 @@ impl<S: StateMachine> Node<S> {
     }
 
     fn boot(&self) -> Result<(), String> {
+        self.inner.failure.send_replace(None);
         let opts = &self.inner.opts;
         std::fs::create_dir_all(&opts.data_dir)
             .map_err(|e| format!("{}: {e}", opts.data_dir.display()))?;
@@ -455,6 +459,28 @@ impl<S: StateMachine> Node<S> {
         };
     }
 
+    /// Why the replica stopped on its own (its disk failed), if it did: it serves
+    /// nothing more until it boots again, from its disk.
+    pub fn failure(&self) -> Option<String> {
+        self.inner.failure.borrow().clone()
+    }
+
+    /// Resolves with [`Node::failure`] once the replica has stopped on its own (a
+    /// service exits then, so that its supervisor restarts it from its disk).
+    pub fn failed(&self) -> impl std::future::Future<Output = String> + Send + 'static {
+        let mut rx = self.inner.failure.subscribe();
+        async move {
+            loop {
+                if let Some(e) = rx.borrow_and_update().clone() {
+                    return e;
+                }
+                if rx.changed().await.is_err() {
+                    return std::future::pending().await;
+                }
+            }
+        }
+    }
+
     /// Restarts a crashed replica from its disk (the same path as a process restart).
     pub async fn restart(&self) -> Result<(), String> {
         self.crash().await;
@@ -506,6 +532,7 @@ impl<S: StateMachine> Driver<S> {
                     Input::Fatal(e) => {
                         tracing::error!(id = self.replica.id(), error = %e, "disk failure: replica stops");
                         self.stop();
+                        self.inner.failure.send_replace(Some(e));
                         return;
                     }
                     Input::Stop => {

@@ -9,6 +9,7 @@ use std::net::TcpListener;
 use std::path::PathBuf;
 use std::time::Duration;
 use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 
 /// The seed's seven books (`data/books.csv`).
 pub fn seed_books() -> Vec<Book> {
@@ -65,6 +66,8 @@ pub struct TestCluster {
     /// Holds every replica's data directory (`<kind><id>/`).
     pub data: tempfile::TempDir,
     stops: Vec<(Kind, u32, oneshot::Sender<()>)>,
+    /// Each server's task, ending with what its `run` returned.
+    tasks: Vec<(Kind, u32, JoinHandle<std::io::Result<()>>)>,
     /// The silent frontends' sockets (bound, never accepted from).
     _silent: Vec<TcpListener>,
 }
@@ -99,6 +102,7 @@ impl TestCluster {
         let tokens = Tokens::new(CLUSTER_TOKEN, Some(ADMIN_TOKEN));
         let data = tempfile::tempdir().expect("temp dir");
         let mut stops = Vec::new();
+        let mut tasks = Vec::new();
         let mut silent = Vec::new();
         let mut ids = std::collections::HashMap::<Kind, u32>::new();
         for (kind, l) in listeners {
@@ -128,7 +132,7 @@ impl TestCluster {
                         workers: 2,
                         near_entries: 1000,
                     };
-                    tokio::spawn(bookstore_frontend::run(l, c, stop));
+                    tasks.push((kind, id, tokio::spawn(bookstore_frontend::run(l, c, stop))));
                 }
                 Kind::Cache => {
                     let c = bookstore_cache::CacheConfig {
@@ -139,7 +143,7 @@ impl TestCluster {
                         max_entries: 1000,
                         workers: 2,
                     };
-                    tokio::spawn(bookstore_cache::run(l, c, stop));
+                    tasks.push((kind, id, tokio::spawn(bookstore_cache::run(l, c, stop))));
                 }
                 Kind::Catalog => {
                     let c = bookstore_catalog::CatalogConfig {
@@ -154,7 +158,7 @@ impl TestCluster {
                         workers: 2,
                         retention: opts.catalog_retention,
                     };
-                    tokio::spawn(bookstore_catalog::run(l, c, stop));
+                    tasks.push((kind, id, tokio::spawn(bookstore_catalog::run(l, c, stop))));
                 }
                 Kind::Order => {
                     let c = bookstore_order::OrderConfig {
@@ -167,7 +171,7 @@ impl TestCluster {
                         workers: 2,
                         retention: opts.order_retention,
                     };
-                    tokio::spawn(bookstore_order::run(l, c, stop));
+                    tasks.push((kind, id, tokio::spawn(bookstore_order::run(l, c, stop))));
                 }
             }
         }
@@ -175,6 +179,7 @@ impl TestCluster {
             cluster,
             data,
             stops,
+            tasks,
             _silent: silent,
         };
         tc.wait_healthy().await;
@@ -270,6 +275,21 @@ impl TestCluster {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         panic!("{kind} {id} did not stop");
+    }
+
+    /// What server `id` of `kind`'s `run` returned, once it ended by itself (panics if
+    /// it is still running after `within`).
+    pub async fn exit_of(&mut self, kind: Kind, id: u32, within: Duration) -> std::io::Result<()> {
+        let pos = self
+            .tasks
+            .iter()
+            .position(|(k, i, _)| *k == kind && *i == id)
+            .expect("server exists");
+        let (_, _, task) = self.tasks.remove(pos);
+        match tokio::time::timeout(within, task).await {
+            Ok(joined) => joined.expect("server task panicked"),
+            Err(_) => panic!("{kind} {id} is still running after {within:?}"),
+        }
     }
 
     /// A client for internal routes (carries the cluster token).

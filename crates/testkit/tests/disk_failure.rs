@@ -1,12 +1,13 @@
 //! A replica whose disk fails stops serving, and says so: its `/health` is no longer
-//! `200 ok` (a supervisor's health check or `Restart=on-failure` must see it).
+//! `200 ok`, and its server exits with an error naming the disk failure (so the process
+//! exits non-zero and systemd's `Restart=on-failure` starts it again, from its disk).
 use bookstore_common::config::Kind;
 use bookstore_testkit::{TestCluster, CLUSTER_TOKEN};
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_whose_disk_failed_is_not_healthy() {
-    let c = TestCluster::start().await;
+    let mut c = TestCluster::start().await;
     let http = reqwest::Client::new();
     let health = format!("{}/health", c.url(Kind::Catalog, 0));
     assert_eq!(http.get(&health).send().await.unwrap().status(), 200);
@@ -21,6 +22,7 @@ async fn a_replica_whose_disk_failed_is_not_healthy() {
         .unwrap();
     assert_eq!(r.status(), 200);
     let mut last = String::new();
+    let mut unhealthy = false;
     for _ in 0..100 {
         match http.get(&health).send().await {
             Ok(r) if r.status() == 200 => last = r.text().await.unwrap_or_default(),
@@ -29,12 +31,22 @@ async fn a_replica_whose_disk_failed_is_not_healthy() {
                 let body: serde_json::Value = r.json().await.unwrap();
                 assert_eq!(status, 503, "{body}");
                 assert_eq!(body["status"], "failed", "{body}");
-                return;
+                unhealthy = true;
+                break;
             }
-            // The replica's process is gone: a supervisor restarts it.
-            Err(_) => return,
+            // The replica's server is gone already.
+            Err(_) => {
+                unhealthy = true;
+                break;
+            }
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("catalog 0 lost its disk but still answers /health with 200: {last}");
+    assert!(
+        unhealthy,
+        "catalog 0 lost its disk but still answers /health with 200: {last}"
+    );
+    let exit = c.exit_of(Kind::Catalog, 0, Duration::from_secs(5)).await;
+    let e = exit.expect_err("the server must end with an error");
+    assert!(e.to_string().contains("disk failure"), "{e}");
 }

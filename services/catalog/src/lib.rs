@@ -535,9 +535,10 @@ pub async fn run(
         routes(cfg);
     };
     let limits = server::Limits::replica();
-    let r = server::serve_with(listener, config.workers, limits, configure, shutdown).await;
+    let stop = catalog.control.until_failed(shutdown);
+    let r = server::serve_with(listener, config.workers, limits, configure, stop).await;
     catalog.node().crash().await;
-    r
+    catalog.control.exit(r)
 }
 
 /// Shared handle type for tests that want to peek at a replica.

@@ -398,7 +398,8 @@ pub async fn run(
         routes(cfg);
     };
     let limits = server::Limits::replica();
-    let r = server::serve_with(listener, config.workers, limits, configure, shutdown).await;
+    let stop = service.control.until_failed(shutdown);
+    let r = server::serve_with(listener, config.workers, limits, configure, stop).await;
     service.node().crash().await;
-    r
+    service.control.exit(r)
 }
