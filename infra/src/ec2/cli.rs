@@ -1719,6 +1719,33 @@ mod tests {
     }
 
     #[test]
+    fn write_private_leaves_the_file_readable_by_its_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("env");
+        // A file left readable by everyone (an earlier run, a copy) is tightened too.
+        std::fs::write(&path, "old").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        write_private(&path, "BOOKSTORE_ADMIN_TOKEN=x\n").unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "mode {mode:o}");
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "BOOKSTORE_ADMIN_TOKEN=x\n"
+        );
+    }
+
+    #[test]
+    fn a_run_state_does_not_print_its_tokens() {
+        let mut st = state(Vec::new(), 0);
+        st.cluster_token = "cluster-token-0123456789".into();
+        st.admin_token = "admin-token-0123456789ab".into();
+        let shown = format!("{st:?}");
+        assert!(!shown.contains("cluster-token-0123456789"), "{shown}");
+        assert!(!shown.contains("admin-token-0123456789ab"), "{shown}");
+    }
+
+    #[test]
     fn a_new_replica_goes_to_the_least_loaded_host_without_its_kind() {
         let hosts = vec![
             host("a", &[("frontend", 0, 8000), ("catalog", 0, 8002)]),
