@@ -48,7 +48,8 @@ fn a_token_shorter_than_16_characters_is_refused() {
     std::fs::write(&file, free_port_cluster(2, 2).unwrap().to_text()).unwrap();
     let f = file.to_str().unwrap();
     let o = out.path().to_str().unwrap();
-    let cases: [(&[&str], &[(&str, &str)]); 3] = [
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)]);
+    let cases: [Case; 3] = [
         (
             &[
                 "serve",

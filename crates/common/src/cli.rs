@@ -14,9 +14,9 @@ pub struct ServiceArgs {
     /// Directory for the operation logs.
     #[arg(long, default_value = crate::config::DEFAULT_OUTPUT_DIR, env = "BOOKSTORE_OUTPUT_DIR")]
     pub output_dir: PathBuf,
-    /// Token every internal call must carry (X-Cluster-Token).
+    /// Token every internal call must carry (X-Cluster-Token); at least 16 characters.
     #[arg(long, env = "BOOKSTORE_CLUSTER_TOKEN", hide_env_values = true)]
-    pub cluster_token: String,
+    pub cluster_token: crate::auth::Secret,
     /// Listen here instead of the cluster file's address for this server.
     #[arg(long)]
     pub listen: Option<String>,
@@ -43,11 +43,7 @@ impl ServiceArgs {
                 })?
                 .addr(),
         };
-        if self.cluster_token.is_empty()
-            || !self.cluster_token.bytes().all(|b| b.is_ascii_graphic())
-        {
-            return Err("the cluster token must be non-empty visible ASCII".into());
-        }
+        crate::auth::check_token("cluster token", &self.cluster_token)?;
         let listener = crate::server::bind(&addr, &format!("{kind} {}", self.id))?;
         Ok((cluster, listener))
     }

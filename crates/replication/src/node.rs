@@ -93,7 +93,7 @@ pub struct NodeOptions {
     pub tick: Duration,
     pub protocol: Config,
     /// Cluster token for the HTTP calls.
-    pub token: String,
+    pub token: bookstore_common::auth::Secret,
 }
 
 impl NodeOptions {
@@ -121,7 +121,7 @@ impl NodeOptions {
                 fencing: std::env::var_os("BOOKSTORE_UNSAFE_NO_FENCING").is_none(),
                 ..Config::default()
             },
-            token: token.to_string(),
+            token: token.into(),
         }
     }
 }

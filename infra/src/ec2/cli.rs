@@ -105,7 +105,7 @@ pub struct WaitMemberArgs {
     #[arg(long, default_value_t = 60)]
     pub seconds: u64,
     #[arg(long, env = "BOOKSTORE_CLUSTER_TOKEN", hide_env_values = true)]
-    pub cluster_token: String,
+    pub cluster_token: bookstore_common::auth::Secret,
 }
 
 fn replicated_kind(s: &str) -> Result<Kind, String> {
@@ -131,7 +131,7 @@ pub struct ReadyArgs {
     #[arg(long, default_value_t = REPLICAS)]
     pub orders: u32,
     #[arg(long, env = "BOOKSTORE_CLUSTER_TOKEN", hide_env_values = true)]
-    pub cluster_token: String,
+    pub cluster_token: bookstore_common::auth::Secret,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -403,6 +403,7 @@ fn token(var: &str) -> Result<String, String> {
             "{var} may hold only letters, digits and ._~+/=- (it goes into an environment file)"
         ));
     }
+    bookstore_common::auth::check_token(var, &t)?;
     Ok(t)
 }
 
@@ -465,8 +466,8 @@ pub async fn up(a: &UpArgs, run: &str) -> Result<RunState, String> {
         hosts: Vec::new(),
         base_port: a.base_port,
         ports_used: n_services,
-        cluster_token: token("BOOKSTORE_CLUSTER_TOKEN")?,
-        admin_token: token("BOOKSTORE_ADMIN_TOKEN")?,
+        cluster_token: token("BOOKSTORE_CLUSTER_TOKEN")?.into(),
+        admin_token: token("BOOKSTORE_ADMIN_TOKEN")?.into(),
         deployment: None,
     };
     st.save(out)?;
@@ -733,7 +734,8 @@ pub async fn deploy(
         &env_file,
         &format!(
             "BOOKSTORE_CLUSTER_TOKEN={}\nBOOKSTORE_ADMIN_TOKEN={}\nRUST_LOG=info\n",
-            st.cluster_token, st.admin_token
+            st.cluster_token.expose(),
+            st.admin_token.expose()
         ),
     )?;
     say(&format!(
@@ -920,7 +922,15 @@ fn write_private(path: &Path, text: &str) -> Result<(), String> {
         opts.mode(0o600);
     }
     opts.open(path)
-        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .and_then(|mut f| {
+            // `mode` applies only to a file it creates: tighten one that was there.
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+            }
+            f.write_all(text.as_bytes())
+        })
         .map_err(|e| format!("{}: {e}", path.display()))
 }
 
