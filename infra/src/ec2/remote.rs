@@ -234,6 +234,15 @@ mod tests {
         assert!(!s.contains("@RUN@") && !s.contains("@SERVICES@"));
     }
 
+    /// The systemd unit raises the open-file limit: 2 x 4096 connections and the
+    /// replicas' files do not fit in the default 1024.
+    #[test]
+    fn the_unit_raises_the_open_file_limit() {
+        let s = control_script("r1", &[]);
+        let unit = &s[s.find("[Service]").expect("a unit")..];
+        assert!(unit.contains("\nLimitNOFILE=65536\n"), "{unit}");
+    }
+
     fn alive(pid: i32) -> bool {
         // SAFETY: signal 0 only checks that the process exists.
         unsafe { libc::kill(pid, 0) == 0 }
