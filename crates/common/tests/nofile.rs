@@ -5,22 +5,11 @@ use bookstore_common::server::{serve_with, Limits};
 use std::time::Duration;
 
 fn nofile() -> (u64, u64) {
-    let mut r = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into the struct we own.
-    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) }, 0);
-    (r.rlim_cur as u64, r.rlim_max as u64)
+    rlimit::getrlimit(rlimit::Resource::NOFILE).unwrap()
 }
 
 fn set_nofile(soft: u64, hard: u64) {
-    let r = libc::rlimit {
-        rlim_cur: soft as libc::rlim_t,
-        rlim_max: hard as libc::rlim_t,
-    };
-    // SAFETY: setrlimit reads the struct we own.
-    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &r) }, 0);
+    rlimit::setrlimit(rlimit::Resource::NOFILE, soft, hard).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -76,6 +76,7 @@ ExecStart=$DIR/infra $(args_of "$kind" "$id" "$host" "$port")
 StandardOutput=append:$log
 StandardError=append:$log
 Restart=on-failure
+LimitNOFILE=65536
 [Install]
 WantedBy=multi-user.target
 UNIT
