@@ -30,6 +30,7 @@ async fn status_json_shows_a_bounded_number_of_books() {
     let shown = v["books"].as_array().unwrap().len();
     assert!(shown <= 1000, "status.json shows {shown} books");
     assert_eq!(v["books"][0]["item_number"], 1, "the first books, in order");
+    assert_eq!(v["books_truncated"], true, "the page says there are more");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -415,11 +415,22 @@ async fn update_batch(ctx: Ctx, body: web::Json<UpdateBatch>) -> Result<HttpResp
         .json(BatchAnswer { results }))
 }
 
-/// Every book and the catalog version.
-#[utoipa::path(get, path = "/books", responses((status = 200, body = Versioned<Vec<Book>>)))]
-async fn books(ctx: Ctx) -> Result<HttpResponse, ApiError> {
+/// Every book (or the first `limit` by item number) and the catalog version.
+#[utoipa::path(get, path = "/books", params(BooksQuery), responses(
+    (status = 200, body = Versioned<Vec<Book>>),
+    (status = 400, description = "Malformed limit", body = ErrorBody),
+))]
+async fn books(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     ctx.check_up()?;
-    let (all, version) = ctx.read(|s| (s.all(), s.version()))?;
+    let limit: Option<u32> =
+        Params::parse(req.query_string()).optional("limit", "a whole number >= 0")?;
+    let (all, version) = ctx.read(|s| {
+        let books = match limit {
+            Some(n) => s.first(n as usize),
+            None => s.all(),
+        };
+        (books, s.version())
+    })?;
     Ok(HttpResponse::Ok().json(Versioned {
         result: all,
         version,
@@ -444,6 +455,15 @@ async fn cache_lease(ctx: Ctx, body: web::Json<LeaseRequest>) -> Result<HttpResp
         ctx.node().read_any(|sm| sm.0.version())
     });
     Ok(HttpResponse::Ok().json(reply))
+}
+
+/// Query of `GET /books` (documentation only).
+#[derive(Debug, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct BooksQuery {
+    /// Only the first this many books by item number.
+    #[param(minimum = 0, maximum = 4294967295_u64)]
+    pub limit: Option<u64>,
 }
 
 /// Query `consistent` (documentation only).

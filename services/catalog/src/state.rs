@@ -291,6 +291,24 @@ impl CatalogState {
         self.shelf.topics.get(topic).cloned().unwrap_or_default()
     }
 
+    /// The first `n` books by item number.
+    pub fn first(&self, n: usize) -> Vec<Book> {
+        if n >= self.len() {
+            return self.all();
+        }
+        let mut order: Vec<(ItemNumber, usize)> = self
+            .shelf
+            .items
+            .iter()
+            .enumerate()
+            .map(|(p, &i)| (i, p))
+            .collect();
+        order.select_nth_unstable(n);
+        order.truncate(n);
+        order.sort_unstable();
+        order.into_iter().map(|(_, p)| self.book_at(p)).collect()
+    }
+
     /// Every book, by item number.
     pub fn all(&self) -> Vec<Book> {
         let mut v: Vec<Book> = (0..self.len()).map(|p| self.book_at(p)).collect();
@@ -652,6 +670,15 @@ mod tests {
         };
         let err = CatalogState::from_bytes(&bincode::serialize(&bad).unwrap()).unwrap_err();
         assert!(err.contains("item 5"), "{err}");
+    }
+
+    #[test]
+    fn the_first_books_by_item_number() {
+        let c = CatalogState::new(vec![book(3, "x", 1), book(1, "x", 1), book(2, "y", 1)], 0);
+        let items = |v: Vec<Book>| v.into_iter().map(|b| b.item_number).collect::<Vec<_>>();
+        assert_eq!(items(c.first(2)), vec![1, 2]);
+        assert_eq!(items(c.first(5)), vec![1, 2, 3]);
+        assert_eq!(items(c.first(0)), Vec::<u32>::new());
     }
 
     #[test]
