@@ -55,3 +55,24 @@ fn a_key_reused_for_another_item_is_refused() {
     assert_eq!(reused, Err(UpdateError::KeyReused { first_item: 1 }));
     assert_eq!(c.lookup(2).unwrap().stock, 5, "and change nothing");
 }
+
+/// A log entry (from a primary, not through the HTTP layer's range check) may carry any
+/// change of stock: it is refused, never a panic or a wrapped stock.
+#[test]
+fn any_change_of_stock_is_checked_below_the_http_layer() {
+    let mut c = CatalogState::new(vec![book(1, 5)], 0);
+    for delta in [i64::MAX, i64::MIN, i64::from(u32::MAX)] {
+        let u = Update {
+            item_number: 1,
+            stock_delta: delta,
+            cost: None,
+            request_id: None,
+        };
+        let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| c.update(&u, 1)));
+        assert!(
+            matches!(out, Ok(Err(_))),
+            "a change of {delta} was not refused"
+        );
+        assert_eq!(c.lookup(1).unwrap().stock, 5);
+    }
+}
