@@ -191,6 +191,8 @@ struct Inner<S> {
     client: Client,
     /// Why the replica stopped on its own (a disk failure), until it boots again.
     failure: tokio::sync::watch::Sender<Option<String>>,
+    /// The other replicas (id -> base URL): who may send replication messages.
+    members: RwLock<BTreeMap<ReplicaId, String>>,
 }
 
 /// A running replica (cheap to clone).
@@ -253,6 +255,12 @@ impl<S: StateMachine> Node<S> {
             disk_thread: Mutex::new(None),
             client,
             failure: tokio::sync::watch::Sender::new(None),
+            members: RwLock::new(
+                (0..)
+                    .zip(opts.peers.iter().cloned())
+                    .filter(|(id, _)| *id != opts.id)
+                    .collect(),
+            ),
             opts,
         });
         let node = Node { inner };
@@ -426,6 +434,33 @@ impl<S: StateMachine> Node<S> {
 
     pub fn id(&self) -> ReplicaId {
         self.inner.opts.id
+    }
+
+    /// Whether replica `from` may send this replica messages, the request coming from
+    /// `peer_ip`: another replica of the current member table, at that address when the
+    /// table names it by IP (a hostname is not resolved here).
+    pub fn check_sender(
+        &self,
+        from: ReplicaId,
+        peer_ip: Option<std::net::IpAddr>,
+    ) -> Result<(), String> {
+        if from == self.inner.opts.id {
+            return Err(format!("from={from} is this replica itself"));
+        }
+        let members = self.inner.members.read();
+        let base = members
+            .get(&from)
+            .ok_or_else(|| format!("from={from} is not a replica of this cluster"))?;
+        let host = url::Url::parse(base)
+            .ok()
+            .and_then(|u| u.host_str().map(|h| h.trim_matches(['[', ']']).to_string()));
+        let listed: Option<std::net::IpAddr> = host.and_then(|h| h.parse().ok());
+        match (listed, peer_ip) {
+            (Some(want), Some(got)) if want != got => Err(format!(
+                "from={from}: replica {from} is at {want}, this request came from {got}"
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// Hands messages from a peer to the protocol.
@@ -674,7 +709,10 @@ impl<S: StateMachine> Driver<S> {
                             });
                         }
                         Err(e) => {
-                            let _ = self.tx.send(Input::Fatal(format!("bad snapshot: {e}")));
+                            // A peer's snapshot that does not restore is refused: the
+                            // state and the disk stay as they were.
+                            tracing::warn!(error = %e, index = meta.index, "refused a snapshot that does not restore");
+                            let _ = self.tx.send(Input::Event(Event::SnapshotRefused { meta }));
                         }
                     }
                 }
@@ -688,6 +726,11 @@ impl<S: StateMachine> Driver<S> {
     /// Follows the member table: a sender for every new peer, none for retired ones.
     fn set_members(&mut self, members: BTreeMap<ReplicaId, String>) {
         let me = self.inner.opts.id;
+        *self.inner.members.write() = members
+            .iter()
+            .filter(|(id, _)| **id != me)
+            .map(|(id, u)| (*id, u.clone()))
+            .collect();
         let before = self.peers.len();
         self.peers
             .retain(|id, p| members.get(id).is_some_and(|u| *u == p.base));
@@ -860,6 +903,9 @@ pub fn receive<S: StateMachine>(
 ) -> Result<(), bookstore_common::ApiError> {
     let params = bookstore_common::params::Params::parse(req.query_string());
     let from: ReplicaId = params.required("from", "a replica id")?;
+    let peer_ip = req.peer_addr().map(|a| a.ip().to_canonical());
+    node.check_sender(from, peer_ip)
+        .map_err(|e| bookstore_common::ApiError::BadRequest(format!("refused: {e}")))?;
     let msgs: Vec<Msg> = crate::protocol::decode(body).map_err(|e| {
         bookstore_common::ApiError::BadRequest(format!("undecodable replication messages: {e}"))
     })?;

@@ -97,3 +97,84 @@ async fn entries_with_a_gap_are_refused_and_the_replica_restarts() {
         "the replica cannot start from what a peer's message left on its disk"
     );
 }
+
+mod arbitrary {
+    use super::*;
+    use bookstore_replication::protocol::SnapshotMeta;
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+
+    /// Mostly the backup's own epoch (1), so that messages get past the epoch checks.
+    fn epoch() -> impl Strategy<Value = u64> {
+        prop_oneof![3 => Just(1u64), 1 => 0u64..4]
+    }
+
+    fn entry() -> impl Strategy<Value = Entry> {
+        (1u64..5, epoch(), vec(any::<u8>(), 0..3)).prop_map(|(index, epoch, data)| Entry {
+            index,
+            epoch,
+            data,
+        })
+    }
+
+    /// Snapshot data: the state machine's own encoding, or bytes that are not.
+    fn snapshot_data() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            vec(vec(any::<u8>(), 0..3), 0..4).prop_map(|v| bincode::serialize(&v).unwrap()),
+            vec(any::<u8>(), 0..24),
+        ]
+    }
+
+    fn msg() -> impl Strategy<Value = Msg> {
+        prop_oneof![
+            4 => (epoch(), 0u64..3, 0u64..2, vec(entry(), 0..4), 0u64..5).prop_map(
+                |(e, prev_index, prev_epoch, entries, commit)| Msg::Replicate {
+                    view: view(e),
+                    prev_index,
+                    prev_epoch,
+                    entries,
+                    commit,
+                }
+            ),
+            2 => (epoch(), 0u64..7, epoch(), snapshot_data()).prop_map(|(e, index, epoch, data)| {
+                Msg::Snapshot {
+                    view: view(e),
+                    meta: SnapshotMeta { index, epoch },
+                    data,
+                }
+            }),
+            1 => (0u64..4, 0u64..7).prop_map(|(epoch, matched)| Msg::Ack { epoch, matched }),
+            1 => (0u64..4, 0u64..7).prop_map(|(epoch, commit)| Msg::Nack { epoch, commit }),
+            1 => epoch().prop_map(|e| Msg::Reject { view: view(e) }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+        /// Whatever a peer sends, the replica keeps running and starts again from its disk.
+        #[test]
+        fn any_messages_leave_a_disk_the_replica_starts_from(msgs in vec(msg(), 1..12)) {
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            rt.block_on(async {
+                let dir = tempfile::tempdir().unwrap();
+                let node = start(dir.path());
+                become_backup(&node, 1).await;
+                for m in msgs {
+                    node.deliver(1, vec![m]);
+                    tokio::time::sleep(Duration::from_millis(3)).await;
+                }
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                assert_eq!(node.failure(), None, "a peer's message stopped the replica");
+                node.crash().await;
+                let again = std::panic::AssertUnwindSafe(node.restart());
+                let restarted = futures::FutureExt::catch_unwind(again).await;
+                assert!(
+                    matches!(restarted, Ok(Ok(()))),
+                    "the replica cannot start from what peers' messages left on its disk"
+                );
+                node.crash().await;
+            });
+        }
+    }
+}

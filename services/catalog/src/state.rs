@@ -401,7 +401,10 @@ impl CatalogState {
             .position
             .get(&u.item_number)
             .ok_or(UpdateError::UnknownItem(u.item_number))? as usize;
-        let stock = self.stock[p] as i64 + u.stock_delta;
+        // Checked here, not only at the HTTP layer: a log entry may carry any change.
+        let stock = i64::from(self.stock[p])
+            .checked_add(u.stock_delta)
+            .ok_or(UpdateError::StockOverflow)?;
         if stock < 0 {
             if let Some(id) = &u.request_id {
                 self.refused
