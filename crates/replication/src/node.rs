@@ -7,7 +7,9 @@
 //! - a **disk thread** owns the [`Wal`]: it takes every queued disk operation, writes them
 //!   with one `fdatasync` (group commit) and reports completions in order;
 //! - one **sender task per peer** batches queued messages into one HTTP POST
-//!   (`/replication/msg?from=ID`, bincode body, cluster token);
+//!   (`/replication/msg?from=ID`, bincode body, cluster token); its queue holds
+//!   [`PEER_QUEUE`] messages, past which messages are dropped (the protocol retransmits
+//!   whatever is unacknowledged at each heartbeat);
 //! - pings to the view service are HTTP POSTs to `{vs_url}/ping`;
 //! - a primary serves reads only under a **read lease**: for [`NodeOptions::read_lease`]
 //!   after it *sent* a ping that the view service answered with a view naming it
@@ -137,10 +139,13 @@ impl NodeOptions {
 
 type WriteReply = oneshot::Sender<Result<Vec<u8>, SubmitError>>;
 
+/// Messages queued for one peer at most; past it new ones are dropped (and counted).
+pub const PEER_QUEUE: usize = 1024;
+
 /// A peer replica: its base URL and the queue of its sender task.
 struct Peer {
     base: String,
-    tx: mpsc::UnboundedSender<Msg>,
+    tx: mpsc::Sender<Msg>,
 }
 
 enum Input {
@@ -193,6 +198,8 @@ struct Inner<S> {
     failure: tokio::sync::watch::Sender<Option<String>>,
     /// The other replicas (id -> base URL): who may send replication messages.
     members: RwLock<BTreeMap<ReplicaId, String>>,
+    /// Messages dropped because a peer's queue was full.
+    dropped: std::sync::atomic::AtomicU64,
 }
 
 /// A running replica (cheap to clone).
@@ -261,6 +268,7 @@ impl<S: StateMachine> Node<S> {
                     .filter(|(id, _)| *id != opts.id)
                     .collect(),
             ),
+            dropped: std::sync::atomic::AtomicU64::new(0),
             opts,
         });
         let node = Node { inner };
@@ -376,7 +384,7 @@ impl<S: StateMachine> Node<S> {
     }
 
     fn peer(&self, base: &str) -> Peer {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(PEER_QUEUE);
         let url = format!("{base}/replication/msg?from={}", self.inner.opts.id);
         tokio::spawn(peer_sender(self.inner.client.clone(), url, rx));
         Peer {
@@ -492,6 +500,13 @@ impl<S: StateMachine> Node<S> {
             view_changes: s.view_changes,
             ..Status::default()
         };
+    }
+
+    /// Messages dropped because a peer's queue ([`PEER_QUEUE`]) was full.
+    pub fn dropped_messages(&self) -> u64 {
+        self.inner
+            .dropped
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Why the replica stopped on its own (its disk failed), if it did: it serves
@@ -643,7 +658,13 @@ impl<S: StateMachine> Driver<S> {
             match cmd {
                 Command::Send { to, msg } => {
                     if let Some(p) = self.peers.get(&to) {
-                        let _ = p.tx.send(msg);
+                        // Full: the peer is not keeping up. Dropping is safe, the
+                        // protocol retransmits what is unacknowledged at each heartbeat.
+                        if p.tx.try_send(msg).is_err() {
+                            self.inner
+                                .dropped
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
                     }
                 }
                 Command::PingVs(ping) => self.ping_vs(ping),
@@ -785,7 +806,7 @@ impl<S: StateMachine> Driver<S> {
     }
 }
 
-async fn peer_sender(client: Client, url: String, mut rx: mpsc::UnboundedReceiver<Msg>) {
+async fn peer_sender(client: Client, url: String, mut rx: mpsc::Receiver<Msg>) {
     let mut batch = Vec::new();
     while let Some(m) = rx.recv().await {
         batch.push(m);

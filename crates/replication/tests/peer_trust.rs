@@ -98,6 +98,50 @@ async fn entries_with_a_gap_are_refused_and_the_replica_restarts() {
     );
 }
 
+/// A peer that accepts connections and never answers: what is queued for it stays
+/// bounded (the rest is dropped and counted; the protocol retransmits).
+#[tokio::test]
+async fn the_queue_to_a_stuck_peer_is_bounded() {
+    let stuck = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = NodeOptions::new(
+        0,
+        vec![
+            "http://127.0.0.1:9".into(),
+            format!("http://{}", stuck.local_addr().unwrap()),
+        ],
+        "http://127.0.0.1:9/vs/catalog".into(),
+        dir.path().to_path_buf(),
+        "peer-trust-cluster-token",
+    );
+    opts.tick = Duration::from_millis(10);
+    let node = Node::start(opts, Applied::default).unwrap();
+    become_backup(&node, 1).await;
+    // Each heartbeat is answered with an ack to replica 1, which never reads them.
+    let heartbeat = Msg::Replicate {
+        view: view(1),
+        prev_index: 0,
+        prev_epoch: 0,
+        entries: vec![],
+        commit: 0,
+    };
+    let n = 3 * bookstore_replication::node::PEER_QUEUE;
+    node.deliver(1, vec![heartbeat; n]);
+    for _ in 0..200 {
+        if node.dropped_messages() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let dropped = node.dropped_messages() as usize;
+    assert!(
+        dropped >= n - 2 * bookstore_replication::node::PEER_QUEUE,
+        "{dropped} of {n} acks dropped: the queue grew"
+    );
+    node.crash().await;
+    drop(stuck);
+}
+
 mod arbitrary {
     use super::*;
     use bookstore_replication::protocol::SnapshotMeta;
