@@ -52,6 +52,7 @@ impl From<CallError> for AdminError {
                 message: body.error,
             },
             CallError::Decode(s) => AdminError::BadAnswer(s),
+            e @ CallError::TooLarge { .. } => AdminError::BadAnswer(e.to_string()),
         }
     }
 }

@@ -39,7 +39,7 @@ pub struct UpState {
     pub pid: u32,
     pub frontend: String,
     pub control: String,
-    pub admin_token: String,
+    pub admin_token: bookstore_common::auth::Secret,
 }
 
 pub fn state_file(output_dir: &Path) -> PathBuf {
@@ -185,7 +185,7 @@ pub async fn call(output_dir: &Path, path: &str) -> Result<serde_json::Value, St
         .map_err(|e| e.to_string())?;
     let r = http
         .post(format!("{}{path}", state.control))
-        .bearer_auth(&state.admin_token)
+        .bearer_auth(state.admin_token.expose())
         .send()
         .await
         .map_err(|e| {

@@ -19,8 +19,8 @@ pub struct LocalOptions {
     pub cluster_file: PathBuf,
     pub books: PathBuf,
     pub output_dir: PathBuf,
-    pub cluster_token: String,
-    pub admin_token: String,
+    pub cluster_token: bookstore_common::auth::Secret,
+    pub admin_token: bookstore_common::auth::Secret,
     /// The program run as `PROGRAM serve KIND ...` (default: this program).
     pub program: Option<PathBuf>,
     /// Extra environment for every server (tests use it for mutation switches).
@@ -45,8 +45,8 @@ impl LocalOptions {
             cluster_file,
             books,
             output_dir,
-            cluster_token,
-            admin_token,
+            cluster_token: cluster_token.into(),
+            admin_token: admin_token.into(),
             program: None,
             env: Vec::new(),
             reverse_start: false,
@@ -885,17 +885,20 @@ impl LocalCluster {
             .arg(&self.options.output_dir)
             .arg("--listen")
             .arg(server.endpoint.addr())
-            .env("BOOKSTORE_CLUSTER_TOKEN", &self.options.cluster_token)
+            .env(
+                "BOOKSTORE_CLUSTER_TOKEN",
+                self.options.cluster_token.expose(),
+            )
             .envs(self.options.env.iter().map(|(k, v)| (k, v)));
         match server.kind {
             Kind::Catalog => {
                 cmd.arg("--books").arg(&self.options.books);
             }
             Kind::Frontend => {
-                cmd.env("BOOKSTORE_ADMIN_TOKEN", &self.options.admin_token);
+                cmd.env("BOOKSTORE_ADMIN_TOKEN", self.options.admin_token.expose());
             }
             Kind::Coordinator => {
-                cmd.env("BOOKSTORE_ADMIN_TOKEN", &self.options.admin_token);
+                cmd.env("BOOKSTORE_ADMIN_TOKEN", self.options.admin_token.expose());
                 // Coordinators beyond the cluster file's were added at run time: they
                 // join the running group rather than form one.
                 if server.id as usize >= self.cluster.servers(Kind::Coordinator).len() {

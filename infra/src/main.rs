@@ -124,10 +124,18 @@ fn out(s: &str) {
     let _ = writeln!(std::io::stdout(), "{s}");
 }
 
-fn tokens() -> (String, String) {
-    let cluster = std::env::var("BOOKSTORE_CLUSTER_TOKEN").unwrap_or_else(|_| random_token());
-    let admin = std::env::var("BOOKSTORE_ADMIN_TOKEN").unwrap_or_else(|_| random_token());
-    (cluster, admin)
+/// The cluster and admin tokens: the environment's (checked), else random ones.
+fn tokens() -> Result<(String, String), String> {
+    let get = |var: &str, what: &str| match std::env::var(var) {
+        Ok(t) => bookstore_common::auth::check_token(what, &t)
+            .map(|()| t)
+            .map_err(|e| format!("{var}: {e}")),
+        Err(_) => Ok(random_token()),
+    };
+    Ok((
+        get("BOOKSTORE_CLUSTER_TOKEN", "cluster token")?,
+        get("BOOKSTORE_ADMIN_TOKEN", "admin token")?,
+    ))
 }
 
 /// With `--frontends N`: a cluster file in `output_dir` with N frontends on free ports,
@@ -170,7 +178,7 @@ async fn up(
     fresh: bool,
     frontends: u32,
 ) -> Result<(), String> {
-    let (cluster_token, admin_token) = tokens();
+    let (cluster_token, admin_token) = tokens()?;
     let (cluster, haproxy) = if frontends > 1 {
         let (file, listen) = with_frontends(&cluster, &output_dir, frontends)?;
         say(&format!(
@@ -208,7 +216,17 @@ async fn up(
     out(&format!(
         "         curl -X POST '{public}/buy?item_number=1'"
     ));
-    out(&format!("  admin: curl -X POST -H 'Authorization: Bearer {admin_token}' '{public}/admin/restock?item_number=1&quantity=5'"));
+    // Tokens are never printed: the admin token is in the state file, mode 0600.
+    let state_file = control::state_file(&output_dir);
+    out(&format!(
+        "  admin: the admin token is in {} (\"admin_token\", readable by you only):",
+        state_file.display()
+    ));
+    out(&format!(
+        "         T=$(sed -n 's/.*\"admin_token\": \"\\(.*\\)\".*/\\1/p' {})",
+        state_file.display()
+    ));
+    out(&format!("         curl -X POST -H \"Authorization: Bearer $T\" '{public}/admin/restock?item_number=1&quantity=5'"));
     out("  scale: infra local add catalog|order|coordinator | infra local remove KIND ID | infra local rolling-restart");
     out(&format!(
         "  logs:  {}/ (operation logs *_log, server output *.stderr.log)",
@@ -232,7 +250,7 @@ async fn up(
             pid: std::process::id(),
             frontend: public.clone(),
             control: control_url,
-            admin_token,
+            admin_token: admin_token.into(),
         },
     )?;
     let mut term = Box::pin(bookstore_common::server::termination());
@@ -286,7 +304,7 @@ async fn test(
             let cluster = free_port_cluster(2, 2).map_err(|e| e.to_string())?;
             let file = dir.join("cluster.csv");
             std::fs::write(&file, cluster.to_text()).map_err(|e| e.to_string())?;
-            let (cluster_token, admin_token) = tokens();
+            let (cluster_token, admin_token) = tokens()?;
             say(&format!("starting a fresh cluster ({})", file.display()));
             let lc = LocalCluster::start(
                 LocalOptions::new(file, books_file, dir.clone(), cluster_token, admin_token),

@@ -164,7 +164,7 @@ struct RunArgs {
     seed: u64,
     /// Admin token: buy/mixed restock when every item is sold out; race can top up its item.
     #[arg(long, env = "BOOKSTORE_ADMIN_TOKEN", hide_env_values = true)]
-    admin_token: Option<String>,
+    admin_token: Option<bookstore_common::auth::Secret>,
     /// Items to look up and buy, e.g. 1-7 or 1,3,5 (default: those found by searching
     /// the topics, else 1-7).
     #[arg(long, value_parser = parse_items_arg)]

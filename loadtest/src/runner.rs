@@ -70,7 +70,7 @@ pub struct RunConfig {
     pub rate: Option<f64>,
     pub seed: u64,
     /// Lets buy/mixed restock when every item is sold out, and race top its item up.
-    pub admin_token: Option<String>,
+    pub admin_token: Option<bookstore_common::auth::Secret>,
     /// Items to look up and buy; `None`: found through search, else 1..=7.
     pub items: Option<Vec<u32>>,
     pub topics: Vec<String>,
@@ -467,7 +467,7 @@ struct Shared {
     sold_out_items: Vec<AtomicBool>,
     restocking: AtomicBool,
     restocks: AtomicU64,
-    admin_token: Option<String>,
+    admin_token: Option<bookstore_common::auth::Secret>,
     restock_quantity: u32,
     bypass_cache: bool,
 }

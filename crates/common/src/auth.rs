@@ -7,6 +7,10 @@
 //! Operator routes (`/metrics`, the frontend's `/cluster`) take either token, so that
 //! both the services and a Prometheus server (which can only send
 //! `Authorization: Bearer`) can read them: see [`require_operator_token`].
+//!
+//! A token is held as a [`Secret`] (its `Debug` is `<redacted>` and it has no
+//! `Display`), and a supplied one must pass [`check_token`]: at least
+//! [`MIN_TOKEN_LEN`] visible ASCII characters.
 use crate::types::CLUSTER_TOKEN_HEADER;
 use crate::ApiError;
 use actix_web::body::MessageBody;
@@ -15,6 +19,68 @@ use actix_web::http::header;
 use actix_web::middleware::Next;
 use actix_web::web;
 use std::sync::Arc;
+
+/// The fewest characters a supplied token may have.
+pub const MIN_TOKEN_LEN: usize = 16;
+
+/// Checks a supplied token (`what` names it in the error): at least [`MIN_TOKEN_LEN`]
+/// visible ASCII characters.
+pub fn check_token(what: &str, token: &str) -> Result<(), String> {
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!("the {what} must be visible ASCII characters only"));
+    }
+    if token.len() < MIN_TOKEN_LEN {
+        return Err(format!(
+            "the {what} must be at least {MIN_TOKEN_LEN} characters long (it is {})",
+            token.len()
+        ));
+    }
+    Ok(())
+}
+
+/// A token (or any secret text): `Debug` prints `<redacted>`, there is no `Display`,
+/// and [`Secret::expose`] (or deref) gives the text where it is really needed.
+#[derive(Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl std::ops::Deref for Secret {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for Secret {
+    fn from(s: String) -> Secret {
+        Secret(s)
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(s: &str) -> Secret {
+        Secret(s.to_string())
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Secret, Self::Err> {
+        Ok(Secret(s.to_string()))
+    }
+}
 
 /// The tokens a service checks.
 #[derive(Clone)]
@@ -121,4 +187,22 @@ pub async fn require_admin_token(
         .into());
     }
     next.call(req).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_or_invisible_tokens_are_refused_and_secrets_are_redacted() {
+        assert!(check_token("cluster token", "0123456789abcdef").is_ok());
+        let e = check_token("cluster token", "0123456789abcde").unwrap_err();
+        assert!(e.contains("at least 16 characters"), "{e}");
+        assert!(check_token("admin token", "0123456789abcdef ").is_err());
+        let s = Secret::from("0123456789abcdef");
+        assert_eq!(format!("{s:?}"), "<redacted>");
+        assert_eq!(s.expose(), "0123456789abcdef");
+        let t = Tokens::new(&s, Some("fedcba9876543210"));
+        assert_eq!(format!("{t:?}"), "Tokens(<redacted>)");
+    }
 }

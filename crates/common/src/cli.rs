@@ -14,9 +14,9 @@ pub struct ServiceArgs {
     /// Directory for the operation logs.
     #[arg(long, default_value = crate::config::DEFAULT_OUTPUT_DIR, env = "BOOKSTORE_OUTPUT_DIR")]
     pub output_dir: PathBuf,
-    /// Token every internal call must carry (X-Cluster-Token).
+    /// Token every internal call must carry (X-Cluster-Token); at least 16 characters.
     #[arg(long, env = "BOOKSTORE_CLUSTER_TOKEN", hide_env_values = true)]
-    pub cluster_token: String,
+    pub cluster_token: crate::auth::Secret,
     /// Listen here instead of the cluster file's address for this server.
     #[arg(long)]
     pub listen: Option<String>,
@@ -43,11 +43,7 @@ impl ServiceArgs {
                 })?
                 .addr(),
         };
-        if self.cluster_token.is_empty()
-            || !self.cluster_token.bytes().all(|b| b.is_ascii_graphic())
-        {
-            return Err("the cluster token must be non-empty visible ASCII".into());
-        }
+        crate::auth::check_token("cluster token", &self.cluster_token)?;
         let listener = crate::server::bind(&addr, &format!("{kind} {}", self.id))?;
         Ok((cluster, listener))
     }
@@ -70,6 +66,16 @@ pub struct ReplicaArgs {
     /// must end before the view service declares it dead (6 of frontend 0's ticks).
     #[arg(long, default_value_t = 50, env = "BOOKSTORE_TICK_MS")]
     pub tick_ms: u64,
+    /// How long each Idempotency-Key is kept, in seconds from its first use (a retry
+    /// within it never buys twice). Use the same on every replica of a kind.
+    #[arg(long, default_value_t = 86_400, env = "BOOKSTORE_IDEMPOTENCY_RETENTION_S",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub idempotency_retention_s: u64,
+    /// The most Idempotency-Keys a replica keeps; past it, requests with a new key are
+    /// refused (503) until old ones age out. Use the same on every replica of a kind.
+    #[arg(long, default_value_t = crate::idempotency::DEFAULT_MAX_KEYS,
+          env = "BOOKSTORE_IDEMPOTENCY_MAX_KEYS")]
+    pub idempotency_max_keys: usize,
 }
 
 impl ReplicaArgs {
@@ -84,5 +90,41 @@ impl ReplicaArgs {
 
     pub fn tick(&self) -> std::time::Duration {
         std::time::Duration::from_millis(self.tick_ms.max(1))
+    }
+
+    pub fn retention(&self) -> crate::idempotency::Retention {
+        crate::idempotency::Retention {
+            window: std::time::Duration::from_secs(self.idempotency_retention_s),
+            max_keys: self.idempotency_max_keys.max(1),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Args {
+        #[command(flatten)]
+        replica: ReplicaArgs,
+    }
+
+    #[test]
+    fn idempotency_retention_is_a_flag_with_a_24_hour_default() {
+        let r = Args::parse_from(["x"]).replica.retention();
+        assert_eq!(r, crate::idempotency::Retention::default());
+        assert_eq!(r.window, std::time::Duration::from_secs(24 * 3600));
+        let args = [
+            "x",
+            "--idempotency-retention-s",
+            "60",
+            "--idempotency-max-keys",
+            "5",
+        ];
+        let r = Args::parse_from(args).replica.retention();
+        assert_eq!((r.window.as_secs(), r.max_keys), (60, 5));
+        assert!(Args::try_parse_from(["x", "--idempotency-retention-s", "0"]).is_err());
     }
 }

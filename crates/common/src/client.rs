@@ -1,5 +1,10 @@
 //! The HTTP client services use to call each other: one pooled `reqwest::Client` per
 //! process, the cluster token on every call, short timeouts, typed failures.
+//!
+//! It follows no redirect (a redirect would carry the cluster token to whatever host it
+//! names: a `3xx` is an error like any other), and reads no answer past
+//! [`MAX_ANSWER_BYTES`] (a broken or hostile server cannot make a caller allocate
+//! without bound).
 use crate::error::ErrorBody;
 use crate::types::CLUSTER_TOKEN_HEADER;
 use bytes::Bytes;
@@ -7,6 +12,9 @@ use reqwest::header::{HeaderMap, HeaderValue};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::time::Duration;
+
+/// The largest answer body a call reads.
+pub const MAX_ANSWER_BYTES: usize = 64 << 20;
 
 /// Why a call to another service failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -20,6 +28,9 @@ pub enum CallError {
     /// A 2xx answer whose body did not decode.
     #[error("bad answer: {0}")]
     Decode(String),
+    /// An answer body larger than [`MAX_ANSWER_BYTES`].
+    #[error("answer larger than {limit} bytes")]
+    TooLarge { limit: usize },
 }
 
 impl CallError {
@@ -52,6 +63,7 @@ impl Client {
             .default_headers(headers)
             .connect_timeout(Duration::from_millis(500))
             .timeout(timeout)
+            .redirect(reqwest::redirect::Policy::none())
             .pool_max_idle_per_host(512)
             .tcp_nodelay(true)
             .build()
@@ -94,10 +106,7 @@ impl Client {
             .get(name)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| CallError::Unreachable(error_chain(&e)))?;
+        let body = read_limited(resp, MAX_ANSWER_BYTES).await?;
         if status.is_success() {
             Ok((body, header))
         } else {
@@ -141,6 +150,25 @@ impl Client {
     ) -> Result<T, CallError> {
         decode(self.send(self.http.post(url).json(body)).await?)
     }
+}
+
+/// The body of `resp`, refused once it passes `limit` bytes (declared or read).
+async fn read_limited(mut resp: reqwest::Response, limit: usize) -> Result<Bytes, CallError> {
+    if resp.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(CallError::TooLarge { limit });
+    }
+    let mut body = bytes::BytesMut::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| CallError::Unreachable(error_chain(&e)))?
+    {
+        if body.len() + chunk.len() > limit {
+            return Err(CallError::TooLarge { limit });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
 }
 
 fn decode<T: DeserializeOwned>(body: Bytes) -> Result<T, CallError> {

@@ -362,7 +362,7 @@ pub const DEFAULT_OUTPUT_DIR: &str = "output";
 pub struct CommonSettings {
     pub cluster: ClusterConfig,
     pub output_dir: PathBuf,
-    pub cluster_token: String,
+    pub cluster_token: crate::auth::Secret,
 }
 
 #[cfg(test)]

@@ -39,6 +39,10 @@ pub enum ApiError {
     /// A coordinator that is not the leader: 421, with the leader's base URL if known.
     #[error("not the coordinator leader")]
     NotLeader { leader: Option<String> },
+    /// A well-formed request that cannot be carried out as sent (an `Idempotency-Key`
+    /// reused for another request): 422.
+    #[error("{0}")]
+    Unprocessable(String),
 }
 
 impl ResponseError for ApiError {
@@ -56,6 +60,7 @@ impl ResponseError for ApiError {
             ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Gone(_) => StatusCode::GONE,
+            ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
         }
     }
 

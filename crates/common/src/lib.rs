@@ -10,6 +10,7 @@
 //!   and by each frontend's near cache.
 //! - [`client`]: the pooled HTTP client services use to call each other.
 //! - [`coordinators`]: finding and calling the coordinator group's leader.
+//! - [`idempotency`]: the table of `Idempotency-Key`s the replicated services keep, by age.
 //! - [`metrics`]: Prometheus `/metrics` (per-route request counts and latency histograms,
 //!   downstream tiers, service gauges) and the middleware that records requests.
 //! - [`oplog`]: the seed's one-operation-a-line logs, written off the request path.
@@ -27,6 +28,7 @@ pub mod client;
 pub mod config;
 pub mod coordinators;
 pub mod error;
+pub mod idempotency;
 pub mod metrics;
 pub mod openapi;
 pub mod oplog;

@@ -2,6 +2,11 @@
 //! future resolves, the limits every server enforces ([`Limits`], in one place), JSON
 //! 404s, JSON body errors, binding with a clear error.
 //!
+//! Open files: a server raises its soft `RLIMIT_NOFILE` to the hard limit when it starts
+//! ([`raise_open_file_limit`]), and takes at most half of it in connections
+//! ([`Limits::fit_open_files`]), so its own files (WAL, logs) and its calls to other
+//! services always find a descriptor.
+//!
 //! Over a limit a client gets an answer, never a hang: 413, 414 or 431 with a JSON body
 //! naming the limit, 503 with a JSON body when too many requests are in flight or one
 //! takes too long, and (from actix's HTTP/1 parser, with an empty body, see
@@ -59,6 +64,18 @@ impl Default for Limits {
 }
 
 impl Limits {
+    /// These limits with the connection cap lowered so that the connections of `workers`
+    /// workers take at most half of `open_files` descriptors: the other half stays for
+    /// the server's own files and its calls to other services.
+    pub fn fit_open_files(self, open_files: u64, workers: usize) -> Limits {
+        let share = open_files / 2 / workers.max(1) as u64;
+        let per_worker = usize::try_from(share).unwrap_or(usize::MAX).max(16);
+        Limits {
+            max_connections_per_worker: self.max_connections_per_worker.min(per_worker),
+            ..self
+        }
+    }
+
     /// Catalog and order: replication messages carry whole snapshots (a 1,000,000-book
     /// catalog's is about 68 MB), so their bodies may be up to 512 MiB. Only peers with
     /// the cluster token can send them.
@@ -99,6 +116,16 @@ where
 {
     // (HttpServer::backlog only applies to sockets it binds itself.)
     set_backlog(&listener, limits.backlog)?;
+    let open_files = raise_open_file_limit();
+    let fitted = limits.fit_open_files(open_files, workers.max(1));
+    if fitted != limits {
+        tracing::warn!(
+            open_files,
+            connections_per_worker = fitted.max_connections_per_worker,
+            "few open files allowed: fewer connections per worker (raise the hard RLIMIT_NOFILE)"
+        );
+    }
+    let limits = fitted;
     let guard = web::Data::new(Guard {
         limits,
         in_flight: Arc::new(AtomicUsize::new(0)),
@@ -118,6 +145,18 @@ where
     .listen(listener)?
     .run();
     run_until(server, shutdown).await
+}
+
+/// Raises this process's soft limit of open files to its hard limit (the default soft
+/// limit, 1024, is far below 2 workers x 4096 connections); returns the limit in force.
+pub fn raise_open_file_limit() -> u64 {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot raise the open-file limit");
+            rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft)
+        }
+    }
 }
 
 /// Re-listens on an already listening socket: Linux then uses the new backlog.
@@ -339,5 +378,23 @@ pub async fn termination() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_take_at_most_half_of_the_open_files() {
+        let l = Limits::default();
+        // The default soft limit: 1024 files, 2 workers -> 256 connections each.
+        assert_eq!(l.fit_open_files(1024, 2).max_connections_per_worker, 256);
+        // A raised limit leaves the configured cap.
+        assert_eq!(l.fit_open_files(65_536, 2), l);
+        assert_eq!(l.fit_open_files(1 << 20, 1), l);
+        // Never below a floor that still serves.
+        assert_eq!(l.fit_open_files(10, 4).max_connections_per_worker, 16);
+        assert_eq!(l.fit_open_files(1024, 0).max_connections_per_worker, 512);
     }
 }

@@ -525,7 +525,11 @@ pub struct BookStock {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct StatusPage {
     pub cluster: ClusterMap,
+    /// The first books by item number (at most a fixed number: see `books_truncated`).
     pub books: Vec<BookStock>,
+    /// Set when the catalog holds more books than are shown.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub books_truncated: bool,
     /// Set when the catalog did not answer (the books are then left empty).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub books_error: Option<String>,

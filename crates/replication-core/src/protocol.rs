@@ -276,6 +276,10 @@ pub enum Event {
     /// The runtime installed and durably stored a received snapshot, discarding its
     /// whole durable log (after [`Command::InstallSnapshot`]).
     SnapshotInstalled { meta: SnapshotMeta },
+    /// The runtime could not restore its state machine from a received snapshot (it
+    /// does not decode or does not hold together): nothing was installed, and the
+    /// replica waits for another one.
+    SnapshotRefused { meta: SnapshotMeta },
 }
 
 /// Outcome of a client write.
@@ -469,6 +473,11 @@ impl Replica {
                 self.on_snapshot_for_peer(to, meta, data, out)
             }
             Event::SnapshotInstalled { meta } => self.on_snapshot_installed(meta, out),
+            Event::SnapshotRefused { meta } => {
+                if self.installing == Some(meta) {
+                    self.installing = None;
+                }
+            }
         }
     }
 
@@ -930,7 +939,10 @@ impl Replica {
         commit: LogIndex,
         out: &mut Vec<Command>,
     ) {
-        if !self.accepts_primary(from, &view) {
+        let epochs = self.config.fencing;
+        if !self.accepts_primary(from, &view)
+            || !well_formed(&view, prev_index, prev_epoch, &entries, epochs)
+        {
             return;
         }
         self.last_primary_contact = Some(self.now);
@@ -1017,7 +1029,7 @@ impl Replica {
         data: Vec<u8>,
         out: &mut Vec<Command>,
     ) {
-        if !self.accepts_primary(from, &view) {
+        if !self.accepts_primary(from, &view) || (self.config.fencing && meta.epoch > view.epoch) {
             return;
         }
         self.last_primary_contact = Some(self.now);
@@ -1120,4 +1132,35 @@ impl Replica {
         p.next = p.matched.max(commit).min(last) + 1;
         self.send_append(from, out);
     }
+}
+
+/// Whether a [`Msg::Replicate`] holds together, as the protocol sends it: entries
+/// contiguous from `prev_index + 1` and, with `epochs` (fencing on), epochs never
+/// decreasing from `prev_epoch` and never past the view's. A message that does not is
+/// refused whole: stored, such entries would make a log that cannot be recovered (gaps)
+/// or that lies about its epochs.
+pub fn well_formed(
+    view: &View,
+    prev_index: LogIndex,
+    prev_epoch: Epoch,
+    entries: &[Entry],
+    epochs: bool,
+) -> bool {
+    let mut last_epoch = prev_epoch;
+    if epochs && prev_epoch > view.epoch {
+        return false;
+    }
+    for (i, e) in entries.iter().enumerate() {
+        let contiguous = prev_index
+            .checked_add(1 + i as u64)
+            .is_some_and(|want| e.index == want);
+        if !contiguous {
+            return false;
+        }
+        if epochs && (e.epoch < last_epoch || e.epoch > view.epoch) {
+            return false;
+        }
+        last_epoch = e.epoch;
+    }
+    true
 }

@@ -1,8 +1,10 @@
-//! The routes every replicated service shares: `/health` (with role and epoch), the
-//! seed's `/shutdown` (a crash) and `/recover` (a restart from disk, the same code path as
-//! a process restart), `/replication/status` and `/replication/msg`; [`PublicApi`] and
-//! [`InternalApi`] document them (OpenAPI) for the services that register them; and the
-//! replica's gauges on `/metrics` ([`register_metrics`]).
+//! The routes every replicated service shares: `/health` (with role and epoch; `503`
+//! with status `failed` once a disk failure stopped the replica), the seed's `/shutdown`
+//! (a crash) and `/recover` (a restart from disk, the same code path as a process
+//! restart), `/replication/status` and `/replication/msg`; [`PublicApi`] and
+//! [`InternalApi`] document them (OpenAPI) for the services that register them; the
+//! replica's gauges on `/metrics` ([`register_metrics`]); and how a service's `run` ends
+//! when the replica's disk fails ([`Control::until_failed`], [`Control::exit`]).
 use crate::node::{self, Node, StateMachine, SubmitError};
 use actix_web::{web, HttpResponse};
 use bookstore_common::error::ErrorBody;
@@ -69,6 +71,34 @@ impl<S: StateMachine> Control<S> {
         Ok(())
     }
 
+    /// Resolves when `shutdown` does or the replica stops on its own (its disk failed),
+    /// whichever is first: the server stops serving then.
+    pub fn until_failed(
+        &self,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> impl std::future::Future<Output = ()> {
+        let failed = self.node.failed();
+        async move {
+            tokio::select! {
+                _ = shutdown => {}
+                _ = failed => {}
+            }
+        }
+    }
+
+    /// What a service's `run` returns once its server stopped: `served`, or an error
+    /// naming the disk failure, so that the process exits non-zero and its supervisor
+    /// (systemd's `Restart=on-failure`) starts it again, from its disk.
+    pub fn exit(&self, served: std::io::Result<()>) -> std::io::Result<()> {
+        match self.node.failure() {
+            Some(e) => Err(std::io::Error::other(format!(
+                "{} {}: disk failure ({e}); exiting so that the replica restarts from its disk",
+                self.service, self.id
+            ))),
+            None => served,
+        }
+    }
+
     /// Reads the state machine if this replica is caught up, else 503.
     pub fn read<R>(&self, f: impl FnOnce(&S) -> R) -> Result<R, ApiError> {
         self.node.read(f).ok_or_else(|| {
@@ -81,16 +111,24 @@ impl<S: StateMachine> Control<S> {
     }
 }
 
-/// Liveness, role and epoch (503 while shut down).
+/// Liveness, role and epoch (503 while shut down, or after a disk failure).
 #[utoipa::path(get, path = "/health", responses(
     (status = 200, body = Health),
-    (status = 503, description = "Shut down by `POST /shutdown`", body = Health),
+    (status = 503, description = "Shut down by `POST /shutdown` (`down`), or stopped by a disk failure (`failed`)", body = Health),
 ))]
 async fn health<S: StateMachine>(ctx: web::Data<Control<S>>) -> HttpResponse {
-    let down = ctx.down.load(Ordering::Acquire);
+    let failed = ctx.node.failure().is_some();
+    let down = ctx.down.load(Ordering::Acquire) || failed;
     let status = ctx.node.status();
     let body = Health {
-        status: if down { "down" } else { "ok" }.into(),
+        status: if failed {
+            "failed"
+        } else if down {
+            "down"
+        } else {
+            "ok"
+        }
+        .into(),
         service: ctx.service.into(),
         id: ctx.id,
         role: Some(if down { "down".into() } else { status.role }),
@@ -172,8 +210,10 @@ struct RoleLabel {
 /// role of primary, backup, idle, down; 0 for the others), `..._commit_index`,
 /// `..._applied_index`, `..._lag_entries` (commit minus applied, as this replica knows
 /// the commit index), `..._serving_reads` and `bookstore_replication_view_changes_total`
-/// (views this replica moved to: failovers and membership changes it observed).
+/// (views this replica moved to: failovers and membership changes it observed), and the
+/// operation log's dropped lines.
 pub fn register_metrics<S: StateMachine>(control: &web::Data<Control<S>>, metrics: &Metrics) {
+    control.log.register_metrics(metrics);
     let epoch = Gauge::<i64>::default();
     let role = Family::<RoleLabel, Gauge>::default();
     let commit = Gauge::<i64>::default();
@@ -243,7 +283,9 @@ pub fn register_metrics<S: StateMachine>(control: &web::Data<Control<S>>, metric
 ))]
 async fn ready<S: StateMachine>(ctx: web::Data<Control<S>>) -> HttpResponse {
     let status = ctx.node.status();
-    let waiting = if ctx.down.load(Ordering::Acquire) || !status.up {
+    let waiting = if let Some(e) = ctx.node.failure() {
+        Some(format!("the replica's disk failed ({e}); it stopped"))
+    } else if ctx.down.load(Ordering::Acquire) || !status.up {
         Some("the replica is shut down".to_string())
     } else if status.epoch == 0 {
         Some("no view yet: waiting for the view service (frontend 0)".to_string())

@@ -7,7 +7,9 @@
 //! - a **disk thread** owns the [`Wal`]: it takes every queued disk operation, writes them
 //!   with one `fdatasync` (group commit) and reports completions in order;
 //! - one **sender task per peer** batches queued messages into one HTTP POST
-//!   (`/replication/msg?from=ID`, bincode body, cluster token);
+//!   (`/replication/msg?from=ID`, bincode body, cluster token); its queue holds
+//!   [`PEER_QUEUE`] messages, past which messages are dropped (the protocol retransmits
+//!   whatever is unacknowledged at each heartbeat);
 //! - pings to the view service are HTTP POSTs to `{coordinator}/vs/{kind}/ping`, sent to
 //!   the coordinator group's leader wherever it is ([`Coordinators`]);
 //! - a primary serves reads only under a **read lease**: for [`NodeOptions::read_lease`]
@@ -102,7 +104,7 @@ pub struct NodeOptions {
     pub tick: Duration,
     pub protocol: Config,
     /// Cluster token for the HTTP calls.
-    pub token: String,
+    pub token: bookstore_common::auth::Secret,
 }
 
 impl NodeOptions {
@@ -134,7 +136,7 @@ impl NodeOptions {
                 fencing: std::env::var_os("BOOKSTORE_UNSAFE_NO_FENCING").is_none(),
                 ..Config::default()
             },
-            token: token.to_string(),
+            token: token.into(),
         }
     }
 }
@@ -150,10 +152,13 @@ impl NodeOptions {
 
 type WriteReply = oneshot::Sender<Result<Vec<u8>, SubmitError>>;
 
+/// Messages queued for one peer at most; past it new ones are dropped (and counted).
+pub const PEER_QUEUE: usize = 1024;
+
 /// A peer replica: its base URL and the queue of its sender task.
 struct Peer {
     base: String,
-    tx: mpsc::UnboundedSender<Msg>,
+    tx: mpsc::Sender<Msg>,
 }
 
 enum Input {
@@ -203,6 +208,12 @@ struct Inner<S> {
     disk_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     client: Client,
     coordinators: Coordinators,
+    /// Why the replica stopped on its own (a disk failure), until it boots again.
+    failure: tokio::sync::watch::Sender<Option<String>>,
+    /// The other replicas (id -> base URL): who may send replication messages.
+    members: RwLock<BTreeMap<ReplicaId, String>>,
+    /// Messages dropped because a peer's queue was full.
+    dropped: std::sync::atomic::AtomicU64,
 }
 
 /// A running replica (cheap to clone).
@@ -265,6 +276,14 @@ impl<S: StateMachine> Node<S> {
             disk_thread: Mutex::new(None),
             coordinators: Coordinators::new(client.clone(), opts.coordinators.clone()),
             client,
+            failure: tokio::sync::watch::Sender::new(None),
+            members: RwLock::new(
+                (0..)
+                    .zip(opts.peers.iter().cloned())
+                    .filter(|(id, _)| *id != opts.id)
+                    .collect(),
+            ),
+            dropped: std::sync::atomic::AtomicU64::new(0),
             opts,
         });
         let node = Node { inner };
@@ -273,6 +292,7 @@ impl<S: StateMachine> Node<S> {
     }
 
     fn boot(&self) -> Result<(), String> {
+        self.inner.failure.send_replace(None);
         let opts = &self.inner.opts;
         std::fs::create_dir_all(&opts.data_dir)
             .map_err(|e| format!("{}: {e}", opts.data_dir.display()))?;
@@ -379,7 +399,7 @@ impl<S: StateMachine> Node<S> {
     }
 
     fn peer(&self, base: &str) -> Peer {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(PEER_QUEUE);
         let url = format!("{base}/replication/msg?from={}", self.inner.opts.id);
         tokio::spawn(peer_sender(self.inner.client.clone(), url, rx));
         Peer {
@@ -436,6 +456,20 @@ impl<S: StateMachine> Node<S> {
         self.inner.opts.id
     }
 
+    /// Whether replica `from` may send this replica messages: another replica of the
+    /// current member table. (Its address is not compared with the request's: a replica
+    /// on a loopback alias or a host with several interfaces sends from another one, and
+    /// with one cluster token for all there is no per-replica identity to prove.)
+    pub fn check_sender(&self, from: ReplicaId) -> Result<(), String> {
+        if from == self.inner.opts.id {
+            return Err(format!("from={from} is this replica itself"));
+        }
+        if !self.inner.members.read().contains_key(&from) {
+            return Err(format!("from={from} is not a replica of this cluster"));
+        }
+        Ok(())
+    }
+
     /// Hands messages from a peer to the protocol.
     pub fn deliver(&self, from: ReplicaId, msgs: Vec<Msg>) {
         if from == self.inner.opts.id {
@@ -465,6 +499,35 @@ impl<S: StateMachine> Node<S> {
             view_changes: s.view_changes,
             ..Status::default()
         };
+    }
+
+    /// Messages dropped because a peer's queue ([`PEER_QUEUE`]) was full.
+    pub fn dropped_messages(&self) -> u64 {
+        self.inner
+            .dropped
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Why the replica stopped on its own (its disk failed), if it did: it serves
+    /// nothing more until it boots again, from its disk.
+    pub fn failure(&self) -> Option<String> {
+        self.inner.failure.borrow().clone()
+    }
+
+    /// Resolves with [`Node::failure`] once the replica has stopped on its own (a
+    /// service exits then, so that its supervisor restarts it from its disk).
+    pub fn failed(&self) -> impl std::future::Future<Output = String> + Send + 'static {
+        let mut rx = self.inner.failure.subscribe();
+        async move {
+            loop {
+                if let Some(e) = rx.borrow_and_update().clone() {
+                    return e;
+                }
+                if rx.changed().await.is_err() {
+                    return std::future::pending().await;
+                }
+            }
+        }
     }
 
     /// Restarts a crashed replica from its disk (the same path as a process restart).
@@ -518,6 +581,7 @@ impl<S: StateMachine> Driver<S> {
                     Input::Fatal(e) => {
                         tracing::error!(id = self.replica.id(), error = %e, "disk failure: replica stops");
                         self.stop();
+                        self.inner.failure.send_replace(Some(e));
                         return;
                     }
                     Input::Stop => {
@@ -590,7 +654,13 @@ impl<S: StateMachine> Driver<S> {
             match cmd {
                 Command::Send { to, msg } => {
                     if let Some(p) = self.peers.get(&to) {
-                        let _ = p.tx.send(msg);
+                        // Full: the peer is not keeping up. Dropping is safe, the
+                        // protocol retransmits what is unacknowledged at each heartbeat.
+                        if p.tx.try_send(msg).is_err() {
+                            self.inner
+                                .dropped
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
                     }
                 }
                 Command::PingVs(ping) => self.ping_vs(ping),
@@ -656,7 +726,10 @@ impl<S: StateMachine> Driver<S> {
                             });
                         }
                         Err(e) => {
-                            let _ = self.tx.send(Input::Fatal(format!("bad snapshot: {e}")));
+                            // A peer's snapshot that does not restore is refused: the
+                            // state and the disk stay as they were.
+                            tracing::warn!(error = %e, index = meta.index, "refused a snapshot that does not restore");
+                            let _ = self.tx.send(Input::Event(Event::SnapshotRefused { meta }));
                         }
                     }
                 }
@@ -670,6 +743,11 @@ impl<S: StateMachine> Driver<S> {
     /// Follows the member table: a sender for every new peer, none for retired ones.
     fn set_members(&mut self, members: BTreeMap<ReplicaId, String>) {
         let me = self.inner.opts.id;
+        *self.inner.members.write() = members
+            .iter()
+            .filter(|(id, _)| **id != me)
+            .map(|(id, u)| (*id, u.clone()))
+            .collect();
         let before = self.peers.len();
         self.peers
             .retain(|id, p| members.get(id).is_some_and(|u| *u == p.base));
@@ -739,7 +817,7 @@ impl<S: StateMachine> Driver<S> {
     }
 }
 
-async fn peer_sender(client: Client, url: String, mut rx: mpsc::UnboundedReceiver<Msg>) {
+async fn peer_sender(client: Client, url: String, mut rx: mpsc::Receiver<Msg>) {
     let mut batch = Vec::new();
     while let Some(m) = rx.recv().await {
         batch.push(m);
@@ -857,6 +935,8 @@ pub fn receive<S: StateMachine>(
 ) -> Result<(), bookstore_common::ApiError> {
     let params = bookstore_common::params::Params::parse(req.query_string());
     let from: ReplicaId = params.required("from", "a replica id")?;
+    node.check_sender(from)
+        .map_err(|e| bookstore_common::ApiError::BadRequest(format!("refused: {e}")))?;
     let msgs: Vec<Msg> = crate::protocol::decode(body).map_err(|e| {
         bookstore_common::ApiError::BadRequest(format!("undecodable replication messages: {e}"))
     })?;

@@ -3,11 +3,13 @@
 use bookstore_common::auth::Tokens;
 use bookstore_common::client::Client;
 use bookstore_common::config::{parse_books, ClusterConfig, Endpoint, Kind};
+use bookstore_common::idempotency::Retention;
 use bookstore_common::types::Book;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::time::Duration;
 use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 
 /// The seed's seven books (`data/books.csv`).
 pub fn seed_books() -> Vec<Book> {
@@ -34,6 +36,10 @@ pub struct Options {
     /// Frontends listed in the cluster file after frontend 0 whose sockets accept
     /// connections but never answer (a paused frontend).
     pub silent_frontends: usize,
+    /// Idempotency keys kept by the catalog replicas.
+    pub catalog_retention: Retention,
+    /// Idempotency keys kept by the order replicas.
+    pub order_retention: Retention,
 }
 
 impl Default for Options {
@@ -48,6 +54,8 @@ impl Default for Options {
             lease: Duration::from_millis(1000),
             tick: Duration::from_millis(20),
             silent_frontends: 0,
+            catalog_retention: Retention::default(),
+            order_retention: Retention::default(),
         }
     }
 }
@@ -61,6 +69,8 @@ pub struct TestCluster {
     /// Holds every replica's data directory (`<kind><id>/`).
     pub data: tempfile::TempDir,
     stops: Vec<(Kind, u32, oneshot::Sender<()>)>,
+    /// Each server's task, ending with what its `run` returned.
+    tasks: Vec<(Kind, u32, JoinHandle<std::io::Result<()>>)>,
     /// The silent frontends' sockets (bound, never accepted from).
     _silent: Vec<TcpListener>,
 }
@@ -96,6 +106,7 @@ impl TestCluster {
         let tokens = Tokens::new(CLUSTER_TOKEN, Some(ADMIN_TOKEN));
         let data = tempfile::tempdir().expect("temp dir");
         let mut stops = Vec::new();
+        let mut tasks = Vec::new();
         let mut silent = Vec::new();
         let mut ids = std::collections::HashMap::<Kind, u32>::new();
         for (kind, l) in listeners {
@@ -154,7 +165,7 @@ impl TestCluster {
                         workers: 2,
                         near_entries: 1000,
                     };
-                    tokio::spawn(bookstore_frontend::run(l, c, stop));
+                    tasks.push((kind, id, tokio::spawn(bookstore_frontend::run(l, c, stop))));
                 }
                 Kind::Cache => {
                     let c = bookstore_cache::CacheConfig {
@@ -165,7 +176,7 @@ impl TestCluster {
                         max_entries: 1000,
                         workers: 2,
                     };
-                    tokio::spawn(bookstore_cache::run(l, c, stop));
+                    tasks.push((kind, id, tokio::spawn(bookstore_cache::run(l, c, stop))));
                 }
                 Kind::Catalog => {
                     let c = bookstore_catalog::CatalogConfig {
@@ -179,8 +190,9 @@ impl TestCluster {
                         lease: opts.lease,
                         tick: opts.tick,
                         workers: 2,
+                        retention: opts.catalog_retention,
                     };
-                    tokio::spawn(bookstore_catalog::run(l, c, stop));
+                    tasks.push((kind, id, tokio::spawn(bookstore_catalog::run(l, c, stop))));
                 }
                 Kind::Order => {
                     let c = bookstore_order::OrderConfig {
@@ -192,8 +204,9 @@ impl TestCluster {
                         url: None,
                         tick: opts.tick,
                         workers: 2,
+                        retention: opts.order_retention,
                     };
-                    tokio::spawn(bookstore_order::run(l, c, stop));
+                    tasks.push((kind, id, tokio::spawn(bookstore_order::run(l, c, stop))));
                 }
             }
         }
@@ -201,6 +214,7 @@ impl TestCluster {
             cluster,
             data,
             stops,
+            tasks,
             _silent: silent,
         };
         tc.wait_healthy().await;
@@ -306,6 +320,21 @@ impl TestCluster {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         panic!("{kind} {id} did not stop");
+    }
+
+    /// What server `id` of `kind`'s `run` returned, once it ended by itself (panics if
+    /// it is still running after `within`).
+    pub async fn exit_of(&mut self, kind: Kind, id: u32, within: Duration) -> std::io::Result<()> {
+        let pos = self
+            .tasks
+            .iter()
+            .position(|(k, i, _)| *k == kind && *i == id)
+            .expect("server exists");
+        let (_, _, task) = self.tasks.remove(pos);
+        match tokio::time::timeout(within, task).await {
+            Ok(joined) => joined.expect("server task panicked"),
+            Err(_) => panic!("{kind} {id} is still running after {within:?}"),
+        }
     }
 
     /// A client for internal routes (carries the cluster token).

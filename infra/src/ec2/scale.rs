@@ -201,6 +201,16 @@ pub(crate) mod tests {
         }
     }
 
+    #[test]
+    fn a_run_state_does_not_print_its_tokens() {
+        let mut st = state(Vec::new(), 0);
+        st.cluster_token = "cluster-token-0123456789".into();
+        st.admin_token = "admin-token-0123456789ab".into();
+        let shown = format!("{st:?}");
+        assert!(!shown.contains("cluster-token-0123456789"), "{shown}");
+        assert!(!shown.contains("admin-token-0123456789ab"), "{shown}");
+    }
+
     pub(crate) fn state(hosts: Vec<Host>, ports_used: u16) -> RunState {
         RunState {
             run_id: "r".into(),

@@ -167,8 +167,8 @@ pub struct RunState {
     /// port, which is harmless.)
     #[serde(default)]
     pub ports_opened: u16,
-    pub cluster_token: String,
-    pub admin_token: String,
+    pub cluster_token: bookstore_common::auth::Secret,
+    pub admin_token: bookstore_common::auth::Secret,
     #[serde(default, deserialize_with = "current_deployment")]
     pub deployment: Option<Deployment>,
 }
@@ -225,6 +225,13 @@ impl RunState {
         let mut f = opts
             .open(&tmp)
             .map_err(|e| format!("{}: {e}", tmp.display()))?;
+        // `mode` applies only to a file it creates: tighten a temp file left behind.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            f.set_permissions(std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| format!("{}: {e}", tmp.display()))?;
+        }
         f.write_all(text.as_bytes())
             .and_then(|_| f.sync_all())
             .map_err(|e| format!("{}: {e}", tmp.display()))?;

@@ -109,8 +109,8 @@ fn new_state(
         base_port: a.base_port,
         ports_used: n_services,
         ports_opened: n_services,
-        cluster_token: token("BOOKSTORE_CLUSTER_TOKEN")?,
-        admin_token: token("BOOKSTORE_ADMIN_TOKEN")?,
+        cluster_token: token("BOOKSTORE_CLUSTER_TOKEN")?.into(),
+        admin_token: token("BOOKSTORE_ADMIN_TOKEN")?.into(),
         deployment: None,
     })
 }
@@ -222,6 +222,7 @@ fn token(var: &str) -> Result<String, String> {
             "{var} may hold only letters, digits and ._~+/=- (it goes into an environment file)"
         ));
     }
+    bookstore_common::auth::check_token(var, &t)?;
     Ok(t)
 }
 

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 pub struct Workload {
     pub frontend: String,
     pub cache: Option<String>,
-    pub cluster_token: String,
-    pub admin_token: String,
+    pub cluster_token: bookstore_common::auth::Secret,
+    pub admin_token: bookstore_common::auth::Secret,
     /// Books and their starting stock.
     pub books: Vec<u32>,
     pub buyers: usize,
@@ -191,7 +191,7 @@ async fn cache_reader(w: Arc<Workload>, h: Arc<History>, stop: Arc<AtomicBool>, 
         let p = h.invoke(process, OpKind::CacheRead, book, None, None);
         let req = client
             .get(format!("{cache}/lookup?item_number={book}"))
-            .header("X-Cluster-Token", &w.cluster_token);
+            .header("X-Cluster-Token", w.cluster_token.expose());
         let (o, v, e) = match attempt(req).await {
             Attempt::Ok(v) => match stock_of(&v) {
                 Some(s) => (Outcome::Ok, Some(s), None),
@@ -237,7 +237,7 @@ async fn restocker(w: Arc<Workload>, h: Arc<History>, stop: Arc<AtomicBool>, pro
                 client
                     .post(&url)
                     .header("Idempotency-Key", &key)
-                    .bearer_auth(&w.admin_token)
+                    .bearer_auth(w.admin_token.expose())
             },
             w.op_deadline,
         )

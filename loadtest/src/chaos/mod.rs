@@ -298,8 +298,8 @@ pub async fn run(config: &ChaosConfig) -> Result<ChaosReport, String> {
             cluster_file: cluster_file.clone(),
             books: books_file,
             output_dir: dir.join("cluster"),
-            cluster_token: cluster_token.clone(),
-            admin_token: admin_token.clone(),
+            cluster_token: cluster_token.clone().into(),
+            admin_token: admin_token.clone().into(),
             program: Some(wrapper.clone().unwrap_or_else(|| infra.clone())),
             env,
             ..LocalOptions::default()
@@ -319,8 +319,8 @@ pub async fn run(config: &ChaosConfig) -> Result<ChaosReport, String> {
     let workload = clients::Workload {
         frontend: lc.frontend_url(),
         cache: lc.cluster.server(Kind::Cache, 0).map(|e| e.url()),
-        cluster_token,
-        admin_token,
+        cluster_token: cluster_token.into(),
+        admin_token: admin_token.into(),
         books: initial.keys().copied().collect(),
         buyers: config.buyers,
         readers: config.readers,

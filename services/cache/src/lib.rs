@@ -496,6 +496,7 @@ pub async fn run(
     });
     let metrics = web::Data::new(Metrics::new());
     register_metrics(&cache, requests, &metrics);
+    cache.log.register_metrics(&metrics);
     let urls = config.cluster.urls(Kind::Catalog);
     if urls.is_empty() {
         return Err(std::io::Error::other("the cluster has no catalog"));

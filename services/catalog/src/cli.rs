@@ -37,6 +37,7 @@ pub async fn launch(args: Cli) -> Result<(), String> {
         lease: Duration::from_millis(args.cache_lease_ms),
         tick: args.replica.tick(),
         workers: args.common.workers,
+        retention: args.replica.retention(),
     };
     run(listener, config, bookstore_common::server::termination())
         .await

@@ -19,6 +19,7 @@ use bookstore_common::auth::{require_cluster_token, Tokens};
 use bookstore_common::client::Client;
 use bookstore_common::config::{ClusterConfig, Kind};
 use bookstore_common::error::ErrorBody;
+use bookstore_common::idempotency::Retention;
 use bookstore_common::metrics::{self, Metrics};
 use bookstore_common::openapi::{self, IdempotencyHeader, ItemQuery, TopicQuery};
 use bookstore_common::oplog::OpLog;
@@ -61,6 +62,8 @@ pub struct CatalogConfig {
     /// Protocol tick (heartbeats every 2 ticks, failure after 10).
     pub tick: Duration,
     pub workers: usize,
+    /// How long and how many idempotency keys are kept (the same on every replica).
+    pub retention: Retention,
 }
 
 /// The replicated state machine: the catalog state, updated by log entries.
@@ -68,8 +71,8 @@ pub struct CatalogSm(pub CatalogState);
 
 impl StateMachine for CatalogSm {
     fn apply(&mut self, index: u64, data: &[u8]) -> Vec<u8> {
-        let outcome: UpdateOutcome = match bookstore_replication::protocol::decode::<Update>(data) {
-            Ok(u) => self.0.update(&u, index),
+        let outcome: UpdateOutcome = match state::decode_entry(data) {
+            Ok((u, time_ms)) => self.0.update_at(&u, index, time_ms),
             Err(_) => Err(UpdateError::Malformed),
         };
         bincode::serialize(&outcome).expect("outcome encodes")
@@ -80,7 +83,7 @@ impl StateMachine for CatalogSm {
     }
 
     fn restore(&mut self, data: &[u8]) -> Result<(), String> {
-        self.0 = CatalogState::from_bytes(data)?;
+        self.0 = CatalogState::from_bytes_with(data, self.0.retention())?;
         Ok(())
     }
 }
@@ -92,8 +95,8 @@ pub struct Catalog {
     barrier: barrier::Barrier,
 }
 
-/// Init lines per op-log record: a big catalog is logged in a few large writes
-/// instead of a million small queued strings.
+/// Init lines per op-log record: a big catalog is logged in a few large records
+/// instead of a million small queued ones.
 const INIT_LINES_PER_RECORD: usize = 10_000;
 
 impl Catalog {
@@ -104,25 +107,22 @@ impl Catalog {
     /// [`Catalog::new`] with the books moved in instead of `config.books` (a big catalog
     /// is then not copied).
     pub fn with_books(config: &CatalogConfig, books: Vec<Book>) -> Result<Catalog, String> {
-        use std::fmt::Write as _;
         let log = match &config.output_dir {
             Some(dir) => OpLog::open(&dir.join(format!("catalog{}_log", config.id)))
                 .map_err(|e| e.to_string())?,
             None => OpLog::disabled(),
         };
         for chunk in books.chunks(INIT_LINES_PER_RECORD) {
-            let mut lines = String::with_capacity(chunk.len() * 80);
-            for (i, b) in chunk.iter().enumerate() {
-                if i > 0 {
-                    lines.push('\n');
-                }
-                let _ = write!(
-                    lines,
-                    "init,{},{},{},{},{}",
-                    b.item_number, b.stock, b.cost, b.topic, b.title
-                );
-            }
-            log.record(lines);
+            let lines = chunk
+                .iter()
+                .map(|b| {
+                    format!(
+                        "init,{},{},{},{},{}",
+                        b.item_number, b.stock, b.cost, b.topic, b.title
+                    )
+                })
+                .collect();
+            log.record_lines(lines);
         }
         let client = Client::new(config.tokens.cluster());
         let cache_url = config.cluster.servers(Kind::Cache).first().map(|e| e.url());
@@ -141,7 +141,8 @@ impl Catalog {
         }
         // Copies of the state share the titles and the topic index: building the initial
         // state again (the node does at start and before installing a snapshot) is cheap.
-        let initial = CatalogState::new(books, 0);
+        let mut initial = CatalogState::new(books, 0);
+        initial.set_retention(config.retention);
         let node = Node::start(opts, move || CatalogSm(initial.clone()))?;
         Ok(Catalog {
             control: web::Data::new(Control::new("catalog", config.id, node, log)),
@@ -213,7 +214,7 @@ impl Catalog {
         let outcome = match settled {
             Some(o) => o,
             None => {
-                let data = bincode::serialize(&u).expect("update encodes");
+                let data = state::encode_entry(&u, now_ms());
                 let answer = t.time("replication", self.node().submit(data)).await?;
                 bincode::deserialize::<UpdateOutcome>(&answer)
                     .map_err(|e| ApiError::BadGateway(format!("undecodable outcome: {e}")))?
@@ -249,9 +250,18 @@ impl Catalog {
                 Err(ApiError::OutOfStock)
             }
             Err(e @ UpdateError::UnknownItem(_)) => Err(ApiError::NotFound(e.to_string())),
+            Err(e @ UpdateError::KeyReused { .. }) => Err(ApiError::Unprocessable(e.to_string())),
+            Err(e @ UpdateError::KeysFull) => Err(ApiError::Unavailable(e.to_string())),
             Err(e) => Err(ApiError::BadRequest(e.to_string())),
         }
     }
+}
+
+/// Milliseconds since the Unix epoch: the time a primary stamps on an update.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 type Ctx = web::Data<Catalog>;
@@ -323,6 +333,7 @@ async fn query_by_topic(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiE
     (status = 400, description = "Malformed parameter, or stock would leave its range", body = ErrorBody),
     (status = 404, description = "No such book", body = ErrorBody),
     (status = 409, description = "Out of stock", body = ErrorBody),
+    (status = 422, description = "Idempotency-Key already used for another request", body = ErrorBody),
     (status = 421, description = "Not the primary", body = ErrorBody),
 ))]
 async fn update(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
@@ -406,11 +417,22 @@ async fn update_batch(ctx: Ctx, body: web::Json<UpdateBatch>) -> Result<HttpResp
         .json(BatchAnswer { results }))
 }
 
-/// Every book and the catalog version.
-#[utoipa::path(get, path = "/books", responses((status = 200, body = Versioned<Vec<Book>>)))]
-async fn books(ctx: Ctx) -> Result<HttpResponse, ApiError> {
+/// Every book (or the first `limit` by item number) and the catalog version.
+#[utoipa::path(get, path = "/books", params(BooksQuery), responses(
+    (status = 200, body = Versioned<Vec<Book>>),
+    (status = 400, description = "Malformed limit", body = ErrorBody),
+))]
+async fn books(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     ctx.check_up()?;
-    let (all, version) = ctx.read(|s| (s.all(), s.version()))?;
+    let limit: Option<u32> =
+        Params::parse(req.query_string()).optional("limit", "a whole number >= 0")?;
+    let (all, version) = ctx.read(|s| {
+        let books = match limit {
+            Some(n) => s.first(n as usize),
+            None => s.all(),
+        };
+        (books, s.version())
+    })?;
     Ok(HttpResponse::Ok().json(Versioned {
         result: all,
         version,
@@ -435,6 +457,15 @@ async fn cache_lease(ctx: Ctx, body: web::Json<LeaseRequest>) -> Result<HttpResp
         ctx.node().read_any(|sm| sm.0.version())
     });
     Ok(HttpResponse::Ok().json(reply))
+}
+
+/// Query of `GET /books` (documentation only).
+#[derive(Debug, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct BooksQuery {
+    /// Only the first this many books by item number.
+    #[param(minimum = 0, maximum = 4294967295_u64)]
+    pub limit: Option<u64>,
 }
 
 /// Query `consistent` (documentation only).
@@ -529,9 +560,10 @@ pub async fn run(
         routes(cfg);
     };
     let limits = server::Limits::replica();
-    let r = server::serve_with(listener, config.workers, limits, configure, shutdown).await;
+    let stop = catalog.control.until_failed(shutdown);
+    let r = server::serve_with(listener, config.workers, limits, configure, stop).await;
     catalog.node().crash().await;
-    r
+    catalog.control.exit(r)
 }
 
 /// Shared handle type for tests that want to peek at a replica.

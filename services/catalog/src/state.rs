@@ -2,14 +2,28 @@
 //! idempotency records of applied updates. Pure, no I/O: every write is one atomic
 //! call, so a stock check and its decrement can never be split.
 //!
+//! An update's `Idempotency-Key` names one request: the key is kept with a fingerprint
+//! of the request (item, change of stock, cost), so a retry gets the first answer and the
+//! key reused for anything else is refused ([`UpdateError::KeyReused`]). Keys of updates
+//! that changed the state are kept by age for the retention window
+//! ([`bookstore_common::idempotency`]), under a bound past which new keyed updates are
+//! refused; keys of answers that changed nothing (sold out) sit in a table of their own,
+//! the newest [`MAX_REFUSED_RECORDS`], and never push the others out.
+//!
+//! Log entries carry the time their primary stamped on them ([`encode_entry`]), the
+//! clock of the retention window. Entries and snapshots written before keys had times and
+//! fingerprints still decode: see [`decode_entry`] and [`CatalogState::from_bytes`].
+//!
 //! What never changes after loading (item numbers, titles, topics, the topic index with
 //! its prebuilt hits) lives in one [`Shelf`] behind an `Arc`, shared by every copy of the
 //! state; only stock and cost (two `u32` per book) are per copy. A 1,000,000-book
 //! catalog is then about 150 MB once, and a copy of it (the replication layer builds the
 //! initial state more than once) costs 8 MB, not another full set of strings.
+use bookstore_common::idempotency::{KeyTable, Retention, SavedKeys};
 use bookstore_common::types::{Book, ItemNumber, SearchHit};
+use bookstore_replication::protocol::decode;
 use serde::{Deserialize, Serialize};
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// Why an update was refused. Refusals change nothing.
@@ -23,6 +37,16 @@ pub enum UpdateError {
     StockOverflow,
     #[error("malformed update command")]
     Malformed,
+    #[error(
+        "header Idempotency-Key was already used for another request (an update of \
+         item_number {first_item}); send a new key for a new request"
+    )]
+    KeyReused { first_item: ItemNumber },
+    #[error(
+        "too many updates within the idempotency window: the catalog retains as many keys \
+         as it may; retry later"
+    )]
+    KeysFull,
 }
 
 /// One update: add `stock_delta` (negative to sell) and optionally set the cost.
@@ -36,9 +60,76 @@ pub struct Update {
     pub request_id: Option<String>,
 }
 
-/// How many idempotency records a catalog keeps: retries come within seconds, and at
-/// 10k buys/s this still covers ten seconds.
-pub const MAX_IDEMPOTENCY_RECORDS: usize = 100_000;
+/// How many keys of answers that changed nothing (sold out) a catalog keeps, newest
+/// first. They are not needed for safety (a retry that buys after a sold-out answer buys
+/// once), only for giving a retry the same answer.
+pub const MAX_REFUSED_RECORDS: usize = 100_000;
+
+/// What a key's first request asked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fingerprint {
+    pub item_number: ItemNumber,
+    /// Change of stock and cost; `None` for a key restored from a snapshot written before
+    /// fingerprints (its item alone is compared).
+    pub change: Option<(i64, Option<u32>)>,
+}
+
+impl Fingerprint {
+    fn of(u: &Update) -> Fingerprint {
+        Fingerprint {
+            item_number: u.item_number,
+            change: Some((u.stock_delta, u.cost)),
+        }
+    }
+
+    fn matches(&self, u: &Update) -> bool {
+        self.item_number == u.item_number
+            && self.change.is_none_or(|c| c == (u.stock_delta, u.cost))
+    }
+}
+
+/// The answer of an update that changed the state, kept under its key (the book's
+/// title and topic never change: the answer is rebuilt from the shelf).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Done {
+    pub fp: Fingerprint,
+    pub stock: u32,
+    pub cost: u32,
+    pub version: u64,
+}
+
+/// Leads a log entry in the current format: the update and its primary's time.
+pub const ENTRY_MAGIC: &[u8; 8] = b"BKCATUP2";
+
+/// Leads a snapshot in the current format.
+pub const SNAPSHOT_MAGIC: &[u8; 8] = b"BKCATSN2";
+
+/// A log entry in the current format (after [`ENTRY_MAGIC`]).
+#[derive(Serialize, Deserialize)]
+struct Stamped {
+    update: Update,
+    time_ms: u64,
+}
+
+/// The log entry of `u`, stamped by its primary at `time_ms` (ms since the Unix epoch).
+pub fn encode_entry(u: &Update, time_ms: u64) -> Vec<u8> {
+    let mut out = ENTRY_MAGIC.to_vec();
+    let stamped = Stamped {
+        update: u.clone(),
+        time_ms,
+    };
+    bincode::serialize_into(&mut out, &stamped).expect("update encodes");
+    out
+}
+
+/// An update and its time from a log entry; an entry without [`ENTRY_MAGIC`] was
+/// written before updates had times (the bare [`Update`]) and has none.
+pub fn decode_entry(data: &[u8]) -> Result<(Update, Option<u64>), bincode::Error> {
+    match data.strip_prefix(ENTRY_MAGIC) {
+        Some(rest) => decode::<Stamped>(rest).map(|s| (s.update, Some(s.time_ms))),
+        None => decode::<Update>(data).map(|u| (u, None)),
+    }
+}
 
 pub type UpdateOutcome = Result<(Book, u64), UpdateError>;
 
@@ -68,9 +159,10 @@ pub struct CatalogState {
     /// built from one counts every book as written at the snapshot's version.
     written: Vec<u64>,
     version: u64,
-    applied: HashMap<String, UpdateOutcome>,
-    applied_order: VecDeque<String>,
-    max_applied: usize,
+    /// Keys of updates that changed the state, by age.
+    done: KeyTable<Done>,
+    /// Keys of answers that changed nothing (sold out), the newest only.
+    refused: KeyTable<(Fingerprint, UpdateError)>,
 }
 
 impl CatalogState {
@@ -138,15 +230,23 @@ impl CatalogState {
             cost,
             written,
             version: first_version,
-            applied: HashMap::new(),
-            applied_order: VecDeque::new(),
-            max_applied: MAX_IDEMPOTENCY_RECORDS,
+            done: KeyTable::default(),
+            refused: KeyTable::new(refused_retention()),
         }
     }
 
-    /// How many idempotency records are kept (oldest forgotten first).
-    pub fn set_max_applied(&mut self, n: usize) {
-        self.max_applied = n.max(1);
+    /// How long and how many keys of updates that changed the state are kept.
+    pub fn set_retention(&mut self, retention: Retention) {
+        self.done.set_retention(retention);
+    }
+
+    pub fn retention(&self) -> Retention {
+        self.done.retention()
+    }
+
+    /// The keys of updates that changed the state.
+    pub fn done_keys(&self) -> &KeyTable<Done> {
+        &self.done
     }
 
     pub fn version(&self) -> u64 {
@@ -191,6 +291,24 @@ impl CatalogState {
         self.shelf.topics.get(topic).cloned().unwrap_or_default()
     }
 
+    /// The first `n` books by item number.
+    pub fn first(&self, n: usize) -> Vec<Book> {
+        if n >= self.len() {
+            return self.all();
+        }
+        let mut order: Vec<(ItemNumber, usize)> = self
+            .shelf
+            .items
+            .iter()
+            .enumerate()
+            .map(|(p, &i)| (i, p))
+            .collect();
+        order.select_nth_unstable(n);
+        order.truncate(n);
+        order.sort_unstable();
+        order.into_iter().map(|(_, p)| self.book_at(p)).collect()
+    }
+
     /// Every book, by item number.
     pub fn all(&self) -> Vec<Book> {
         let mut v: Vec<Book> = (0..self.len()).map(|p| self.book_at(p)).collect();
@@ -199,100 +317,220 @@ impl CatalogState {
     }
 
     /// The outcome already recorded under `u`'s request id, if any: a repeated request
-    /// is answered from committed state, without a new log entry.
+    /// is answered from committed state, without a new log entry; the key reused for
+    /// another request is refused.
     ///
     /// (A sold-out sale is *not* answered from local state: a primary that has been
     /// deposed without knowing it yet could answer "out of stock" for a request whose
     /// first attempt the new primary applied. The chaos checker caught exactly that.)
     pub fn settled(&self, u: &Update) -> Option<UpdateOutcome> {
-        u.request_id
-            .as_ref()
-            .and_then(|id| self.applied.get(id))
-            .cloned()
+        let id = u.request_id.as_deref()?;
+        let reused = |fp: &Fingerprint| UpdateError::KeyReused {
+            first_item: fp.item_number,
+        };
+        if let Some(d) = self.done.get(id) {
+            if !d.fp.matches(u) {
+                return Some(Err(reused(&d.fp)));
+            }
+            return Some(self.answer(d));
+        }
+        let (fp, e) = self.refused.get(id)?;
+        Some(Err(if fp.matches(u) { e.clone() } else { reused(fp) }))
     }
 
-    /// Applies one update atomically as version `version` (the replicated log index,
-    /// increasing); returns the book after it and the version it was written at.
-    pub fn update(&mut self, u: &Update, version: u64) -> UpdateOutcome {
-        self.version = self.version.max(version);
-        if let Some(id) = &u.request_id {
-            if let Some(prev) = self.applied.get(id) {
-                return prev.clone();
-            }
-        }
-        let outcome = self.apply(u);
-        if let Some(id) = &u.request_id {
-            if matches!(outcome, Ok(_) | Err(UpdateError::OutOfStock)) {
-                self.remember(id.clone(), outcome.clone());
-            }
-        }
-        outcome
-    }
-
-    fn apply(&mut self, u: &Update) -> UpdateOutcome {
+    /// The first answer of a key whose update changed the state.
+    fn answer(&self, d: &Done) -> UpdateOutcome {
         let p = *self
             .shelf
             .position
-            .get(&u.item_number)
-            .ok_or(UpdateError::UnknownItem(u.item_number))? as usize;
-        let stock = self.stock[p] as i64 + u.stock_delta;
-        if stock < 0 {
-            return Err(UpdateError::OutOfStock);
+            .get(&d.fp.item_number)
+            .ok_or(UpdateError::UnknownItem(d.fp.item_number))? as usize;
+        let book = Book {
+            stock: d.stock,
+            cost: d.cost,
+            ..self.book_at(p)
+        };
+        Ok((book, d.version))
+    }
+
+    /// Applies one update atomically as version `version` (the replicated log index,
+    /// increasing), with no time: the retention clock stays where it is (entries
+    /// written before updates had times). See [`CatalogState::update_at`].
+    pub fn update(&mut self, u: &Update, version: u64) -> UpdateOutcome {
+        self.update_at(u, version, None)
+    }
+
+    /// Applies one update atomically as version `version`, stamped by its primary at
+    /// `time_ms`; returns the book after it and the version it was written at.
+    pub fn update_at(&mut self, u: &Update, version: u64, time_ms: Option<u64>) -> UpdateOutcome {
+        self.version = self.version.max(version);
+        if let Some(t) = time_ms {
+            self.done.advance(t);
+            self.refused.advance(t);
         }
-        let stock = u32::try_from(stock).map_err(|_| UpdateError::StockOverflow)?;
+        if let Some(prev) = self.settled(u) {
+            return prev;
+        }
+        let (p, stock) = self.check(u)?;
+        if u.request_id.is_some() && self.done.is_full() {
+            return Err(UpdateError::KeysFull);
+        }
         self.stock[p] = stock;
         if let Some(cost) = u.cost {
             self.cost[p] = cost;
         }
         self.written[p] = self.version;
-        Ok((self.book_at(p), self.version))
+        let book = self.book_at(p);
+        if let Some(id) = &u.request_id {
+            let done = Done {
+                fp: Fingerprint::of(u),
+                stock: book.stock,
+                cost: book.cost,
+                version: self.version,
+            };
+            self.done.insert(id, done);
+        }
+        Ok((book, self.version))
     }
 
-    /// The state as bytes (for a snapshot).
+    /// Where `u` applies and the stock after it, or why it is refused (a sold-out
+    /// answer is remembered under its key).
+    fn check(&mut self, u: &Update) -> Result<(usize, u32), UpdateError> {
+        let p = *self
+            .shelf
+            .position
+            .get(&u.item_number)
+            .ok_or(UpdateError::UnknownItem(u.item_number))? as usize;
+        // Checked here, not only at the HTTP layer: a log entry may carry any change.
+        let stock = i64::from(self.stock[p])
+            .checked_add(u.stock_delta)
+            .ok_or(UpdateError::StockOverflow)?;
+        if stock < 0 {
+            if let Some(id) = &u.request_id {
+                self.refused
+                    .insert_evicting(id, (Fingerprint::of(u), UpdateError::OutOfStock));
+            }
+            return Err(UpdateError::OutOfStock);
+        }
+        let stock = u32::try_from(stock).map_err(|_| UpdateError::StockOverflow)?;
+        Ok((p, stock))
+    }
+
+    /// The state as bytes (for a snapshot), after [`SNAPSHOT_MAGIC`].
     pub fn to_bytes(&self) -> Vec<u8> {
-        let snap = SnapshotRef {
+        let snap = Snapshot {
             books: self.all(),
             version: self.version,
-            applied: self
-                .applied_order
-                .iter()
-                .filter_map(|k| self.applied.get(k).map(|o| (k.clone(), o.clone())))
-                .collect(),
-            max_applied: self.max_applied,
+            done: self.done.to_saved(),
+            refused: self.refused.to_saved(),
         };
-        bincode::serialize(&snap).expect("catalog state encodes")
+        let mut out = SNAPSHOT_MAGIC.to_vec();
+        bincode::serialize_into(&mut out, &snap).expect("catalog state encodes");
+        out
     }
 
-    /// The state from [`CatalogState::to_bytes`].
+    /// The state from [`CatalogState::to_bytes`], keeping keys as the default
+    /// [`Retention`] says.
     pub fn from_bytes(bytes: &[u8]) -> Result<CatalogState, String> {
-        let snap: SnapshotRef =
-            bookstore_replication::protocol::decode(bytes).map_err(|e| e.to_string())?;
-        let mut s = CatalogState::new(snap.books, snap.version);
-        s.max_applied = snap.max_applied;
-        for (k, o) in snap.applied {
-            s.applied_order.push_back(k.clone());
-            s.applied.insert(k, o);
-        }
-        Ok(s)
+        CatalogState::from_bytes_with(bytes, Retention::default())
     }
 
-    fn remember(&mut self, id: String, outcome: UpdateOutcome) {
-        if self.applied_order.len() >= self.max_applied {
-            if let Some(old) = self.applied_order.pop_front() {
-                self.applied.remove(&old);
-            }
+    /// The state from a snapshot, keeping keys as `retention` says (the replica's own
+    /// setting, not the snapshot's). Every key must name a book of the snapshot.
+    ///
+    /// A snapshot without [`SNAPSHOT_MAGIC`] was written before keys had times and
+    /// fingerprints: its successful updates' keys are kept, compared by item alone and
+    /// counted from the first time the log shows; its sold-out answers are dropped (they
+    /// name no item, and are not needed for safety).
+    pub fn from_bytes_with(bytes: &[u8], retention: Retention) -> Result<CatalogState, String> {
+        let snap = match bytes.strip_prefix(SNAPSHOT_MAGIC) {
+            Some(rest) => decode::<Snapshot>(rest).map_err(|e| e.to_string())?,
+            None => decode::<LegacySnapshot>(bytes)
+                .map_err(|e| e.to_string())?
+                .upgrade(),
+        };
+        let mut s = CatalogState::new(snap.books, snap.version);
+        let known = |item: ItemNumber| s.shelf.position.contains_key(&item);
+        let unknown = snap
+            .done
+            .keys
+            .iter()
+            .map(|(_, _, d)| d.fp.item_number)
+            .chain(
+                snap.refused
+                    .keys
+                    .iter()
+                    .map(|(_, _, (fp, _))| fp.item_number),
+            )
+            .find(|i| !known(*i));
+        if let Some(item) = unknown {
+            return Err(format!(
+                "snapshot: a key names item {item}, not in its books"
+            ));
         }
-        self.applied_order.push_back(id.clone());
-        self.applied.insert(id, outcome);
+        s.done = KeyTable::from_saved(snap.done, retention);
+        s.refused = KeyTable::from_saved(snap.refused, refused_retention());
+        Ok(s)
     }
 }
 
+/// The table of answers that changed nothing: the newest [`MAX_REFUSED_RECORDS`], for
+/// the same window.
+fn refused_retention() -> Retention {
+    Retention {
+        max_keys: MAX_REFUSED_RECORDS,
+        ..Retention::default()
+    }
+}
+
+/// A snapshot in the current format (after [`SNAPSHOT_MAGIC`]).
 #[derive(Serialize, Deserialize)]
-struct SnapshotRef {
+struct Snapshot {
+    books: Vec<Book>,
+    version: u64,
+    done: SavedKeys<Done>,
+    refused: SavedKeys<(Fingerprint, UpdateError)>,
+}
+
+/// A snapshot written before keys had times and fingerprints.
+#[derive(Deserialize)]
+struct LegacySnapshot {
     books: Vec<Book>,
     version: u64,
     applied: Vec<(String, UpdateOutcome)>,
+    #[allow(dead_code)]
     max_applied: usize,
+}
+
+impl LegacySnapshot {
+    fn upgrade(self) -> Snapshot {
+        let keys = self
+            .applied
+            .into_iter()
+            .filter_map(|(k, o)| {
+                let (book, version) = o.ok()?;
+                let done = Done {
+                    fp: Fingerprint {
+                        item_number: book.item_number,
+                        change: None,
+                    },
+                    stock: book.stock,
+                    cost: book.cost,
+                    version,
+                };
+                Some((k, 0, done))
+            })
+            .collect();
+        Snapshot {
+            books: self.books,
+            version: self.version,
+            done: SavedKeys { clock_ms: 0, keys },
+            refused: SavedKeys {
+                clock_ms: 0,
+                keys: Vec::new(),
+            },
+        }
+    }
 }
 
 #[cfg(test)]
@@ -370,14 +608,80 @@ mod tests {
     }
 
     #[test]
-    fn idempotency_records_are_bounded() {
+    fn a_full_table_refuses_new_keys_instead_of_forgetting_old_ones() {
         let mut c = CatalogState::new(vec![book(1, "a", 100)], 0);
-        c.set_max_applied(2);
-        for (i, k) in ["a", "b", "c"].into_iter().enumerate() {
-            c.update(&sell(1, Some(k)), i as u64 + 1).unwrap();
+        c.set_retention(Retention {
+            max_keys: 2,
+            ..Retention::default()
+        });
+        const H: u64 = 3_600_000;
+        c.update_at(&sell(1, Some("a")), 1, Some(H)).unwrap();
+        c.update_at(&sell(1, Some("b")), 2, Some(H)).unwrap();
+        let full = c.update_at(&sell(1, Some("c")), 3, Some(2 * H));
+        assert_eq!(full, Err(UpdateError::KeysFull));
+        assert_eq!(c.lookup(1).unwrap().stock, 98, "a refusal changes nothing");
+        assert!(c.settled(&sell(1, Some("a"))).is_some());
+        // Without a key, or once the old keys aged out, updates go through.
+        c.update_at(&sell(1, None), 4, Some(2 * H)).unwrap();
+        c.update_at(&sell(1, Some("c")), 5, Some(25 * H + 1))
+            .unwrap();
+        assert_eq!(c.settled(&sell(1, Some("a"))), None);
+        assert_eq!(c.done.len(), 1);
+    }
+
+    #[test]
+    fn entries_and_snapshots_of_the_format_before_key_times_still_decode() {
+        let u = sell(1, Some("k"));
+        assert_eq!(
+            decode_entry(&bincode::serialize(&u).unwrap()).unwrap(),
+            (u.clone(), None)
+        );
+        assert_eq!(decode_entry(&encode_entry(&u, 7)).unwrap(), (u, Some(7)));
+        #[derive(Serialize)]
+        struct Old {
+            books: Vec<Book>,
+            version: u64,
+            applied: Vec<(String, UpdateOutcome)>,
+            max_applied: usize,
         }
-        assert_eq!(c.applied.len(), 2);
-        assert!(!c.applied.contains_key("a"));
+        let old = Old {
+            books: vec![book(1, "a", 4)],
+            version: 9,
+            applied: vec![
+                ("sold".into(), Ok((book(1, "a", 4), 9))),
+                ("none".into(), Err(UpdateError::OutOfStock)),
+            ],
+            max_applied: 100_000,
+        };
+        let mut c = CatalogState::from_bytes(&bincode::serialize(&old).unwrap()).unwrap();
+        assert_eq!(
+            c.settled(&sell(1, Some("sold"))),
+            Some(Ok((book(1, "a", 4), 9)))
+        );
+        assert_eq!(c.settled(&sell(1, Some("none"))), None);
+        // Kept for a window from the first time the log shows.
+        const H: u64 = 3_600_000;
+        c.update_at(&sell(1, None), 10, Some(100 * H)).unwrap();
+        c.update_at(&sell(1, None), 11, Some(124 * H)).unwrap();
+        assert!(c.settled(&sell(1, Some("sold"))).is_some());
+        c.update_at(&sell(1, None), 12, Some(124 * H + 1)).unwrap();
+        assert_eq!(c.settled(&sell(1, Some("sold"))), None);
+        // A key naming a book the snapshot does not hold is refused, not trusted.
+        let bad = Old {
+            applied: vec![("x".into(), Ok((book(5, "a", 4), 9)))],
+            ..old
+        };
+        let err = CatalogState::from_bytes(&bincode::serialize(&bad).unwrap()).unwrap_err();
+        assert!(err.contains("item 5"), "{err}");
+    }
+
+    #[test]
+    fn the_first_books_by_item_number() {
+        let c = CatalogState::new(vec![book(3, "x", 1), book(1, "x", 1), book(2, "y", 1)], 0);
+        let items = |v: Vec<Book>| v.into_iter().map(|b| b.item_number).collect::<Vec<_>>();
+        assert_eq!(items(c.first(2)), vec![1, 2]);
+        assert_eq!(items(c.first(5)), vec![1, 2, 3]);
+        assert_eq!(items(c.first(0)), Vec::<u32>::new());
     }
 
     #[test]

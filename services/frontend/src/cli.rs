@@ -13,9 +13,10 @@ pub struct Cli {
     /// views every two ticks.
     #[arg(long, default_value_t = 50, env = "BOOKSTORE_TICK_MS")]
     tick_ms: u64,
-    /// Token of the admin routes (`Authorization: Bearer ...`); unset = admin routes refuse all.
+    /// Token of the admin routes (`Authorization: Bearer ...`; at least 16 characters);
+    /// unset = admin routes refuse all.
     #[arg(long, env = "BOOKSTORE_ADMIN_TOKEN", hide_env_values = true)]
-    admin_token: Option<String>,
+    admin_token: Option<bookstore_common::auth::Secret>,
     /// The most answers this frontend's near cache holds (0: no near cache; every hit
     /// then asks the cache service).
     #[arg(long, default_value_t = 100_000, env = "BOOKSTORE_NEAR_ENTRIES")]
@@ -25,6 +26,9 @@ pub struct Cli {
 /// Loads configuration, binds, and serves until Ctrl-C or SIGTERM.
 pub async fn launch(args: Cli) -> Result<(), String> {
     bookstore_common::telemetry::init();
+    if let Some(t) = args.admin_token.as_deref().filter(|t| !t.is_empty()) {
+        bookstore_common::auth::check_token("admin token", t)?;
+    }
     let (cluster, listener) = args.common.load_and_bind(Kind::Frontend)?;
     let config = FrontendConfig {
         id: args.common.id,

@@ -192,6 +192,7 @@ fn upstream_error(who: &str, e: CallError) -> ApiError {
         CallError::Status { status: 404, body } => ApiError::NotFound(body.error),
         CallError::Status { status: 400, body } => ApiError::BadRequest(body.error),
         CallError::Status { status: 409, .. } => ApiError::OutOfStock,
+        CallError::Status { status: 422, body } => ApiError::Unprocessable(body.error),
         other => {
             tracing::warn!(error = %other, "{who} call failed");
             ApiError::Unavailable(format!("{who} unavailable, try again"))
@@ -416,6 +417,7 @@ fn client_key(req: &HttpRequest) -> Result<String, ApiError> {
     (status = 400, description = "Malformed item_number or Idempotency-Key", body = ErrorBody),
     (status = 404, description = "No such book", body = ErrorBody),
     (status = 409, description = "Sold out: `{\"result\":\"Failed\",\"error\":\"out of stock\"}`", body = ErrorBody),
+    (status = 422, description = "Idempotency-Key already used for another request", body = ErrorBody),
 ))]
 async fn buy(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let item = Params::parse(req.query_string()).item_number()?;
@@ -451,6 +453,7 @@ async fn buy(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     (status = 200, body = LookupResponse),
     (status = 400, description = "Malformed parameter, or neither quantity nor cost", body = ErrorBody),
     (status = 404, description = "No such book", body = ErrorBody),
+    (status = 422, description = "Idempotency-Key already used for another request", body = ErrorBody),
 ))]
 async fn restock(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let params = Params::parse(req.query_string());
@@ -611,6 +614,7 @@ pub async fn run(
     let frontend = web::Data::new(frontend);
     let metrics = web::Data::new(Metrics::new());
     frontend.obs.register_metrics(&frontend, &metrics);
+    frontend.log.register_metrics(&metrics);
     bookstore_common::batch::register_metrics(&metrics, "buys", frontend.buys.stats());
     let tokens = web::Data::new(config.tokens.clone());
     tracing::info!(addr = %listener.local_addr()?, "frontend serving");

@@ -8,6 +8,12 @@
 //! (`/coordinator/status` of every coordinator, `/replication/status` of every catalog
 //! and order replica, `/health` of the others), all at once with a short timeout. A map is reused for [`FRESH`], so many open status pages cost the servers
 //! no more than one.
+//!
+//! `/status.json` is public, so what it costs is bounded: it shows the first
+//! [`MAX_STATUS_BOOKS`] books (the catalog sends no more: `GET /books?limit=`), its
+//! answer is serialised once per refresh and the same bytes served until the next, and
+//! at most [`MAX_STATUS_REQUESTS`] requests are served at once (the others get `503` at
+//! once).
 use crate::{Ctx, Frontend};
 use actix_web::http::header;
 use actix_web::HttpResponse;
@@ -20,8 +26,10 @@ use bookstore_common::router::Read;
 use bookstore_common::types::{
     Book, BookStock, ClusterMap, Health, KindView, ServerInfo, StatusPage, Versioned,
 };
+use bookstore_common::ApiError;
 use bookstore_replication::node::Status;
 use bookstore_replication::wire::{CoordinatorRole, CoordinatorStatus, KindReport};
+use bytes::Bytes;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -33,6 +41,10 @@ use std::time::{Duration, Instant};
 pub const FRESH: Duration = Duration::from_millis(250);
 /// How long each server (and the view service) has to answer.
 const POLL_TIMEOUT: Duration = Duration::from_millis(500);
+/// The most books `/status.json` shows (the first by item number).
+pub const MAX_STATUS_BOOKS: usize = 1000;
+/// The most `/status.json` requests served at once.
+pub const MAX_STATUS_REQUESTS: usize = 32;
 
 const STATUS_HTML: &str = include_str!("status.html");
 
@@ -46,7 +58,8 @@ struct TierLabel {
     tier: &'static str,
 }
 
-type Books = Result<Vec<BookStock>, String>;
+/// The books shown and whether there are more, or why there are none.
+type Books = Result<(Vec<BookStock>, bool), String>;
 
 /// The frontend's observability state.
 pub struct Observer {
@@ -55,7 +68,10 @@ pub struct Observer {
     client: Client,
     coordinators: Arc<Coordinators>,
     map: tokio::sync::Mutex<Option<(Instant, Arc<ClusterMap>)>>,
-    books: tokio::sync::Mutex<Option<(Instant, Books)>>,
+    /// `/status.json`'s answer, serialised once per refresh.
+    status: tokio::sync::Mutex<Option<(Instant, Bytes)>>,
+    /// Places for `/status.json` requests being served.
+    status_slots: tokio::sync::Semaphore,
     cache_lookups: Family<ResultLabel, Counter>,
 }
 
@@ -87,7 +103,8 @@ impl Observer {
             client: Client::with_timeout(token, POLL_TIMEOUT),
             coordinators,
             map: tokio::sync::Mutex::new(None),
-            books: tokio::sync::Mutex::new(None),
+            status: tokio::sync::Mutex::new(None),
+            status_slots: tokio::sync::Semaphore::new(MAX_STATUS_REQUESTS),
             cache_lookups: Family::default(),
         }
     }
@@ -357,26 +374,50 @@ impl Observer {
         });
     }
 
-    /// The stock of each book, read from the catalog primary (at most [`FRESH`] old).
-    async fn books(&self, frontend: &Frontend) -> Books {
-        let mut slot = self.books.lock().await;
-        if let Some((at, books)) = slot.as_ref() {
+    /// `/status.json`'s answer (at most [`FRESH`] old), serialised once per refresh.
+    async fn status(&self, frontend: &Frontend) -> Bytes {
+        let mut slot = self.status.lock().await;
+        if let Some((at, bytes)) = slot.as_ref() {
             if at.elapsed() < FRESH {
-                return books.clone();
+                return bytes.clone();
             }
         }
-        let read = frontend.catalog.read("/books", Read::Primary);
-        let books = match tokio::time::timeout(Duration::from_secs(1), read).await {
+        let (map, books) = tokio::join!(self.map(), self.books(frontend));
+        let (books, books_truncated, books_error) = match books {
+            Ok((b, more)) => (b, more, None),
+            Err(e) => (Vec::new(), false, Some(e)),
+        };
+        let page = StatusPage {
+            cluster: redact(&map),
+            books,
+            books_truncated,
+            books_error,
+        };
+        let bytes = Bytes::from(serde_json::to_vec(&page).unwrap_or_default());
+        *slot = Some((Instant::now(), bytes.clone()));
+        bytes
+    }
+
+    /// The stock of the first [`MAX_STATUS_BOOKS`] books, read from the catalog primary,
+    /// and whether it holds more.
+    async fn books(&self, frontend: &Frontend) -> Books {
+        let path = format!("/books?limit={}", MAX_STATUS_BOOKS + 1);
+        let read = frontend.catalog.read(&path, Read::Primary);
+        match tokio::time::timeout(Duration::from_secs(1), read).await {
             Ok(Ok(body)) => serde_json::from_slice::<Versioned<Vec<Book>>>(&body)
                 .map(|v| {
-                    v.result
+                    let more = v.result.len() > MAX_STATUS_BOOKS;
+                    let shown = v
+                        .result
                         .into_iter()
+                        .take(MAX_STATUS_BOOKS)
                         .map(|b| BookStock {
                             item_number: b.item_number,
                             title: b.title,
                             stock: b.stock,
                         })
-                        .collect()
+                        .collect();
+                    (shown, more)
                 })
                 .map_err(|_| "bad catalog answer".to_string()),
             Ok(Err(e)) => {
@@ -384,9 +425,7 @@ impl Observer {
                 Err("catalog unavailable".into())
             }
             Err(_) => Err("catalog did not answer within 1 s".into()),
-        };
-        *slot = Some((Instant::now(), books.clone()));
-        books
+        }
     }
 }
 
@@ -416,21 +455,22 @@ pub async fn cluster(ctx: Ctx) -> HttpResponse {
 }
 
 /// What the status page shows: the cluster map without addresses and error texts, and
-/// the stock of each book.
-#[utoipa::path(get, path = "/status.json", responses((status = 200, body = StatusPage)))]
-pub async fn status_json(ctx: Ctx) -> HttpResponse {
-    let (map, books) = tokio::join!(ctx.obs.map(), ctx.obs.books(&ctx));
-    let (books, books_error) = match books {
-        Ok(b) => (b, None),
-        Err(e) => (Vec::new(), Some(e)),
-    };
-    HttpResponse::Ok()
+/// the stock of the first books. At most [`MAX_STATUS_REQUESTS`] are served at once.
+#[utoipa::path(get, path = "/status.json", responses(
+    (status = 200, body = StatusPage),
+    (status = 503, description = "Too many status requests at once", body = bookstore_common::error::ErrorBody),
+))]
+pub async fn status_json(ctx: Ctx) -> Result<HttpResponse, ApiError> {
+    let _slot = ctx.obs.status_slots.try_acquire().map_err(|_| {
+        ApiError::Unavailable(format!(
+            "status page busy: {MAX_STATUS_REQUESTS} requests are being served; retry"
+        ))
+    })?;
+    let body = ctx.obs.status(&ctx).await;
+    Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))
-        .json(StatusPage {
-            cluster: redact(&map),
-            books,
-            books_error,
-        })
+        .insert_header(header::ContentType::json())
+        .body(body))
 }
 
 /// The status page (HTML); everything it shows comes from `/status.json`.

@@ -26,6 +26,7 @@ pub async fn launch(args: Cli) -> Result<(), String> {
         url: None,
         tick: args.replica.tick(),
         workers: args.common.workers,
+        retention: args.replica.retention(),
     };
     run(listener, config, bookstore_common::server::termination())
         .await

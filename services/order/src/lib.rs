@@ -7,10 +7,14 @@
 //! retry, even one that reaches a new primary after a failover, never buys twice.
 //!
 //! - [`cli`]: flags, shared by the binary and `infra serve order`.
-//! - this file: the state machine ([`OrderSm`]), routes (internal, cluster token, except
+//! - [`state`]: the replicated state machine ([`OrderSm`]): orders and idempotency keys.
+//! - this file: the buy, the routes (internal, cluster token, except
 //!   `/health` and `/ready`; `/metrics` also takes the admin token), their OpenAPI
 //!   document ([`internal_openapi`]) and [`run`].
 pub mod cli;
+pub mod state;
+
+pub use state::{OrderSm, Record};
 
 use actix_web::{middleware::from_fn, web, HttpRequest, HttpResponse};
 use bookstore_common::auth::{require_cluster_token, Tokens};
@@ -19,6 +23,7 @@ use bookstore_common::client::{CallError, Client};
 use bookstore_common::config::{ClusterConfig, Kind};
 use bookstore_common::coordinators::Coordinators;
 use bookstore_common::error::ErrorBody;
+use bookstore_common::idempotency::Retention;
 use bookstore_common::metrics::{self, catch_up, Metrics};
 use bookstore_common::openapi::{self, IdempotencyHeader, ItemQuery};
 use bookstore_common::oplog::OpLog;
@@ -31,14 +36,14 @@ use bookstore_common::types::{
 };
 use bookstore_common::{server, ApiError};
 use bookstore_replication::control::{self, Control};
-use bookstore_replication::node::{Node, NodeOptions, StateMachine};
+use bookstore_replication::node::{Node, NodeOptions};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use serde::{Deserialize, Serialize};
-use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::net::TcpListener;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use utoipa::OpenApi;
@@ -57,68 +62,8 @@ pub struct OrderConfig {
     /// Protocol tick.
     pub tick: Duration,
     pub workers: usize,
-}
-
-/// One replicated command: record an order under its idempotency key.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Record {
-    pub key: String,
-    pub order: Order,
-}
-
-/// How many idempotency keys the order log remembers (oldest forgotten first).
-pub const MAX_KEYS: usize = 100_000;
-
-/// The replicated orders: every order, and the order of each recent idempotency key.
-#[derive(Debug, Default, Serialize, Deserialize)]
-pub struct OrderSm {
-    orders: Vec<Order>,
-    by_key: HashMap<String, usize>,
-    keys: VecDeque<String>,
-}
-
-impl OrderSm {
-    /// Records `r` unless its key is known; returns the order stored under the key.
-    pub fn record(&mut self, r: Record) -> Order {
-        if let Some(i) = self.by_key.get(&r.key) {
-            return self.orders[*i].clone();
-        }
-        if self.keys.len() >= MAX_KEYS {
-            if let Some(old) = self.keys.pop_front() {
-                self.by_key.remove(&old);
-            }
-        }
-        self.orders.push(r.order.clone());
-        self.by_key.insert(r.key.clone(), self.orders.len() - 1);
-        self.keys.push_back(r.key);
-        r.order
-    }
-
-    pub fn by_key(&self, key: &str) -> Option<&Order> {
-        self.by_key.get(key).map(|i| &self.orders[*i])
-    }
-
-    pub fn orders(&self) -> &[Order] {
-        &self.orders
-    }
-}
-
-impl StateMachine for OrderSm {
-    fn apply(&mut self, _index: u64, data: &[u8]) -> Vec<u8> {
-        match bookstore_replication::protocol::decode::<Record>(data) {
-            Ok(r) => bincode::serialize(&Some(self.record(r))).expect("order encodes"),
-            Err(_) => bincode::serialize(&None::<Order>).expect("encodes"),
-        }
-    }
-
-    fn snapshot(&self) -> Vec<u8> {
-        bincode::serialize(self).expect("orders encode")
-    }
-
-    fn restore(&mut self, data: &[u8]) -> Result<(), String> {
-        *self = bookstore_replication::protocol::decode(data).map_err(|e| e.to_string())?;
-        Ok(())
-    }
+    /// How long and how many idempotency keys are kept (the same on every replica).
+    pub retention: Retention,
 }
 
 pub struct OrderService {
@@ -126,6 +71,26 @@ pub struct OrderService {
     catalog: Arc<Router>,
     /// Concurrent stock changes leave together as one `POST /update_batch`.
     updates: Batcher<StockChange, Batched<Versioned<Book>>>,
+    /// Buys admitted under a new key and not yet recorded (they count against the
+    /// bound on keys).
+    reserved: Arc<AtomicUsize>,
+}
+
+/// A buy's place under the bound on keys, from admission until it is recorded.
+struct Reservation(Arc<AtomicUsize>);
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The answer to a key already used for another item.
+fn key_reused(first_item: u32) -> ApiError {
+    ApiError::Unprocessable(format!(
+        "header Idempotency-Key was already used for another request (a buy of \
+         item_number {first_item}); send a new key for a new request"
+    ))
 }
 
 impl OrderService {
@@ -147,7 +112,8 @@ impl OrderService {
         if let Some(url) = &config.url {
             opts.url = url.clone();
         }
-        let node = Node::start(opts, OrderSm::default)?;
+        let retention = config.retention;
+        let node = Node::start(opts, move || OrderSm::new(retention))?;
         let catalog = Arc::new(Router::new(
             Client::new(config.tokens.cluster()),
             config.cluster.urls(Kind::Catalog),
@@ -165,7 +131,28 @@ impl OrderService {
             control: web::Data::new(Control::new("order", config.id, node, log)),
             catalog,
             updates,
+            reserved: Arc::new(AtomicUsize::new(0)),
         })
+    }
+
+    /// Holds a place for a buy under a new key, or refuses it (503) when the keys
+    /// retained, with the buys already admitted, reach the bound: a key is never
+    /// forgotten early to make room.
+    fn admit(&self) -> Result<Reservation, ApiError> {
+        let reserved = self.reserved.fetch_add(1, Ordering::AcqRel);
+        let slot = Reservation(self.reserved.clone());
+        let now = now_ms();
+        let (room, max) = self.node().read_any(|sm| {
+            let keys = sm.keys();
+            (keys.has_room(now, reserved), keys.retention().max_keys)
+        });
+        if !room {
+            return Err(ApiError::Unavailable(format!(
+                "too many buys within the idempotency window: {max} keys are retained \
+                 already; retry later"
+            )));
+        }
+        Ok(slot)
     }
 
     fn node(&self) -> &Node<OrderSm> {
@@ -177,8 +164,12 @@ impl OrderService {
     pub async fn buy(&self, item: u32, key: &str, t: &mut Timing) -> Result<Order, ApiError> {
         self.control.check_primary()?;
         if let Some(Some(order)) = self.node().read(|sm| sm.by_key(key).cloned()) {
+            if order.item_number != item {
+                return Err(key_reused(order.item_number));
+            }
             return Ok(order);
         }
+        let _slot = self.admit()?;
         // Sent with the other buys in flight; alone again (following the primary) if its
         // outcome is unknown. The catalog applies a key at most once.
         let path = format!("/update?item_number={item}&stock=-1");
@@ -208,6 +199,9 @@ impl OrderService {
             Err(CallError::Status { status: 400, body }) => {
                 return Err(ApiError::BadRequest(body.error))
             }
+            Err(CallError::Status { status: 422, body }) => {
+                return Err(ApiError::Unprocessable(body.error))
+            }
             Err(e) => {
                 tracing::warn!(item, error = %e, "catalog call failed");
                 return Err(ApiError::Unavailable(format!("catalog unavailable: {e}")));
@@ -227,6 +221,9 @@ impl OrderService {
         let order: Option<Order> = bincode::deserialize(&answer)
             .map_err(|e| ApiError::BadGateway(format!("undecodable order: {e}")))?;
         let order = order.ok_or_else(|| ApiError::BadGateway("order not recorded".into()))?;
+        if order.item_number != item {
+            return Err(key_reused(order.item_number));
+        }
         self.control.log.record(format!("bought book {item}"));
         Ok(order)
     }
@@ -265,6 +262,7 @@ fn success(order: Order) -> BuySuccess {
     (status = 400, description = "Malformed parameter", body = ErrorBody),
     (status = 404, description = "No such book", body = ErrorBody),
     (status = 409, description = "Out of stock", body = ErrorBody),
+    (status = 422, description = "Idempotency-Key already used for another request", body = ErrorBody),
     (status = 421, description = "Not the primary", body = ErrorBody),
 ))]
 async fn buy(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
@@ -404,7 +402,8 @@ pub async fn run(
         routes(cfg);
     };
     let limits = server::Limits::replica();
-    let r = server::serve_with(listener, config.workers, limits, configure, shutdown).await;
+    let stop = service.control.until_failed(shutdown);
+    let r = server::serve_with(listener, config.workers, limits, configure, stop).await;
     service.node().crash().await;
-    r
+    service.control.exit(r)
 }

@@ -1,0 +1,226 @@
+//! A replica fed what a buggy or hostile peer could send: whatever the messages, what it
+//! stores on its disk must let it start again (a bad message is refused, it never
+//! poisons the disk). Real replicas (disk, driver), no network: messages are handed to
+//! `Node::deliver` as the HTTP route would.
+use bookstore_replication::node::{Node, NodeOptions, StateMachine};
+use bookstore_replication::protocol::{Entry, Msg, View};
+use std::time::Duration;
+
+/// Keeps every applied entry.
+#[derive(Default)]
+struct Applied(Vec<Vec<u8>>);
+
+impl StateMachine for Applied {
+    fn apply(&mut self, _index: u64, data: &[u8]) -> Vec<u8> {
+        self.0.push(data.to_vec());
+        Vec::new()
+    }
+    fn snapshot(&self) -> Vec<u8> {
+        bincode::serialize(&self.0).unwrap()
+    }
+    fn restore(&mut self, data: &[u8]) -> Result<(), String> {
+        self.0 = bookstore_replication::protocol::decode(data).map_err(|e| e.to_string())?;
+        Ok(())
+    }
+}
+
+fn start(dir: &std::path::Path) -> Node<Applied> {
+    // Peers and view service that never answer (port 9 on loopback: discard).
+    let mut opts = NodeOptions::new(
+        0,
+        vec!["http://127.0.0.1:9".into(), "http://127.0.0.1:9".into()],
+        "catalog",
+        vec!["http://127.0.0.1:9".into()],
+        dir.to_path_buf(),
+        "peer-trust-cluster-token",
+    );
+    opts.tick = Duration::from_millis(10);
+    Node::start(opts, Applied::default).unwrap()
+}
+
+fn view(epoch: u64) -> View {
+    View {
+        epoch,
+        primary: 1,
+        backups: vec![0],
+    }
+}
+
+fn entry(index: u64, epoch: u64) -> Entry {
+    Entry {
+        index,
+        epoch,
+        data: vec![index as u8],
+    }
+}
+
+/// Replica 1 makes replica 0 its backup in `epoch` (the view is persisted first).
+async fn become_backup(node: &Node<Applied>, epoch: u64) {
+    let heartbeat = Msg::Replicate {
+        view: view(epoch),
+        prev_index: 0,
+        prev_epoch: 0,
+        entries: vec![],
+        commit: 0,
+    };
+    node.deliver(1, vec![heartbeat]);
+    for _ in 0..200 {
+        if node.status().role == "backup" {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("replica 0 never became a backup: {:?}", node.status());
+}
+
+#[tokio::test]
+async fn entries_with_a_gap_are_refused_and_the_replica_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(dir.path());
+    become_backup(&node, 1).await;
+    // Entries 1 and 3, no 2.
+    node.deliver(
+        1,
+        vec![Msg::Replicate {
+            view: view(1),
+            prev_index: 0,
+            prev_epoch: 0,
+            entries: vec![entry(1, 1), entry(3, 1)],
+            commit: 0,
+        }],
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    node.crash().await;
+    let again = std::panic::AssertUnwindSafe(node.restart());
+    let restarted = futures::FutureExt::catch_unwind(again).await;
+    assert!(
+        matches!(restarted, Ok(Ok(()))),
+        "the replica cannot start from what a peer's message left on its disk"
+    );
+}
+
+/// A peer that accepts connections and never answers: what is queued for it stays
+/// bounded (the rest is dropped and counted; the protocol retransmits).
+#[tokio::test]
+async fn the_queue_to_a_stuck_peer_is_bounded() {
+    let stuck = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = NodeOptions::new(
+        0,
+        vec![
+            "http://127.0.0.1:9".into(),
+            format!("http://{}", stuck.local_addr().unwrap()),
+        ],
+        "catalog",
+        vec!["http://127.0.0.1:9".into()],
+        dir.path().to_path_buf(),
+        "peer-trust-cluster-token",
+    );
+    opts.tick = Duration::from_millis(10);
+    let node = Node::start(opts, Applied::default).unwrap();
+    become_backup(&node, 1).await;
+    // Each heartbeat is answered with an ack to replica 1, which never reads them.
+    let heartbeat = Msg::Replicate {
+        view: view(1),
+        prev_index: 0,
+        prev_epoch: 0,
+        entries: vec![],
+        commit: 0,
+    };
+    let n = 3 * bookstore_replication::node::PEER_QUEUE;
+    node.deliver(1, vec![heartbeat; n]);
+    for _ in 0..200 {
+        if node.dropped_messages() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let dropped = node.dropped_messages() as usize;
+    assert!(
+        dropped >= n - 2 * bookstore_replication::node::PEER_QUEUE,
+        "{dropped} of {n} acks dropped: the queue grew"
+    );
+    node.crash().await;
+    drop(stuck);
+}
+
+mod arbitrary {
+    use super::*;
+    use bookstore_replication::protocol::SnapshotMeta;
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+
+    /// Mostly the backup's own epoch (1), so that messages get past the epoch checks.
+    fn epoch() -> impl Strategy<Value = u64> {
+        prop_oneof![3 => Just(1u64), 1 => 0u64..4]
+    }
+
+    fn entry() -> impl Strategy<Value = Entry> {
+        (1u64..5, epoch(), vec(any::<u8>(), 0..3)).prop_map(|(index, epoch, data)| Entry {
+            index,
+            epoch,
+            data,
+        })
+    }
+
+    /// Snapshot data: the state machine's own encoding, or bytes that are not.
+    fn snapshot_data() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            vec(vec(any::<u8>(), 0..3), 0..4).prop_map(|v| bincode::serialize(&v).unwrap()),
+            vec(any::<u8>(), 0..24),
+        ]
+    }
+
+    fn msg() -> impl Strategy<Value = Msg> {
+        prop_oneof![
+            4 => (epoch(), 0u64..3, 0u64..2, vec(entry(), 0..4), 0u64..5).prop_map(
+                |(e, prev_index, prev_epoch, entries, commit)| Msg::Replicate {
+                    view: view(e),
+                    prev_index,
+                    prev_epoch,
+                    entries,
+                    commit,
+                }
+            ),
+            2 => (epoch(), 0u64..7, epoch(), snapshot_data()).prop_map(|(e, index, epoch, data)| {
+                Msg::Snapshot {
+                    view: view(e),
+                    meta: SnapshotMeta { index, epoch },
+                    data,
+                }
+            }),
+            1 => (0u64..4, 0u64..7).prop_map(|(epoch, matched)| Msg::Ack { epoch, matched }),
+            1 => (0u64..4, 0u64..7).prop_map(|(epoch, commit)| Msg::Nack { epoch, commit }),
+            1 => epoch().prop_map(|e| Msg::Reject { view: view(e) }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+        /// Whatever a peer sends, the replica keeps running and starts again from its disk.
+        #[test]
+        fn any_messages_leave_a_disk_the_replica_starts_from(msgs in vec(msg(), 1..12)) {
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            rt.block_on(async {
+                let dir = tempfile::tempdir().unwrap();
+                let node = start(dir.path());
+                become_backup(&node, 1).await;
+                for m in msgs {
+                    node.deliver(1, vec![m]);
+                    tokio::time::sleep(Duration::from_millis(3)).await;
+                }
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                assert_eq!(node.failure(), None, "a peer's message stopped the replica");
+                node.crash().await;
+                let again = std::panic::AssertUnwindSafe(node.restart());
+                let restarted = futures::FutureExt::catch_unwind(again).await;
+                assert!(
+                    matches!(restarted, Ok(Ok(()))),
+                    "the replica cannot start from what peers' messages left on its disk"
+                );
+                node.crash().await;
+            });
+        }
+    }
+}
