@@ -151,14 +151,18 @@ impl Coordinators {
     }
 
     /// The leader's report of `kind` once it differs from version `known`, or after
-    /// `wait` (a long poll; see the coordinator's `GET /vs/{kind}/view?version=`).
+    /// `wait` (a long poll; see the coordinator's `GET /vs/{kind}/view?version=`); at once
+    /// when nothing is known yet.
     pub async fn watch_view(
         &self,
         kind: &str,
-        known: u64,
+        known: Option<u64>,
         wait: Duration,
         attempt: Duration,
     ) -> Result<bookstore_replication_core::wire::KindReport, CallError> {
+        let Some(known) = known else {
+            return self.view(kind, attempt).await;
+        };
         let path = format!(
             "/vs/{kind}/view?version={known}&wait_ms={}",
             wait.as_millis()

@@ -385,7 +385,7 @@ pub fn follow_views(
     let weak: Weak<Router> = Arc::downgrade(router);
     tokio::spawn(async move {
         let attempt = every.max(Duration::from_millis(100));
-        let mut known = u64::MAX;
+        let mut known: Option<u64> = None;
         loop {
             if weak.strong_count() == 0 {
                 break;
@@ -397,10 +397,10 @@ pub fn follow_views(
                 Ok(report) => {
                     let Some(router) = weak.upgrade() else { break };
                     router.apply(&report);
-                    known = report.version;
+                    known = Some(report.version);
                 }
                 Err(_) => {
-                    known = u64::MAX;
+                    known = None;
                     tokio::time::sleep(every).await;
                 }
             }

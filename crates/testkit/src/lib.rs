@@ -244,8 +244,23 @@ impl TestCluster {
     }
 
     /// Waits until every catalog and order replica is in the view, caught up, and (for
-    /// backups) synced.
+    /// backups) synced, and the frontend knows the primaries (`/ready`).
     pub async fn wait_ready(&self) {
+        self.wait_replicas_ready().await;
+        let url = format!("{}/ready", self.frontend());
+        for _ in 0..500 {
+            if reqwest::get(&url)
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the frontend never became ready");
+    }
+
+    async fn wait_replicas_ready(&self) {
         let c = self.internal();
         for kind in [Kind::Catalog, Kind::Order] {
             let n = self.cluster.servers(kind).len();

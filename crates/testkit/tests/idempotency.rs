@@ -93,7 +93,7 @@ async fn a_full_order_key_table_refuses_new_keys_and_keeps_the_old_ones() {
     // The order primary names the reason (the frontend does not pass internals on).
     let view: Value = c
         .internal()
-        .get_json(&format!("{f}/vs/order/view"))
+        .get_json(&c.view_url(Kind::Order))
         .await
         .unwrap();
     let primary = view["view"]["primary"].as_u64().unwrap() as u32;

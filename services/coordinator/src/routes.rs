@@ -104,6 +104,7 @@ pub struct ViewQuery {
     params(("kind" = VsKind, Path, description = "The replicated service"), ViewQuery),
     responses(
         (status = 200, body = KindReport),
+        (status = 400, description = "Malformed version or wait_ms", body = ErrorBody),
         (status = 404, description = "No such replicated service", body = ErrorBody),
         (status = 421, description = "Not the leader; `leader` names it", body = ErrorBody),
     ))]
@@ -112,13 +113,20 @@ pub async fn view(
     kind: web::Path<String>,
     q: web::Query<ViewQuery>,
 ) -> Result<HttpResponse, ApiError> {
+    // (JSON Schema's integers here are int64: larger values are not this API's.)
+    if let Some(v) = q.version.filter(|v| *v > i64::MAX as u64) {
+        return Err(ApiError::BadRequest(format!(
+            "version must be at most {}, not {v}",
+            i64::MAX
+        )));
+    }
+    if let Some(wait) = q.wait_ms.filter(|w| *w > 5000) {
+        return Err(ApiError::BadRequest(format!(
+            "wait_ms must be at most 5000, not {wait}"
+        )));
+    }
     let report = match (q.version, q.wait_ms) {
         (Some(known), Some(wait)) if wait > 0 => {
-            if wait > 5000 {
-                return Err(ApiError::BadRequest(format!(
-                    "wait_ms must be at most 5000, not {wait}"
-                )));
-            }
             let wait = std::time::Duration::from_millis(wait);
             c.authority.report_after(&kind, known, wait).await?
         }
