@@ -1,19 +1,24 @@
-//! The longest unavailability per fault kind: the longest stretch of time in which no
-//! client got an answer, among the stretches that overlap a fault of that kind.
+//! Unavailability per fault kind. For each fault, the longest stretch of time in which
+//! no client got an answer, among the stretches that overlap the fault; per kind, the
+//! median and the largest of those over its faults.
 //!
 //! For buys an answer is a definite one (acknowledged or sold out), for reads a stock.
 //! Every client counts together: a frontend down while the other answers is no gap. The
-//! lanes run at once, so a gap that overlaps faults of several kinds counts for each of
-//! them: the figure bounds what a kind costs from above.
+//! lanes run at once, so a stretch that overlaps faults of several kinds counts for each
+//! of them: the figures bound what a kind costs from above (the largest is usually one
+//! stretch shared by every kind; the median tells the kinds apart better).
 use super::history::{FaultRecord, Op, OpKind, Outcome};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
-/// The longest stretches, in seconds, overlapping a fault of one kind.
+/// Over the faults of one kind, in seconds: the median and the largest of each fault's
+/// longest stretch without an answer.
 #[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
 pub struct Gap {
-    pub buys_s: f64,
-    pub reads_s: f64,
+    pub buys_median_s: f64,
+    pub buys_max_s: f64,
+    pub reads_median_s: f64,
+    pub reads_max_s: f64,
 }
 
 /// Sorted times (ns) of the answers that count.
@@ -45,18 +50,42 @@ fn longest_over(times: &[u64], start: u64, end: u64) -> u64 {
     longest.max(end.saturating_sub(from))
 }
 
-/// Per fault kind, the longest stretch without an answered buy and without a read.
+/// The median and the largest of `v` (sorted here), in seconds.
+fn median_max(mut v: Vec<u64>) -> (f64, f64) {
+    v.sort_unstable();
+    let s = |ns: u64| ns as f64 / 1e9;
+    match v.len() {
+        0 => (0.0, 0.0),
+        n if n % 2 == 1 => (s(v[n / 2]), s(v[n - 1])),
+        n => ((s(v[n / 2 - 1]) + s(v[n / 2])) / 2.0, s(v[n - 1])),
+    }
+}
+
+/// Per fault kind, the median and largest stretch without an answered buy, and without
+/// an answered read, over its faults.
 pub fn longest_gaps(ops: &[Op], faults: &[FaultRecord]) -> BTreeMap<String, Gap> {
     let buys = answers(ops, |o| o.kind == OpKind::Buy && o.outcome != Outcome::Info);
     let reads = answers(ops, |o| o.kind == OpKind::Read && o.outcome == Outcome::Ok);
-    let mut out: BTreeMap<String, Gap> = BTreeMap::new();
+    let mut per_kind: BTreeMap<&str, (Vec<u64>, Vec<u64>)> = BTreeMap::new();
     for f in faults {
-        let g = out.entry(f.kind.clone()).or_default();
-        let s = |ns: u64| ns as f64 / 1e9;
-        g.buys_s = g.buys_s.max(s(longest_over(&buys, f.start_ns, f.end_ns)));
-        g.reads_s = g.reads_s.max(s(longest_over(&reads, f.start_ns, f.end_ns)));
+        let (b, r) = per_kind.entry(f.kind.as_str()).or_default();
+        b.push(longest_over(&buys, f.start_ns, f.end_ns));
+        r.push(longest_over(&reads, f.start_ns, f.end_ns));
     }
-    out
+    per_kind
+        .into_iter()
+        .map(|(kind, (b, r))| {
+            let (buys_median_s, buys_max_s) = median_max(b);
+            let (reads_median_s, reads_max_s) = median_max(r);
+            let gap = Gap {
+                buys_median_s,
+                buys_max_s,
+                reads_median_s,
+                reads_max_s,
+            };
+            (kind.to_string(), gap)
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -116,15 +145,21 @@ mod tests {
             &[
                 fault("kill", 1_200_000_000, 1_300_000_000),
                 fault("kill", 100_000_000, 200_000_000),
+                fault("pause", 100_000_000, 200_000_000),
             ],
         );
-        // Unknown buys and failed reads are no answers.
+        // Unknown buys and failed reads are no answers: buys 2.0 and 1.0 s, reads 1.5
+        // and 1.0 s.
         assert_eq!(
             g["kill"],
             Gap {
-                buys_s: 2.0,
-                reads_s: 1.5
+                buys_median_s: 1.5,
+                buys_max_s: 2.0,
+                reads_median_s: 1.25,
+                reads_max_s: 1.5,
             }
         );
+        assert_eq!(g["pause"].buys_max_s, 1.0);
+        assert_eq!(g["pause"].reads_median_s, 1.0);
     }
 }

@@ -50,7 +50,8 @@ pub struct ChaosReport {
     pub heal_problems: Vec<String>,
     pub ops: BTreeMap<String, OpCounts>,
     pub faults_by_kind: BTreeMap<String, usize>,
-    /// Per kind, the longest stretch without an answer overlapping a fault of it.
+    /// Per kind, the median and largest over its faults of the longest stretch without
+    /// an answer overlapping the fault.
     pub longest_gaps: BTreeMap<String, Gap>,
     pub faults: Vec<FaultRecord>,
     pub verdicts: Vec<Verdict>,
@@ -226,14 +227,15 @@ impl ChaosReport {
         );
         let _ = writeln!(
             s,
-            "\nfaults                         count   longest gap without an answer: buys   reads"
+            "\nfaults                         count   longest gap without an answer (s), median / max\n\
+             \x20                                                      buys            reads"
         );
         for (k, n) in &self.faults_by_kind {
             let g = self.longest_gaps.get(k).copied().unwrap_or_default();
             let _ = writeln!(
                 s,
-                "  {k:<28} {n:>5}   {:>34.2} s {:>5.2} s",
-                g.buys_s, g.reads_s
+                "  {k:<28} {n:>5}   {:>20.2} / {:<5.2}   {:>5.2} / {:.2}",
+                g.buys_median_s, g.buys_max_s, g.reads_median_s, g.reads_max_s
             );
         }
         let _ = writeln!(
