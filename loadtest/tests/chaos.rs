@@ -125,7 +125,7 @@ fn chaos_60s_with_every_fault_kind_passes_every_checker() {
     // The faults: at least 15 of every kind that could run here, 10 of the coordinator
     // faults. Measured in debug builds on a busy 2-core machine: 19-26 of each replica,
     // cache and frontend kind (a replica fault that needs a view change waits while the
-    // coordinators elect a leader), 14 of each coordinator kind (one coordinator at a
+    // coordinators elect a leader), 14-19 of each coordinator kind (one coordinator at a
     // time, and a fault on the leader lasts an election).
     let by_kind = s["faults_by_kind"].as_object().expect("faults_by_kind");
     // Without iptables: partition-primary, isolate and isolate-coordinator are skipped.
