@@ -97,15 +97,23 @@ struct ChaosArgs {
     #[arg(long, default_value = "500ms", value_parser = parse_duration)]
     restock_every: Duration,
     /// Fault kinds, comma-separated: kill, pause, partition-primary, isolate,
-    /// freeze-backup-kill-primary, kill-cache, restart-frontend, or all.
+    /// freeze-backup-kill-primary, kill-cache, restart-frontend, kill-coordinator,
+    /// pause-coordinator, isolate-coordinator, or all.
     #[arg(long, value_delimiter = ',', default_value = "all")]
     faults: Vec<String>,
-    /// Scales every fault's duration (1.0: kills 0.15-0.5 s, pauses 0.4-0.8 s, partitions 0.4-0.9 s).
+    /// Scales every fault's duration (1.0: kills 0.15-0.5 s, pauses 0.4-0.8 s, partitions
+    /// 0.4-0.9 s, coordinator pauses and isolations 0.5-1 s).
     #[arg(long, default_value_t = 1.0)]
     hold_scale: f64,
     /// Catalog and order replicas each.
     #[arg(long, default_value_t = 2)]
     replicas: usize,
+    /// Coordinators (the control plane's Raft group).
+    #[arg(long, default_value_t = 3)]
+    coordinators: usize,
+    /// Frontends (the clients are spread over them).
+    #[arg(long, default_value_t = 2)]
+    frontends: usize,
     /// Use this cluster file (partitions need every server on its own 127.x address).
     #[arg(long)]
     cluster: Option<PathBuf>,
@@ -500,6 +508,8 @@ async fn chaos(args: ChaosArgs) -> Result<bool, String> {
         faults,
         hold_scale: args.hold_scale,
         replicas: args.replicas,
+        coordinators: args.coordinators,
+        frontends: args.frontends,
         cluster_file: args.cluster,
         infra: args.infra,
         env: args.server_env,

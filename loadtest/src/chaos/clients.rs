@@ -1,8 +1,12 @@
-//! The chaos workload: buyers, readers (lookups through the frontend, some searches), one
+//! The chaos workload: buyers, readers (lookups through the frontends, some searches), one
 //! reader of the cache itself, and one restocker. Every operation goes to the history.
 //! Buys and restocks whose outcome is unknown (timeout, 5xx, connection refused) are
 //! retried with the same idempotency key until an answer or the operation's deadline;
 //! the operation spans all its attempts, so its linearization point lies in between.
+//!
+//! The clients are spread over the frontends (client `p` starts at frontend `p mod n`);
+//! after an attempt without an answer a client moves to the next frontend, so a retry
+//! goes to another frontend with the same key (any frontend may be down for a while).
 use super::history::{History, OpKind, Outcome};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -13,7 +17,8 @@ use std::time::{Duration, Instant};
 /// What the clients need to know.
 #[derive(Debug, Clone)]
 pub struct Workload {
-    pub frontend: String,
+    /// Base URLs of the frontends (at least one).
+    pub frontends: Vec<String>,
     pub cache: Option<String>,
     pub cluster_token: bookstore_common::auth::Secret,
     pub admin_token: bookstore_common::auth::Secret,
@@ -68,16 +73,42 @@ async fn attempt(req: reqwest::RequestBuilder) -> Attempt {
     }
 }
 
-/// Buys or restocks with retries under one key: (outcome, answer, error, attempts).
+/// The frontend a client talks to: its own at first, the next one after an attempt that
+/// got no answer.
+struct Frontend {
+    w: Arc<Workload>,
+    at: usize,
+}
+
+impl Frontend {
+    fn new(w: &Arc<Workload>, process: usize) -> Frontend {
+        Frontend {
+            w: w.clone(),
+            at: process % w.frontends.len().max(1),
+        }
+    }
+
+    fn url(&self) -> &str {
+        self.w.frontends.get(self.at).map_or("", String::as_str)
+    }
+
+    fn next(&mut self) {
+        self.at = (self.at + 1) % self.w.frontends.len().max(1);
+    }
+}
+
+/// Buys or restocks with retries under one key, each retry on the next frontend:
+/// (outcome, answer, error, attempts). `make` builds the request for a frontend's URL.
 async fn write_op(
-    make: impl Fn() -> reqwest::RequestBuilder,
+    frontend: &mut Frontend,
+    make: impl Fn(&str) -> reqwest::RequestBuilder,
     deadline: Duration,
 ) -> (Outcome, Option<serde_json::Value>, Option<String>, u32) {
     let start = Instant::now();
     let mut attempts = 0;
     loop {
         attempts += 1;
-        match attempt(make()).await {
+        match attempt(make(frontend.url())).await {
             Attempt::Ok(v) => return (Outcome::Ok, Some(v), None, attempts),
             Attempt::Refused(409, _) => {
                 return (Outcome::Fail, None, Some("out of stock".into()), attempts)
@@ -94,6 +125,7 @@ async fn write_op(
                 )
             }
             Attempt::Unknown(e) => {
+                frontend.next();
                 if start.elapsed() >= deadline {
                     return (Outcome::Info, None, Some(e), attempts);
                 }
@@ -115,15 +147,20 @@ fn http(timeout: Duration) -> reqwest::Client {
 async fn buyer(w: Arc<Workload>, h: Arc<History>, stop: Arc<AtomicBool>, process: usize) {
     let mut rng = StdRng::seed_from_u64(w.seed ^ (0xb0b0 + process as u64));
     let client = http(Duration::from_secs(2));
+    let mut frontend = Frontend::new(&w, process);
     let mut n = 0u64;
     while !stop.load(Ordering::Relaxed) {
         let book = w.books[rng.gen_range(0..w.books.len())];
         n += 1;
         let key = format!("{}-p{process}-{n}", w.run_tag);
         let p = h.invoke(process, OpKind::Buy, book, None, Some(key.clone()));
-        let url = format!("{}/buy?item_number={book}", w.frontend);
         let (outcome, v, err, attempts) = write_op(
-            || client.post(&url).header("Idempotency-Key", &key),
+            &mut frontend,
+            |base| {
+                client
+                    .post(format!("{base}/buy?item_number={book}"))
+                    .header("Idempotency-Key", &key)
+            },
             w.op_deadline,
         )
         .await;
@@ -148,20 +185,24 @@ fn stock_of(v: &serde_json::Value) -> Option<i64> {
 async fn reader(w: Arc<Workload>, h: Arc<History>, stop: Arc<AtomicBool>, process: usize) {
     let mut rng = StdRng::seed_from_u64(w.seed ^ (0x4ead + process as u64));
     let client = http(Duration::from_secs(1));
+    let mut frontend = Frontend::new(&w, process);
     while !stop.load(Ordering::Relaxed) {
         if rng.gen_bool(0.1) {
             let p = h.invoke(process, OpKind::Search, 0, None, None);
-            let url = format!("{}/search?topic=t", w.frontend);
+            let url = format!("{}/search?topic=t", frontend.url());
             let (o, e) = match attempt(client.get(&url)).await {
                 Attempt::Ok(_) => (Outcome::Ok, None),
                 Attempt::Refused(s, _) => (Outcome::Fail, Some(format!("status {s}"))),
-                Attempt::Unknown(e) => (Outcome::Fail, Some(e)),
+                Attempt::Unknown(e) => {
+                    frontend.next();
+                    (Outcome::Fail, Some(e))
+                }
             };
             h.complete(p, o, None, None, e, 1);
         } else {
             let book = w.books[rng.gen_range(0..w.books.len())];
             let p = h.invoke(process, OpKind::Read, book, None, None);
-            let url = format!("{}/lookup?item_number={book}", w.frontend);
+            let url = format!("{}/lookup?item_number={book}", frontend.url());
             let (o, v, e) = match attempt(client.get(&url)).await {
                 Attempt::Ok(v) => match stock_of(&v) {
                     Some(s) => (Outcome::Ok, Some(s), None),
@@ -169,7 +210,10 @@ async fn reader(w: Arc<Workload>, h: Arc<History>, stop: Arc<AtomicBool>, proces
                 },
                 Attempt::Refused(s, _) => (Outcome::Fail, None, Some(format!("status {s}"))),
                 // A read has no effect: an unanswered one is simply a failed read.
-                Attempt::Unknown(e) => (Outcome::Fail, None, Some(e)),
+                Attempt::Unknown(e) => {
+                    frontend.next();
+                    (Outcome::Fail, None, Some(e))
+                }
             };
             let failed = o != Outcome::Ok;
             h.complete(p, o, v, None, e, 1);
@@ -212,6 +256,7 @@ async fn restocker(w: Arc<Workload>, h: Arc<History>, stop: Arc<AtomicBool>, pro
     }
     let mut rng = StdRng::seed_from_u64(w.seed ^ (0x5e5e + process as u64));
     let client = http(Duration::from_secs(2));
+    let mut frontend = Frontend::new(&w, process);
     let mut n = 0u64;
     loop {
         let ms = w.restock_every.as_millis() as u64;
@@ -228,14 +273,13 @@ async fn restocker(w: Arc<Workload>, h: Arc<History>, stop: Arc<AtomicBool>, pro
         n += 1;
         let key = format!("{}-r{process}-{n}", w.run_tag);
         let p = h.invoke(process, OpKind::Restock, book, Some(q), Some(key.clone()));
-        let url = format!(
-            "{}/admin/restock?item_number={book}&quantity={q}",
-            w.frontend
-        );
         let (o, v, e, attempts) = write_op(
-            || {
+            &mut frontend,
+            |base| {
                 client
-                    .post(&url)
+                    .post(format!(
+                        "{base}/admin/restock?item_number={book}&quantity={q}"
+                    ))
                     .header("Idempotency-Key", &key)
                     .bearer_auth(w.admin_token.expose())
             },

@@ -12,6 +12,7 @@
 //! `timeline.svg`, `cluster/` (server logs and data directories).
 pub mod check;
 pub mod clients;
+pub mod gaps;
 pub mod history;
 pub mod linear;
 pub mod nemesis;
@@ -55,6 +56,9 @@ pub struct ChaosConfig {
     pub hold_scale: f64,
     /// Catalog and order replicas each (when the cluster file is made here).
     pub replicas: usize,
+    /// Coordinators and frontends (when the cluster file is made here).
+    pub coordinators: usize,
+    pub frontends: usize,
     /// Use this cluster file instead of making one.
     pub cluster_file: Option<PathBuf>,
     /// The infra binary (default: `infra` next to this program).
@@ -92,6 +96,8 @@ impl Default for ChaosConfig {
             faults: FaultKind::ALL.to_vec(),
             hold_scale: 1.0,
             replicas: 2,
+            coordinators: 3,
+            frontends: 2,
             cluster_file: None,
             infra: None,
             wrapper: None,
@@ -114,28 +120,36 @@ fn say(config: &ChaosConfig, text: &str) {
     }
 }
 
-/// A cluster file with every server on its own loopback address (127.77.N.x) and a
-/// free port.
-pub fn loopback_cluster(replicas: usize) -> std::io::Result<ClusterConfig> {
+/// A cluster file with every server on its own loopback address and a free port:
+/// `127.77.N.(1 + offset)`, where the offset is the server's group offset
+/// ([`wrapper::gid_offset`]): frontend i `.1+i`, cache `.6`, catalog i `.11+i`,
+/// coordinator i `.31+i`, order i `.41+i`.
+pub fn loopback_cluster(
+    coordinators: usize,
+    frontends: usize,
+    replicas: usize,
+) -> std::io::Result<ClusterConfig> {
+    if coordinators > 10 || frontends > 5 || replicas > 20 {
+        return Err(std::io::Error::other(
+            "at most 10 coordinators, 5 frontends and 20 replicas of each service",
+        ));
+    }
     let net = (std::process::id() % 250) + 1;
     let mut parts = Vec::new();
     let mut hold = Vec::new();
-    let mut layout = vec![
-        (Kind::Coordinator, 3u32),
-        (Kind::Frontend, 1),
-        (Kind::Cache, 2),
-    ];
-    for i in 0..replicas as u32 {
-        layout.push((Kind::Catalog, 10 + i));
-    }
-    for i in 0..replicas as u32 {
-        layout.push((Kind::Order, 40 + i));
-    }
-    for (kind, host) in layout {
-        let addr = format!("127.77.{net}.{host}");
-        let l = std::net::TcpListener::bind(format!("{addr}:0"))?;
-        parts.push((kind, Endpoint::new(addr, l.local_addr()?.port())));
-        hold.push(l);
+    for (kind, n) in [
+        (Kind::Coordinator, coordinators),
+        (Kind::Frontend, frontends),
+        (Kind::Cache, 1),
+        (Kind::Catalog, replicas),
+        (Kind::Order, replicas),
+    ] {
+        for id in 0..n as u32 {
+            let addr = format!("127.77.{net}.{}", 1 + wrapper::gid_offset(kind.name(), id));
+            let l = std::net::TcpListener::bind(format!("{addr}:0"))?;
+            parts.push((kind, Endpoint::new(addr, l.local_addr()?.port())));
+            hold.push(l);
+        }
     }
     Ok(ClusterConfig::from_parts(&parts))
 }
@@ -242,7 +256,8 @@ pub async fn run(config: &ChaosConfig) -> Result<ChaosReport, String> {
     // The cluster file.
     let cluster = match &config.cluster_file {
         Some(f) => ClusterConfig::load(f).map_err(|e| e.to_string())?,
-        None => loopback_cluster(config.replicas).map_err(|e| format!("free ports: {e}"))?,
+        None => loopback_cluster(config.coordinators, config.frontends, config.replicas)
+            .map_err(|e| format!("free ports: {e}"))?,
     };
     let cluster_file = dir.join("cluster.csv");
     std::fs::write(&cluster_file, cluster.to_text()).map_err(|e| e.to_string())?;
@@ -317,7 +332,7 @@ pub async fn run(config: &ChaosConfig) -> Result<ChaosReport, String> {
         .map(|(i, s)| (i as u32 + 1, *s as i64))
         .collect();
     let workload = clients::Workload {
-        frontend: lc.frontend_url(),
+        frontends: lc.cluster.urls(Kind::Frontend),
         cache: lc.cluster.server(Kind::Cache, 0).map(|e| e.url()),
         cluster_token: cluster_token.into(),
         admin_token: admin_token.into(),

@@ -1,12 +1,16 @@
 //! The nemesis: a seeded schedule of faults, carried out on the local cluster.
 //!
-//! Faults run in up to three lanes at once: one for the catalog replicas, one for the
-//! order replicas, one for the cache and the frontend. Each lane deals its kinds from a
-//! shuffled deck (so every enabled kind comes up equally often), carries a fault out,
-//! undoes it, waits for its service to have every replica back in the view and synced
-//! (bounded), pauses, and deals the next. The schedule (kinds, targets as roles, hold
-//! times, pauses) depends only on the seed; which replica is primary at that moment is
-//! asked of the view service.
+//! Faults run in up to four lanes at once: one for the catalog replicas, one for the
+//! order replicas, one for the cache and the frontends, one for the coordinators. Each
+//! lane deals its kinds from a shuffled deck (so every enabled kind comes up equally
+//! often), carries a fault out, undoes it, waits (bounded) until its service has every
+//! replica back in the view and synced (for a coordinator fault: until a leader answers,
+//! the coordinator hit is back in the group, and every catalog and order replica is in
+//! its view and synced), pauses, and deals the next. The coordinators have a lane of
+//! their own so that at most one of them is down at a time (two of three would stop the
+//! group, a different fault). The schedule (kinds, targets as roles, hold times, pauses)
+//! depends only on the seed; which replica is primary, and which coordinator leads, at
+//! that moment is asked of the cluster.
 use super::history::{FaultRecord, History};
 use super::net::{Net, Rule};
 use super::wrapper::gid_offset;
@@ -35,12 +39,27 @@ pub enum FaultKind {
     FreezeKill,
     /// SIGKILL the cache, restart it.
     KillCache,
-    /// SIGKILL frontend 0 (which hosts the view service), restart it.
+    /// SIGKILL one of the frontends, restart it.
     RestartFrontend,
+    /// SIGKILL a coordinator (the leader with odds 2:1), restart it from its data.
+    KillCoordinator,
+    /// SIGSTOP a coordinator (leader 2:1) for longer than an election, then SIGCONT.
+    PauseCoordinator,
+    /// Cut a coordinator (leader 2:1) off from every other server, then heal.
+    IsolateCoordinator,
+}
+
+/// Which lane deals a kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LaneKind {
+    /// Catalog or order replicas (one lane each).
+    Replica,
+    CacheFrontend,
+    Coordinator,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 7] = [
+    pub const ALL: [FaultKind; 10] = [
         FaultKind::Kill,
         FaultKind::Pause,
         FaultKind::PartitionPrimary,
@@ -48,6 +67,9 @@ impl FaultKind {
         FaultKind::FreezeKill,
         FaultKind::KillCache,
         FaultKind::RestartFrontend,
+        FaultKind::KillCoordinator,
+        FaultKind::PauseCoordinator,
+        FaultKind::IsolateCoordinator,
     ];
 
     pub fn name(self) -> &'static str {
@@ -59,6 +81,9 @@ impl FaultKind {
             FaultKind::FreezeKill => "freeze-backup-kill-primary",
             FaultKind::KillCache => "kill-cache",
             FaultKind::RestartFrontend => "restart-frontend",
+            FaultKind::KillCoordinator => "kill-coordinator",
+            FaultKind::PauseCoordinator => "pause-coordinator",
+            FaultKind::IsolateCoordinator => "isolate-coordinator",
         }
     }
 
@@ -70,11 +95,20 @@ impl FaultKind {
 
     /// Needs iptables.
     pub fn needs_net(self) -> bool {
-        matches!(self, FaultKind::PartitionPrimary | FaultKind::Isolate)
+        matches!(
+            self,
+            FaultKind::PartitionPrimary | FaultKind::Isolate | FaultKind::IsolateCoordinator
+        )
     }
 
-    fn replica_fault(self) -> bool {
-        !matches!(self, FaultKind::KillCache | FaultKind::RestartFrontend)
+    fn lane(self) -> LaneKind {
+        match self {
+            FaultKind::KillCache | FaultKind::RestartFrontend => LaneKind::CacheFrontend,
+            FaultKind::KillCoordinator
+            | FaultKind::PauseCoordinator
+            | FaultKind::IsolateCoordinator => LaneKind::Coordinator,
+            _ => LaneKind::Replica,
+        }
     }
 
     /// A colour for the timeline.
@@ -87,6 +121,9 @@ impl FaultKind {
             FaultKind::FreezeKill => "#e377c2",
             FaultKind::KillCache => "#2ca02c",
             FaultKind::RestartFrontend => "#1f77b4",
+            FaultKind::KillCoordinator => "#17becf",
+            FaultKind::PauseCoordinator => "#bcbd22",
+            FaultKind::IsolateCoordinator => "#7f7f7f",
         }
     }
 }
@@ -95,10 +132,13 @@ impl FaultKind {
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub kind: FaultKind,
-    /// Catalog or order for replica faults.
+    /// Catalog or order for replica faults; cache, frontend or coordinator for the others.
     pub service: Kind,
-    /// Aim at the primary (else a backup).
+    /// Aim at the primary (else a backup); for a coordinator fault, at the leader (else
+    /// a follower).
     pub primary: bool,
+    /// Which frontend a `restart-frontend` kills (modulo the number of frontends).
+    pub pick: u32,
     /// How long the fault lasts (down time, pause, partition).
     pub hold: Duration,
     /// Pause after the fault (and the settling) before the next.
@@ -109,38 +149,36 @@ pub struct Plan {
 pub struct Lane {
     rng: StdRng,
     kinds: Vec<FaultKind>,
+    /// The replicated service of a replica lane.
     service: Option<Kind>,
+    lane: LaneKind,
     deck: Vec<FaultKind>,
     pub hold_scale: f64,
 }
 
 impl Lane {
-    /// The lanes for the enabled kinds: catalog, order, and cache+frontend.
+    /// The lanes for the enabled kinds: catalog, order, cache+frontend, coordinator.
     pub fn all(seed: u64, kinds: &[FaultKind], hold_scale: f64) -> Vec<Lane> {
-        let replica: Vec<FaultKind> = kinds
-            .iter()
-            .copied()
-            .filter(|k| k.replica_fault())
-            .collect();
-        let other: Vec<FaultKind> = kinds
-            .iter()
-            .copied()
-            .filter(|k| !k.replica_fault())
-            .collect();
+        let of = |lane: LaneKind| -> Vec<FaultKind> {
+            kinds.iter().copied().filter(|k| k.lane() == lane).collect()
+        };
         let mut lanes = Vec::new();
-        for (i, (service, ks)) in [
-            (Some(Kind::Catalog), replica.clone()),
-            (Some(Kind::Order), replica),
-            (None, other),
+        for (i, (service, lane)) in [
+            (Some(Kind::Catalog), LaneKind::Replica),
+            (Some(Kind::Order), LaneKind::Replica),
+            (None, LaneKind::CacheFrontend),
+            (None, LaneKind::Coordinator),
         ]
         .into_iter()
         .enumerate()
         {
+            let ks = of(lane);
             if !ks.is_empty() {
                 lanes.push(Lane {
                     rng: StdRng::seed_from_u64(seed.wrapping_mul(31).wrapping_add(i as u64 + 1)),
                     kinds: ks,
                     service,
+                    lane,
                     deck: Vec::new(),
                     hold_scale,
                 });
@@ -150,10 +188,11 @@ impl Lane {
     }
 
     pub fn name(&self) -> &'static str {
-        match self.service {
-            Some(Kind::Catalog) => "catalog",
-            Some(Kind::Order) => "order",
-            _ => "cache+frontend",
+        match (self.lane, self.service) {
+            (LaneKind::Replica, Some(Kind::Catalog)) => "catalog",
+            (LaneKind::Replica, _) => "order",
+            (LaneKind::CacheFrontend, _) => "cache+frontend",
+            (LaneKind::Coordinator, _) => "coordinator",
         }
     }
 
@@ -172,29 +211,49 @@ impl Lane {
             FaultKind::FreezeKill => ms(&mut self.rng, 200, 500),
             FaultKind::KillCache => ms(&mut self.rng, 100, 500),
             FaultKind::RestartFrontend => ms(&mut self.rng, 100, 400),
+            // From at once (a restarted leader leads again without an election, with
+            // read leases of its former self still running) to past an election.
+            FaultKind::KillCoordinator => ms(&mut self.rng, 0, 500),
+            // A paused or cut-off leader stays away until a successor leads, then this
+            // long more (it comes back while its successor takes over); a follower stays
+            // away the length of an election and this long more.
+            FaultKind::PauseCoordinator | FaultKind::IsolateCoordinator => {
+                ms(&mut self.rng, 0, 400)
+            }
         };
         let hold = hold.mul_f64(self.hold_scale);
         let primary = match kind {
             FaultKind::Kill | FaultKind::Pause => self.rng.gen_bool(0.75),
             FaultKind::Isolate => self.rng.gen_bool(0.5),
+            FaultKind::KillCoordinator
+            | FaultKind::PauseCoordinator
+            | FaultKind::IsolateCoordinator => self.rng.gen_bool(2.0 / 3.0),
             _ => true,
         };
-        let service = match self.service {
-            Some(s) => s,
-            None if kind == FaultKind::KillCache => Kind::Cache,
-            None => Kind::Frontend,
+        let pick = if kind == FaultKind::RestartFrontend {
+            self.rng.gen()
+        } else {
+            0
+        };
+        let service = match (self.lane, self.service) {
+            (LaneKind::Replica, Some(s)) => s,
+            (LaneKind::Coordinator, _) => Kind::Coordinator,
+            _ if kind == FaultKind::KillCache => Kind::Cache,
+            _ => Kind::Frontend,
+        };
+        let gap = match self.lane {
+            LaneKind::Replica => ms(&mut self.rng, 30, 120),
+            // The cache+frontend lane is quicker: spread its faults out.
+            LaneKind::CacheFrontend => ms(&mut self.rng, 500, 1000),
+            LaneKind::Coordinator => ms(&mut self.rng, 100, 300),
         };
         Plan {
             kind,
             service,
             primary,
+            pick,
             hold,
-            // The cache+frontend lane is quicker: spread its faults out.
-            gap: if self.service.is_some() {
-                ms(&mut self.rng, 30, 120)
-            } else {
-                ms(&mut self.rng, 500, 1000)
-            },
+            gap,
         }
     }
 }
@@ -207,8 +266,26 @@ pub struct Nemesis {
     pub gid_base: u32,
     pub settle_limit: Duration,
     coordinators: bookstore_common::coordinators::Coordinators,
-    replicas: BTreeMap<Kind, usize>,
+    /// For asking one coordinator about itself (`/coordinator/status`).
+    status_client: bookstore_common::client::Client,
+    /// How many servers of each kind (replicas of a service, coordinators, frontends).
+    counts: BTreeMap<Kind, usize>,
     hosts: BTreeMap<(Kind, u32), String>,
+    urls: BTreeMap<(Kind, u32), String>,
+}
+
+/// About the length of a coordinator election: a follower campaigns once it has heard
+/// nothing for its leader lease and election timeout (300 ms + 150-300 ms at the default
+/// 50 ms heartbeat), then needs a round of votes (0.57-0.63 s measured in release builds).
+const ELECTION: Duration = Duration::from_millis(700);
+
+/// What a coordinator says of itself (the fields of `CoordinatorStatus` used here).
+#[derive(Debug, Clone, serde::Deserialize)]
+struct CoordinatorSays {
+    /// leader, follower, candidate, learner or shutdown.
+    role: String,
+    term: u64,
+    leader: Option<u64>,
 }
 
 impl Nemesis {
@@ -223,14 +300,16 @@ impl Nemesis {
             Duration::from_millis(300),
         );
         let coordinators = bookstore_common::coordinators::Coordinators::new(
-            client,
+            client.clone(),
             lc.cluster.urls(Kind::Coordinator),
         );
-        let mut replicas = BTreeMap::new();
+        let mut counts = BTreeMap::new();
         let mut hosts = BTreeMap::new();
+        let mut urls = BTreeMap::new();
         for (kind, id, e) in lc.cluster.all() {
-            *replicas.entry(kind).or_insert(0) += 1;
+            *counts.entry(kind).or_insert(0) += 1;
             hosts.insert((kind, id), e.host.clone());
+            urls.insert((kind, id), e.url());
         }
         Nemesis {
             lc: tokio::sync::Mutex::new(lc),
@@ -239,8 +318,10 @@ impl Nemesis {
             gid_base,
             settle_limit: Duration::from_secs(6),
             coordinators,
-            replicas,
+            status_client: client,
+            counts,
             hosts,
+            urls,
         }
     }
 
@@ -266,7 +347,7 @@ impl Nemesis {
     /// Primary and one backup of `kind` (asks the view service for up to 1 s; falls
     /// back to replica 0 as primary).
     async fn roles(&self, kind: Kind, rng: &mut StdRng) -> (u32, u32, bool) {
-        let n = *self.replicas.get(&kind).unwrap_or(&1) as u32;
+        let n = *self.counts.get(&kind).unwrap_or(&1) as u32;
         let deadline = Instant::now() + Duration::from_secs(1);
         loop {
             if let Some((p, backups, _)) = self.view(kind).await {
@@ -287,12 +368,122 @@ impl Nemesis {
 
     /// Waits until every replica of `kind` is in the view and synced (bounded).
     pub async fn settle(&self, kind: Kind) -> bool {
-        let n = *self.replicas.get(&kind).unwrap_or(&1);
+        let n = *self.counts.get(&kind).unwrap_or(&1);
         let deadline = Instant::now() + self.settle_limit;
         while Instant::now() < deadline {
             if let Some((_, backups, synced)) = self.view(kind).await {
                 if backups.len() + 1 == n && synced.len() == backups.len() {
                     return true;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
+    /// What coordinator `id` says of itself, if it answers within 300 ms.
+    async fn coordinator_says(&self, id: u32) -> Option<CoordinatorSays> {
+        let url = self.urls.get(&(Kind::Coordinator, id))?;
+        self.status_client
+            .get_json(&format!("{url}/coordinator/status"))
+            .await
+            .ok()
+    }
+
+    /// The coordinator that says it leads in the highest term above `above`, among
+    /// all but `except`: (id, term).
+    async fn coordinator_leader(&self, except: Option<u32>, above: u64) -> Option<(u32, u64)> {
+        let n = *self.counts.get(&Kind::Coordinator).unwrap_or(&1) as u32;
+        let mut leader: Option<(u32, u64)> = None;
+        for id in (0..n).filter(|i| Some(*i) != except) {
+            if let Some(s) = self.coordinator_says(id).await {
+                if s.role == "leader" && s.term > above && leader.is_none_or(|(_, t)| s.term > t) {
+                    leader = Some((id, s.term));
+                }
+            }
+        }
+        leader
+    }
+
+    /// The coordinator leader and its term, and one follower chosen with `rng`; asks
+    /// for up to 1 s, then falls back to coordinator 0 as leader (`None`: no leader
+    /// found).
+    async fn coordinator_roles(&self, rng: &mut StdRng) -> (u32, u32, Option<u64>) {
+        let n = *self.counts.get(&Kind::Coordinator).unwrap_or(&1) as u32;
+        let deadline = Instant::now() + Duration::from_secs(1);
+        loop {
+            if let Some((l, term)) = self.coordinator_leader(None, 0).await {
+                let others: Vec<u32> = (0..n).filter(|i| *i != l).collect();
+                return (l, others.choose(rng).copied().unwrap_or(l), Some(term));
+            }
+            if Instant::now() > deadline {
+                return (0, 1 % n, None);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits (up to `limit`) until a coordinator other than `old` leads in a term
+    /// above `term`: (its id, how long it took).
+    async fn new_leader(&self, old: u32, term: u64, limit: Duration) -> Option<(u32, Duration)> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Some((l, _)) = self.coordinator_leader(Some(old), term).await {
+                return Some((l, start.elapsed()));
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        None
+    }
+
+    /// Holds a pause or isolation of coordinator `id`: a leader (of `term`) until a
+    /// successor leads (at most 3 s) and `hold` more, a follower an election's length and
+    /// `hold` more. Returns who succeeded it and when, for the fault's target, or that
+    /// nobody did (a problem, for the fault's note).
+    async fn hold_coordinator(
+        &self,
+        id: u32,
+        term: Option<u64>,
+        hold: Duration,
+    ) -> Result<String, String> {
+        let said = match term {
+            Some(term) => match self.new_leader(id, term, Duration::from_secs(3)).await {
+                Some((l, after)) => Ok(format!(
+                    ", coordinator {l} led after {:.2} s",
+                    after.as_secs_f64()
+                )),
+                None => Err(format!("no successor to coordinator {id} within 3 s")),
+            },
+            None => {
+                tokio::time::sleep(ELECTION).await;
+                Ok(String::new())
+            }
+        };
+        tokio::time::sleep(hold).await;
+        said
+    }
+
+    /// Waits (bounded) until a coordinator leader answers with authority and coordinator
+    /// `id` follows it (or is it) in the same term.
+    async fn coordinator_back(&self, id: u32) -> bool {
+        let deadline = Instant::now() + self.settle_limit;
+        while Instant::now() < deadline {
+            if self.view(Kind::Catalog).await.is_some() {
+                if let Some(me) = self.coordinator_says(id).await {
+                    let in_term = match me.leader {
+                        Some(l) if l == u64::from(id) => me.role == "leader",
+                        Some(l) => {
+                            me.role == "follower"
+                                && self
+                                    .coordinator_says(l as u32)
+                                    .await
+                                    .is_some_and(|ls| ls.role == "leader" && ls.term == me.term)
+                        }
+                        None => false,
+                    };
+                    if in_term {
+                        return true;
+                    }
                 }
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -330,6 +521,8 @@ impl Nemesis {
                 notes.push(e);
             }
         };
+        // The coordinator a coordinator fault hit.
+        let mut coordinator = 0;
         let (target, start_ns) = match plan.kind {
             FaultKind::Kill | FaultKind::Pause | FaultKind::Isolate => {
                 let (p, b, known) = self.roles(kind, rng).await;
@@ -372,7 +565,7 @@ impl Nemesis {
             }
             FaultKind::PartitionPrimary => {
                 let (p, _, known) = self.roles(kind, rng).await;
-                let n = *self.replicas.get(&kind).unwrap_or(&1) as u32;
+                let n = *self.counts.get(&kind).unwrap_or(&1) as u32;
                 let target = format!(
                     "{kind} {p} (primary{}) | its backups",
                     if known { "" } else { "?" }
@@ -412,24 +605,93 @@ impl Nemesis {
                 (target, t)
             }
             FaultKind::KillCache | FaultKind::RestartFrontend => {
-                let target = format!("{kind} 0");
+                let n = *self.counts.get(&kind).unwrap_or(&1) as u32;
+                let id = plan.pick % n.max(1);
+                let target = format!("{kind} {id}");
                 let t = self.history.fault_started(plan.kind.name(), &target);
-                note(self.kill(kind, 0).await);
+                note(self.kill(kind, id).await);
                 tokio::time::sleep(plan.hold).await;
-                note(self.restart(kind, 0).await);
+                note(self.restart(kind, id).await);
+                (target, t)
+            }
+            FaultKind::KillCoordinator
+            | FaultKind::PauseCoordinator
+            | FaultKind::IsolateCoordinator => {
+                let (l, f, term) = self.coordinator_roles(rng).await;
+                let id = if plan.primary { l } else { f };
+                let role = if plan.primary { "leader" } else { "follower" };
+                let mut target = format!(
+                    "coordinator {id} ({role}{})",
+                    if term.is_some() {
+                        ""
+                    } else {
+                        "?, no leader found"
+                    }
+                );
+                let t = self.history.fault_started(plan.kind.name(), &target);
+                // Only a leader known to be one waits for its successor.
+                let term = term.filter(|_| plan.primary);
+                match plan.kind {
+                    FaultKind::KillCoordinator => {
+                        note(self.kill(kind, id).await);
+                        tokio::time::sleep(plan.hold).await;
+                        note(self.restart(kind, id).await);
+                    }
+                    FaultKind::PauseCoordinator => {
+                        note(self.signal(kind, id, libc::SIGSTOP).await);
+                        match self.hold_coordinator(id, term, plan.hold).await {
+                            Ok(said) => target.push_str(&said),
+                            Err(e) => note(Err(e)),
+                        }
+                        note(self.signal(kind, id, libc::SIGCONT).await);
+                    }
+                    _ => {
+                        let net = self.net.as_ref().expect("partitions need the net");
+                        match net.isolate(self.gid(kind, id), &self.host(kind, id)) {
+                            Ok(rules) => {
+                                match self.hold_coordinator(id, term, plan.hold).await {
+                                    Ok(said) => target.push_str(&said),
+                                    Err(e) => note(Err(e)),
+                                }
+                                for r in &rules {
+                                    note(net.remove(r));
+                                }
+                            }
+                            Err(e) => note(Err(e)),
+                        }
+                    }
+                }
+                coordinator = id;
                 (target, t)
             }
         };
         let end_ns = self.history.now_ns();
         let mut note_text = notes.join("; ");
-        if plan.kind.replica_fault() && !self.settle(kind).await {
+        let mut unsettled = Vec::new();
+        match plan.kind.lane() {
+            LaneKind::Replica => {
+                if !self.settle(kind).await {
+                    unsettled.push(format!("{kind} not back in sync"));
+                }
+            }
+            LaneKind::Coordinator => {
+                let id = coordinator;
+                if !self.coordinator_back(id).await {
+                    unsettled.push(format!("no leader, or coordinator {id} not back"));
+                }
+                for service in [Kind::Catalog, Kind::Order] {
+                    if !self.settle(service).await {
+                        unsettled.push(format!("{service} not back in sync"));
+                    }
+                }
+            }
+            LaneKind::CacheFrontend => {}
+        }
+        for u in unsettled {
             if !note_text.is_empty() {
                 note_text.push_str("; ");
             }
-            note_text.push_str(&format!(
-                "{kind} not back in sync within {:?}",
-                self.settle_limit
-            ));
+            note_text.push_str(&format!("{u} within {:?}", self.settle_limit));
         }
         let record = FaultRecord {
             kind: plan.kind.name().to_string(),

@@ -2,6 +2,7 @@
 //! as JSON (`summary.json`), and availability and latency over time with the faults
 //! marked (`timeline.svg`, hand-written SVG).
 use super::check::{FinalState, Status, Verdict};
+use super::gaps::Gap;
 use super::history::{FaultRecord, Op, OpKind, Outcome};
 use super::nemesis::FaultKind;
 use super::ChaosConfig;
@@ -49,6 +50,9 @@ pub struct ChaosReport {
     pub heal_problems: Vec<String>,
     pub ops: BTreeMap<String, OpCounts>,
     pub faults_by_kind: BTreeMap<String, usize>,
+    /// Per kind, the median and largest over its faults of the longest stretch without
+    /// an answer overlapping the fault.
+    pub longest_gaps: BTreeMap<String, Gap>,
     pub faults: Vec<FaultRecord>,
     pub verdicts: Vec<Verdict>,
     pub buy_availability: f64,
@@ -156,6 +160,7 @@ impl ChaosReport {
             heal_problems,
             ops: counts,
             faults_by_kind,
+            longest_gaps: super::gaps::longest_gaps(ops, &faults),
             faults,
             verdicts,
             buy_availability: ratio(
@@ -220,9 +225,18 @@ impl ChaosReport {
             100.0 * self.buy_availability,
             100.0 * self.read_availability
         );
-        let _ = writeln!(s, "\nfaults");
+        let _ = writeln!(
+            s,
+            "\nfaults                         count   longest gap without an answer (s), median / max\n\
+             \x20                                                      buys            reads"
+        );
         for (k, n) in &self.faults_by_kind {
-            let _ = writeln!(s, "  {k:<28} {n:>5}");
+            let g = self.longest_gaps.get(k).copied().unwrap_or_default();
+            let _ = writeln!(
+                s,
+                "  {k:<28} {n:>5}   {:>20.2} / {:<5.2}   {:>5.2} / {:.2}",
+                g.buys_median_s, g.buys_max_s, g.reads_median_s, g.reads_max_s
+            );
         }
         let _ = writeln!(
             s,

@@ -10,12 +10,15 @@ pub const INFRA_ENV: &str = "BOOKSTORE_CHAOS_INFRA";
 /// Base of the servers' group ids (set only when partitions are on).
 pub const GID_BASE_ENV: &str = "BOOKSTORE_CHAOS_GID_BASE";
 
-/// The group id offset of a server: frontend 0, cache 1, catalog 10+id, order 20+id.
+/// The group id offset of a server, distinct for every server of a chaos cluster (up to
+/// 5 frontends and caches, 20 catalog replicas, 10 coordinators, 20 order replicas):
+/// frontend id, cache 5+id, catalog 10+id, coordinator 30+id, order 40+id.
 pub fn gid_offset(kind: &str, id: u32) -> u32 {
     match kind {
         "frontend" => id,
         "cache" => 5 + id,
         "catalog" => 10 + id,
+        "coordinator" => 30 + id,
         _ => 40 + id,
     }
 }
