@@ -23,22 +23,59 @@ pub const PUBLIC_DOC_PATH: &str = "/openapi.json";
 pub const INTERNAL_DOC_PATH: &str = "/internal/openapi.json";
 
 /// The token a route needs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Access {
     /// Anyone.
     Public,
     /// `X-Cluster-Token: <cluster token>` (service-to-service routes).
     Cluster,
-    /// `Authorization: Bearer <admin token>` (the frontend's `/admin/*`).
+    /// `Authorization: Bearer <admin token>` (`/admin/*`).
     Admin,
+    /// Either token (operator routes: `/metrics`, `/cluster`, `/coordinator/status`):
+    /// `X-Cluster-Token`, or `Authorization: Bearer` with the cluster or the admin token.
+    Operator,
 }
 
+/// The routes of internal documents that take either token ([`Access::Operator`]).
+pub const OPERATOR_ROUTES: [&str; 3] = ["/metrics", "/cluster", "/coordinator/status"];
+
 impl Access {
-    fn scheme(self) -> Option<&'static str> {
+    /// The security schemes a request may satisfy (any one of them).
+    fn schemes(self) -> &'static [&'static str] {
         match self {
-            Access::Public => None,
-            Access::Cluster => Some("cluster_token"),
-            Access::Admin => Some("admin_token"),
+            Access::Public => &[],
+            Access::Cluster => &["cluster_token"],
+            Access::Admin => &["admin_token"],
+            Access::Operator => &["cluster_token", "admin_token"],
+        }
+    }
+
+    /// The access a document's operation states, from its security requirements.
+    pub fn of(op: &Operation) -> Access {
+        let json = serde_json::to_value(&op.security).unwrap_or_default();
+        let names: Vec<&str> = json
+            .as_array()
+            .map(|reqs| {
+                reqs.iter()
+                    .filter_map(|r| r.as_object()?.keys().next().map(String::as_str))
+                    .collect()
+            })
+            .unwrap_or_default();
+        match names.as_slice() {
+            [] => Access::Public,
+            ["cluster_token"] => Access::Cluster,
+            ["admin_token"] => Access::Admin,
+            _ => Access::Operator,
+        }
+    }
+
+    /// How the route table of docs/security.md names it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Access::Public => "nothing",
+            Access::Cluster => "cluster token",
+            Access::Admin => "admin token",
+            Access::Operator => "cluster or admin token",
         }
     }
 }
@@ -80,6 +117,8 @@ pub fn internal(mut doc: OpenApi, title: &str) -> OpenApi {
     finish(doc, title, INTERNAL_DOC_PATH, |path| {
         if matches!(path, "/health" | "/ready") {
             Access::Public
+        } else if OPERATOR_ROUTES.contains(&path) {
+            Access::Operator
         } else {
             Access::Cluster
         }
@@ -145,16 +184,22 @@ pub fn finish(
                     .entry(code.to_string())
                     .or_insert_with(|| error_response(what));
             }
-            if let Some(scheme) = access.scheme() {
+            let schemes = access.schemes();
+            if !schemes.is_empty() {
                 responses
                     .entry("401".to_string())
                     .or_insert_with(|| error_response("Missing or wrong token"));
-                op.security = Some(vec![SecurityRequirement::new::<_, _, &str>(scheme, [])]);
-                used.push(access);
+                op.security = Some(
+                    schemes
+                        .iter()
+                        .map(|s| SecurityRequirement::new::<_, _, &str>(*s, []))
+                        .collect(),
+                );
+                used.extend_from_slice(schemes);
             }
         }
     }
-    if used.contains(&Access::Cluster) {
+    if used.contains(&"cluster_token") {
         components.add_security_scheme(
             "cluster_token",
             SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
@@ -163,7 +208,7 @@ pub fn finish(
             ))),
         );
     }
-    if used.contains(&Access::Admin) {
+    if used.contains(&"admin_token") {
         components.add_security_scheme(
             "admin_token",
             SecurityScheme::Http(
@@ -179,6 +224,24 @@ pub fn finish(
 
 /// Every `(METHOD, path)` a document lists, e.g. `("POST", "/vs/{kind}/ping")`.
 pub fn operations_of(doc: &OpenApi) -> Vec<(String, String)> {
+    routes_of(doc)
+        .into_iter()
+        .map(|r| (r.method, r.path))
+        .collect()
+}
+
+/// One operation of a document: what docs/security.md's route table lists.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct RouteInfo {
+    pub path: String,
+    pub method: String,
+    pub access: Access,
+    /// The operation's summary and description (its handler's doc).
+    pub summary: String,
+}
+
+/// Every operation of a document, with the access it states.
+pub fn routes_of(doc: &OpenApi) -> Vec<RouteInfo> {
     let mut out = Vec::new();
     for (path, item) in &doc.paths.paths {
         for (m, op) in [
@@ -191,8 +254,17 @@ pub fn operations_of(doc: &OpenApi) -> Vec<(String, String)> {
             ("OPTIONS", &item.options),
             ("TRACE", &item.trace),
         ] {
-            if op.is_some() {
-                out.push((m.to_string(), path.clone()));
+            if let Some(op) = op {
+                out.push(RouteInfo {
+                    path: path.clone(),
+                    method: m.to_string(),
+                    access: Access::of(op),
+                    summary: [op.summary.as_deref(), op.description.as_deref()]
+                        .into_iter()
+                        .flatten()
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                });
             }
         }
     }

@@ -76,12 +76,12 @@ impl Limits {
         }
     }
 
-    /// Catalog and order: replication messages carry whole snapshots (a 1,000,000-book
-    /// catalog's is about 68 MB), so their bodies may be up to 512 MiB. Only peers with
-    /// the cluster token can send them.
+    /// Catalog and order: a replication message is at most 4 MiB (larger batches, such as
+    /// snapshots, travel in parts of that size: `bookstore_replication::transfer`), so
+    /// their bodies may be up to 8 MiB, whatever the size of the state.
     pub fn replica() -> Limits {
         Limits {
-            max_body: 512 << 20,
+            max_body: 8 << 20,
             ..Limits::default()
         }
     }

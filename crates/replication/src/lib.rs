@@ -9,9 +9,11 @@
 //! - [`node`]: the runtime that drives one replica over HTTP with tokio: a disk thread
 //!   for the WAL, one sender task per peer, ticks from a timer; the service's state
 //!   machine plugs in through [`node::StateMachine`].
+//! - [`transfer`]: replication messages on the wire, a snapshot in parts.
 //! - [`control`]: the routes every replicated service shares (`/health`, `/shutdown`,
 //!   `/recover`, `/replication/*`).
 pub mod control;
 pub mod node;
 pub use bookstore_replication_core::{lease, protocol, viewservice, wire};
+pub mod transfer;
 pub mod wal;

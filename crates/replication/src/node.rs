@@ -7,7 +7,8 @@
 //! - a **disk thread** owns the [`Wal`]: it takes every queued disk operation, writes them
 //!   with one `fdatasync` (group commit) and reports completions in order;
 //! - one **sender task per peer** batches queued messages into one HTTP POST
-//!   (`/replication/msg?from=ID`, bincode body, cluster token); its queue holds
+//!   (`/replication/msg?from=ID`, bincode body, cluster token; a snapshot in parts of
+//!   [`crate::transfer::PART_BYTES`]); its queue holds
 //!   [`PEER_QUEUE`] messages, past which messages are dropped (the protocol retransmits
 //!   whatever is unacknowledged at each heartbeat);
 //! - pings to the view service are HTTP POSTs to `{coordinator}/vs/{kind}/ping`, sent to
@@ -214,6 +215,8 @@ struct Inner<S> {
     members: RwLock<BTreeMap<ReplicaId, String>>,
     /// Messages dropped because a peer's queue was full.
     dropped: std::sync::atomic::AtomicU64,
+    /// Batches arriving in parts (snapshots), one per peer.
+    transfers: crate::transfer::Assemblies,
 }
 
 /// A running replica (cheap to clone).
@@ -284,6 +287,7 @@ impl<S: StateMachine> Node<S> {
                     .collect(),
             ),
             dropped: std::sync::atomic::AtomicU64::new(0),
+            transfers: Default::default(),
             opts,
         });
         let node = Node { inner };
@@ -401,7 +405,11 @@ impl<S: StateMachine> Node<S> {
     fn peer(&self, base: &str) -> Peer {
         let (tx, rx) = mpsc::channel(PEER_QUEUE);
         let url = format!("{base}/replication/msg?from={}", self.inner.opts.id);
-        tokio::spawn(peer_sender(self.inner.client.clone(), url, rx));
+        tokio::spawn(crate::transfer::peer_sender(
+            self.inner.client.clone(),
+            url,
+            rx,
+        ));
         Peer {
             base: base.to_string(),
             tx,
@@ -817,32 +825,6 @@ impl<S: StateMachine> Driver<S> {
     }
 }
 
-async fn peer_sender(client: Client, url: String, mut rx: mpsc::Receiver<Msg>) {
-    let mut batch = Vec::new();
-    while let Some(m) = rx.recv().await {
-        batch.push(m);
-        while batch.len() < 1024 {
-            match rx.try_recv() {
-                Ok(m) => batch.push(m),
-                Err(_) => break,
-            }
-        }
-        let body = bincode::serialize(&batch).expect("messages encode");
-        batch.clear();
-        // A batch is usually a few kB; a snapshot can be tens of MB: give it time.
-        let timeout = Duration::from_secs(1) + Duration::from_millis(body.len() as u64 / 10_000);
-        let req = client
-            .raw()
-            .post(&url)
-            .timeout(timeout)
-            .header("content-type", "application/octet-stream")
-            .body(body);
-        if let Err(e) = client.send(req).await {
-            tracing::trace!(error = %e, "replication message lost");
-        }
-    }
-}
-
 fn disk_loop(
     mut wal: Wal,
     rx: std::sync::mpsc::Receiver<DiskOp>,
@@ -926,8 +908,8 @@ fn disk_loop(
     }
 }
 
-/// Decodes messages from a peer (`POST /replication/msg?from=ID`, bincode `Vec<Msg>`)
-/// and hands them to the protocol. Served by [`crate::control`], behind the cluster token.
+/// Decodes messages from a peer (`POST /replication/msg?from=ID`, bincode `Vec<Msg>`, or
+/// a part of one: [`crate::transfer`]) and hands them to the protocol. Served by [`crate::control`], behind the cluster token.
 pub fn receive<S: StateMachine>(
     node: &Node<S>,
     req: &actix_web::HttpRequest,
@@ -937,6 +919,17 @@ pub fn receive<S: StateMachine>(
     let from: ReplicaId = params.required("from", "a replica id")?;
     node.check_sender(from)
         .map_err(|e| bookstore_common::ApiError::BadRequest(format!("refused: {e}")))?;
+    let whole;
+    let body = match crate::transfer::part_of(&params)? {
+        None => body,
+        Some(part) => match node.inner.transfers.add(from, part, body)? {
+            None => return Ok(()),
+            Some(all) => {
+                whole = all;
+                &whole[..]
+            }
+        },
+    };
     let msgs: Vec<Msg> = crate::protocol::decode(body).map_err(|e| {
         bookstore_common::ApiError::BadRequest(format!("undecodable replication messages: {e}"))
     })?;

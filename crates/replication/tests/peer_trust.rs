@@ -1,6 +1,6 @@
 //! A replica fed what a buggy or hostile peer could send: whatever the messages, what it
 //! stores on its disk must let it start again (a bad message is refused, it never
-//! poisons the disk). Real replicas (disk, driver), no network: messages are handed to
+//! poisons the disk). And a snapshot larger than any request body may be still arrives. Real replicas (disk, driver), no network: messages are handed to
 //! `Node::deliver` as the HTTP route would.
 use bookstore_replication::node::{Node, NodeOptions, StateMachine};
 use bookstore_replication::protocol::{Entry, Msg, View};
@@ -142,6 +142,79 @@ async fn the_queue_to_a_stuck_peer_is_bounded() {
     );
     node.crash().await;
     drop(stuck);
+}
+
+/// A snapshot larger than the replicas' body limit reaches a backup over HTTP, in parts;
+/// sent whole (as before parts existed) it is refused with 413 and never arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_larger_than_the_body_limit_arrives_in_parts() {
+    use bookstore_common::server::{serve_with, Limits};
+    use bookstore_replication::protocol::SnapshotMeta;
+    use bookstore_replication::transfer::{post, PART_BYTES};
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(dir.path());
+    become_backup(&node, 1).await;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!(
+        "http://{}/replication/msg?from=1",
+        listener.local_addr().unwrap()
+    );
+    let served = node.clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve_with(
+        listener,
+        1,
+        Limits::replica(),
+        move |cfg: &mut actix_web::web::ServiceConfig| {
+            let node = served.clone();
+            cfg.route(
+                "/replication/msg",
+                actix_web::web::post().to(
+                    move |req: actix_web::HttpRequest, body: bytes::Bytes| {
+                        let node = node.clone();
+                        async move {
+                            bookstore_replication::node::receive(&node, &req, &body)
+                                .map(|()| actix_web::HttpResponse::Ok().finish())
+                        }
+                    },
+                ),
+            );
+        },
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    // Five entries, a MiB past the body limit in all (debug builds decode slowly).
+    let limit = Limits::replica().max_body;
+    let state: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; (limit + (1 << 20)) / 5]).collect();
+    let snapshot = |index| Msg::Snapshot {
+        view: view(1),
+        meta: SnapshotMeta { index, epoch: 1 },
+        data: bincode::serialize(&state).unwrap(),
+    };
+    let client = bookstore_common::client::Client::new("peer-trust-cluster-token");
+    let whole = bincode::serialize(&vec![snapshot(5)]).unwrap();
+    assert!(whole.len() > limit && PART_BYTES < limit);
+    let refused = post(&client, &url, whole, usize::MAX).await.unwrap_err();
+    assert!(refused.contains("413"), "{refused}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(node.status().applied, 0, "a refused snapshot was installed");
+    let parts = bincode::serialize(&vec![snapshot(5)]).unwrap();
+    post(&client, &url, parts, PART_BYTES).await.unwrap();
+    for _ in 0..400 {
+        if node.status().applied == 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(node.status().applied, 5, "{:?}", node.status());
+    assert!(
+        node.read_any(|s| s.0 == state),
+        "the installed state differs"
+    );
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+    node.crash().await;
 }
 
 mod arbitrary {

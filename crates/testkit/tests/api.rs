@@ -569,20 +569,46 @@ async fn the_openapi_documents_are_served() {
 /// read and judged by the replica, not refused for its size (which would leave a backup
 /// that needs a snapshot unable to catch up, and writes waiting for it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn snapshot_sized_replication_messages_are_accepted() {
+async fn snapshot_sized_replication_messages_arrive_in_parts() {
     let c = TestCluster::start().await;
-    let body = vec![0xffu8; 100 << 20];
-    let r = reqwest::Client::new()
-        .post(c.url(Kind::Catalog, 1) + "/replication/msg?from=0")
-        .header("x-cluster-token", CLUSTER_TOKEN)
-        .header("content-type", "application/octet-stream")
-        .body(body)
-        .send()
+    let http = reqwest::Client::new();
+    let url = c.url(Kind::Catalog, 1) + "/replication/msg?from=0";
+    let post = |url: String, body: Vec<u8>| {
+        http.post(url)
+            .header("x-cluster-token", CLUSTER_TOKEN)
+            .header("content-type", "application/octet-stream")
+            .body(body)
+            .send()
+    };
+    // Whole, 100 MiB is past the replicas' body limit.
+    let r = post(url.clone(), vec![0xffu8; 100 << 20]).await.unwrap();
+    assert_eq!(r.status(), 413);
+    // In parts it is read; the last part makes the batch, refused as undecodable.
+    let part = bookstore_replication::transfer::PART_BYTES;
+    let total = 25 * part;
+    for i in 0..25 {
+        let r = post(
+            format!("{url}&xfer=7&offset={}&total={total}", i * part),
+            vec![0xffu8; part],
+        )
         .await
         .unwrap();
-    assert_eq!(r.status(), 400, "read, then refused as undecodable");
-    let v: Value = r.json().await.unwrap();
-    assert!(v["error"].as_str().unwrap().contains("undecodable"), "{v}");
+        if i < 24 {
+            assert_eq!(r.status(), 200, "part {i}");
+        } else {
+            assert_eq!(r.status(), 400, "read, then refused as undecodable");
+            let v: Value = r.json().await.unwrap();
+            assert!(v["error"].as_str().unwrap().contains("undecodable"), "{v}");
+        }
+    }
+    // A part that continues no transfer.
+    let r = post(
+        format!("{url}&xfer=8&offset={part}&total={total}"),
+        vec![1; 8],
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 409);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -105,6 +105,7 @@ impl Cache {
 
 type Ctx = web::Data<Cache>;
 
+/// Liveness: the process answers.
 #[utoipa::path(get, path = "/health", responses((status = 200, body = Health)))]
 async fn health() -> HttpResponse {
     HttpResponse::Ok().json(Health {

@@ -227,6 +227,7 @@ fn decode<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
 
 type Ctx = web::Data<Frontend>;
 
+/// Liveness: the process answers.
 #[utoipa::path(get, path = "/health", responses((status = 200, body = Health)))]
 async fn health(ctx: Ctx) -> HttpResponse {
     HttpResponse::Ok().json(Health {
