@@ -209,6 +209,9 @@ impl Router {
             for (k, v) in headers {
                 req = req.header(*k, *v);
             }
+            if attempt > 0 {
+                req = req.header(crate::types::RESEND_HEADER, attempt.to_string());
+            }
             if let Some(b) = &body {
                 req = req.body(b.clone());
             }

@@ -105,6 +105,9 @@ impl Readiness {
 pub const CLUSTER_TOKEN_HEADER: &str = "x-cluster-token";
 /// Header a client sets so a retried buy is not applied twice.
 pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
+/// Set by the internal router on every send of a request after its first: the request
+/// may have been received before, so its `fresh` flags do not hold.
+pub const RESEND_HEADER: &str = "x-bookstore-resend";
 
 /// Cache -> catalog: ask for (or renew) the lease that lets the cache serve entries.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
@@ -197,6 +200,12 @@ pub struct BuyRequest {
     /// The buy's idempotency key (1 to 128 visible ASCII characters).
     #[schema(min_length = 1, max_length = 128, pattern = "^[!-~]+$")]
     pub key: String,
+    /// The key was made up for this request and this is its first send: no other
+    /// attempt under it exists, so a sold-out answer need not be remembered under it
+    /// (see [`StockChange::fresh`]). Ignored on a request sent again
+    /// ([`RESEND_HEADER`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fresh: bool,
 }
 
 /// `POST /buy_batch` body.
@@ -220,6 +229,12 @@ pub struct StockChange {
     /// ASCII characters).
     #[schema(min_length = 1, max_length = 128, pattern = "^[!-~]+$")]
     pub key: String,
+    /// No other attempt under `key` exists (a buy's first send, its key made up by the
+    /// frontend). A catalog primary holding its read lease then answers a sale of a
+    /// sold-out book from its state, with no log entry: no later attempt can find the
+    /// key unrecorded and sell. Ignored on a request sent again ([`RESEND_HEADER`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fresh: bool,
 }
 
 /// `POST /update_batch` body.

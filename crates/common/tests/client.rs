@@ -66,3 +66,28 @@ async fn an_answer_larger_than_the_limit_is_refused() {
     let r = Client::new(TOKEN).get_bytes(&format!("{url}/big")).await;
     assert!(r.is_err(), "an 80 MiB answer was read whole");
 }
+
+/// The router marks every send of a request after its first (`x-bookstore-resend`): a
+/// receiver must not take such a request's keys for fresh ones.
+#[tokio::test]
+async fn a_request_sent_again_says_so() {
+    let n = Arc::new(Mutex::new(0));
+    let (url, seen) = server(move || {
+        let mut n = n.lock().unwrap();
+        *n += 1;
+        if *n == 1 {
+            b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 2\r\n\r\n{}".to_vec()
+        } else {
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}".to_vec()
+        }
+    });
+    let router = bookstore_common::router::Router::new(Client::new(TOKEN), vec![url]);
+    let (_, _): (serde_json::Value, _) = router
+        .write_json_timed("/batch", &serde_json::json!({}))
+        .await
+        .unwrap();
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert!(!seen[0].contains("x-bookstore-resend"), "{}", seen[0]);
+    assert!(seen[1].contains("x-bookstore-resend: 1"), "{}", seen[1]);
+}

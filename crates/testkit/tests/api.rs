@@ -611,6 +611,71 @@ async fn snapshot_sized_replication_messages_arrive_in_parts() {
     assert_eq!(r.status(), 409);
 }
 
+/// A sale of a sold-out book under a fresh key (the first send of a key the frontend made
+/// up) is answered by the catalog primary from its state, with no log entry. Anything that
+/// may have an earlier attempt goes through the log, so that its key is remembered: a key
+/// given by the client, a batch sent again (`x-bookstore-resend`), a single `/update`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_fresh_sale_of_a_sold_out_book_skips_the_log() {
+    let c = TestCluster::start().await;
+    let http = c.internal();
+    let catalog = c.url(Kind::Catalog, 0);
+    let commit = || {
+        let req = http.raw().get(format!("{catalog}/replication/status"));
+        async move {
+            let v: Value = req.send().await.unwrap().json().await.unwrap();
+            v["commit"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("no commit in {v}"))
+        }
+    };
+    // Book 1 has 3 copies.
+    for _ in 0..3 {
+        let (s, _) = post(format!("{}/buy?item_number=1", c.frontend())).await;
+        assert_eq!(s, 200);
+    }
+    let before = commit().await;
+    let (s, v) = post(format!("{}/buy?item_number=1", c.frontend())).await;
+    assert_eq!(s, 409, "{v}");
+    assert_eq!(
+        commit().await,
+        before,
+        "a fresh sold-out sale wrote a log entry"
+    );
+    let update = |key: &str, fresh: bool, resend: bool| {
+        let mut req = http.raw().post(format!("{catalog}/update_batch")).json(
+            &json!({"updates": [{"item_number": 1, "stock": -1, "key": key, "fresh": fresh}]}),
+        );
+        if resend {
+            req = req.header("x-bookstore-resend", "1");
+        }
+        async move {
+            let v: Value = req.send().await.unwrap().json().await.unwrap();
+            assert_eq!(v["results"][0]["status"], 409, "{v}");
+        }
+    };
+    update("fresh-first", true, false).await;
+    assert_eq!(commit().await, before, "fresh, first send: no log entry");
+    for (key, fresh, resend) in [("fresh-resent", true, true), ("not-fresh", false, false)] {
+        let at = commit().await;
+        update(key, fresh, resend).await;
+        assert_eq!(commit().await, at + 1, "{key}: its refusal must be logged");
+    }
+    let at = commit().await;
+    let r = reqwest::Client::new()
+        .post(format!("{}/buy?item_number=1", c.frontend()))
+        .header("idempotency-key", "the-client-s-key")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    assert_eq!(
+        commit().await,
+        at + 1,
+        "a client's key: its refusal must be logged"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batch_routes_answer_each_request_as_the_single_route_would() {
     let c = TestCluster::start().await;

@@ -26,7 +26,9 @@ use bookstore_common::oplog::OpLog;
 use bookstore_common::params::{batch_key, batch_len, idempotency_key, Params};
 use bookstore_common::timing::{Timing, SERVER_TIMING};
 use bookstore_common::types::{BatchAnswer, BatchItem, LeaseReply, SearchHit, UpdateBatch};
-use bookstore_common::types::{Book, ItemNumber, LeaseRequest, Versioned, IDEMPOTENCY_KEY_HEADER};
+use bookstore_common::types::{
+    Book, ItemNumber, LeaseRequest, Versioned, IDEMPOTENCY_KEY_HEADER, RESEND_HEADER,
+};
 use bookstore_common::{server, ApiError};
 use bookstore_replication::control::{self, Control};
 use bookstore_replication::node::{Node, NodeOptions, StateMachine};
@@ -185,10 +187,11 @@ impl Catalog {
     pub async fn update_detached(
         self: Arc<Self>,
         u: Update,
+        fresh: bool,
         mut t: Timing,
     ) -> (Result<Versioned<Book>, ApiError>, Timing) {
         tokio::spawn(async move {
-            let r = self.update(u, &mut t).await;
+            let r = self.update(u, fresh, &mut t).await;
             (r, t)
         })
         .await
@@ -200,14 +203,27 @@ impl Catalog {
         })
     }
 
-    /// Replicates an update, invalidates the cache, and only then returns.
-    pub async fn update(&self, u: Update, t: &mut Timing) -> Result<Versioned<Book>, ApiError> {
+    /// Replicates an update, invalidates the cache, and only then returns. `fresh`: no
+    /// other attempt under the update's key exists (`StockChange::fresh`).
+    pub async fn update(
+        &self,
+        u: Update,
+        fresh: bool,
+        t: &mut Timing,
+    ) -> Result<Versioned<Book>, ApiError> {
         let item = u.item_number;
         // A repeated request is answered from the primary's committed state: no log
-        // entry, no fsync.
+        // entry, no fsync. So is a fresh sale of a sold-out book: under the read lease the
+        // state shows every acknowledged write, and no other attempt under its key can
+        // find the key unrecorded later and sell.
         let status = self.node().status();
         let settled = if status.role == "primary" {
-            self.node().read(|sm| sm.0.settled(&u)).flatten()
+            self.node()
+                .read(|sm| {
+                    sm.0.settled(&u)
+                        .or_else(|| fresh.then(|| sm.0.sold_out(&u)).flatten())
+                })
+                .flatten()
         } else {
             None
         };
@@ -367,6 +383,7 @@ async fn update(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
                 cost,
                 request_id,
             },
+            false,
             t,
         )
         .await;
@@ -383,8 +400,15 @@ async fn update(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     (status = 400, description = "Malformed body", body = ErrorBody),
     (status = 421, description = "Not the primary", body = ErrorBody),
 ))]
-async fn update_batch(ctx: Ctx, body: web::Json<UpdateBatch>) -> Result<HttpResponse, ApiError> {
+async fn update_batch(
+    ctx: Ctx,
+    req: HttpRequest,
+    body: web::Json<UpdateBatch>,
+) -> Result<HttpResponse, ApiError> {
     let t = Timing::start();
+    // Sent again by a router: an earlier send may have been received, so no key in it is
+    // fresh.
+    let resent = req.headers().contains_key(RESEND_HEADER);
     ctx.check_up()?;
     ctx.control.check_primary()?;
     let changes = body.into_inner().updates;
@@ -396,18 +420,19 @@ async fn update_batch(ctx: Ctx, body: web::Json<UpdateBatch>) -> Result<HttpResp
                 "updates[{i}].stock is out of range"
             )));
         }
-        updates.push(Update {
+        let update = Update {
             item_number: c.item_number,
             stock_delta: c.stock,
             cost: None,
             request_id: Some(batch_key("updates", i, &c.key)?),
-        });
+        };
+        updates.push((update, c.fresh && !resent));
     }
     let catalog = ctx.into_inner();
-    let runs = updates.into_iter().map(|u| {
+    let runs = updates.into_iter().map(|(u, fresh)| {
         let catalog = catalog.clone();
         async move {
-            let (r, t) = catalog.update_detached(u, Timing::start()).await;
+            let (r, t) = catalog.update_detached(u, fresh, Timing::start()).await;
             BatchItem::new(r, Some(t.header("catalog")))
         }
     });

@@ -338,6 +338,18 @@ impl CatalogState {
         Some(Err(if fp.matches(u) { e.clone() } else { reused(fp) }))
     }
 
+    /// A sale (a decrement of stock with no change of price) that this state refuses as
+    /// sold out, answered without a log entry when no other attempt under its key can
+    /// exist (`StockChange::fresh`); `None` for anything else.
+    pub fn sold_out(&self, u: &Update) -> Option<UpdateOutcome> {
+        if u.cost.is_some() || u.stock_delta >= 0 {
+            return None;
+        }
+        let p = *self.shelf.position.get(&u.item_number)? as usize;
+        let after = i64::from(self.stock[p]).checked_add(u.stock_delta)?;
+        (after < 0).then_some(Err(UpdateError::OutOfStock))
+    }
+
     /// The first answer of a key whose update changed the state.
     fn answer(&self, d: &Done) -> UpdateOutcome {
         let p = *self

@@ -403,13 +403,18 @@ fn done() -> HttpResponse {
 #[openapi(paths(near_invalidate, near_flush))]
 struct NearApi;
 
-fn client_key(req: &HttpRequest) -> Result<String, ApiError> {
-    Ok(idempotency_key(
+/// The request's idempotency key, and whether it is fresh: made up here, so that no
+/// other attempt under it can exist.
+fn client_key(req: &HttpRequest) -> Result<(String, bool), ApiError> {
+    let given = idempotency_key(
         req.headers()
             .get(IDEMPOTENCY_KEY_HEADER)
             .map(|v| v.as_bytes()),
-    )?
-    .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()))
+    )?;
+    Ok(match given {
+        Some(key) => (key, false),
+        None => (uuid::Uuid::new_v4().simple().to_string(), true),
+    })
 }
 
 /// Buys one copy.
@@ -422,7 +427,7 @@ fn client_key(req: &HttpRequest) -> Result<String, ApiError> {
 ))]
 async fn buy(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let item = Params::parse(req.query_string()).item_number()?;
-    let key = client_key(&req)?;
+    let (key, fresh) = client_key(&req)?;
     ctx.log.record(format!("buy,{item}"));
     let mut t = Timing::start();
     // Sent with other buys in flight. A buy whose outcome is unknown is sent again with
@@ -433,6 +438,7 @@ async fn buy(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let request = BuyRequest {
         item_number: item,
         key: key.clone(),
+        fresh,
     };
     let (ok, timing): (BuySuccess, _) = t
         .time("order", async {
@@ -468,7 +474,7 @@ async fn restock(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
             "give quantity (copies to add) or cost (new price), or both".into(),
         ));
     }
-    let key = client_key(&req)?;
+    let (key, _) = client_key(&req)?;
     let cost_param = cost.map_or("na".to_string(), |c| c.to_string());
     let path = format!("/update?item_number={item}&stock={quantity}&cost={cost_param}");
     ctx.log

@@ -32,7 +32,7 @@ use bookstore_common::router::{self, batched_or_single, follow_views, Batched, R
 use bookstore_common::timing::{Timing, SERVER_TIMING};
 use bookstore_common::types::{
     BatchAnswer, BatchItem, Book, BuyBatch, BuySuccess, Order, StockChange, UpdateBatch, Versioned,
-    IDEMPOTENCY_KEY_HEADER,
+    IDEMPOTENCY_KEY_HEADER, RESEND_HEADER,
 };
 use bookstore_common::{server, ApiError};
 use bookstore_replication::control::{self, Control};
@@ -160,8 +160,15 @@ impl OrderService {
     }
 
     /// Buys one copy of `item` under idempotency key `key`; `t` records the catalog call
-    /// and the replication of the order.
-    pub async fn buy(&self, item: u32, key: &str, t: &mut Timing) -> Result<Order, ApiError> {
+    /// and the replication of the order. `fresh`: no other attempt under `key` exists
+    /// (see `StockChange::fresh`).
+    pub async fn buy(
+        &self,
+        item: u32,
+        key: &str,
+        fresh: bool,
+        t: &mut Timing,
+    ) -> Result<Order, ApiError> {
         self.control.check_primary()?;
         if let Some(Some(order)) = self.node().read(|sm| sm.by_key(key).cloned()) {
             if order.item_number != item {
@@ -179,6 +186,7 @@ impl OrderService {
             item_number: item,
             stock: -1,
             key: key.to_string(),
+            fresh,
         };
         let answer: Result<(Versioned<Book>, Option<String>), CallError> = t
             .time("catalog", async {
@@ -275,7 +283,7 @@ async fn buy(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     )?
     .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
     let mut t = Timing::start();
-    let order = ctx.buy(item, &key, &mut t).await?;
+    let order = ctx.buy(item, &key, false, &mut t).await?;
     Ok(HttpResponse::Ok()
         .insert_header((SERVER_TIMING, t.header("order")))
         .json(success(order)))
@@ -288,8 +296,13 @@ async fn buy(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     (status = 400, description = "Malformed body", body = ErrorBody),
     (status = 421, description = "Not the primary", body = ErrorBody),
 ))]
-async fn buy_batch(ctx: Ctx, body: web::Json<BuyBatch>) -> Result<HttpResponse, ApiError> {
+async fn buy_batch(
+    ctx: Ctx,
+    req: HttpRequest,
+    body: web::Json<BuyBatch>,
+) -> Result<HttpResponse, ApiError> {
     let t = Timing::start();
+    let resent = req.headers().contains_key(RESEND_HEADER);
     ctx.check_up()?;
     ctx.control.check_primary()?;
     let buys = body.into_inner().buys;
@@ -301,7 +314,9 @@ async fn buy_batch(ctx: Ctx, body: web::Json<BuyBatch>) -> Result<HttpResponse, 
         let ctx = &ctx;
         async move {
             let mut t = Timing::start();
-            let r = ctx.buy(b.item_number, &b.key, &mut t).await.map(success);
+            let fresh = b.fresh && !resent;
+            let r = ctx.buy(b.item_number, &b.key, fresh, &mut t).await;
+            let r = r.map(success);
             BatchItem::new(r, Some(t.header("order")))
         }
     });
