@@ -295,29 +295,13 @@ impl ViewService {
     /// Apply at most one view change. Returns whether the state changed.
     fn decide(&mut self) -> bool {
         let Some(v) = self.state.view.clone() else {
-            let alive: Vec<ReplicaId> = self
-                .last_seen
-                .keys()
-                .copied()
-                .filter(|r| self.alive(*r))
-                .collect();
-            let everyone = (0..self.config.replicas).all(|r| alive.contains(&r));
-            if alive.is_empty() || !(everyone || self.now >= self.config.startup_ticks) {
-                return false;
-            }
-            let view = View {
-                epoch: 1,
-                primary: alive[0],
-                backups: alive[1..].to_vec(),
-            };
-            self.install(view, BTreeSet::new());
-            return true;
+            return self.decide_first_view();
         };
-        let next = v.epoch + 1;
         // A primary that restarted within this view will not lead it again: the same
         // members move on to the next epoch.
         if self.usable(v.primary) && self.fences.get(&v.primary).is_some_and(|f| *f >= v.epoch) {
             let synced = self.state.synced.clone();
+            let next = v.epoch + 1;
             self.install(View { epoch: next, ..v }, synced);
             return true;
         }
@@ -328,91 +312,124 @@ impl ViewService {
         if !self.state.acked && !self.state.tainted.contains(&v.primary) {
             return false;
         }
-        if !self.usable(v.primary) {
-            let candidate = v
-                .backups
-                .iter()
-                .copied()
-                .filter(|b| self.usable(*b) && self.state.synced.contains(b))
-                .min();
-            let Some(p) = candidate else {
-                return false; // nobody holds every committed entry: wait
-            };
-            let backups = v.backups.iter().copied().filter(|b| *b != p).collect();
-            let synced = self.state.synced.clone();
-            self.install(
-                View {
-                    epoch: next,
-                    primary: p,
-                    backups,
-                },
-                synced,
-            );
-            return true;
+        let change = if !self.usable(v.primary) {
+            self.with_new_primary(&v)
+        } else {
+            self.without_dead_backups(&v)
+                .or_else(|| self.with_joiners(&v))
+                .or_else(|| self.with_lower_primary(&v))
+        };
+        let Some((view, synced)) = change else {
+            return false;
+        };
+        self.install(view, synced);
+        true
+    }
+
+    /// Cold start: once everyone pinged or `startup_ticks` passed, the lowest-id alive
+    /// replica leads epoch 1 and the other alive ones back it up.
+    fn decide_first_view(&mut self) -> bool {
+        let alive: Vec<ReplicaId> = self
+            .last_seen
+            .keys()
+            .copied()
+            .filter(|r| self.alive(*r))
+            .collect();
+        let everyone = (0..self.config.replicas).all(|r| alive.contains(&r));
+        if alive.is_empty() || !(everyone || self.now >= self.config.startup_ticks) {
+            return false;
         }
+        let view = View {
+            epoch: 1,
+            primary: alive[0],
+            backups: alive[1..].to_vec(),
+        };
+        self.install(view, BTreeSet::new());
+        true
+    }
+
+    /// Rule 1, the primary is dead or restarted with a new disk: the lowest-id usable
+    /// synced backup takes over. `None` when nobody holds every committed entry: wait.
+    fn with_new_primary(&self, v: &View) -> Option<(View, BTreeSet<ReplicaId>)> {
+        let p = v
+            .backups
+            .iter()
+            .copied()
+            .filter(|b| self.usable(*b) && self.state.synced.contains(b))
+            .min()?;
+        let backups = v.backups.iter().copied().filter(|b| *b != p).collect();
+        let synced = self.state.synced.clone();
+        let view = View {
+            epoch: v.epoch + 1,
+            primary: p,
+            backups,
+        };
+        Some((view, synced))
+    }
+
+    /// Rule 2: dead or restarted backups leave the view.
+    fn without_dead_backups(&self, v: &View) -> Option<(View, BTreeSet<ReplicaId>)> {
         let keep: Vec<ReplicaId> = v
             .backups
             .iter()
             .copied()
             .filter(|b| self.usable(*b))
             .collect();
-        if keep.len() != v.backups.len() {
-            let synced = self.state.synced.clone();
-            self.install(
-                View {
-                    epoch: next,
-                    primary: v.primary,
-                    backups: keep,
-                },
-                synced,
-            );
-            return true;
+        if keep.len() == v.backups.len() {
+            return None;
         }
+        let synced = self.state.synced.clone();
+        let view = View {
+            epoch: v.epoch + 1,
+            primary: v.primary,
+            backups: keep,
+        };
+        Some((view, synced))
+    }
+
+    /// Rule 3: alive replicas outside the view join it as unsynced backups.
+    fn with_joiners(&self, v: &View) -> Option<(View, BTreeSet<ReplicaId>)> {
         let joiners: Vec<ReplicaId> = self
             .last_seen
             .keys()
             .copied()
             .filter(|r| !v.contains(*r) && self.alive(*r))
             .collect();
-        if !joiners.is_empty() {
-            let mut backups = v.backups.clone();
-            backups.extend(joiners);
-            backups.sort_unstable();
-            let synced = self.state.synced.clone();
-            self.install(
-                View {
-                    epoch: next,
-                    primary: v.primary,
-                    backups,
-                },
-                synced,
-            );
-            return true;
+        if joiners.is_empty() {
+            return None;
         }
-        let lower = v
+        let mut backups = v.backups.clone();
+        backups.extend(joiners);
+        backups.sort_unstable();
+        let synced = self.state.synced.clone();
+        let view = View {
+            epoch: v.epoch + 1,
+            primary: v.primary,
+            backups,
+        };
+        Some((view, synced))
+    }
+
+    /// Rule 4: a synced backup with a lower id than the primary takes over; the old
+    /// primary stays as a synced backup (it holds every committed entry).
+    fn with_lower_primary(&self, v: &View) -> Option<(View, BTreeSet<ReplicaId>)> {
+        let p = v
             .backups
             .iter()
             .copied()
             .filter(|b| *b < v.primary && self.state.synced.contains(b))
-            .min();
-        if let Some(p) = lower {
-            let mut backups: Vec<ReplicaId> =
-                v.backups.iter().copied().filter(|b| *b != p).collect();
-            backups.push(v.primary);
-            backups.sort_unstable();
-            let mut synced = self.state.synced.clone();
-            synced.remove(&p);
-            synced.insert(v.primary);
-            self.install(
-                View {
-                    epoch: next,
-                    primary: p,
-                    backups,
-                },
-                synced,
-            );
-            return true;
-        }
-        false
+            .min()?;
+        let mut backups: Vec<ReplicaId> = v.backups.iter().copied().filter(|b| *b != p).collect();
+        backups.push(v.primary);
+        backups.sort_unstable();
+        let mut synced = self.state.synced.clone();
+        synced.remove(&p);
+        synced.insert(v.primary);
+        let view = View {
+            epoch: v.epoch + 1,
+            primary: p,
+            backups,
+        };
+        Some((view, synced))
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! `cargo bench -p bookstore-replication --bench wal` (add `-- --test` for a quick smoke run).
 //!
-//! Writers hand records to one disk thread that batches like the replica's (`node.rs`,
+//! Writers hand records to one disk thread that batches like the replica's (`node/disk.rs`,
 //! `disk_loop`): every request waiting is appended, one `Wal::sync` makes them durable,
 //! then each writer is answered and sends its next record.
 use std::sync::mpsc;
@@ -12,7 +12,7 @@ use bookstore_replication::wal::{Wal, WalOptions};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 const RECORDS_PER_WRITER: u64 = 16;
-/// Most requests one round takes, as in `node.rs`.
+/// Most requests one round takes, as in `node/disk.rs`.
 const MAX_BATCH: usize = 4096;
 
 struct Request {

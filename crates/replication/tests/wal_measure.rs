@@ -4,7 +4,7 @@
 //! `cargo test -p bookstore-replication --release --test wal_measure -- --ignored --nocapture`
 //! (set `WAL_MEASURE_DIR` to measure on another file system than the temp dir's).
 //!
-//! Writers hand records to one disk thread that batches like the replica's (`node.rs`,
+//! Writers hand records to one disk thread that batches like the replica's (`node/disk.rs`,
 //! `disk_loop`): it takes every request waiting, appends them all, makes them durable with
 //! one `Wal::sync`, then answers each writer. A writer sends its next record only after
 //! the answer to the previous one, like a client waiting for its acknowledgement.
@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use bookstore_replication::wal::{Wal, WalOptions};
 
-/// Most requests one round takes, as in `node.rs`.
+/// Most requests one round takes, as in `node/disk.rs`.
 const MAX_BATCH: usize = 4096;
 
 struct Request {

@@ -2,7 +2,7 @@
 //!
 //! Synchronous std I/O only: call it from a dedicated thread or `spawn_blocking`. Group
 //! commit is the caller's loop: append every record that is waiting, then one
-//! [`Wal::sync`] makes them all durable (the replica's disk thread in `node.rs` does this).
+//! [`Wal::sync`] makes them all durable (the replica's disk thread in `node/disk.rs` does this).
 //!
 //! # Directory layout
 //!

@@ -27,14 +27,21 @@
 //! `snapshot`/`restore` for compaction and state transfer. Reads go through
 //! [`Node::read`], which refuses while the replica is not caught up or, as primary, holds
 //! no read lease.
+//!
+//! # Layout
+//!
+//! - this module: the options, the [`StateMachine`] trait, [`Node`] (start, boot from disk,
+//!   the client-facing calls, crash and restart) and [`receive`];
+//! - `driver`: the driver task, which owns the [`Replica`] and executes its commands;
+//! - `disk`: the disk thread, which owns the [`Wal`], and the encoding of entries and of
+//!   the WAL's meta value.
+//!
+//! [`Command`]: crate::protocol::Command
 use crate::lease::ReadLease;
 use crate::protocol::{
-    Command, Config, DurableState, Entry, Epoch, Event, LogIndex, Msg, Outcome, Replica, ReplicaId,
-    RequestId, Role, SnapshotMeta, View,
+    Config, DurableState, Epoch, Event, LogIndex, Msg, Replica, ReplicaId, SnapshotMeta, View,
 };
-use crate::viewservice::Ping;
 use crate::wal::{Wal, WalOptions};
-use crate::wire::{PingAnswer, PingRequest};
 use bookstore_common::client::Client;
 use bookstore_common::coordinators::Coordinators;
 use parking_lot::{Mutex, RwLock};
@@ -44,6 +51,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
+
+mod disk;
+mod driver;
+
+use disk::{decode_entry, disk_loop, now_ms, Meta};
+use driver::Driver;
 
 /// The replicated data of a service. `apply` must be deterministic: every replica
 /// applies the same entries in the same order and must reach the same state.
@@ -181,23 +194,6 @@ enum Input {
     Stop,
 }
 
-enum DiskOp {
-    Persist(Vec<Entry>),
-    View(View),
-    Snapshot {
-        meta: SnapshotMeta,
-        data: Vec<u8>,
-        received: bool,
-    },
-}
-
-/// What the WAL's meta value holds.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Meta {
-    incarnation: u64,
-    view: Option<View>,
-}
-
 struct Inner<S> {
     opts: NodeOptions,
     sm: RwLock<S>,
@@ -230,32 +226,6 @@ impl<S> Clone for Node<S> {
             inner: self.inner.clone(),
         }
     }
-}
-
-fn encode_entry(e: &Entry) -> Vec<u8> {
-    let mut v = Vec::with_capacity(8 + e.data.len());
-    v.extend_from_slice(&e.epoch.to_le_bytes());
-    v.extend_from_slice(&e.data);
-    v
-}
-
-fn decode_entry(index: LogIndex, payload: &[u8]) -> Result<Entry, String> {
-    if payload.len() < 8 {
-        return Err(format!("WAL record {index} is too short"));
-    }
-    let epoch = u64::from_le_bytes(payload[..8].try_into().expect("8 bytes"));
-    Ok(Entry {
-        index,
-        epoch,
-        data: payload[8..].to_vec(),
-    })
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(1)
 }
 
 impl<S: StateMachine> Node<S> {
@@ -542,369 +512,6 @@ impl<S: StateMachine> Node<S> {
     pub async fn restart(&self) -> Result<(), String> {
         self.crash().await;
         self.boot()
-    }
-}
-
-struct Driver<S> {
-    inner: Arc<Inner<S>>,
-    replica: Replica,
-    tx: mpsc::UnboundedSender<Input>,
-    disk: std::sync::mpsc::Sender<DiskOp>,
-    peers: HashMap<ReplicaId, Peer>,
-    /// Index and epoch of the last entry applied to the state machine.
-    applied: (LogIndex, Epoch),
-    pending: HashMap<u64, WriteReply>,
-    outputs: HashMap<LogIndex, Vec<u8>>,
-    next_request: u64,
-}
-
-impl<S: StateMachine> Driver<S> {
-    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Input>) {
-        let mut cmds = Vec::new();
-        while let Some(first) = rx.recv().await {
-            let mut next = Some(first);
-            let mut handled = 0;
-            while let Some(input) = next.take() {
-                match input {
-                    Input::Tick => self.replica.step(Event::Tick, &mut cmds),
-                    Input::Members(members) => self.set_members(members),
-                    Input::Write { data, reply } => {
-                        self.next_request += 1;
-                        self.pending.insert(self.next_request, reply);
-                        let request = RequestId(self.next_request);
-                        self.replica
-                            .step(Event::ClientWrite { request, data }, &mut cmds);
-                    }
-                    Input::VsAnswer {
-                        view,
-                        lead_from,
-                        sent,
-                    } => {
-                        let names_me = view.as_ref().map(|v| (v.epoch, v.primary));
-                        self.replica
-                            .step(Event::VsReply { view, lead_from }, &mut cmds);
-                        self.renew_lease(names_me, sent);
-                    }
-                    Input::Event(e) => self.replica.step(e, &mut cmds),
-                    Input::Fatal(e) => {
-                        tracing::error!(id = self.replica.id(), error = %e, "disk failure: replica stops");
-                        self.stop();
-                        self.inner.failure.send_replace(Some(e));
-                        return;
-                    }
-                    Input::Stop => {
-                        self.stop();
-                        return;
-                    }
-                }
-                self.execute(&mut cmds);
-                handled += 1;
-                if handled < 512 {
-                    next = rx.try_recv().ok();
-                }
-            }
-            self.publish_status();
-        }
-    }
-
-    fn stop(&mut self) {
-        for (_, reply) in self.pending.drain() {
-            let _ = reply.send(Err(SubmitError::Retry));
-        }
-        let mut s = self.inner.status.write();
-        s.up = false;
-        s.serving_reads = false;
-        s.role = "down".into();
-    }
-
-    /// A view-service answer naming this replica primary of the epoch it leads renews
-    /// its read lease, counted from when the ping was sent.
-    fn renew_lease(&self, view: Option<(Epoch, ReplicaId)>, sent: Instant) {
-        let Some((epoch, primary)) = view else {
-            return;
-        };
-        let leading = (self.replica.role() == Role::Primary)
-            .then(|| self.replica.view().map(|v| v.epoch))
-            .flatten();
-        self.inner.read_lease.lock().renew(
-            self.replica.id(),
-            leading,
-            (epoch, primary),
-            sent + self.inner.opts.read_lease(),
-        );
-    }
-
-    fn publish_status(&self) {
-        let r = &self.replica;
-        let view = r.view();
-        let mut s = self.inner.status.write();
-        s.up = true;
-        s.role = match r.role() {
-            Role::Primary => "primary",
-            Role::Backup => "backup",
-            Role::Idle => "idle",
-        }
-        .into();
-        let epoch = view.map_or(0, |v| v.epoch);
-        if epoch != s.epoch && epoch != 0 {
-            s.view_changes += 1;
-        }
-        s.epoch = epoch;
-        s.primary = view.map(|v| v.primary);
-        s.backups = view.map(|v| v.backups.clone()).unwrap_or_default();
-        s.commit = r.commit_index();
-        s.applied = r.applied_index();
-        s.serving_reads = r.can_serve_reads();
-    }
-
-    fn execute(&mut self, cmds: &mut Vec<Command>) {
-        for cmd in cmds.drain(..) {
-            match cmd {
-                Command::Send { to, msg } => {
-                    if let Some(p) = self.peers.get(&to) {
-                        // Full: the peer is not keeping up. Dropping is safe, the
-                        // protocol retransmits what is unacknowledged at each heartbeat.
-                        if p.tx.try_send(msg).is_err() {
-                            self.inner
-                                .dropped
-                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        }
-                    }
-                }
-                Command::PingVs(ping) => self.ping_vs(ping),
-                Command::Persist { entries } => {
-                    let _ = self.disk.send(DiskOp::Persist(entries));
-                }
-                Command::PersistView(view) => {
-                    let _ = self.disk.send(DiskOp::View(view));
-                }
-                Command::Apply { entry } => {
-                    let out = self.inner.sm.write().apply(entry.index, &entry.data);
-                    self.applied = (entry.index, entry.epoch);
-                    self.outputs.insert(entry.index, out);
-                }
-                Command::Reply { request, outcome } => {
-                    let answer = match outcome {
-                        Outcome::Committed { index } => match self.outputs.remove(&index) {
-                            Some(out) => Ok(out),
-                            None => {
-                                tracing::error!(index, "committed entry without an applied answer");
-                                Err(SubmitError::Retry)
-                            }
-                        },
-                        Outcome::NotPrimary { hint } => Err(SubmitError::NotPrimary { hint }),
-                        Outcome::Retry => Err(SubmitError::Retry),
-                    };
-                    if let Some(reply) = self.pending.remove(&request.0) {
-                        let _ = reply.send(answer);
-                    }
-                }
-                Command::TakeSnapshot => {
-                    let data = self.inner.sm.read().snapshot();
-                    let meta = SnapshotMeta {
-                        index: self.applied.0,
-                        epoch: self.applied.1,
-                    };
-                    let _ = self.disk.send(DiskOp::Snapshot {
-                        meta,
-                        data,
-                        received: false,
-                    });
-                }
-                Command::SendSnapshot { to } => {
-                    let data = self.inner.sm.read().snapshot();
-                    let meta = SnapshotMeta {
-                        index: self.applied.0,
-                        epoch: self.applied.1,
-                    };
-                    let _ = self
-                        .tx
-                        .send(Input::Event(Event::SnapshotForPeer { to, meta, data }));
-                }
-                Command::InstallSnapshot { meta, data } => {
-                    let mut sm = (self.inner.initial)();
-                    match sm.restore(&data) {
-                        Ok(()) => {
-                            *self.inner.sm.write() = sm;
-                            self.applied = (meta.index, meta.epoch);
-                            let _ = self.disk.send(DiskOp::Snapshot {
-                                meta,
-                                data,
-                                received: true,
-                            });
-                        }
-                        Err(e) => {
-                            // A peer's snapshot that does not restore is refused: the
-                            // state and the disk stay as they were.
-                            tracing::warn!(error = %e, index = meta.index, "refused a snapshot that does not restore");
-                            let _ = self.tx.send(Input::Event(Event::SnapshotRefused { meta }));
-                        }
-                    }
-                }
-            }
-        }
-        // Answers not claimed by a reply in the same step belong to entries applied on a
-        // backup or replayed after a restart: nobody waits for them.
-        self.outputs.clear();
-    }
-
-    /// Follows the member table: a sender for every new peer, none for retired ones.
-    fn set_members(&mut self, members: BTreeMap<ReplicaId, String>) {
-        let me = self.inner.opts.id;
-        *self.inner.members.write() = members
-            .iter()
-            .filter(|(id, _)| **id != me)
-            .map(|(id, u)| (*id, u.clone()))
-            .collect();
-        let before = self.peers.len();
-        self.peers
-            .retain(|id, p| members.get(id).is_some_and(|u| *u == p.base));
-        for (id, base) in members {
-            if id != me && !self.peers.contains_key(&id) {
-                let node = Node {
-                    inner: self.inner.clone(),
-                };
-                self.peers.insert(id, node.peer(&base));
-                tracing::info!(id, base, "new peer");
-            }
-        }
-        if self.peers.len() != before {
-            tracing::info!(me, peers = ?self.peers.keys().collect::<Vec<_>>(), "peers changed");
-        }
-    }
-
-    /// Pings the coordinator leader. The read lease an answer grants is counted from
-    /// before the first attempt, wherever the answer came from.
-    fn ping_vs(&self, ping: Ping) {
-        let inner = self.inner.clone();
-        let tx = self.tx.clone();
-        let tick = self.inner.opts.tick;
-        tokio::spawn(async move {
-            let sent = Instant::now();
-            let body = bincode::serialize(&PingRequest {
-                ping,
-                url: inner.opts.url.clone(),
-            })
-            .expect("ping encodes");
-            let path = format!("/vs/{}/ping", inner.opts.kind);
-            let answer = inner
-                .coordinators
-                .call(
-                    |c, base| {
-                        c.post(format!("{base}{path}"))
-                            .header("content-type", "application/octet-stream")
-                            .body(body.clone())
-                    },
-                    tick * 2,
-                    tick * 4,
-                )
-                .await;
-            let Ok(bytes) = answer else { return };
-            match crate::protocol::decode::<PingAnswer>(&bytes) {
-                Ok(PingAnswer {
-                    view,
-                    lead_from,
-                    members,
-                    coordinators,
-                }) => {
-                    inner
-                        .coordinators
-                        .learn(coordinators.iter().map(String::as_str));
-                    if !members.is_empty() {
-                        let _ = tx.send(Input::Members(members));
-                    }
-                    let _ = tx.send(Input::VsAnswer {
-                        view,
-                        lead_from,
-                        sent,
-                    });
-                }
-                Err(e) => tracing::warn!(error = %e, "bad coordinator answer"),
-            }
-        });
-    }
-}
-
-fn disk_loop(
-    mut wal: Wal,
-    rx: std::sync::mpsc::Receiver<DiskOp>,
-    events: mpsc::UnboundedSender<Input>,
-    incarnation: u64,
-) {
-    while let Ok(op) = rx.recv() {
-        let mut ops = vec![op];
-        while ops.len() < 4096 {
-            match rx.try_recv() {
-                Ok(op) => ops.push(op),
-                Err(_) => break,
-            }
-        }
-        let mut done = Vec::with_capacity(ops.len());
-        let result = (|| -> Result<(), crate::wal::WalError> {
-            for op in ops {
-                match op {
-                    DiskOp::Persist(entries) => {
-                        let Some(first) = entries.first().map(|e| e.index) else {
-                            continue;
-                        };
-                        if wal.last_index().is_some_and(|l| l >= first) {
-                            wal.truncate_suffix(first)?;
-                        }
-                        for e in &entries {
-                            wal.append(e.index, &encode_entry(e))?;
-                        }
-                        let last = entries.last().expect("non-empty");
-                        done.push(Event::Persisted {
-                            index: last.index,
-                            epoch: last.epoch,
-                        });
-                    }
-                    DiskOp::View(view) => {
-                        wal.sync()?;
-                        let epoch = view.epoch;
-                        let meta = Meta {
-                            incarnation,
-                            view: Some(view),
-                        };
-                        wal.write_meta(&bincode::serialize(&meta).expect("meta encodes"))?;
-                        done.push(Event::ViewPersisted { epoch });
-                    }
-                    DiskOp::Snapshot {
-                        meta,
-                        data,
-                        received,
-                    } => {
-                        if received {
-                            let from = wal.snapshot_index().map_or(1, |s| s + 1);
-                            if wal.last_index().is_some_and(|l| l >= from) {
-                                wal.truncate_suffix(from)?;
-                            }
-                        }
-                        let mut bytes = Vec::with_capacity(8 + data.len());
-                        bytes.extend_from_slice(&meta.epoch.to_le_bytes());
-                        bytes.extend_from_slice(&data);
-                        wal.install_snapshot(meta.index, &bytes)?;
-                        done.push(if received {
-                            Event::SnapshotInstalled { meta }
-                        } else {
-                            Event::SnapshotTaken { meta }
-                        });
-                    }
-                }
-            }
-            wal.sync()
-        })();
-        match result {
-            Ok(()) => {
-                for e in done {
-                    let _ = events.send(Input::Event(e));
-                }
-            }
-            Err(e) => {
-                let _ = events.send(Input::Fatal(e.to_string()));
-                return;
-            }
-        }
     }
 }
 
