@@ -17,7 +17,7 @@ use std::fmt;
 use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// Highest latency the histograms hold (larger values are clamped), in microseconds.
 pub const MAX_LATENCY_US: u64 = 120_000_000;
@@ -830,7 +830,7 @@ pub async fn run_round(
 /// Runs every round of `config` (one per client count) and returns the report.
 pub async fn run(config: &RunConfig) -> Result<RunReport, Error> {
     config.validate()?;
-    let started = SystemTime::now();
+    let started_ms = bookstore_common::clock::now_ms();
     let target = config.target.trim_end_matches('/').to_string();
     let max_clients = config.clients.iter().copied().max().unwrap_or(1);
     let http = http_client(config.timeout, max_clients)?;
@@ -858,10 +858,6 @@ pub async fn run(config: &RunConfig) -> Result<RunReport, Error> {
     for (i, &clients) in config.clients.iter().enumerate() {
         rounds.push(run_round(config, &http, &mix, clients, i).await?);
     }
-    let started_ms = started
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
     Ok(RunReport {
         run_id: config
             .run_id

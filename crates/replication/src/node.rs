@@ -251,13 +251,6 @@ fn decode_entry(index: LogIndex, payload: &[u8]) -> Result<Entry, String> {
     })
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(1)
-}
-
 impl<S: StateMachine> Node<S> {
     /// Opens the data directory, recovers, and starts the replica. Must be called
     /// inside a tokio runtime. `initial` builds the state before any entry (the same
@@ -309,7 +302,8 @@ impl<S: StateMachine> Node<S> {
             Some(m) => bincode::deserialize::<Meta>(m).map_err(|e| format!("WAL meta: {e}"))?,
             None => {
                 let m = Meta {
-                    incarnation: now_ms(),
+                    // Never 0 (a clock before 1970): 0 is no disk yet.
+                    incarnation: bookstore_common::clock::now_ms().max(1),
                     view: None,
                 };
                 wal.write_meta(&bincode::serialize(&m).expect("meta encodes"))

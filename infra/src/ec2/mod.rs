@@ -52,10 +52,7 @@ pub fn say(s: &str) {
 
 /// A new run id: UTC time stamp and 4 random hex digits, e.g. `20261123-150102-a1b2`.
 pub fn new_run_id() -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let now = bookstore_common::clock::now_ms() / 1000;
     let rand = uuid::Uuid::new_v4().simple().to_string();
     format!("{}-{}", utc_stamp(now), &rand[..4])
 }

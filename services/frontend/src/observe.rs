@@ -18,6 +18,7 @@ use crate::{Ctx, Frontend};
 use actix_web::http::header;
 use actix_web::HttpResponse;
 use bookstore_common::client::Client;
+use bookstore_common::clock::now_ms;
 use bookstore_common::config::{ClusterConfig, Endpoint, Kind};
 use bookstore_common::coordinators::Coordinators;
 use bookstore_common::metrics::catch_up;
@@ -81,13 +82,6 @@ enum Answer {
     Coordinator(CoordinatorStatus),
     Plain,
     Down(String),
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 impl Observer {
