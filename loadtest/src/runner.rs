@@ -883,32 +883,12 @@ pub async fn run(config: &RunConfig) -> Result<RunReport, Error> {
 
 /// `YYYYMMDD-HHMMSS-mmm-<workload>` in UTC, e.g. `20250101-120000-000-mixed-0.1`.
 pub fn default_run_id(unix_ms: u64, workload: Workload) -> String {
-    let secs = unix_ms / 1000;
-    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
-    let s = secs % 86_400;
     format!(
-        "{y:04}{m:02}{d:02}-{:02}{:02}{:02}-{:03}-{}",
-        s / 3600,
-        (s / 60) % 60,
-        s % 60,
+        "{}-{:03}-{}",
+        bookstore_common::clock::utc_stamp(unix_ms / 1000),
         unix_ms % 1000,
         workload.to_string().replace(':', "-")
     )
-}
-
-/// Days since 1970-01-01 to a (year, month, day) of the proleptic Gregorian calendar.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    // Counted in 400-year eras starting on 0000-03-01, so leap days end each era year.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 #[cfg(test)]
@@ -916,10 +896,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn dates() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
-        assert_eq!(civil_from_days(19_723), (2024, 1, 1));
+    fn run_ids_are_utc_stamps() {
+        assert_eq!(
+            default_run_id(0, Workload::Lookup),
+            "19700101-000000-000-lookup"
+        );
         assert_eq!(
             default_run_id(1_704_110_400_123, Workload::Mixed { buy_fraction: 0.1 }),
             "20240101-120000-123-mixed-0.1"

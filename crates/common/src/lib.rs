@@ -9,7 +9,7 @@
 //! - [`cache_store`]: cache entries and their version rules, used by the cache service
 //!   and by each frontend's near cache.
 //! - [`client`]: the pooled HTTP client services use to call each other.
-//! - [`clock`]: milliseconds since the Unix epoch.
+//! - [`clock`]: milliseconds since the Unix epoch, and UTC time stamps (`time` crate).
 //! - [`coordinators`]: finding and calling the coordinator group's leader.
 //! - [`idempotency`]: the table of `Idempotency-Key`s the replicated services keep, by age.
 //! - [`metrics`]: Prometheus `/metrics` (per-route request counts and latency histograms,
