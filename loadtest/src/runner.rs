@@ -388,7 +388,10 @@ pub async fn discover_items(http: &reqwest::Client, target: &str, topics: &[Stri
     let base = target.trim_end_matches('/');
     let mut items = Vec::new();
     for t in topics {
-        let url = format!("{base}/search?topic={}", crate::workload::encode_query(t));
+        let url = format!(
+            "{base}/search?topic={}",
+            bookstore_common::client::encode(t)
+        );
         let Ok(resp) = http.get(&url).send().await else {
             continue;
         };
