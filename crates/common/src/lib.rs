@@ -3,6 +3,7 @@
 //! - [`types`]: the wire types of the public and internal APIs.
 //! - [`config`]: the cluster file, the books CSV and environment settings.
 //! - [`error`]: [`ApiError`], the one error enum of the HTTP boundary, mapped to status codes.
+//! - [`files`]: atomic file replacement (temp file, fsync, rename), 0600 for token files.
 //! - [`params`]: strict query-string parsing with errors that name the parameter.
 //! - [`auth`]: cluster-token and admin-token checks (constant time).
 //! - [`batch`]: coalescing concurrent calls to another service into one call.
@@ -30,6 +31,7 @@ pub mod clock;
 pub mod config;
 pub mod coordinators;
 pub mod error;
+pub mod files;
 pub mod idempotency;
 pub mod metrics;
 pub mod openapi;
