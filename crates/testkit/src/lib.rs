@@ -309,7 +309,7 @@ impl TestCluster {
 
     /// `GET /vs/{kind}/view` of coordinator 0.
     pub fn view_url(&self, kind: Kind) -> String {
-        format!("{}/vs/{kind}/view", self.coordinator())
+        self.coordinator() + &bookstore_common::coordinators::view_path(kind)
     }
 
     /// Base URL of server `id` of `kind`.
