@@ -168,6 +168,38 @@ impl Observer {
     async fn assemble(&self) -> ClusterMap {
         let (catalog, order) = tokio::join!(self.report(Kind::Catalog), self.report(Kind::Order));
         let reports = [(Kind::Catalog, catalog), (Kind::Order, order)];
+        let servers = self.servers_to_ask(&reports);
+        let answers =
+            futures::future::join_all(servers.iter().map(|(k, id, e)| self.ask(*k, *id, e))).await;
+        let views = reports
+            .iter()
+            .map(|(kind, r)| kind_view(*kind, r))
+            .collect();
+        let primary_commit = |kind: Kind| primary_commit(&reports, &servers, &answers, kind);
+        let servers = servers
+            .iter()
+            .zip(&answers)
+            .map(|((kind, id, e), answer)| {
+                server_info(
+                    *kind,
+                    *id,
+                    e,
+                    answer,
+                    report_of(&reports, *kind),
+                    &primary_commit,
+                )
+            })
+            .collect();
+        ClusterMap {
+            frontend: self.id,
+            time_ms: now_ms(),
+            views,
+            servers,
+        }
+    }
+
+    /// The servers to ask about themselves.
+    fn servers_to_ask(&self, reports: &Reports) -> Vec<(Kind, u32, Endpoint)> {
         // The replicas are the view service's members (replicas added or retired at run
         // time included); the cluster file's when the view service does not answer. The
         // coordinators are the group's members as the leader reports them.
@@ -186,10 +218,7 @@ impl Observer {
             if kind == Kind::Coordinator && group.is_some() {
                 continue;
             }
-            let members = reports
-                .iter()
-                .find(|(k, _)| *k == kind)
-                .and_then(|(_, r)| r.as_ref().ok())
+            let members = report_of(reports, kind)
                 .map(|r| &r.members)
                 .filter(|m| !m.is_empty());
             match members {
@@ -201,131 +230,7 @@ impl Observer {
                 Some(_) => {}
             }
         }
-        let answers =
-            futures::future::join_all(servers.iter().map(|(k, id, e)| self.ask(*k, *id, e))).await;
-        let views = reports
-            .iter()
-            .map(|(kind, r)| match r {
-                Ok(r) => KindView {
-                    kind: kind.name().into(),
-                    epoch: r.view.as_ref().map(|v| v.epoch),
-                    primary: r.view.as_ref().map(|v| v.primary),
-                    backups: r
-                        .view
-                        .as_ref()
-                        .map(|v| v.backups.clone())
-                        .unwrap_or_default(),
-                    synced: r.synced.clone(),
-                    view_changes: Some(r.view_changes),
-                    failovers: Some(r.failovers),
-                    decided_by: r.decided_by.map(|d| d.coordinator),
-                    decided_in_term: r.decided_by.map(|d| d.term),
-                    error: None,
-                },
-                Err(e) => KindView {
-                    kind: kind.name().into(),
-                    error: Some(e.clone()),
-                    ..KindView::default()
-                },
-            })
-            .collect();
-        let report_of = |kind: Kind| {
-            reports
-                .iter()
-                .find(|(k, _)| *k == kind)
-                .and_then(|(_, r)| r.as_ref().ok())
-        };
-        // The primary's commit index, per replicated kind, from its own answer.
-        let primary_commit = |kind: Kind| -> Option<u64> {
-            let named = report_of(kind).and_then(|r| r.view.as_ref().map(|v| v.primary));
-            servers
-                .iter()
-                .zip(&answers)
-                .find_map(|((k, id, _), a)| match a {
-                    Answer::Replica(s)
-                        if *k == kind
-                            && (named == Some(*id) || (named.is_none() && s.role == "primary")) =>
-                    {
-                        Some(s.commit)
-                    }
-                    _ => None,
-                })
-        };
-        let servers = servers
-            .iter()
-            .zip(&answers)
-            .map(|((kind, id, e), answer)| {
-                let mut info = ServerInfo {
-                    kind: kind.name().into(),
-                    id: *id,
-                    address: Some(e.to_string()),
-                    role: "down".into(),
-                    health: "down".into(),
-                    epoch: None,
-                    heartbeat_age_ms: None,
-                    commit_index: None,
-                    applied_index: None,
-                    lag_entries: None,
-                    synced: None,
-                    serving_reads: None,
-                    leader: None,
-                    error: None,
-                };
-                let report = report_of(*kind);
-                info.heartbeat_age_ms = report
-                    .and_then(|r| r.replicas.iter().find(|s| s.id == *id))
-                    .map(|s| s.heartbeat_age_ms);
-                match answer {
-                    Answer::Down(why) => info.error = Some(why.clone()),
-                    Answer::Plain => {
-                        info.health = "up".into();
-                        info.role = "serving".into();
-                    }
-                    Answer::Coordinator(s) => {
-                        info.health = "up".into();
-                        info.role = match s.role {
-                            CoordinatorRole::Leader => "leader",
-                            CoordinatorRole::Follower => "follower",
-                            CoordinatorRole::Candidate => "candidate",
-                            CoordinatorRole::Learner => "learner",
-                            CoordinatorRole::Shutdown => "down",
-                        }
-                        .into();
-                        info.epoch = Some(s.term);
-                        info.leader = s.leader;
-                        info.commit_index = s.applied_index;
-                        info.applied_index = s.applied_index;
-                        info.heartbeat_age_ms = s.leader_contact_age_ms;
-                    }
-                    Answer::Replica(s) => {
-                        let view = report.and_then(|r| r.view.as_ref());
-                        info.health = "up".into();
-                        info.role = match view {
-                            Some(v) if v.primary == *id => "primary".into(),
-                            Some(v) if v.backups.contains(id) => "backup".into(),
-                            Some(_) => "idle".into(),
-                            None => s.role.clone(),
-                        };
-                        if info.role == "backup" {
-                            info.synced = report.map(|r| r.synced.contains(id));
-                        }
-                        info.epoch = Some(s.epoch);
-                        info.commit_index = Some(s.commit);
-                        info.applied_index = Some(s.applied);
-                        info.serving_reads = Some(s.serving_reads);
-                        info.lag_entries =
-                            primary_commit(*kind).map(|c| c.saturating_sub(s.applied));
-                    }
-                }
-                info
-            })
-            .collect();
-        ClusterMap {
-            frontend: self.id,
-            time_ms: now_ms(),
-            views,
-            servers,
-        }
+        servers
     }
 
     /// Registers the frontend's own metrics: cache hits and misses, the primary switches
@@ -529,3 +434,135 @@ pub struct StatusApi;
 #[derive(utoipa::OpenApi)]
 #[openapi(paths(cluster))]
 pub struct ClusterApi;
+
+/// The reports of the replicated kinds by the coordinator leader, or why there is none.
+type Reports = [(Kind, Result<KindReport, String>); 2];
+
+/// The report of `kind`, if the leader gave one.
+fn report_of(reports: &Reports, kind: Kind) -> Option<&KindReport> {
+    reports
+        .iter()
+        .find(|(k, _)| *k == kind)
+        .and_then(|(_, r)| r.as_ref().ok())
+}
+
+/// What the map shows of `kind`'s view.
+fn kind_view(kind: Kind, r: &Result<KindReport, String>) -> KindView {
+    match r {
+        Ok(r) => KindView {
+            kind: kind.name().into(),
+            epoch: r.view.as_ref().map(|v| v.epoch),
+            primary: r.view.as_ref().map(|v| v.primary),
+            backups: r
+                .view
+                .as_ref()
+                .map(|v| v.backups.clone())
+                .unwrap_or_default(),
+            synced: r.synced.clone(),
+            view_changes: Some(r.view_changes),
+            failovers: Some(r.failovers),
+            decided_by: r.decided_by.map(|d| d.coordinator),
+            decided_in_term: r.decided_by.map(|d| d.term),
+            error: None,
+        },
+        Err(e) => KindView {
+            kind: kind.name().into(),
+            error: Some(e.clone()),
+            ..KindView::default()
+        },
+    }
+}
+
+/// The primary's commit index of a replicated kind, from its own answer.
+fn primary_commit(
+    reports: &Reports,
+    servers: &[(Kind, u32, Endpoint)],
+    answers: &[Answer],
+    kind: Kind,
+) -> Option<u64> {
+    let named = report_of(reports, kind).and_then(|r| r.view.as_ref().map(|v| v.primary));
+    servers
+        .iter()
+        .zip(answers)
+        .find_map(|((k, id, _), a)| match a {
+            Answer::Replica(s)
+                if *k == kind
+                    && (named == Some(*id) || (named.is_none() && s.role == "primary")) =>
+            {
+                Some(s.commit)
+            }
+            _ => None,
+        })
+}
+
+/// What the map shows of one server, from its answer and its kind's report.
+fn server_info(
+    kind: Kind,
+    id: u32,
+    e: &Endpoint,
+    answer: &Answer,
+    report: Option<&KindReport>,
+    primary_commit: &dyn Fn(Kind) -> Option<u64>,
+) -> ServerInfo {
+    let mut info = ServerInfo {
+        kind: kind.name().into(),
+        id,
+        address: Some(e.to_string()),
+        role: "down".into(),
+        health: "down".into(),
+        epoch: None,
+        heartbeat_age_ms: None,
+        commit_index: None,
+        applied_index: None,
+        lag_entries: None,
+        synced: None,
+        serving_reads: None,
+        leader: None,
+        error: None,
+    };
+    info.heartbeat_age_ms = report
+        .and_then(|r| r.replicas.iter().find(|s| s.id == id))
+        .map(|s| s.heartbeat_age_ms);
+    match answer {
+        Answer::Down(why) => info.error = Some(why.clone()),
+        Answer::Plain => {
+            info.health = "up".into();
+            info.role = "serving".into();
+        }
+        Answer::Coordinator(s) => {
+            info.health = "up".into();
+            info.role = match s.role {
+                CoordinatorRole::Leader => "leader",
+                CoordinatorRole::Follower => "follower",
+                CoordinatorRole::Candidate => "candidate",
+                CoordinatorRole::Learner => "learner",
+                CoordinatorRole::Shutdown => "down",
+            }
+            .into();
+            info.epoch = Some(s.term);
+            info.leader = s.leader;
+            info.commit_index = s.applied_index;
+            info.applied_index = s.applied_index;
+            info.heartbeat_age_ms = s.leader_contact_age_ms;
+        }
+        Answer::Replica(s) => {
+            let view = report.and_then(|r| r.view.as_ref());
+            info.health = "up".into();
+            info.role = match view {
+                Some(v) if v.primary == id => "primary".into(),
+                Some(v) if v.backups.contains(&id) => "backup".into(),
+                Some(_) => "idle".into(),
+                None => s.role.clone(),
+            };
+            if info.role == "backup" {
+                info.synced = report.map(|r| r.synced.contains(&id));
+            }
+            info.epoch = Some(s.epoch);
+            info.commit_index = Some(s.commit);
+            info.applied_index = Some(s.applied);
+            info.serving_reads = Some(s.serving_reads);
+            info.lag_entries = primary_commit(kind).map(|c| c.saturating_sub(s.applied));
+        }
+    }
+    info
+}
