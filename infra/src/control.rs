@@ -46,20 +46,16 @@ pub fn state_file(output_dir: &Path) -> PathBuf {
     output_dir.join("local-up.json")
 }
 
-/// Writes the state file, readable by the owner only.
+/// Writes the state file (it holds the admin token) atomically, readable by the owner
+/// only.
 pub fn write_state(output_dir: &Path, state: &UpState) -> Result<(), String> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let path = state_file(output_dir);
-    let _ = std::fs::remove_file(&path);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&path)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    f.write_all(&serde_json::to_vec_pretty(state).expect("state encodes"))
-        .map_err(|e| format!("{}: {e}", path.display()))
+    let text = serde_json::to_vec_pretty(state).expect("state encodes");
+    bookstore_common::files::replace(
+        &state_file(output_dir),
+        &[&text],
+        bookstore_common::files::Replace::PRIVATE,
+    )
+    .map_err(|e| e.to_string())
 }
 
 /// Runs one request against the cluster; `progress` hears every step.

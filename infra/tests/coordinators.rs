@@ -9,6 +9,7 @@
 //! - Every coordinator killed and restarted: views and member tables as before, epochs
 //!   never go back.
 use bookstore_common::config::{Endpoint, Kind};
+use bookstore_common::coordinators::view_path;
 use bookstore_common::types::{Book, Versioned};
 use infra::local::{free_port_cluster_with, LocalCluster, LocalOptions};
 use serde_json::Value;
@@ -388,7 +389,7 @@ async fn two_of_three_coordinators_down_freezes_views_keeps_writes_stops_reads()
             .unwrap()
             .url();
     let r = internal()
-        .get_json::<Value>(&format!("{survivor_url}/vs/catalog/view"))
+        .get_json::<Value>(&format!("{survivor_url}{}", view_path("catalog")))
         .await;
     assert!(
         matches!(r.as_ref().map_err(|e| e.status()), Err(Some(421 | 503))),

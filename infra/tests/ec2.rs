@@ -955,7 +955,7 @@ fn view_of(out: &Path, run: &str, token: &str, kind: &str) -> serde_json::Value 
         cluster.urls(bookstore_common::config::Kind::Coordinator),
     );
     let t = Duration::from_secs(5);
-    rt().block_on(group.get_json(&format!("/vs/{kind}/view"), t, t))
+    rt().block_on(group.get_json(&bookstore_common::coordinators::view_path(kind), t, t))
         .unwrap_or_else(|e| panic!("{kind} view: {e}"))
 }
 

@@ -401,10 +401,7 @@ async fn compare_cache(mut config: RunConfig, out: &std::path::Path) -> Result<b
         );
     }
     let id = config.run_id.clone().unwrap_or_else(|| {
-        let ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        loadtest::runner::default_run_id(ms, config.workload)
+        loadtest::runner::default_run_id(bookstore_common::clock::now_ms(), config.workload)
     });
     let mut reports = Vec::new();
     for (bypass, name) in [(false, "cache-on"), (true, "cache-off")] {

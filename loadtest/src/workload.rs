@@ -178,7 +178,12 @@ impl Mix {
             .collect();
         let search_urls = topics
             .iter()
-            .map(|t| format!("{base}/search?topic={}", encode_query(t)))
+            .map(|t| {
+                format!(
+                    "{base}/search?topic={}",
+                    bookstore_common::client::encode(t)
+                )
+            })
             .collect();
         Mix {
             workload,
@@ -242,19 +247,6 @@ impl Mix {
             }
         }
     }
-}
-
-/// Percent-encodes a query value (spaces as `%20`).
-pub fn encode_query(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// Parses `1,3,5,9` (positive, in the order given).
@@ -395,7 +387,7 @@ mod tests {
         }
         assert!(seen.iter().all(|n| *n > 150), "{seen:?}");
         assert_eq!(
-            encode_query("graduate school"),
+            bookstore_common::client::encode("graduate school"),
             "graduate%20school".to_string()
         );
     }

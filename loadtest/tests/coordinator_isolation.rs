@@ -11,6 +11,7 @@
 //! confirm its leadership, or 421). With the leadership confirmation switched off it
 //! answers both, stale (checked by hand when this test was written, 2026-12-04).
 use bookstore_common::config::Kind;
+use bookstore_common::coordinators::{ping_path, view_path};
 use bookstore_replication_core::viewservice::Ping;
 use bookstore_replication_core::wire::{KindReport, PingRequest};
 use infra::local::{LocalCluster, LocalOptions};
@@ -32,7 +33,7 @@ fn client() -> bookstore_common::client::Client {
 async fn old_leader_answers(url: &str, primary: u32) -> (Result<KindReport, u16>, Result<(), u16>) {
     let c = client();
     let view = c
-        .get_json::<KindReport>(&format!("{url}/vs/catalog/view"))
+        .get_json::<KindReport>(&format!("{url}{}", view_path("catalog")))
         .await
         .map_err(|e| e.status().unwrap_or(0));
     let ping = PingRequest {
@@ -49,7 +50,7 @@ async fn old_leader_answers(url: &str, primary: u32) -> (Result<KindReport, u16>
     };
     let req = c
         .raw()
-        .post(format!("{url}/vs/catalog/ping"))
+        .post(format!("{url}{}", ping_path("catalog")))
         .header("content-type", "application/octet-stream")
         .body(bincode::serialize(&ping).unwrap());
     let ping = c
@@ -146,7 +147,7 @@ async fn an_isolated_coordinator_leader_gives_no_authoritative_answer_after_its_
     assert_eq!(registered.status(), 200, "{:?}", registered.text().await);
     let decided = Instant::now();
     let after: KindReport = client()
-        .get_json(&format!("{successor_url}/vs/catalog/view"))
+        .get_json(&format!("{successor_url}{}", view_path("catalog")))
         .await
         .unwrap();
     assert!(after.version > before.version, "{after:?}");

@@ -186,7 +186,32 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// Percent-encodes a query value.
+/// What [`encode`] leaves as it is: RFC 3986's unreserved characters (letters, digits,
+/// `-._~`).
+const QUERY_VALUE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// Percent-encodes a query value: every byte but the unreserved characters as `%XX`
+/// (a space is `%20`).
 pub fn encode(value: &str) -> String {
-    form_urlencoded::byte_serialize(value.as_bytes()).collect()
+    percent_encoding::utf8_percent_encode(value, QUERY_VALUE).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::encode;
+
+    #[test]
+    fn query_values_are_percent_encoded() {
+        assert_eq!(encode("graduate school"), "graduate%20school");
+        assert_eq!(encode("a-b_c.d~e09"), "a-b_c.d~e09");
+        assert_eq!(
+            encode("http://127.0.0.1:8001/x?a=b&c+d*"),
+            "http%3A%2F%2F127.0.0.1%3A8001%2Fx%3Fa%3Db%26c%2Bd%2A"
+        );
+        assert_eq!(encode("é"), "%C3%A9");
+    }
 }

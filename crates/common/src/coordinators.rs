@@ -12,7 +12,18 @@ use crate::client::{CallError, Client};
 use bytes::Bytes;
 use parking_lot::RwLock;
 use serde::de::DeserializeOwned;
+use std::fmt::Display;
 use std::time::{Duration, Instant};
+
+/// `/vs/{kind}/view`: the path of the view service's report of `kind` on a coordinator.
+pub fn view_path(kind: impl Display) -> String {
+    format!("/vs/{kind}/view")
+}
+
+/// `/vs/{kind}/ping`: the path a replica of `kind` pings the view service at.
+pub fn ping_path(kind: impl Display) -> String {
+    format!("/vs/{kind}/ping")
+}
 
 /// The coordinator group, as one caller sees it.
 #[derive(Debug)]
@@ -164,7 +175,8 @@ impl Coordinators {
             return self.view(kind, attempt).await;
         };
         let path = format!(
-            "/vs/{kind}/view?version={known}&wait_ms={}",
+            "{}?version={known}&wait_ms={}",
+            view_path(kind),
             wait.as_millis()
         );
         let report: bookstore_replication_core::wire::KindReport = self
@@ -181,7 +193,7 @@ impl Coordinators {
         attempt: Duration,
     ) -> Result<bookstore_replication_core::wire::KindReport, CallError> {
         let report: bookstore_replication_core::wire::KindReport = self
-            .get_json(&format!("/vs/{kind}/view"), attempt, attempt * 3)
+            .get_json(&view_path(kind), attempt, attempt * 3)
             .await?;
         self.learn(report.coordinators.values().map(String::as_str));
         Ok(report)
@@ -212,5 +224,11 @@ mod tests {
         c.learn(["http://d:4", "http://a:1"]);
         assert_eq!(c.urls().len(), 4);
         assert!(c.set_leader("http://d:4"));
+    }
+
+    #[test]
+    fn view_service_paths() {
+        assert_eq!(view_path("catalog"), "/vs/catalog/view");
+        assert_eq!(ping_path("order"), "/vs/order/ping");
     }
 }

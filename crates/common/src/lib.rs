@@ -3,12 +3,14 @@
 //! - [`types`]: the wire types of the public and internal APIs.
 //! - [`config`]: the cluster file, the books CSV and environment settings.
 //! - [`error`]: [`ApiError`], the one error enum of the HTTP boundary, mapped to status codes.
+//! - [`files`]: atomic file replacement (temp file, fsync, rename), 0600 for token files.
 //! - [`params`]: strict query-string parsing with errors that name the parameter.
 //! - [`auth`]: cluster-token and admin-token checks (constant time).
 //! - [`batch`]: coalescing concurrent calls to another service into one call.
 //! - [`cache_store`]: cache entries and their version rules, used by the cache service
 //!   and by each frontend's near cache.
 //! - [`client`]: the pooled HTTP client services use to call each other.
+//! - [`clock`]: milliseconds since the Unix epoch, and UTC time stamps (`time` crate).
 //! - [`coordinators`]: finding and calling the coordinator group's leader.
 //! - [`idempotency`]: the table of `Idempotency-Key`s the replicated services keep, by age.
 //! - [`metrics`]: Prometheus `/metrics` (per-route request counts and latency histograms,
@@ -25,9 +27,11 @@ pub mod batch;
 pub mod cache_store;
 pub mod cli;
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod coordinators;
 pub mod error;
+pub mod files;
 pub mod idempotency;
 pub mod metrics;
 pub mod openapi;

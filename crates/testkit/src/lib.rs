@@ -81,6 +81,120 @@ fn listener() -> (TcpListener, Endpoint) {
     (l, Endpoint::new("127.0.0.1", port))
 }
 
+/// What one server of a test cluster is started with.
+struct Server {
+    kind: Kind,
+    id: u32,
+    cluster: ClusterConfig,
+    tokens: Tokens,
+    /// The replica's data directory (`<kind><id>/` of the cluster's temp dir).
+    data_dir: PathBuf,
+}
+
+/// Starts one server on `l`, stopped when `stop` completes; its task, except for a
+/// coordinator's (which panics when its `run` fails).
+fn spawn_server(
+    server: Server,
+    l: TcpListener,
+    opts: &Options,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Option<JoinHandle<std::io::Result<()>>> {
+    let Server {
+        kind,
+        id,
+        cluster,
+        tokens,
+        data_dir,
+    } = server;
+    let out = opts.output_dir.clone();
+    match kind {
+        Kind::Coordinator => {
+            let c = bookstore_coordinator::CoordinatorConfig {
+                id: u64::from(id),
+                url: cluster.server(kind, id).expect("listed").url(),
+                initial: cluster
+                    .urls(Kind::Coordinator)
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, u)| (i as u64, u))
+                    .collect(),
+                join: false,
+                kinds: Kind::REPLICATED
+                    .iter()
+                    .map(|k| (k.name().to_string(), cluster.urls(*k)))
+                    .collect(),
+                member_hosts: vec!["127.0.0.1".into()],
+                member_cidrs: Vec::new(),
+                data_dir,
+                tokens,
+                tick: opts.tick,
+                heartbeat: Duration::from_millis(50),
+                lease_wait: true,
+                workers: 2,
+            };
+            tokio::spawn(async move {
+                if let Err(e) = bookstore_coordinator::run(l, c, stop).await {
+                    panic!("coordinator {id}: {e}");
+                }
+            });
+            None
+        }
+        Kind::Frontend => {
+            let c = bookstore_frontend::FrontendConfig {
+                id,
+                cluster,
+                tokens,
+                output_dir: out,
+                tick: opts.tick,
+                workers: 2,
+                near_entries: 1000,
+            };
+            Some(tokio::spawn(bookstore_frontend::run(l, c, stop)))
+        }
+        Kind::Cache => {
+            let c = bookstore_cache::CacheConfig {
+                cluster,
+                tokens,
+                output_dir: out,
+                renew_every: opts.lease / 5,
+                max_entries: 1000,
+                workers: 2,
+            };
+            Some(tokio::spawn(bookstore_cache::run(l, c, stop)))
+        }
+        Kind::Catalog => {
+            let c = bookstore_catalog::CatalogConfig {
+                id,
+                books: opts.books.clone(),
+                cluster,
+                tokens,
+                output_dir: out,
+                data_dir,
+                url: None,
+                lease: opts.lease,
+                tick: opts.tick,
+                workers: 2,
+                retention: opts.catalog_retention,
+            };
+            Some(tokio::spawn(bookstore_catalog::run(l, c, stop)))
+        }
+        Kind::Order => {
+            let c = bookstore_order::OrderConfig {
+                id,
+                cluster,
+                tokens,
+                output_dir: out,
+                data_dir,
+                url: None,
+                tick: opts.tick,
+                workers: 2,
+                retention: opts.order_retention,
+            };
+            Some(tokio::spawn(bookstore_order::run(l, c, stop)))
+        }
+    }
+}
+
 impl TestCluster {
     /// Starts the seed cluster (frontend, cache, 2 catalogs, 2 orders) with the seed books.
     pub async fn start() -> TestCluster {
@@ -120,94 +234,16 @@ impl TestCluster {
             let stop = async move {
                 let _ = rx.await;
             };
-            let cluster = cluster.clone();
-            let tokens = tokens.clone();
-            let out = opts.output_dir.clone();
             let data_dir = data.path().join(format!("{kind}{id}"));
-            match kind {
-                Kind::Coordinator => {
-                    let c = bookstore_coordinator::CoordinatorConfig {
-                        id: u64::from(id),
-                        url: cluster.server(kind, id).expect("listed").url(),
-                        initial: cluster
-                            .urls(Kind::Coordinator)
-                            .into_iter()
-                            .enumerate()
-                            .map(|(i, u)| (i as u64, u))
-                            .collect(),
-                        join: false,
-                        kinds: Kind::REPLICATED
-                            .iter()
-                            .map(|k| (k.name().to_string(), cluster.urls(*k)))
-                            .collect(),
-                        member_hosts: vec!["127.0.0.1".into()],
-                        member_cidrs: Vec::new(),
-                        data_dir,
-                        tokens,
-                        tick: opts.tick,
-                        heartbeat: Duration::from_millis(50),
-                        lease_wait: true,
-                        workers: 2,
-                    };
-                    tokio::spawn(async move {
-                        if let Err(e) = bookstore_coordinator::run(l, c, stop).await {
-                            panic!("coordinator {id}: {e}");
-                        }
-                    });
-                }
-                Kind::Frontend => {
-                    let c = bookstore_frontend::FrontendConfig {
-                        id,
-                        cluster,
-                        tokens,
-                        output_dir: out,
-                        tick: opts.tick,
-                        workers: 2,
-                        near_entries: 1000,
-                    };
-                    tasks.push((kind, id, tokio::spawn(bookstore_frontend::run(l, c, stop))));
-                }
-                Kind::Cache => {
-                    let c = bookstore_cache::CacheConfig {
-                        cluster,
-                        tokens,
-                        output_dir: out,
-                        renew_every: opts.lease / 5,
-                        max_entries: 1000,
-                        workers: 2,
-                    };
-                    tasks.push((kind, id, tokio::spawn(bookstore_cache::run(l, c, stop))));
-                }
-                Kind::Catalog => {
-                    let c = bookstore_catalog::CatalogConfig {
-                        id,
-                        books: opts.books.clone(),
-                        cluster,
-                        tokens,
-                        output_dir: out,
-                        data_dir,
-                        url: None,
-                        lease: opts.lease,
-                        tick: opts.tick,
-                        workers: 2,
-                        retention: opts.catalog_retention,
-                    };
-                    tasks.push((kind, id, tokio::spawn(bookstore_catalog::run(l, c, stop))));
-                }
-                Kind::Order => {
-                    let c = bookstore_order::OrderConfig {
-                        id,
-                        cluster,
-                        tokens,
-                        output_dir: out,
-                        data_dir,
-                        url: None,
-                        tick: opts.tick,
-                        workers: 2,
-                        retention: opts.order_retention,
-                    };
-                    tasks.push((kind, id, tokio::spawn(bookstore_order::run(l, c, stop))));
-                }
+            let server = Server {
+                kind,
+                id,
+                cluster: cluster.clone(),
+                tokens: tokens.clone(),
+                data_dir,
+            };
+            if let Some(task) = spawn_server(server, l, &opts, stop) {
+                tasks.push((kind, id, task));
             }
         }
         let tc = TestCluster {
@@ -309,7 +345,7 @@ impl TestCluster {
 
     /// `GET /vs/{kind}/view` of coordinator 0.
     pub fn view_url(&self, kind: Kind) -> String {
-        format!("{}/vs/{kind}/view", self.coordinator())
+        self.coordinator() + &bookstore_common::coordinators::view_path(kind)
     }
 
     /// Base URL of server `id` of `kind`.

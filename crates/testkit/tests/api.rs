@@ -307,7 +307,7 @@ async fn internal_routes_need_the_cluster_token() {
     // With the token, garbage is refused by name, not obeyed.
     for url in [
         c.url(Kind::Catalog, 1) + "/replication/msg?from=0",
-        c.coordinator() + "/vs/catalog/ping",
+        c.coordinator() + &bookstore_common::coordinators::ping_path("catalog"),
     ] {
         let r = http
             .post(&url)

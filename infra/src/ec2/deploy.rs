@@ -332,26 +332,14 @@ async fn reach_frontends(urls: &[String], allow: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Writes `text` to `path` (replacing it atomically), readable by the owner only.
 fn write_private(path: &Path, text: &str) -> Result<(), String> {
-    use std::io::Write;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    opts.open(path)
-        .and_then(|mut f| {
-            // `mode` applies only to a file it creates: tighten one that was there.
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::PermissionsExt;
-                f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-            }
-            f.write_all(text.as_bytes())
-        })
-        .map_err(|e| format!("{}: {e}", path.display()))
+    bookstore_common::files::replace(
+        path,
+        &[text.as_bytes()],
+        bookstore_common::files::Replace::PRIVATE,
+    )
+    .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

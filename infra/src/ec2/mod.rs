@@ -52,34 +52,9 @@ pub fn say(s: &str) {
 
 /// A new run id: UTC time stamp and 4 random hex digits, e.g. `20261123-150102-a1b2`.
 pub fn new_run_id() -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let now = bookstore_common::clock::now_ms() / 1000;
     let rand = uuid::Uuid::new_v4().simple().to_string();
-    format!("{}-{}", utc_stamp(now), &rand[..4])
-}
-
-/// `YYYYMMDD-HHMMSS` for a Unix time (proleptic Gregorian calendar, UTC).
-pub fn utc_stamp(unix: u64) -> String {
-    let days = (unix / 86_400) as i64;
-    let secs = unix % 86_400;
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}{m:02}{d:02}-{:02}{:02}{:02}",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
+    format!("{}-{}", bookstore_common::clock::utc_stamp(now), &rand[..4])
 }
 
 /// A run id is used in resource names and paths: letters, digits, `-` and `_` only.
@@ -100,13 +75,6 @@ pub fn check_run_id(id: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn utc_stamps() {
-        assert_eq!(utc_stamp(0), "19700101-000000");
-        assert_eq!(utc_stamp(951_782_400), "20000229-000000");
-        assert_eq!(utc_stamp(1_795_446_062), "20261123-150102");
-    }
 
     #[test]
     fn run_ids_are_checked() {

@@ -209,33 +209,16 @@ impl RunState {
 
     /// Writes the file atomically (temp file, fsync, rename), mode 0600.
     pub fn save(&self, output_dir: &Path) -> Result<(), String> {
-        use std::io::Write;
         let dir = run_dir(output_dir, &self.run_id);
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let p = RunState::path(output_dir, &self.run_id);
-        let tmp = dir.join("state.json.tmp");
         let text = serde_json::to_string_pretty(self).map_err(|e| e.to_string())?;
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            opts.mode(0o600);
-        }
-        let mut f = opts
-            .open(&tmp)
-            .map_err(|e| format!("{}: {e}", tmp.display()))?;
-        // `mode` applies only to a file it creates: tighten a temp file left behind.
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            f.set_permissions(std::fs::Permissions::from_mode(0o600))
-                .map_err(|e| format!("{}: {e}", tmp.display()))?;
-        }
-        f.write_all(text.as_bytes())
-            .and_then(|_| f.sync_all())
-            .map_err(|e| format!("{}: {e}", tmp.display()))?;
-        std::fs::rename(&tmp, &p).map_err(|e| format!("{}: {e}", p.display()))
+        bookstore_common::files::replace(
+            &p,
+            &[text.as_bytes()],
+            bookstore_common::files::Replace::PRIVATE,
+        )
+        .map_err(|e| e.to_string())
     }
 
     pub fn dir(&self, output_dir: &Path) -> PathBuf {

@@ -91,7 +91,7 @@ fn new_state(
     let n_services = u16::try_from(n_services).map_err(|_| "too many services".to_string())?;
     Ok(RunState {
         run_id: run.to_string(),
-        created_unix: now_unix(),
+        created_unix: bookstore_common::clock::now_ms() / 1000,
         phase: Phase::Creating,
         region: api.region.clone(),
         endpoint_url: a.api.endpoint_url.clone().or_else(|| api.endpoint.clone()),
@@ -224,11 +224,4 @@ fn token(var: &str) -> Result<String, String> {
     }
     bookstore_common::auth::check_token(var, &t)?;
     Ok(t)
-}
-
-fn now_unix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }

@@ -230,7 +230,7 @@ impl Catalog {
         let outcome = match settled {
             Some(o) => o,
             None => {
-                let data = state::encode_entry(&u, now_ms());
+                let data = state::encode_entry(&u, bookstore_common::clock::now_ms());
                 let answer = t.time("replication", self.node().submit(data)).await?;
                 bincode::deserialize::<UpdateOutcome>(&answer)
                     .map_err(|e| ApiError::BadGateway(format!("undecodable outcome: {e}")))?
@@ -271,13 +271,6 @@ impl Catalog {
             Err(e) => Err(ApiError::BadRequest(e.to_string())),
         }
     }
-}
-
-/// Milliseconds since the Unix epoch: the time a primary stamps on an update.
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 type Ctx = web::Data<Catalog>;

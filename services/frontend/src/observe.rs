@@ -83,13 +83,6 @@ enum Answer {
     Down(String),
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// The view service's report for each replicated kind, or why there is none.
 type Reports = [(Kind, Result<KindReport, String>)];
 
@@ -325,7 +318,7 @@ impl Observer {
             .collect();
         ClusterMap {
             frontend: self.id,
-            time_ms: now_ms(),
+            time_ms: bookstore_common::clock::now_ms(),
             views,
             servers,
         }

@@ -20,6 +20,7 @@ use actix_web::{middleware::from_fn, web, HttpRequest, HttpResponse};
 use bookstore_common::auth::{require_cluster_token, Tokens};
 use bookstore_common::batch::Batcher;
 use bookstore_common::client::{CallError, Client};
+use bookstore_common::clock::now_ms;
 use bookstore_common::config::{ClusterConfig, Kind};
 use bookstore_common::coordinators::Coordinators;
 use bookstore_common::error::ErrorBody;
@@ -245,13 +246,6 @@ impl OrderService {
     fn check_up(&self) -> Result<(), ApiError> {
         self.control.check_up()
     }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 type Ctx = web::Data<OrderService>;

@@ -44,12 +44,6 @@ pub(super) fn decode_entry(index: LogIndex, payload: &[u8]) -> Result<Entry, Str
     })
 }
 
-pub(super) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(1)
-}
 pub(super) fn disk_loop(
     mut wal: Wal,
     rx: std::sync::mpsc::Receiver<DiskOp>,

@@ -258,7 +258,7 @@ impl<S: StateMachine> Driver<S> {
                 url: inner.opts.url.clone(),
             })
             .expect("ping encodes");
-            let path = format!("/vs/{}/ping", inner.opts.kind);
+            let path = bookstore_common::coordinators::ping_path(&inner.opts.kind);
             let answer = inner
                 .coordinators
                 .call(

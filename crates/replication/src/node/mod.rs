@@ -55,7 +55,7 @@ use tokio::sync::{mpsc, oneshot};
 mod disk;
 mod driver;
 
-use disk::{decode_entry, disk_loop, now_ms, Meta};
+use disk::{decode_entry, disk_loop, Meta};
 use driver::Driver;
 
 /// The replicated data of a service. `apply` must be deterministic: every replica
@@ -279,7 +279,8 @@ impl<S: StateMachine> Node<S> {
             Some(m) => bincode::deserialize::<Meta>(m).map_err(|e| format!("WAL meta: {e}"))?,
             None => {
                 let m = Meta {
-                    incarnation: now_ms(),
+                    // Never 0 (a clock before 1970): 0 is no disk yet.
+                    incarnation: bookstore_common::clock::now_ms().max(1),
                     view: None,
                 };
                 wal.write_meta(&bincode::serialize(&m).expect("meta encodes"))

@@ -12,6 +12,7 @@ use bookstore_replication_core::wal_format::{
 };
 
 use super::{io_err, Snapshot, WalError, WalStats};
+use bookstore_common::files;
 
 /// One segment file of the log.
 #[derive(Debug)]
@@ -23,13 +24,6 @@ pub(super) struct Segment {
     pub(super) last_index: Option<u64>,
     /// Bytes on disk (header included), excluding the write buffer.
     pub(super) len: u64,
-}
-
-/// Where a snapshot or meta file is written before it is renamed over `path`.
-fn tmp_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(TMP_SUFFIX);
-    path.with_file_name(name)
 }
 
 /// A file's bytes that fail verification, as an error naming the file.
@@ -62,28 +56,25 @@ pub(super) fn remove_durably(
     sync_dir(dir, stats)
 }
 
-/// Writes `parts` to `path` atomically: temp file, fsync, rename, fsync directory.
+/// Writes `parts` to `path` (in `dir`) atomically: temp file, fsync, rename, fsync
+/// directory ([`bookstore_common::files::replace`]). The temp file's name ends in
+/// [`TMP_SUFFIX`], so recovery removes one a crash left.
 pub(super) fn write_atomically(
     path: &Path,
     dir: &Path,
     parts: &[&[u8]],
     stats: &mut WalStats,
 ) -> Result<(), WalError> {
-    let tmp = tmp_path(path);
-    let result = (|| {
-        let mut f = File::create(&tmp).map_err(io_err("create", &tmp, None))?;
-        for part in parts {
-            f.write_all(part).map_err(io_err("write", &tmp, None))?;
-        }
-        f.sync_all().map_err(io_err("fsync", &tmp, None))?;
-        stats.other_syncs += 1;
-        fs::rename(&tmp, path).map_err(io_err("rename into place", path, None))?;
-        sync_dir(dir, stats)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
+    debug_assert_eq!(path.parent(), Some(dir));
+    debug_assert_eq!(files::TMP_SUFFIX, TMP_SUFFIX);
+    let how = files::Replace {
+        mode: None,
+        sync_dir: true,
+    };
+    files::replace(path, parts, how).map_err(|e| WalError::io(e.op, &e.path, None, e.source))?;
+    // The file's fsync and the directory's.
+    stats.other_syncs += 2;
+    Ok(())
 }
 
 /// Creates segment `seq` with its header, durably (file and directory synced).

@@ -8,7 +8,7 @@ use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, StorageIOError};
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
-use std::io::{Cursor, Write};
+use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -96,12 +96,12 @@ impl StateMachineStore {
     /// Writes `s` atomically and durably (temp file, fsync, rename, fsync directory).
     fn store(&self, s: StoredSnapshot) -> std::io::Result<()> {
         let bytes = bincode::serialize(&s).expect("snapshot encodes");
-        let dir = self.inner.path.parent().expect("a data directory");
-        let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-        tmp.write_all(&bytes)?;
-        tmp.as_file().sync_all()?;
-        tmp.persist(&self.inner.path).map_err(|e| e.error)?;
-        std::fs::File::open(dir)?.sync_all()?;
+        // Owner only (0600), as before.
+        let how = bookstore_common::files::Replace {
+            mode: Some(0o600),
+            sync_dir: true,
+        };
+        bookstore_common::files::replace(&self.inner.path, &[&bytes], how)?;
         *self.inner.snapshot.lock() = Some(s);
         Ok(())
     }

@@ -1,0 +1,144 @@
+//! What a local cluster starts: cluster files on free loopback ports, the books file
+//! checked first, and the coordinators added and retired at run time
+//! (`<output-dir>/coordinators.json`).
+use bookstore_common::config::{ClusterConfig, Endpoint, Kind};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// A cluster file for `n_catalog` catalogs and `n_order` orders, one coordinator, one
+/// frontend and a cache, on free loopback ports.
+pub fn free_port_cluster(n_catalog: usize, n_order: usize) -> std::io::Result<ClusterConfig> {
+    free_port_cluster_with(1, 1, n_catalog, n_order)
+}
+
+/// A cluster file with `n_coordinators` coordinators and `n_frontends` frontends besides.
+pub fn free_port_cluster_with(
+    n_coordinators: usize,
+    n_frontends: usize,
+    n_catalog: usize,
+    n_order: usize,
+) -> std::io::Result<ClusterConfig> {
+    let mut parts = Vec::new();
+    let mut hold = Vec::new();
+    for (kind, n) in [
+        (Kind::Coordinator, n_coordinators),
+        (Kind::Frontend, n_frontends),
+        (Kind::Cache, 1),
+        (Kind::Catalog, n_catalog),
+        (Kind::Order, n_order),
+    ] {
+        for _ in 0..n {
+            let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+            parts.push((kind, Endpoint::new("127.0.0.1", l.local_addr()?.port())));
+            hold.push(l);
+        }
+    }
+    Ok(ClusterConfig::from_parts(&parts))
+}
+
+/// A random token (hex, 32 characters).
+pub fn random_token() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// Files up to this size are parsed whole before the cluster starts.
+const BOOKS_FULL_CHECK_BYTES: u64 = 1 << 20;
+
+/// Checks the books file before starting anything. A small file is parsed whole; a big
+/// one only by its header and first book: the catalogs check every line when they load
+/// it (and a start failure shows the end of their log), and a full parse here would add
+/// seconds to the start of a million-book catalog. When the first lines look wrong the
+/// whole file is parsed, for an exact error.
+pub fn check_books(path: &Path) -> Result<(), String> {
+    use std::io::BufRead;
+    let file =
+        std::fs::File::open(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    if file.metadata().map_or(0, |m| m.len()) <= BOOKS_FULL_CHECK_BYTES {
+        return bookstore_common::config::load_books(path)
+            .map(|_| ())
+            .map_err(|e| e.to_string());
+    }
+    let mut reader = std::io::BufReader::new(file);
+    let mut head = String::new();
+    for _ in 0..2 {
+        match reader.read_line(&mut head) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => return Err(format!("{}: cannot read: {e}", path.display())),
+        }
+    }
+    let name = path.display().to_string();
+    if bookstore_common::config::parse_books(head.as_bytes(), &name).is_ok() {
+        return Ok(());
+    }
+    bookstore_common::config::load_books(path)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// Coordinators added and retired at run time (`local add|remove coordinator`), kept in
+/// `<output-dir>/coordinators.json` so that a restarted `local up` starts the group as it
+/// was left.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CoordinatorLayout {
+    /// Added coordinators: `host:port` by id.
+    #[serde(default)]
+    pub added: BTreeMap<u32, String>,
+    /// Ids removed from the group (never started again).
+    #[serde(default)]
+    pub retired: Vec<u32>,
+}
+
+impl CoordinatorLayout {
+    fn path(output_dir: &Path) -> PathBuf {
+        output_dir.join("coordinators.json")
+    }
+
+    pub fn load(output_dir: &Path) -> Result<CoordinatorLayout, String> {
+        let path = Self::path(output_dir);
+        match std::fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| format!("{}: {e}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(CoordinatorLayout::default()),
+            Err(e) => Err(format!("{}: {e}", path.display())),
+        }
+    }
+
+    pub(super) fn save(&self, output_dir: &Path) -> Result<(), String> {
+        let path = Self::path(output_dir);
+        std::fs::write(
+            &path,
+            serde_json::to_vec_pretty(self).expect("layout encodes"),
+        )
+        .map_err(|e| format!("{}: {e}", path.display()))
+    }
+}
+
+/// What to start: the cluster file's servers, with the coordinators added and without
+/// those retired at run time.
+pub(super) fn planned_servers(
+    cluster: &ClusterConfig,
+    output_dir: &Path,
+) -> Result<Vec<(Kind, u32, Endpoint)>, String> {
+    let layout = CoordinatorLayout::load(output_dir)?;
+    let mut out = Vec::new();
+    for (kind, id, e) in cluster.all() {
+        if kind == Kind::Coordinator && layout.retired.contains(&id) {
+            continue;
+        }
+        out.push((kind, id, e));
+        if kind == Kind::Coordinator && id + 1 == cluster.servers(kind).len() as u32 {
+            for (added, addr) in &layout.added {
+                if layout.retired.contains(added) {
+                    continue;
+                }
+                let (host, port) = addr
+                    .rsplit_once(':')
+                    .and_then(|(h, p)| Some((h, p.parse().ok()?)))
+                    .ok_or_else(|| format!("coordinators.json: bad address {addr:?}"))?;
+                out.push((kind, *added, Endpoint::new(host, port)));
+            }
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,254 @@
+//! Changing a running local cluster: adding and removing catalog and order replicas
+//! and coordinators, and restarting every server one at a time.
+use super::{CoordinatorLayout, LocalCluster, Server};
+use crate::membership::{self, Standing};
+use bookstore_common::config::{Endpoint, Kind};
+use std::time::{Duration, Instant};
+
+impl LocalCluster {
+    /// Scale out: registers a new `kind` replica (catalog or order) with the view service
+    /// on a free loopback port, starts it, and waits until it has caught up and is a
+    /// synced backup. Returns its id. Nothing else is restarted.
+    pub async fn add(&mut self, kind: Kind, progress: &dyn Fn(&str)) -> Result<u32, String> {
+        if kind == Kind::Coordinator {
+            return self.add_coordinator(progress).await;
+        }
+        if !matches!(kind, Kind::Catalog | Kind::Order) {
+            return Err(format!(
+                "only coordinators and catalog and order replicas can be added, not {kind}"
+            ));
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| format!("no free port: {e}"))?
+            .port();
+        let endpoint = Endpoint::new("127.0.0.1", port);
+        let path = format!(
+            "/admin/cluster/register?kind={kind}&url={}",
+            bookstore_common::client::encode(&endpoint.url())
+        );
+        let answer: serde_json::Value = self
+            .admin_post(&path)
+            .await
+            .map_err(|e| format!("register {kind} at {endpoint}: {e}"))?;
+        let id = answer["id"]
+            .as_u64()
+            .ok_or_else(|| format!("register answered without an id: {answer}"))?
+            as u32;
+        progress(&format!("registered {kind} {id} at {endpoint}"));
+        let mut server = Server {
+            kind,
+            id,
+            endpoint,
+            log: self
+                .options
+                .output_dir
+                .join(format!("{kind}{id}.stderr.log")),
+            child: None,
+        };
+        let exe = self.program()?;
+        self.spawn(&exe, &mut server)?;
+        progress(&format!(
+            "started {} on {} (pid {}); waiting until it has caught up",
+            server.name(),
+            server.endpoint,
+            server.pid().unwrap_or(0)
+        ));
+        self.servers.push(server);
+        self.wait_synced(kind, id, Duration::from_secs(30)).await?;
+        progress(&format!("{kind} {id} is a synced replica and serves"));
+        Ok(id)
+    }
+
+    /// Scale in: retires replica `id` of `kind` from the view service (refused if no other
+    /// replica holds every committed write), waits until the view no longer includes it
+    /// (a primary is replaced by a synced backup first), then stops its process. Its data
+    /// directory is kept.
+    pub async fn remove(
+        &mut self,
+        kind: Kind,
+        id: u32,
+        progress: &dyn Fn(&str),
+    ) -> Result<(), String> {
+        self.find(kind, id)?;
+        if kind == Kind::Coordinator {
+            return self.remove_coordinator(id, progress).await;
+        }
+        let path = format!("/admin/cluster/unregister?kind={kind}&id={id}");
+        // A view change in progress answers 503: retry until it settles.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match self.admin_post::<serde_json::Value>(&path).await {
+                Ok(_) => break,
+                Err(e) if e.contains("retry shortly") && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => return Err(format!("retire {kind} {id}: {e}")),
+            }
+        }
+        progress(&format!(
+            "{kind} {id} retired; waiting until the view no longer includes it"
+        ));
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(doc) = self.view_doc(kind).await {
+                if membership::standing(&doc, id) == Standing::Out {
+                    break;
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(format!("the {kind} view still includes {id} after 15 s"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.stop_one(kind, id).await?;
+        let pos = self
+            .servers
+            .iter()
+            .position(|s| s.kind == kind && s.id == id)
+            .expect("found above");
+        self.servers.remove(pos);
+        progress(&format!("{kind} {id} stopped"));
+        Ok(())
+    }
+
+    /// Restarts every catalog and order replica, then every coordinator, one at a time:
+    /// per kind the backups first, then the primary (the view service promotes a synced
+    /// backup while it is away); the coordinator followers first, then the leader. Each
+    /// one is stopped with SIGTERM, started again from its disk, and must be a synced
+    /// member again (a coordinator: caught up with the leader) before the next one goes,
+    /// so one failure can always be survived.
+    pub async fn rolling_restart(&mut self, progress: &dyn Fn(&str)) -> Result<(), String> {
+        for kind in [Kind::Catalog, Kind::Order] {
+            let primary = self.primary(kind).await?;
+            let mut ids: Vec<u32> = self
+                .servers
+                .iter()
+                .filter(|s| s.kind == kind && s.id != primary)
+                .map(|s| s.id)
+                .collect();
+            ids.sort_unstable();
+            ids.push(primary);
+            for id in ids {
+                // Never take a replica away while another one is not synced.
+                self.wait_ready(Duration::from_secs(30)).await?;
+                let role = if id == primary { "primary" } else { "backup" };
+                progress(&format!("restarting {kind} {id} ({role})"));
+                self.stop_one(kind, id).await?;
+                self.restart(kind, id).await?;
+                self.wait_synced(kind, id, Duration::from_secs(30)).await?;
+                progress(&format!("{kind} {id} is back and synced"));
+            }
+        }
+        self.wait_ready(Duration::from_secs(30)).await?;
+        let leader = self
+            .coordinator_leader()
+            .await
+            .ok_or("no coordinator leads; not restarting the coordinators")?;
+        let mut ids: Vec<u32> = self
+            .servers
+            .iter()
+            .filter(|s| s.kind == Kind::Coordinator && s.id != leader)
+            .map(|s| s.id)
+            .collect();
+        ids.sort_unstable();
+        ids.push(leader);
+        for id in ids {
+            let role = if id == leader { "leader" } else { "follower" };
+            progress(&format!("restarting coordinator {id} ({role})"));
+            let applied = self.leader_applied().await;
+            self.stop_one(Kind::Coordinator, id).await?;
+            self.restart(Kind::Coordinator, id).await?;
+            self.wait_coordinator_caught_up(id, applied, Duration::from_secs(30))
+                .await?;
+            progress(&format!("coordinator {id} is back and caught up"));
+        }
+        self.wait_leader(Duration::from_secs(30)).await?;
+        self.wait_ready(Duration::from_secs(30)).await
+    }
+
+    /// Adds a coordinator: reserves its id with the leader, starts it empty with `--join`
+    /// on a free loopback port, and has the leader add it (as a learner until it has
+    /// caught up, then as a voter).
+    async fn add_coordinator(&mut self, progress: &dyn Fn(&str)) -> Result<u32, String> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| format!("no free port: {e}"))?
+            .port();
+        let endpoint = Endpoint::new("127.0.0.1", port);
+        let answer: serde_json::Value = self
+            .admin_post("/admin/coordinators/reserve")
+            .await
+            .map_err(|e| format!("reserve a coordinator id: {e}"))?;
+        let id = answer["id"]
+            .as_u64()
+            .ok_or_else(|| format!("reserve answered without an id: {answer}"))?
+            as u32;
+        let mut layout = CoordinatorLayout::load(&self.options.output_dir)?;
+        layout.added.insert(id, endpoint.addr());
+        layout.save(&self.options.output_dir)?;
+        let mut server = Server {
+            kind: Kind::Coordinator,
+            id,
+            endpoint: endpoint.clone(),
+            log: self
+                .options
+                .output_dir
+                .join(format!("coordinator{id}.stderr.log")),
+            child: None,
+        };
+        let exe = self.program()?;
+        self.spawn(&exe, &mut server)?;
+        progress(&format!(
+            "started coordinator {id} on {endpoint} (pid {}); adding it to the group",
+            server.pid().unwrap_or(0)
+        ));
+        self.servers.push(server);
+        let path = format!(
+            "/admin/coordinators/add?id={id}&url={}",
+            bookstore_common::client::encode(&endpoint.url())
+        );
+        let answer: serde_json::Value = self
+            .admin_post(&path)
+            .await
+            .map_err(|e| format!("add coordinator {id}: {e}"))?;
+        self.coordinators.learn([endpoint.url().as_str()]);
+        progress(&format!(
+            "coordinator {id} is a voting member; voters {}",
+            answer["voters"]
+        ));
+        let applied = self.leader_applied().await;
+        self.wait_coordinator_caught_up(id, applied, Duration::from_secs(30))
+            .await?;
+        Ok(id)
+    }
+
+    /// Removes coordinator `id` from the group (the leader too: it steps down once the
+    /// change is committed), then stops it. Its data directory is kept; it is never
+    /// started again.
+    async fn remove_coordinator(&mut self, id: u32, progress: &dyn Fn(&str)) -> Result<(), String> {
+        let answer: serde_json::Value = self
+            .admin_post(&format!("/admin/coordinators/remove?id={id}"))
+            .await
+            .map_err(|e| format!("remove coordinator {id}: {e}"))?;
+        progress(&format!(
+            "coordinator {id} left the group; voters {}",
+            answer["voters"]
+        ));
+        let mut layout = CoordinatorLayout::load(&self.options.output_dir)?;
+        if !layout.retired.contains(&id) {
+            layout.retired.push(id);
+        }
+        layout.save(&self.options.output_dir)?;
+        self.stop_one(Kind::Coordinator, id).await?;
+        let pos = self
+            .servers
+            .iter()
+            .position(|s| s.kind == Kind::Coordinator && s.id == id)
+            .expect("found above");
+        self.servers.remove(pos);
+        self.wait_leader(Duration::from_secs(10)).await?;
+        progress(&format!("coordinator {id} stopped"));
+        Ok(())
+    }
+}

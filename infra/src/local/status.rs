@@ -1,0 +1,240 @@
+//! Asking a local cluster how it is (health, the coordinators' reports and status, each
+//! replica's status) and waiting until it is healthy, led, ready, or a replica synced.
+use super::{tail, LocalCluster, Server};
+use crate::membership::{self, Standing};
+use bookstore_common::config::Kind;
+use bookstore_common::coordinators::Coordinators;
+use bookstore_replication::node::Status;
+use bookstore_replication::wire::{CoordinatorRole, CoordinatorStatus, KindReport};
+use std::time::{Duration, Instant};
+
+impl LocalCluster {
+    /// Waits until the coordinators have a leader that answers with authority.
+    pub async fn wait_leader(&self, limit: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let last = match self.view_doc(Kind::Catalog).await {
+                Ok(_) => return Ok(()),
+                Err(e) => e,
+            };
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "the coordinators did not elect a leader within {limit:?}: {last}"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The coordinator leader's report of `kind`: the view, its synced backups and the
+    /// members.
+    pub async fn view_doc(&self, kind: Kind) -> Result<KindReport, String> {
+        self.coordinators
+            .view(kind.name(), Duration::from_millis(500))
+            .await
+            .map_err(|e| format!("coordinators: {e}"))
+    }
+
+    /// The coordinator group, as this tool reaches it.
+    pub fn coordinators(&self) -> &Coordinators {
+        &self.coordinators
+    }
+
+    /// What coordinator `s` says of itself (`GET /coordinator/status`).
+    pub async fn coordinator_status(&self, id: u32) -> Option<CoordinatorStatus> {
+        let s = self
+            .servers
+            .iter()
+            .find(|s| s.kind == Kind::Coordinator && s.id == id)?;
+        let url = format!("{}/coordinator/status", s.endpoint.url());
+        self.client().get_json(&url).await.ok()
+    }
+
+    /// The id of the coordinator leader, asked of the running coordinators.
+    pub async fn coordinator_leader(&self) -> Option<u32> {
+        for s in self.servers.iter().filter(|s| s.kind == Kind::Coordinator) {
+            if let Some(st) = self.coordinator_status(s.id).await {
+                if st.role == CoordinatorRole::Leader {
+                    return Some(st.id as u32);
+                }
+            }
+        }
+        None
+    }
+
+    /// What replica `s` says of itself (`GET /replication/status`).
+    pub(super) async fn replica_status(&self, s: &Server) -> Option<Status> {
+        let url = format!("{}/replication/status", s.endpoint.url());
+        self.client().get_json(&url).await.ok()
+    }
+
+    /// Waits until replica `id` of `kind` is a synced backup or the primary of the view,
+    /// and serves reads.
+    pub async fn wait_synced(&self, kind: Kind, id: u32, limit: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + limit;
+        let server = self
+            .servers
+            .iter()
+            .find(|s| s.kind == kind && s.id == id)
+            .ok_or_else(|| format!("no {kind} {id} in this cluster"))?;
+        loop {
+            // The view service counts it as primary or synced backup, and the replica
+            // itself acts in that same view (same epoch and role) and serves reads.
+            let standing = match self.view_doc(kind).await {
+                Ok(doc) => membership::standing(&doc, id),
+                Err(_) => Standing::NoView,
+            };
+            if let Standing::Member { epoch, role } = standing {
+                let acting = self
+                    .replica_status(server)
+                    .await
+                    .is_some_and(|s| membership::acts_as(&s, epoch, role));
+                if acting {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "{kind} {id} did not become a synced member within {limit:?}"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The leader's applied Raft index, if a leader answers.
+    pub(super) async fn leader_applied(&self) -> u64 {
+        let leader = self.coordinator_leader().await;
+        match leader {
+            Some(l) => self
+                .coordinator_status(l)
+                .await
+                .and_then(|s| s.applied_index)
+                .unwrap_or(0),
+            None => 0,
+        }
+    }
+
+    /// Waits until coordinator `id` knows a leader, is a voter again, and has applied at
+    /// least `applied`.
+    pub async fn wait_coordinator_caught_up(
+        &self,
+        id: u32,
+        applied: u64,
+        limit: Duration,
+    ) -> Result<(), String> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(s) = self.coordinator_status(id).await {
+                let voter = matches!(s.role, CoordinatorRole::Leader | CoordinatorRole::Follower);
+                if voter && s.leader.is_some() && s.applied_index.unwrap_or(0) >= applied {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "coordinator {id} did not catch up with the leader within {limit:?}"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Polls `/health` of every server until all answer 200.
+    pub async fn wait_healthy(&mut self, limit: Duration) -> Result<(), String> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_millis(500))
+            .build()
+            .map_err(|e| e.to_string())?;
+        let deadline = Instant::now() + limit;
+        for server in &mut self.servers {
+            let url = format!("{}/health", server.endpoint.url());
+            loop {
+                if let Some(child) = server.child.as_mut() {
+                    if let Ok(Some(status)) = child.try_wait() {
+                        return Err(format!(
+                            "{} exited during start ({status}); the end of {}:\n{}",
+                            server.name(),
+                            server.log.display(),
+                            tail(&server.log, 15)
+                        ));
+                    }
+                }
+                if let Ok(r) = http.get(&url).send().await {
+                    if r.status().is_success() {
+                        break;
+                    }
+                }
+                if Instant::now() > deadline {
+                    return Err(format!(
+                        "{} did not become healthy within {limit:?}; see {}",
+                        server.name(),
+                        server.log.display()
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until every catalog and order replica is in the view, caught up, and (for
+    /// backups) synced, so that any single failure can be survived.
+    pub async fn wait_ready(&self, limit: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + limit;
+        for kind in [Kind::Catalog, Kind::Order] {
+            let n = self.servers.iter().filter(|s| s.kind == kind).count();
+            loop {
+                if let Ok(KindReport {
+                    view: Some(v),
+                    synced,
+                    ..
+                }) = self.view_doc(kind).await
+                {
+                    if v.backups.len() + 1 == n && synced.len() == v.backups.len() {
+                        break;
+                    }
+                }
+                if Instant::now() > deadline {
+                    return Err(format!(
+                        "the {kind} replicas did not all join the view within {limit:?}"
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        for s in self
+            .servers
+            .iter()
+            .filter(|s| matches!(s.kind, Kind::Catalog | Kind::Order))
+        {
+            loop {
+                if self
+                    .replica_status(s)
+                    .await
+                    .is_some_and(|st| st.serving_reads)
+                {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err(format!(
+                        "{} did not join a view within {limit:?}; see {}",
+                        s.name(),
+                        s.log.display()
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// The primary of `kind` in the current view.
+    pub async fn primary(&self, kind: Kind) -> Result<u32, String> {
+        self.view_doc(kind)
+            .await?
+            .view
+            .map(|v| v.primary)
+            .ok_or_else(|| format!("no {kind} view yet"))
+    }
+}
