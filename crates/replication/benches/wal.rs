@@ -94,5 +94,27 @@ fn group_commit(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, group_commit);
+/// A 64 MiB snapshot reassembled from its 4 MiB parts (`transfer::Assemblies`), as a
+/// backup does before it decodes the batch.
+fn snapshot_parts(c: &mut Criterion) {
+    use bookstore_replication::transfer::{Assemblies, PART_BYTES};
+    let total = 16 * PART_BYTES;
+    let part = vec![7u8; PART_BYTES];
+    let mut group = c.benchmark_group("snapshot_transfer");
+    group.throughput(Throughput::Bytes(total as u64));
+    group.sample_size(10);
+    group.bench_function("reassemble_64MiB_in_4MiB_parts", |b| {
+        b.iter(|| {
+            let a = Assemblies::default();
+            let mut whole = None;
+            for i in 0..16 {
+                whole = a.add(1, (1, i * PART_BYTES, total), &part).unwrap();
+            }
+            whole.expect("complete").len()
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, group_commit, snapshot_parts);
 criterion_main!(benches);

@@ -62,6 +62,26 @@ fn catalog(c: &mut Criterion) {
             .unwrap()
         })
     });
+    // The check behind a fresh sold-out answer from state (no log entry): every sale is
+    // refused with stock 0, a key is looked up first.
+    let sold_out = CatalogState::new(
+        books()
+            .into_iter()
+            .map(|b| Book { stock: 0, ..b })
+            .collect(),
+        0,
+    );
+    group.bench_function("sold_out_from_state", |b| {
+        b.iter(|| {
+            let u = Update {
+                item_number: next(),
+                stock_delta: -1,
+                cost: None,
+                request_id: Some("bench-fresh-key".into()),
+            };
+            black_box(sold_out.settled(&u).or_else(|| sold_out.sold_out(&u)))
+        })
+    });
     group.bench_function("query_by_topic_answer_1000_hits", |b| {
         b.iter(|| {
             let hits = state.search("topic-0500");
