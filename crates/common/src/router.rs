@@ -372,6 +372,12 @@ where
     }
 }
 
+/// Whether a request was sent again by a router ([`crate::types::RESEND_HEADER`]): an
+/// earlier send may have been received, so no key in it is fresh.
+pub fn is_resend(req: &actix_web::HttpRequest) -> bool {
+    req.headers().contains_key(crate::types::RESEND_HEADER)
+}
+
 /// How long the coordinator leader holds a router's question when nothing changed.
 const VIEW_WAIT: Duration = Duration::from_millis(1000);
 

@@ -527,6 +527,28 @@ pub struct ServerInfo {
     pub error: Option<String>,
 }
 
+impl ServerInfo {
+    /// A server that did not answer (yet): down, at `address`, nothing known.
+    pub fn down(kind: &str, id: u32, address: Option<String>) -> ServerInfo {
+        ServerInfo {
+            kind: kind.into(),
+            id,
+            address,
+            role: "down".into(),
+            health: "down".into(),
+            epoch: None,
+            heartbeat_age_ms: None,
+            commit_index: None,
+            applied_index: None,
+            lag_entries: None,
+            synced: None,
+            serving_reads: None,
+            leader: None,
+            error: None,
+        }
+    }
+}
+
 /// One book's stock on the public status page.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct BookStock {

@@ -33,14 +33,17 @@ pub async fn post(
 ) -> Result<(), String> {
     if body.len() <= part_bytes {
         let size = body.len();
-        return post_part(client, url.to_string(), body, size).await;
+        return post_part(client, url.to_string(), body.into(), size).await;
     }
     let xfer = next_xfer();
     let total = body.len();
-    for (i, part) in body.chunks(part_bytes.max(1)).enumerate() {
-        let offset = i * part_bytes;
+    // Each part is a view of the one buffer, not a copy.
+    let body = bytes::Bytes::from(body);
+    let step = part_bytes.max(1);
+    for offset in (0..total).step_by(step) {
+        let part = body.slice(offset..total.min(offset + step));
         let url = format!("{url}&xfer={xfer}&offset={offset}&total={total}");
-        post_part(client, url, part.to_vec(), total).await?;
+        post_part(client, url, part, total).await?;
     }
     Ok(())
 }
@@ -61,7 +64,7 @@ fn next_xfer() -> u64 {
 async fn post_part(
     client: &Client,
     url: String,
-    body: Vec<u8>,
+    body: bytes::Bytes,
     batch_bytes: usize,
 ) -> Result<(), String> {
     // A batch is usually a few kB; a snapshot tens of MB: give it time.

@@ -124,59 +124,10 @@ async fn check(name: &str, routes: Configure, docs: &[utoipa::openapi::OpenApi])
 }
 
 #[actix_web::test]
-async fn frontend_documents_match_its_router() {
-    check(
-        "frontend",
-        bookstore_frontend::routes,
-        &[
-            bookstore_frontend::public_openapi(),
-            bookstore_frontend::internal_openapi(),
-        ],
-    )
-    .await;
-}
-
-#[actix_web::test]
-async fn coordinator_documents_match_its_router() {
-    check(
-        "coordinator",
-        bookstore_coordinator::routes,
-        &[
-            bookstore_coordinator::internal_openapi(),
-            bookstore_coordinator::admin_openapi(),
-        ],
-    )
-    .await;
-}
-
-#[actix_web::test]
-async fn catalog_document_matches_its_router() {
-    check(
-        "catalog",
-        bookstore_catalog::routes,
-        &[bookstore_catalog::internal_openapi()],
-    )
-    .await;
-}
-
-#[actix_web::test]
-async fn order_document_matches_its_router() {
-    check(
-        "order",
-        bookstore_order::routes,
-        &[bookstore_order::internal_openapi()],
-    )
-    .await;
-}
-
-#[actix_web::test]
-async fn cache_document_matches_its_router() {
-    check(
-        "cache",
-        bookstore_cache::routes,
-        &[bookstore_cache::internal_openapi()],
-    )
-    .await;
+async fn every_servers_documents_match_its_router() {
+    for (name, routes, docs) in servers() {
+        check(name, routes, &docs).await;
+    }
 }
 
 #[actix_web::test]

@@ -26,9 +26,7 @@ use bookstore_common::oplog::OpLog;
 use bookstore_common::params::{batch_key, batch_len, idempotency_key, Params};
 use bookstore_common::timing::{Timing, SERVER_TIMING};
 use bookstore_common::types::{BatchAnswer, BatchItem, LeaseReply, SearchHit, UpdateBatch};
-use bookstore_common::types::{
-    Book, ItemNumber, LeaseRequest, Versioned, IDEMPOTENCY_KEY_HEADER, RESEND_HEADER,
-};
+use bookstore_common::types::{Book, ItemNumber, LeaseRequest, Versioned, IDEMPOTENCY_KEY_HEADER};
 use bookstore_common::{server, ApiError};
 use bookstore_replication::control::{self, Control};
 use bookstore_replication::node::{Node, NodeOptions, StateMachine};
@@ -401,7 +399,7 @@ async fn update_batch(
     let t = Timing::start();
     // Sent again by a router: an earlier send may have been received, so no key in it is
     // fresh.
-    let resent = req.headers().contains_key(RESEND_HEADER);
+    let resent = bookstore_common::router::is_resend(&req);
     ctx.check_up()?;
     ctx.control.check_primary()?;
     let changes = body.into_inner().updates;

@@ -152,22 +152,7 @@ fn server_info(
     report: Option<&KindReport>,
     primary_commit: impl Fn() -> Option<u64>,
 ) -> ServerInfo {
-    let mut info = ServerInfo {
-        kind: kind.name().into(),
-        id,
-        address: Some(e.to_string()),
-        role: "down".into(),
-        health: "down".into(),
-        epoch: None,
-        heartbeat_age_ms: None,
-        commit_index: None,
-        applied_index: None,
-        lag_entries: None,
-        synced: None,
-        serving_reads: None,
-        leader: None,
-        error: None,
-    };
+    let mut info = ServerInfo::down(kind.name(), id, Some(e.to_string()));
     info.heartbeat_age_ms = report
         .and_then(|r| r.replicas.iter().find(|s| s.id == id))
         .map(|s| s.heartbeat_age_ms);
@@ -528,20 +513,9 @@ mod tests {
                 ..KindView::default()
             }],
             servers: vec![ServerInfo {
-                kind: "catalog".into(),
-                id: 0,
-                address: Some("10.0.0.1:8002".into()),
-                role: "down".into(),
-                health: "down".into(),
-                epoch: None,
                 heartbeat_age_ms: Some(5),
-                commit_index: None,
-                applied_index: None,
-                lag_entries: None,
-                synced: None,
-                serving_reads: None,
-                leader: None,
                 error: Some("connection refused to 10.0.0.1:8002".into()),
+                ..ServerInfo::down("catalog", 0, Some("10.0.0.1:8002".into()))
             }],
         };
         let text = serde_json::to_string(&redact(&map)).unwrap();

@@ -33,7 +33,7 @@ use bookstore_common::router::{self, batched_or_single, follow_views, Batched, R
 use bookstore_common::timing::{Timing, SERVER_TIMING};
 use bookstore_common::types::{
     BatchAnswer, BatchItem, Book, BuyBatch, BuySuccess, Order, StockChange, UpdateBatch, Versioned,
-    IDEMPOTENCY_KEY_HEADER, RESEND_HEADER,
+    IDEMPOTENCY_KEY_HEADER,
 };
 use bookstore_common::{server, ApiError};
 use bookstore_replication::control::{self, Control};
@@ -296,7 +296,7 @@ async fn buy_batch(
     body: web::Json<BuyBatch>,
 ) -> Result<HttpResponse, ApiError> {
     let t = Timing::start();
-    let resent = req.headers().contains_key(RESEND_HEADER);
+    let resent = router::is_resend(&req);
     ctx.check_up()?;
     ctx.control.check_primary()?;
     let buys = body.into_inner().buys;
