@@ -18,7 +18,8 @@ mod status;
 
 use plan::planned_servers;
 pub use plan::{
-    check_books, free_port_cluster, free_port_cluster_with, random_token, CoordinatorLayout,
+    books_csv, check_books, free_port_cluster, free_port_cluster_with, options_in, random_token,
+    CoordinatorLayout,
 };
 use process::{reap, sigterm, tail};
 pub(crate) use process::{supervised, terminate};

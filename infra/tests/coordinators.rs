@@ -11,7 +11,7 @@
 use bookstore_common::config::{Endpoint, Kind};
 use bookstore_common::coordinators::view_path;
 use bookstore_common::types::{Book, Versioned};
-use infra::local::{free_port_cluster_with, LocalCluster, LocalOptions};
+use infra::local::{free_port_cluster_with, options_in, LocalCluster, LocalOptions};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,27 +34,18 @@ struct Fixture {
 /// one), a cache and 2 catalogs and 2 orders; books 1-3 with `stock` copies each.
 async fn start(frontends: usize, stock: u64) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let mut csv = String::from("item_number,title,topic,stock,cost\n");
-    for n in 1..=3 {
-        csv.push_str(&format!("{n},Book {n},t,{stock},10\n"));
-    }
-    std::fs::write(dir.path().join("books.csv"), csv).unwrap();
     let cluster = free_port_cluster_with(3, frontends, 2, 2).unwrap();
-    std::fs::write(dir.path().join("cluster.csv"), cluster.to_text()).unwrap();
+    let books: Vec<(u32, u64)> = (1..=3).map(|n| (n, stock)).collect();
+    let options = options_in(dir.path(), &cluster, &books, TOKEN, ADMIN).unwrap();
     let haproxy = (frontends > 1).then(|| {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         Endpoint::new("127.0.0.1", l.local_addr().unwrap().port())
     });
     let lc = LocalCluster::start(
         LocalOptions {
-            cluster_file: dir.path().join("cluster.csv"),
-            books: dir.path().join("books.csv"),
-            output_dir: dir.path().join("out"),
-            cluster_token: TOKEN.into(),
-            admin_token: ADMIN.into(),
             program: Some(env!("CARGO_BIN_EXE_infra").into()),
             haproxy,
-            ..LocalOptions::default()
+            ..options
         },
         &|_| {},
     )

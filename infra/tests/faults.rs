@@ -3,7 +3,7 @@
 //! checked for oversell, lost acknowledged buys and divergence.
 use bookstore_common::config::Kind;
 use bookstore_common::types::{Book, Versioned};
-use infra::local::{free_port_cluster, LocalCluster, LocalOptions};
+use infra::local::{free_port_cluster, options_in, LocalCluster, LocalOptions};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,23 +29,13 @@ async fn start(books: &[(u32, u64)]) -> Fixture {
 
 async fn start_with(books: &[(u32, u64)], env: Vec<(String, String)>) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let mut csv = String::from("item_number,title,topic,stock,cost\n");
-    for (n, stock) in books {
-        csv.push_str(&format!("{n},Book {n},t,{stock},10\n"));
-    }
-    std::fs::write(dir.path().join("books.csv"), csv).unwrap();
     let cluster = free_port_cluster(2, 2).unwrap();
-    std::fs::write(dir.path().join("cluster.csv"), cluster.to_text()).unwrap();
+    let options = options_in(dir.path(), &cluster, books, TOKEN, ADMIN).unwrap();
     let lc = LocalCluster::start(
         LocalOptions {
-            cluster_file: dir.path().join("cluster.csv"),
-            books: dir.path().join("books.csv"),
-            output_dir: dir.path().join("out"),
-            cluster_token: TOKEN.into(),
-            admin_token: ADMIN.into(),
             program: Some(env!("CARGO_BIN_EXE_infra").into()),
             env,
-            ..LocalOptions::default()
+            ..options
         },
         &|_| {},
     )

@@ -14,7 +14,7 @@ use bookstore_common::config::Kind;
 use bookstore_common::coordinators::{ping_path, view_path};
 use bookstore_replication_core::viewservice::Ping;
 use bookstore_replication_core::wire::{KindReport, PingRequest};
-use infra::local::{LocalCluster, LocalOptions};
+use infra::local::{options_in, LocalCluster, LocalOptions};
 use loadtest::chaos::{loopback_cluster, net, wrapper};
 use std::time::{Duration, Instant};
 
@@ -74,27 +74,24 @@ async fn an_isolated_coordinator_leader_gives_no_authoritative_answer_after_its_
     }
     let dir = tempfile::tempdir().unwrap();
     let cluster = loopback_cluster(3, 1, 2).unwrap();
-    std::fs::write(dir.path().join("cluster.csv"), cluster.to_text()).unwrap();
-    let mut csv = String::from("item_number,title,topic,stock,cost\n");
-    for n in 1..=3 {
-        csv.push_str(&format!("{n},Book {n},t,1000,10\n"));
-    }
-    std::fs::write(dir.path().join("books.csv"), csv).unwrap();
+    let options = options_in(
+        dir.path(),
+        &cluster,
+        &[(1, 1000), (2, 1000), (3, 1000)],
+        TOKEN,
+        ADMIN,
+    )
+    .unwrap();
     let infra = support::infra_binary();
     let net = net::Net::setup(CHAIN).unwrap();
     let mut lc = LocalCluster::start(
         LocalOptions {
-            cluster_file: dir.path().join("cluster.csv"),
-            books: dir.path().join("books.csv"),
-            output_dir: dir.path().join("out"),
-            cluster_token: TOKEN.into(),
-            admin_token: ADMIN.into(),
             program: Some(env!("CARGO_BIN_EXE_loadtest").into()),
             env: vec![
                 (wrapper::INFRA_ENV.into(), infra.display().to_string()),
                 (wrapper::GID_BASE_ENV.into(), GID_BASE.to_string()),
             ],
-            ..LocalOptions::default()
+            ..options
         },
         &|_| {},
     )

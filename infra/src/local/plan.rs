@@ -6,6 +6,36 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+/// A books file for tests: one line `N,Book N,t,STOCK,10` for each `(N, STOCK)`.
+pub fn books_csv(books: &[(u32, u64)]) -> String {
+    let mut csv = String::from("item_number,title,topic,stock,cost\n");
+    for (n, stock) in books {
+        csv.push_str(&format!("{n},Book {n},t,{stock},10\n"));
+    }
+    csv
+}
+
+/// Writes `cluster` and `books` ([`books_csv`]) into `dir` as `cluster.csv` and
+/// `books.csv`, and returns options that start them with the tokens given, output under
+/// `dir/out`.
+pub fn options_in(
+    dir: &Path,
+    cluster: &ClusterConfig,
+    books: &[(u32, u64)],
+    cluster_token: &str,
+    admin_token: &str,
+) -> std::io::Result<super::LocalOptions> {
+    std::fs::write(dir.join("cluster.csv"), cluster.to_text())?;
+    std::fs::write(dir.join("books.csv"), books_csv(books))?;
+    Ok(super::LocalOptions::new(
+        dir.join("cluster.csv"),
+        dir.join("books.csv"),
+        dir.join("out"),
+        cluster_token.into(),
+        admin_token.into(),
+    ))
+}
+
 /// A cluster file for `n_catalog` catalogs and `n_order` orders, one coordinator, one
 /// frontend and a cache, on free loopback ports.
 pub fn free_port_cluster(n_catalog: usize, n_order: usize) -> std::io::Result<ClusterConfig> {
