@@ -1,15 +1,16 @@
 //! `infra local rolling-restart` under load: every catalog and order replica of a real
 //! cluster is restarted one at a time while a `loadtest run` buys with 8 clients, and not
 //! one buy fails. Needs the `infra` binary (built by `cargo test --workspace`).
+use crate::support;
 use bookstore_common::config::Kind;
 use infra::local::{free_port_cluster, LocalCluster, LocalOptions};
 use loadtest::{run, RunConfig, Stop, Workload};
-mod support;
 use std::time::{Duration, Instant};
 use support::infra_binary;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_restart_fails_no_buy() {
+    let _machine = crate::MACHINE.read().await;
     let dir = tempfile::tempdir().unwrap();
     let mut csv = String::from("item_number,title,topic,stock,cost\n");
     for n in 1..=4 {

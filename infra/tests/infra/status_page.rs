@@ -109,6 +109,7 @@ fn shown(dom: &str, server: &str) -> (String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_page_in_chromium_shows_the_failover_of_the_catalog_primary() {
+    let _machine = crate::MACHINE.read().await;
     let Some(chromium) = chromium() else { return };
     let dir = tempfile::tempdir().unwrap();
     let cluster = free_port_cluster(2, 2).unwrap();

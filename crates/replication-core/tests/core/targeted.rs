@@ -1,6 +1,6 @@
 //! Targeted deterministic scenarios on the simulated cluster, plus unit tests of the
 //! replica and the view service in isolation.
-mod common;
+use crate::common;
 
 use bookstore_replication_core::protocol::{
     Command, Config, DurableState, Entry, Event, Msg, Outcome, Replica, RequestId, Role, View,

@@ -82,6 +82,7 @@ fn bad_arguments_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runs_against_the_baseline_and_writes_results() {
+    let _machine = crate::MACHINE.read().await;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -18,7 +18,7 @@ use infra::local::{options_in, LocalCluster, LocalOptions};
 use loadtest::chaos::{loopback_cluster, net, wrapper};
 use std::time::{Duration, Instant};
 
-mod support;
+use crate::support;
 
 const TOKEN: &str = "isolation-test-cluster-token";
 const ADMIN: &str = "isolation-test-admin-token";
@@ -64,6 +64,7 @@ async fn old_leader_answers(url: &str, primary: u32) -> (Result<KindReport, u16>
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_isolated_coordinator_leader_gives_no_authoritative_answer_after_its_successors_first_decision(
 ) {
+    let _machine = crate::MACHINE.write().await;
     if let Err(why) = net::available() {
         assert!(
             std::env::var("CI").as_deref() != Ok("true"),

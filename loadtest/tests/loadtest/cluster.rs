@@ -81,6 +81,7 @@ fn assert_clean(report: &RunReport, requests: u64, clients: &[usize]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_and_mixed_against_a_cluster() {
+    let _machine = crate::MACHINE.read().await;
     let cluster = TestCluster::start().await;
     let target = cluster.frontend();
 
@@ -207,6 +208,7 @@ async fn reads_and_mixed_against_a_cluster() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn buys_and_races() {
+    let _machine = crate::MACHINE.read().await;
     let cluster = TestCluster::with(Options::default()).await;
     let target = cluster.frontend();
 
@@ -255,6 +257,7 @@ async fn buys_and_races() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_loop_keeps_the_rate() {
+    let _machine = crate::MACHINE.read().await;
     let cluster = TestCluster::start().await;
     let mut c = RunConfig::new(cluster.frontend(), Workload::Lookup);
     c.clients = vec![4];
@@ -271,6 +274,7 @@ async fn open_loop_keeps_the_rate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn baseline_answers_and_errors_are_counted() {
+    let _machine = crate::MACHINE.read().await;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -306,6 +310,7 @@ async fn baseline_answers_and_errors_are_counted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cache_on_and_off_are_compared() {
+    let _machine = crate::MACHINE.read().await;
     let cluster = TestCluster::start().await;
     cluster.wait_cache_leased().await;
     let target = cluster.frontend();

@@ -17,7 +17,7 @@
 //!
 //! Each mutation knob (`fencing = false`, `sync_ack = false`) must produce a
 //! counter-example: a model that cannot fail proves nothing.
-mod common;
+use crate::common;
 
 use bookstore_replication_core::protocol::{
     Command, Config, DurableState, Entry, Event, Msg, Outcome, Replica, ReplicaId, RequestId, Role,
@@ -422,7 +422,7 @@ fn model_finds_bug_without_fencing() {
 }
 
 /// Replays, step by step, the hand-derived counter-example for `fencing = false`:
-/// `cargo test --test model replay -- --ignored --nocapture`.
+/// `cargo test -p bookstore-replication-core --test core model::replay -- --ignored --nocapture`.
 #[test]
 #[ignore]
 fn replay_fencing_scenario() {

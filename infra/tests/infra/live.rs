@@ -12,9 +12,6 @@ use std::time::{Duration, Instant};
 const TOKEN: &str = "live-test-cluster-token";
 const ADMIN: &str = "live-test-admin-token";
 
-/// One cluster at a time: two cores.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 fn files(dir: &std::path::Path, cluster: &bookstore_common::config::ClusterConfig) {
     let mut csv = String::from("item_number,title,topic,stock,cost\n");
     for n in 1..=3 {
@@ -75,7 +72,7 @@ fn url_of(lc: &LocalCluster, kind: Kind, id: u32) -> String {
 /// each kind are retired one after the other, and the newcomers alone hold every sale.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scale_out_then_in_keeps_every_sale() {
-    let _serial = SERIAL.lock().await;
+    let _machine = crate::MACHINE.write().await;
     let dir = tempfile::tempdir().unwrap();
     files(dir.path(), &free_port_cluster(2, 2).unwrap());
     let mut lc = LocalCluster::start(options(dir.path()), &|_| {})
@@ -200,7 +197,7 @@ async fn scale_out_then_in_keeps_every_sale() {
 /// (not ready) instead of failing; the cluster then forms and serves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn services_start_in_any_order() {
-    let _serial = SERIAL.lock().await;
+    let _machine = crate::MACHINE.write().await;
     let dir = tempfile::tempdir().unwrap();
     let cluster = free_port_cluster(2, 2).unwrap();
     files(dir.path(), &cluster);
@@ -270,7 +267,7 @@ async fn haproxy_survives_losing_a_frontend() {
         eprintln!("SKIPPED haproxy_survives_losing_a_frontend: HAProxy is not installed");
         return;
     };
-    let _serial = SERIAL.lock().await;
+    let _machine = crate::MACHINE.write().await;
     let dir = tempfile::tempdir().unwrap();
     let base = free_port_cluster(2, 2).unwrap();
     // Three frontends on free ports, HAProxy on another.

@@ -3,6 +3,7 @@
 //! right and with wrong tokens, writes neither token nor a wrong one to its log.
 use bookstore_common::config::Kind;
 use bookstore_testkit::{TestCluster, ADMIN_TOKEN, CLUSTER_TOKEN};
+use rusty_fork::rusty_fork_test;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
@@ -19,8 +20,19 @@ impl Write for Captured {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_token_reaches_the_log() {
+rusty_fork_test! {
+    #[test]
+    fn no_token_reaches_the_log() {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(no_token_in_the_log());
+    }
+}
+
+async fn no_token_in_the_log() {
     let log = Captured::default();
     let writer = log.clone();
     tracing_subscriber::fmt()

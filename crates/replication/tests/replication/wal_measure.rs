@@ -1,7 +1,7 @@
 //! Ad-hoc throughput measurement of group commit on the WAL (prints, asserts nothing
 //! about timing).
 //!
-//! `cargo test -p bookstore-replication --release --test wal_measure -- --ignored --nocapture`
+//! `cargo test -p bookstore-replication --release --test replication wal_measure -- --ignored --nocapture`
 //! (set `WAL_MEASURE_DIR` to measure on another file system than the temp dir's).
 //!
 //! Writers hand records to one disk thread that batches like the replica's (`node/disk.rs`,

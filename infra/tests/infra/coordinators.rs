@@ -21,10 +21,6 @@ use std::time::{Duration, Instant};
 const TOKEN: &str = "coordinator-test-cluster-token";
 const ADMIN: &str = "coordinator-test-admin-token";
 
-/// One cluster at a time: the tests measure pauses, and two clusters on two cores would
-/// measure the machine.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 struct Fixture {
     lc: LocalCluster,
     _dir: tempfile::TempDir,
@@ -215,7 +211,7 @@ async fn converged(lc: &LocalCluster) -> (BTreeMap<u64, u64>, HashSet<String>) {
 /// acknowledged buy is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frontend_then_coordinator_leader_then_catalog_primary_killed_under_16_clients() {
-    let _serial = SERIAL.lock().await;
+    let _machine = crate::MACHINE.write().await;
     let mut f = start(3, 100_000).await;
     let url = f.lc.public_url();
     let stop = Arc::new(AtomicBool::new(false));
@@ -341,7 +337,7 @@ async fn primary_read(url: &str) -> Result<u64, u16> {
 /// coordinator returns, everything resumes with no restart of anything else.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_of_three_coordinators_down_freezes_views_keeps_writes_stops_reads() {
-    let _serial = SERIAL.lock().await;
+    let _machine = crate::MACHINE.write().await;
     let mut f = start(1, 1000).await;
     let front = f.lc.frontend_url();
     let http = reqwest::Client::new();
@@ -431,7 +427,7 @@ async fn two_of_three_coordinators_down_freezes_views_keeps_writes_stops_reads()
 /// tables are as before (a replica added at run time included), and no epoch goes back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_coordinator_killed_and_restarted_keeps_views_and_members() {
-    let _serial = SERIAL.lock().await;
+    let _machine = crate::MACHINE.write().await;
     let mut f = start(1, 1000).await;
     let http = reqwest::Client::new();
     let front = f.lc.frontend_url();

@@ -1,7 +1,7 @@
 //! Randomized deterministic simulation: many seeded schedules over a lossy, duplicating,
 //! reordering, partitionable network with crashes (with and without disk loss) and
 //! view-service restarts; then heal and check convergence and progress.
-mod common;
+use crate::common;
 
 use bookstore_replication_core::protocol::{Config, Outcome, ReplicaId, Role};
 use bookstore_replication_core::viewservice::VsConfig;
@@ -249,7 +249,7 @@ fn random_schedules_detect_missing_restart_fence() {
     assert_some_schedule_breaks("restart_fence = false", 2, cfg, 400);
 }
 
-/// `SEED=.. N=.. cargo test --test sim debug_one -- --ignored --nocapture` traces one seed.
+/// `SEED=.. N=.. cargo test -p bookstore-replication-core --test core sim::debug_one -- --ignored --nocapture` traces one seed.
 #[test]
 #[ignore]
 fn debug_one() {

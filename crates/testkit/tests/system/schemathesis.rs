@@ -9,9 +9,9 @@
 //! replica on purpose, so what follows would be 503s), `POST /replication/msg`,
 //! `POST /vs/{kind}/ping` and the coordinators' `POST /raft/*` (a random message that
 //! decodes would be obeyed: peers holding the cluster token are trusted; the decoders are
-//! property-tested in crates/replication-core/tests/decode_prop.rs), and `POST /admin/cluster/register` and
+//! property-tested in crates/replication-core/tests/core/decode_prop.rs), and `POST /admin/cluster/register` and
 //! `/unregister` (random members would be added to the cluster and real ones retired;
-//! infra/tests/live.rs covers them with real processes).
+//! infra/tests/infra/live.rs covers them with real processes).
 use bookstore_common::config::Kind;
 use bookstore_testkit::{Options, TestCluster, ADMIN_TOKEN, CLUSTER_TOKEN};
 use std::path::{Path, PathBuf};

@@ -17,6 +17,7 @@ fn alive(pid: i32) -> bool {
 
 #[test]
 fn local_test_runs_the_seed_scenarios_and_passes() {
+    let _machine = crate::MACHINE.blocking_read();
     let out = tempfile::tempdir().unwrap();
     let r = Command::new(INFRA)
         .args(["local", "test", "--output-dir"])
@@ -42,6 +43,7 @@ fn local_test_runs_the_seed_scenarios_and_passes() {
 
 #[test]
 fn local_up_serves_and_stops_every_process_on_sigterm() {
+    let _machine = crate::MACHINE.blocking_read();
     let out = tempfile::tempdir().unwrap();
     let cluster = free_port_cluster(2, 2).unwrap();
     let file = out.path().join("cluster.csv");

@@ -95,6 +95,7 @@ fn a_token_shorter_than_16_characters_is_refused() {
 
 #[test]
 fn local_up_never_prints_a_token() {
+    let _machine = crate::MACHINE.blocking_read();
     let out = tempfile::tempdir().unwrap();
     let file = out.path().join("cluster.csv");
     std::fs::write(&file, free_port_cluster(2, 2).unwrap().to_text()).unwrap();

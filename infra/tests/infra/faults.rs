@@ -12,9 +12,6 @@ use std::time::{Duration, Instant};
 
 const TOKEN: &str = "fault-test-cluster-token";
 
-/// The tests of this file run one at a time: each measures pauses, and four clusters on
-/// two cores at once would measure the machine instead.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const ADMIN: &str = "fault-test-admin-token";
 
 struct Fixture {
@@ -233,7 +230,7 @@ fn verdict(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_the_catalog_primary_then_the_order_primary_under_16_buyers() {
-    let _serial = SERIAL.lock().await;
+    let _machine = crate::MACHINE.write().await;
     let mut f = start(&[(1, 40), (2, 100_000), (3, 100_000)]).await;
     let frontend = f.lc.frontend_url();
     let stop = Arc::new(AtomicBool::new(false));
@@ -315,7 +312,7 @@ async fn sigkill_the_catalog_primary_then_the_order_primary_under_16_buyers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_every_replica_then_restart_loses_nothing_acknowledged() {
-    let _serial = SERIAL.lock().await;
+    let _machine = crate::MACHINE.write().await;
     let mut f = start(&[(1, 5), (2, 1000)]).await;
     let frontend = f.lc.frontend_url();
     let http = reqwest::Client::new();
@@ -355,7 +352,7 @@ async fn sigkill_every_replica_then_restart_loses_nothing_acknowledged() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backup_that_missed_1000_writes_catches_up_before_it_serves() {
-    let _serial = SERIAL.lock().await;
+    let _machine = crate::MACHINE.write().await;
     let mut f = start(&[(1, 100_000)]).await;
     let frontend = f.lc.frontend_url();
     let primary = f.lc.primary(Kind::Catalog).await.unwrap();
@@ -455,14 +452,14 @@ async fn frozen_backup_then_killed_primary(env: Vec<(String, String)>) -> Result
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_backup_then_a_killed_primary_lose_no_acknowledged_buy() {
-    let _serial = SERIAL.lock().await;
+    let _machine = crate::MACHINE.write().await;
     frozen_backup_then_killed_primary(Vec::new()).await.unwrap();
 }
 
 /// The same run with the primary acknowledging before replication must be caught.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutation_acknowledging_before_replication_is_caught() {
-    let _serial = SERIAL.lock().await;
+    let _machine = crate::MACHINE.write().await;
     let env = vec![("BOOKSTORE_UNSAFE_NO_SYNC_ACK".to_string(), "1".to_string())];
     let v = frozen_backup_then_killed_primary(env).await;
     println!("mutant verdict: {v:?}");

@@ -8,14 +8,10 @@
 use serde_json::Value;
 use std::path::PathBuf;
 
-mod support;
+use crate::support;
 use std::process::{Command, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use support::infra_binary;
-
-/// The two runs share the machine (2 cores) and the iptables chain: one at a time.
-static SERIAL: Mutex<()> = Mutex::new(());
 
 /// Why partitions cannot run here, if they cannot.
 fn partitions_unavailable() -> Option<String> {
@@ -111,7 +107,7 @@ fn verdict(summary: &Value, id: u64) -> &Value {
 
 #[test]
 fn chaos_60s_with_every_fault_kind_passes_every_checker() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _machine = crate::MACHINE.blocking_write();
     let skip_reason = partitions_unavailable();
     if let Some(reason) = &skip_reason {
         // Never pass silently: say what was not tested.
@@ -182,7 +178,7 @@ fn chaos_60s_with_every_fault_kind_passes_every_checker() {
 
 #[test]
 fn chaos_mutation_acknowledging_before_replication_is_caught() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _machine = crate::MACHINE.blocking_write();
     if let Some(reason) = partitions_unavailable() {
         eprintln!("\n*** chaos mutation: network partitions SKIPPED: {reason} ***\n");
     }

@@ -1,0 +1,7 @@
+//! `bookstore-replication`'s integration tests, one binary:
+//! - `peer_trust`: a replica fed what a buggy or hostile peer could send;
+//! - `wal`: the write-ahead log on a real disk;
+//! - `wal_measure`: group-commit throughput, printed (ignored unless asked for).
+mod peer_trust;
+mod wal;
+mod wal_measure;
