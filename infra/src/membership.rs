@@ -1,7 +1,7 @@
 //! Where a replica stands in its kind's view: the one reading of a coordinator's view
 //! report (`GET /vs/{kind}/view`) and of a replica's `/replication/status` that `local
 //! add`, `local remove`, `local up` and `ec2 wait-member` share.
-use bookstore_replication::node::Status;
+use bookstore_replication::node::{ReplicaRole, Status};
 use bookstore_replication::wire::KindReport;
 
 /// A replica's place in the current view.
@@ -14,7 +14,7 @@ pub enum Standing {
     /// A backup that does not hold every committed entry yet.
     CatchingUp,
     /// The primary, or a backup holding every committed entry, of the view `epoch`.
-    Member { epoch: u64, role: &'static str },
+    Member { epoch: u64, role: ReplicaRole },
 }
 
 /// Where replica `id` stands in `doc`.
@@ -25,14 +25,14 @@ pub fn standing(doc: &KindReport, id: u32) -> Standing {
     if v.primary == id {
         Standing::Member {
             epoch: v.epoch,
-            role: "primary",
+            role: ReplicaRole::Primary,
         }
     } else if !v.backups.contains(&id) {
         Standing::Out
     } else if doc.synced.contains(&id) {
         Standing::Member {
             epoch: v.epoch,
-            role: "backup",
+            role: ReplicaRole::Backup,
         }
     } else {
         Standing::CatchingUp
@@ -41,7 +41,7 @@ pub fn standing(doc: &KindReport, id: u32) -> Standing {
 
 /// Whether a replica acts as `role` in the view `epoch` and serves reads, by its own
 /// account (it may lag behind the view service by a ping).
-pub fn acts_as(status: &Status, epoch: u64, role: &str) -> bool {
+pub fn acts_as(status: &Status, epoch: u64, role: ReplicaRole) -> bool {
     status.serving_reads && status.epoch == epoch && status.role == role
 }
 
@@ -76,7 +76,7 @@ mod tests {
             standing(&doc, 1),
             Standing::Member {
                 epoch: 4,
-                role: "primary"
+                role: ReplicaRole::Primary
             }
         );
         assert_eq!(standing(&doc, 0), Standing::CatchingUp);
@@ -84,7 +84,7 @@ mod tests {
             standing(&doc, 2),
             Standing::Member {
                 epoch: 4,
-                role: "backup"
+                role: ReplicaRole::Backup
             }
         );
         assert_eq!(standing(&doc, 3), Standing::Out);
@@ -95,11 +95,11 @@ mod tests {
         let status = Status {
             serving_reads: true,
             epoch: 4,
-            role: "backup".into(),
+            role: ReplicaRole::Backup,
             ..Status::default()
         };
-        assert!(acts_as(&status, 4, "backup"));
-        assert!(!acts_as(&status, 5, "backup"));
-        assert!(!acts_as(&status, 4, "primary"));
+        assert!(acts_as(&status, 4, ReplicaRole::Backup));
+        assert!(!acts_as(&status, 5, ReplicaRole::Backup));
+        assert!(!acts_as(&status, 4, ReplicaRole::Primary));
     }
 }

@@ -21,22 +21,43 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 
 type Job<I, O> = (I, oneshot::Sender<O>);
 
-/// How many batches of the batcher `name` may be on their way at once: `default`, unless
-/// `BOOKSTORE_BATCHES_IN_FLIGHT_<NAME>` (or, for every batcher, `BOOKSTORE_BATCHES_IN_FLIGHT`)
-/// says otherwise.
-pub fn in_flight(name: &str, default: usize) -> usize {
-    let read = |var: String| {
-        std::env::var(var)
-            .ok()
-            .and_then(|v| v.parse::<usize>().ok())
+/// How many batches may be on their way at once, per batcher or for all of them, as a
+/// server's flags give it (`crate::cli::BatchArgs`). Unset: each batcher's default.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InFlight {
+    /// For every batcher.
+    pub all: Option<usize>,
+    /// For one batcher, by name (`buys`, `updates`, `invalidations`).
+    pub by_name: Vec<(String, usize)>,
+}
+
+impl InFlight {
+    /// The batcher `name`'s setting: its own, else the one for all, else `default`.
+    pub fn for_batcher(&self, name: &str, default: usize) -> usize {
+        self.by_name
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| *v)
+            .or(self.all)
             .filter(|n| *n > 0)
-    };
-    read(format!(
-        "BOOKSTORE_BATCHES_IN_FLIGHT_{}",
-        name.to_uppercase()
-    ))
-    .or_else(|| read("BOOKSTORE_BATCHES_IN_FLIGHT".into()))
-    .unwrap_or(default)
+            .unwrap_or(default)
+    }
+}
+
+static IN_FLIGHT: std::sync::OnceLock<InFlight> = std::sync::OnceLock::new();
+
+/// Sets this process's batch settings, once, before any batcher starts (a server's
+/// launch does). Later calls change nothing.
+pub fn set_in_flight(settings: InFlight) {
+    let _ = IN_FLIGHT.set(settings);
+}
+
+/// How many batches of the batcher `name` may be on their way at once: `default`, unless
+/// this process's settings ([`set_in_flight`]) say otherwise.
+pub fn in_flight(name: &str, default: usize) -> usize {
+    IN_FLIGHT
+        .get()
+        .map_or(default, |s| s.for_batcher(name, default))
 }
 
 /// How many batches a batcher sent and how many requests they carried.

@@ -23,6 +23,44 @@ pub struct ServiceArgs {
     /// HTTP worker threads.
     #[arg(long, default_value_t = 2, env = "BOOKSTORE_WORKERS")]
     pub workers: usize,
+    #[command(flatten)]
+    pub batches: BatchArgs,
+}
+
+/// How many batches a server may have on their way to another at once (frontend -> order
+/// buys, order -> catalog stock changes, catalog -> cache invalidations).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct BatchArgs {
+    /// For every batcher of this server (default 2).
+    #[arg(long, env = "BOOKSTORE_BATCHES_IN_FLIGHT", value_parser = clap::value_parser!(u64).range(1..))]
+    pub batches_in_flight: Option<u64>,
+    /// For the frontend's buys to the order service.
+    #[arg(long, env = "BOOKSTORE_BATCHES_IN_FLIGHT_BUYS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub batches_in_flight_buys: Option<u64>,
+    /// For the order service's stock changes to the catalog.
+    #[arg(long, env = "BOOKSTORE_BATCHES_IN_FLIGHT_UPDATES", value_parser = clap::value_parser!(u64).range(1..))]
+    pub batches_in_flight_updates: Option<u64>,
+    /// For the catalog's invalidations to the cache.
+    #[arg(long, env = "BOOKSTORE_BATCHES_IN_FLIGHT_INVALIDATIONS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub batches_in_flight_invalidations: Option<u64>,
+}
+
+impl BatchArgs {
+    /// These flags as the process-wide setting [`crate::batch::set_in_flight`] takes.
+    pub fn in_flight(&self) -> crate::batch::InFlight {
+        let by_name = [
+            ("buys", self.batches_in_flight_buys),
+            ("updates", self.batches_in_flight_updates),
+            ("invalidations", self.batches_in_flight_invalidations),
+        ]
+        .into_iter()
+        .filter_map(|(n, v)| Some((n.to_string(), v? as usize)))
+        .collect();
+        crate::batch::InFlight {
+            all: self.batches_in_flight.map(|v| v as usize),
+            by_name,
+        }
+    }
 }
 
 impl ServiceArgs {
@@ -76,6 +114,16 @@ pub struct ReplicaArgs {
     #[arg(long, default_value_t = crate::idempotency::DEFAULT_MAX_KEYS,
           env = "BOOKSTORE_IDEMPOTENCY_MAX_KEYS")]
     pub idempotency_max_keys: usize,
+    /// Mutation switch: acknowledge a write before the backups hold it. Only for proving
+    /// that the fault tests and checkers catch its removal; never in production.
+    #[arg(long, hide = true, env = "BOOKSTORE_UNSAFE_NO_SYNC_ACK",
+          value_parser = clap::builder::FalseyValueParser::new())]
+    pub unsafe_no_sync_ack: bool,
+    /// Mutation switch: accept messages from an older epoch. Only for proving that the
+    /// tests catch its removal; never in production.
+    #[arg(long, hide = true, env = "BOOKSTORE_UNSAFE_NO_FENCING",
+          value_parser = clap::builder::FalseyValueParser::new())]
+    pub unsafe_no_fencing: bool,
 }
 
 impl ReplicaArgs {
@@ -109,6 +157,30 @@ mod tests {
     struct Args {
         #[command(flatten)]
         replica: ReplicaArgs,
+    }
+
+    #[derive(Parser)]
+    struct Batches {
+        #[command(flatten)]
+        batches: BatchArgs,
+    }
+
+    #[test]
+    fn a_batchers_own_flag_wins_over_the_one_for_all() {
+        let none = Batches::parse_from(["x"]).batches.in_flight();
+        assert_eq!(none.for_batcher("buys", 2), 2);
+        let b = Batches::parse_from([
+            "x",
+            "--batches-in-flight",
+            "4",
+            "--batches-in-flight-buys",
+            "1",
+        ])
+        .batches
+        .in_flight();
+        assert_eq!(b.for_batcher("buys", 2), 1);
+        assert_eq!(b.for_batcher("updates", 2), 4);
+        assert!(Batches::try_parse_from(["x", "--batches-in-flight", "0"]).is_err());
     }
 
     #[test]

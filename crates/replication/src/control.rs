@@ -5,7 +5,7 @@
 //! [`InternalApi`] document them (OpenAPI) for the services that register them; the
 //! replica's gauges on `/metrics` ([`register_metrics`]); and how a service's `run` ends
 //! when the replica's disk fails ([`Control::until_failed`], [`Control::exit`]).
-use crate::node::{self, Node, StateMachine, SubmitError};
+use crate::node::{self, Node, ReplicaRole, StateMachine, SubmitError};
 use actix_web::{web, HttpResponse};
 use bookstore_common::error::ErrorBody;
 use bookstore_common::metrics::Metrics;
@@ -65,7 +65,7 @@ impl<S: StateMachine> Control<S> {
     /// 421 naming the primary unless this replica is the primary.
     pub fn check_primary(&self) -> Result<(), ApiError> {
         let s = self.node.status();
-        if s.role != "primary" {
+        if s.role != ReplicaRole::Primary {
             return Err(ApiError::NotPrimary { primary: s.primary });
         }
         Ok(())
@@ -131,7 +131,11 @@ async fn health<S: StateMachine>(ctx: web::Data<Control<S>>) -> HttpResponse {
         .into(),
         service: ctx.service.into(),
         id: ctx.id,
-        role: Some(if down { "down".into() } else { status.role }),
+        role: Some(if down {
+            "down".into()
+        } else {
+            status.role.to_string()
+        }),
         epoch: Some(status.epoch),
     };
     if down {

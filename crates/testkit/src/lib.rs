@@ -175,6 +175,7 @@ fn spawn_server(
                 tick: opts.tick,
                 workers: 2,
                 retention: opts.catalog_retention,
+                safety: Default::default(),
             };
             Some(tokio::spawn(bookstore_catalog::run(l, c, stop)))
         }
@@ -189,6 +190,7 @@ fn spawn_server(
                 tick: opts.tick,
                 workers: 2,
                 retention: opts.order_retention,
+                safety: Default::default(),
             };
             Some(tokio::spawn(bookstore_order::run(l, c, stop)))
         }

@@ -240,20 +240,10 @@ pub async fn run(config: &ChaosConfig) -> Result<ChaosReport, String> {
     });
     let dir = config.out_dir.join(&run_id);
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let infra = config
-        .infra
-        .clone()
-        .or_else(default_infra)
-        .ok_or("cannot find the infra binary next to this program: build it with `cargo build -p infra` or pass --infra")?;
-    if !infra.is_file() {
-        return Err(format!(
-            "{} does not exist: build it with `cargo build -p infra`",
-            infra.display()
-        ));
-    }
+    let infra = infra_binary(config)?;
     let wrapper = config.wrapper.clone().or_else(default_wrapper);
 
-    // The cluster file.
+    // The cluster and books files.
     let cluster = match &config.cluster_file {
         Some(f) => ClusterConfig::load(f).map_err(|e| e.to_string())?,
         None => loopback_cluster(config.coordinators, config.frontends, config.replicas)
@@ -264,38 +254,11 @@ pub async fn run(config: &ChaosConfig) -> Result<ChaosReport, String> {
     let books_file = dir.join("books.csv");
     write_books(&books_file, &config.stocks).map_err(|e| e.to_string())?;
 
-    // Which faults can run here.
-    let mut skipped: Vec<String> = Vec::new();
-    let mut kinds = config.faults.clone();
-    let wants_net = kinds.iter().any(|k| k.needs_net());
-    let mut net = None;
-    if wants_net {
-        let hosts: Vec<String> = cluster
-            .all()
-            .iter()
-            .map(|(_, _, e)| e.host.clone())
-            .collect();
-        let distinct = hosts.iter().collect::<std::collections::HashSet<_>>().len() == hosts.len();
-        let why = if !distinct {
-            Err("the cluster file does not give every server its own loopback address".to_string())
-        } else if wrapper.is_none() {
-            Err("no server wrapper (run the loadtest binary) to give each server its group".into())
-        } else {
-            net::available().and_then(|_| net::Net::setup(&config.chain))
-        };
-        match why {
-            Ok(n) => net = Some(n),
-            Err(reason) => {
-                let names: Vec<&str> = kinds
-                    .iter()
-                    .filter(|k| k.needs_net())
-                    .map(|k| k.name())
-                    .collect();
-                skipped.push(format!("{} skipped: {reason}", names.join(", ")));
-                kinds.retain(|k| !k.needs_net());
-            }
-        }
-    }
+    let Usable {
+        kinds,
+        net,
+        skipped,
+    } = usable_faults(config, &cluster, wrapper.is_some());
     for s in &skipped {
         say(config, s);
     }
@@ -331,7 +294,120 @@ pub async fn run(config: &ChaosConfig) -> Result<ChaosReport, String> {
         .enumerate()
         .map(|(i, s)| (i as u32 + 1, *s as i64))
         .collect();
-    let workload = clients::Workload {
+    let workload = workload(config, &lc, &initial, cluster_token, admin_token);
+    for s in &skipped {
+        history.note("skipped", s);
+    }
+    let nemesis = Nemesis::new(lc, net, history.clone(), config.gid_base);
+    let (nemesis, mut heal_problems) =
+        load_and_faults(config, workload, nemesis, &kinds, &history).await?;
+    let mut lc = nemesis.lc.into_inner();
+    let ready = lc.wait_ready(Duration::from_secs(30)).await;
+    let fin = read_final(&lc, Duration::from_secs(30)).await;
+    lc.stop().await;
+    if let Some(n) = nemesis.net {
+        n.teardown();
+    }
+    let (ops, faults) = history.finish();
+    if let Err(e) = ready {
+        heal_problems.push(format!("after the heal: {e}"));
+    }
+    say(config, "checking the history");
+    let verdicts = check_all(config, &ops, &initial, &fin);
+    let report = report::ChaosReport::new(
+        run_id,
+        dir.clone(),
+        config,
+        kinds,
+        skipped,
+        heal_problems,
+        &ops,
+        faults,
+        verdicts,
+        fin,
+    );
+    report.write(&ops)?;
+    Ok(report)
+}
+
+/// The infra binary the run starts (`--infra`, or the one next to this program).
+fn infra_binary(config: &ChaosConfig) -> Result<PathBuf, String> {
+    let infra = config
+        .infra
+        .clone()
+        .or_else(default_infra)
+        .ok_or("cannot find the infra binary next to this program: build it with `cargo build -p infra` or pass --infra")?;
+    if !infra.is_file() {
+        return Err(format!(
+            "{} does not exist: build it with `cargo build -p infra`",
+            infra.display()
+        ));
+    }
+    Ok(infra)
+}
+
+/// The fault kinds this machine can run, the partition set-up if any of them needs it,
+/// and why the others were dropped.
+struct Usable {
+    kinds: Vec<FaultKind>,
+    net: Option<net::Net>,
+    skipped: Vec<String>,
+}
+
+fn usable_faults(config: &ChaosConfig, cluster: &ClusterConfig, wrapper: bool) -> Usable {
+    let mut kinds = config.faults.clone();
+    if !kinds.iter().any(|k| k.needs_net()) {
+        return Usable {
+            kinds,
+            net: None,
+            skipped: Vec::new(),
+        };
+    }
+    let hosts: Vec<String> = cluster
+        .all()
+        .iter()
+        .map(|(_, _, e)| e.host.clone())
+        .collect();
+    let distinct = hosts.iter().collect::<std::collections::HashSet<_>>().len() == hosts.len();
+    let why = if !distinct {
+        Err("the cluster file does not give every server its own loopback address".to_string())
+    } else if !wrapper {
+        Err("no server wrapper (run the loadtest binary) to give each server its group".into())
+    } else {
+        net::available().and_then(|_| net::Net::setup(&config.chain))
+    };
+    match why {
+        Ok(n) => Usable {
+            kinds,
+            net: Some(n),
+            skipped: Vec::new(),
+        },
+        Err(reason) => {
+            let names: Vec<&str> = kinds
+                .iter()
+                .filter(|k| k.needs_net())
+                .map(|k| k.name())
+                .collect();
+            let skipped = vec![format!("{} skipped: {reason}", names.join(", "))];
+            kinds.retain(|k| !k.needs_net());
+            Usable {
+                kinds,
+                net: None,
+                skipped,
+            }
+        }
+    }
+}
+
+/// What the clients do, against this cluster.
+fn workload(
+    config: &ChaosConfig,
+    lc: &LocalCluster,
+    initial: &BTreeMap<u32, i64>,
+    cluster_token: String,
+    admin_token: String,
+) -> clients::Workload {
+    clients::Workload {
         frontends: lc.cluster.urls(Kind::Frontend),
         cache: lc.cluster.server(Kind::Cache, 0).map(|e| e.url()),
         cluster_token: cluster_token.into(),
@@ -349,11 +425,20 @@ pub async fn run(config: &ChaosConfig) -> Result<ChaosReport, String> {
         op_deadline: config.op_deadline,
         seed: config.seed,
         run_tag: format!("chaos{}", config.seed),
-    };
-    for s in &skipped {
-        history.note("skipped", s);
     }
-    let nemesis = Arc::new(Nemesis::new(lc, net, history.clone(), config.gid_base));
+}
+
+/// Runs the clients and the fault lanes for the run's duration, then heals every fault
+/// and waits for the clients to finish. Gives the nemesis back, with what the heal could
+/// not do.
+async fn load_and_faults(
+    config: &ChaosConfig,
+    workload: clients::Workload,
+    nemesis: Nemesis,
+    kinds: &[FaultKind],
+    history: &Arc<History>,
+) -> Result<(Nemesis, Vec<String>), String> {
+    let nemesis = Arc::new(nemesis);
     let stop = Arc::new(AtomicBool::new(false));
     say(
         config,
@@ -369,7 +454,7 @@ pub async fn run(config: &ChaosConfig) -> Result<ChaosReport, String> {
     );
     let tasks = clients::spawn(workload, history.clone(), stop.clone());
     let until = Instant::now() + config.duration;
-    let lanes: Vec<_> = Lane::all(config.seed, &kinds, config.hold_scale)
+    let lanes: Vec<_> = Lane::all(config.seed, kinds, config.hold_scale)
         .into_iter()
         .enumerate()
         .map(|(i, lane)| {
@@ -405,34 +490,7 @@ pub async fn run(config: &ChaosConfig) -> Result<ChaosReport, String> {
     }
     progress.abort();
     let nemesis = Arc::try_unwrap(nemesis).map_err(|_| "the nemesis is still in use")?;
-    let mut lc = nemesis.lc.into_inner();
-    let ready = lc.wait_ready(Duration::from_secs(30)).await;
-    let fin = read_final(&lc, Duration::from_secs(30)).await;
-    lc.stop().await;
-    if let Some(n) = nemesis.net {
-        n.teardown();
-    }
-    let (ops, faults) = history.finish();
-    let mut heal_problems = heal_problems;
-    if let Err(e) = ready {
-        heal_problems.push(format!("after the heal: {e}"));
-    }
-    say(config, "checking the history");
-    let verdicts = check_all(config, &ops, &initial, &fin);
-    let report = report::ChaosReport::new(
-        run_id,
-        dir.clone(),
-        config,
-        kinds,
-        skipped,
-        heal_problems,
-        &ops,
-        faults,
-        verdicts,
-        fin,
-    );
-    report.write(&ops)?;
-    Ok(report)
+    Ok((nemesis, heal_problems))
 }
 
 /// Runs the six checkers.

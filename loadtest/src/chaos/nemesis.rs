@@ -15,6 +15,7 @@ use super::history::{FaultRecord, History};
 use super::net::{Net, Rule};
 use super::wrapper::gid_offset;
 use bookstore_common::config::Kind;
+use bookstore_replication_core::wire::CoordinatorRole;
 use infra::local::LocalCluster;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -282,8 +283,7 @@ const ELECTION: Duration = Duration::from_millis(700);
 /// What a coordinator says of itself (the fields of `CoordinatorStatus` used here).
 #[derive(Debug, Clone, serde::Deserialize)]
 struct CoordinatorSays {
-    /// leader, follower, candidate, learner or shutdown.
-    role: String,
+    role: CoordinatorRole,
     term: u64,
     leader: Option<u64>,
 }
@@ -397,7 +397,10 @@ impl Nemesis {
         let mut leader: Option<(u32, u64)> = None;
         for id in (0..n).filter(|i| Some(*i) != except) {
             if let Some(s) = self.coordinator_says(id).await {
-                if s.role == "leader" && s.term > above && leader.is_none_or(|(_, t)| s.term > t) {
+                if s.role == CoordinatorRole::Leader
+                    && s.term > above
+                    && leader.is_none_or(|(_, t)| s.term > t)
+                {
                     leader = Some((id, s.term));
                 }
             }
@@ -471,13 +474,12 @@ impl Nemesis {
             if self.view(Kind::Catalog).await.is_some() {
                 if let Some(me) = self.coordinator_says(id).await {
                     let in_term = match me.leader {
-                        Some(l) if l == u64::from(id) => me.role == "leader",
+                        Some(l) if l == u64::from(id) => me.role == CoordinatorRole::Leader,
                         Some(l) => {
-                            me.role == "follower"
-                                && self
-                                    .coordinator_says(l as u32)
-                                    .await
-                                    .is_some_and(|ls| ls.role == "leader" && ls.term == me.term)
+                            me.role == CoordinatorRole::Follower
+                                && self.coordinator_says(l as u32).await.is_some_and(|ls| {
+                                    ls.role == CoordinatorRole::Leader && ls.term == me.term
+                                })
                         }
                         None => false,
                     };
@@ -514,170 +516,216 @@ impl Nemesis {
 
     /// Carries out one fault and undoes it; returns the record.
     pub async fn run(&self, plan: &Plan, rng: &mut StdRng) -> FaultRecord {
-        let kind = plan.service;
-        let mut notes: Vec<String> = Vec::new();
-        let mut note = |r: Result<(), String>| {
-            if let Err(e) = r {
-                notes.push(e);
-            }
-        };
+        let mut notes = Notes::default();
         // The coordinator a coordinator fault hit.
         let mut coordinator = 0;
         let (target, start_ns) = match plan.kind {
             FaultKind::Kill | FaultKind::Pause | FaultKind::Isolate => {
-                let (p, b, known) = self.roles(kind, rng).await;
-                let id = if plan.primary { p } else { b };
-                let role = if plan.primary { "primary" } else { "backup" };
-                let target = format!(
-                    "{kind} {id} ({role}{})",
-                    if known {
-                        ""
-                    } else {
-                        "?, view service unreachable"
-                    }
-                );
-                let t = self.history.fault_started(plan.kind.name(), &target);
-                match plan.kind {
-                    FaultKind::Kill => {
-                        note(self.kill(kind, id).await);
-                        tokio::time::sleep(plan.hold).await;
-                        note(self.restart(kind, id).await);
-                    }
-                    FaultKind::Pause => {
-                        note(self.signal(kind, id, libc::SIGSTOP).await);
-                        tokio::time::sleep(plan.hold).await;
-                        note(self.signal(kind, id, libc::SIGCONT).await);
-                    }
-                    _ => {
-                        let net = self.net.as_ref().expect("partitions need the net");
-                        match net.isolate(self.gid(kind, id), &self.host(kind, id)) {
-                            Ok(rules) => {
-                                tokio::time::sleep(plan.hold).await;
-                                for r in &rules {
-                                    note(net.remove(r));
-                                }
-                            }
-                            Err(e) => note(Err(e)),
-                        }
-                    }
-                }
-                (target, t)
+                self.replica_fault(plan, rng, &mut notes).await
             }
-            FaultKind::PartitionPrimary => {
-                let (p, _, known) = self.roles(kind, rng).await;
-                let n = *self.counts.get(&kind).unwrap_or(&1) as u32;
-                let target = format!(
-                    "{kind} {p} (primary{}) | its backups",
-                    if known { "" } else { "?" }
-                );
-                let t = self.history.fault_started(plan.kind.name(), &target);
-                let net = self.net.as_ref().expect("partitions need the net");
-                let mut rules: Vec<Rule> = Vec::new();
-                for b in (0..n).filter(|b| *b != p) {
-                    for (from, to) in [(p, b), (b, p)] {
-                        match net.block_group_to(self.gid(kind, from), &self.host(kind, to)) {
-                            Ok(r) => rules.push(r),
-                            Err(e) => note(Err(e)),
-                        }
-                    }
-                }
-                tokio::time::sleep(plan.hold).await;
-                for r in &rules {
-                    note(net.remove(r));
-                }
-                (target, t)
-            }
-            FaultKind::FreezeKill => {
-                let (p, b, known) = self.roles(kind, rng).await;
-                let target = format!(
-                    "{kind} {b} (backup) frozen, {kind} {p} (primary{}) killed",
-                    if known { "" } else { "?" }
-                );
-                let t = self.history.fault_started(plan.kind.name(), &target);
-                note(self.signal(kind, b, libc::SIGSTOP).await);
-                // Less than the failure timeout (300 ms): the view service must not
-                // notice the frozen backup before the primary dies.
-                tokio::time::sleep(Duration::from_millis(rng.gen_range(80..=150))).await;
-                note(self.kill(kind, p).await);
-                note(self.signal(kind, b, libc::SIGCONT).await);
-                tokio::time::sleep(plan.hold).await;
-                note(self.restart(kind, p).await);
-                (target, t)
-            }
+            FaultKind::PartitionPrimary => self.partition_primary(plan, rng, &mut notes).await,
+            FaultKind::FreezeKill => self.freeze_kill(plan, rng, &mut notes).await,
             FaultKind::KillCache | FaultKind::RestartFrontend => {
+                let kind = plan.service;
                 let n = *self.counts.get(&kind).unwrap_or(&1) as u32;
                 let id = plan.pick % n.max(1);
                 let target = format!("{kind} {id}");
                 let t = self.history.fault_started(plan.kind.name(), &target);
-                note(self.kill(kind, id).await);
+                notes.add(self.kill(kind, id).await);
                 tokio::time::sleep(plan.hold).await;
-                note(self.restart(kind, id).await);
+                notes.add(self.restart(kind, id).await);
                 (target, t)
             }
             FaultKind::KillCoordinator
             | FaultKind::PauseCoordinator
             | FaultKind::IsolateCoordinator => {
-                let (l, f, term) = self.coordinator_roles(rng).await;
-                let id = if plan.primary { l } else { f };
-                let role = if plan.primary { "leader" } else { "follower" };
-                let mut target = format!(
-                    "coordinator {id} ({role}{})",
-                    if term.is_some() {
-                        ""
-                    } else {
-                        "?, no leader found"
-                    }
-                );
-                let t = self.history.fault_started(plan.kind.name(), &target);
-                // Only a leader known to be one waits for its successor.
-                let term = term.filter(|_| plan.primary);
-                match plan.kind {
-                    FaultKind::KillCoordinator => {
-                        note(self.kill(kind, id).await);
-                        tokio::time::sleep(plan.hold).await;
-                        note(self.restart(kind, id).await);
-                    }
-                    FaultKind::PauseCoordinator => {
-                        note(self.signal(kind, id, libc::SIGSTOP).await);
-                        match self.hold_coordinator(id, term, plan.hold).await {
-                            Ok(said) => target.push_str(&said),
-                            Err(e) => note(Err(e)),
-                        }
-                        note(self.signal(kind, id, libc::SIGCONT).await);
-                    }
-                    _ => {
-                        let net = self.net.as_ref().expect("partitions need the net");
-                        match net.isolate(self.gid(kind, id), &self.host(kind, id)) {
-                            Ok(rules) => {
-                                match self.hold_coordinator(id, term, plan.hold).await {
-                                    Ok(said) => target.push_str(&said),
-                                    Err(e) => note(Err(e)),
-                                }
-                                for r in &rules {
-                                    note(net.remove(r));
-                                }
-                            }
-                            Err(e) => note(Err(e)),
-                        }
-                    }
-                }
+                let (id, target, t) = self.coordinator_fault(plan, rng, &mut notes).await;
                 coordinator = id;
                 (target, t)
             }
         };
         let end_ns = self.history.now_ns();
-        let mut note_text = notes.join("; ");
+        for u in self.unsettled(plan, coordinator).await {
+            notes.add(Err(format!("{u} within {:?}", self.settle_limit)));
+        }
+        let record = FaultRecord {
+            kind: plan.kind.name().to_string(),
+            target,
+            start_ns,
+            end_ns,
+            note: notes.0.join("; "),
+        };
+        self.history.fault_ended(record.clone());
+        record
+    }
+
+    /// Kill, pause or isolate a replica (the primary or a backup, as planned).
+    async fn replica_fault(
+        &self,
+        plan: &Plan,
+        rng: &mut StdRng,
+        notes: &mut Notes,
+    ) -> (String, u64) {
+        let kind = plan.service;
+        let (p, b, known) = self.roles(kind, rng).await;
+        let id = if plan.primary { p } else { b };
+        let role = if plan.primary { "primary" } else { "backup" };
+        let target = format!(
+            "{kind} {id} ({role}{})",
+            if known {
+                ""
+            } else {
+                "?, view service unreachable"
+            }
+        );
+        let t = self.history.fault_started(plan.kind.name(), &target);
+        match plan.kind {
+            FaultKind::Kill => {
+                notes.add(self.kill(kind, id).await);
+                tokio::time::sleep(plan.hold).await;
+                notes.add(self.restart(kind, id).await);
+            }
+            FaultKind::Pause => {
+                notes.add(self.signal(kind, id, libc::SIGSTOP).await);
+                tokio::time::sleep(plan.hold).await;
+                notes.add(self.signal(kind, id, libc::SIGCONT).await);
+            }
+            _ => {
+                let net = self.net.as_ref().expect("partitions need the net");
+                match net.isolate(self.gid(kind, id), &self.host(kind, id)) {
+                    Ok(rules) => {
+                        tokio::time::sleep(plan.hold).await;
+                        for r in &rules {
+                            notes.add(net.remove(r));
+                        }
+                    }
+                    Err(e) => notes.add(Err(e)),
+                }
+            }
+        }
+        (target, t)
+    }
+
+    /// Cut the primary off from its backups (both ways), the rest of the network intact.
+    async fn partition_primary(
+        &self,
+        plan: &Plan,
+        rng: &mut StdRng,
+        notes: &mut Notes,
+    ) -> (String, u64) {
+        let kind = plan.service;
+        let (p, _, known) = self.roles(kind, rng).await;
+        let n = *self.counts.get(&kind).unwrap_or(&1) as u32;
+        let target = format!(
+            "{kind} {p} (primary{}) | its backups",
+            if known { "" } else { "?" }
+        );
+        let t = self.history.fault_started(plan.kind.name(), &target);
+        let net = self.net.as_ref().expect("partitions need the net");
+        let mut rules: Vec<Rule> = Vec::new();
+        for b in (0..n).filter(|b| *b != p) {
+            for (from, to) in [(p, b), (b, p)] {
+                match net.block_group_to(self.gid(kind, from), &self.host(kind, to)) {
+                    Ok(r) => rules.push(r),
+                    Err(e) => notes.add(Err(e)),
+                }
+            }
+        }
+        tokio::time::sleep(plan.hold).await;
+        for r in &rules {
+            notes.add(net.remove(r));
+        }
+        (target, t)
+    }
+
+    /// Freeze a backup, kill the primary before the freeze is noticed, then thaw.
+    async fn freeze_kill(&self, plan: &Plan, rng: &mut StdRng, notes: &mut Notes) -> (String, u64) {
+        let kind = plan.service;
+        let (p, b, known) = self.roles(kind, rng).await;
+        let target = format!(
+            "{kind} {b} (backup) frozen, {kind} {p} (primary{}) killed",
+            if known { "" } else { "?" }
+        );
+        let t = self.history.fault_started(plan.kind.name(), &target);
+        notes.add(self.signal(kind, b, libc::SIGSTOP).await);
+        // Less than the failure timeout (300 ms): the view service must not
+        // notice the frozen backup before the primary dies.
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(80..=150))).await;
+        notes.add(self.kill(kind, p).await);
+        notes.add(self.signal(kind, b, libc::SIGCONT).await);
+        tokio::time::sleep(plan.hold).await;
+        notes.add(self.restart(kind, p).await);
+        (target, t)
+    }
+
+    /// Kill, pause or isolate a coordinator (the leader or a follower, as planned).
+    /// Returns the coordinator it hit, the target and the start.
+    async fn coordinator_fault(
+        &self,
+        plan: &Plan,
+        rng: &mut StdRng,
+        notes: &mut Notes,
+    ) -> (u32, String, u64) {
+        let kind = plan.service;
+        let (l, f, term) = self.coordinator_roles(rng).await;
+        let id = if plan.primary { l } else { f };
+        let role = if plan.primary { "leader" } else { "follower" };
+        let mut target = format!(
+            "coordinator {id} ({role}{})",
+            if term.is_some() {
+                ""
+            } else {
+                "?, no leader found"
+            }
+        );
+        let t = self.history.fault_started(plan.kind.name(), &target);
+        // Only a leader known to be one waits for its successor.
+        let term = term.filter(|_| plan.primary);
+        match plan.kind {
+            FaultKind::KillCoordinator => {
+                notes.add(self.kill(kind, id).await);
+                tokio::time::sleep(plan.hold).await;
+                notes.add(self.restart(kind, id).await);
+            }
+            FaultKind::PauseCoordinator => {
+                notes.add(self.signal(kind, id, libc::SIGSTOP).await);
+                match self.hold_coordinator(id, term, plan.hold).await {
+                    Ok(said) => target.push_str(&said),
+                    Err(e) => notes.add(Err(e)),
+                }
+                notes.add(self.signal(kind, id, libc::SIGCONT).await);
+            }
+            _ => {
+                let net = self.net.as_ref().expect("partitions need the net");
+                match net.isolate(self.gid(kind, id), &self.host(kind, id)) {
+                    Ok(rules) => {
+                        match self.hold_coordinator(id, term, plan.hold).await {
+                            Ok(said) => target.push_str(&said),
+                            Err(e) => notes.add(Err(e)),
+                        }
+                        for r in &rules {
+                            notes.add(net.remove(r));
+                        }
+                    }
+                    Err(e) => notes.add(Err(e)),
+                }
+            }
+        }
+        (id, target, t)
+    }
+
+    /// After a fault: what did not come back in sync within the settle limit.
+    async fn unsettled(&self, plan: &Plan, coordinator: u32) -> Vec<String> {
         let mut unsettled = Vec::new();
         match plan.kind.lane() {
             LaneKind::Replica => {
-                if !self.settle(kind).await {
-                    unsettled.push(format!("{kind} not back in sync"));
+                if !self.settle(plan.service).await {
+                    unsettled.push(format!("{} not back in sync", plan.service));
                 }
             }
             LaneKind::Coordinator => {
-                let id = coordinator;
-                if !self.coordinator_back(id).await {
-                    unsettled.push(format!("no leader, or coordinator {id} not back"));
+                if !self.coordinator_back(coordinator).await {
+                    unsettled.push(format!("no leader, or coordinator {coordinator} not back"));
                 }
                 for service in [Kind::Catalog, Kind::Order] {
                     if !self.settle(service).await {
@@ -687,21 +735,7 @@ impl Nemesis {
             }
             LaneKind::CacheFrontend => {}
         }
-        for u in unsettled {
-            if !note_text.is_empty() {
-                note_text.push_str("; ");
-            }
-            note_text.push_str(&format!("{u} within {:?}", self.settle_limit));
-        }
-        let record = FaultRecord {
-            kind: plan.kind.name().to_string(),
-            target,
-            start_ns,
-            end_ns,
-            note: note_text,
-        };
-        self.history.fault_ended(record.clone());
-        record
+        unsettled
     }
 
     /// Runs one lane until `until`; the fault under way when it comes is finished.
@@ -745,5 +779,17 @@ impl Nemesis {
             }
         }
         problems
+    }
+}
+
+/// What went wrong while a fault was carried out or undone, in order.
+#[derive(Default)]
+struct Notes(Vec<String>);
+
+impl Notes {
+    fn add(&mut self, r: Result<(), String>) {
+        if let Err(e) = r {
+            self.0.push(e);
+        }
     }
 }

@@ -302,35 +302,53 @@ impl ChaosReport {
 
     /// Availability and latency over time, faults as shaded bands.
     pub fn svg(&self) -> String {
-        let (w, h) = (1000.0, 560.0);
-        let (left, right) = (60.0, 20.0);
-        let plot_w = w - left - right;
-        let (a_top, a_h) = (40.0, 170.0);
-        let (l_top, l_h) = (250.0, 170.0);
-        let lanes_top = 450.0;
-        let span = self.duration_s.max(1.0) + 10.0;
-        let x = |t: f64| left + plot_w * (t / span).clamp(0.0, 1.0);
+        let f = Frame::new(self.duration_s);
         let mut s = String::new();
         let _ = writeln!(
             s,
-            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="11">"#
+            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{}" height="{}" font-family="sans-serif" font-size="11">"#,
+            f.w, f.h
         );
-        let _ = writeln!(s, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
         let _ = writeln!(
             s,
-            r#"<text x="{left}" y="20" font-size="14">chaos run {} (seed {}): availability and latency; faults shaded</text>"#,
-            self.run_id, self.seed
+            r#"<rect width="{}" height="{}" fill="white"/>"#,
+            f.w, f.h
         );
-        // Fault bands over both panels, and one row per kind below.
+        let _ = writeln!(
+            s,
+            r#"<text x="{}" y="20" font-size="14">chaos run {} (seed {}): availability and latency; faults shaded</text>"#,
+            f.left, self.run_id, self.seed
+        );
+        self.svg_faults(&mut s, &f);
+        f.axes(&mut s);
+        self.svg_availability(&mut s, &f);
+        self.svg_latency(&mut s, &f);
+        let _ = writeln!(
+            s,
+            r##"<text x="{:.1}" y="{:.1}" fill="#d62728">buys</text><text x="{:.1}" y="{:.1}" fill="#1f77b4">reads</text>"##,
+            f.w - 120.0,
+            f.a_top - 6.0,
+            f.w - 80.0,
+            f.a_top - 6.0
+        );
+        s.push_str("</svg>\n");
+        s
+    }
+
+    /// Fault bands over both panels, and one row per kind below.
+    fn svg_faults(&self, s: &mut String, f: &Frame) {
         let kinds: Vec<FaultKind> = FaultKind::ALL
             .into_iter()
             .filter(|k| self.faults_by_kind.contains_key(k.name()))
             .collect();
-        for f in &self.faults {
-            let k = FaultKind::parse(&f.kind).unwrap_or(FaultKind::Kill);
-            let (x0, x1) = (x(f.start_ns as f64 / 1e9), x(f.end_ns as f64 / 1e9));
+        for fault in &self.faults {
+            let k = FaultKind::parse(&fault.kind).unwrap_or(FaultKind::Kill);
+            let (x0, x1) = (
+                f.x(fault.start_ns as f64 / 1e9),
+                f.x(fault.end_ns as f64 / 1e9),
+            );
             let wd = (x1 - x0).max(1.0);
-            for (top, hh) in [(a_top, a_h), (l_top, l_h)] {
+            for (top, hh) in [(f.a_top, f.a_h), (f.l_top, f.l_h)] {
                 let _ = writeln!(
                     s,
                     r#"<rect x="{x0:.1}" y="{top}" width="{wd:.1}" height="{hh}" fill="{}" fill-opacity="0.12"/>"#,
@@ -341,25 +359,136 @@ impl ChaosReport {
             let _ = writeln!(
                 s,
                 r#"<rect x="{x0:.1}" y="{:.1}" width="{wd:.1}" height="10" fill="{}"><title>{} {} ({:.2}-{:.2} s)</title></rect>"#,
-                lanes_top + row * 14.0,
+                f.lanes_top + row * 14.0,
                 k.colour(),
-                f.kind,
-                f.target,
-                f.start_ns as f64 / 1e9,
-                f.end_ns as f64 / 1e9
+                fault.kind,
+                fault.target,
+                fault.start_ns as f64 / 1e9,
+                fault.end_ns as f64 / 1e9
             );
         }
         for (i, k) in kinds.iter().enumerate() {
             let _ = writeln!(
                 s,
                 r#"<text x="4" y="{:.1}" fill="{}" font-size="9">{}</text>"#,
-                lanes_top + i as f64 * 14.0 + 9.0,
+                f.lanes_top + i as f64 * 14.0 + 9.0,
                 k.colour(),
                 k.name()
             );
         }
-        // Axes.
-        for (top, hh, label) in [(a_top, a_h, "answered %"), (l_top, l_h, "p99 latency ms")] {
+    }
+
+    /// The middle of a bucket, in seconds.
+    fn mid(&self, b: &Bucket) -> f64 {
+        b.t_s + (self.timeline.get(1).map_or(1.0, |x| x.t_s) / 2.0)
+    }
+
+    /// The share of buys and reads answered, per bucket.
+    fn svg_availability(&self, s: &mut String, f: &Frame) {
+        let ya = |v: f64| f.a_top + f.a_h * (1.0 - v.clamp(0.0, 1.0));
+        for (frac, label) in [(1.0, "100"), (0.5, "50"), (0.0, "0")] {
+            let _ = writeln!(
+                s,
+                r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{label}</text>"#,
+                f.left - 4.0,
+                ya(frac) + 4.0
+            );
+        }
+        let buys: Vec<(f64, f64)> = self
+            .timeline
+            .iter()
+            .filter(|b| b.buys > 0)
+            .map(|b| (f.x(self.mid(b)), ya(b.buys_answered as f64 / b.buys as f64)))
+            .collect();
+        let reads: Vec<(f64, f64)> = self
+            .timeline
+            .iter()
+            .filter(|b| b.reads > 0)
+            .map(|b| (f.x(self.mid(b)), ya(b.reads_ok as f64 / b.reads as f64)))
+            .collect();
+        let _ = writeln!(s, "{}", polyline(&buys, "#d62728"));
+        let _ = writeln!(s, "{}", polyline(&reads, "#1f77b4"));
+    }
+
+    /// Buy and read p99 per bucket, linear up to the largest.
+    fn svg_latency(&self, s: &mut String, f: &Frame) {
+        let max_ms = self
+            .timeline
+            .iter()
+            .map(|b| b.buy_p99_ms.max(b.read_p99_ms))
+            .fold(10.0, f64::max);
+        let yl = |v: f64| f.l_top + f.l_h * (1.0 - (v / max_ms).clamp(0.0, 1.0));
+        for frac in [1.0, 0.5, 0.0] {
+            let _ = writeln!(
+                s,
+                r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{:.0}</text>"#,
+                f.left - 4.0,
+                yl(max_ms * frac) + 4.0,
+                max_ms * frac
+            );
+        }
+        let bl: Vec<(f64, f64)> = self
+            .timeline
+            .iter()
+            .filter(|b| b.buys_answered > 0)
+            .map(|b| (f.x(self.mid(b)), yl(b.buy_p99_ms)))
+            .collect();
+        let rl: Vec<(f64, f64)> = self
+            .timeline
+            .iter()
+            .filter(|b| b.reads_ok > 0)
+            .map(|b| (f.x(self.mid(b)), yl(b.read_p99_ms)))
+            .collect();
+        let _ = writeln!(s, "{}", polyline(&bl, "#d62728"));
+        let _ = writeln!(s, "{}", polyline(&rl, "#1f77b4"));
+    }
+}
+
+/// The timeline figure's geometry: two panels (availability above, latency below) over
+/// one time axis, and the fault rows under them.
+struct Frame {
+    w: f64,
+    h: f64,
+    left: f64,
+    plot_w: f64,
+    a_top: f64,
+    a_h: f64,
+    l_top: f64,
+    l_h: f64,
+    lanes_top: f64,
+    /// Seconds the time axis covers.
+    span: f64,
+}
+
+impl Frame {
+    fn new(duration_s: f64) -> Frame {
+        let (w, left, right) = (1000.0, 60.0, 20.0);
+        Frame {
+            w,
+            h: 560.0,
+            left,
+            plot_w: w - left - right,
+            a_top: 40.0,
+            a_h: 170.0,
+            l_top: 250.0,
+            l_h: 170.0,
+            lanes_top: 450.0,
+            span: duration_s.max(1.0) + 10.0,
+        }
+    }
+
+    /// The x of time `t` (seconds).
+    fn x(&self, t: f64) -> f64 {
+        self.left + self.plot_w * (t / self.span).clamp(0.0, 1.0)
+    }
+
+    /// The panels' frames and labels, and the time axis.
+    fn axes(&self, s: &mut String) {
+        let (left, plot_w) = (self.left, self.plot_w);
+        for (top, hh, label) in [
+            (self.a_top, self.a_h, "answered %"),
+            (self.l_top, self.l_h, "p99 latency ms"),
+        ] {
             let _ = writeln!(
                 s,
                 r#"<rect x="{left}" y="{top}" width="{plot_w}" height="{hh}" fill="none" stroke="black"/>"#
@@ -371,90 +500,28 @@ impl ChaosReport {
                 top + hh / 2.0
             );
         }
-        let step = if span > 300.0 { 60.0 } else { 10.0 };
+        let step = if self.span > 300.0 { 60.0 } else { 10.0 };
+        let bottom = self.l_top + self.l_h;
         let mut t = 0.0;
-        while t <= span {
-            let xx = x(t);
+        while t <= self.span {
+            let xx = self.x(t);
             let _ = writeln!(
                 s,
                 r#"<line x1="{xx:.1}" y1="{:.1}" x2="{xx:.1}" y2="{:.1}" stroke="black"/><text x="{xx:.1}" y="{:.1}" text-anchor="middle">{t:.0} s</text>"#,
-                l_top + l_h,
-                l_top + l_h + 4.0,
-                l_top + l_h + 16.0
+                bottom,
+                bottom + 4.0,
+                bottom + 16.0
             );
             t += step;
         }
-        // Availability lines.
-        let ya = |v: f64| a_top + a_h * (1.0 - v.clamp(0.0, 1.0));
-        for (frac, label) in [(1.0, "100"), (0.5, "50"), (0.0, "0")] {
-            let _ = writeln!(
-                s,
-                r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{label}</text>"#,
-                left - 4.0,
-                ya(frac) + 4.0
-            );
-        }
-        let mid = |b: &Bucket| b.t_s + (self.timeline.get(1).map_or(1.0, |x| x.t_s) / 2.0);
-        let line = |pts: Vec<(f64, f64)>, colour: &str| -> String {
-            let p: Vec<String> = pts.iter().map(|(a, b)| format!("{a:.1},{b:.1}")).collect();
-            format!(
-                r#"<polyline points="{}" fill="none" stroke="{colour}" stroke-width="1.5"/>"#,
-                p.join(" ")
-            )
-        };
-        let buys: Vec<(f64, f64)> = self
-            .timeline
-            .iter()
-            .filter(|b| b.buys > 0)
-            .map(|b| (x(mid(b)), ya(b.buys_answered as f64 / b.buys as f64)))
-            .collect();
-        let reads: Vec<(f64, f64)> = self
-            .timeline
-            .iter()
-            .filter(|b| b.reads > 0)
-            .map(|b| (x(mid(b)), ya(b.reads_ok as f64 / b.reads as f64)))
-            .collect();
-        let _ = writeln!(s, "{}", line(buys, "#d62728"));
-        let _ = writeln!(s, "{}", line(reads, "#1f77b4"));
-        // Latency lines (p99), linear up to the largest.
-        let max_ms = self
-            .timeline
-            .iter()
-            .map(|b| b.buy_p99_ms.max(b.read_p99_ms))
-            .fold(10.0, f64::max);
-        let yl = |v: f64| l_top + l_h * (1.0 - (v / max_ms).clamp(0.0, 1.0));
-        for frac in [1.0, 0.5, 0.0] {
-            let _ = writeln!(
-                s,
-                r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{:.0}</text>"#,
-                left - 4.0,
-                yl(max_ms * frac) + 4.0,
-                max_ms * frac
-            );
-        }
-        let bl: Vec<(f64, f64)> = self
-            .timeline
-            .iter()
-            .filter(|b| b.buys_answered > 0)
-            .map(|b| (x(mid(b)), yl(b.buy_p99_ms)))
-            .collect();
-        let rl: Vec<(f64, f64)> = self
-            .timeline
-            .iter()
-            .filter(|b| b.reads_ok > 0)
-            .map(|b| (x(mid(b)), yl(b.read_p99_ms)))
-            .collect();
-        let _ = writeln!(s, "{}", line(bl, "#d62728"));
-        let _ = writeln!(s, "{}", line(rl, "#1f77b4"));
-        let _ = writeln!(
-            s,
-            r##"<text x="{:.1}" y="{:.1}" fill="#d62728">buys</text><text x="{:.1}" y="{:.1}" fill="#1f77b4">reads</text>"##,
-            w - 120.0,
-            a_top - 6.0,
-            w - 80.0,
-            a_top - 6.0
-        );
-        s.push_str("</svg>\n");
-        s
     }
+}
+
+/// An SVG polyline through `pts`.
+fn polyline(pts: &[(f64, f64)], colour: &str) -> String {
+    let p: Vec<String> = pts.iter().map(|(a, b)| format!("{a:.1},{b:.1}")).collect();
+    format!(
+        r#"<polyline points="{}" fill="none" stroke="{colour}" stroke-width="1.5"/>"#,
+        p.join(" ")
+    )
 }

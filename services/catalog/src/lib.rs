@@ -29,7 +29,7 @@ use bookstore_common::types::{BatchAnswer, BatchItem, LeaseReply, SearchHit, Upd
 use bookstore_common::types::{Book, ItemNumber, LeaseRequest, Versioned, IDEMPOTENCY_KEY_HEADER};
 use bookstore_common::{server, ApiError};
 use bookstore_replication::control::{self, Control};
-use bookstore_replication::node::{Node, NodeOptions, StateMachine};
+use bookstore_replication::node::{Node, NodeOptions, ReplicaRole, Safety, StateMachine};
 use cache_link::CacheLink;
 use state::{CatalogState, Update, UpdateError, UpdateOutcome};
 use std::future::Future;
@@ -64,6 +64,8 @@ pub struct CatalogConfig {
     pub workers: usize,
     /// How long and how many idempotency keys are kept (the same on every replica).
     pub retention: Retention,
+    /// The protocol's safety mechanisms (all on, but in mutation tests).
+    pub safety: Safety,
 }
 
 /// The replicated state machine: the catalog state, updated by log entries.
@@ -134,7 +136,8 @@ impl Catalog {
             config.cluster.urls(Kind::Coordinator),
             config.data_dir.clone(),
             config.tokens.cluster(),
-        );
+        )
+        .with_safety(config.safety);
         opts.tick = config.tick;
         if let Some(url) = &config.url {
             opts.url = url.clone();
@@ -215,7 +218,7 @@ impl Catalog {
         // state shows every acknowledged write, and no other attempt under its key can
         // find the key unrecorded later and sell.
         let status = self.node().status();
-        let settled = if status.role == "primary" {
+        let settled = if status.role == ReplicaRole::Primary {
             self.node()
                 .read(|sm| {
                     sm.0.settled(&u)
@@ -466,7 +469,7 @@ async fn cache_lease(ctx: Ctx, body: web::Json<LeaseRequest>) -> Result<HttpResp
     let s = ctx.node().status();
     // A primary without a read lease lends none: a deposed primary that does not know it
     // yet stops renewing the cache's lease before a successor can exist.
-    if s.role != "primary" || !ctx.node().serving_reads() {
+    if s.role != ReplicaRole::Primary || !ctx.node().serving_reads() {
         return Err(ApiError::NotPrimary { primary: s.primary });
     }
     let reply = ctx.cache.lease(body.flushed_to, body.session, s.epoch, || {

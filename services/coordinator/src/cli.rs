@@ -34,6 +34,12 @@ pub struct Cli {
     /// Admin token for `/admin/*` (membership changes).
     #[arg(long, env = "BOOKSTORE_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+    /// Mutation switch: a new leader declares replicas dead without waiting out the read
+    /// leases its predecessors may have granted. Only for proving that the tests catch
+    /// its removal; never in production.
+    #[arg(long, hide = true, env = "BOOKSTORE_UNSAFE_NO_LEASE_WAIT",
+          value_parser = clap::builder::FalseyValueParser::new())]
+    unsafe_no_lease_wait: bool,
 }
 
 /// Loads configuration, binds, and serves until Ctrl-C or SIGTERM.
@@ -67,8 +73,7 @@ pub async fn launch(args: Cli) -> Result<(), String> {
             .join("data")
             .join(format!("coordinator{}", args.common.id))
     });
-    // Mutation switch, for proving that the tests bite. Never set it in production.
-    let lease_wait = std::env::var_os("BOOKSTORE_UNSAFE_NO_LEASE_WAIT").is_none();
+    let lease_wait = !args.unsafe_no_lease_wait;
     let config = CoordinatorConfig {
         id: u64::from(args.common.id),
         url,

@@ -26,6 +26,7 @@ pub struct Cli {
 /// Loads configuration, binds, and serves until Ctrl-C or SIGTERM.
 pub async fn launch(args: Cli) -> Result<(), String> {
     bookstore_common::telemetry::init();
+    bookstore_common::batch::set_in_flight(args.common.batches.in_flight());
     if let Some(t) = args.admin_token.as_deref().filter(|t| !t.is_empty()) {
         bookstore_common::auth::check_token("admin token", t)?;
     }

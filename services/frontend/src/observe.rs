@@ -27,7 +27,7 @@ use bookstore_common::types::{
     Book, BookStock, ClusterMap, Health, KindView, ServerInfo, StatusPage, Versioned,
 };
 use bookstore_common::ApiError;
-use bookstore_replication::node::Status;
+use bookstore_replication::node::{ReplicaRole, Status};
 use bookstore_replication::wire::{CoordinatorRole, CoordinatorStatus, KindReport};
 use bytes::Bytes;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -134,7 +134,8 @@ fn primary_commit(
         .find_map(|((k, id, _), a)| match a {
             Answer::Replica(s)
                 if *k == kind
-                    && (named == Some(*id) || (named.is_none() && s.role == "primary")) =>
+                    && (named == Some(*id)
+                        || (named.is_none() && s.role == ReplicaRole::Primary)) =>
             {
                 Some(s.commit)
             }
@@ -185,7 +186,7 @@ fn server_info(
                 Some(v) if v.primary == id => "primary".into(),
                 Some(v) if v.backups.contains(&id) => "backup".into(),
                 Some(_) => "idle".into(),
-                None => s.role.clone(),
+                None => s.role.to_string(),
             };
             if info.role == "backup" {
                 info.synced = report.map(|r| r.synced.contains(&id));

@@ -3,6 +3,7 @@ use crate::{run, OrderConfig};
 use bookstore_common::auth::Tokens;
 use bookstore_common::cli::{ReplicaArgs, ServiceArgs};
 use bookstore_common::config::Kind;
+use bookstore_replication::node::Safety;
 
 /// Flags of the order server.
 #[derive(clap::Args, Debug, Clone)]
@@ -16,6 +17,7 @@ pub struct Cli {
 /// Loads configuration, binds, and serves until Ctrl-C or SIGTERM.
 pub async fn launch(args: Cli) -> Result<(), String> {
     bookstore_common::telemetry::init();
+    bookstore_common::batch::set_in_flight(args.common.batches.in_flight());
     let (cluster, listener) = args.common.load_and_bind(Kind::Order)?;
     let config = OrderConfig {
         id: args.common.id,
@@ -27,6 +29,10 @@ pub async fn launch(args: Cli) -> Result<(), String> {
         tick: args.replica.tick(),
         workers: args.common.workers,
         retention: args.replica.retention(),
+        safety: Safety {
+            sync_ack: !args.replica.unsafe_no_sync_ack,
+            fencing: !args.replica.unsafe_no_fencing,
+        },
     };
     run(listener, config, bookstore_common::server::termination())
         .await

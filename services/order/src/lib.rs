@@ -37,7 +37,7 @@ use bookstore_common::types::{
 };
 use bookstore_common::{server, ApiError};
 use bookstore_replication::control::{self, Control};
-use bookstore_replication::node::{Node, NodeOptions};
+use bookstore_replication::node::{Node, NodeOptions, Safety};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use serde::{Deserialize, Serialize};
@@ -65,6 +65,8 @@ pub struct OrderConfig {
     pub workers: usize,
     /// How long and how many idempotency keys are kept (the same on every replica).
     pub retention: Retention,
+    /// The protocol's safety mechanisms (all on, but in mutation tests).
+    pub safety: Safety,
 }
 
 pub struct OrderService {
@@ -108,7 +110,8 @@ impl OrderService {
             config.cluster.urls(Kind::Coordinator),
             config.data_dir.clone(),
             config.tokens.cluster(),
-        );
+        )
+        .with_safety(config.safety);
         opts.tick = config.tick;
         if let Some(url) = &config.url {
             opts.url = url.clone();

@@ -6,7 +6,7 @@
 //! published [`Status`](super::Status) up to date.
 
 use super::disk::DiskOp;
-use super::{Inner, Input, Node, Peer, StateMachine, SubmitError, WriteReply};
+use super::{Inner, Input, Node, Peer, ReplicaRole, StateMachine, SubmitError, WriteReply};
 use crate::protocol::{
     Command, Epoch, Event, LogIndex, Outcome, Replica, ReplicaId, RequestId, Role, SnapshotMeta,
 };
@@ -86,7 +86,7 @@ impl<S: StateMachine> Driver<S> {
         let mut s = self.inner.status.write();
         s.up = false;
         s.serving_reads = false;
-        s.role = "down".into();
+        s.role = ReplicaRole::Down;
     }
 
     /// A view-service answer naming this replica primary of the epoch it leads renews
@@ -111,12 +111,7 @@ impl<S: StateMachine> Driver<S> {
         let view = r.view();
         let mut s = self.inner.status.write();
         s.up = true;
-        s.role = match r.role() {
-            Role::Primary => "primary",
-            Role::Backup => "backup",
-            Role::Idle => "idle",
-        }
-        .into();
+        s.role = r.role().into();
         let epoch = view.map_or(0, |v| v.epoch);
         if epoch != s.epoch && epoch != 0 {
             s.view_changes += 1;

@@ -39,7 +39,7 @@
 //! [`Command`]: crate::protocol::Command
 use crate::lease::ReadLease;
 use crate::protocol::{
-    Config, DurableState, Epoch, Event, LogIndex, Msg, Replica, ReplicaId, SnapshotMeta, View,
+    Config, DurableState, Epoch, Event, LogIndex, Msg, Replica, ReplicaId, Role, SnapshotMeta, View,
 };
 use crate::wal::{Wal, WalOptions};
 use bookstore_common::client::Client;
@@ -80,12 +80,55 @@ pub enum SubmitError {
     Down,
 }
 
+/// A replica's role as it reports it: its role in the view, or `down` once its node has
+/// stopped (its disk failed, or it is shutting down).
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplicaRole {
+    Primary,
+    Backup,
+    /// Up, and not (yet) primary or backup of a view it may act in.
+    #[default]
+    Idle,
+    Down,
+}
+
+impl ReplicaRole {
+    /// The name the JSON and the metrics use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReplicaRole::Primary => "primary",
+            ReplicaRole::Backup => "backup",
+            ReplicaRole::Idle => "idle",
+            ReplicaRole::Down => "down",
+        }
+    }
+}
+
+impl From<Role> for ReplicaRole {
+    fn from(r: Role) -> Self {
+        match r {
+            Role::Primary => ReplicaRole::Primary,
+            Role::Backup => ReplicaRole::Backup,
+            Role::Idle => ReplicaRole::Idle,
+        }
+    }
+}
+
+impl std::fmt::Display for ReplicaRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What a replica reports about itself.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Status {
     pub id: ReplicaId,
     pub up: bool,
-    pub role: String,
+    pub role: ReplicaRole,
     pub epoch: Epoch,
     pub primary: Option<ReplicaId>,
     pub backups: Vec<ReplicaId>,
@@ -95,6 +138,35 @@ pub struct Status {
     /// Views (epochs) this replica has moved to since its process started.
     #[serde(default)]
     pub view_changes: u64,
+}
+
+/// The protocol's safety mechanisms. Each is switched off only to prove that a test
+/// catches its removal (a mutation switch, `--unsafe-no-sync-ack`, `--unsafe-no-fencing`);
+/// never in production. Default: all on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Safety {
+    /// A write is acknowledged only once every backup of the view holds it.
+    pub sync_ack: bool,
+    /// Messages from an older epoch are refused.
+    pub fencing: bool,
+}
+
+impl Default for Safety {
+    fn default() -> Self {
+        Safety {
+            sync_ack: true,
+            fencing: true,
+        }
+    }
+}
+
+impl NodeOptions {
+    /// Applies `safety` to the protocol's configuration.
+    pub fn with_safety(mut self, safety: Safety) -> Self {
+        self.protocol.sync_ack = safety.sync_ack;
+        self.protocol.fencing = safety.fencing;
+        self
+    }
 }
 
 /// Everything a replica needs to run.
@@ -144,10 +216,6 @@ impl NodeOptions {
             protocol: Config {
                 heartbeat_ticks: 2,
                 dead_ticks: 10,
-                // Mutation switches, for proving that the fault tests and checkers bite.
-                // Never set them in production: they make the cluster unsafe.
-                sync_ack: std::env::var_os("BOOKSTORE_UNSAFE_NO_SYNC_ACK").is_none(),
-                fencing: std::env::var_os("BOOKSTORE_UNSAFE_NO_FENCING").is_none(),
                 ..Config::default()
             },
             token: token.into(),
@@ -414,7 +482,7 @@ impl<S: StateMachine> Node<S> {
     /// leases) must ask this too.
     pub fn serving_reads(&self) -> bool {
         let s = self.inner.status.read();
-        s.serving_reads && (s.role != "primary" || self.leased(s.epoch))
+        s.serving_reads && (s.role != ReplicaRole::Primary || self.leased(s.epoch))
     }
 
     /// Does this replica hold a read lease for `epoch` now?

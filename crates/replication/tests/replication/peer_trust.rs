@@ -65,7 +65,7 @@ async fn become_backup(node: &Node<Applied>, epoch: u64) {
     };
     node.deliver(1, vec![heartbeat]);
     for _ in 0..200 {
-        if node.status().role == "backup" {
+        if node.status().role == bookstore_replication::node::ReplicaRole::Backup {
             return;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
