@@ -32,7 +32,7 @@ impl From<SubmitError> for ApiError {
 }
 
 /// A replica of a service, as its routes see it.
-pub struct Control<S> {
+pub struct Control<S: StateMachine> {
     pub service: &'static str,
     pub id: u32,
     pub node: Node<S>,

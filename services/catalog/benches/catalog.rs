@@ -114,7 +114,7 @@ fn catalog(c: &mut Criterion) {
                 .unwrap();
                 (index, cmd)
             },
-            |(i, cmd)| black_box(sm.apply(i, &cmd)),
+            |(i, cmd)| black_box(sm.apply(i, CatalogSm::decode(&cmd).unwrap())),
             BatchSize::SmallInput,
         )
     });

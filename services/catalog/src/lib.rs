@@ -29,7 +29,9 @@ use bookstore_common::types::{BatchAnswer, BatchItem, LeaseReply, SearchHit, Upd
 use bookstore_common::types::{Book, ItemNumber, LeaseRequest, Versioned, IDEMPOTENCY_KEY_HEADER};
 use bookstore_common::{server, ApiError};
 use bookstore_replication::control::{self, Control};
-use bookstore_replication::node::{Node, NodeOptions, ReplicaRole, Safety, StateMachine};
+use bookstore_replication::node::{
+    DecodeError, Node, NodeOptions, ReplicaRole, Safety, StateMachine,
+};
 use cache_link::CacheLink;
 use state::{CatalogState, Update, UpdateError, UpdateOutcome};
 use std::future::Future;
@@ -72,12 +74,20 @@ pub struct CatalogConfig {
 pub struct CatalogSm(pub CatalogState);
 
 impl StateMachine for CatalogSm {
-    fn apply(&mut self, index: u64, data: &[u8]) -> Vec<u8> {
-        let outcome: UpdateOutcome = match state::decode_entry(data) {
-            Ok((u, time_ms)) => self.0.update_at(&u, index, time_ms),
-            Err(_) => Err(UpdateError::Malformed),
-        };
-        bincode::serialize(&outcome).expect("outcome encodes")
+    type Command = state::Stamped;
+    type Output = UpdateOutcome;
+
+    fn encode(command: &state::Stamped) -> Vec<u8> {
+        state::encode_entry(&command.update, command.time_ms.unwrap_or(0))
+    }
+
+    fn decode(data: &[u8]) -> Result<state::Stamped, DecodeError> {
+        let (update, time_ms) = state::decode_entry(data)?;
+        Ok(state::Stamped { update, time_ms })
+    }
+
+    fn apply(&mut self, index: u64, c: state::Stamped) -> UpdateOutcome {
+        self.0.update_at(&c.update, index, c.time_ms)
     }
 
     fn snapshot(&self) -> Vec<u8> {
@@ -231,10 +241,11 @@ impl Catalog {
         let outcome = match settled {
             Some(o) => o,
             None => {
-                let data = state::encode_entry(&u, bookstore_common::clock::now_ms());
-                let answer = t.time("replication", self.node().submit(data)).await?;
-                bincode::deserialize::<UpdateOutcome>(&answer)
-                    .map_err(|e| ApiError::BadGateway(format!("undecodable outcome: {e}")))?
+                let command = state::Stamped {
+                    update: u.clone(),
+                    time_ms: Some(bookstore_common::clock::now_ms()),
+                };
+                t.time("replication", self.node().submit(command)).await?
             }
         };
         self.log().record(format!(

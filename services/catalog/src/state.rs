@@ -35,6 +35,9 @@ pub enum UpdateError {
     OutOfStock,
     #[error("stock would exceed {max}", max = u32::MAX)]
     StockOverflow,
+    /// Not produced any more (a log entry that does not decode is applied as nothing,
+    /// `node::StateMachine`); kept so that the variants after it keep their encoding in
+    /// saved snapshots.
     #[error("malformed update command")]
     Malformed,
     #[error(
@@ -106,15 +109,23 @@ pub const SNAPSHOT_MAGIC: &[u8; 8] = b"BKCATSN2";
 
 /// A log entry in the current format (after [`ENTRY_MAGIC`]).
 #[derive(Serialize, Deserialize)]
-struct Stamped {
+struct Entry {
     update: Update,
     time_ms: u64,
+}
+
+/// The catalog's replicated command: an update and its primary's time (ms since the Unix
+/// epoch; none in entries written before updates had times).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stamped {
+    pub update: Update,
+    pub time_ms: Option<u64>,
 }
 
 /// The log entry of `u`, stamped by its primary at `time_ms` (ms since the Unix epoch).
 pub fn encode_entry(u: &Update, time_ms: u64) -> Vec<u8> {
     let mut out = ENTRY_MAGIC.to_vec();
-    let stamped = Stamped {
+    let stamped = Entry {
         update: u.clone(),
         time_ms,
     };
@@ -126,7 +137,7 @@ pub fn encode_entry(u: &Update, time_ms: u64) -> Vec<u8> {
 /// written before updates had times (the bare [`Update`]) and has none.
 pub fn decode_entry(data: &[u8]) -> Result<(Update, Option<u64>), bincode::Error> {
     match data.strip_prefix(ENTRY_MAGIC) {
-        Some(rest) => decode::<Stamped>(rest).map(|s| (s.update, Some(s.time_ms))),
+        Some(rest) => decode::<Entry>(rest).map(|s| (s.update, Some(s.time_ms))),
         None => decode::<Update>(data).map(|u| (u, None)),
     }
 }

@@ -228,11 +228,7 @@ impl OrderService {
                 time_ms: now_ms(),
             },
         };
-        let data = bincode::serialize(&record).expect("record encodes");
-        let answer = t.time("replication", self.node().submit(data)).await?;
-        let order: Option<Order> = bincode::deserialize(&answer)
-            .map_err(|e| ApiError::BadGateway(format!("undecodable order: {e}")))?;
-        let order = order.ok_or_else(|| ApiError::BadGateway("order not recorded".into()))?;
+        let order = t.time("replication", self.node().submit(record)).await?;
         if order.item_number != item {
             return Err(key_reused(order.item_number));
         }

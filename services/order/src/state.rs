@@ -12,7 +12,7 @@
 //! gets the time of its order.
 use bookstore_common::idempotency::{KeyTable, Retention, SavedKeys};
 use bookstore_common::types::Order;
-use bookstore_replication::node::StateMachine;
+use bookstore_replication::node::{DecodeError, StateMachine};
 use bookstore_replication::protocol::decode;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};
@@ -121,11 +121,19 @@ impl OrderSm {
 }
 
 impl StateMachine for OrderSm {
-    fn apply(&mut self, _index: u64, data: &[u8]) -> Vec<u8> {
-        match decode::<Record>(data) {
-            Ok(r) => bincode::serialize(&Some(self.record(r))).expect("order encodes"),
-            Err(_) => bincode::serialize(&None::<Order>).expect("encodes"),
-        }
+    type Command = Record;
+    type Output = Order;
+
+    fn encode(record: &Record) -> Vec<u8> {
+        bincode::serialize(record).expect("a record encodes")
+    }
+
+    fn decode(data: &[u8]) -> Result<Record, DecodeError> {
+        Ok(decode::<Record>(data)?)
+    }
+
+    fn apply(&mut self, _index: u64, record: Record) -> Order {
+        self.record(record)
     }
 
     fn snapshot(&self) -> Vec<u8> {

@@ -21,8 +21,9 @@ fn record(key: &str, item: u32, time_ms: u64) -> Record {
 }
 
 /// Applies `r` as a log entry, as every replica does.
-fn apply(sm: &mut OrderSm, index: u64, r: &Record) -> Vec<u8> {
-    sm.apply(index, &bincode::serialize(r).unwrap())
+fn apply(sm: &mut OrderSm, index: u64, r: &Record) -> Order {
+    let command = OrderSm::decode(&OrderSm::encode(r)).expect("a record decodes");
+    sm.apply(index, command)
 }
 
 #[test]

@@ -44,10 +44,10 @@ pub(super) fn decode_entry(index: LogIndex, payload: &[u8]) -> Result<Entry, Str
     })
 }
 
-pub(super) fn disk_loop(
+pub(super) fn disk_loop<O>(
     mut wal: Wal,
     rx: std::sync::mpsc::Receiver<DiskOp>,
-    events: mpsc::UnboundedSender<Input>,
+    events: mpsc::UnboundedSender<Input<O>>,
     incarnation: u64,
 ) {
     while let Ok(op) = rx.recv() {

@@ -17,21 +17,21 @@ use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::mpsc;
 
-pub(super) struct Driver<S> {
+pub(super) struct Driver<S: StateMachine> {
     pub(super) inner: Arc<Inner<S>>,
     pub(super) replica: Replica,
-    pub(super) tx: mpsc::UnboundedSender<Input>,
+    pub(super) tx: mpsc::UnboundedSender<Input<S::Output>>,
     pub(super) disk: std::sync::mpsc::Sender<DiskOp>,
     pub(super) peers: HashMap<ReplicaId, Peer>,
     /// Index and epoch of the last entry applied to the state machine.
     pub(super) applied: (LogIndex, Epoch),
-    pub(super) pending: HashMap<u64, WriteReply>,
-    pub(super) outputs: HashMap<LogIndex, Vec<u8>>,
+    pub(super) pending: HashMap<u64, WriteReply<S::Output>>,
+    pub(super) outputs: HashMap<LogIndex, S::Output>,
     pub(super) next_request: u64,
 }
 
 impl<S: StateMachine> Driver<S> {
-    pub(super) async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Input>) {
+    pub(super) async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Input<S::Output>>) {
         let mut cmds = Vec::new();
         while let Some(first) = rx.recv().await {
             let mut next = Some(first);
@@ -146,9 +146,17 @@ impl<S: StateMachine> Driver<S> {
                     let _ = self.disk.send(DiskOp::View(view));
                 }
                 Command::Apply { entry } => {
-                    let out = self.inner.sm.write().apply(entry.index, &entry.data);
+                    match S::decode(&entry.data) {
+                        Ok(command) => {
+                            let out = self.inner.sm.write().apply(entry.index, command);
+                            self.outputs.insert(entry.index, out);
+                        }
+                        // Every replica decodes the same bytes alike: all apply nothing.
+                        Err(e) => {
+                            tracing::error!(index = entry.index, error = %e, "applied an undecodable entry as nothing");
+                        }
+                    }
                     self.applied = (entry.index, entry.epoch);
-                    self.outputs.insert(entry.index, out);
                 }
                 Command::Reply { request, outcome } => {
                     let answer = match outcome {

@@ -23,8 +23,9 @@
 //!   failover). While the view service is unreachable the primary keeps committing
 //!   writes, but not answering reads: consistency over availability.
 //!
-//! The service's data plugs in as a [`StateMachine`]: deterministic `apply`, plus
-//! `snapshot`/`restore` for compaction and state transfer. Reads go through
+//! The service's data plugs in as a [`StateMachine`]: typed commands and answers, the
+//! commands' log encoding, a deterministic `apply`, plus `snapshot`/`restore` for
+//! compaction and state transfer. Reads go through
 //! [`Node::read`], which refuses while the replica is not caught up or, as primary, holds
 //! no read lease.
 //!
@@ -60,9 +61,24 @@ use driver::Driver;
 
 /// The replicated data of a service. `apply` must be deterministic: every replica
 /// applies the same entries in the same order and must reach the same state.
+///
+/// A command travels as bytes (the log entry [`StateMachine::encode`] makes) and is
+/// decoded again by every replica before it is applied; its answer stays in the process
+/// of the primary that was asked. An entry that does not decode (it cannot come from a
+/// replica of the same build; it would have to be a foreign or damaged peer's) is applied
+/// as nothing by every replica alike, and logged.
 pub trait StateMachine: Send + Sync + 'static {
-    /// Applies the committed entry at `index`; returns the answer for the client.
-    fn apply(&mut self, index: LogIndex, data: &[u8]) -> Vec<u8>;
+    /// A write, as the service submits it.
+    type Command: Send + 'static;
+    /// What applying a command answers the client that submitted it.
+    type Output: Send + 'static;
+    /// The log entry of `command`.
+    fn encode(command: &Self::Command) -> Vec<u8>;
+    /// The command of a log entry, which may come from a peer or a disk: bounded by the
+    /// entry's size, and an error rather than a panic whatever the bytes.
+    fn decode(data: &[u8]) -> Result<Self::Command, DecodeError>;
+    /// Applies the committed command at `index`; returns the answer for the client.
+    fn apply(&mut self, index: LogIndex, command: Self::Command) -> Self::Output;
     /// The whole state, for a snapshot.
     fn snapshot(&self) -> Vec<u8>;
     /// Replaces the state with a snapshot.
@@ -232,7 +248,10 @@ impl NodeOptions {
     }
 }
 
-type WriteReply = oneshot::Sender<Result<Vec<u8>, SubmitError>>;
+/// Why a log entry is no command: its decoder's error.
+pub type DecodeError = Box<dyn std::error::Error + Send + Sync>;
+
+type WriteReply<O> = oneshot::Sender<Result<O, SubmitError>>;
 
 /// Messages queued for one peer at most; past it new ones are dropped (and counted).
 pub const PEER_QUEUE: usize = 1024;
@@ -243,13 +262,17 @@ struct Peer {
     tx: mpsc::Sender<Msg>,
 }
 
-enum Input {
+/// What the driver task takes, in order. The queue is unbounded because its producers
+/// are: a write waits for its reply (HTTP connections bound them), a tick comes per tick,
+/// a disk completion per queued disk operation, a peer's message per HTTP request that
+/// carries it, a view-service answer per ping in flight.
+enum Input<O> {
     Tick,
     /// The view service's member table (replica id -> base URL).
     Members(BTreeMap<ReplicaId, String>),
     Write {
         data: Vec<u8>,
-        reply: WriteReply,
+        reply: WriteReply<O>,
     },
     /// The view service's answer to a ping sent at `sent`.
     VsAnswer {
@@ -262,14 +285,14 @@ enum Input {
     Stop,
 }
 
-struct Inner<S> {
+struct Inner<S: StateMachine> {
     opts: NodeOptions,
     sm: RwLock<S>,
     initial: Box<dyn Fn() -> S + Send + Sync>,
     status: RwLock<Status>,
     /// The epoch this replica leads and until when it may serve reads in it.
     read_lease: Mutex<ReadLease<Instant>>,
-    tx: Mutex<Option<mpsc::UnboundedSender<Input>>>,
+    tx: Mutex<Option<mpsc::UnboundedSender<Input<S::Output>>>>,
     disk_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     client: Client,
     coordinators: Coordinators,
@@ -284,11 +307,11 @@ struct Inner<S> {
 }
 
 /// A running replica (cheap to clone).
-pub struct Node<S> {
+pub struct Node<S: StateMachine> {
     inner: Arc<Inner<S>>,
 }
 
-impl<S> Clone for Node<S> {
+impl<S: StateMachine> Clone for Node<S> {
     fn clone(&self) -> Self {
         Node {
             inner: self.inner.clone(),
@@ -455,9 +478,10 @@ impl<S: StateMachine> Node<S> {
         }
     }
 
-    /// Replicates `data` and returns the state machine's answer once it is committed
+    /// Replicates `command` and returns the state machine's answer once it is committed
     /// (durable on every replica of the view) and applied here.
-    pub async fn submit(&self, data: Vec<u8>) -> Result<Vec<u8>, SubmitError> {
+    pub async fn submit(&self, command: S::Command) -> Result<S::Output, SubmitError> {
+        let data = S::encode(&command);
         let (reply, rx) = oneshot::channel();
         {
             let tx = self.inner.tx.lock();

@@ -11,9 +11,16 @@ use std::time::Duration;
 struct Applied(Vec<Vec<u8>>);
 
 impl StateMachine for Applied {
-    fn apply(&mut self, _index: u64, data: &[u8]) -> Vec<u8> {
-        self.0.push(data.to_vec());
-        Vec::new()
+    type Command = Vec<u8>;
+    type Output = ();
+    fn encode(command: &Vec<u8>) -> Vec<u8> {
+        command.clone()
+    }
+    fn decode(data: &[u8]) -> Result<Vec<u8>, bookstore_replication::node::DecodeError> {
+        Ok(data.to_vec())
+    }
+    fn apply(&mut self, _index: u64, data: Vec<u8>) {
+        self.0.push(data);
     }
     fn snapshot(&self) -> Vec<u8> {
         bincode::serialize(&self.0).unwrap()

@@ -1,7 +1,7 @@
 //! Property tests of the services' decoders of replicated data (log entries and
 //! snapshots arrive from the primary over the network): arbitrary bytes give an error or
-//! an outcome, never a panic; valid data round-trips.
-use bookstore_catalog::state::{CatalogState, Update, UpdateError, UpdateOutcome};
+//! a command, never a panic; a command is what gets applied; valid data round-trips.
+use bookstore_catalog::state::{CatalogState, Update};
 use bookstore_catalog::CatalogSm;
 use bookstore_order::{OrderSm, Record};
 use bookstore_replication::node::StateMachine;
@@ -14,10 +14,10 @@ proptest! {
     #[test]
     fn catalog_entries_and_snapshots_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
         let mut sm = CatalogSm(CatalogState::new(seed_books(), 0));
-        let out = sm.apply(1, &bytes);
-        let outcome: UpdateOutcome = bincode::deserialize(&out).unwrap();
-        if bookstore_catalog::state::decode_entry(&bytes).is_err() {
-            prop_assert!(matches!(outcome, Err(UpdateError::Malformed)));
+        let command = CatalogSm::decode(&bytes);
+        prop_assert_eq!(command.is_ok(), bookstore_catalog::state::decode_entry(&bytes).is_ok());
+        if let Ok(c) = command {
+            let _ = sm.apply(1, c);
         }
         let _ = CatalogState::from_bytes(&bytes);
         let _ = sm.restore(&bytes);
@@ -33,8 +33,12 @@ proptest! {
         } else {
             bincode::serialize(&u).unwrap()
         };
-        let outcome: UpdateOutcome = bincode::deserialize(&sm.apply(1, &entry)).unwrap();
-        prop_assert!(!matches!(outcome, Err(UpdateError::Malformed)));
+        let command = CatalogSm::decode(&entry);
+        prop_assert!(command.is_ok());
+        let command = command.unwrap();
+        prop_assert_eq!(&command.update, &u);
+        prop_assert_eq!(command.time_ms, stamped.then_some(1_735_689_600_000));
+        let _ = sm.apply(1, command);
         let snap = sm.snapshot();
         let mut again = CatalogSm(CatalogState::new(vec![], 0));
         prop_assert!(again.restore(&snap).is_ok());
@@ -44,11 +48,12 @@ proptest! {
     #[test]
     fn order_entries_and_snapshots_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
         let mut sm = OrderSm::default();
-        let _ = sm.apply(1, &bytes);
-        let _ = sm.restore(&bytes);
         let valid = bookstore_replication::protocol::decode::<Record>(&bytes).is_ok();
-        let mut fresh = OrderSm::default();
-        let out: Option<bookstore_common::types::Order> = bincode::deserialize(&fresh.apply(1, &bytes)).unwrap();
-        prop_assert_eq!(out.is_some(), valid);
+        let command = OrderSm::decode(&bytes);
+        prop_assert_eq!(command.is_ok(), valid);
+        if let Ok(r) = command {
+            let _ = sm.apply(1, r);
+        }
+        let _ = sm.restore(&bytes);
     }
 }
