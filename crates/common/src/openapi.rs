@@ -299,22 +299,22 @@ pub fn serve_doc(cfg: &mut web::ServiceConfig, path: &str, doc: &OpenApi) {
     );
 }
 
-/// Query `item_number` (documentation only; handlers parse with [`crate::params::Params`]).
-#[derive(Debug, utoipa::IntoParams)]
+/// Query `item_number` (handlers take it as [`crate::params::Query`]`<ItemQuery>`).
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ItemQuery {
     /// The book's item number.
-    #[param(minimum = 1, maximum = 4294967295_u64)]
-    pub item_number: u64,
+    #[param(value_type = u64, minimum = 1, maximum = 4294967295_u64)]
+    pub item_number: crate::params::ItemNumberParam,
 }
 
-/// Query `topic` (documentation only).
-#[derive(Debug, utoipa::IntoParams)]
+/// Query `topic`.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct TopicQuery {
     /// A topic, e.g. `distributed systems` (not only whitespace).
-    #[param(min_length = 1, max_length = 256, pattern = r"\S")]
-    pub topic: String,
+    #[param(value_type = String, min_length = 1, max_length = 256, pattern = r"\S")]
+    pub topic: crate::params::Topic,
 }
 
 /// Header `Idempotency-Key` (documentation only).

@@ -348,13 +348,6 @@ pub fn json_config() -> web::JsonConfig {
         .error_handler(|err, _req| ApiError::BadRequest(format!("bad JSON body: {err}")).into())
 }
 
-/// Query-string extraction (`web::Query<T>`): errors as 400 with a JSON body naming
-/// the parameter.
-pub fn query_config() -> web::QueryConfig {
-    web::QueryConfig::default()
-        .error_handler(|err, _req| ApiError::BadRequest(format!("bad query: {err}")).into())
-}
-
 /// Binds `addr`, naming the server in the error (e.g. "catalog 0: 127.0.0.1:8002 is
 /// already in use").
 pub fn bind(addr: &str, who: &str) -> Result<TcpListener, String> {

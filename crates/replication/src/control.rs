@@ -10,6 +10,7 @@ use actix_web::{web, HttpResponse};
 use bookstore_common::error::ErrorBody;
 use bookstore_common::metrics::Metrics;
 use bookstore_common::oplog::OpLog;
+use bookstore_common::params::Query;
 use bookstore_common::types::{Done, Health, Readiness};
 use bookstore_common::ApiError;
 use node::Status;
@@ -188,7 +189,7 @@ async fn recover<S: StateMachine>(ctx: web::Data<Control<S>>) -> Result<HttpResp
 
 /// Messages from a peer replica (bincode `Vec<Msg>`).
 #[utoipa::path(post, path = "/replication/msg",
-    params(("from" = u32, Query, description = "The sending replica's id")),
+    params(crate::transfer::MsgQuery),
     request_body(content = Vec<u8>, content_type = "application/octet-stream",
         description = "bincode-encoded messages"),
     responses(
@@ -197,10 +198,10 @@ async fn recover<S: StateMachine>(ctx: web::Data<Control<S>>) -> Result<HttpResp
     ))]
 async fn receive<S: StateMachine>(
     ctx: web::Data<Control<S>>,
-    req: actix_web::HttpRequest,
+    Query(q): Query<crate::transfer::MsgQuery>,
     body: bytes::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    node::receive(&ctx.node, &req, &body)?;
+    node::receive(&ctx.node, &q, &body)?;
     Ok(HttpResponse::Ok().finish())
 }
 

@@ -12,7 +12,6 @@
 //! ([`bookstore_common::server::Limits::replica`]) is no cliff for the state's size.
 use crate::protocol::{Msg, ReplicaId};
 use bookstore_common::client::Client;
-use bookstore_common::params::Params;
 use bookstore_common::ApiError;
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -113,14 +112,35 @@ struct Transfer {
 #[derive(Default)]
 pub struct Assemblies(Mutex<HashMap<ReplicaId, Transfer>>);
 
+/// Query of `POST /replication/msg`: who sends, and, for a part of a larger batch, where
+/// the part goes.
+#[derive(Debug, Clone, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct MsgQuery {
+    /// The sending replica's id.
+    pub from: ReplicaId,
+    /// The transfer this part belongs to (absent: the body is a whole batch).
+    pub xfer: Option<u64>,
+    /// Where the part starts in the whole batch, in bytes (with `xfer`).
+    pub offset: Option<u64>,
+    /// The whole batch's size in bytes (with `xfer`).
+    pub total: Option<u64>,
+}
+
 /// Where a part of a transfer is: `Some` for a part, `None` for a whole batch.
-pub fn part_of(params: &Params) -> Result<Option<(u64, usize, usize)>, ApiError> {
-    let Some(xfer) = params.optional::<u64>("xfer", "a transfer id")? else {
+pub fn part_of(q: &MsgQuery) -> Result<Option<(u64, usize, usize)>, ApiError> {
+    let Some(xfer) = q.xfer else {
         return Ok(None);
     };
-    let offset: usize = params.required("offset", "a byte offset")?;
-    let total: usize = params.required("total", "a byte count")?;
-    Ok(Some((xfer, offset, total)))
+    let need = |v: Option<u64>, name: &str| {
+        v.and_then(|v| usize::try_from(v).ok())
+            .ok_or_else(|| ApiError::BadRequest(format!("missing parameter {name}")))
+    };
+    Ok(Some((
+        xfer,
+        need(q.offset, "offset")?,
+        need(q.total, "total")?,
+    )))
 }
 
 impl Assemblies {

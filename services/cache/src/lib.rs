@@ -17,7 +17,7 @@ pub mod near;
 pub mod cli;
 
 use actix_web::http::header::ContentType;
-use actix_web::{middleware::from_fn, web, HttpRequest, HttpResponse};
+use actix_web::{middleware::from_fn, web, HttpResponse};
 use bookstore_common::auth::{require_cluster_token, Tokens};
 use bookstore_common::client::Client;
 use bookstore_common::config::{ClusterConfig, Kind};
@@ -26,7 +26,7 @@ use bookstore_common::error::ErrorBody;
 use bookstore_common::metrics::{self, Metrics};
 use bookstore_common::openapi::{self, ItemQuery, TopicQuery};
 use bookstore_common::oplog::OpLog;
-use bookstore_common::params::{batch_len, Params};
+use bookstore_common::params::{batch_len, Query};
 use bookstore_common::router::{follow_views, Router};
 use bookstore_common::types::{
     CacheFill, Health, LeaseReply, LeaseRequest, NearLeaseReply, NearLeaseRequest, Readiness,
@@ -123,8 +123,8 @@ async fn health() -> HttpResponse {
     (status = 400, description = "Malformed item_number", body = ErrorBody),
     (status = 404, description = "Not cached", body = ErrorBody),
 ))]
-async fn lookup(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    let item = Params::parse(req.query_string()).item_number()?;
+async fn lookup(ctx: Ctx, Query(q): Query<ItemQuery>) -> Result<HttpResponse, ApiError> {
+    let item = q.item_number.0;
     let found = ctx.store.read().lookup_versioned(item);
     Ok(ctx.answer(format!("lookup,{item}"), found))
 }
@@ -135,9 +135,8 @@ async fn lookup(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     (status = 400, description = "Malformed topic", body = ErrorBody),
     (status = 404, description = "Not cached", body = ErrorBody),
 ))]
-async fn search(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    let params = Params::parse(req.query_string());
-    let topic = params.topic()?;
+async fn search(ctx: Ctx, Query(q): Query<TopicQuery>) -> Result<HttpResponse, ApiError> {
+    let topic = q.topic.0.as_str();
     let found = ctx.store.read().search_versioned(topic);
     Ok(ctx.answer(format!("search,{topic}"), found))
 }
@@ -181,11 +180,10 @@ async fn put_lookup(ctx: Ctx, fill: web::Json<CacheFill>) -> Result<HttpResponse
 ))]
 async fn put_search(
     ctx: Ctx,
-    req: HttpRequest,
+    Query(q): Query<TopicQuery>,
     fill: web::Json<CacheFill>,
 ) -> Result<HttpResponse, ApiError> {
-    let params = Params::parse(req.query_string());
-    let topic = params.topic()?;
+    let topic = q.topic.0.as_str();
     let fill = fill.into_inner();
     let body = body_of(&fill)?;
     let stored = ctx

@@ -23,7 +23,7 @@ use bookstore_common::idempotency::Retention;
 use bookstore_common::metrics::{self, Metrics};
 use bookstore_common::openapi::{self, IdempotencyHeader, ItemQuery, TopicQuery};
 use bookstore_common::oplog::OpLog;
-use bookstore_common::params::{batch_key, batch_len, idempotency_key, Params};
+use bookstore_common::params::{batch_key, batch_len, idempotency_key, CostOrNa, Query};
 use bookstore_common::timing::{Timing, SERVER_TIMING};
 use bookstore_common::types::{BatchAnswer, BatchItem, LeaseReply, SearchHit, UpdateBatch};
 use bookstore_common::types::{Book, ItemNumber, LeaseRequest, Versioned, IDEMPOTENCY_KEY_HEADER};
@@ -287,17 +287,9 @@ impl Catalog {
 
 type Ctx = web::Data<Catalog>;
 
-/// Whether the request says `?consistent=1` (it wants the primary's answer).
-fn consistent(params: &Params) -> Result<bool, ApiError> {
-    Ok(matches!(
-        params.optional_str("consistent")?,
-        Some("1" | "true")
-    ))
-}
-
 /// `?consistent=1` asks for the primary's answer (a backup answers 421).
-fn require_primary(ctx: &Catalog, params: &Params) -> Result<(), ApiError> {
-    if consistent(params)? {
+fn require_primary(ctx: &Catalog, consistent: &ConsistentQuery) -> Result<(), ApiError> {
+    if consistent.wanted() {
         ctx.control.check_primary()?;
     }
     Ok(())
@@ -310,16 +302,19 @@ fn require_primary(ctx: &Catalog, params: &Params) -> Result<(), ApiError> {
     (status = 404, description = "No such book", body = ErrorBody),
     (status = 421, description = "`consistent=1` on a replica that is not the primary", body = ErrorBody),
 ))]
-async fn query_by_item(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+async fn query_by_item(
+    ctx: Ctx,
+    Query(q): Query<ItemQuery>,
+    Query(consistent): Query<ConsistentQuery>,
+) -> Result<HttpResponse, ApiError> {
     ctx.check_up()?;
-    let params = Params::parse(req.query_string());
-    let item = params.item_number()?;
-    require_primary(&ctx, &params)?;
+    let item = q.item_number.0;
+    require_primary(&ctx, &consistent)?;
     ctx.log().record(format!("query_by_item,{item}"));
     let found = ctx.read(|s| s.lookup(item).map(|b| (b, s.version(), s.written_at(item))))?;
     let (book, version, written) =
         found.ok_or_else(|| ApiError::NotFound(format!("no book with item_number {item}")))?;
-    if consistent(&params)? {
+    if consistent.wanted() {
         // The primary's answer: never ahead of what the caches have been told.
         ctx.settle(item, written).await;
     }
@@ -335,11 +330,14 @@ async fn query_by_item(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiEr
     (status = 400, description = "Malformed parameter", body = ErrorBody),
     (status = 421, description = "`consistent=1` on a replica that is not the primary", body = ErrorBody),
 ))]
-async fn query_by_topic(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+async fn query_by_topic(
+    ctx: Ctx,
+    Query(q): Query<TopicQuery>,
+    Query(consistent): Query<ConsistentQuery>,
+) -> Result<HttpResponse, ApiError> {
     ctx.check_up()?;
-    let params = Params::parse(req.query_string());
-    let topic = params.topic()?;
-    require_primary(&ctx, &params)?;
+    let topic = q.topic.0.as_str();
+    require_primary(&ctx, &consistent)?;
     ctx.log().record(format!("query_by_topic,{topic}"));
     let (hits, version) = ctx.read(|s| (s.search(topic), s.version()))?;
     Ok(HttpResponse::Ok().json(Versioned {
@@ -357,23 +355,22 @@ async fn query_by_topic(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiE
     (status = 422, description = "Idempotency-Key already used for another request", body = ErrorBody),
     (status = 421, description = "Not the primary", body = ErrorBody),
 ))]
-async fn update(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+async fn update(
+    ctx: Ctx,
+    req: HttpRequest,
+    Query(item): Query<ItemQuery>,
+    Query(q): Query<UpdateQuery>,
+) -> Result<HttpResponse, ApiError> {
     let t = Timing::start();
     ctx.check_up()?;
-    let params = Params::parse(req.query_string());
-    let item_number = params.item_number()?;
-    let stock_delta: i64 = params
-        .optional("stock", "a whole number (the change of stock)")?
-        .unwrap_or(0);
+    let item_number = item.item_number.0;
+    let stock_delta = q.stock.unwrap_or(0);
     if stock_delta.unsigned_abs() > u64::from(u32::MAX) {
         return Err(ApiError::BadRequest(
             "parameter stock is out of range".into(),
         ));
     }
-    let cost = match params.optional_str("cost")? {
-        None | Some("na") => None,
-        Some(_) => params.optional::<u32>("cost", "a whole number or \"na\"")?,
-    };
+    let cost = q.cost.and_then(|c| c.0);
     let request_id = idempotency_key(
         req.headers()
             .get(IDEMPOTENCY_KEY_HEADER)
@@ -452,10 +449,9 @@ async fn update_batch(
     (status = 200, body = Versioned<Vec<Book>>),
     (status = 400, description = "Malformed limit", body = ErrorBody),
 ))]
-async fn books(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+async fn books(ctx: Ctx, Query(q): Query<BooksQuery>) -> Result<HttpResponse, ApiError> {
     ctx.check_up()?;
-    let limit: Option<u32> =
-        Params::parse(req.query_string()).optional("limit", "a whole number >= 0")?;
+    let limit = q.limit;
     let (all, version) = ctx.read(|s| {
         let books = match limit {
             Some(n) => s.first(n as usize),
@@ -489,33 +485,41 @@ async fn cache_lease(ctx: Ctx, body: web::Json<LeaseRequest>) -> Result<HttpResp
     Ok(HttpResponse::Ok().json(reply))
 }
 
-/// Query of `GET /books` (documentation only).
-#[derive(Debug, utoipa::IntoParams)]
+/// Query of `GET /books`.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct BooksQuery {
     /// Only the first this many books by item number.
     #[param(minimum = 0, maximum = 4294967295_u64)]
-    pub limit: Option<u64>,
+    pub limit: Option<u32>,
 }
 
-/// Query `consistent` (documentation only).
-#[derive(Debug, utoipa::IntoParams)]
+/// Query `consistent`.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ConsistentQuery {
-    /// `1` or `true`: answer only if this replica is the primary (else 421).
+    /// `1` or `true`: answer only if this replica is the primary (else 421); anything
+    /// else, or nothing, any caught-up replica answers.
     pub consistent: Option<String>,
 }
 
-/// Query of `POST /update` besides `item_number` (documentation only).
-#[derive(Debug, utoipa::IntoParams)]
+impl ConsistentQuery {
+    /// Does the request want the primary's answer?
+    fn wanted(&self) -> bool {
+        matches!(self.consistent.as_deref(), Some("1" | "true"))
+    }
+}
+
+/// Query of `POST /update` besides `item_number`.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct UpdateQuery {
     /// Change of stock (negative to sell).
     #[param(minimum = -4294967295_i64, maximum = 4294967295_i64)]
     pub stock: Option<i64>,
-    /// New price, or `na` to keep it.
-    #[param(minimum = 0, maximum = 4294967295_u64)]
-    pub cost: Option<u64>,
+    /// New price (a whole number below 2^32), or `na` to keep it.
+    #[param(value_type = Option<String>, pattern = r"^(na|\s*[0-9]+\s*)$")]
+    pub cost: Option<CostOrNa>,
 }
 
 #[derive(OpenApi)]

@@ -279,8 +279,7 @@ pub fn admin_openapi() -> utoipa::openapi::OpenApi {
 /// Every route of a coordinator (its app data is registered by [`run`]).
 pub fn routes(cfg: &mut web::ServiceConfig) {
     let (internal, admin) = (internal_openapi(), admin_openapi());
-    cfg.app_data(openapi::allowed_methods(&[&internal, &admin]))
-        .app_data(server::query_config());
+    cfg.app_data(openapi::allowed_methods(&[&internal, &admin]));
     openapi::serve_doc(cfg, openapi::PUBLIC_DOC_PATH, &admin);
     cfg.route("/health", web::get().to(routes::health))
         .route("/ready", web::get().to(routes::ready))

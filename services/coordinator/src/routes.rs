@@ -12,6 +12,7 @@ use crate::authority::{Authority, AuthorityError};
 use crate::Coordinator;
 use actix_web::{web, HttpResponse};
 use bookstore_common::error::ErrorBody;
+use bookstore_common::params::Query;
 use bookstore_common::types::{
     CoordinatorAddQuery, CoordinatorChange, CoordinatorRemoveQuery, Health, MemberChange,
     Readiness, RegisterQuery, UnregisterQuery,
@@ -111,7 +112,7 @@ pub struct ViewQuery {
 pub async fn view(
     c: web::Data<Coordinator>,
     kind: web::Path<String>,
-    q: web::Query<ViewQuery>,
+    q: Query<ViewQuery>,
 ) -> Result<HttpResponse, ApiError> {
     // (JSON Schema's integers here are int64: larger values are not this API's.)
     if let Some(v) = q.version.filter(|v| *v > i64::MAX as u64) {
@@ -179,7 +180,7 @@ pub fn base_url(url: &str) -> Result<String, ApiError> {
     ))]
 pub async fn register(
     c: web::Data<Coordinator>,
-    q: web::Query<RegisterQuery>,
+    q: Query<RegisterQuery>,
 ) -> Result<HttpResponse, ApiError> {
     check_kind(&c.authority, &q.kind)?;
     let url = base_url(&q.url)?;
@@ -214,7 +215,7 @@ pub async fn register(
     ))]
 pub async fn unregister(
     c: web::Data<Coordinator>,
-    q: web::Query<UnregisterQuery>,
+    q: Query<UnregisterQuery>,
 ) -> Result<HttpResponse, ApiError> {
     check_kind(&c.authority, &q.kind)?;
     c.authority.unregister(&q.kind, q.id).await?;
@@ -286,7 +287,7 @@ pub async fn reserve(c: web::Data<Coordinator>) -> Result<HttpResponse, ApiError
     ))]
 pub async fn add(
     c: web::Data<Coordinator>,
-    q: web::Query<CoordinatorAddQuery>,
+    q: Query<CoordinatorAddQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let a = &c.authority;
     must_lead(a)?;
@@ -327,7 +328,7 @@ pub async fn add(
     ))]
 pub async fn remove(
     c: web::Data<Coordinator>,
-    q: web::Query<CoordinatorRemoveQuery>,
+    q: Query<CoordinatorRemoveQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let a = &c.authority;
     must_lead(a)?;

@@ -3,9 +3,10 @@
 //! with the request to the coordinators only, which check it again.
 use crate::Ctx;
 use actix_web::http::{header, StatusCode};
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{HttpRequest, HttpResponse};
 use bookstore_common::client::{encode, CallError};
 use bookstore_common::error::ErrorBody;
+use bookstore_common::params::Query;
 use bookstore_common::types::{MemberChange, RegisterQuery, UnregisterQuery};
 use bookstore_common::ApiError;
 use std::time::Duration;
@@ -53,7 +54,7 @@ async fn forward(ctx: &Ctx, req: &HttpRequest, path_and_query: String) -> HttpRe
         (status = 200, body = MemberChange),
         (status = 400, description = "Bad kind or URL", body = ErrorBody),
     ))]
-pub async fn register(ctx: Ctx, req: HttpRequest, q: web::Query<RegisterQuery>) -> HttpResponse {
+pub async fn register(ctx: Ctx, req: HttpRequest, q: Query<RegisterQuery>) -> HttpResponse {
     let path = format!(
         "/admin/cluster/register?kind={}&url={}",
         encode(&q.kind),
@@ -71,11 +72,7 @@ pub async fn register(ctx: Ctx, req: HttpRequest, q: web::Query<RegisterQuery>) 
         (status = 404, description = "No such member", body = ErrorBody),
         (status = 409, description = "No other member holds every committed write", body = ErrorBody),
     ))]
-pub async fn unregister(
-    ctx: Ctx,
-    req: HttpRequest,
-    q: web::Query<UnregisterQuery>,
-) -> HttpResponse {
+pub async fn unregister(ctx: Ctx, req: HttpRequest, q: Query<UnregisterQuery>) -> HttpResponse {
     let path = format!(
         "/admin/cluster/unregister?kind={}&id={}",
         encode(&q.kind),

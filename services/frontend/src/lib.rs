@@ -43,7 +43,7 @@ use bookstore_common::error::ErrorBody;
 use bookstore_common::metrics::{self, Metrics};
 use bookstore_common::openapi::{self, Access, IdempotencyHeader, ItemQuery, TopicQuery};
 use bookstore_common::oplog::OpLog;
-use bookstore_common::params::{batch_len, idempotency_key, Params};
+use bookstore_common::params::{batch_len, idempotency_key, Query};
 use bookstore_common::router::{self, batched_or_single, follow_views, Batched, Read, Router};
 use bookstore_common::timing::{Timing, SERVER_TIMING};
 use bookstore_common::types::{
@@ -245,8 +245,12 @@ async fn health(ctx: Ctx) -> HttpResponse {
     (status = 400, description = "Missing or malformed item_number", body = ErrorBody),
     (status = 404, description = "No such book", body = ErrorBody),
 ))]
-async fn lookup(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    let item = Params::parse(req.query_string()).item_number()?;
+async fn lookup(
+    ctx: Ctx,
+    req: HttpRequest,
+    Query(q): Query<ItemQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let item = q.item_number.0;
     ctx.log.record(format!("lookup,{item}"));
     let mut t = Timing::start();
     let use_cache = !bypasses_cache(&req);
@@ -298,9 +302,12 @@ async fn lookup(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     (status = 200, body = SearchResponse),
     (status = 400, description = "Missing, empty or too long topic", body = ErrorBody),
 ))]
-async fn search(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    let params = Params::parse(req.query_string());
-    let topic = params.topic()?;
+async fn search(
+    ctx: Ctx,
+    req: HttpRequest,
+    Query(q): Query<TopicQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let topic = q.topic.0.as_str();
     ctx.log.record(format!("search,{topic}"));
     let q = encode(topic);
     let mut t = Timing::start();
@@ -425,8 +432,12 @@ fn client_key(req: &HttpRequest) -> Result<(String, bool), ApiError> {
     (status = 409, description = "Sold out: `{\"result\":\"Failed\",\"error\":\"out of stock\"}`", body = ErrorBody),
     (status = 422, description = "Idempotency-Key already used for another request", body = ErrorBody),
 ))]
-async fn buy(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    let item = Params::parse(req.query_string()).item_number()?;
+async fn buy(
+    ctx: Ctx,
+    req: HttpRequest,
+    Query(q): Query<ItemQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let item = q.item_number.0;
     let (key, fresh) = client_key(&req)?;
     ctx.log.record(format!("buy,{item}"));
     let mut t = Timing::start();
@@ -462,13 +473,15 @@ async fn buy(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     (status = 404, description = "No such book", body = ErrorBody),
     (status = 422, description = "Idempotency-Key already used for another request", body = ErrorBody),
 ))]
-async fn restock(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    let params = Params::parse(req.query_string());
-    let item = params.item_number()?;
-    let quantity: u32 = params
-        .optional("quantity", "a whole number >= 0")?
-        .unwrap_or(0);
-    let cost: Option<u32> = params.optional("cost", "a whole number >= 0")?;
+async fn restock(
+    ctx: Ctx,
+    req: HttpRequest,
+    Query(item): Query<ItemQuery>,
+    Query(q): Query<RestockQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let item = item.item_number.0;
+    let quantity = q.quantity.unwrap_or(0);
+    let cost = q.cost;
     if quantity == 0 && cost.is_none() {
         return Err(ApiError::BadRequest(
             "give quantity (copies to add) or cost (new price), or both".into(),
@@ -505,16 +518,16 @@ async fn ready(ctx: Ctx) -> HttpResponse {
     )
 }
 
-/// Query of `POST /admin/restock` besides `item_number` (documentation only).
-#[derive(Debug, utoipa::IntoParams)]
+/// Query of `POST /admin/restock` besides `item_number`.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct RestockQuery {
-    /// Copies to add (give this, `cost`, or both).
-    #[param(minimum = 1, maximum = 4294967295_u64)]
-    pub quantity: Option<u64>,
+    /// Copies to add (give this, `cost`, or both; `0` adds none).
+    #[param(minimum = 0, maximum = 4294967295_u64)]
+    pub quantity: Option<u32>,
     /// The new price.
     #[param(minimum = 0, maximum = 4294967295_u64)]
-    pub cost: Option<u64>,
+    pub cost: Option<u32>,
 }
 
 /// The paths of the public document.
@@ -552,8 +565,7 @@ pub fn internal_openapi() -> utoipa::openapi::OpenApi {
 pub fn routes(cfg: &mut web::ServiceConfig) {
     let (public, internal) = (public_openapi(), internal_openapi());
     cfg.app_data(openapi::allowed_methods(&[&public, &internal]))
-        .app_data(server::json_config())
-        .app_data(server::query_config());
+        .app_data(server::json_config());
     openapi::serve_doc(cfg, openapi::PUBLIC_DOC_PATH, &public);
     cfg.route("/health", web::get().to(health))
         .route("/ready", web::get().to(ready))

@@ -28,7 +28,7 @@ use bookstore_common::idempotency::Retention;
 use bookstore_common::metrics::{self, catch_up, Metrics};
 use bookstore_common::openapi::{self, IdempotencyHeader, ItemQuery};
 use bookstore_common::oplog::OpLog;
-use bookstore_common::params::{batch_key, batch_len, idempotency_key, Params};
+use bookstore_common::params::{batch_key, batch_len, idempotency_key, Query};
 use bookstore_common::router::{self, batched_or_single, follow_views, Batched, Router};
 use bookstore_common::timing::{Timing, SERVER_TIMING};
 use bookstore_common::types::{
@@ -266,9 +266,13 @@ fn success(order: Order) -> BuySuccess {
     (status = 422, description = "Idempotency-Key already used for another request", body = ErrorBody),
     (status = 421, description = "Not the primary", body = ErrorBody),
 ))]
-async fn buy(ctx: Ctx, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+async fn buy(
+    ctx: Ctx,
+    req: HttpRequest,
+    Query(q): Query<ItemQuery>,
+) -> Result<HttpResponse, ApiError> {
     ctx.check_up()?;
-    let item = Params::parse(req.query_string()).item_number()?;
+    let item = q.item_number.0;
     let key = idempotency_key(
         req.headers()
             .get(IDEMPOTENCY_KEY_HEADER)

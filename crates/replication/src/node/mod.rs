@@ -612,15 +612,14 @@ impl<S: StateMachine> Node<S> {
 /// a part of one: [`crate::transfer`]) and hands them to the protocol. Served by [`crate::control`], behind the cluster token.
 pub fn receive<S: StateMachine>(
     node: &Node<S>,
-    req: &actix_web::HttpRequest,
+    q: &crate::transfer::MsgQuery,
     body: &[u8],
 ) -> Result<(), bookstore_common::ApiError> {
-    let params = bookstore_common::params::Params::parse(req.query_string());
-    let from: ReplicaId = params.required("from", "a replica id")?;
+    let from = q.from;
     node.check_sender(from)
         .map_err(|e| bookstore_common::ApiError::BadRequest(format!("refused: {e}")))?;
     let whole;
-    let body = match crate::transfer::part_of(&params)? {
+    let body = match crate::transfer::part_of(q)? {
         None => body,
         Some(part) => match node.inner.transfers.add(from, part, body)? {
             None => return Ok(()),

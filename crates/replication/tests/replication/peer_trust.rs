@@ -177,10 +177,13 @@ async fn a_snapshot_larger_than_the_body_limit_arrives_in_parts() {
             cfg.route(
                 "/replication/msg",
                 actix_web::web::post().to(
-                    move |req: actix_web::HttpRequest, body: bytes::Bytes| {
+                    move |bookstore_common::params::Query(q): bookstore_common::params::Query<
+                        bookstore_replication::transfer::MsgQuery,
+                    >,
+                          body: bytes::Bytes| {
                         let node = node.clone();
                         async move {
-                            bookstore_replication::node::receive(&node, &req, &body)
+                            bookstore_replication::node::receive(&node, &q, &body)
                                 .map(|()| actix_web::HttpResponse::Ok().finish())
                         }
                     },
