@@ -4,7 +4,11 @@
 //! - [`config`]: the cluster file, the books CSV and environment settings.
 //! - [`error`]: [`ApiError`], the one error enum of the HTTP boundary, mapped to status codes.
 //! - [`files`]: atomic file replacement (temp file, fsync, rename), 0600 for token files.
-//! - [`params`]: strict query-string parsing with errors that name the parameter.
+//! - [`params`]: each route's query as a serde struct (the [`params::Query`] extractor),
+//!   with errors that name the parameter.
+//! - [`cli`]: the flags every server shares (`ServiceArgs`, `ReplicaArgs`, `BatchArgs`).
+//! - [`router`]: calling the primary of a replicated service, following its view, and
+//!   batching calls to it.
 //! - [`auth`]: cluster-token and admin-token checks (constant time).
 //! - [`batch`]: coalescing concurrent calls to another service into one call.
 //! - [`cache_store`]: cache entries and their version rules, used by the cache service

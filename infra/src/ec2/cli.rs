@@ -1,5 +1,7 @@
 //! The `infra ec2` command line: every command's flags, and [`main`], which hands each
 //! command to the module that does it.
+// The flags' doc comments are their `--help` text, written for a terminal, not rustdoc.
+#![allow(rustdoc::invalid_html_tags, rustdoc::broken_intra_doc_links)]
 use super::layout;
 use super::state::{self, Phase};
 use super::{deploy, down, onhost, ops, run, scale, up};

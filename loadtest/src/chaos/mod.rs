@@ -10,6 +10,13 @@
 //!
 //! Output under `<out>/<run>/`: `history.jsonl`, `summary.txt`, `summary.json`,
 //! `timeline.svg`, `cluster/` (server logs and data directories).
+//!
+//! Modules: [`clients`] (the buyers, readers and restocker), [`nemesis`] (the faults and
+//! their lanes), [`net`] (partitions with iptables), [`wrapper`] (each server in its own
+//! group, for the partitions), [`history`] (the recorded operations and faults),
+//! [`check`] (the six checkers), [`linear`] (the per-book linearizability check),
+//! [`gaps`] (the longest unanswered stretches per fault kind), [`report`] (summary and
+//! timeline).
 pub mod check;
 pub mod clients;
 pub mod gaps;

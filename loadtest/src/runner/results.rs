@@ -140,12 +140,12 @@ pub struct RoundResult {
     /// Answered requests per second of `elapsed_s`.
     pub throughput_rps: f64,
     pub latency: LatencySummary,
-    /// Per-tier latency: [`END_TO_END`] (the client's own measurement, the same figures
+    /// Per-tier latency: [`END_TO_END`](crate::tiers::END_TO_END) (the client's own measurement, the same figures
     /// as `latency`) first, then the tiers of the answers' `Server-Timing` headers.
     #[serde(default)]
     pub tiers: Vec<TierResult>,
     pub race: Option<RaceResult>,
-    /// What the servers spent during the round (with [`RunConfig::servers`]).
+    /// What the servers spent during the round (with [`RunConfig::servers`](crate::runner::RunConfig::servers)).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server: Option<crate::procstat::Cost>,
     /// The round's histogram (microseconds); not serialised.

@@ -1,5 +1,6 @@
 //! Cache service: lookup and search answers, kept coherent with the catalog.
 //!
+//! - [`cli`]: the server's flags and `launch` (shared with `infra serve cache`).
 //! - [`store`]: entries and the version rules (pure; shared with the frontends' near
 //!   caches, in `bookstore_common::cache_store`).
 //! - [`near`]: the frontends' near leases (pure): who must hear of an invalidation before

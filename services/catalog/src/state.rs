@@ -15,7 +15,7 @@
 //! fingerprints still decode: see [`decode_entry`] and [`CatalogState::from_bytes`].
 //!
 //! What never changes after loading (item numbers, titles, topics, the topic index with
-//! its prebuilt hits) lives in one [`Shelf`] behind an `Arc`, shared by every copy of the
+//! its prebuilt hits) lives in one `Shelf` behind an `Arc`, shared by every copy of the
 //! state; only stock and cost (two `u32` per book) are per copy. A 1,000,000-book
 //! catalog is then about 150 MB once, and a copy of it (the replication layer builds the
 //! initial state more than once) costs 8 MB, not another full set of strings.

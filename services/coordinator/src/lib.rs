@@ -12,7 +12,7 @@
 //! - [`authority`]: the leader's view services: decisions committed before anyone sees
 //!   them, leases waited out after a leader change, answers confirmed by a quorum;
 //! - [`confirm`]: batched leadership confirmation (ReadIndex);
-//! - [`routes`]: the HTTP API;
+//! - [`routes`](mod@routes): the HTTP API;
 //! - [`cli`]: flags, and the entry point shared by the binary and `infra serve`.
 //!
 //! [`run`] serves on a bound listener until its shutdown future resolves, then stops Raft

@@ -60,7 +60,7 @@ pub async fn ready(c: web::Data<Coordinator>) -> HttpResponse {
     })
 }
 
-/// A replica's ping: bincode [`Ping`] in, bincode `PingAnswer` out.
+/// A replica's ping: bincode `Ping` in, bincode `PingAnswer` out.
 #[utoipa::path(post, path = "/vs/{kind}/ping",
     params(("kind" = VsKind, Path, description = "The replicated service")),
     request_body(content = Vec<u8>, content_type = "application/octet-stream",

@@ -5,7 +5,7 @@
 //! What is here is everything that must survive any single failure: per replicated kind
 //! the view service's decided state ([`VsState`]: view, acknowledgement, synced set,
 //! incarnations) and the member table. Soft state (when each replica last pinged, what it
-//! reported) lives only on the leader ([`crate::leader`]).
+//! reported) lives only on the leader ([`crate::authority`]).
 use bookstore_replication_core::lease::DEAD_TICKS;
 use bookstore_replication_core::protocol::{Epoch, ReplicaId};
 use bookstore_replication_core::viewservice::{VsConfig, VsState};

@@ -1,4 +1,6 @@
-//! Frontend service: the public REST API.
+//! Frontend service: the public REST API. Modules: [`cli`] (flags and `launch`, shared
+//! with `infra serve frontend`), [`near`] (the near cache), [`observe`] (`/cluster` and
+//! the status page), [`admin`] (forwarding `/admin/cluster/*` to the coordinators).
 //!
 //! `GET /search?topic=`, `GET /lookup?item_number=`, `POST /buy?item_number=`,
 //! `GET /health`, and the admin route `POST /admin/restock` (admin token). Reads go
