@@ -254,7 +254,10 @@ impl<S: StateMachine> Driver<S> {
         let inner = self.inner.clone();
         let tx = self.tx.clone();
         let tick = self.inner.opts.tick;
-        tokio::spawn(async move {
+        let node = Node {
+            inner: self.inner.clone(),
+        };
+        node.spawn(async move {
             let sent = Instant::now();
             let body = bincode::serialize(&PingRequest {
                 ping,

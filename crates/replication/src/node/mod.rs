@@ -13,6 +13,10 @@
 //!   whatever is unacknowledged at each heartbeat);
 //! - pings to the view service are HTTP POSTs to `{coordinator}/vs/{kind}/ping`, sent to
 //!   the coordinator group's leader wherever it is ([`Coordinators`]);
+//! - every task of a running replica (driver, ticks, peer senders, pings) is owned by its
+//!   [`Node`] (a `TaskTracker` and a cancellation token per boot): [`Node::crash`], which
+//!   is also a service's graceful stop, cancels them and returns once they and the disk
+//!   thread have ended;
 //! - a primary serves reads only under a **read lease**: for [`NodeOptions::read_lease`]
 //!   after it *sent* a ping that the view service answered with a view naming it
 //!   primary of its current epoch. The view service declares a replica dead only
@@ -52,6 +56,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 mod disk;
 mod driver;
@@ -294,6 +300,11 @@ struct Inner<S: StateMachine> {
     read_lease: Mutex<ReadLease<Instant>>,
     tx: Mutex<Option<mpsc::UnboundedSender<Input<S::Output>>>>,
     disk_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Every task of the running incarnation (driver, ticks, peer senders, pings): a stop
+    /// cancels them and waits for them all.
+    tasks: TaskTracker,
+    /// Cancelled when the running incarnation stops; a new one per boot.
+    cancel: Mutex<CancellationToken>,
     client: Client,
     coordinators: Coordinators,
     /// Why the replica stopped on its own (a disk failure), until it boots again.
@@ -338,6 +349,8 @@ impl<S: StateMachine> Node<S> {
             read_lease: Mutex::new(ReadLease::new()),
             tx: Mutex::new(None),
             disk_thread: Mutex::new(None),
+            tasks: TaskTracker::new(),
+            cancel: Mutex::new(CancellationToken::new()),
             coordinators: Coordinators::new(client.clone(), opts.coordinators.clone()),
             client,
             failure: tokio::sync::watch::Sender::new(None),
@@ -358,6 +371,8 @@ impl<S: StateMachine> Node<S> {
 
     fn boot(&self) -> Result<(), String> {
         self.inner.failure.send_replace(None);
+        *self.inner.cancel.lock() = CancellationToken::new();
+        self.inner.tasks.reopen();
         let opts = &self.inner.opts;
         std::fs::create_dir_all(&opts.data_dir)
             .map_err(|e| format!("{}: {e}", opts.data_dir.display()))?;
@@ -436,7 +451,7 @@ impl<S: StateMachine> Node<S> {
 
         let ticks = tx.clone();
         let tick = opts.tick;
-        tokio::spawn(async move {
+        self.spawn(async move {
             let mut interval = tokio::time::interval(tick);
             interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -460,14 +475,28 @@ impl<S: StateMachine> Node<S> {
             outputs: HashMap::new(),
             next_request: 0,
         };
-        tokio::spawn(driver.run(rx));
+        // The driver ends on `Input::Stop` (or a disk failure), never by cancellation: it
+        // answers every pending write first.
+        self.inner.tasks.spawn(driver.run(rx));
         Ok(())
+    }
+
+    /// Runs `task` as one of this incarnation's tasks: it ends when the incarnation
+    /// stops (cancelled), and a stop waits for it.
+    pub(crate) fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        let cancel = self.inner.cancel.lock().clone();
+        self.inner.tasks.spawn(async move {
+            tokio::select! {
+                _ = cancel.cancelled() => {}
+                _ = task => {}
+            }
+        });
     }
 
     fn peer(&self, base: &str) -> Peer {
         let (tx, rx) = mpsc::channel(PEER_QUEUE);
         let url = format!("{base}/replication/msg?from={}", self.inner.opts.id);
-        tokio::spawn(crate::transfer::peer_sender(
+        self.spawn(crate::transfer::peer_sender(
             self.inner.client.clone(),
             url,
             rx,
@@ -554,12 +583,17 @@ impl<S: StateMachine> Node<S> {
     }
 
     /// Stops the replica as a crash would: volatile state is lost, pending writes get
-    /// an unknown outcome, nothing more is sent. The disk keeps what was synced.
+    /// an unknown outcome, nothing more is sent. The disk keeps what was synced. Returns
+    /// once every task and the disk thread of the replica have ended; a service's
+    /// graceful stop is this too.
     pub async fn crash(&self) {
         let tx = self.inner.tx.lock().take();
         if let Some(tx) = tx {
             let _ = tx.send(Input::Stop);
         }
+        self.inner.cancel.lock().cancel();
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
         let handle = self.inner.disk_thread.lock().take();
         if let Some(h) = handle {
             let _ = tokio::task::spawn_blocking(move || h.join()).await;
@@ -570,6 +604,11 @@ impl<S: StateMachine> Node<S> {
             view_changes: s.view_changes,
             ..Status::default()
         };
+    }
+
+    /// Tasks of the running incarnation that have not ended (none after [`Node::crash`]).
+    pub fn running_tasks(&self) -> usize {
+        self.inner.tasks.len()
     }
 
     /// Messages dropped because a peer's queue ([`PEER_QUEUE`]) was full.

@@ -307,3 +307,67 @@ mod arbitrary {
         }
     }
 }
+
+/// A stop ends every task the replica started (ticks, driver, peer senders, pings), and
+/// returns only then, at once: nothing of a stopped replica runs on, and a sender stuck
+/// on a peer that never answers is cancelled rather than waited out (its HTTP timeout is
+/// 1 s). Without the cancellation the stop takes that long; without the wait, tasks are
+/// still running when it returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_cancels_and_waits_for_every_task_of_the_replica() {
+    // Replica 1, the primary, accepts connections and never answers.
+    let stuck = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let stuck_url = format!("http://{}", stuck.local_addr().unwrap());
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let acc = accepted.clone();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in stuck.incoming() {
+            acc.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            held.push(c);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = NodeOptions::new(
+        0,
+        vec!["http://127.0.0.1:9".into(), stuck_url],
+        "catalog",
+        vec!["http://127.0.0.1:9".into()],
+        dir.path().to_path_buf(),
+        "peer-trust-cluster-token",
+    );
+    opts.tick = Duration::from_millis(10);
+    let node = Node::start(opts, Applied::default).unwrap();
+    become_backup(&node, 1).await;
+    node.deliver(
+        1,
+        vec![Msg::Replicate {
+            view: view(1),
+            prev_index: 0,
+            prev_epoch: 0,
+            entries: vec![entry(1, 1)],
+            commit: 0,
+        }],
+    );
+    // The backup's answer to its primary is on its way, and stuck (for the call's
+    // timeout, 1 s for a small body).
+    let limit = std::time::Instant::now() + Duration::from_secs(5);
+    while accepted.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        assert!(
+            std::time::Instant::now() < limit,
+            "the backup never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(node.running_tasks() >= 3, "{} tasks", node.running_tasks());
+    let t0 = std::time::Instant::now();
+    node.crash().await;
+    let took = t0.elapsed();
+    assert_eq!(node.running_tasks(), 0, "tasks left after the stop");
+    assert!(took < Duration::from_millis(500), "the stop took {took:?}");
+    // A restart starts them again.
+    node.restart().await.unwrap();
+    assert!(node.running_tasks() >= 2);
+    node.crash().await;
+    assert_eq!(node.running_tasks(), 0);
+}
