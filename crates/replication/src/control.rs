@@ -3,14 +3,21 @@
 //! (a crash) and `/recover` (a restart from disk, the same code path as a process
 //! restart), `/replication/status` and `/replication/msg`; [`PublicApi`] and
 //! [`InternalApi`] document them (OpenAPI) for the services that register them; the
-//! replica's gauges on `/metrics` ([`register_metrics`]); and how a service's `run` ends
-//! when the replica's disk fails ([`Control::until_failed`], [`Control::exit`]).
-use crate::node::{self, Node, ReplicaRole, StateMachine, SubmitError};
+//! replica's gauges on `/metrics` ([`register_metrics`]); and the skeleton of a replicated
+//! service: what every replica starts with ([`ReplicaConfig`]) and how it serves, stops,
+//! and ends when its disk fails ([`serve`]).
+//!
+//! [`serve`]: fn@serve
+use crate::node::{self, Node, NodeOptions, ReplicaRole, Safety, StateMachine, SubmitError};
 use actix_web::{web, HttpResponse};
+use bookstore_common::auth::Tokens;
+use bookstore_common::config::{ClusterConfig, Kind};
 use bookstore_common::error::ErrorBody;
+use bookstore_common::idempotency::Retention;
 use bookstore_common::metrics::Metrics;
 use bookstore_common::oplog::OpLog;
 use bookstore_common::params::Query;
+use bookstore_common::server::{self, Limits};
 use bookstore_common::types::{Done, Health, Readiness};
 use bookstore_common::ApiError;
 use node::Status;
@@ -18,7 +25,118 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use std::net::TcpListener;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// What every replica of a replicated service (catalog, order) starts with.
+#[derive(Debug, Clone)]
+pub struct ReplicaConfig {
+    pub id: u32,
+    pub cluster: ClusterConfig,
+    pub tokens: Tokens,
+    /// Where `<kind><id>_log` goes; `None` disables it.
+    pub output_dir: Option<PathBuf>,
+    /// The replica's durable state (WAL, snapshots).
+    pub data_dir: PathBuf,
+    /// The base URL this replica serves at, sent with its pings (`None`: its listener's
+    /// address, as [`serve`](fn@serve)'s caller finds it).
+    pub url: Option<String>,
+    /// Protocol tick (heartbeats every 2 ticks, failure after 10).
+    pub tick: Duration,
+    pub workers: usize,
+    /// How long and how many idempotency keys are kept (the same on every replica).
+    pub retention: Retention,
+    /// The protocol's safety mechanisms (all on, but in mutation tests).
+    pub safety: Safety,
+}
+
+impl ReplicaConfig {
+    /// A replica of `kind` as its server's flags describe it, in `cluster`.
+    pub fn from_args(
+        kind: Kind,
+        cluster: ClusterConfig,
+        common: &bookstore_common::cli::ServiceArgs,
+        replica: &bookstore_common::cli::ReplicaArgs,
+    ) -> ReplicaConfig {
+        ReplicaConfig {
+            id: common.id,
+            cluster,
+            tokens: Tokens::new(&common.cluster_token, None),
+            output_dir: Some(common.output_dir.clone()),
+            data_dir: replica.data_dir(kind, common),
+            url: None,
+            tick: replica.tick(),
+            workers: common.workers,
+            retention: replica.retention(),
+            safety: Safety {
+                sync_ack: !replica.unsafe_no_sync_ack,
+                fencing: !replica.unsafe_no_fencing,
+            },
+        }
+    }
+
+    /// The operation log `<kind><id>_log` under the output directory.
+    pub fn oplog(&self, kind: Kind) -> Result<OpLog, String> {
+        match &self.output_dir {
+            Some(dir) => {
+                OpLog::open(&dir.join(format!("{kind}{}_log", self.id))).map_err(|e| e.to_string())
+            }
+            None => Ok(OpLog::disabled()),
+        }
+    }
+
+    /// The options of this replica's node, a replica of `kind`.
+    pub fn node_options(&self, kind: Kind) -> NodeOptions {
+        let mut opts = NodeOptions::new(
+            self.id,
+            self.cluster.urls(kind),
+            &kind.to_string(),
+            self.cluster.urls(Kind::Coordinator),
+            self.data_dir.clone(),
+            self.tokens.cluster(),
+        )
+        .with_safety(self.safety);
+        opts.tick = self.tick;
+        if let Some(url) = &self.url {
+            opts.url = url.clone();
+        }
+        opts
+    }
+}
+
+/// Serves a replicated service on `listener`: the replica's routes data ([`Control`]),
+/// `/metrics` with the replica's gauges, the tokens, and what `configure` adds (the
+/// service's own data and routes). Until `shutdown`, or until the replica's disk fails;
+/// then it stops the replica, waiting for every task it started, and answers an error if
+/// the disk failed (the process exits non-zero, so that its supervisor restarts it from
+/// its disk).
+pub async fn serve<S: StateMachine, F>(
+    listener: TcpListener,
+    config: &ReplicaConfig,
+    control: web::Data<Control<S>>,
+    metrics: web::Data<Metrics>,
+    configure: F,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> std::io::Result<()>
+where
+    F: Fn(&mut web::ServiceConfig) + Send + Clone + 'static,
+{
+    register_metrics(&control, &metrics);
+    let tokens = web::Data::new(config.tokens.clone());
+    let c = control.clone();
+    let all = move |cfg: &mut web::ServiceConfig| {
+        cfg.app_data(c.clone())
+            .app_data(metrics.clone())
+            .app_data(tokens.clone());
+        configure(cfg);
+    };
+    let stop = control.until_failed(shutdown);
+    let served = server::serve_with(listener, config.workers, Limits::replica(), all, stop).await;
+    control.node.crash().await;
+    control.exit(served)
+}
 
 impl From<SubmitError> for ApiError {
     fn from(e: SubmitError) -> ApiError {

@@ -5,6 +5,7 @@ use bookstore_common::client::Client;
 use bookstore_common::config::{parse_books, ClusterConfig, Endpoint, Kind};
 use bookstore_common::idempotency::Retention;
 use bookstore_common::types::Book;
+use bookstore_replication::control::ReplicaConfig;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -162,25 +163,8 @@ fn spawn_server(
             };
             Some(tokio::spawn(bookstore_cache::run(l, c, stop)))
         }
-        Kind::Catalog => {
-            let c = bookstore_catalog::CatalogConfig {
-                id,
-                books: opts.books.clone(),
-                cluster,
-                tokens,
-                output_dir: out,
-                data_dir,
-                url: None,
-                lease: opts.lease,
-                tick: opts.tick,
-                workers: 2,
-                retention: opts.catalog_retention,
-                safety: Default::default(),
-            };
-            Some(tokio::spawn(bookstore_catalog::run(l, c, stop)))
-        }
-        Kind::Order => {
-            let c = bookstore_order::OrderConfig {
+        Kind::Catalog | Kind::Order => {
+            let replica = ReplicaConfig {
                 id,
                 cluster,
                 tokens,
@@ -189,10 +173,23 @@ fn spawn_server(
                 url: None,
                 tick: opts.tick,
                 workers: 2,
-                retention: opts.order_retention,
+                retention: if kind == Kind::Catalog {
+                    opts.catalog_retention
+                } else {
+                    opts.order_retention
+                },
                 safety: Default::default(),
             };
-            Some(tokio::spawn(bookstore_order::run(l, c, stop)))
+            Some(if kind == Kind::Catalog {
+                let c = bookstore_catalog::CatalogConfig {
+                    replica,
+                    books: opts.books.clone(),
+                    lease: opts.lease,
+                };
+                tokio::spawn(bookstore_catalog::run(l, c, stop))
+            } else {
+                tokio::spawn(bookstore_order::run(l, replica, stop))
+            })
         }
     }
 }

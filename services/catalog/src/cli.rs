@@ -1,9 +1,8 @@
 //! Command-line entry point shared by the service binary and `infra serve`.
 use crate::{run, CatalogConfig};
-use bookstore_common::auth::Tokens;
 use bookstore_common::cli::{ReplicaArgs, ServiceArgs};
 use bookstore_common::config::{load_books, Kind};
-use bookstore_replication::node::Safety;
+use bookstore_replication::control::ReplicaConfig;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -29,21 +28,9 @@ pub async fn launch(args: Cli) -> Result<(), String> {
     let books = load_books(&args.books).map_err(|e| e.to_string())?;
     let (cluster, listener) = args.common.load_and_bind(Kind::Catalog)?;
     let config = CatalogConfig {
-        id: args.common.id,
+        replica: ReplicaConfig::from_args(Kind::Catalog, cluster, &args.common, &args.replica),
         books,
-        cluster,
-        tokens: Tokens::new(&args.common.cluster_token, None),
-        output_dir: Some(args.common.output_dir.clone()),
-        data_dir: args.replica.data_dir(Kind::Catalog, &args.common),
-        url: None,
         lease: Duration::from_millis(args.cache_lease_ms),
-        tick: args.replica.tick(),
-        workers: args.common.workers,
-        retention: args.replica.retention(),
-        safety: Safety {
-            sync_ack: !args.replica.unsafe_no_sync_ack,
-            fencing: !args.replica.unsafe_no_fencing,
-        },
     };
     run(listener, config, bookstore_common::server::termination())
         .await

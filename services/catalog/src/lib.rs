@@ -15,11 +15,10 @@ pub mod cli;
 pub mod state;
 
 use actix_web::{middleware::from_fn, web, HttpRequest, HttpResponse};
-use bookstore_common::auth::{require_cluster_token, Tokens};
+use bookstore_common::auth::require_cluster_token;
 use bookstore_common::client::Client;
-use bookstore_common::config::{ClusterConfig, Kind};
+use bookstore_common::config::Kind;
 use bookstore_common::error::ErrorBody;
-use bookstore_common::idempotency::Retention;
 use bookstore_common::metrics::{self, Metrics};
 use bookstore_common::openapi::{self, IdempotencyHeader, ItemQuery, TopicQuery};
 use bookstore_common::oplog::OpLog;
@@ -28,15 +27,12 @@ use bookstore_common::timing::{Timing, SERVER_TIMING};
 use bookstore_common::types::{BatchAnswer, BatchItem, LeaseReply, SearchHit, UpdateBatch};
 use bookstore_common::types::{Book, ItemNumber, LeaseRequest, Versioned, IDEMPOTENCY_KEY_HEADER};
 use bookstore_common::{server, ApiError};
-use bookstore_replication::control::{self, Control};
-use bookstore_replication::node::{
-    DecodeError, Node, NodeOptions, ReplicaRole, Safety, StateMachine,
-};
+use bookstore_replication::control::{self, Control, ReplicaConfig};
+use bookstore_replication::node::{DecodeError, Node, ReplicaRole, StateMachine};
 use cache_link::CacheLink;
 use state::{CatalogState, Update, UpdateError, UpdateOutcome};
 use std::future::Future;
 use std::net::TcpListener;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use utoipa::OpenApi;
@@ -48,26 +44,11 @@ const SETTLE_PATIENCE: Duration = Duration::from_millis(50);
 /// Everything a catalog replica needs to start.
 #[derive(Debug, Clone)]
 pub struct CatalogConfig {
-    pub id: u32,
+    /// What every replica starts with.
+    pub replica: ReplicaConfig,
     pub books: Vec<Book>,
-    pub cluster: ClusterConfig,
-    pub tokens: Tokens,
-    /// Where `catalog{id}_log` goes; `None` disables it.
-    pub output_dir: Option<PathBuf>,
-    /// The replica's durable state (WAL, snapshots).
-    pub data_dir: PathBuf,
-    /// The base URL this replica serves at, sent with its pings (`None`: its listener's
-    /// address, as `run` finds it).
-    pub url: Option<String>,
     /// How long a cache lease lasts.
     pub lease: Duration,
-    /// Protocol tick (heartbeats every 2 ticks, failure after 10).
-    pub tick: Duration,
-    pub workers: usize,
-    /// How long and how many idempotency keys are kept (the same on every replica).
-    pub retention: Retention,
-    /// The protocol's safety mechanisms (all on, but in mutation tests).
-    pub safety: Safety,
 }
 
 /// The replicated state machine: the catalog state, updated by log entries.
@@ -119,11 +100,8 @@ impl Catalog {
     /// [`Catalog::new`] with the books moved in instead of `config.books` (a big catalog
     /// is then not copied).
     pub fn with_books(config: &CatalogConfig, books: Vec<Book>) -> Result<Catalog, String> {
-        let log = match &config.output_dir {
-            Some(dir) => OpLog::open(&dir.join(format!("catalog{}_log", config.id)))
-                .map_err(|e| e.to_string())?,
-            None => OpLog::disabled(),
-        };
+        let r = &config.replica;
+        let log = r.oplog(Kind::Catalog)?;
         for chunk in books.chunks(INIT_LINES_PER_RECORD) {
             let lines = chunk
                 .iter()
@@ -136,29 +114,16 @@ impl Catalog {
                 .collect();
             log.record_lines(lines);
         }
-        let client = Client::new(config.tokens.cluster());
-        let cache_url = config.cluster.servers(Kind::Cache).first().map(|e| e.url());
-        let peers = config.cluster.urls(Kind::Catalog);
-        let mut opts = NodeOptions::new(
-            config.id,
-            peers,
-            "catalog",
-            config.cluster.urls(Kind::Coordinator),
-            config.data_dir.clone(),
-            config.tokens.cluster(),
-        )
-        .with_safety(config.safety);
-        opts.tick = config.tick;
-        if let Some(url) = &config.url {
-            opts.url = url.clone();
-        }
+        let client = Client::new(r.tokens.cluster());
+        let cache_url = r.cluster.servers(Kind::Cache).first().map(|e| e.url());
+        let opts = r.node_options(Kind::Catalog);
         // Copies of the state share the titles and the topic index: building the initial
         // state again (the node does at start and before installing a snapshot) is cheap.
         let mut initial = CatalogState::new(books, 0);
-        initial.set_retention(config.retention);
+        initial.set_retention(r.retention);
         let node = Node::start(opts, move || CatalogSm(initial.clone()))?;
         Ok(Catalog {
-            control: web::Data::new(Control::new("catalog", config.id, node, log)),
+            control: web::Data::new(Control::new("catalog", r.id, node, log)),
             cache: CacheLink::new(client, cache_url, config.lease),
             barrier: barrier::Barrier::default(),
         })
@@ -568,36 +533,34 @@ pub async fn run(
     mut config: CatalogConfig,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    if config.url.is_none() {
-        config.url = Some(format!("http://{}", listener.local_addr()?));
+    if config.replica.url.is_none() {
+        config.replica.url = Some(format!("http://{}", listener.local_addr()?));
     }
     let books = std::mem::take(&mut config.books);
     let n_books = books.len();
     let catalog = Catalog::with_books(&config, books).map_err(std::io::Error::other)?;
-    let control = catalog.control.clone();
     let metrics = web::Data::new(Metrics::new());
-    control::register_metrics(&control, &metrics);
     let catalog = web::Data::new(catalog);
     if let Some(stats) = catalog.cache.batch_stats() {
         bookstore_common::batch::register_metrics(&metrics, "invalidations", stats);
     }
-    let tokens = web::Data::new(config.tokens.clone());
-    tracing::info!(id = config.id, addr = %listener.local_addr()?, books = n_books, "catalog serving");
+    tracing::info!(id = config.replica.id, addr = %listener.local_addr()?, books = n_books, "catalog serving");
     let c = catalog.clone();
     let json = server::json_config();
     let configure = move |cfg: &mut web::ServiceConfig| {
-        cfg.app_data(c.clone())
-            .app_data(metrics.clone())
-            .app_data(control.clone())
-            .app_data(tokens.clone())
-            .app_data(json.clone());
+        cfg.app_data(c.clone()).app_data(json.clone());
         routes(cfg);
     };
-    let limits = server::Limits::replica();
-    let stop = catalog.control.until_failed(shutdown);
-    let r = server::serve_with(listener, config.workers, limits, configure, stop).await;
-    catalog.node().crash().await;
-    catalog.control.exit(r)
+    let control = catalog.control.clone();
+    control::serve(
+        listener,
+        &config.replica,
+        control,
+        metrics,
+        configure,
+        shutdown,
+    )
+    .await
 }
 
 /// Shared handle type for tests that want to peek at a replica.

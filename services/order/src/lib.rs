@@ -17,17 +17,15 @@ pub mod state;
 pub use state::{OrderSm, Record};
 
 use actix_web::{middleware::from_fn, web, HttpRequest, HttpResponse};
-use bookstore_common::auth::{require_cluster_token, Tokens};
+use bookstore_common::auth::require_cluster_token;
 use bookstore_common::batch::Batcher;
 use bookstore_common::client::{CallError, Client};
 use bookstore_common::clock::now_ms;
-use bookstore_common::config::{ClusterConfig, Kind};
+use bookstore_common::config::Kind;
 use bookstore_common::coordinators::Coordinators;
 use bookstore_common::error::ErrorBody;
-use bookstore_common::idempotency::Retention;
 use bookstore_common::metrics::{self, catch_up, Metrics};
 use bookstore_common::openapi::{self, IdempotencyHeader, ItemQuery};
-use bookstore_common::oplog::OpLog;
 use bookstore_common::params::{batch_key, batch_len, idempotency_key, Query};
 use bookstore_common::router::{self, batched_or_single, follow_views, Batched, Router};
 use bookstore_common::timing::{Timing, SERVER_TIMING};
@@ -36,38 +34,21 @@ use bookstore_common::types::{
     IDEMPOTENCY_KEY_HEADER,
 };
 use bookstore_common::{server, ApiError};
+use bookstore_replication::control::ReplicaConfig;
 use bookstore_replication::control::{self, Control};
-use bookstore_replication::node::{Node, NodeOptions, Safety};
+use bookstore_replication::node::Node;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use serde::{Deserialize, Serialize};
 use std::future::Future;
 use std::net::TcpListener;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use utoipa::OpenApi;
 
-#[derive(Debug, Clone)]
-pub struct OrderConfig {
-    pub id: u32,
-    pub cluster: ClusterConfig,
-    pub tokens: Tokens,
-    pub output_dir: Option<PathBuf>,
-    /// The replica's durable state (WAL, snapshots).
-    pub data_dir: PathBuf,
-    /// The base URL this replica serves at, sent with its pings (`None`: its listener's
-    /// address, as `run` finds it).
-    pub url: Option<String>,
-    /// Protocol tick.
-    pub tick: Duration,
-    pub workers: usize,
-    /// How long and how many idempotency keys are kept (the same on every replica).
-    pub retention: Retention,
-    /// The protocol's safety mechanisms (all on, but in mutation tests).
-    pub safety: Safety,
-}
+/// What an order replica starts with: what every replica does, nothing more.
+pub type OrderConfig = ReplicaConfig;
 
 pub struct OrderService {
     control: web::Data<Control<OrderSm>>,
@@ -98,26 +79,11 @@ fn key_reused(first_item: u32) -> ApiError {
 
 impl OrderService {
     pub fn new(config: &OrderConfig) -> Result<OrderService, String> {
-        let log = match &config.output_dir {
-            Some(dir) => OpLog::open(&dir.join(format!("order{}_log", config.id)))
-                .map_err(|e| e.to_string())?,
-            None => OpLog::disabled(),
-        };
-        let mut opts = NodeOptions::new(
-            config.id,
-            config.cluster.urls(Kind::Order),
-            "order",
-            config.cluster.urls(Kind::Coordinator),
-            config.data_dir.clone(),
-            config.tokens.cluster(),
-        )
-        .with_safety(config.safety);
-        opts.tick = config.tick;
-        if let Some(url) = &config.url {
-            opts.url = url.clone();
-        }
+        let log = config.oplog(Kind::Order)?;
         let retention = config.retention;
-        let node = Node::start(opts, move || OrderSm::new(retention))?;
+        let node = Node::start(config.node_options(Kind::Order), move || {
+            OrderSm::new(retention)
+        })?;
         let catalog = Arc::new(Router::new(
             Client::new(config.tokens.cluster()),
             config.cluster.urls(Kind::Catalog),
@@ -397,25 +363,16 @@ pub async fn run(
         config.url = Some(format!("http://{}", listener.local_addr()?));
     }
     let service = OrderService::new(&config).map_err(std::io::Error::other)?;
-    let control = service.control.clone();
     let metrics = web::Data::new(Metrics::new());
-    control::register_metrics(&control, &metrics);
     let service = web::Data::new(service);
     register_router_metrics(&service, &metrics);
     bookstore_common::batch::register_metrics(&metrics, "updates", service.updates.stats());
-    let tokens = web::Data::new(config.tokens.clone());
     tracing::info!(id = config.id, addr = %listener.local_addr()?, "order serving");
     let s = service.clone();
     let configure = move |cfg: &mut web::ServiceConfig| {
-        cfg.app_data(s.clone())
-            .app_data(metrics.clone())
-            .app_data(control.clone())
-            .app_data(tokens.clone());
+        cfg.app_data(s.clone());
         routes(cfg);
     };
-    let limits = server::Limits::replica();
-    let stop = service.control.until_failed(shutdown);
-    let r = server::serve_with(listener, config.workers, limits, configure, stop).await;
-    service.node().crash().await;
-    service.control.exit(r)
+    let control = service.control.clone();
+    control::serve(listener, &config, control, metrics, configure, shutdown).await
 }
