@@ -93,6 +93,28 @@ pub fn fail(msg: impl std::fmt::Display) -> ! {
     std::process::exit(2)
 }
 
+/// The whole `main.rs` of a service binary: a `main` that parses the service's flags
+/// (`$cli`, a `clap::Args`; `--help` shows `$about`) and runs `$launch` with them on a
+/// tokio runtime, exiting with [`fail`] on an error.
+#[macro_export]
+macro_rules! service_main {
+    ($about:literal, $cli:path, $launch:path) => {
+        #[derive(clap::Parser, Debug)]
+        #[command(version, about = $about)]
+        struct Args {
+            #[command(flatten)]
+            cli: $cli,
+        }
+
+        #[tokio::main]
+        async fn main() {
+            if let Err(e) = $launch(<Args as clap::Parser>::parse().cli).await {
+                $crate::cli::fail(e);
+            }
+        }
+    };
+}
+
 /// Flags of a replicated server (catalog, order).
 #[derive(Debug, Clone, clap::Args)]
 pub struct ReplicaArgs {

@@ -1,17 +1,6 @@
 //! `bookstore-cache`: see the crate docs; `--help` lists the flags.
-use clap::Parser;
-
-/// The cache server of the bookstore.
-#[derive(Parser, Debug)]
-#[command(version, about)]
-struct Args {
-    #[command(flatten)]
-    cli: bookstore_cache::cli::Cli,
-}
-
-#[tokio::main]
-async fn main() {
-    if let Err(e) = bookstore_cache::cli::launch(Args::parse().cli).await {
-        bookstore_common::cli::fail(e);
-    }
-}
+bookstore_common::service_main!(
+    "The cache server of the bookstore.",
+    bookstore_cache::cli::Cli,
+    bookstore_cache::cli::launch
+);

@@ -1,17 +1,6 @@
 //! `bookstore-catalog`: see the crate docs; `--help` lists the flags.
-use clap::Parser;
-
-/// The catalog server of the bookstore.
-#[derive(Parser, Debug)]
-#[command(version, about)]
-struct Args {
-    #[command(flatten)]
-    cli: bookstore_catalog::cli::Cli,
-}
-
-#[tokio::main]
-async fn main() {
-    if let Err(e) = bookstore_catalog::cli::launch(Args::parse().cli).await {
-        bookstore_common::cli::fail(e);
-    }
-}
+bookstore_common::service_main!(
+    "The catalog server of the bookstore.",
+    bookstore_catalog::cli::Cli,
+    bookstore_catalog::cli::launch
+);

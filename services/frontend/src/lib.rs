@@ -254,49 +254,7 @@ async fn lookup(
 ) -> Result<HttpResponse, ApiError> {
     let item = q.item_number.0;
     ctx.log.record(format!("lookup,{item}"));
-    let mut t = Timing::start();
-    let use_cache = !bypasses_cache(&req);
-    let near = ctx.near.as_ref().filter(|_| use_cache);
-    let mut ticket = None;
-    if let Some(near) = near {
-        if let Some(hit) = ctx.near_hit(near.lookup(item), &t) {
-            return Ok(hit);
-        }
-        ticket = Some(near.ticket());
-    }
-    if use_cache {
-        if let Some((body, version)) = ctx
-            .cached(format!("/lookup?item_number={item}"), &mut t)
-            .await
-        {
-            if let (Some(near), Some(ticket), Some(version)) = (near, ticket, version) {
-                near.put_lookup(ticket, item, version, body.clone());
-            }
-            return Ok(json_answer(body, &t));
-        }
-    }
-    let path = format!("/query_by_item?item_number={item}&consistent=1");
-    let body = t
-        .time("catalog", ctx.catalog.read(&path, Read::Primary))
-        .await
-        .map_err(|e| upstream_error("catalog", e))?;
-    let v: Versioned<Book> = decode(&body)?;
-    let response = LookupResponse { result: v.result };
-    let bytes = Bytes::from(serde_json::to_vec(&response).unwrap_or_default());
-    if use_cache {
-        if let (Some(near), Some(ticket)) = (near, ticket) {
-            near.put_lookup(ticket, item, v.version, bytes.clone());
-        }
-        ctx.fill(
-            "/put_lookup_cache".into(),
-            CacheFill {
-                version: v.version,
-                items: vec![item],
-                response: serde_json::to_value(&response).unwrap_or_default(),
-            },
-        );
-    }
-    Ok(json_answer(bytes, &t))
+    read(&ctx, &req, Public::Lookup(item)).await
 }
 
 /// The books of a topic (an empty list for an unknown topic).
@@ -311,65 +269,164 @@ async fn search(
 ) -> Result<HttpResponse, ApiError> {
     let topic = q.topic.0.as_str();
     ctx.log.record(format!("search,{topic}"));
-    let q = encode(topic);
+    read(&ctx, &req, Public::Search(topic)).await
+}
+
+/// A public answer built from the catalog's: its version, the items it depends on, the
+/// bytes sent, and the JSON the cache stores.
+type Answer = (u64, Vec<ItemNumber>, Bytes, serde_json::Value);
+
+/// A public read: what a lookup and a search differ in on their one path.
+#[derive(Clone, Copy)]
+enum Public<'a> {
+    Lookup(ItemNumber),
+    Search(&'a str),
+}
+
+impl Public<'_> {
+    /// The near cache's answer, if it holds one under its lease.
+    fn near(self, near: &Near) -> Option<Bytes> {
+        match self {
+            Public::Lookup(item) => near.lookup(item),
+            Public::Search(topic) => near.search(topic),
+        }
+    }
+
+    /// The cache service's route for it.
+    fn cache_path(self) -> String {
+        match self {
+            Public::Lookup(item) => format!("/lookup?item_number={item}"),
+            Public::Search(topic) => format!("/search?topic={}", encode(topic)),
+        }
+    }
+
+    /// The catalog's route for it, and which replica may answer: the primary for a
+    /// lookup (stock changes), any caught-up one for a search (titles never change).
+    fn catalog(self) -> (String, Read) {
+        match self {
+            Public::Lookup(item) => (
+                format!("/query_by_item?item_number={item}&consistent=1"),
+                Read::Primary,
+            ),
+            Public::Search(topic) => (
+                format!("/query_by_topic?topic={}", encode(topic)),
+                Read::Any,
+            ),
+        }
+    }
+
+    /// The cache service's route that stores it.
+    fn fill_path(self) -> String {
+        match self {
+            Public::Lookup(_) => "/put_lookup_cache".into(),
+            Public::Search(topic) => format!("/put_search_cache?topic={}", encode(topic)),
+        }
+    }
+
+    /// The public answer to the catalog's `body`: its version, the items it depends on,
+    /// and the answer (as sent, and as the cache stores it).
+    fn answer(self, body: &[u8]) -> Result<Answer, ApiError> {
+        fn encoded<T: serde::Serialize>(r: &T) -> (Bytes, serde_json::Value) {
+            (
+                Bytes::from(serde_json::to_vec(r).unwrap_or_default()),
+                serde_json::to_value(r).unwrap_or_default(),
+            )
+        }
+        Ok(match self {
+            Public::Lookup(item) => {
+                let v: Versioned<Book> = decode(body)?;
+                let (bytes, json) = encoded(&LookupResponse { result: v.result });
+                (v.version, vec![item], bytes, json)
+            }
+            Public::Search(_) => {
+                let v: Versioned<Vec<SearchHit>> = decode(body)?;
+                let items = v.result.iter().map(|h| h.item_number).collect();
+                let (bytes, json) = encoded(&SearchResponse { result: v.result });
+                (v.version, items, bytes, json)
+            }
+        })
+    }
+
+    /// Keeps `body`, read at `version`, in the near cache; a search answer's items are
+    /// read from the answer itself when not given.
+    fn near_put(
+        self,
+        near: &Near,
+        ticket: Ticket,
+        version: u64,
+        items: Option<Vec<ItemNumber>>,
+        body: Bytes,
+    ) {
+        match self {
+            Public::Lookup(item) => near.put_lookup(ticket, item, version, body),
+            Public::Search(topic) => {
+                #[derive(serde::Deserialize)]
+                struct Hit {
+                    item_number: ItemNumber,
+                }
+                #[derive(serde::Deserialize)]
+                struct Hits {
+                    result: Vec<Hit>,
+                }
+                let items = items.or_else(|| {
+                    serde_json::from_slice::<Hits>(&body)
+                        .ok()
+                        .map(|h| h.result.into_iter().map(|h| h.item_number).collect())
+                });
+                if let Some(items) = items {
+                    near.put_search(ticket, topic, version, items, body);
+                }
+            }
+        }
+    }
+}
+
+/// The read path: the near cache, then the cache service, then the catalog, whose
+/// answer fills both caches on the way back. `Cache-Control: no-cache` skips the caches
+/// both ways.
+async fn read(
+    ctx: &Frontend,
+    req: &HttpRequest,
+    key: Public<'_>,
+) -> Result<HttpResponse, ApiError> {
     let mut t = Timing::start();
-    let use_cache = !bypasses_cache(&req);
+    let use_cache = !bypasses_cache(req);
     let near = ctx.near.as_ref().filter(|_| use_cache);
     let mut ticket = None;
     if let Some(near) = near {
-        if let Some(hit) = ctx.near_hit(near.search(topic), &t) {
+        if let Some(hit) = ctx.near_hit(key.near(near), &t) {
             return Ok(hit);
         }
         ticket = Some(near.ticket());
     }
     if use_cache {
-        if let Some((body, version)) = ctx.cached(format!("/search?topic={q}"), &mut t).await {
+        if let Some((body, version)) = ctx.cached(key.cache_path(), &mut t).await {
             if let (Some(near), Some(ticket), Some(version)) = (near, ticket, version) {
-                near_fill_search(near, ticket, topic, version, &body);
+                key.near_put(near, ticket, version, None, body.clone());
             }
             return Ok(json_answer(body, &t));
         }
     }
-    let path = format!("/query_by_topic?topic={q}");
+    let (path, from) = key.catalog();
     let body = t
-        .time("catalog", ctx.catalog.read(&path, Read::Any))
+        .time("catalog", ctx.catalog.read(&path, from))
         .await
         .map_err(|e| upstream_error("catalog", e))?;
-    let v: Versioned<Vec<SearchHit>> = decode(&body)?;
-    let items: Vec<ItemNumber> = v.result.iter().map(|h| h.item_number).collect();
-    let response = SearchResponse { result: v.result };
-    let bytes = Bytes::from(serde_json::to_vec(&response).unwrap_or_default());
+    let (version, items, bytes, response) = key.answer(&body)?;
     if use_cache {
         if let (Some(near), Some(ticket)) = (near, ticket) {
-            near.put_search(ticket, topic, v.version, items.clone(), bytes.clone());
+            key.near_put(near, ticket, version, Some(items.clone()), bytes.clone());
         }
         ctx.fill(
-            format!("/put_search_cache?topic={q}"),
+            key.fill_path(),
             CacheFill {
-                version: v.version,
+                version,
                 items,
-                response: serde_json::to_value(&response).unwrap_or_default(),
+                response,
             },
         );
     }
     Ok(json_answer(bytes, &t))
-}
-
-/// Keeps a search answer the cache service served in the near cache: the items it
-/// depends on are read from the answer itself.
-fn near_fill_search(near: &Near, ticket: Ticket, topic: &str, version: u64, body: &Bytes) {
-    #[derive(serde::Deserialize)]
-    struct Hit {
-        item_number: ItemNumber,
-    }
-    #[derive(serde::Deserialize)]
-    struct Hits {
-        result: Vec<Hit>,
-    }
-    if let Ok(hits) = serde_json::from_slice::<Hits>(body) {
-        let items = hits.result.into_iter().map(|h| h.item_number).collect();
-        near.put_search(ticket, topic, version, items, body.clone());
-    }
 }
 
 /// Cache -> frontend: drop the near entries of each item read below its version (the

@@ -1,17 +1,6 @@
 //! `bookstore-frontend`: see the crate docs; `--help` lists the flags.
-use clap::Parser;
-
-/// The frontend server of the bookstore.
-#[derive(Parser, Debug)]
-#[command(version, about)]
-struct Args {
-    #[command(flatten)]
-    cli: bookstore_frontend::cli::Cli,
-}
-
-#[tokio::main]
-async fn main() {
-    if let Err(e) = bookstore_frontend::cli::launch(Args::parse().cli).await {
-        bookstore_common::cli::fail(e);
-    }
-}
+bookstore_common::service_main!(
+    "The frontend server of the bookstore.",
+    bookstore_frontend::cli::Cli,
+    bookstore_frontend::cli::launch
+);
