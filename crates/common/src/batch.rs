@@ -125,6 +125,9 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
         F: Fn(Vec<I>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Vec<O>> + Send + 'static,
     {
+        // Unbounded because its senders are: every request waits for its answer, so the
+        // queue holds at most one request per caller in flight (HTTP connections bound
+        // those), and the task takes everything queued at each turn.
         let (tx, rx) = mpsc::unbounded_channel();
         let stats = Arc::new(BatchStats::default());
         tokio::spawn(run(

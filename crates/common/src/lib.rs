@@ -23,6 +23,7 @@
 //! - [`server`]: running an actix app on an already-bound listener with a shutdown future,
 //!   and the limits every server enforces ([`server::Limits`]).
 //! - [`openapi`]: assembling and serving the OpenAPI documents (utoipa).
+//! - [`tasks`]: a server's background tasks, cancelled and waited for at its stop.
 //! - [`telemetry`]: structured tracing to stderr.
 //! - [`timing`]: `Server-Timing` headers (own time and each downstream call, nested
 //!   callees folded in as `callee.call`).
@@ -43,6 +44,7 @@ pub mod oplog;
 pub mod params;
 pub mod router;
 pub mod server;
+pub mod tasks;
 pub mod telemetry;
 pub mod timing;
 pub mod types;

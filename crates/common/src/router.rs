@@ -390,9 +390,10 @@ pub fn follow_views(
     coordinators: Arc<Coordinators>,
     kind: &'static str,
     every: Duration,
+    tasks: &crate::tasks::Tasks,
 ) {
     let weak: Weak<Router> = Arc::downgrade(router);
-    tokio::spawn(async move {
+    tasks.spawn(async move {
         let attempt = every.max(Duration::from_millis(100));
         let mut known: Option<u64> = None;
         loop {

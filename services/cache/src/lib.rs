@@ -29,6 +29,7 @@ use bookstore_common::openapi::{self, ItemQuery, TopicQuery};
 use bookstore_common::oplog::OpLog;
 use bookstore_common::params::{batch_len, Query};
 use bookstore_common::router::{follow_views, Router};
+use bookstore_common::tasks::Tasks;
 use bookstore_common::types::{
     CacheFill, Health, LeaseReply, LeaseRequest, NearLeaseReply, NearLeaseRequest, Readiness,
     CACHE_VERSION_HEADER,
@@ -510,8 +511,15 @@ pub async fn run(
         client,
         config.cluster.urls(Kind::Coordinator),
     ));
-    follow_views(&router, coordinators, "catalog", Duration::from_millis(100));
-    let lease = tokio::spawn(lease_loop(cache.clone(), router, config.renew_every));
+    let tasks = Tasks::new();
+    follow_views(
+        &router,
+        coordinators,
+        "catalog",
+        Duration::from_millis(100),
+        &tasks,
+    );
+    tasks.spawn(lease_loop(cache.clone(), router, config.renew_every));
     let tokens = web::Data::new(config.tokens.clone());
     tracing::info!(addr = %listener.local_addr()?, "cache serving");
     let c = cache.clone();
@@ -523,7 +531,7 @@ pub async fn run(
             .app_data(json.clone());
         routes(cfg);
     };
-    let r = server::serve(listener, config.workers, configure, shutdown).await;
-    lease.abort();
-    r
+    let served = server::serve(listener, config.workers, configure, shutdown).await;
+    tasks.stop().await;
+    served
 }

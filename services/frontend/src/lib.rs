@@ -47,6 +47,7 @@ use bookstore_common::openapi::{self, Access, IdempotencyHeader, ItemQuery, Topi
 use bookstore_common::oplog::OpLog;
 use bookstore_common::params::{batch_len, idempotency_key, Query};
 use bookstore_common::router::{self, batched_or_single, follow_views, Batched, Read, Router};
+use bookstore_common::tasks::Tasks;
 use bookstore_common::timing::{Timing, SERVER_TIMING};
 use bookstore_common::types::{
     Book, BuyBatch, BuyRequest, BuySuccess, CacheFill, Health, InvalidationBatch, ItemNumber,
@@ -90,6 +91,8 @@ pub struct Frontend {
     coordinators: Arc<Coordinators>,
     log: OpLog,
     obs: observe::Observer,
+    /// The view followers, the near lease loop and the cache fills.
+    tasks: Tasks,
 }
 
 impl Frontend {
@@ -99,6 +102,7 @@ impl Frontend {
             None => OpLog::disabled(),
         };
         let client = Client::new(config.tokens.cluster());
+        let tasks = Tasks::new();
         let router = |kind: Kind| {
             let urls = config.cluster.urls(kind);
             if urls.is_empty() {
@@ -114,7 +118,7 @@ impl Frontend {
             config.cluster.urls(Kind::Coordinator),
         ));
         for (kind, r) in [("catalog", &catalog), ("order", &order)] {
-            follow_views(r, coordinators.clone(), kind, config.tick * 2);
+            follow_views(r, coordinators.clone(), kind, config.tick * 2, &tasks);
         }
         let obs = observe::Observer::new(
             config.id,
@@ -128,7 +132,7 @@ impl Frontend {
             .filter(|_| config.near_entries > 0)
             .map(|url| {
                 let near = Arc::new(Near::new(config.near_entries));
-                near::spawn_lease_loop(&near, client.clone(), url.clone(), config.id);
+                near::spawn_lease_loop(&near, client.clone(), url.clone(), config.id, &tasks);
                 near
             });
         let buys = router::batcher("buys", 2, &order, "/buy_batch", |buys| BuyBatch { buys });
@@ -143,6 +147,7 @@ impl Frontend {
             client,
             coordinators,
             log,
+            tasks,
         })
     }
 
@@ -180,7 +185,7 @@ impl Frontend {
         let Some(cache) = &self.cache else { return };
         let req = self.client.raw().post(format!("{cache}{path}")).json(&fill);
         let client = self.client.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             if let Err(e) = client.send(req).await {
                 tracing::debug!(error = %e, "cache fill failed");
             }
@@ -690,6 +695,7 @@ pub async fn run(
 ) -> std::io::Result<()> {
     let frontend = Frontend::new(&config)?;
     let frontend = web::Data::new(frontend);
+    let tasks = frontend.tasks.clone();
     let metrics = web::Data::new(Metrics::new());
     frontend.obs.register_metrics(&frontend, &metrics);
     frontend.log.register_metrics(&metrics);
@@ -702,5 +708,7 @@ pub async fn run(
             .app_data(tokens.clone());
         routes(cfg);
     };
-    server::serve(listener, config.workers, configure, shutdown).await
+    let served = server::serve(listener, config.workers, configure, shutdown).await;
+    tasks.stop().await;
+    served
 }

@@ -149,10 +149,16 @@ impl Near {
 }
 
 /// Keeps this frontend's near lease from the cache at `cache` alive, until `near` is
-/// dropped.
-pub fn spawn_lease_loop(near: &Arc<Near>, client: Client, cache: String, frontend: u32) {
+/// dropped or `tasks` stop.
+pub fn spawn_lease_loop(
+    near: &Arc<Near>,
+    client: Client,
+    cache: String,
+    frontend: u32,
+    tasks: &bookstore_common::tasks::Tasks,
+) {
     let near = Arc::downgrade(near);
-    tokio::spawn(async move {
+    tasks.spawn(async move {
         let url = format!("{cache}/near_lease");
         let body = NearLeaseRequest {
             frontend: frontend.into(),

@@ -28,6 +28,7 @@ use bookstore_common::metrics::{self, catch_up, Metrics};
 use bookstore_common::openapi::{self, IdempotencyHeader, ItemQuery};
 use bookstore_common::params::{batch_key, batch_len, idempotency_key, Query};
 use bookstore_common::router::{self, batched_or_single, follow_views, Batched, Router};
+use bookstore_common::tasks::Tasks;
 use bookstore_common::timing::{Timing, SERVER_TIMING};
 use bookstore_common::types::{
     BatchAnswer, BatchItem, Book, BuyBatch, BuySuccess, Order, StockChange, UpdateBatch, Versioned,
@@ -58,6 +59,8 @@ pub struct OrderService {
     /// Buys admitted under a new key and not yet recorded (they count against the
     /// bound on keys).
     reserved: Arc<AtomicUsize>,
+    /// The catalog view follower.
+    tasks: Tasks,
 }
 
 /// A buy's place under the bound on keys, from admission until it is recorded.
@@ -93,7 +96,8 @@ impl OrderService {
             Client::with_timeout(config.tokens.cluster(), Duration::from_millis(500)),
             config.cluster.urls(Kind::Coordinator),
         ));
-        follow_views(&catalog, coordinators, "catalog", config.tick * 2);
+        let tasks = Tasks::new();
+        follow_views(&catalog, coordinators, "catalog", config.tick * 2, &tasks);
         let updates = router::batcher("updates", 2, &catalog, "/update_batch", |updates| {
             UpdateBatch { updates }
         });
@@ -102,6 +106,7 @@ impl OrderService {
             catalog,
             updates,
             reserved: Arc::new(AtomicUsize::new(0)),
+            tasks,
         })
     }
 
@@ -374,5 +379,7 @@ pub async fn run(
         routes(cfg);
     };
     let control = service.control.clone();
-    control::serve(listener, &config, control, metrics, configure, shutdown).await
+    let served = control::serve(listener, &config, control, metrics, configure, shutdown).await;
+    service.tasks.stop().await;
+    served
 }

@@ -432,6 +432,9 @@ impl<S: StateMachine> Node<S> {
         };
         let replica = Replica::recover(opts.id, opts.protocol.clone(), durable);
 
+        // Both queues are unbounded because their producers are (see [`Input`]): the disk
+        // thread's operations come from the driver, one per protocol command that
+        // persists, and the disk thread takes all that are queued at each turn.
         let (tx, rx) = mpsc::unbounded_channel();
         let (disk_tx, disk_rx) = std::sync::mpsc::channel();
         let incarnation = meta.incarnation;
