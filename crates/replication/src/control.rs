@@ -78,11 +78,9 @@ impl ReplicaConfig {
     }
 
     /// The operation log `<kind><id>_log` under the output directory.
-    pub fn oplog(&self, kind: Kind) -> Result<OpLog, String> {
+    pub fn oplog(&self, kind: Kind) -> std::io::Result<OpLog> {
         match &self.output_dir {
-            Some(dir) => {
-                OpLog::open(&dir.join(format!("{kind}{}_log", self.id))).map_err(|e| e.to_string())
-            }
+            Some(dir) => OpLog::open(&dir.join(format!("{kind}{}_log", self.id))),
             None => Ok(OpLog::disabled()),
         }
     }

@@ -11,7 +11,7 @@
 //! larger than [`PART_BYTES`] whatever the size of a snapshot: the replicas' body limit
 //! ([`bookstore_common::server::Limits::replica`]) is no cliff for the state's size.
 use crate::protocol::{Msg, ReplicaId};
-use bookstore_common::client::Client;
+use bookstore_common::client::{CallError, Client};
 use bookstore_common::ApiError;
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -29,7 +29,7 @@ pub async fn post(
     url: &str,
     body: Vec<u8>,
     part_bytes: usize,
-) -> Result<(), String> {
+) -> Result<(), CallError> {
     if body.len() <= part_bytes {
         let size = body.len();
         return post_part(client, url.to_string(), body.into(), size).await;
@@ -65,7 +65,7 @@ async fn post_part(
     url: String,
     body: bytes::Bytes,
     batch_bytes: usize,
-) -> Result<(), String> {
+) -> Result<(), CallError> {
     // A batch is usually a few kB; a snapshot tens of MB: give it time.
     let timeout = Duration::from_secs(1) + Duration::from_millis(batch_bytes as u64 / 10_000);
     let req = client
@@ -74,11 +74,7 @@ async fn post_part(
         .timeout(timeout)
         .header("content-type", "application/octet-stream")
         .body(body);
-    client
-        .send(req)
-        .await
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+    client.send(req).await.map(|_| ())
 }
 
 /// The sender task of one peer: batches what is queued (up to 1024 messages) into one

@@ -75,7 +75,7 @@ impl StateMachine for CatalogSm {
         self.0.to_bytes()
     }
 
-    fn restore(&mut self, data: &[u8]) -> Result<(), String> {
+    fn restore(&mut self, data: &[u8]) -> Result<(), DecodeError> {
         self.0 = CatalogState::from_bytes_with(data, self.0.retention())?;
         Ok(())
     }
@@ -93,13 +93,13 @@ pub struct Catalog {
 const INIT_LINES_PER_RECORD: usize = 10_000;
 
 impl Catalog {
-    pub fn new(config: &CatalogConfig) -> Result<Catalog, String> {
+    pub fn new(config: &CatalogConfig) -> std::io::Result<Catalog> {
         Catalog::with_books(config, config.books.clone())
     }
 
     /// [`Catalog::new`] with the books moved in instead of `config.books` (a big catalog
     /// is then not copied).
-    pub fn with_books(config: &CatalogConfig, books: Vec<Book>) -> Result<Catalog, String> {
+    pub fn with_books(config: &CatalogConfig, books: Vec<Book>) -> std::io::Result<Catalog> {
         let r = &config.replica;
         let log = r.oplog(Kind::Catalog)?;
         for chunk in books.chunks(INIT_LINES_PER_RECORD) {
@@ -121,7 +121,8 @@ impl Catalog {
         // state again (the node does at start and before installing a snapshot) is cheap.
         let mut initial = CatalogState::new(books, 0);
         initial.set_retention(r.retention);
-        let node = Node::start(opts, move || CatalogSm(initial.clone()))?;
+        let node =
+            Node::start(opts, move || CatalogSm(initial.clone())).map_err(std::io::Error::other)?;
         Ok(Catalog {
             control: web::Data::new(Control::new("catalog", r.id, node, log)),
             cache: CacheLink::new(client, cache_url, config.lease),
@@ -538,7 +539,7 @@ pub async fn run(
     }
     let books = std::mem::take(&mut config.books);
     let n_books = books.len();
-    let catalog = Catalog::with_books(&config, books).map_err(std::io::Error::other)?;
+    let catalog = Catalog::with_books(&config, books)?;
     let metrics = web::Data::new(Metrics::new());
     let catalog = web::Data::new(catalog);
     if let Some(stats) = catalog.cache.batch_stats() {

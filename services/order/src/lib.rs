@@ -81,12 +81,13 @@ fn key_reused(first_item: u32) -> ApiError {
 }
 
 impl OrderService {
-    pub fn new(config: &OrderConfig) -> Result<OrderService, String> {
+    pub fn new(config: &OrderConfig) -> std::io::Result<OrderService> {
         let log = config.oplog(Kind::Order)?;
         let retention = config.retention;
         let node = Node::start(config.node_options(Kind::Order), move || {
             OrderSm::new(retention)
-        })?;
+        })
+        .map_err(std::io::Error::other)?;
         let catalog = Arc::new(Router::new(
             Client::new(config.tokens.cluster()),
             config.cluster.urls(Kind::Catalog),
@@ -367,7 +368,7 @@ pub async fn run(
     if config.url.is_none() {
         config.url = Some(format!("http://{}", listener.local_addr()?));
     }
-    let service = OrderService::new(&config).map_err(std::io::Error::other)?;
+    let service = OrderService::new(&config)?;
     let metrics = web::Data::new(Metrics::new());
     let service = web::Data::new(service);
     register_router_metrics(&service, &metrics);

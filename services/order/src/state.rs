@@ -146,7 +146,7 @@ impl StateMachine for OrderSm {
         out
     }
 
-    fn restore(&mut self, data: &[u8]) -> Result<(), String> {
+    fn restore(&mut self, data: &[u8]) -> Result<(), DecodeError> {
         *self = OrderSm::from_snapshot(data, self.keys.retention())?;
         Ok(())
     }
@@ -221,6 +221,6 @@ mod tests {
             ..old
         };
         let err = sm.restore(&bincode::serialize(&bad).unwrap()).unwrap_err();
-        assert!(err.contains("names order 5"), "{err}");
+        assert!(err.to_string().contains("names order 5"), "{err}");
     }
 }

@@ -32,9 +32,9 @@ fn encode_entry(e: &Entry) -> Vec<u8> {
     v
 }
 
-pub(super) fn decode_entry(index: LogIndex, payload: &[u8]) -> Result<Entry, String> {
+pub(super) fn decode_entry(index: LogIndex, payload: &[u8]) -> Result<Entry, super::StartError> {
     if payload.len() < 8 {
-        return Err(format!("WAL record {index} is too short"));
+        return Err(super::StartError::ShortRecord(index));
     }
     let epoch = u64::from_le_bytes(payload[..8].try_into().expect("8 bytes"));
     Ok(Entry {

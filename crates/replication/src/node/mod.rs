@@ -87,8 +87,38 @@ pub trait StateMachine: Send + Sync + 'static {
     fn apply(&mut self, index: LogIndex, command: Self::Command) -> Self::Output;
     /// The whole state, for a snapshot.
     fn snapshot(&self) -> Vec<u8>;
-    /// Replaces the state with a snapshot.
-    fn restore(&mut self, data: &[u8]) -> Result<(), String>;
+    /// Replaces the state with a snapshot (which may come from a peer or a disk: an
+    /// error rather than a panic whatever the bytes).
+    fn restore(&mut self, data: &[u8]) -> Result<(), DecodeError>;
+}
+
+/// Why a replica could not start from its data directory.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{dir}: {source}")]
+    DataDir {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Wal(#[from] crate::wal::WalError),
+    #[error("WAL meta: {0}")]
+    Meta(bincode::Error),
+    #[error("snapshot at index {index}: {reason}")]
+    Snapshot { index: LogIndex, reason: String },
+    #[error("WAL record {0} is too short")]
+    ShortRecord(LogIndex),
+    #[error("disk thread: {0}")]
+    DiskThread(std::io::Error),
+}
+
+/// Why a replica refuses a peer's messages.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SenderError {
+    #[error("from={0} is this replica itself")]
+    Itself(ReplicaId),
+    #[error("from={0} is not a replica of this cluster")]
+    NotAMember(ReplicaId),
 }
 
 /// Why a write was not applied (or may not have been).
@@ -337,7 +367,7 @@ impl<S: StateMachine> Node<S> {
     pub fn start(
         opts: NodeOptions,
         initial: impl Fn() -> S + Send + Sync + 'static,
-    ) -> Result<Node<S>, String> {
+    ) -> Result<Node<S>, StartError> {
         let client = Client::with_timeout(&opts.token, Duration::from_secs(2));
         let inner = Arc::new(Inner {
             sm: RwLock::new(initial()),
@@ -369,28 +399,28 @@ impl<S: StateMachine> Node<S> {
         Ok(node)
     }
 
-    fn boot(&self) -> Result<(), String> {
+    fn boot(&self) -> Result<(), StartError> {
         self.inner.failure.send_replace(None);
         *self.inner.cancel.lock() = CancellationToken::new();
         self.inner.tasks.reopen();
         let opts = &self.inner.opts;
-        std::fs::create_dir_all(&opts.data_dir)
-            .map_err(|e| format!("{}: {e}", opts.data_dir.display()))?;
-        let (mut wal, rec) =
-            Wal::open(&opts.data_dir, WalOptions::default()).map_err(|e| e.to_string())?;
+        std::fs::create_dir_all(&opts.data_dir).map_err(|source| StartError::DataDir {
+            dir: opts.data_dir.clone(),
+            source,
+        })?;
+        let (mut wal, rec) = Wal::open(&opts.data_dir, WalOptions::default())?;
         if let Some(repair) = &rec.tail_repair {
             tracing::warn!(?repair, "repaired a torn WAL tail");
         }
         let meta = match &rec.meta {
-            Some(m) => bincode::deserialize::<Meta>(m).map_err(|e| format!("WAL meta: {e}"))?,
+            Some(m) => bincode::deserialize::<Meta>(m).map_err(StartError::Meta)?,
             None => {
                 let m = Meta {
                     // Never 0 (a clock before 1970): 0 is no disk yet.
                     incarnation: bookstore_common::clock::now_ms().max(1),
                     view: None,
                 };
-                wal.write_meta(&bincode::serialize(&m).expect("meta encodes"))
-                    .map_err(|e| e.to_string())?;
+                wal.write_meta(&bincode::serialize(&m).expect("meta encodes"))?;
                 m
             }
         };
@@ -399,10 +429,16 @@ impl<S: StateMachine> Node<S> {
         let snapshot = match rec.snapshot {
             Some(s) => {
                 if s.data.len() < 8 {
-                    return Err("snapshot too short".into());
+                    return Err(StartError::Snapshot {
+                        index: s.index,
+                        reason: "too short".into(),
+                    });
                 }
                 let epoch = u64::from_le_bytes(s.data[..8].try_into().expect("8 bytes"));
-                sm.restore(&s.data[8..])?;
+                sm.restore(&s.data[8..]).map_err(|e| StartError::Snapshot {
+                    index: s.index,
+                    reason: e.to_string(),
+                })?;
                 applied = (s.index, epoch);
                 Some(SnapshotMeta {
                     index: s.index,
@@ -442,7 +478,7 @@ impl<S: StateMachine> Node<S> {
         let handle = std::thread::Builder::new()
             .name(format!("wal-{}", opts.id))
             .spawn(move || disk_loop(wal, disk_rx, disk_events, incarnation))
-            .map_err(|e| e.to_string())?;
+            .map_err(StartError::DiskThread)?;
         *self.inner.disk_thread.lock() = Some(handle);
 
         let mut peers = HashMap::new();
@@ -563,12 +599,12 @@ impl<S: StateMachine> Node<S> {
     /// current member table. (Its address is not compared with the request's: a replica
     /// on a loopback alias or a host with several interfaces sends from another one, and
     /// with one cluster token for all there is no per-replica identity to prove.)
-    pub fn check_sender(&self, from: ReplicaId) -> Result<(), String> {
+    pub fn check_sender(&self, from: ReplicaId) -> Result<(), SenderError> {
         if from == self.inner.opts.id {
-            return Err(format!("from={from} is this replica itself"));
+            return Err(SenderError::Itself(from));
         }
         if !self.inner.members.read().contains_key(&from) {
-            return Err(format!("from={from} is not a replica of this cluster"));
+            return Err(SenderError::NotAMember(from));
         }
         Ok(())
     }
@@ -644,7 +680,7 @@ impl<S: StateMachine> Node<S> {
     }
 
     /// Restarts a crashed replica from its disk (the same path as a process restart).
-    pub async fn restart(&self) -> Result<(), String> {
+    pub async fn restart(&self) -> Result<(), StartError> {
         self.crash().await;
         self.boot()
     }

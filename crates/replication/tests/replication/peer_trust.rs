@@ -25,8 +25,8 @@ impl StateMachine for Applied {
     fn snapshot(&self) -> Vec<u8> {
         bincode::serialize(&self.0).unwrap()
     }
-    fn restore(&mut self, data: &[u8]) -> Result<(), String> {
-        self.0 = bookstore_replication::protocol::decode(data).map_err(|e| e.to_string())?;
+    fn restore(&mut self, data: &[u8]) -> Result<(), bookstore_replication::node::DecodeError> {
+        self.0 = bookstore_replication::protocol::decode(data)?;
         Ok(())
     }
 }
@@ -206,7 +206,7 @@ async fn a_snapshot_larger_than_the_body_limit_arrives_in_parts() {
     let whole = bincode::serialize(&vec![snapshot(5)]).unwrap();
     assert!(whole.len() > limit && PART_BYTES < limit);
     let refused = post(&client, &url, whole, usize::MAX).await.unwrap_err();
-    assert!(refused.contains("413"), "{refused}");
+    assert!(refused.to_string().contains("413"), "{refused}");
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(node.status().applied, 0, "a refused snapshot was installed");
     let parts = bincode::serialize(&vec![snapshot(5)]).unwrap();
