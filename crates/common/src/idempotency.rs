@@ -14,6 +14,53 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// An `Idempotency-Key`: 1 to 128 visible ASCII characters. Made where a key enters (a
+/// header, a batch body: [`IdempotencyKey::parse`], `str::parse`) or by a frontend for a
+/// client that sent none ([`IdempotencyKey::generate`]); the same text on the wire, in
+/// the log and in snapshots (which are trusted as written, so decoding them does not
+/// check again).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct IdempotencyKey(String);
+
+/// Why a text is no [`IdempotencyKey`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("must be 1 to 128 visible ASCII characters")]
+pub struct BadKey;
+
+impl IdempotencyKey {
+    /// The key whose text is `raw`.
+    pub fn parse(raw: &[u8]) -> Result<IdempotencyKey, BadKey> {
+        let ok = !raw.is_empty() && raw.len() <= 128 && raw.iter().all(|b| b.is_ascii_graphic());
+        if !ok {
+            return Err(BadKey);
+        }
+        Ok(IdempotencyKey(String::from_utf8_lossy(raw).into_owned()))
+    }
+
+    /// A new random key (32 hex digits).
+    pub fn generate() -> IdempotencyKey {
+        IdempotencyKey(uuid::Uuid::new_v4().simple().to_string())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::str::FromStr for IdempotencyKey {
+    type Err = BadKey;
+    fn from_str(s: &str) -> Result<Self, BadKey> {
+        IdempotencyKey::parse(s.as_bytes())
+    }
+}
+
+impl std::fmt::Display for IdempotencyKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// Default retention window: 24 hours.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(24 * 3600);
 

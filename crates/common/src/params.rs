@@ -7,6 +7,7 @@
 //! parameter item_number`, `parameter item_number must be a positive integer, got "0"`,
 //! `parameter topic is given more than once`. Parameters a route does not know are
 //! ignored.
+use crate::idempotency::IdempotencyKey;
 use crate::ApiError;
 use actix_web::{dev::Payload, FromRequest, HttpRequest};
 use serde::de::{self, DeserializeOwned, IntoDeserializer, Visitor};
@@ -279,23 +280,19 @@ pub fn batch_len(name: &str, n: usize) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Validates the idempotency key of entry `i` of a batch body's list `list`.
-pub fn batch_key(list: &str, i: usize, key: &str) -> Result<String, ApiError> {
-    idempotency_key(Some(key.as_bytes()))
-        .map(|k| k.unwrap_or_default())
-        .map_err(|e| ApiError::BadRequest(format!("{list}[{i}].key: {e}")))
+/// The idempotency key of entry `i` of a batch body's list `list`.
+pub fn batch_key(list: &str, i: usize, key: &str) -> Result<IdempotencyKey, ApiError> {
+    IdempotencyKey::parse(key.as_bytes())
+        .map_err(|e| ApiError::BadRequest(format!("{list}[{i}].key: header Idempotency-Key {e}")))
 }
 
-/// Validates a client's `Idempotency-Key`: 1 to 128 visible ASCII characters.
-pub fn idempotency_key(raw: Option<&[u8]>) -> Result<Option<String>, ApiError> {
-    let Some(raw) = raw else { return Ok(None) };
-    let ok = !raw.is_empty() && raw.len() <= 128 && raw.iter().all(|b| b.is_ascii_graphic());
-    if !ok {
-        return Err(ApiError::BadRequest(
-            "header Idempotency-Key must be 1 to 128 visible ASCII characters".into(),
-        ));
-    }
-    Ok(Some(String::from_utf8_lossy(raw).into_owned()))
+/// A client's `Idempotency-Key` header, if it sent one.
+pub fn idempotency_key(raw: Option<&[u8]>) -> Result<Option<IdempotencyKey>, ApiError> {
+    raw.map(|raw| {
+        IdempotencyKey::parse(raw)
+            .map_err(|e| ApiError::BadRequest(format!("header Idempotency-Key {e}")))
+    })
+    .transpose()
 }
 
 #[cfg(test)]
@@ -381,7 +378,10 @@ mod tests {
     fn idempotency_keys_are_validated() {
         assert_eq!(idempotency_key(None).unwrap(), None);
         assert_eq!(
-            idempotency_key(Some(b"abc-1")).unwrap().as_deref(),
+            idempotency_key(Some(b"abc-1"))
+                .unwrap()
+                .as_ref()
+                .map(IdempotencyKey::as_str),
             Some("abc-1")
         );
         assert!(idempotency_key(Some(b"")).is_err());

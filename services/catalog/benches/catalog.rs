@@ -77,7 +77,7 @@ fn catalog(c: &mut Criterion) {
                 item_number: next(),
                 stock_delta: -1,
                 cost: None,
-                request_id: Some("bench-fresh-key".into()),
+                request_id: Some("bench-fresh-key".parse().unwrap()),
             };
             black_box(sold_out.settled(&u).or_else(|| sold_out.sold_out(&u)))
         })
@@ -109,7 +109,7 @@ fn catalog(c: &mut Criterion) {
                     item_number: next(),
                     stock_delta: -1,
                     cost: None,
-                    request_id: Some(format!("bench-{index}")),
+                    request_id: Some(format!("bench-{index}").parse().unwrap()),
                 })
                 .unwrap();
                 (index, cmd)

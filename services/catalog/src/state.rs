@@ -19,7 +19,7 @@
 //! state; only stock and cost (two `u32` per book) are per copy. A 1,000,000-book
 //! catalog is then about 150 MB once, and a copy of it (the replication layer builds the
 //! initial state more than once) costs 8 MB, not another full set of strings.
-use bookstore_common::idempotency::{KeyTable, Retention, SavedKeys};
+use bookstore_common::idempotency::{IdempotencyKey, KeyTable, Retention, SavedKeys};
 use bookstore_common::types::{Book, ItemNumber, SearchHit};
 use bookstore_replication::protocol::decode;
 use serde::{Deserialize, Serialize};
@@ -60,7 +60,7 @@ pub struct Update {
     pub cost: Option<u32>,
     /// Set by callers that may retry: a second update with the same id returns the
     /// first one's outcome and changes nothing.
-    pub request_id: Option<String>,
+    pub request_id: Option<IdempotencyKey>,
 }
 
 /// How many keys of answers that changed nothing (sold out) a catalog keeps, newest
@@ -335,7 +335,7 @@ impl CatalogState {
     /// deposed without knowing it yet could answer "out of stock" for a request whose
     /// first attempt the new primary applied. The chaos checker caught exactly that.)
     pub fn settled(&self, u: &Update) -> Option<UpdateOutcome> {
-        let id = u.request_id.as_deref()?;
+        let id = u.request_id.as_ref()?.as_str();
         let reused = |fp: &Fingerprint| UpdateError::KeyReused {
             first_item: fp.item_number,
         };
@@ -411,7 +411,7 @@ impl CatalogState {
                 cost: book.cost,
                 version: self.version,
             };
-            self.done.insert(id, done);
+            self.done.insert(id.as_str(), done);
         }
         Ok((book, self.version))
     }
@@ -431,7 +431,7 @@ impl CatalogState {
         if stock < 0 {
             if let Some(id) = &u.request_id {
                 self.refused
-                    .insert_evicting(id, (Fingerprint::of(u), UpdateError::OutOfStock));
+                    .insert_evicting(id.as_str(), (Fingerprint::of(u), UpdateError::OutOfStock));
             }
             return Err(UpdateError::OutOfStock);
         }
@@ -575,7 +575,7 @@ mod tests {
             item_number: n,
             stock_delta: -1,
             cost: None,
-            request_id: id.map(Into::into),
+            request_id: id.map(|k| k.parse().unwrap()),
         }
     }
 

@@ -19,7 +19,7 @@ fn sell(n: u32, key: &str) -> Update {
         item_number: n,
         stock_delta: -1,
         cost: None,
-        request_id: Some(key.into()),
+        request_id: Some(key.parse().unwrap()),
     }
 }
 

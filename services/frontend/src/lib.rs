@@ -42,6 +42,7 @@ use bookstore_common::client::{encode, CallError, Client};
 use bookstore_common::config::{ClusterConfig, Kind};
 use bookstore_common::coordinators::Coordinators;
 use bookstore_common::error::ErrorBody;
+use bookstore_common::idempotency::IdempotencyKey;
 use bookstore_common::metrics::{self, Metrics};
 use bookstore_common::openapi::{self, Access, IdempotencyHeader, ItemQuery, TopicQuery};
 use bookstore_common::oplog::OpLog;
@@ -476,7 +477,7 @@ struct NearApi;
 
 /// The request's idempotency key, and whether it is fresh: made up here, so that no
 /// other attempt under it can exist.
-fn client_key(req: &HttpRequest) -> Result<(String, bool), ApiError> {
+fn client_key(req: &HttpRequest) -> Result<(IdempotencyKey, bool), ApiError> {
     let given = idempotency_key(
         req.headers()
             .get(IDEMPOTENCY_KEY_HEADER)
@@ -484,7 +485,7 @@ fn client_key(req: &HttpRequest) -> Result<(String, bool), ApiError> {
     )?;
     Ok(match given {
         Some(key) => (key, false),
-        None => (uuid::Uuid::new_v4().simple().to_string(), true),
+        None => (IdempotencyKey::generate(), true),
     })
 }
 
@@ -512,7 +513,7 @@ async fn buy(
     let single = ctx.order.write_timed(&path, &headers);
     let request = BuyRequest {
         item_number: item,
-        key: key.clone(),
+        key: key.as_str().to_owned(),
         fresh,
     };
     let (ok, timing): (BuySuccess, _) = t
@@ -558,7 +559,7 @@ async fn restock(
         .record(format!("restock,{item},{quantity},{cost_param}"));
     let v: Versioned<Book> = ctx
         .catalog
-        .write(&path, &[(IDEMPOTENCY_KEY_HEADER, &key)])
+        .write(&path, &[(IDEMPOTENCY_KEY_HEADER, key.as_str())])
         .await
         .map_err(|e| upstream_error("catalog", e))?;
     Ok(HttpResponse::Ok().json(LookupResponse { result: v.result }))

@@ -24,6 +24,7 @@ use bookstore_common::clock::now_ms;
 use bookstore_common::config::Kind;
 use bookstore_common::coordinators::Coordinators;
 use bookstore_common::error::ErrorBody;
+use bookstore_common::idempotency::IdempotencyKey;
 use bookstore_common::metrics::{self, catch_up, Metrics};
 use bookstore_common::openapi::{self, IdempotencyHeader, ItemQuery};
 use bookstore_common::params::{batch_key, batch_len, idempotency_key, Query};
@@ -141,12 +142,12 @@ impl OrderService {
     pub async fn buy(
         &self,
         item: u32,
-        key: &str,
+        key: &IdempotencyKey,
         fresh: bool,
         t: &mut Timing,
     ) -> Result<Order, ApiError> {
         self.control.check_primary()?;
-        if let Some(Some(order)) = self.node().read(|sm| sm.by_key(key).cloned()) {
+        if let Some(Some(order)) = self.node().read(|sm| sm.by_key(key.as_str()).cloned()) {
             if order.item_number != item {
                 return Err(key_reused(order.item_number));
             }
@@ -156,12 +157,12 @@ impl OrderService {
         // Sent with the other buys in flight; alone again (following the primary) if its
         // outcome is unknown. The catalog applies a key at most once.
         let path = format!("/update?item_number={item}&stock=-1");
-        let headers = [(IDEMPOTENCY_KEY_HEADER, key)];
+        let headers = [(IDEMPOTENCY_KEY_HEADER, key.as_str())];
         let single = self.catalog.write_timed(&path, &headers);
         let change = StockChange {
             item_number: item,
             stock: -1,
-            key: key.to_string(),
+            key: key.as_str().to_owned(),
             fresh,
         };
         let answer: Result<(Versioned<Book>, Option<String>), CallError> = t
@@ -192,7 +193,7 @@ impl OrderService {
             }
         };
         let record = Record {
-            key: key.to_string(),
+            key: key.clone(),
             order: Order {
                 order_id: uuid::Uuid::new_v4().simple().to_string(),
                 item_number: item,
@@ -250,7 +251,7 @@ async fn buy(
             .get(IDEMPOTENCY_KEY_HEADER)
             .map(|v| v.as_bytes()),
     )?
-    .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+    .unwrap_or_else(IdempotencyKey::generate);
     let mut t = Timing::start();
     let order = ctx.buy(item, &key, false, &mut t).await?;
     Ok(HttpResponse::Ok()
@@ -276,15 +277,17 @@ async fn buy_batch(
     ctx.control.check_primary()?;
     let buys = body.into_inner().buys;
     batch_len("buys", buys.len())?;
-    for (i, b) in buys.iter().enumerate() {
-        batch_key("buys", i, &b.key)?;
-    }
-    let runs = buys.iter().map(|b| {
+    let keys = buys
+        .iter()
+        .enumerate()
+        .map(|(i, b)| batch_key("buys", i, &b.key))
+        .collect::<Result<Vec<_>, _>>()?;
+    let runs = buys.iter().zip(&keys).map(|(b, key)| {
         let ctx = &ctx;
         async move {
             let mut t = Timing::start();
             let fresh = b.fresh && !resent;
-            let r = ctx.buy(b.item_number, &b.key, fresh, &mut t).await;
+            let r = ctx.buy(b.item_number, key, fresh, &mut t).await;
             let r = r.map(success);
             BatchItem::new(r, Some(t.header("order")))
         }

@@ -10,7 +10,7 @@
 //! Snapshots start with [`SNAPSHOT_MAGIC`]; a snapshot without it was written before keys
 //! had times (the whole state as `bincode` wrote it then) and still restores: each key
 //! gets the time of its order.
-use bookstore_common::idempotency::{KeyTable, Retention, SavedKeys};
+use bookstore_common::idempotency::{IdempotencyKey, KeyTable, Retention, SavedKeys};
 use bookstore_common::types::Order;
 use bookstore_replication::node::{DecodeError, StateMachine};
 use bookstore_replication::protocol::decode;
@@ -20,7 +20,7 @@ use std::collections::{HashMap, VecDeque};
 /// One replicated command: record an order under its idempotency key.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Record {
-    pub key: String,
+    pub key: IdempotencyKey,
     pub order: Order,
 }
 
@@ -63,11 +63,11 @@ impl OrderSm {
     /// (for a known key, the first one, which may be for another item).
     pub fn record(&mut self, r: Record) -> Order {
         self.keys.advance(r.order.time_ms);
-        if let Some(i) = self.keys.get(&r.key) {
+        if let Some(i) = self.keys.get(r.key.as_str()) {
             return self.orders[*i].clone();
         }
         self.orders.push(r.order.clone());
-        self.keys.insert(&r.key, self.orders.len() - 1);
+        self.keys.insert(r.key.as_str(), self.orders.len() - 1);
         r.order
     }
 
@@ -158,7 +158,7 @@ mod tests {
 
     fn record(key: &str, item: u32, time_ms: u64) -> Record {
         Record {
-            key: key.into(),
+            key: key.parse().unwrap(),
             order: Order {
                 order_id: format!("o-{key}"),
                 item_number: item,

@@ -10,7 +10,7 @@ const T0: u64 = 1_735_689_600_000;
 
 fn record(key: &str, item: u32, time_ms: u64) -> Record {
     Record {
-        key: key.into(),
+        key: key.parse().unwrap(),
         order: Order {
             order_id: format!("order-{key}"),
             item_number: item,
