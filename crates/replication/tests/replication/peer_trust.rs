@@ -33,9 +33,14 @@ impl StateMachine for Applied {
 
 fn start(dir: &std::path::Path) -> Node<Applied> {
     // Peers and view service that never answer (port 9 on loopback: discard).
+    start_with_primary(dir, "http://127.0.0.1:9")
+}
+
+/// Replica 0, whose peer replica 1 (the primary of [`view`]) is at `primary`.
+fn start_with_primary(dir: &std::path::Path, primary: &str) -> Node<Applied> {
     let mut opts = NodeOptions::new(
         0,
-        vec!["http://127.0.0.1:9".into(), "http://127.0.0.1:9".into()],
+        vec!["http://127.0.0.1:9".into(), primary.into()],
         "catalog",
         vec!["http://127.0.0.1:9".into()],
         dir.to_path_buf(),
@@ -328,16 +333,7 @@ async fn a_stop_cancels_and_waits_for_every_task_of_the_replica() {
         }
     });
     let dir = tempfile::tempdir().unwrap();
-    let mut opts = NodeOptions::new(
-        0,
-        vec!["http://127.0.0.1:9".into(), stuck_url],
-        "catalog",
-        vec!["http://127.0.0.1:9".into()],
-        dir.path().to_path_buf(),
-        "peer-trust-cluster-token",
-    );
-    opts.tick = Duration::from_millis(10);
-    let node = Node::start(opts, Applied::default).unwrap();
+    let node = start_with_primary(dir.path(), &stuck_url);
     become_backup(&node, 1).await;
     node.deliver(
         1,
