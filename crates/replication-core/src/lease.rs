@@ -8,7 +8,7 @@
 //! grace from the moment it takes over (see `viewservice::ViewService::take_over`). The
 //! lease is one tick shorter than either, so it ends before any view without the primary
 //! can be decided.
-use crate::protocol::{Epoch, ReplicaId};
+use crate::terms::{Epoch, ReplicaId};
 
 /// Ticks of silence after which the view service declares a replica dead.
 pub const DEAD_TICKS: u64 = 6;

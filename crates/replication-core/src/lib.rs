@@ -4,6 +4,8 @@
 //!
 //! - [`protocol`]: the primary-backup replica protocol (events in, commands out), and
 //!   [`protocol::decode`], the bounded bincode decoder of everything other processes send.
+//! - [`terms`]: replica ids, epochs, log positions and views, shared by the protocol and
+//!   the view service (neither imports the other for them).
 //! - [`lease`]: a primary's read lease and the tick counts it is derived from.
 //! - [`viewservice`]: the view service's decision rules (who is primary in which epoch).
 //! - [`wire`]: the named structs that travel between replicas, coordinators and routers
@@ -13,6 +15,7 @@
 //!   file I/O.
 pub mod lease;
 pub mod protocol;
+pub mod terms;
 pub mod viewservice;
 pub mod wal_format;
 pub mod wire;

@@ -42,7 +42,7 @@
 //! entry durably; the primary of every view was in the synced set of the previous one
 //! (or the view is the first one).
 
-use crate::protocol::{Epoch, LogIndex, ReplicaId, View};
+use crate::terms::{Epoch, LogIndex, ReplicaId, View};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -1,6 +1,6 @@
 //! Wire types of the control plane: what a replica's ping is answered with, what a view
 //! report (`GET /vs/{kind}/view`) holds, and the member table of a replicated kind.
-use crate::protocol::{Epoch, ReplicaId, View};
+use crate::terms::{Epoch, ReplicaId, View};
 use crate::viewservice::Ping;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};

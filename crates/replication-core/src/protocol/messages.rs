@@ -1,33 +1,12 @@
-//! The values that cross a replica's boundary: what a log and a view hold ([`Entry`],
-//! [`View`], [`SnapshotMeta`]), the messages between replicas ([`Msg`]), the events a
+//! The values that cross a replica's boundary: what a log holds ([`Entry`],
+//! [`SnapshotMeta`]), the messages between replicas ([`Msg`]), the events a
 //! [`Replica`](super::Replica) consumes ([`Event`]) and the commands it returns
 //! ([`Command`], [`Outcome`]), and [`well_formed`], the shape check of a received
 //! [`Msg::Replicate`].
 
-use super::{Epoch, LogIndex, ReplicaId};
+use crate::terms::{Epoch, LogIndex, ReplicaId, View};
 use crate::viewservice::Ping;
 use serde::{Deserialize, Serialize};
-
-/// A view: who is primary, who are the backups, in which epoch.
-#[derive(
-    Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
-)]
-pub struct View {
-    pub epoch: Epoch,
-    pub primary: ReplicaId,
-    pub backups: Vec<ReplicaId>,
-}
-
-impl View {
-    /// Is `r` the primary or a backup of this view?
-    pub fn contains(&self, r: ReplicaId) -> bool {
-        self.primary == r || self.backups.contains(&r)
-    }
-    /// Is `r` a backup of this view?
-    pub fn is_backup(&self, r: ReplicaId) -> bool {
-        self.backups.contains(&r)
-    }
-}
 
 /// One log entry. `data` is an opaque state-machine command.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

@@ -104,9 +104,7 @@ mod primary;
 mod snapshot;
 mod view;
 
-pub use messages::{
-    well_formed, Command, Entry, Event, Msg, Outcome, RequestId, SnapshotMeta, View,
-};
+pub use messages::{well_formed, Command, Entry, Event, Msg, Outcome, RequestId, SnapshotMeta};
 
 /// Decodes a bincode message from another process (replication messages, view-service
 /// pings and answers) in the format `bincode::serialize` writes, refusing trailing bytes
@@ -119,12 +117,7 @@ pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, bincode
         .deserialize(bytes)
 }
 
-/// Identifier of a replica (0..n-1).
-pub type ReplicaId = u32;
-/// View number; increases with every view change.
-pub type Epoch = u64;
-/// 1-based position in the replicated log; 0 means "nothing".
-pub type LogIndex = u64;
+pub use crate::terms::{Epoch, LogIndex, ReplicaId, View};
 
 /// Protocol configuration.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
