@@ -413,7 +413,7 @@ impl<S: StateMachine> Node<S> {
             tracing::warn!(?repair, "repaired a torn WAL tail");
         }
         let meta = match &rec.meta {
-            Some(m) => bincode::deserialize::<Meta>(m).map_err(StartError::Meta)?,
+            Some(m) => crate::protocol::decode::<Meta>(m).map_err(StartError::Meta)?,
             None => {
                 let m = Meta {
                     // Never 0 (a clock before 1970): 0 is no disk yet.
