@@ -89,5 +89,7 @@ pub async fn launch(args: Cli) -> Result<(), String> {
         lease_wait,
         workers: args.common.workers,
     };
-    run(listener, config, bookstore_common::server::termination()).await
+    run(listener, config, bookstore_common::server::termination())
+        .await
+        .map_err(|e| e.to_string())
 }

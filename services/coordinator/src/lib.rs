@@ -339,7 +339,20 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .default_service(web::to(server::not_found));
 }
 
-fn raft_config(c: &CoordinatorConfig) -> Result<openraft::Config, String> {
+/// Why a coordinator could not start or serve.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Open(#[from] raft::OpenError),
+    #[error("Raft settings: {0}")]
+    Settings(Box<openraft::ConfigError>),
+    #[error("cannot start Raft: {0}")]
+    Raft(String),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+fn raft_config(c: &CoordinatorConfig) -> Result<openraft::Config, RunError> {
     let hb = c.heartbeat.as_millis().max(1) as u64;
     openraft::Config {
         cluster_name: "bookstore-coordinators".into(),
@@ -353,7 +366,7 @@ fn raft_config(c: &CoordinatorConfig) -> Result<openraft::Config, String> {
         ..openraft::Config::default()
     }
     .validate()
-    .map_err(|e| format!("Raft settings: {e}"))
+    .map_err(|e| RunError::Settings(Box::new(e)))
 }
 
 /// Serves a coordinator on `listener` until `shutdown` resolves; then stops Raft and
@@ -362,7 +375,7 @@ pub async fn run(
     listener: TcpListener,
     config: CoordinatorConfig,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), String> {
+) -> Result<(), RunError> {
     let log = LogStore::open(&config.data_dir)?;
     let sm = StateMachineStore::open(&config.data_dir)?;
     let client = Client::with_timeout(config.tokens.cluster(), Duration::from_secs(5));
@@ -374,10 +387,13 @@ pub async fn run(
         sm.clone(),
     )
     .await
-    .map_err(|e| format!("cannot start Raft: {e}"))?;
+    .map_err(|e| RunError::Raft(e.to_string()))?;
     if !config.join
         && config.initial.contains_key(&config.id)
-        && !raft.is_initialized().await.map_err(|e| e.to_string())?
+        && !raft
+            .is_initialized()
+            .await
+            .map_err(|e| RunError::Raft(e.to_string()))?
     {
         let members: BTreeMap<u64, BasicNode> = config
             .initial
@@ -436,7 +452,7 @@ pub async fn run(
     let raft_data = web::Data::new(raft.clone());
     let contact = web::Data::from(coordinator.contact.clone());
     let tokens = web::Data::new(config.tokens.clone());
-    tracing::info!(id = config.id, addr = %listener.local_addr().map_err(|e| e.to_string())?, "coordinator serving");
+    tracing::info!(id = config.id, addr = %listener.local_addr()?, "coordinator serving");
     let served = server::serve(
         listener,
         config.workers,
@@ -457,7 +473,7 @@ pub async fn run(
     drop(coordinator);
     confirm_task.abort();
     let _ = confirm_task.await;
-    served.map_err(|e| e.to_string())
+    Ok(served?)
 }
 
 use confirm::Confirmer;

@@ -6,7 +6,7 @@
 //! openraft is told it is durable. The vote and the last purged log id live in the WAL's
 //! meta value (replaced atomically, fsynced). A purge is recorded there and then the
 //! WAL's snapshot marker at that index lets it delete the segments below.
-use super::{Entry, LogId, NodeId, StorageError, TypeConfig, Vote};
+use super::{Entry, LogId, NodeId, OpenError, StorageError, TypeConfig, Vote};
 use bookstore_replication::wal::{Wal, WalError, WalOptions};
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, RaftLogId, StorageIOError};
@@ -47,19 +47,32 @@ fn io_error(
 
 impl LogStore {
     /// Opens (or creates) the log in `dir`.
-    pub fn open(dir: &Path) -> Result<LogStore, String> {
-        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    pub fn open(dir: &Path) -> Result<LogStore, OpenError> {
+        std::fs::create_dir_all(dir).map_err(|source| OpenError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
         let options = WalOptions {
             segment_max_bytes: 1 << 20,
             ..WalOptions::default()
         };
-        let (wal, rec) = Wal::open(dir, options).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let (wal, rec) = Wal::open(dir, options).map_err(|source| OpenError::Wal {
+            path: dir.to_path_buf(),
+            source,
+        })?;
         if let Some(repair) = &rec.tail_repair {
             tracing::warn!(?repair, "repaired a torn tail of the coordinator log");
         }
         let meta: Meta = match &rec.meta {
-            Some(bytes) => bookstore_replication_core::protocol::decode(bytes)
-                .map_err(|e| format!("{}: coordinator meta: {e}", dir.display()))?,
+            Some(bytes) => {
+                bookstore_replication_core::protocol::decode(bytes).map_err(|source| {
+                    OpenError::Decode {
+                        path: dir.to_path_buf(),
+                        what: "coordinator meta: ".into(),
+                        source,
+                    }
+                })?
+            }
             None => Meta::default(),
         };
         let purged = meta.last_purged.map_or(0, |l| l.index + 1);
@@ -68,8 +81,14 @@ impl LogStore {
             if r.index <= purged {
                 continue;
             }
-            let e: Entry = bookstore_replication_core::protocol::decode(&r.payload)
-                .map_err(|e| format!("{}: log record {}: {e}", dir.display(), r.index))?;
+            let e: Entry =
+                bookstore_replication_core::protocol::decode(&r.payload).map_err(|source| {
+                    OpenError::Decode {
+                        path: dir.to_path_buf(),
+                        what: format!("log record {}: ", r.index),
+                        source,
+                    }
+                })?;
             entries.insert(e.log_id.index, e);
         }
         Ok(LogStore {

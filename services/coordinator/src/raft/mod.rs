@@ -7,6 +7,29 @@ pub mod network;
 pub mod state_machine;
 
 use crate::state::{Applied, Proposal};
+use std::path::PathBuf;
+
+/// Why a coordinator's durable Raft state (log, vote, snapshot) could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Wal {
+        path: PathBuf,
+        source: bookstore_replication::wal::WalError,
+    },
+    /// A file or record that does not decode (`what` names which).
+    #[error("{path}: {what}{source}")]
+    Decode {
+        path: PathBuf,
+        what: String,
+        source: bincode::Error,
+    },
+}
 use std::io::Cursor;
 
 openraft::declare_raft_types!(

@@ -2,7 +2,7 @@
 //! proposals to, in memory, with snapshots written atomically (fsynced) to
 //! `<data dir>/control.snapshot`. On start the snapshot is loaded and openraft re-applies
 //! the committed log after it.
-use super::{Entry, LogId, Membership, NodeId, SnapshotMeta, StorageError, TypeConfig};
+use super::{Entry, LogId, Membership, NodeId, OpenError, SnapshotMeta, StorageError, TypeConfig};
 use crate::state::{Applied, ControlState};
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, StorageIOError};
@@ -51,14 +51,19 @@ fn sm_error(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
 
 impl StateMachineStore {
     /// Opens the state machine of the data directory `dir`: its last snapshot, if any.
-    pub fn open(dir: &Path) -> Result<StateMachineStore, String> {
+    pub fn open(dir: &Path) -> Result<StateMachineStore, OpenError> {
         let path = dir.join("control.snapshot");
+        let undecodable = |source| OpenError::Decode {
+            path: path.clone(),
+            what: String::new(),
+            source,
+        };
         let (data, snapshot) = match std::fs::read(&path) {
             Ok(bytes) => {
-                let s: StoredSnapshot = bookstore_replication_core::protocol::decode(&bytes)
-                    .map_err(|e| format!("{}: {e}", path.display()))?;
-                let control: ControlState = bookstore_replication_core::protocol::decode(&s.data)
-                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                let s: StoredSnapshot =
+                    bookstore_replication_core::protocol::decode(&bytes).map_err(undecodable)?;
+                let control: ControlState =
+                    bookstore_replication_core::protocol::decode(&s.data).map_err(undecodable)?;
                 let data = SmData {
                     last_applied: s.meta.last_log_id,
                     membership: s.meta.last_membership.clone(),
@@ -67,7 +72,7 @@ impl StateMachineStore {
                 (data, Some(s))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => (SmData::default(), None),
-            Err(e) => return Err(format!("{}: {e}", path.display())),
+            Err(source) => return Err(OpenError::Io { path, source }),
         };
         Ok(StateMachineStore {
             inner: Arc::new(Inner {
