@@ -207,6 +207,9 @@ async fn up(
         admin_token.clone(),
     );
     options.haproxy = haproxy;
+    // Installed before anything starts: a SIGTERM or Ctrl-C from here on stops every
+    // server cleanly, however early it comes.
+    let mut term = Box::pin(bookstore_common::server::termination());
     let mut lc = LocalCluster::start(options, &say).await?;
     let public = lc.public_url();
     out(&format!("bookstore is up: {public}"));
@@ -253,7 +256,6 @@ async fn up(
             admin_token: admin_token.into(),
         },
     )?;
-    let mut term = Box::pin(bookstore_common::server::termination());
     loop {
         tokio::select! {
             _ = &mut term => break,

@@ -92,6 +92,52 @@ fn local_up_serves_and_stops_every_process_on_sigterm() {
     assert!(pids.iter().all(|p| !alive(*p)), "orphans left: {pids:?}");
 }
 
+/// A SIGTERM that comes while `local up` is still starting the cluster is not lost and
+/// does not kill it by the signal's default action: it stops every server it started
+/// and exits 0. (The handler used to be installed only after "bookstore is up", and CI
+/// once sent the signal in that gap.)
+#[test]
+fn a_sigterm_during_start_stops_every_server_and_exits_cleanly() {
+    let _machine = crate::MACHINE.blocking_read();
+    let out = tempfile::tempdir().unwrap();
+    let file = out.path().join("cluster.csv");
+    std::fs::write(&file, free_port_cluster(2, 2).unwrap().to_text()).unwrap();
+    let mut child = Command::new(INFRA)
+        .args(["local", "up", "--cluster"])
+        .arg(&file)
+        .arg("--output-dir")
+        .arg(out.path())
+        .current_dir(workspace())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    let pid = loop {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "infra stopped early"
+        );
+        if let Some(p) = line.split("(pid ").nth(1) {
+            break p.trim().trim_end_matches(')').parse::<i32>().unwrap();
+        }
+    };
+    // The first server has started; the cluster is not up yet.
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    // Drain stderr so that the child never blocks on a full pipe.
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while alive(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!alive(pid), "server {pid} left running");
+}
+
 #[test]
 fn local_up_names_the_server_whose_port_is_taken() {
     let out = tempfile::tempdir().unwrap();
