@@ -28,6 +28,12 @@ impl Tasks {
         });
     }
 
+    /// Runs `task` to its own end: [`Tasks::stop`] waits for it but does not cancel it
+    /// (for a task that must finish what it holds, and ends on its own once told to).
+    pub fn spawn_uncancelled(&self, task: impl Future<Output = ()> + Send + 'static) {
+        self.tracker.spawn(task);
+    }
+
     /// Cancels every task and returns once all have ended. Tasks spawned later are
     /// cancelled at once.
     pub async fn stop(&self) {

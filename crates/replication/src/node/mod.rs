@@ -14,7 +14,7 @@
 //! - pings to the view service are HTTP POSTs to `{coordinator}/vs/{kind}/ping`, sent to
 //!   the coordinator group's leader wherever it is ([`Coordinators`]);
 //! - every task of a running replica (driver, ticks, peer senders, pings) is owned by its
-//!   [`Node`] (a `TaskTracker` and a cancellation token per boot): [`Node::crash`], which
+//!   [`Node`] (a `common::tasks::Tasks` set per boot): [`Node::crash`], which
 //!   is also a service's graceful stop, cancels them and returns once they and the disk
 //!   thread have ended;
 //! - a primary serves reads only under a **read lease**: for [`NodeOptions::read_lease`]
@@ -49,6 +49,7 @@ use crate::protocol::{
 use crate::wal::{Wal, WalOptions};
 use bookstore_common::client::Client;
 use bookstore_common::coordinators::Coordinators;
+use bookstore_common::tasks::Tasks;
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -56,8 +57,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 mod disk;
 mod driver;
@@ -332,9 +331,8 @@ struct Inner<S: StateMachine> {
     disk_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Every task of the running incarnation (driver, ticks, peer senders, pings): a stop
     /// cancels them and waits for them all.
-    tasks: TaskTracker,
-    /// Cancelled when the running incarnation stops; a new one per boot.
-    cancel: Mutex<CancellationToken>,
+    /// A new set per boot: a stopped set cancels what is spawned into it.
+    tasks: Mutex<Tasks>,
     client: Client,
     coordinators: Coordinators,
     /// Why the replica stopped on its own (a disk failure), until it boots again.
@@ -379,8 +377,7 @@ impl<S: StateMachine> Node<S> {
             read_lease: Mutex::new(ReadLease::new()),
             tx: Mutex::new(None),
             disk_thread: Mutex::new(None),
-            tasks: TaskTracker::new(),
-            cancel: Mutex::new(CancellationToken::new()),
+            tasks: Mutex::new(Tasks::new()),
             coordinators: Coordinators::new(client.clone(), opts.coordinators.clone()),
             client,
             failure: tokio::sync::watch::Sender::new(None),
@@ -401,8 +398,7 @@ impl<S: StateMachine> Node<S> {
 
     fn boot(&self) -> Result<(), StartError> {
         self.inner.failure.send_replace(None);
-        *self.inner.cancel.lock() = CancellationToken::new();
-        self.inner.tasks.reopen();
+        *self.inner.tasks.lock() = Tasks::new();
         let opts = &self.inner.opts;
         std::fs::create_dir_all(&opts.data_dir).map_err(|source| StartError::DataDir {
             dir: opts.data_dir.clone(),
@@ -516,20 +512,14 @@ impl<S: StateMachine> Node<S> {
         };
         // The driver ends on `Input::Stop` (or a disk failure), never by cancellation: it
         // answers every pending write first.
-        self.inner.tasks.spawn(driver.run(rx));
+        self.inner.tasks.lock().spawn_uncancelled(driver.run(rx));
         Ok(())
     }
 
     /// Runs `task` as one of this incarnation's tasks: it ends when the incarnation
     /// stops (cancelled), and a stop waits for it.
     pub(crate) fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
-        let cancel = self.inner.cancel.lock().clone();
-        self.inner.tasks.spawn(async move {
-            tokio::select! {
-                _ = cancel.cancelled() => {}
-                _ = task => {}
-            }
-        });
+        self.inner.tasks.lock().spawn(task);
     }
 
     fn peer(&self, base: &str) -> Peer {
@@ -630,9 +620,8 @@ impl<S: StateMachine> Node<S> {
         if let Some(tx) = tx {
             let _ = tx.send(Input::Stop);
         }
-        self.inner.cancel.lock().cancel();
-        self.inner.tasks.close();
-        self.inner.tasks.wait().await;
+        let tasks = self.inner.tasks.lock().clone();
+        tasks.stop().await;
         let handle = self.inner.disk_thread.lock().take();
         if let Some(h) = handle {
             let _ = tokio::task::spawn_blocking(move || h.join()).await;
@@ -647,7 +636,7 @@ impl<S: StateMachine> Node<S> {
 
     /// Tasks of the running incarnation that have not ended (none after [`Node::crash`]).
     pub fn running_tasks(&self) -> usize {
-        self.inner.tasks.len()
+        self.inner.tasks.lock().len()
     }
 
     /// Messages dropped because a peer's queue ([`PEER_QUEUE`]) was full.
