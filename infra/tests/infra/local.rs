@@ -4,11 +4,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const INFRA: &str = env!("CARGO_BIN_EXE_infra");
-
-fn workspace() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
+use crate::{local_up, workspace, INFRA};
 
 fn alive(pid: i32) -> bool {
     // SAFETY: signal 0 only checks that the process exists.
@@ -45,15 +41,7 @@ fn local_test_runs_the_seed_scenarios_and_passes() {
 fn local_up_serves_and_stops_every_process_on_sigterm() {
     let _machine = crate::MACHINE.blocking_read();
     let out = tempfile::tempdir().unwrap();
-    let cluster = free_port_cluster(2, 2).unwrap();
-    let file = out.path().join("cluster.csv");
-    std::fs::write(&file, cluster.to_text()).unwrap();
-    let mut child = Command::new(INFRA)
-        .args(["local", "up", "--cluster"])
-        .arg(&file)
-        .arg("--output-dir")
-        .arg(out.path())
-        .current_dir(workspace())
+    let mut child = local_up(out.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -100,14 +88,7 @@ fn local_up_serves_and_stops_every_process_on_sigterm() {
 fn a_sigterm_during_start_stops_every_server_and_exits_cleanly() {
     let _machine = crate::MACHINE.blocking_read();
     let out = tempfile::tempdir().unwrap();
-    let file = out.path().join("cluster.csv");
-    std::fs::write(&file, free_port_cluster(2, 2).unwrap().to_text()).unwrap();
-    let mut child = Command::new(INFRA)
-        .args(["local", "up", "--cluster"])
-        .arg(&file)
-        .arg("--output-dir")
-        .arg(out.path())
-        .current_dir(workspace())
+    let mut child = local_up(out.path())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

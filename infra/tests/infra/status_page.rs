@@ -5,15 +5,12 @@
 //! Without chromium the test prints why and skips, except under CI=true, where it fails
 //! (.ci/run installs chromium). Set `BOOKSTORE_STATUS_SCREENSHOT=path.png` to also save a
 //! screenshot of the page after the failover (that is how docs/status.png is made).
+use crate::workspace;
 use bookstore_common::config::Kind;
 use infra::local::{free_port_cluster, LocalCluster, LocalOptions};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 /// Chromium's path, or None: then a failure under CI, a printed skip elsewhere.
 fn chromium() -> Option<PathBuf> {

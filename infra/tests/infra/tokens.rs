@@ -6,13 +6,9 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const INFRA: &str = env!("CARGO_BIN_EXE_infra");
+use crate::{local_up, workspace, INFRA};
 const CLUSTER: &str = "cluster-token-0123456789abcdef";
 const ADMIN: &str = "admin-token-0123456789abcdef01";
-
-fn workspace() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 /// Runs `infra ARGS` for at most `within`; its exit code (`None`: still running, killed).
 fn run_for(args: &[&str], env: &[(&str, &str)], within: Duration) -> (Option<i32>, String) {
@@ -97,14 +93,7 @@ fn a_token_shorter_than_16_characters_is_refused() {
 fn local_up_never_prints_a_token() {
     let _machine = crate::MACHINE.blocking_read();
     let out = tempfile::tempdir().unwrap();
-    let file = out.path().join("cluster.csv");
-    std::fs::write(&file, free_port_cluster(2, 2).unwrap().to_text()).unwrap();
-    let mut child = Command::new(INFRA)
-        .args(["local", "up", "--cluster"])
-        .arg(&file)
-        .arg("--output-dir")
-        .arg(out.path())
-        .current_dir(workspace())
+    let mut child = local_up(out.path())
         .env("BOOKSTORE_CLUSTER_TOKEN", CLUSTER)
         .env("BOOKSTORE_ADMIN_TOKEN", ADMIN)
         .stdout(Stdio::piped())

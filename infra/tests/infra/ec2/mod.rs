@@ -23,13 +23,9 @@ mod deploy;
 mod lifecycle;
 mod trust;
 
-const INFRA: &str = env!("CARGO_BIN_EXE_infra");
+use crate::{workspace, INFRA};
 const OWNER: &str = "136693071363";
 const NEWEST_X86: &str = "ami-0deb12000000002";
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 /// The path of `tool`, or None: then a failure under CI, a printed skip elsewhere.
 fn need(tool: &str) -> Option<PathBuf> {
