@@ -204,22 +204,25 @@ impl Catalog {
         } else {
             None
         };
+        // Written once the update is answered; made now, so that the update itself can
+        // move into the log entry.
+        let line = format!(
+            "update,{},{},{}",
+            u.item_number,
+            u.cost.map_or("na".to_string(), |c| c.to_string()),
+            u.stock_delta
+        );
         let outcome = match settled {
             Some(o) => o,
             None => {
                 let command = state::Stamped {
-                    update: u.clone(),
+                    update: u,
                     time_ms: Some(bookstore_common::clock::now_ms()),
                 };
                 t.time("replication", self.node().submit(command)).await?
             }
         };
-        self.log().record(format!(
-            "update,{},{},{}",
-            u.item_number,
-            u.cost.map_or("na".to_string(), |c| c.to_string()),
-            u.stock_delta
-        ));
+        self.log().record(line);
         match outcome {
             Ok((book, version)) => {
                 // Only now: the lease fallback's flush floor and a restarted cache's empty
