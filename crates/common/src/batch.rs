@@ -96,18 +96,12 @@ impl<I, O> Clone for Batcher<I, O> {
 /// Exports the counts `stats` of the batcher `name` on every scrape of `metrics`.
 pub fn register_metrics(metrics: &Metrics, name: &'static str, stats: Arc<BatchStats>) {
     type Labels = [(&'static str, &'static str); 1];
-    let batches = Family::<Labels, Counter>::default();
-    let requests = Family::<Labels, Counter>::default();
-    metrics.register(
+    let batches: Family<Labels, Counter> = metrics.add(
         "batches",
         "Batch calls this server sent to another (one HTTP request each)",
-        batches.clone(),
     );
-    metrics.register(
-        "batched_requests",
-        "Requests those batch calls carried",
-        requests.clone(),
-    );
+    let requests: Family<Labels, Counter> =
+        metrics.add("batched_requests", "Requests those batch calls carried");
     metrics.on_scrape(move || {
         let (b, r) = stats.get();
         catch_up(&batches.get_or_create(&[("batcher", name)]), b);

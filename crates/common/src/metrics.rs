@@ -119,6 +119,13 @@ impl Metrics {
         self.registry.lock().register(name, help, metric);
     }
 
+    /// A new metric registered as by [`Metrics::register`], returned for updating.
+    pub fn add<M: Metric + Clone + Default>(&self, name: &str, help: &str) -> M {
+        let metric = M::default();
+        self.register(name, help, metric.clone());
+        metric
+    }
+
     /// Runs `hook` before every encoding (to copy values owned elsewhere into gauges).
     pub fn on_scrape(&self, hook: impl Fn() + Send + Sync + 'static) {
         self.hooks.lock().push(Box::new(hook));

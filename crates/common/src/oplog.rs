@@ -134,11 +134,9 @@ impl OpLog {
 
     /// Exports `bookstore_oplog_dropped_lines_total` to `metrics`.
     pub fn register_metrics(&self, metrics: &Metrics) {
-        let counter = Counter::<u64>::default();
-        metrics.register(
+        let counter: Counter<u64> = metrics.add(
             "oplog_dropped_lines",
             "Operation-log lines dropped because the writer fell behind (queue full)",
-            counter.clone(),
         );
         let dropped = self.dropped.clone();
         metrics.on_scrape(move || catch_up(&counter, dropped.load(Ordering::Relaxed)));

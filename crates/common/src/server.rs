@@ -341,6 +341,26 @@ pub fn only(path: &str, allow: &'static str, route: actix_web::Route) -> actix_w
         .default_service(web::to(method_not_allowed(allow)))
 }
 
+/// `only(path, "POST", web::post().to(handler))`.
+pub fn post<F, Args>(path: &str, handler: F) -> actix_web::Resource
+where
+    F: actix_web::Handler<Args>,
+    Args: actix_web::FromRequest + 'static,
+    F::Output: actix_web::Responder + 'static,
+{
+    only(path, "POST", web::post().to(handler))
+}
+
+/// `only(path, "GET", web::get().to(handler))`.
+pub fn get<F, Args>(path: &str, handler: F) -> actix_web::Resource
+where
+    F: actix_web::Handler<Args>,
+    Args: actix_web::FromRequest + 'static,
+    F::Output: actix_web::Responder + 'static,
+{
+    only(path, "GET", web::get().to(handler))
+}
+
 /// JSON body extraction: 1 MiB at most, errors as 400 with a JSON body.
 pub fn json_config() -> web::JsonConfig {
     web::JsonConfig::default()

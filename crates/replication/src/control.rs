@@ -335,47 +335,26 @@ struct RoleLabel {
 /// operation log's dropped lines.
 pub fn register_metrics<S: StateMachine>(control: &web::Data<Control<S>>, metrics: &Metrics) {
     control.log.register_metrics(metrics);
-    let epoch = Gauge::<i64>::default();
-    let role = Family::<RoleLabel, Gauge>::default();
-    let commit = Gauge::<i64>::default();
-    let applied = Gauge::<i64>::default();
-    let lag = Gauge::<i64>::default();
-    let serving = Gauge::<i64>::default();
-    let changes = Counter::<u64>::default();
-    metrics.register(
-        "replication_epoch",
-        "Epoch of the view the replica acts in",
-        epoch.clone(),
-    );
-    metrics.register(
-        "replication_role",
-        "1 for the replica's current role",
-        role.clone(),
-    );
-    metrics.register(
+    let epoch: Gauge<i64> =
+        metrics.add("replication_epoch", "Epoch of the view the replica acts in");
+    let role: Family<RoleLabel, Gauge> =
+        metrics.add("replication_role", "1 for the replica's current role");
+    let commit: Gauge<i64> = metrics.add(
         "replication_commit_index",
         "Highest log index known committed",
-        commit.clone(),
     );
-    metrics.register(
-        "replication_applied_index",
-        "Highest log index applied",
-        applied.clone(),
-    );
-    metrics.register(
+    let applied: Gauge<i64> = metrics.add("replication_applied_index", "Highest log index applied");
+    let lag: Gauge<i64> = metrics.add(
         "replication_lag_entries",
         "Committed entries not applied here yet",
-        lag.clone(),
     );
-    metrics.register(
+    let serving: Gauge<i64> = metrics.add(
         "replication_serving_reads",
         "1 when the replica is caught up and serves reads",
-        serving.clone(),
     );
-    metrics.register(
+    let changes: Counter<u64> = metrics.add(
         "replication_view_changes",
         "Views (epochs) the replica moved to",
-        changes.clone(),
     );
     let control = control.clone();
     metrics.on_scrape(move || {

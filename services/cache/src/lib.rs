@@ -448,18 +448,15 @@ fn register_metrics(
     requests: Family<ResultLabel, Counter>,
     metrics: &Metrics,
 ) {
-    let entries = Gauge::<i64>::default();
-    let leased = Gauge::<i64>::default();
+    let entries: Gauge<i64> = metrics.add("cache_entries", "Entries held");
+    let leased: Gauge<i64> = metrics.add(
+        "cache_leased",
+        "1 while the cache holds a lease from the catalog primary",
+    );
     metrics.register(
         "cache_requests",
         "Lookups and searches asked of the cache, by result (hit or miss)",
         requests,
-    );
-    metrics.register("cache_entries", "Entries held", entries.clone());
-    metrics.register(
-        "cache_leased",
-        "1 while the cache holds a lease from the catalog primary",
-        leased.clone(),
     );
     let cache = cache.clone();
     metrics.on_scrape(move || {

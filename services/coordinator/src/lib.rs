@@ -144,65 +144,38 @@ impl Coordinator {
     }
 
     fn register_metrics(self: &Arc<Self>, metrics: &Metrics) {
-        let term = Gauge::<i64>::default();
-        let leader = Gauge::<i64>::default();
-        let applied = Gauge::<i64>::default();
-        let contact = Gauge::<f64, AtomicU64>::default();
-        let epoch = Family::<KindLabel, Gauge>::default();
-        let changes = Family::<KindLabel, Counter>::default();
-        let failovers = Family::<KindLabel, Counter>::default();
-        let age = Family::<ReplicaLabels, Gauge<f64, AtomicU64>>::default();
-        let replica_applied = Family::<ReplicaLabels, Gauge>::default();
-        let lag = Family::<ReplicaLabels, Gauge>::default();
-        metrics.register(
-            "coordinator_term",
-            "Raft term of this coordinator",
-            term.clone(),
-        );
-        metrics.register(
+        let term: Gauge<i64> = metrics.add("coordinator_term", "Raft term of this coordinator");
+        let leader: Gauge<i64> = metrics.add(
             "coordinator_is_leader",
             "1 if this coordinator leads the group",
-            leader.clone(),
         );
-        metrics.register(
+        let applied: Gauge<i64> = metrics.add(
             "coordinator_applied_index",
             "Last Raft log index applied to this coordinator's state machine",
-            applied.clone(),
         );
-        metrics.register(
+        let contact: Gauge<f64, AtomicU64> = metrics.add(
             "coordinator_leader_contact_age_seconds",
             "Time since the last contact with the leader (leader: since a quorum acknowledged it)",
-            contact.clone(),
         );
-        metrics.register(
-            "vs_epoch",
-            "Epoch of the current view (leader only)",
-            epoch.clone(),
-        );
-        metrics.register(
-            "vs_view_changes",
-            "View changes this leader decided",
-            changes.clone(),
-        );
-        metrics.register(
+        let epoch: Family<KindLabel, Gauge> =
+            metrics.add("vs_epoch", "Epoch of the current view (leader only)");
+        let changes: Family<KindLabel, Counter> =
+            metrics.add("vs_view_changes", "View changes this leader decided");
+        let failovers: Family<KindLabel, Counter> = metrics.add(
             "vs_failovers",
             "View changes that replaced a primary that left the view",
-            failovers.clone(),
         );
-        metrics.register(
+        let age: Family<ReplicaLabels, Gauge<f64, AtomicU64>> = metrics.add(
             "vs_heartbeat_age_seconds",
             "Time since the replica last pinged the leader",
-            age.clone(),
         );
-        metrics.register(
+        let replica_applied: Family<ReplicaLabels, Gauge> = metrics.add(
             "vs_applied_index",
             "Applied index the replica reported in its last ping",
-            replica_applied.clone(),
         );
-        metrics.register(
+        let lag: Family<ReplicaLabels, Gauge> = metrics.add(
             "vs_lag_entries",
             "Primary's applied index minus the replica's (last pings)",
-            lag.clone(),
         );
         let me = Arc::downgrade(self);
         metrics.on_scrape(move || {

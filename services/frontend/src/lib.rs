@@ -636,50 +636,23 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/ready", web::get().to(ready))
         .route("/search", web::get().to(search))
         .route("/lookup", web::get().to(lookup))
-        .service(server::only("/buy", "POST", web::post().to(buy)))
+        .service(server::post("/buy", buy))
         .service(
             web::scope("/admin")
                 .wrap(from_fn(require_admin_token))
-                .service(server::only("/restock", "POST", web::post().to(restock)))
-                .service(server::only(
-                    "/cluster/register",
-                    "POST",
-                    web::post().to(admin::register),
-                ))
-                .service(server::only(
-                    "/cluster/unregister",
-                    "POST",
-                    web::post().to(admin::unregister),
-                )),
+                .service(server::post("/restock", restock))
+                .service(server::post("/cluster/register", admin::register))
+                .service(server::post("/cluster/unregister", admin::unregister)),
         )
-        .service(
-            server::only("/cluster", "GET", web::get().to(observe::cluster))
-                .wrap(from_fn(require_operator_token)),
-        )
-        .service(server::only(
-            "/status",
-            "GET",
-            web::get().to(observe::status_page),
-        ))
-        .service(server::only(
-            "/status.json",
-            "GET",
-            web::get().to(observe::status_json),
-        ))
+        .service(server::get("/cluster", observe::cluster).wrap(from_fn(require_operator_token)))
+        .service(server::get("/status", observe::status_page))
+        .service(server::get("/status.json", observe::status_json))
         .configure(metrics::routes)
         .service(
             web::scope("/internal")
                 .wrap(from_fn(bookstore_common::auth::require_cluster_token))
-                .service(server::only(
-                    "/near/invalidate_batch",
-                    "POST",
-                    web::post().to(near_invalidate),
-                ))
-                .service(server::only(
-                    "/near/flush",
-                    "POST",
-                    web::post().to(near_flush),
-                ))
+                .service(server::post("/near/invalidate_batch", near_invalidate))
+                .service(server::post("/near/flush", near_flush))
                 .configure(move |c| {
                     let path = openapi::INTERNAL_DOC_PATH.trim_start_matches("/internal");
                     openapi::serve_doc(c, path, &internal)

@@ -352,23 +352,17 @@ impl Observer {
             "Cache lookups of public reads, by result (near, hit or miss)",
             self.cache_lookups.clone(),
         );
-        let switches = Family::<TierLabel, Counter>::default();
-        metrics.register(
+        let switches: Family<TierLabel, Counter> = metrics.add(
             "router_primary_switches",
             "Times the frontend moved its writes to another replica (failovers followed)",
-            switches.clone(),
         );
-        let near_entries = Gauge::<i64>::default();
-        let near_leased = Gauge::<i64>::default();
-        metrics.register(
+        let near_entries: Gauge<i64> = metrics.add(
             "frontend_near_entries",
             "Answers held in this frontend's near cache",
-            near_entries.clone(),
         );
-        metrics.register(
+        let near_leased: Gauge<i64> = metrics.add(
             "frontend_near_leased",
             "1 while this frontend holds a near lease from the cache (answers from memory)",
-            near_leased.clone(),
         );
         let f = frontend.clone();
         metrics.on_scrape(move || {

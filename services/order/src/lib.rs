@@ -347,11 +347,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 /// replica followed.
 fn register_router_metrics(service: &web::Data<OrderService>, metrics: &Metrics) {
     type Tier = [(&'static str, &'static str); 1];
-    let switches = Family::<Tier, Counter>::default();
-    metrics.register(
+    let switches: Family<Tier, Counter> = metrics.add(
         "router_primary_switches",
         "Times this replica moved its catalog writes to another replica (failovers followed)",
-        switches.clone(),
     );
     let service = service.clone();
     metrics.on_scrape(move || {

@@ -214,19 +214,7 @@ pub struct RaftApi;
 
 /// The receiving side of the transport, under `/raft` (cluster token).
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(bookstore_common::server::only(
-        "/append",
-        "POST",
-        web::post().to(append),
-    ))
-    .service(bookstore_common::server::only(
-        "/vote",
-        "POST",
-        web::post().to(vote),
-    ))
-    .service(bookstore_common::server::only(
-        "/snapshot",
-        "POST",
-        web::post().to(snapshot),
-    ));
+    cfg.service(bookstore_common::server::post("/append", append))
+        .service(bookstore_common::server::post("/vote", vote))
+        .service(bookstore_common::server::post("/snapshot", snapshot));
 }
