@@ -109,7 +109,7 @@ async fn search_topics(c: &Client, books: &[Book]) -> Result<String, String> {
         topics
             .entry(&b.topic)
             .or_default()
-            .push((b.item_number, &b.title));
+            .push((b.item_number.get(), &b.title));
     }
     for (topic, mut want) in topics.clone() {
         want.sort();

@@ -223,6 +223,10 @@ impl Store {
 mod tests {
     use super::*;
 
+    fn it(n: u32) -> ItemNumber {
+        ItemNumber::new(n).unwrap()
+    }
+
     fn b(s: &str) -> Bytes {
         Bytes::from(s.to_string())
     }
@@ -230,38 +234,38 @@ mod tests {
     #[test]
     fn a_slow_fill_never_puts_an_old_value_back() {
         let mut s = Store::default();
-        assert!(s.put_lookup(1, 10, b("v10")));
-        s.invalidate(1, 11);
-        assert!(s.lookup(1).is_none());
+        assert!(s.put_lookup(it(1), 10, b("v10")));
+        s.invalidate(it(1), 11);
+        assert!(s.lookup(it(1)).is_none());
         assert!(
-            !s.put_lookup(1, 10, b("v10 again")),
+            !s.put_lookup(it(1), 10, b("v10 again")),
             "read before the write"
         );
-        assert!(s.put_lookup(1, 11, b("v11")));
+        assert!(s.put_lookup(it(1), 11, b("v11")));
         assert!(
-            !s.put_lookup(1, 10, b("older")),
+            !s.put_lookup(it(1), 10, b("older")),
             "never replaced by an older read"
         );
-        assert_eq!(s.lookup(1).unwrap(), b("v11"));
+        assert_eq!(s.lookup(it(1)).unwrap(), b("v11"));
     }
 
     #[test]
     fn searches_containing_a_changed_item_are_dropped() {
         let mut s = Store::default();
-        assert!(s.put_search("t", 5, vec![1, 2], b("s")));
-        assert!(s.put_search("u", 5, vec![3], b("u")));
-        s.invalidate(2, 6);
+        assert!(s.put_search("t", 5, vec![it(1), it(2)], b("s")));
+        assert!(s.put_search("u", 5, vec![it(3)], b("u")));
+        s.invalidate(it(2), 6);
         assert!(s.search("t").is_none());
         assert!(s.search("u").is_some());
-        assert!(!s.put_search("t", 5, vec![1, 2], b("s")));
-        assert!(s.put_search("t", 6, vec![1, 2], b("s6")));
+        assert!(!s.put_search("t", 5, vec![it(1), it(2)], b("s")));
+        assert!(s.put_search("t", 6, vec![it(1), it(2)], b("s6")));
     }
 
     #[test]
     fn a_newer_epoch_drops_everything_and_an_older_one_is_refused() {
         let mut s = Store::default();
         assert!(s.observe_epoch(2));
-        s.put_lookup(1, 5, b("x"));
+        s.put_lookup(it(1), 5, b("x"));
         assert!(s.observe_epoch(2));
         assert!(!s.is_empty());
         assert!(s.observe_epoch(3));
@@ -273,33 +277,33 @@ mod tests {
     fn a_full_store_evicts_and_keeps_its_watermarks() {
         let mut s = Store::with_limit(3);
         for i in 1..=5 {
-            assert!(s.put_lookup(i, 10, b("x")));
+            assert!(s.put_lookup(it(i), 10, b("x")));
             assert!(s.len() <= 3);
         }
-        assert!(s.put_search("t", 10, vec![1, 2], b("s")));
+        assert!(s.put_search("t", 10, vec![it(1), it(2)], b("s")));
         assert_eq!(s.len(), 3);
         assert!(s.search("t").is_some(), "the newest answer is kept");
-        s.invalidate(9, 12);
+        s.invalidate(it(9), 12);
         assert!(
-            !s.put_lookup(9, 11, b("old")),
+            !s.put_lookup(it(9), 11, b("old")),
             "the watermark survives eviction"
         );
         // Replacing an answer makes no room.
-        assert!(s.put_search("t", 11, vec![1, 2], b("s11")));
+        assert!(s.put_search("t", 11, vec![it(1), it(2)], b("s11")));
         assert_eq!(s.len(), 3);
         let mut none = Store::with_limit(0);
-        assert!(!none.put_lookup(1, 1, b("x")));
-        assert!(!none.put_search("t", 1, vec![1], b("x")));
+        assert!(!none.put_lookup(it(1), 1, b("x")));
+        assert!(!none.put_search("t", 1, vec![it(1)], b("x")));
         assert!(none.is_empty());
     }
 
     #[test]
     fn flush_drops_everything_below_the_floor() {
         let mut s = Store::default();
-        s.put_lookup(1, 5, b("x"));
+        s.put_lookup(it(1), 5, b("x"));
         s.flush(9);
         assert!(s.is_empty());
-        assert!(!s.put_lookup(1, 8, b("x")));
-        assert!(s.put_lookup(1, 9, b("x")));
+        assert!(!s.put_lookup(it(1), 8, b("x")));
+        assert!(s.put_lookup(it(1), 9, b("x")));
     }
 }

@@ -308,10 +308,8 @@ pub fn parse_books<R: std::io::Read>(reader: R, file: &str) -> Result<Vec<Book>,
             v.parse::<u32>()
                 .map_err(|_| err(format!("{name} must be a whole number >= 0, got {v:?}")))
         };
-        let item_number = num(0, "item_number")?;
-        if item_number == 0 {
-            return Err(err("item_number must be positive".into()));
-        }
+        let item_number = ItemNumber::new(num(0, "item_number")?)
+            .ok_or_else(|| err("item_number must be positive".into()))?;
         let title = record.get(1).unwrap_or("").to_string();
         let topic = record.get(2).unwrap_or("").to_string();
         if title.is_empty() {

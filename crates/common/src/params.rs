@@ -8,6 +8,7 @@
 //! `parameter topic is given more than once`. Parameters a route does not know are
 //! ignored.
 use crate::idempotency::IdempotencyKey;
+use crate::types::ItemNumber;
 use crate::ApiError;
 use actix_web::{dev::Payload, FromRequest, HttpRequest};
 use serde::de::{self, DeserializeOwned, IntoDeserializer, Visitor};
@@ -51,14 +52,14 @@ pub fn parse<T: DeserializeOwned>(query: &str) -> Result<T, ApiError> {
 
 /// `item_number`: a positive integer below 2^32.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ItemNumberParam(pub u32);
+pub struct ItemNumberParam(pub ItemNumber);
 
 impl<'de> Deserialize<'de> for ItemNumberParam {
     fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let raw = String::deserialize(d)?;
-        match raw.trim().parse::<u32>() {
-            Ok(n) if n > 0 => Ok(ItemNumberParam(n)),
-            _ => Err(de::Error::invalid_value(
+        match raw.parse::<ItemNumber>() {
+            Ok(n) => Ok(ItemNumberParam(n)),
+            Err(_) => Err(de::Error::invalid_value(
                 de::Unexpected::Str(&raw),
                 &"a positive integer",
             )),
@@ -318,7 +319,7 @@ mod tests {
 
     fn item(q: &str) -> Result<u32, String> {
         parse::<Item>(q)
-            .map(|i| i.item_number.0)
+            .map(|i| i.item_number.0.get())
             .map_err(|e| e.to_string())
     }
 

@@ -2,13 +2,94 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-/// A book's item number (positive).
-pub type ItemNumber = u32;
+/// A book's item number: a positive integer below 2^32. It is parsed where it enters (a
+/// query parameter, a JSON body, the books file), so code that holds one never checks it.
+/// On the wire it is the bare number, as before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ItemNumber(std::num::NonZeroU32);
+
+impl ItemNumber {
+    /// `n` as an item number, or `None` for 0.
+    pub const fn new(n: u32) -> Option<ItemNumber> {
+        match std::num::NonZeroU32::new(n) {
+            Some(n) => Some(ItemNumber(n)),
+            None => None,
+        }
+    }
+
+    /// The number.
+    pub const fn get(self) -> u32 {
+        self.0.get()
+    }
+
+    /// `n` as an item number, for literals in tests and benches.
+    ///
+    /// # Panics
+    /// If `n` is 0.
+    #[track_caller]
+    pub const fn of(n: u32) -> ItemNumber {
+        match ItemNumber::new(n) {
+            Some(item) => item,
+            None => panic!("item numbers are positive"),
+        }
+    }
+}
+
+impl From<ItemNumber> for u32 {
+    fn from(item: ItemNumber) -> u32 {
+        item.get()
+    }
+}
+
+impl From<ItemNumber> for u64 {
+    fn from(item: ItemNumber) -> u64 {
+        item.get().into()
+    }
+}
+
+impl PartialEq<u32> for ItemNumber {
+    fn eq(&self, other: &u32) -> bool {
+        self.get() == *other
+    }
+}
+
+/// In OpenAPI documents: an integer of at least 1.
+impl utoipa::PartialSchema for ItemNumber {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int32)))
+            .minimum(Some(1))
+            .into()
+    }
+}
+
+impl ToSchema for ItemNumber {}
+
+impl std::fmt::Display for ItemNumber {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::str::FromStr for ItemNumber {
+    type Err = String;
+
+    /// A positive integer below 2^32, surrounding white space allowed.
+    fn from_str(s: &str) -> Result<ItemNumber, String> {
+        s.trim()
+            .parse::<u32>()
+            .ok()
+            .and_then(ItemNumber::new)
+            .ok_or_else(|| format!("{s:?} is not a positive integer below 2^32"))
+    }
+}
 
 /// A book as the catalog holds it and as `lookup` returns it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Book {
-    #[schema(minimum = 1)]
     pub item_number: ItemNumber,
     pub title: String,
     pub topic: String,
@@ -19,7 +100,6 @@ pub struct Book {
 /// One hit of a topic search.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct SearchHit {
-    #[schema(minimum = 1)]
     pub item_number: ItemNumber,
     pub title: String,
 }
@@ -143,8 +223,8 @@ pub struct CacheFill {
     #[schema(minimum = 0, maximum = 9223372036854775807_i64)]
     pub version: u64,
     /// Item numbers the answer depends on (one for a lookup).
-    #[serde(deserialize_with = "whole::vec_u32")]
-    #[schema(schema_with = whole::vec_u32_schema)]
+    #[serde(deserialize_with = "whole::items")]
+    #[schema(schema_with = whole::items_schema)]
     pub items: Vec<ItemNumber>,
     /// The public JSON answer, stored and served as is.
     #[schema(value_type = Object)]
@@ -335,6 +415,7 @@ pub struct BatchAnswer<T> {
 /// `7.0` (an integral float), within the documented range. Unsigned 64-bit values on the
 /// wire stay below 2^63 (the `int64` range every JSON Schema tool knows).
 pub mod whole {
+    use super::ItemNumber;
     use serde::de::{Deserialize, Deserializer, Error, Visitor};
     use std::fmt;
 
@@ -418,29 +499,30 @@ pub mod whole {
     }
 
     /// An item number: a whole number in `1..=2^32-1`.
-    pub fn item<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    pub fn item<'de, D: Deserializer<'de>>(d: D) -> Result<ItemNumber, D::Error> {
         let v = at_most(Whole::deserialize(d)?.0, u32::MAX.into())?;
-        if v == 0 {
-            return Err(D::Error::custom("item_number must be positive"));
-        }
-        Ok(v as u32)
+        ItemNumber::new(v as u32).ok_or_else(|| D::Error::custom("item_number must be positive"))
     }
 
-    /// A list of whole numbers in `0..=2^32-1`.
-    pub fn vec_u32<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u32>, D::Error> {
+    /// A list of item numbers, each a whole number in `1..=2^32-1`.
+    pub fn items<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ItemNumber>, D::Error> {
         Vec::<Whole>::deserialize(d)?
             .into_iter()
-            .map(|w| at_most(w.0, u32::MAX.into()).map(|v| v as u32))
+            .map(|w| {
+                let v = at_most(w.0, u32::MAX.into())?;
+                ItemNumber::new(v as u32)
+                    .ok_or_else(|| D::Error::custom("item numbers must be positive"))
+            })
             .collect()
     }
 
-    /// The schema [`vec_u32`] reads.
-    pub fn vec_u32_schema() -> utoipa::openapi::Array {
+    /// The schema [`items`] reads.
+    pub fn items_schema() -> utoipa::openapi::Array {
         utoipa::openapi::ArrayBuilder::new()
             .items(
                 utoipa::openapi::ObjectBuilder::new()
                     .schema_type(utoipa::openapi::Type::Integer)
-                    .minimum(Some(0))
+                    .minimum(Some(1))
                     .maximum(Some(u32::MAX)),
             )
             .build()
@@ -626,7 +708,7 @@ mod tests {
     fn batch_bodies_refuse_item_number_zero_and_out_of_range() {
         let ok: BuyBatch =
             serde_json::from_str(r#"{"buys":[{"item_number":3,"key":"k"}]}"#).unwrap();
-        assert_eq!(ok.buys[0].item_number, 3);
+        assert_eq!(ok.buys[0].item_number.get(), 3);
         for bad in [
             r#"{"buys":[{"item_number":0,"key":"k"}]}"#,
             r#"{"buys":[{"item_number":4294967296,"key":"k"}]}"#,
@@ -637,7 +719,7 @@ mod tests {
         }
         let change: StockChange =
             serde_json::from_str(r#"{"item_number":2.0,"stock":-3.0,"key":"k"}"#).unwrap();
-        assert_eq!((change.item_number, change.stock), (2, -3));
+        assert_eq!((change.item_number.get(), change.stock), (2, -3));
         assert!(
             serde_json::from_str::<StockChange>(r#"{"item_number":2,"stock":-3.5,"key":"k"}"#)
                 .is_err()

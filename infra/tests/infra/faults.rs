@@ -126,7 +126,7 @@ async fn books_of(url: &str) -> Option<BTreeMap<u32, u64>> {
     Some(
         v.result
             .iter()
-            .map(|b| (b.item_number, b.stock.into()))
+            .map(|b| (b.item_number.get(), b.stock.into()))
             .collect(),
     )
 }

@@ -36,7 +36,7 @@ pub async fn discover_items(http: &reqwest::Client, target: &str, topics: &[Stri
             continue;
         }
         if let Ok(s) = resp.json::<SearchResponse>().await {
-            items.extend(s.result.iter().map(|h| h.item_number));
+            items.extend(s.result.iter().map(|h| h.item_number.get()));
         }
     }
     items.sort_unstable();

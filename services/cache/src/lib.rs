@@ -34,7 +34,7 @@ use bookstore_common::types::{
     CacheFill, Health, LeaseReply, LeaseRequest, NearLeaseReply, NearLeaseRequest, Readiness,
     CACHE_VERSION_HEADER,
 };
-use bookstore_common::types::{Done, InvalidationBatch};
+use bookstore_common::types::{Done, InvalidationBatch, ItemNumber};
 use bookstore_common::{server, ApiError};
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
@@ -333,14 +333,14 @@ struct LookupFill {
     version: u64,
     /// The one item the answer is about.
     #[schema(schema_with = lookup_items_schema)]
-    items: Vec<u32>,
+    items: Vec<ItemNumber>,
     /// The public JSON answer, stored and served as is.
     #[schema(value_type = Object)]
     response: serde_json::Value,
 }
 
 fn lookup_items_schema() -> utoipa::openapi::Array {
-    let mut a = bookstore_common::types::whole::vec_u32_schema();
+    let mut a = bookstore_common::types::whole::items_schema();
     a.min_items = Some(1);
     a.max_items = Some(1);
     a

@@ -6,7 +6,9 @@
 //! `cargo bench -p bookstore-catalog --bench catalog` (add `-- --test` to run each once).
 use bookstore_catalog::state::{CatalogState, Update};
 use bookstore_catalog::CatalogSm;
-use bookstore_common::types::{Book, LookupResponse, SearchHit, SearchResponse, Versioned};
+use bookstore_common::types::{
+    Book, ItemNumber, LookupResponse, SearchHit, SearchResponse, Versioned,
+};
 use bookstore_replication::node::StateMachine;
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use std::time::Duration;
@@ -17,7 +19,7 @@ const HITS_PER_TOPIC: u32 = 1_000;
 fn books() -> Vec<Book> {
     (1..=BOOKS)
         .map(|n| Book {
-            item_number: n,
+            item_number: ItemNumber::of(n),
             title: format!("Practical Replicas volume {n}"),
             topic: format!("topic-{:04}", (n - 1) / HITS_PER_TOPIC),
             stock: 1_000_000,
@@ -45,7 +47,7 @@ fn catalog(c: &mut Criterion) {
     group.throughput(Throughput::Elements(1));
     let mut next = items();
     group.bench_function("lookup", |b| {
-        b.iter(|| black_box(state.lookup(next()).map(|b| b.stock)))
+        b.iter(|| black_box(state.lookup(ItemNumber::of(next())).map(|b| b.stock)))
     });
     assert_eq!(state.search("topic-0500").len(), HITS_PER_TOPIC as usize);
     group.bench_function("search_1000_hits", |b| {
@@ -54,7 +56,7 @@ fn catalog(c: &mut Criterion) {
     group.bench_function("query_by_item_answer", |b| {
         // What the catalog route does: look up (an owned copy), encode.
         b.iter(|| {
-            let book = state.lookup(next()).unwrap();
+            let book = state.lookup(ItemNumber::of(next())).unwrap();
             serde_json::to_vec(&Versioned {
                 result: book,
                 version: state.version(),
@@ -74,7 +76,7 @@ fn catalog(c: &mut Criterion) {
     group.bench_function("sold_out_from_state", |b| {
         b.iter(|| {
             let u = Update {
-                item_number: next(),
+                item_number: ItemNumber::of(next()),
                 stock_delta: -1,
                 cost: None,
                 request_id: Some("bench-fresh-key".parse().unwrap()),
@@ -106,7 +108,7 @@ fn catalog(c: &mut Criterion) {
             || {
                 index += 1;
                 let cmd = bincode::serialize(&Update {
-                    item_number: next(),
+                    item_number: ItemNumber::of(next()),
                     stock_delta: -1,
                     cost: None,
                     request_id: Some(format!("bench-{index}").parse().unwrap()),
@@ -123,7 +125,7 @@ fn catalog(c: &mut Criterion) {
 
 fn encoding(c: &mut Criterion) {
     let book = Book {
-        item_number: 1,
+        item_number: ItemNumber::of(1),
         title: "How to get a good grade in 677 in 20 minutes a day".into(),
         topic: "distributed systems".into(),
         stock: 3,
@@ -131,7 +133,7 @@ fn encoding(c: &mut Criterion) {
     };
     let hits: Vec<SearchHit> = (1..=HITS_PER_TOPIC)
         .map(|n| SearchHit {
-            item_number: n,
+            item_number: ItemNumber::of(n),
             title: format!("Practical Replicas volume {n}"),
         })
         .collect();

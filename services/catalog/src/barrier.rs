@@ -72,24 +72,30 @@ mod tests {
     #[tokio::test]
     async fn an_answer_waits_for_the_invalidation_of_what_it_shows() {
         let b = Arc::new(Barrier::default());
-        assert!(b.covers(1, 0), "never written since the initial load");
-        assert!(!b.wait(1, 5, SHORT).await, "written at 5, not invalidated");
+        assert!(
+            b.covers(ItemNumber::of(1), 0),
+            "never written since the initial load"
+        );
+        assert!(
+            !b.wait(ItemNumber::of(1), 5, SHORT).await,
+            "written at 5, not invalidated"
+        );
         let waiter = {
             let b = b.clone();
-            tokio::spawn(async move { b.wait(1, 5, Duration::from_secs(5)).await })
+            tokio::spawn(async move { b.wait(ItemNumber::of(1), 5, Duration::from_secs(5)).await })
         };
         tokio::time::sleep(Duration::from_millis(10)).await;
-        b.invalidated(2, 9);
-        b.invalidated(1, 4);
+        b.invalidated(ItemNumber::of(2), 9);
+        b.invalidated(ItemNumber::of(1), 4);
         assert!(
             !waiter.is_finished(),
             "other books and older versions do not count"
         );
-        b.invalidated(1, 7);
+        b.invalidated(ItemNumber::of(1), 7);
         assert!(
             waiter.await.unwrap(),
             "a later invalidation covers earlier writes"
         );
-        assert!(b.covers(1, 7) && !b.covers(1, 8));
+        assert!(b.covers(ItemNumber::of(1), 7) && !b.covers(ItemNumber::of(1), 8));
     }
 }

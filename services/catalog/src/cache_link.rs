@@ -131,7 +131,7 @@ impl CacheLink {
             }
             if attempt == attempts {
                 tracing::debug!(
-                    item,
+                    item = item.get(),
                     version,
                     "cache invalidation failed; relying on the cache lease"
                 );
@@ -241,7 +241,7 @@ mod tests {
             LeaseReply::Grant { .. }
         ));
         let started = Instant::now();
-        link.invalidate(1, 5, 1).await;
+        link.invalidate(ItemNumber::of(1), 5, 1).await;
         assert!(
             started.elapsed() >= Duration::from_millis(40),
             "waited out the lease"
@@ -263,11 +263,11 @@ mod tests {
     async fn after_a_promotion_a_failed_invalidation_waits_out_the_predecessors_leases() {
         let link = link(60);
         let promoted = Instant::now();
-        link.invalidate(1, 5, 2).await; // first sight of epoch 2, cache unreachable
+        link.invalidate(ItemNumber::of(1), 5, 2).await; // first sight of epoch 2, cache unreachable
         assert!(promoted.elapsed() >= Duration::from_millis(50));
         // Later failures in the same blocked period do not wait again.
         let again = Instant::now();
-        link.invalidate(1, 6, 2).await;
+        link.invalidate(ItemNumber::of(1), 6, 2).await;
         assert!(again.elapsed() < Duration::from_millis(50));
     }
 

@@ -562,7 +562,7 @@ mod tests {
 
     fn book(n: u32, topic: &str, stock: u32) -> Book {
         Book {
-            item_number: n,
+            item_number: ItemNumber::of(n),
             title: format!("t{n}"),
             topic: topic.into(),
             stock,
@@ -572,7 +572,7 @@ mod tests {
 
     fn sell(n: u32, id: Option<&str>) -> Update {
         Update {
-            item_number: n,
+            item_number: ItemNumber::of(n),
             stock_delta: -1,
             cost: None,
             request_id: id.map(|k| k.parse().unwrap()),
@@ -589,17 +589,21 @@ mod tests {
         );
         assert_eq!(c.update(&sell(1, None), 103), Err(UpdateError::OutOfStock));
         assert_eq!(c.version(), 103);
-        assert_eq!(c.written_at(1), 102, "a sold-out answer changes nothing");
+        assert_eq!(
+            c.written_at(ItemNumber::of(1)),
+            102,
+            "a sold-out answer changes nothing"
+        );
         assert_eq!(
             CatalogState::from_bytes(&c.to_bytes())
                 .unwrap()
-                .written_at(1),
+                .written_at(ItemNumber::of(1)),
             103,
             "a snapshot counts every book as written at its version"
         );
         assert_eq!(
             c.update(&sell(9, None), 104),
-            Err(UpdateError::UnknownItem(9))
+            Err(UpdateError::UnknownItem(ItemNumber::of(9)))
         );
     }
 
@@ -608,11 +612,11 @@ mod tests {
         let mut c = CatalogState::new(vec![book(1, "a", 5)], 0);
         let first = c.update(&sell(1, Some("k1")), 1).unwrap();
         assert_eq!(c.update(&sell(1, Some("k1")), 2).unwrap(), first);
-        assert_eq!(c.lookup(1).unwrap().stock, 4);
+        assert_eq!(c.lookup(ItemNumber::of(1)).unwrap().stock, 4);
         // The record survives a snapshot.
         let mut again = CatalogState::from_bytes(&c.to_bytes()).unwrap();
         assert_eq!(again.update(&sell(1, Some("k1")), 3).unwrap(), first);
-        assert_eq!(again.lookup(1).unwrap().stock, 4);
+        assert_eq!(again.lookup(ItemNumber::of(1)).unwrap().stock, 4);
         assert_eq!(again.search("a").len(), 1);
     }
 
@@ -642,7 +646,11 @@ mod tests {
         c.update_at(&sell(1, Some("b")), 2, Some(H)).unwrap();
         let full = c.update_at(&sell(1, Some("c")), 3, Some(2 * H));
         assert_eq!(full, Err(UpdateError::KeysFull));
-        assert_eq!(c.lookup(1).unwrap().stock, 98, "a refusal changes nothing");
+        assert_eq!(
+            c.lookup(ItemNumber::of(1)).unwrap().stock,
+            98,
+            "a refusal changes nothing"
+        );
         assert!(c.settled(&sell(1, Some("a"))).is_some());
         // Without a key, or once the old keys aged out, updates go through.
         c.update_at(&sell(1, None), 4, Some(2 * H)).unwrap();
@@ -710,7 +718,7 @@ mod tests {
     #[test]
     fn topics_are_indexed_and_sorted() {
         let c = CatalogState::new(vec![book(3, "x", 1), book(1, "x", 1), book(2, "y", 1)], 0);
-        let hits: Vec<u32> = c.search("x").iter().map(|h| h.item_number).collect();
+        let hits: Vec<u32> = c.search("x").iter().map(|h| h.item_number.get()).collect();
         assert_eq!(hits, vec![1, 3]);
         assert!(c.search("nope").is_empty());
     }
@@ -721,9 +729,9 @@ mod tests {
         let mut b = a.clone();
         assert!(Arc::ptr_eq(&a.shelf, &b.shelf));
         b.update(&sell(1, None), 1).unwrap();
-        assert_eq!(a.lookup(1).unwrap().stock, 5);
+        assert_eq!(a.lookup(ItemNumber::of(1)).unwrap().stock, 5);
         assert_eq!(
-            b.lookup(1).unwrap(),
+            b.lookup(ItemNumber::of(1)).unwrap(),
             Book {
                 stock: 4,
                 ..book(1, "x", 5)
@@ -734,7 +742,7 @@ mod tests {
         // A repeated item number keeps its last line.
         let c = CatalogState::new(vec![book(1, "x", 5), book(1, "y", 7)], 0);
         assert_eq!(c.len(), 1);
-        assert_eq!(c.lookup(1).unwrap().topic, "y");
+        assert_eq!(c.lookup(ItemNumber::of(1)).unwrap().topic, "y");
         assert!(c.search("x").is_empty());
     }
 
@@ -742,7 +750,7 @@ mod tests {
     fn restock_and_price_change_and_overflow() {
         let mut c = CatalogState::new(vec![book(1, "a", 0)], 0);
         let up = Update {
-            item_number: 1,
+            item_number: ItemNumber::of(1),
             stock_delta: 5,
             cost: Some(12),
             request_id: None,
@@ -754,6 +762,6 @@ mod tests {
             ..up
         };
         assert_eq!(c.update(&huge, 2), Err(UpdateError::StockOverflow));
-        assert_eq!(c.lookup(1).unwrap().stock, 5);
+        assert_eq!(c.lookup(ItemNumber::of(1)).unwrap().stock, 5);
     }
 }

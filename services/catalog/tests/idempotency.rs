@@ -2,11 +2,11 @@
 //! sale's key survives any number of later answers that changed nothing (sold out), and a
 //! key reused for another request is refused.
 use bookstore_catalog::state::{CatalogState, Update, UpdateError};
-use bookstore_common::types::Book;
+use bookstore_common::types::{Book, ItemNumber};
 
 fn book(n: u32, stock: u32) -> Book {
     Book {
-        item_number: n,
+        item_number: ItemNumber::of(n),
         title: format!("t{n}"),
         topic: "a".into(),
         stock,
@@ -16,7 +16,7 @@ fn book(n: u32, stock: u32) -> Book {
 
 fn sell(n: u32, key: &str) -> Update {
     Update {
-        item_number: n,
+        item_number: ItemNumber::of(n),
         stock_delta: -1,
         cost: None,
         request_id: Some(key.parse().unwrap()),
@@ -40,7 +40,7 @@ fn sold_out_answers_never_push_out_a_successful_sale() {
     );
     // The retry changes nothing.
     assert_eq!(c.update(&sell(1, "first"), 300_000), first);
-    assert_eq!(c.lookup(1).unwrap().stock, 0);
+    assert_eq!(c.lookup(ItemNumber::of(1)).unwrap().stock, 0);
 }
 
 #[test]
@@ -52,8 +52,17 @@ fn a_key_reused_for_another_item_is_refused() {
         reused.is_err(),
         "a key reused for another item must be refused, got {reused:?}"
     );
-    assert_eq!(reused, Err(UpdateError::KeyReused { first_item: 1 }));
-    assert_eq!(c.lookup(2).unwrap().stock, 5, "and change nothing");
+    assert_eq!(
+        reused,
+        Err(UpdateError::KeyReused {
+            first_item: ItemNumber::of(1)
+        })
+    );
+    assert_eq!(
+        c.lookup(ItemNumber::of(2)).unwrap().stock,
+        5,
+        "and change nothing"
+    );
 }
 
 /// A log entry (from a primary, not through the HTTP layer's range check) may carry any
@@ -63,7 +72,7 @@ fn any_change_of_stock_is_checked_below_the_http_layer() {
     let mut c = CatalogState::new(vec![book(1, 5)], 0);
     for delta in [i64::MAX, i64::MIN, i64::from(u32::MAX)] {
         let u = Update {
-            item_number: 1,
+            item_number: ItemNumber::of(1),
             stock_delta: delta,
             cost: None,
             request_id: None,
@@ -73,6 +82,6 @@ fn any_change_of_stock_is_checked_below_the_http_layer() {
             matches!(out, Ok(Err(_))),
             "a change of {delta} was not refused"
         );
-        assert_eq!(c.lookup(1).unwrap().stock, 5);
+        assert_eq!(c.lookup(ItemNumber::of(1)).unwrap().stock, 5);
     }
 }

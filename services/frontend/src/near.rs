@@ -207,16 +207,22 @@ mod tests {
     fn answers_only_under_a_lease() {
         let n = Near::default();
         let t = n.ticket();
-        n.put_lookup(t, 1, 5, Bytes::from_static(b"x"));
-        assert!(n.lookup(1).is_none(), "no lease yet");
+        n.put_lookup(t, ItemNumber::of(1), 5, Bytes::from_static(b"x"));
+        assert!(n.lookup(ItemNumber::of(1)).is_none(), "no lease yet");
         // The first lease flushes (it may have missed invalidations before).
         n.renewed(Instant::now(), &grant(1000, true));
-        assert!(n.lookup(1).is_none());
+        assert!(n.lookup(ItemNumber::of(1)).is_none());
         let t = n.ticket();
-        n.put_lookup(t, 1, 5, Bytes::from_static(b"x"));
-        assert_eq!(n.lookup(1).unwrap(), Bytes::from_static(b"x"));
+        n.put_lookup(t, ItemNumber::of(1), 5, Bytes::from_static(b"x"));
+        assert_eq!(
+            n.lookup(ItemNumber::of(1)).unwrap(),
+            Bytes::from_static(b"x")
+        );
         n.renewed(Instant::now(), &grant(0, true));
-        assert!(n.lookup(1).is_none(), "the cache withdrew the lease");
+        assert!(
+            n.lookup(ItemNumber::of(1)).is_none(),
+            "the cache withdrew the lease"
+        );
     }
 
     #[test]
@@ -225,14 +231,20 @@ mod tests {
         n.renewed(Instant::now(), &grant(1000, true));
         let before = n.ticket();
         n.flush();
-        n.put_lookup(before, 1, 5, Bytes::from_static(b"old"));
-        assert!(n.lookup(1).is_none());
+        n.put_lookup(before, ItemNumber::of(1), 5, Bytes::from_static(b"old"));
+        assert!(n.lookup(ItemNumber::of(1)).is_none());
         let t = n.ticket();
-        n.invalidate(1, 6, None);
-        n.put_lookup(t, 1, 5, Bytes::from_static(b"old"));
-        assert!(n.lookup(1).is_none(), "read before the write");
-        n.put_lookup(t, 1, 6, Bytes::from_static(b"new"));
-        assert_eq!(n.lookup(1).unwrap(), Bytes::from_static(b"new"));
+        n.invalidate(ItemNumber::of(1), 6, None);
+        n.put_lookup(t, ItemNumber::of(1), 5, Bytes::from_static(b"old"));
+        assert!(
+            n.lookup(ItemNumber::of(1)).is_none(),
+            "read before the write"
+        );
+        n.put_lookup(t, ItemNumber::of(1), 6, Bytes::from_static(b"new"));
+        assert_eq!(
+            n.lookup(ItemNumber::of(1)).unwrap(),
+            Bytes::from_static(b"new")
+        );
     }
 
     #[test]
@@ -241,7 +253,7 @@ mod tests {
         let t0 = Instant::now();
         n.renewed(t0, &grant(10, true));
         let t = n.ticket();
-        n.put_search(t, "x", 3, vec![1], Bytes::from_static(b"s"));
+        n.put_search(t, "x", 3, vec![ItemNumber::of(1)], Bytes::from_static(b"s"));
         std::thread::sleep(Duration::from_millis(20));
         assert!(n.search("x").is_none(), "lease ran out");
         n.renewed(Instant::now(), &grant(1000, false));

@@ -32,8 +32,8 @@ use bookstore_common::router::{self, batched_or_single, follow_views, Batched, R
 use bookstore_common::tasks::Tasks;
 use bookstore_common::timing::{Timing, SERVER_TIMING};
 use bookstore_common::types::{
-    BatchAnswer, BatchItem, Book, BuyBatch, BuySuccess, Order, StockChange, UpdateBatch, Versioned,
-    IDEMPOTENCY_KEY_HEADER,
+    BatchAnswer, BatchItem, Book, BuyBatch, BuySuccess, ItemNumber, Order, StockChange,
+    UpdateBatch, Versioned, IDEMPOTENCY_KEY_HEADER,
 };
 use bookstore_common::{server, ApiError};
 use bookstore_replication::control::ReplicaConfig;
@@ -74,7 +74,7 @@ impl Drop for Reservation {
 }
 
 /// The answer to a key already used for another item.
-fn key_reused(first_item: u32) -> ApiError {
+fn key_reused(first_item: ItemNumber) -> ApiError {
     ApiError::Unprocessable(format!(
         "header Idempotency-Key was already used for another request (a buy of \
          item_number {first_item}); send a new key for a new request"
@@ -141,7 +141,7 @@ impl OrderService {
     /// (see `StockChange::fresh`).
     pub async fn buy(
         &self,
-        item: u32,
+        item: ItemNumber,
         key: &IdempotencyKey,
         fresh: bool,
         t: &mut Timing,
@@ -188,7 +188,7 @@ impl OrderService {
                 return Err(ApiError::Unprocessable(body.error))
             }
             Err(e) => {
-                tracing::warn!(item, error = %e, "catalog call failed");
+                tracing::warn!(item = item.get(), error = %e, "catalog call failed");
                 return Err(ApiError::Unavailable(format!("catalog unavailable: {e}")));
             }
         };

@@ -155,8 +155,10 @@ impl StateMachine for OrderSm {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bookstore_common::types::ItemNumber;
 
     fn record(key: &str, item: u32, time_ms: u64) -> Record {
+        let item = ItemNumber::new(item).unwrap();
         Record {
             key: key.parse().unwrap(),
             order: Order {
@@ -190,7 +192,7 @@ mod tests {
         back.restore(&sm.snapshot()).unwrap();
         assert_eq!(back.snapshot(), sm.snapshot());
         assert_eq!(back.keys().retention(), Retention::default());
-        assert_eq!(back.by_key("b").unwrap().item_number, 2);
+        assert_eq!(back.by_key("b").unwrap().item_number.get(), 2);
     }
 
     /// A snapshot as the format before key times wrote it still restores, with each

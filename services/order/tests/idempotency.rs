@@ -1,7 +1,7 @@
 //! The order log's idempotency keys, driven through the replicated state machine
 //! directly (no HTTP): a retry of a successful buy finds its first order however many
 //! buys came after it, for the whole retention window, and across a snapshot.
-use bookstore_common::types::Order;
+use bookstore_common::types::{ItemNumber, Order};
 use bookstore_order::{OrderSm, Record};
 use bookstore_replication::node::StateMachine;
 
@@ -13,7 +13,7 @@ fn record(key: &str, item: u32, time_ms: u64) -> Record {
         key: key.parse().unwrap(),
         order: Order {
             order_id: format!("order-{key}"),
-            item_number: item,
+            item_number: ItemNumber::of(item),
             price: 10,
             time_ms,
         },

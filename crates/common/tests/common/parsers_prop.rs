@@ -17,7 +17,7 @@ struct Mixed {
 }
 
 fn item(q: &str) -> Result<u32, bookstore_common::ApiError> {
-    parse::<ItemQuery>(q).map(|q| q.item_number.0)
+    parse::<ItemQuery>(q).map(|q| q.item_number.0.get())
 }
 
 proptest! {

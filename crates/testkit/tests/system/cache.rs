@@ -1,6 +1,6 @@
 //! The cache never serves stale data after an acknowledged write.
 use bookstore_common::config::Kind;
-use bookstore_common::types::Book;
+use bookstore_common::types::{Book, ItemNumber};
 use bookstore_testkit::{Options, TestCluster, ADMIN_TOKEN};
 use serde_json::Value;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,14 +10,14 @@ use std::time::Duration;
 fn books() -> Vec<Book> {
     vec![
         Book {
-            item_number: 1,
+            item_number: ItemNumber::of(1),
             title: "Hot".into(),
             topic: "t".into(),
             stock: 100_000,
             cost: 5,
         },
         Book {
-            item_number: 2,
+            item_number: ItemNumber::of(2),
             title: "Cold".into(),
             topic: "t".into(),
             stock: 3,

@@ -3,6 +3,7 @@
 //! a command, never a panic; a command is what gets applied; valid data round-trips.
 use bookstore_catalog::state::{CatalogState, Update};
 use bookstore_catalog::CatalogSm;
+use bookstore_common::types::ItemNumber;
 use bookstore_order::{OrderSm, Record};
 use bookstore_replication::node::StateMachine;
 use bookstore_testkit::seed_books;
@@ -25,7 +26,7 @@ proptest! {
 
     #[test]
     fn catalog_updates_round_trip(item in 1u32..10, delta in -5i64..5, cost in proptest::option::of(0u32..100), stamped in any::<bool>()) {
-        let u = Update { item_number: item, stock_delta: delta, cost, request_id: Some("k".parse().unwrap()) };
+        let u = Update { item_number: ItemNumber::of(item), stock_delta: delta, cost, request_id: Some("k".parse().unwrap()) };
         let mut sm = CatalogSm(CatalogState::new(seed_books(), 0));
         // Entries as written now (stamped with a time) and before (bare updates).
         let entry = if stamped {

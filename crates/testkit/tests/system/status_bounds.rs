@@ -2,14 +2,14 @@
 //! large the catalog, and a bounded number of requests is served at once (the others
 //! get `503` with a JSON error at once instead of piling up).
 use bookstore_common::config::Kind;
-use bookstore_common::types::Book;
+use bookstore_common::types::{Book, ItemNumber};
 use bookstore_testkit::{Options, TestCluster};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_json_shows_a_bounded_number_of_books() {
     let books: Vec<Book> = (1..=3000)
         .map(|n| Book {
-            item_number: n,
+            item_number: ItemNumber::of(n),
             title: format!("book {n}"),
             topic: "many".into(),
             stock: 5,

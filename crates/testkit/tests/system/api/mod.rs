@@ -3,7 +3,7 @@
 //! token each route needs and who is sent the cluster token; `replication`: health,
 //! failover, timing, OpenAPI, the replication routes and read leases.
 use bookstore_common::config::Kind;
-use bookstore_common::types::Book;
+use bookstore_common::types::{Book, ItemNumber};
 use bookstore_testkit::{Options, TestCluster, ADMIN_TOKEN, CLUSTER_TOKEN};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -108,7 +108,7 @@ async fn four_concurrent_buyers_of_a_three_copy_book_three_succeed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixty_four_concurrent_buys_of_ten_copies_sell_exactly_ten() {
     let books = vec![Book {
-        item_number: 1,
+        item_number: ItemNumber::of(1),
         title: "Ten copies".into(),
         topic: "t".into(),
         stock: 10,
