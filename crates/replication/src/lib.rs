@@ -9,6 +9,8 @@
 //! - [`node`]: the runtime that drives one replica over HTTP with tokio: a disk thread
 //!   for the WAL, one sender task per peer, ticks from a timer; the service's state
 //!   machine plugs in through [`node::StateMachine`].
+//! - [`transport`]: the [`transport::Transport`] trait, the node's way out to peers and
+//!   coordinators, and its HTTP implementation.
 //! - [`transfer`]: replication messages on the wire, a snapshot in parts.
 //! - [`control`]: the routes every replicated service shares (`/health`, `/shutdown`,
 //!   `/recover`, `/replication/*`).
@@ -16,4 +18,5 @@ pub mod control;
 pub mod node;
 pub use bookstore_replication_core::{lease, protocol, viewservice, wire};
 pub mod transfer;
+pub mod transport;
 pub mod wal;

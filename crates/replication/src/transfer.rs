@@ -10,13 +10,12 @@
 //! 409, and the last part hands the whole batch to the protocol. So no request body is
 //! larger than [`PART_BYTES`] whatever the size of a snapshot: the replicas' body limit
 //! ([`bookstore_common::server::Limits::replica`]) is no cliff for the state's size.
-use crate::protocol::{Msg, ReplicaId};
+use crate::protocol::ReplicaId;
 use bookstore_common::client::{CallError, Client};
 use bookstore_common::ApiError;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::time::Duration;
-use tokio::sync::mpsc;
 
 /// The largest request body a sender makes: batches up to this size go whole, larger
 /// ones in parts of this size.
@@ -75,26 +74,6 @@ async fn post_part(
         .header("content-type", "application/octet-stream")
         .body(body);
     client.send(req).await.map(|_| ())
-}
-
-/// The sender task of one peer: batches what is queued (up to 1024 messages) into one
-/// POST. Ends when the queue's sender is dropped.
-pub(crate) async fn peer_sender(client: Client, url: String, mut rx: mpsc::Receiver<Msg>) {
-    let mut batch = Vec::new();
-    while let Some(m) = rx.recv().await {
-        batch.push(m);
-        while batch.len() < 1024 {
-            match rx.try_recv() {
-                Ok(m) => batch.push(m),
-                Err(_) => break,
-            }
-        }
-        let body = bincode::serialize(&batch).expect("messages encode");
-        batch.clear();
-        if let Err(e) = post(&client, &url, body, PART_BYTES).await {
-            tracing::trace!(error = %e, "replication message lost");
-        }
-    }
 }
 
 /// One transfer being received.

@@ -259,46 +259,28 @@ impl<S: StateMachine> Driver<S> {
         };
         node.spawn(async move {
             let sent = Instant::now();
-            let body = bincode::serialize(&PingRequest {
+            let request = PingRequest {
                 ping,
                 url: inner.opts.url.clone(),
-            })
-            .expect("ping encodes");
-            let path = bookstore_common::coordinators::ping_path(&inner.opts.kind);
-            let answer = inner
-                .coordinators
-                .call(
-                    |c, base| {
-                        c.post(format!("{base}{path}"))
-                            .header("content-type", "application/octet-stream")
-                            .body(body.clone())
-                    },
-                    tick * 2,
-                    tick * 4,
-                )
-                .await;
-            let Ok(bytes) = answer else { return };
-            match crate::protocol::decode::<PingAnswer>(&bytes) {
-                Ok(PingAnswer {
-                    view,
-                    lead_from,
-                    members,
-                    coordinators,
-                }) => {
-                    inner
-                        .coordinators
-                        .learn(coordinators.iter().map(String::as_str));
-                    if !members.is_empty() {
-                        let _ = tx.send(Input::Members(members));
-                    }
-                    let _ = tx.send(Input::VsAnswer {
-                        view,
-                        lead_from,
-                        sent,
-                    });
-                }
-                Err(e) => tracing::warn!(error = %e, "bad coordinator answer"),
+            };
+            let answer = inner.transport.ping(&inner.opts.kind, request, tick).await;
+            let Some(PingAnswer {
+                view,
+                lead_from,
+                members,
+                ..
+            }) = answer
+            else {
+                return;
+            };
+            if !members.is_empty() {
+                let _ = tx.send(Input::Members(members));
             }
+            let _ = tx.send(Input::VsAnswer {
+                view,
+                lead_from,
+                sent,
+            });
         });
     }
 }

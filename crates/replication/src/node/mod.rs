@@ -6,13 +6,14 @@
 //!   [`Command`]s are executed in order;
 //! - a **disk thread** owns the [`Wal`]: it takes every queued disk operation, writes them
 //!   with one `fdatasync` (group commit) and reports completions in order;
-//! - one **sender task per peer** batches queued messages into one HTTP POST
-//!   (`/replication/msg?from=ID`, bincode body, cluster token; a snapshot in parts of
-//!   [`crate::transfer::PART_BYTES`]); its queue holds
+//! - everything leaves through a [`Transport`] ([`Http`] unless [`Node::start_with`] is
+//!   given another): one **sender task per peer** batches queued messages into one send
+//!   (over HTTP a POST to `/replication/msg?from=ID`, bincode body, cluster token; a
+//!   snapshot in parts of [`crate::transfer::PART_BYTES`]); its queue holds
 //!   [`PEER_QUEUE`] messages, past which messages are dropped (the protocol retransmits
 //!   whatever is unacknowledged at each heartbeat);
-//! - pings to the view service are HTTP POSTs to `{coordinator}/vs/{kind}/ping`, sent to
-//!   the coordinator group's leader wherever it is ([`Coordinators`]);
+//! - pings to the view service go to the coordinator group's leader wherever it is (over
+//!   HTTP `POST {coordinator}/vs/{kind}/ping`);
 //! - every task of a running replica (driver, ticks, peer senders, pings) is owned by its
 //!   [`Node`] (a `common::tasks::Tasks` set per boot): [`Node::crash`], which
 //!   is also a service's graceful stop, cancels them and returns once they and the disk
@@ -36,7 +37,7 @@
 //! # Layout
 //!
 //! - this module: the options, the [`StateMachine`] trait, [`Node`] (start, boot from disk,
-//!   the client-facing calls, crash and restart) and [`receive`];
+//!   the client-facing calls, crash and restart), the peer senders and [`receive`];
 //! - `driver`: the driver task, which owns the [`Replica`] and executes its commands;
 //! - `disk`: the disk thread, which owns the [`Wal`], and the encoding of entries and of
 //!   the WAL's meta value.
@@ -46,9 +47,9 @@ use crate::lease::ReadLease;
 use crate::protocol::{
     Config, DurableState, Epoch, Event, LogIndex, Msg, Replica, ReplicaId, Role, SnapshotMeta, View,
 };
+use crate::transport::{Http, Transport};
 use crate::wal::{Wal, WalOptions};
 use bookstore_common::client::Client;
-use bookstore_common::coordinators::Coordinators;
 use bookstore_common::tasks::Tasks;
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
@@ -333,8 +334,8 @@ struct Inner<S: StateMachine> {
     /// cancels them and waits for them all.
     /// A new set per boot: a stopped set cancels what is spawned into it.
     tasks: Mutex<Tasks>,
-    client: Client,
-    coordinators: Coordinators,
+    /// The way out to the peers and the coordinators.
+    transport: Arc<dyn Transport>,
     /// Why the replica stopped on its own (a disk failure), until it boots again.
     failure: tokio::sync::watch::Sender<Option<String>>,
     /// The other replicas (id -> base URL): who may send replication messages.
@@ -367,6 +368,17 @@ impl<S: StateMachine> Node<S> {
         initial: impl Fn() -> S + Send + Sync + 'static,
     ) -> Result<Node<S>, StartError> {
         let client = Client::with_timeout(&opts.token, Duration::from_secs(2));
+        let transport = Arc::new(Http::new(client, opts.coordinators.clone()));
+        Node::start_with(opts, transport, initial)
+    }
+
+    /// [`Node::start`] with another way out than HTTP (messages come in through
+    /// [`Node::deliver`]).
+    pub fn start_with(
+        opts: NodeOptions,
+        transport: Arc<dyn Transport>,
+        initial: impl Fn() -> S + Send + Sync + 'static,
+    ) -> Result<Node<S>, StartError> {
         let inner = Arc::new(Inner {
             sm: RwLock::new(initial()),
             initial: Box::new(initial),
@@ -378,8 +390,7 @@ impl<S: StateMachine> Node<S> {
             tx: Mutex::new(None),
             disk_thread: Mutex::new(None),
             tasks: Mutex::new(Tasks::new()),
-            coordinators: Coordinators::new(client.clone(), opts.coordinators.clone()),
-            client,
+            transport,
             failure: tokio::sync::watch::Sender::new(None),
             members: RwLock::new(
                 (0..)
@@ -524,10 +535,10 @@ impl<S: StateMachine> Node<S> {
 
     fn peer(&self, base: &str) -> Peer {
         let (tx, rx) = mpsc::channel(PEER_QUEUE);
-        let url = format!("{base}/replication/msg?from={}", self.inner.opts.id);
-        self.spawn(crate::transfer::peer_sender(
-            self.inner.client.clone(),
-            url,
+        self.spawn(peer_sender(
+            self.inner.transport.clone(),
+            base.to_string(),
+            self.inner.opts.id,
             rx,
         ));
         Peer {
@@ -672,6 +683,27 @@ impl<S: StateMachine> Node<S> {
     pub async fn restart(&self) -> Result<(), StartError> {
         self.crash().await;
         self.boot()
+    }
+}
+
+/// The sender task of one peer: batches what is queued (up to 1024 messages) into one
+/// send. Ends when the queue's sender is dropped.
+async fn peer_sender(
+    transport: Arc<dyn Transport>,
+    peer: String,
+    me: ReplicaId,
+    mut rx: mpsc::Receiver<Msg>,
+) {
+    let mut batch = Vec::new();
+    while let Some(m) = rx.recv().await {
+        batch.push(m);
+        while batch.len() < 1024 {
+            match rx.try_recv() {
+                Ok(m) => batch.push(m),
+                Err(_) => break,
+            }
+        }
+        transport.send(&peer, me, std::mem::take(&mut batch)).await;
     }
 }
 

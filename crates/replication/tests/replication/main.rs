@@ -1,7 +1,9 @@
 //! `bookstore-replication`'s integration tests, one binary:
 //! - `peer_trust`: a replica fed what a buggy or hostile peer could send;
+//! - `transport`: replicas over an in-memory transport, failover included;
 //! - `wal`: the write-ahead log on a real disk;
 //! - `wal_measure`: group-commit throughput, printed (ignored unless asked for).
 mod peer_trust;
+mod transport;
 mod wal;
 mod wal_measure;
