@@ -123,10 +123,10 @@ impl LocalCluster {
         let resumed = options.output_dir.join("data").is_dir();
         let planned = planned_servers(&cluster, &options.output_dir)?;
         for (kind, id, e) in &planned {
-            drop(bookstore_common::server::bind(
-                &e.addr(),
-                &format!("{kind} {id}"),
-            )?);
+            drop(
+                bookstore_common::server::bind(&e.addr(), &format!("{kind} {id}"))
+                    .map_err(|e| e.to_string())?,
+            );
         }
         let exe = match &options.program {
             Some(p) => p.clone(),
@@ -135,7 +135,7 @@ impl LocalCluster {
             }
         };
         if let Some(h) = &options.haproxy {
-            drop(bookstore_common::server::bind(&h.addr(), "haproxy")?);
+            drop(bookstore_common::server::bind(&h.addr(), "haproxy").map_err(|e| e.to_string())?);
         }
         let client = bookstore_common::client::Client::with_timeout(
             &options.cluster_token,
@@ -283,10 +283,10 @@ impl LocalCluster {
             ));
             for (k, id, e) in &members {
                 if !file.iter().any(|(_, i, _)| i == id) {
-                    drop(bookstore_common::server::bind(
-                        &e.addr(),
-                        &format!("{k} {id}"),
-                    )?);
+                    drop(
+                        bookstore_common::server::bind(&e.addr(), &format!("{k} {id}"))
+                            .map_err(|e| e.to_string())?,
+                    );
                 }
             }
             out.extend(members);

@@ -237,7 +237,8 @@ async fn up(
     ));
     out("  Ctrl-C stops every server.");
     // The control API for `local add|remove|rolling-restart`.
-    let listener = bookstore_common::server::bind("127.0.0.1:0", "control API")?;
+    let listener =
+        bookstore_common::server::bind("127.0.0.1:0", "control API").map_err(|e| e.to_string())?;
     let control_url = format!(
         "http://{}",
         listener.local_addr().map_err(|e| e.to_string())?
@@ -343,17 +344,22 @@ async fn remote(output_dir: &std::path::Path, path: &str) -> Result<(), String> 
     Ok(())
 }
 
+/// `infra serve <kind>`: becomes that server.
+async fn serve(server: Serve) -> Result<(), bookstore_common::cli::LaunchError> {
+    match server {
+        Serve::Coordinator(c) => bookstore_coordinator::cli::launch(c).await,
+        Serve::Frontend(c) => bookstore_frontend::cli::launch(c).await,
+        Serve::Cache(c) => bookstore_cache::cli::launch(c).await,
+        Serve::Catalog(c) => bookstore_catalog::cli::launch(c).await,
+        Serve::Order(c) => bookstore_order::cli::launch(c).await,
+    }
+}
+
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
     let result = match args.command {
-        Command::Serve { server } => match server {
-            Serve::Coordinator(c) => bookstore_coordinator::cli::launch(c).await,
-            Serve::Frontend(c) => bookstore_frontend::cli::launch(c).await,
-            Serve::Cache(c) => bookstore_cache::cli::launch(c).await,
-            Serve::Catalog(c) => bookstore_catalog::cli::launch(c).await,
-            Serve::Order(c) => bookstore_order::cli::launch(c).await,
-        },
+        Command::Serve { server } => serve(server).await.map_err(|e| e.to_string()),
         #[cfg(feature = "ec2")]
         Command::Ec2 { command } => match infra::ec2::cli::main(command).await {
             Ok(true) => Ok(()),

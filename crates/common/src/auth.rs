@@ -25,17 +25,26 @@ pub const MIN_TOKEN_LEN: usize = 16;
 
 /// Checks a supplied token (`what` names it in the error): at least [`MIN_TOKEN_LEN`]
 /// visible ASCII characters.
-pub fn check_token(what: &str, token: &str) -> Result<(), String> {
+pub fn check_token(what: &str, token: &str) -> Result<(), TokenError> {
     if !token.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(format!("the {what} must be visible ASCII characters only"));
+        return Err(TokenError::NotVisible { what: what.into() });
     }
     if token.len() < MIN_TOKEN_LEN {
-        return Err(format!(
-            "the {what} must be at least {MIN_TOKEN_LEN} characters long (it is {})",
-            token.len()
-        ));
+        return Err(TokenError::TooShort {
+            what: what.into(),
+            len: token.len(),
+        });
     }
     Ok(())
+}
+
+/// A supplied token that [`check_token`] refused; `what` names it ("cluster token").
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("the {what} must be visible ASCII characters only")]
+    NotVisible { what: String },
+    #[error("the {what} must be at least {MIN_TOKEN_LEN} characters long (it is {len})")]
+    TooShort { what: String, len: usize },
 }
 
 /// A token (or any secret text): `Debug` prints `<redacted>`, there is no `Display`,
@@ -196,7 +205,9 @@ mod tests {
     #[test]
     fn short_or_invisible_tokens_are_refused_and_secrets_are_redacted() {
         assert!(check_token("cluster token", "0123456789abcdef").is_ok());
-        let e = check_token("cluster token", "0123456789abcde").unwrap_err();
+        let e = check_token("cluster token", "0123456789abcde")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("at least 16 characters"), "{e}");
         assert!(check_token("admin token", "0123456789abcdef ").is_err());
         let s = Secret::from("0123456789abcdef");

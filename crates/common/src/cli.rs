@@ -64,20 +64,18 @@ impl BatchArgs {
 }
 
 impl ServiceArgs {
-    /// Loads the cluster file and binds this server's address; errors are printable.
-    pub fn load_and_bind(&self, kind: Kind) -> Result<(ClusterConfig, TcpListener), String> {
-        let cluster = ClusterConfig::load(&self.cluster).map_err(|e| e.to_string())?;
+    /// Loads the cluster file and binds this server's address.
+    pub fn load_and_bind(&self, kind: Kind) -> Result<(ClusterConfig, TcpListener), LaunchError> {
+        let cluster = ClusterConfig::load(&self.cluster)?;
         let addr = match &self.listen {
             Some(a) => a.clone(),
             None => cluster
                 .server(kind, self.id)
-                .ok_or_else(|| {
-                    format!(
-                        "{}: no {kind} with id {} (it lists {})",
-                        self.cluster.display(),
-                        self.id,
-                        cluster.servers(kind).len()
-                    )
+                .ok_or_else(|| LaunchError::NoSuchServer {
+                    file: self.cluster.clone(),
+                    kind,
+                    id: self.id,
+                    listed: cluster.servers(kind).len(),
                 })?
                 .addr(),
         };
@@ -85,6 +83,30 @@ impl ServiceArgs {
         let listener = crate::server::bind(&addr, &format!("{kind} {}", self.id))?;
         Ok((cluster, listener))
     }
+}
+
+/// Why a server did not start, or stopped with an error; printed as the binary's message.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("{}: no {kind} with id {id} (it lists {listed})", file.display())]
+    NoSuchServer {
+        file: PathBuf,
+        kind: Kind,
+        id: u32,
+        listed: usize,
+    },
+    #[error(transparent)]
+    Token(#[from] crate::auth::TokenError),
+    #[error(transparent)]
+    Bind(#[from] crate::server::BindError),
+    /// Serving failed (the runtime, a listener), or a start-up step the service names.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// A service's own error (the coordinator's Raft group, say).
+    #[error("{0}")]
+    Service(Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// Prints `error: ...` and exits with status 2.

@@ -370,11 +370,27 @@ pub fn json_config() -> web::JsonConfig {
 
 /// Binds `addr`, naming the server in the error (e.g. "catalog 0: 127.0.0.1:8002 is
 /// already in use").
-pub fn bind(addr: &str, who: &str) -> Result<TcpListener, String> {
-    TcpListener::bind(addr).map_err(|e| match e.kind() {
-        std::io::ErrorKind::AddrInUse => format!("{who}: {addr} is already in use"),
-        _ => format!("{who}: cannot listen on {addr}: {e}"),
+pub fn bind(addr: &str, who: &str) -> Result<TcpListener, BindError> {
+    TcpListener::bind(addr).map_err(|error| {
+        let (who, addr) = (who.to_string(), addr.to_string());
+        match error.kind() {
+            std::io::ErrorKind::AddrInUse => BindError::InUse { who, addr },
+            _ => BindError::Other { who, addr, error },
+        }
     })
+}
+
+/// Why [`bind`] failed, naming the server and the address.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error("{who}: {addr} is already in use")]
+    InUse { who: String, addr: String },
+    #[error("{who}: cannot listen on {addr}: {error}")]
+    Other {
+        who: String,
+        addr: String,
+        error: std::io::Error,
+    },
 }
 
 /// Resolves on Ctrl-C (SIGINT) or SIGTERM. The handlers are installed when this is called,

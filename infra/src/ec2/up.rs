@@ -222,6 +222,6 @@ fn token(var: &str) -> Result<String, String> {
             "{var} may hold only letters, digits and ._~+/=- (it goes into an environment file)"
         ));
     }
-    bookstore_common::auth::check_token(var, &t)?;
+    bookstore_common::auth::check_token(var, &t).map_err(|e| e.to_string())?;
     Ok(t)
 }

@@ -1,6 +1,7 @@
 //! Command-line entry point shared by the service binary and `infra serve`.
 use crate::{run, CacheConfig};
 use bookstore_common::auth::Tokens;
+use bookstore_common::cli::LaunchError;
 use bookstore_common::cli::ServiceArgs;
 use bookstore_common::config::Kind;
 use std::time::Duration;
@@ -19,7 +20,7 @@ pub struct Cli {
 }
 
 /// Loads configuration, binds, and serves until Ctrl-C or SIGTERM.
-pub async fn launch(args: Cli) -> Result<(), String> {
+pub async fn launch(args: Cli) -> Result<(), LaunchError> {
     bookstore_common::telemetry::init();
     let (cluster, listener) = args.common.load_and_bind(Kind::Cache)?;
     let config = CacheConfig {
@@ -30,7 +31,6 @@ pub async fn launch(args: Cli) -> Result<(), String> {
         max_entries: args.max_entries,
         workers: args.common.workers,
     };
-    run(listener, config, bookstore_common::server::termination())
-        .await
-        .map_err(|e| e.to_string())
+    run(listener, config, bookstore_common::server::termination()).await?;
+    Ok(())
 }

@@ -1,5 +1,6 @@
 //! Command-line entry point shared by the service binary and `infra serve`.
 use crate::{run, CatalogConfig};
+use bookstore_common::cli::LaunchError;
 use bookstore_common::cli::{ReplicaArgs, ServiceArgs};
 use bookstore_common::config::{load_books, Kind};
 use bookstore_replication::control::ReplicaConfig;
@@ -22,17 +23,16 @@ pub struct Cli {
 }
 
 /// Loads configuration, binds, and serves until Ctrl-C or SIGTERM.
-pub async fn launch(args: Cli) -> Result<(), String> {
+pub async fn launch(args: Cli) -> Result<(), LaunchError> {
     bookstore_common::telemetry::init();
     bookstore_common::batch::set_in_flight(args.common.batches.in_flight());
-    let books = load_books(&args.books).map_err(|e| e.to_string())?;
+    let books = load_books(&args.books)?;
     let (cluster, listener) = args.common.load_and_bind(Kind::Catalog)?;
     let config = CatalogConfig {
         replica: ReplicaConfig::from_args(Kind::Catalog, cluster, &args.common, &args.replica),
         books,
         lease: Duration::from_millis(args.cache_lease_ms),
     };
-    run(listener, config, bookstore_common::server::termination())
-        .await
-        .map_err(|e| e.to_string())
+    run(listener, config, bookstore_common::server::termination()).await?;
+    Ok(())
 }

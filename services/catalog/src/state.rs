@@ -454,7 +454,7 @@ impl CatalogState {
 
     /// The state from [`CatalogState::to_bytes`], keeping keys as the default
     /// [`Retention`] says.
-    pub fn from_bytes(bytes: &[u8]) -> Result<CatalogState, String> {
+    pub fn from_bytes(bytes: &[u8]) -> Result<CatalogState, SnapshotError> {
         CatalogState::from_bytes_with(bytes, Retention::default())
     }
 
@@ -465,12 +465,13 @@ impl CatalogState {
     /// fingerprints: its successful updates' keys are kept, compared by item alone and
     /// counted from the first time the log shows; its sold-out answers are dropped (they
     /// name no item, and are not needed for safety).
-    pub fn from_bytes_with(bytes: &[u8], retention: Retention) -> Result<CatalogState, String> {
+    pub fn from_bytes_with(
+        bytes: &[u8],
+        retention: Retention,
+    ) -> Result<CatalogState, SnapshotError> {
         let snap = match bytes.strip_prefix(SNAPSHOT_MAGIC) {
-            Some(rest) => decode::<Snapshot>(rest).map_err(|e| e.to_string())?,
-            None => decode::<LegacySnapshot>(bytes)
-                .map_err(|e| e.to_string())?
-                .upgrade(),
+            Some(rest) => decode::<Snapshot>(rest)?,
+            None => decode::<LegacySnapshot>(bytes)?.upgrade(),
         };
         let mut s = CatalogState::new(snap.books, snap.version);
         let known = |item: ItemNumber| s.shelf.position.contains_key(&item);
@@ -487,14 +488,21 @@ impl CatalogState {
             )
             .find(|i| !known(*i));
         if let Some(item) = unknown {
-            return Err(format!(
-                "snapshot: a key names item {item}, not in its books"
-            ));
+            return Err(SnapshotError::UnknownItem(item));
         }
         s.done = KeyTable::from_saved(snap.done, retention);
         s.refused = KeyTable::from_saved(snap.refused, refused_retention());
         Ok(s)
     }
+}
+
+/// A snapshot [`CatalogState::from_bytes_with`] refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error(transparent)]
+    Undecodable(#[from] bincode::Error),
+    #[error("snapshot: a key names item {0}, not in its books")]
+    UnknownItem(ItemNumber),
 }
 
 /// The table of answers that changed nothing: the newest [`MAX_REFUSED_RECORDS`], for
@@ -702,7 +710,9 @@ mod tests {
             applied: vec![("x".into(), Ok((book(5, "a", 4), 9)))],
             ..old
         };
-        let err = CatalogState::from_bytes(&bincode::serialize(&bad).unwrap()).unwrap_err();
+        let err = CatalogState::from_bytes(&bincode::serialize(&bad).unwrap())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("item 5"), "{err}");
     }
 

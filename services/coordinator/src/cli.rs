@@ -1,6 +1,7 @@
 //! Command-line entry point shared by the coordinator binary and `infra serve`.
 use crate::{run, CoordinatorConfig};
 use bookstore_common::auth::Tokens;
+use bookstore_common::cli::LaunchError;
 use bookstore_common::cli::ServiceArgs;
 use bookstore_common::config::Kind;
 use std::path::PathBuf;
@@ -43,7 +44,7 @@ pub struct Cli {
 }
 
 /// Loads configuration, binds, and serves until Ctrl-C or SIGTERM.
-pub async fn launch(args: Cli) -> Result<(), String> {
+pub async fn launch(args: Cli) -> Result<(), LaunchError> {
     bookstore_common::telemetry::init();
     let (cluster, listener) = args.common.load_and_bind(Kind::Coordinator)?;
     let initial = cluster
@@ -52,7 +53,7 @@ pub async fn launch(args: Cli) -> Result<(), String> {
         .enumerate()
         .map(|(i, e)| (i as u64, e.url()))
         .collect();
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let addr = listener.local_addr()?;
     let url = match &args.common.listen {
         Some(l) => format!("http://{l}"),
         None => cluster
@@ -91,5 +92,5 @@ pub async fn launch(args: Cli) -> Result<(), String> {
     };
     run(listener, config, bookstore_common::server::termination())
         .await
-        .map_err(|e| e.to_string())
+        .map_err(|e| LaunchError::Service(e.into()))
 }

@@ -1,6 +1,7 @@
 //! Command-line entry point shared by the service binary and `infra serve`.
 use crate::{run, FrontendConfig};
 use bookstore_common::auth::Tokens;
+use bookstore_common::cli::LaunchError;
 use bookstore_common::cli::ServiceArgs;
 use bookstore_common::config::Kind;
 
@@ -24,7 +25,7 @@ pub struct Cli {
 }
 
 /// Loads configuration, binds, and serves until Ctrl-C or SIGTERM.
-pub async fn launch(args: Cli) -> Result<(), String> {
+pub async fn launch(args: Cli) -> Result<(), LaunchError> {
     bookstore_common::telemetry::init();
     bookstore_common::batch::set_in_flight(args.common.batches.in_flight());
     if let Some(t) = args.admin_token.as_deref().filter(|t| !t.is_empty()) {
@@ -40,7 +41,6 @@ pub async fn launch(args: Cli) -> Result<(), String> {
         workers: args.common.workers,
         near_entries: args.near_entries,
     };
-    run(listener, config, bookstore_common::server::termination())
-        .await
-        .map_err(|e| e.to_string())
+    run(listener, config, bookstore_common::server::termination()).await?;
+    Ok(())
 }

@@ -1,5 +1,6 @@
 //! Command-line entry point shared by the service binary and `infra serve`.
 use crate::run;
+use bookstore_common::cli::LaunchError;
 use bookstore_common::cli::{ReplicaArgs, ServiceArgs};
 use bookstore_common::config::Kind;
 use bookstore_replication::control::ReplicaConfig;
@@ -14,12 +15,11 @@ pub struct Cli {
 }
 
 /// Loads configuration, binds, and serves until Ctrl-C or SIGTERM.
-pub async fn launch(args: Cli) -> Result<(), String> {
+pub async fn launch(args: Cli) -> Result<(), LaunchError> {
     bookstore_common::telemetry::init();
     bookstore_common::batch::set_in_flight(args.common.batches.in_flight());
     let (cluster, listener) = args.common.load_and_bind(Kind::Order)?;
     let config = ReplicaConfig::from_args(Kind::Order, cluster, &args.common, &args.replica);
-    run(listener, config, bookstore_common::server::termination())
-        .await
-        .map_err(|e| e.to_string())
+    run(listener, config, bookstore_common::server::termination()).await?;
+    Ok(())
 }

@@ -86,20 +86,20 @@ impl OrderSm {
     }
 
     /// The state from a snapshot, keeping `retention`; positions are checked.
-    fn from_snapshot(data: &[u8], retention: Retention) -> Result<OrderSm, String> {
+    fn from_snapshot(data: &[u8], retention: Retention) -> Result<OrderSm, SnapshotError> {
         let (orders, saved) = match data.strip_prefix(SNAPSHOT_MAGIC) {
             Some(rest) => {
-                let s: Snapshot = decode(rest).map_err(|e| e.to_string())?;
+                let s: Snapshot = decode(rest)?;
                 (s.orders, s.keys)
             }
             None => {
-                let s: LegacySnapshot = decode(data).map_err(|e| e.to_string())?;
+                let s: LegacySnapshot = decode(data)?;
                 let mut keys = Vec::with_capacity(s.keys.len());
                 for k in s.keys {
                     let i = *s
                         .by_key
                         .get(&k)
-                        .ok_or_else(|| format!("snapshot: key {k:?} has no order"))?;
+                        .ok_or_else(|| SnapshotError::NoOrder { key: k.clone() })?;
                     let at = s.orders.get(i).map_or(0, |o| o.time_ms);
                     keys.push((k, at, i));
                 }
@@ -108,16 +108,32 @@ impl OrderSm {
             }
         };
         if let Some((k, _, i)) = saved.keys.iter().find(|(_, _, i)| *i >= orders.len()) {
-            return Err(format!(
-                "snapshot: key {k:?} names order {i} of {}",
-                orders.len()
-            ));
+            return Err(SnapshotError::NoSuchOrder {
+                key: k.clone(),
+                order: *i,
+                orders: orders.len(),
+            });
         }
         Ok(OrderSm {
             orders,
             keys: KeyTable::from_saved(saved, retention),
         })
     }
+}
+
+/// A snapshot [`OrderSm`] refused to restore.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error(transparent)]
+    Undecodable(#[from] bincode::Error),
+    #[error("snapshot: key {key:?} has no order")]
+    NoOrder { key: String },
+    #[error("snapshot: key {key:?} names order {order} of {orders}")]
+    NoSuchOrder {
+        key: String,
+        order: usize,
+        orders: usize,
+    },
 }
 
 impl StateMachine for OrderSm {
