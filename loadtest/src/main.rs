@@ -518,7 +518,9 @@ async fn chaos(args: ChaosArgs) -> Result<bool, String> {
         progress: !args.quiet,
         ..Default::default()
     };
-    let report = loadtest::chaos::run(&config).await?;
+    let report = loadtest::chaos::run(&config)
+        .await
+        .map_err(|e| format!("{e:#}"))?;
     print!("{}", report.table());
     Ok(report.passed())
 }
