@@ -272,7 +272,8 @@ async fn run(args: RunArgs) -> Result<bool, String> {
     config.progress = !args.quiet;
     config.run_id = args.run_id;
     if args.server_cpu {
-        config.servers = loadtest::procstat::local_up_servers(&args.local_up_dir)?;
+        config.servers = loadtest::procstat::local_up_servers(&args.local_up_dir)
+            .map_err(|e| format!("{e:#}"))?;
     }
     if args.compare_cache {
         return compare_cache(config, &args.out).await;
@@ -334,7 +335,7 @@ async fn answered(http: &reqwest::Client, url: &str, token: &str) -> Result<u64,
 
 async fn server_cpu(args: ServerCpuArgs) -> Result<bool, String> {
     let dir = &args.local_up_dir;
-    let servers = loadtest::procstat::local_up_servers(dir)?;
+    let servers = loadtest::procstat::local_up_servers(dir).map_err(|e| format!("{e:#}"))?;
     let state: serde_json::Value = serde_json::from_slice(
         &std::fs::read(dir.join("local-up.json")).map_err(|e| e.to_string())?,
     )
@@ -441,7 +442,8 @@ fn gen_books(args: GenBooksArgs) -> Result<bool, String> {
         args.hits_per_topic,
         args.seed,
         &mut progress,
-    )?;
+    )
+    .map_err(|e| format!("{e:#}"))?;
     println!(
         "wrote {} books to {}: items 1-7 are the seed's; {} generated topics topic-0000.. \
          (topic-0000 has {} books)",
