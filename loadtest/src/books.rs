@@ -6,6 +6,7 @@
 //! work); items 8.. get generated titles, a stock of 100-1,000 and a cost of 5-100, and
 //! topics `topic-0000`, `topic-0001`, ... of `hits_per_topic` books each (the last one
 //! may have fewer), so searching `topic-0000` returns exactly that many hits.
+use anyhow::{bail, Context};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::io::Write;
@@ -96,18 +97,18 @@ pub fn write_books<W: Write>(
     hits_per_topic: u32,
     seed: u64,
     progress: &mut dyn FnMut(u64),
-) -> Result<BooksSummary, String> {
+) -> anyhow::Result<BooksSummary> {
     if count == 0 {
-        return Err("--count must be at least 1".into());
+        bail!("--count must be at least 1");
     }
     if hits_per_topic == 0 {
-        return Err("--hits-per-topic must be at least 1".into());
+        bail!("--hits-per-topic must be at least 1");
     }
     let mut rng = StdRng::seed_from_u64(seed);
     let mut w = csv::Writer::from_writer(out);
-    let io = |e: csv::Error| format!("cannot write the books: {e}");
+    let io = "cannot write the books";
     w.write_record(["item_number", "title", "topic", "stock", "cost"])
-        .map_err(io)?;
+        .context(io)?;
     let mut title = String::new();
     for item in 1..=u64::from(count) {
         if let Some((t, topic, stock, cost)) = SEED_BOOKS.get(item as usize - 1) {
@@ -118,7 +119,7 @@ pub fn write_books<W: Write>(
                 &stock.to_string(),
                 &cost.to_string(),
             ])
-            .map_err(io)?;
+            .context(io)?;
         } else {
             use std::fmt::Write as _;
             title.clear();
@@ -137,14 +138,13 @@ pub fn write_books<W: Write>(
                 &stock.to_string(),
                 &cost.to_string(),
             ])
-            .map_err(io)?;
+            .context(io)?;
         }
         if item % 100_000 == 0 {
             progress(item);
         }
     }
-    w.flush()
-        .map_err(|e| format!("cannot write the books: {e}"))?;
+    w.flush().context(io)?;
     if !count.is_multiple_of(100_000) {
         progress(u64::from(count));
     }

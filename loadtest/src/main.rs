@@ -1,4 +1,5 @@
 //! `loadtest`: the command line of the bookstore's load generator.
+use anyhow::{anyhow, bail, Context};
 use clap::{Args, Parser, Subcommand};
 use loadtest::workload::{parse_clients, parse_duration, parse_items, SEED_TOPICS};
 use loadtest::{report, RunConfig, Stop, Workload};
@@ -248,7 +249,7 @@ fn parse_items_arg(s: &str) -> Result<ItemList, String> {
     parse_items(s).map(ItemList)
 }
 
-async fn run(args: RunArgs) -> Result<bool, String> {
+async fn run(args: RunArgs) -> anyhow::Result<bool> {
     let mut config = RunConfig::new(args.target, args.workload);
     config.clients = args.clients.0;
     config.stop = match (args.requests, args.duration) {
@@ -277,7 +278,7 @@ async fn run(args: RunArgs) -> Result<bool, String> {
     if args.compare_cache {
         return compare_cache(config, &args.out).await;
     }
-    let report = loadtest::run(&config).await.map_err(|e| e.to_string())?;
+    let report = loadtest::run(&config).await?;
     print!("{}", report::table(&report));
     for r in &report.rounds {
         if let Some(cost) = &r.server {
@@ -295,7 +296,7 @@ async fn run(args: RunArgs) -> Result<bool, String> {
 }
 
 /// The stock of `items`, read through the public lookup with the caches skipped.
-async fn stocks(http: &reqwest::Client, url: &str, items: &[u32]) -> Result<Vec<u64>, String> {
+async fn stocks(http: &reqwest::Client, url: &str, items: &[u32]) -> anyhow::Result<Vec<u64>> {
     let mut out = Vec::new();
     for item in items {
         let v: serde_json::Value = http
@@ -304,27 +305,27 @@ async fn stocks(http: &reqwest::Client, url: &str, items: &[u32]) -> Result<Vec<
             .send()
             .await
             .and_then(|r| r.error_for_status())
-            .map_err(|e| format!("lookup of {item}: {e}"))?
+            .map_err(|e| anyhow!("lookup of {item}: {e}"))?
             .json()
             .await
-            .map_err(|e| format!("lookup of {item}: {e}"))?;
+            .map_err(|e| anyhow!("lookup of {item}: {e}"))?;
         out.push(v["result"]["stock"].as_u64().unwrap_or(0));
     }
     Ok(out)
 }
 
 /// Requests the frontend at `url` has answered, every route but `/metrics` (admin token).
-async fn answered(http: &reqwest::Client, url: &str, token: &str) -> Result<u64, String> {
+async fn answered(http: &reqwest::Client, url: &str, token: &str) -> anyhow::Result<u64> {
     let text = http
         .get(format!("{url}/metrics"))
         .bearer_auth(token)
         .send()
         .await
         .and_then(|r| r.error_for_status())
-        .map_err(|e| format!("{url}/metrics: {e}"))?
+        .map_err(|e| anyhow!("{url}/metrics: {e}"))?
         .text()
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| anyhow!("{e}"))?;
     Ok(text
         .lines()
         .filter(|l| l.starts_with("bookstore_http_requests_total{") && !l.contains("/metrics"))
@@ -332,13 +333,11 @@ async fn answered(http: &reqwest::Client, url: &str, token: &str) -> Result<u64,
         .sum::<f64>() as u64)
 }
 
-async fn server_cpu(args: ServerCpuArgs) -> Result<bool, String> {
+async fn server_cpu(args: ServerCpuArgs) -> anyhow::Result<bool> {
     let dir = &args.local_up_dir;
     let servers = loadtest::procstat::local_up_servers(dir)?;
-    let state: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(dir.join("local-up.json")).map_err(|e| e.to_string())?,
-    )
-    .map_err(|e| e.to_string())?;
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("local-up.json"))?)?;
     let url = state["frontend"].as_str().unwrap_or_default().to_string();
     let token = state["admin_token"]
         .as_str()
@@ -347,7 +346,7 @@ async fn server_cpu(args: ServerCpuArgs) -> Result<bool, String> {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| anyhow!("{e}"))?;
     tokio::time::sleep(args.delay).await;
     let (stock0, requests0) = (
         stocks(&http, &url, &args.items.0).await?,
@@ -385,20 +384,18 @@ async fn server_cpu(args: ServerCpuArgs) -> Result<bool, String> {
     Ok(true)
 }
 
-fn write(report: &loadtest::RunReport, out: &std::path::Path) -> Result<PathBuf, String> {
+fn write(report: &loadtest::RunReport, out: &std::path::Path) -> anyhow::Result<PathBuf> {
     report::write_files(report, out)
-        .map_err(|e| format!("cannot write the results under {}: {e}", out.display()))
+        .with_context(|| format!("cannot write the results under {}", out.display()))
 }
 
 /// `run --compare-cache`: the workload with the cache, then bypassing it.
-async fn compare_cache(mut config: RunConfig, out: &std::path::Path) -> Result<bool, String> {
+async fn compare_cache(mut config: RunConfig, out: &std::path::Path) -> anyhow::Result<bool> {
     if !matches!(
         config.workload,
         Workload::Lookup | Workload::Search | Workload::Mixed { .. }
     ) {
-        return Err(
-            "--compare-cache compares reads: use --workload lookup, search or mixed".into(),
-        );
+        bail!("--compare-cache compares reads: use --workload lookup, search or mixed");
     }
     let id = config.run_id.clone().unwrap_or_else(|| {
         loadtest::runner::default_run_id(bookstore_common::clock::now_ms(), config.workload)
@@ -407,7 +404,7 @@ async fn compare_cache(mut config: RunConfig, out: &std::path::Path) -> Result<b
     for (bypass, name) in [(false, "cache-on"), (true, "cache-off")] {
         config.bypass_cache = bypass;
         config.run_id = Some(format!("{id}/{name}"));
-        let report = loadtest::run(&config).await.map_err(|e| e.to_string())?;
+        let report = loadtest::run(&config).await?;
         print!("{}", report::table(&report));
         println!();
         write(&report, out)?;
@@ -420,14 +417,14 @@ async fn compare_cache(mut config: RunConfig, out: &std::path::Path) -> Result<b
     );
     let folder = out.join(&id);
     report::write_comparison(&rows, &folder)
-        .map_err(|e| format!("cannot write {}: {e}", folder.display()))?;
+        .with_context(|| format!("cannot write {}", folder.display()))?;
     eprintln!("results: {}", folder.display());
     Ok(true)
 }
 
-fn gen_books(args: GenBooksArgs) -> Result<bool, String> {
+fn gen_books(args: GenBooksArgs) -> anyhow::Result<bool> {
     let file = std::fs::File::create(&args.out)
-        .map_err(|e| format!("cannot create {}: {e}", args.out.display()))?;
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
     let total = args.count;
     let quiet = args.quiet;
     let mut progress = |n: u64| {
@@ -453,10 +450,10 @@ fn gen_books(args: GenBooksArgs) -> Result<bool, String> {
     Ok(true)
 }
 
-async fn baseline(args: BaselineArgs) -> Result<bool, String> {
+async fn baseline(args: BaselineArgs) -> anyhow::Result<bool> {
     let listener = std::net::TcpListener::bind(&args.listen)
-        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = listener.local_addr()?;
     eprintln!("baseline serving on http://{addr} (GET /lookup, /search, /health); Ctrl-C or SIGTERM stops");
     let stop = async {
         #[cfg(unix)]
@@ -477,20 +474,18 @@ async fn baseline(args: BaselineArgs) -> Result<bool, String> {
         #[cfg(not(unix))]
         let _ = tokio::signal::ctrl_c().await;
     };
-    loadtest::baseline::serve(listener, args.workers, stop)
-        .await
-        .map_err(|e| e.to_string())?;
+    loadtest::baseline::serve(listener, args.workers, stop).await?;
     Ok(true)
 }
 
-async fn chaos(args: ChaosArgs) -> Result<bool, String> {
+async fn chaos(args: ChaosArgs) -> anyhow::Result<bool> {
     use loadtest::chaos::nemesis::FaultKind;
     let mut faults = Vec::new();
     for f in &args.faults {
         if f == "all" {
             faults.extend(FaultKind::ALL);
         } else {
-            faults.push(FaultKind::parse(f).ok_or_else(|| format!("unknown fault kind {f:?}"))?);
+            faults.push(FaultKind::parse(f).with_context(|| format!("unknown fault kind {f:?}"))?);
         }
     }
     faults.sort();
@@ -549,7 +544,7 @@ fn main() -> ExitCode {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(e) => {
-            eprintln!("loadtest: {e}");
+            eprintln!("loadtest: {e:#}");
             ExitCode::from(2)
         }
     }

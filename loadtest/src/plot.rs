@@ -2,6 +2,7 @@
 //! colour per tier, log-log axes (tiers differ by orders of magnitude). SVG only, drawn
 //! with `plotters` without its font and bitmap features (text is left to the viewer).
 use crate::runner::RunReport;
+use anyhow::{bail, Context};
 use plotters::prelude::*;
 use std::path::Path;
 
@@ -21,7 +22,7 @@ fn series(report: &RunReport, tier: &str) -> Vec<Point> {
 }
 
 /// Draws the report's `latency.svg` at `path` (nothing to plot is an error).
-pub fn latency_svg(report: &RunReport, path: &Path) -> Result<(), String> {
+pub fn latency_svg(report: &RunReport, path: &Path) -> anyhow::Result<()> {
     let tiers: Vec<(String, Vec<Point>)> = report
         .tier_names()
         .into_iter()
@@ -32,7 +33,7 @@ pub fn latency_svg(report: &RunReport, path: &Path) -> Result<(), String> {
         .filter(|(_, s)| !s.is_empty())
         .collect();
     if tiers.is_empty() {
-        return Err("no answered requests to plot".into());
+        bail!("no answered requests to plot");
     }
     let points = tiers.iter().flat_map(|(_, s)| s.iter());
     let (mut x_min, mut x_max, mut y_min, mut y_max) = (f64::MAX, 0f64, f64::MAX, 0f64);
@@ -53,16 +54,16 @@ pub fn latency_svg(report: &RunReport, path: &Path) -> Result<(), String> {
             ""
         }
     );
-    let err = |e: &dyn std::fmt::Display| format!("cannot draw {}: {e}", path.display());
+    let err = || format!("cannot draw {}", path.display());
     let root = SVGBackend::new(path, (960, 600)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| err(&e))?;
+    root.fill(&WHITE).with_context(err)?;
     let mut chart = ChartBuilder::on(&root)
         .caption(caption, ("sans-serif", 20))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60)
         .build_cartesian_2d(x_range.log_scale(), y_range.log_scale())
-        .map_err(|e| err(&e))?;
+        .with_context(err)?;
     chart
         .configure_mesh()
         .x_desc("clients (connections)")
@@ -70,13 +71,13 @@ pub fn latency_svg(report: &RunReport, path: &Path) -> Result<(), String> {
         .x_label_formatter(&|x| format!("{x:.0}"))
         .y_label_formatter(&|y| format!("{y}"))
         .draw()
-        .map_err(|e| err(&e))?;
+        .with_context(err)?;
     for (i, (tier, s)) in tiers.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
         let style = color.stroke_width(2);
         chart
             .draw_series(LineSeries::new(s.iter().map(|p| (p.0, p.1)), style))
-            .map_err(|e| err(&e))?
+            .with_context(err)?
             .label(tier.clone())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
         chart
@@ -86,14 +87,14 @@ pub fn latency_svg(report: &RunReport, path: &Path) -> Result<(), String> {
                 4,
                 style,
             ))
-            .map_err(|e| err(&e))?;
+            .with_context(err)?;
         // Single points still show: a short tick at each measured client count.
         chart
             .draw_series(
                 s.iter()
                     .map(|p| PathElement::new(vec![(p.0 / 1.02, p.1), (p.0 * 1.02, p.1)], style)),
             )
-            .map_err(|e| err(&e))?;
+            .with_context(err)?;
     }
     chart
         .configure_series_labels()
@@ -101,7 +102,7 @@ pub fn latency_svg(report: &RunReport, path: &Path) -> Result<(), String> {
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .draw()
-        .map_err(|e| err(&e))?;
-    root.present().map_err(|e| err(&e))?;
+        .with_context(err)?;
+    root.present().with_context(err)?;
     Ok(())
 }

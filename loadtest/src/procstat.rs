@@ -6,6 +6,7 @@
 //! [`Sample`] is taken before and after a run; [`Cost::between`] subtracts them. On this
 //! 2-core machine CPU per request and context switches per request are the stable
 //! figures (throughput is noisy): docs/performance.md reports them this way.
+use anyhow::{anyhow, bail, Context};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -143,26 +144,26 @@ pub fn children(parent: u32) -> Vec<Server> {
 }
 
 /// The servers of the `infra local up` whose output directory is `dir`.
-pub fn local_up_servers(dir: &Path) -> Result<Vec<Server>, String> {
+pub fn local_up_servers(dir: &Path) -> anyhow::Result<Vec<Server>> {
     let file = dir.join("local-up.json");
     let text = std::fs::read_to_string(&file).map_err(|e| {
-        format!(
+        anyhow!(
             "{}: {e} (is `infra local up --output-dir {}` running?)",
             file.display(),
             dir.display()
         )
     })?;
     let v: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", file.display()))?;
+        serde_json::from_str(&text).with_context(|| file.display().to_string())?;
     let pid = v["pid"]
         .as_u64()
-        .ok_or_else(|| format!("{}: no pid", file.display()))? as u32;
+        .with_context(|| format!("{}: no pid", file.display()))? as u32;
     let servers = children(pid);
     if servers.is_empty() {
-        return Err(format!(
+        bail!(
             "process {pid} ({}) has no child processes: is that `local up` still running?",
             file.display()
-        ));
+        );
     }
     Ok(servers)
 }

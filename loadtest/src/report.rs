@@ -160,7 +160,7 @@ pub fn write_files(report: &RunReport, dir: &Path) -> std::io::Result<PathBuf> {
     std::fs::write(folder.join("results.json"), json + "\n")?;
     if report.rounds.iter().any(|r| r.count > 0) {
         crate::plot::latency_svg(report, &folder.join("latency.svg"))
-            .map_err(std::io::Error::other)?;
+            .map_err(|e| std::io::Error::other(format!("{e:#}")))?;
     }
     Ok(folder)
 }

@@ -27,6 +27,7 @@ pub mod net;
 pub mod report;
 pub mod wrapper;
 
+use anyhow::{anyhow, bail, Context};
 use bookstore_common::config::{ClusterConfig, Endpoint, Kind};
 use check::{FinalState, Verdict};
 use history::{FaultRecord, History, Op};
@@ -237,7 +238,7 @@ fn write_books(path: &Path, stocks: &[u32]) -> std::io::Result<()> {
 
 /// Runs the whole thing; `Err` only when the run could not be carried out (a failed
 /// checker is a report with `passed() == false`).
-pub async fn run(config: &ChaosConfig) -> Result<ChaosReport, String> {
+pub async fn run(config: &ChaosConfig) -> anyhow::Result<ChaosReport> {
     let run_id = config.run_id.clone().unwrap_or_else(|| {
         let secs = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -246,20 +247,20 @@ pub async fn run(config: &ChaosConfig) -> Result<ChaosReport, String> {
         format!("{secs}-seed{}", config.seed)
     });
     let dir = config.out_dir.join(&run_id);
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    std::fs::create_dir_all(&dir).with_context(|| dir.display().to_string())?;
     let infra = infra_binary(config)?;
     let wrapper = config.wrapper.clone().or_else(default_wrapper);
 
     // The cluster and books files.
     let cluster = match &config.cluster_file {
-        Some(f) => ClusterConfig::load(f).map_err(|e| e.to_string())?,
+        Some(f) => ClusterConfig::load(f)?,
         None => loopback_cluster(config.coordinators, config.frontends, config.replicas)
-            .map_err(|e| format!("free ports: {e}"))?,
+            .context("free ports")?,
     };
     let cluster_file = dir.join("cluster.csv");
-    std::fs::write(&cluster_file, cluster.to_text()).map_err(|e| e.to_string())?;
+    std::fs::write(&cluster_file, cluster.to_text())?;
     let books_file = dir.join("books.csv");
-    write_books(&books_file, &config.stocks).map_err(|e| e.to_string())?;
+    write_books(&books_file, &config.stocks)?;
 
     let Usable {
         kinds,
@@ -291,10 +292,10 @@ pub async fn run(config: &ChaosConfig) -> Result<ChaosReport, String> {
         },
         &|m| say(config, m),
     )
-    .await?;
+    .await
+    .map_err(anyhow::Error::msg)?;
 
-    let history =
-        Arc::new(History::create(Some(&dir.join("history.jsonl"))).map_err(|e| e.to_string())?);
+    let history = Arc::new(History::create(Some(&dir.join("history.jsonl")))?);
     let initial: BTreeMap<u32, i64> = config
         .stocks
         .iter()
@@ -338,17 +339,17 @@ pub async fn run(config: &ChaosConfig) -> Result<ChaosReport, String> {
 }
 
 /// The infra binary the run starts (`--infra`, or the one next to this program).
-fn infra_binary(config: &ChaosConfig) -> Result<PathBuf, String> {
+fn infra_binary(config: &ChaosConfig) -> anyhow::Result<PathBuf> {
     let infra = config
         .infra
         .clone()
         .or_else(default_infra)
-        .ok_or("cannot find the infra binary next to this program: build it with `cargo build -p infra` or pass --infra")?;
+        .context("cannot find the infra binary next to this program: build it with `cargo build -p infra` or pass --infra")?;
     if !infra.is_file() {
-        return Err(format!(
+        bail!(
             "{} does not exist: build it with `cargo build -p infra`",
             infra.display()
-        ));
+        );
     }
     Ok(infra)
 }
@@ -377,9 +378,13 @@ fn usable_faults(config: &ChaosConfig, cluster: &ClusterConfig, wrapper: bool) -
         .collect();
     let distinct = hosts.iter().collect::<std::collections::HashSet<_>>().len() == hosts.len();
     let why = if !distinct {
-        Err("the cluster file does not give every server its own loopback address".to_string())
+        Err(anyhow!(
+            "the cluster file does not give every server its own loopback address"
+        ))
     } else if !wrapper {
-        Err("no server wrapper (run the loadtest binary) to give each server its group".into())
+        Err(anyhow!(
+            "no server wrapper (run the loadtest binary) to give each server its group"
+        ))
     } else {
         net::available().and_then(|_| net::Net::setup(&config.chain))
     };
@@ -395,7 +400,7 @@ fn usable_faults(config: &ChaosConfig, cluster: &ClusterConfig, wrapper: bool) -
                 .filter(|k| k.needs_net())
                 .map(|k| k.name())
                 .collect();
-            let skipped = vec![format!("{} skipped: {reason}", names.join(", "))];
+            let skipped = vec![format!("{} skipped: {reason:#}", names.join(", "))];
             kinds.retain(|k| !k.needs_net());
             Usable {
                 kinds,
@@ -444,7 +449,7 @@ async fn load_and_faults(
     nemesis: Nemesis,
     kinds: &[FaultKind],
     history: &Arc<History>,
-) -> Result<(Nemesis, Vec<String>), String> {
+) -> anyhow::Result<(Nemesis, Vec<String>)> {
     let nemesis = Arc::new(nemesis);
     let stop = Arc::new(AtomicBool::new(false));
     say(
@@ -496,7 +501,7 @@ async fn load_and_faults(
         let _ = tokio::time::timeout(config.op_deadline + Duration::from_secs(5), t).await;
     }
     progress.abort();
-    let nemesis = Arc::try_unwrap(nemesis).map_err(|_| "the nemesis is still in use")?;
+    let nemesis = Arc::try_unwrap(nemesis).map_err(|_| anyhow!("the nemesis is still in use"))?;
     Ok((nemesis, heal_problems))
 }
 

@@ -14,6 +14,7 @@
 use super::history::{FaultRecord, History};
 use super::net::{Net, Rule};
 use super::wrapper::gid_offset;
+use anyhow::anyhow;
 use bookstore_common::config::Kind;
 use bookstore_replication_core::wire::CoordinatorRole;
 use infra::local::LocalCluster;
@@ -448,14 +449,14 @@ impl Nemesis {
         id: u32,
         term: Option<u64>,
         hold: Duration,
-    ) -> Result<String, String> {
+    ) -> anyhow::Result<String> {
         let said = match term {
             Some(term) => match self.new_leader(id, term, Duration::from_secs(3)).await {
                 Some((l, after)) => Ok(format!(
                     ", coordinator {l} led after {:.2} s",
                     after.as_secs_f64()
                 )),
-                None => Err(format!("no successor to coordinator {id} within 3 s")),
+                None => Err(anyhow!("no successor to coordinator {id} within 3 s")),
             },
             None => {
                 tokio::time::sleep(ELECTION).await;
@@ -493,11 +494,16 @@ impl Nemesis {
         false
     }
 
-    async fn kill(&self, kind: Kind, id: u32) -> Result<(), String> {
-        self.lc.lock().await.kill9(kind, id).await
+    async fn kill(&self, kind: Kind, id: u32) -> anyhow::Result<()> {
+        self.lc
+            .lock()
+            .await
+            .kill9(kind, id)
+            .await
+            .map_err(anyhow::Error::msg)
     }
 
-    async fn restart(&self, kind: Kind, id: u32) -> Result<(), String> {
+    async fn restart(&self, kind: Kind, id: u32) -> anyhow::Result<()> {
         let mut last = String::new();
         for _ in 0..3 {
             match self.lc.lock().await.restart(kind, id).await {
@@ -507,11 +513,15 @@ impl Nemesis {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        Err(last)
+        Err(anyhow::Error::msg(last))
     }
 
-    async fn signal(&self, kind: Kind, id: u32, sig: i32) -> Result<(), String> {
-        self.lc.lock().await.signal(kind, id, sig)
+    async fn signal(&self, kind: Kind, id: u32, sig: i32) -> anyhow::Result<()> {
+        self.lc
+            .lock()
+            .await
+            .signal(kind, id, sig)
+            .map_err(anyhow::Error::msg)
     }
 
     /// Carries out one fault and undoes it; returns the record.
@@ -546,7 +556,7 @@ impl Nemesis {
         };
         let end_ns = self.history.now_ns();
         for u in self.unsettled(plan, coordinator).await {
-            notes.add(Err(format!("{u} within {:?}", self.settle_limit)));
+            notes.add(Err(anyhow!("{u} within {:?}", self.settle_limit)));
         }
         let record = FaultRecord {
             kind: plan.kind.name().to_string(),
@@ -757,7 +767,7 @@ impl Nemesis {
         let mut problems = Vec::new();
         if let Some(net) = &self.net {
             if let Err(e) = net.heal() {
-                problems.push(e);
+                problems.push(format!("{e:#}"));
             }
         }
         let mut lc = self.lc.lock().await;
@@ -787,9 +797,9 @@ impl Nemesis {
 struct Notes(Vec<String>);
 
 impl Notes {
-    fn add(&mut self, r: Result<(), String>) {
+    fn add(&mut self, r: anyhow::Result<()>) {
         if let Err(e) = r {
-            self.0.push(e);
+            self.0.push(format!("{e:#}"));
         }
     }
 }

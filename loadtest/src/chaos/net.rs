@@ -11,25 +11,26 @@
 //! All rules live in one chain of our own (jumped to from `OUTPUT`), which is flushed and
 //! deleted on start (leftovers of a killed run) and at the end. Only 127.0.0.0/8
 //! addresses are ever named.
+use anyhow::{bail, Context};
 use std::process::Command;
 use std::sync::Mutex;
 
 /// Whether partitions can be made here, and why not.
-pub fn available() -> Result<(), String> {
+pub fn available() -> anyhow::Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        return Err("not root (iptables needs root)".into());
+        bail!("not root (iptables needs root)");
     }
     match Command::new("iptables")
         .args(["-w", "-S", "OUTPUT"])
         .output()
     {
         Ok(o) if o.status.success() => Ok(()),
-        Ok(o) => Err(format!(
+        Ok(o) => bail!(
             "iptables does not work here: {}",
             String::from_utf8_lossy(&o.stderr).trim()
-        )),
-        Err(e) => Err(format!("no iptables ({e}); apt-get install -y iptables")),
+        ),
+        Err(e) => bail!("no iptables ({e}); apt-get install -y iptables"),
     }
 }
 
@@ -43,39 +44,37 @@ pub struct Net {
     rules: Mutex<Vec<Vec<String>>>,
 }
 
-fn iptables(args: &[&str]) -> Result<(), String> {
+fn iptables(args: &[&str]) -> anyhow::Result<()> {
     let out = Command::new("iptables")
         .arg("-w")
         .args(args)
         .output()
-        .map_err(|e| format!("iptables: {e}"))?;
+        .context("iptables")?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!(
+        bail!(
             "iptables {}: {}",
             args.join(" "),
             String::from_utf8_lossy(&out.stderr).trim()
-        ))
+        )
     }
 }
 
-fn loopback(addr: &str) -> Result<(), String> {
+fn loopback(addr: &str) -> anyhow::Result<()> {
     let ok = addr
         .parse::<std::net::Ipv4Addr>()
         .is_ok_and(|a| a.octets()[0] == 127);
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "refusing to touch {addr}: not a 127.0.0.0/8 address"
-        ))
+        bail!("refusing to touch {addr}: not a 127.0.0.0/8 address")
     }
 }
 
 impl Net {
     /// Removes any leftover chain of that name, creates it and jumps to it from OUTPUT.
-    pub fn setup(chain: &str) -> Result<Net, String> {
+    pub fn setup(chain: &str) -> anyhow::Result<Net> {
         let net = Net {
             chain: chain.to_string(),
             rules: Mutex::new(Vec::new()),
@@ -94,7 +93,7 @@ impl Net {
         self.rules.lock().unwrap().clear();
     }
 
-    fn add(&self, spec: Vec<String>) -> Result<Rule, String> {
+    fn add(&self, spec: Vec<String>) -> anyhow::Result<Rule> {
         let mut args = vec!["-A".to_string(), self.chain.clone()];
         args.extend(spec.iter().cloned());
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -104,7 +103,7 @@ impl Net {
     }
 
     /// Removes one rule.
-    pub fn remove(&self, rule: &Rule) -> Result<(), String> {
+    pub fn remove(&self, rule: &Rule) -> anyhow::Result<()> {
         let mut args = vec!["-D".to_string(), self.chain.clone()];
         args.extend(rule.0.iter().cloned());
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -117,7 +116,7 @@ impl Net {
     }
 
     /// Drops every packet the processes of group `gid` send to `addr`.
-    pub fn block_group_to(&self, gid: u32, addr: &str) -> Result<Rule, String> {
+    pub fn block_group_to(&self, gid: u32, addr: &str) -> anyhow::Result<Rule> {
         loopback(addr)?;
         self.add(vec![
             "-m".into(),
@@ -132,7 +131,7 @@ impl Net {
     }
 
     /// Drops everything group `gid` sends, and everything sent to `addr`.
-    pub fn isolate(&self, gid: u32, addr: &str) -> Result<Vec<Rule>, String> {
+    pub fn isolate(&self, gid: u32, addr: &str) -> anyhow::Result<Vec<Rule>> {
         loopback(addr)?;
         let out = self.add(vec![
             "-m".into(),
@@ -160,7 +159,7 @@ impl Net {
     }
 
     /// Removes every rule added so far (the chain stays).
-    pub fn heal(&self) -> Result<(), String> {
+    pub fn heal(&self) -> anyhow::Result<()> {
         self.rules.lock().unwrap().clear();
         iptables(&["-F", &self.chain])
     }

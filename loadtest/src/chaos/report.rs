@@ -6,6 +6,7 @@ use super::gaps::Gap;
 use super::history::{FaultRecord, Op, OpKind, Outcome};
 use super::nemesis::FaultKind;
 use super::ChaosConfig;
+use anyhow::Context;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -287,16 +288,13 @@ impl ChaosReport {
     }
 
     /// Writes summary.txt, summary.json and timeline.svg.
-    pub fn write(&self, _ops: &[Op]) -> Result<(), String> {
+    pub fn write(&self, _ops: &[Op]) -> anyhow::Result<()> {
         let w = |name: &str, text: String| {
             std::fs::write(self.dir.join(name), text)
-                .map_err(|e| format!("{}: {e}", self.dir.join(name).display()))
+                .with_context(|| self.dir.join(name).display().to_string())
         };
         w("summary.txt", self.table())?;
-        w(
-            "summary.json",
-            serde_json::to_string_pretty(self).map_err(|e| e.to_string())?,
-        )?;
+        w("summary.json", serde_json::to_string_pretty(self)?)?;
         w("timeline.svg", self.svg())
     }
 

@@ -15,7 +15,9 @@ use support::infra_binary;
 
 /// Why partitions cannot run here, if they cannot.
 fn partitions_unavailable() -> Option<String> {
-    loadtest::chaos::net::available().err()
+    loadtest::chaos::net::available()
+        .err()
+        .map(|e| format!("{e:#}"))
 }
 
 struct Run {
