@@ -1,7 +1,7 @@
 //! `loadtest`: the command line of the bookstore's load generator.
 use anyhow::{anyhow, bail, Context};
 use clap::{Args, Parser, Subcommand};
-use loadtest::workload::{parse_clients, parse_duration, parse_items, SEED_TOPICS};
+use loadtest::workload::{parse_clients, parse_duration, parse_items, parse_wait, SEED_TOPICS};
 use loadtest::{report, RunConfig, Stop, Workload};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -45,7 +45,7 @@ struct ServerCpuArgs {
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     duration: Duration,
     /// Wait this long before the measurement starts (let the load client ramp up).
-    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    #[arg(long, default_value = "0s", value_parser = parse_wait)]
     delay: Duration,
     /// The `--output-dir` of the running `local up` (its local-up.json has the
     /// supervisor's pid, the public URL and the admin token).

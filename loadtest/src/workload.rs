@@ -301,6 +301,15 @@ pub fn parse_items(s: &str) -> Result<Vec<u32>, String> {
 
 /// Parses a duration: `10s`, `500ms`, `2m`, `1.5s`, or plain seconds (`10`).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = parse_wait(s)?;
+    if d.is_zero() {
+        return Err(format!("a duration must be > 0 (got {:?})", s.trim()));
+    }
+    Ok(d)
+}
+
+/// Like [`parse_duration`], but 0 (no wait) is allowed.
+pub fn parse_wait(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -317,8 +326,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "h" => value * 3600.0,
         u => return Err(format!("unknown duration unit {u:?} (use ms, s, m or h)")),
     };
-    if !secs.is_finite() || secs <= 0.0 {
-        return Err(format!("a duration must be > 0 (got {s:?})"));
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("a duration must be >= 0 (got {s:?})"));
     }
     Ok(Duration::from_secs_f64(secs))
 }
@@ -361,6 +370,8 @@ mod tests {
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
         assert!(parse_duration("0s").is_err());
+        assert_eq!(parse_wait("0s").unwrap(), Duration::ZERO);
+        assert!(parse_wait("-1s").is_err());
         assert!(parse_duration("5 parsecs").is_err());
     }
 

@@ -12,11 +12,26 @@ fn every_command_has_help() {
         &["run", "--help"],
         &["baseline", "--help"],
         &["gen-books", "--help"],
+        &["chaos", "--help"],
+        &["server-cpu", "--help"],
     ] {
         let out = loadtest().args(args).output().unwrap();
         assert!(out.status.success(), "{args:?}");
         assert!(String::from_utf8_lossy(&out.stdout).contains("Usage"));
     }
+}
+
+/// `server-cpu`'s defaults parse (its `--delay` of 0s once did not): without a running
+/// cluster it fails on the missing `local-up.json`, not on its arguments.
+#[test]
+fn server_cpu_defaults_are_valid() {
+    let out = loadtest()
+        .args(["server-cpu", "--local-up-dir", "/nonexistent-output"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("/nonexistent-output/local-up.json"), "{err}");
 }
 
 #[test]
