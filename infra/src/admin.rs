@@ -61,11 +61,11 @@ impl From<CallError> for AdminError {
 pub type AdminAnswer = Result<serde_json::Value, AdminError>;
 
 /// Checks an admin route given on a command line: `/admin/...`, visible ASCII, no spaces.
-pub fn check_path(path: &str) -> Result<(), String> {
+pub fn check_path(path: &str) -> anyhow::Result<()> {
     if path.starts_with("/admin/") && path.bytes().all(|b| b.is_ascii_graphic()) {
         Ok(())
     } else {
-        Err(format!(
+        Err(anyhow::anyhow!(
             "{path:?} is not an admin route (expected /admin/..., percent-encoded)"
         ))
     }

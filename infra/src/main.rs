@@ -125,11 +125,11 @@ fn out(s: &str) {
 }
 
 /// The cluster and admin tokens: the environment's (checked), else random ones.
-fn tokens() -> Result<(String, String), String> {
+fn tokens() -> anyhow::Result<(String, String)> {
     let get = |var: &str, what: &str| match std::env::var(var) {
         Ok(t) => bookstore_common::auth::check_token(what, &t)
             .map(|()| t)
-            .map_err(|e| format!("{var}: {e}")),
+            .map_err(|e| anyhow::anyhow!("{var}: {e}")),
         Err(_) => Ok(random_token()),
     };
     Ok((
@@ -144,18 +144,18 @@ fn with_frontends(
     cluster: &std::path::Path,
     output_dir: &std::path::Path,
     n: u32,
-) -> Result<(PathBuf, Endpoint), String> {
-    let c = ClusterConfig::load(cluster).map_err(|e| e.to_string())?;
+) -> anyhow::Result<(PathBuf, Endpoint)> {
+    let c = ClusterConfig::load(cluster)?;
     let listen = c
         .server(Kind::Frontend, 0)
         .cloned()
-        .ok_or_else(|| format!("{}: no frontend", cluster.display()))?;
+        .ok_or_else(|| anyhow::anyhow!("{}: no frontend", cluster.display()))?;
     let mut parts = Vec::new();
     let mut hold = Vec::new();
     for _ in 0..n {
         let l = std::net::TcpListener::bind(format!("{}:0", listen.host))
-            .map_err(|e| format!("no free port on {}: {e}", listen.host))?;
-        let port = l.local_addr().map_err(|e| e.to_string())?.port();
+            .map_err(|e| anyhow::anyhow!("no free port on {}: {e}", listen.host))?;
+        let port = l.local_addr()?.port();
         parts.push((Kind::Frontend, Endpoint::new(listen.host.clone(), port)));
         hold.push(l);
     }
@@ -164,10 +164,11 @@ fn with_frontends(
             parts.push((kind, e));
         }
     }
-    std::fs::create_dir_all(output_dir).map_err(|e| format!("{}: {e}", output_dir.display()))?;
+    std::fs::create_dir_all(output_dir)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", output_dir.display()))?;
     let file = output_dir.join("cluster.generated.csv");
     std::fs::write(&file, ClusterConfig::from_parts(&parts).to_text())
-        .map_err(|e| format!("{}: {e}", file.display()))?;
+        .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
     Ok((file, listen))
 }
 
@@ -177,7 +178,7 @@ async fn up(
     output_dir: PathBuf,
     fresh: bool,
     frontends: u32,
-) -> Result<(), String> {
+) -> anyhow::Result<()> {
     let (cluster_token, admin_token) = tokens()?;
     let (cluster, haproxy) = if frontends > 1 {
         let (file, listen) = with_frontends(&cluster, &output_dir, frontends)?;
@@ -191,7 +192,7 @@ async fn up(
     };
     let data = output_dir.join("data");
     if fresh && data.exists() {
-        std::fs::remove_dir_all(&data).map_err(|e| format!("{}: {e}", data.display()))?;
+        std::fs::remove_dir_all(&data).map_err(|e| anyhow::anyhow!("{}: {e}", data.display()))?;
         say(&format!("deleted {} (--fresh)", data.display()));
     } else if data.exists() {
         say(&format!(
@@ -237,12 +238,8 @@ async fn up(
     ));
     out("  Ctrl-C stops every server.");
     // The control API for `local add|remove|rolling-restart`.
-    let listener =
-        bookstore_common::server::bind("127.0.0.1:0", "control API").map_err(|e| e.to_string())?;
-    let control_url = format!(
-        "http://{}",
-        listener.local_addr().map_err(|e| e.to_string())?
-    );
+    let listener = bookstore_common::server::bind("127.0.0.1:0", "control API")?;
+    let control_url = format!("http://{}", listener.local_addr()?);
     let (tx, mut rx) = tokio::sync::mpsc::channel::<control::Request>(4);
     let (stop_control, control_stopped) = tokio::sync::oneshot::channel::<()>();
     let control_server = tokio::spawn(control::serve(listener, admin_token.clone(), tx, async {
@@ -293,20 +290,21 @@ async fn test(
     frontend: Option<String>,
     books_file: PathBuf,
     output_dir: PathBuf,
-) -> Result<bool, String> {
-    let books = bookstore_common::config::load_books(&books_file).map_err(|e| e.to_string())?;
+) -> anyhow::Result<bool> {
+    let books = bookstore_common::config::load_books(&books_file)?;
     let mut started = None;
     let url = match frontend {
         Some(u) => u,
         None => {
             let dir = output_dir.join("test-cluster");
             if dir.exists() {
-                std::fs::remove_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+                std::fs::remove_dir_all(&dir)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
             }
-            std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-            let cluster = free_port_cluster(2, 2).map_err(|e| e.to_string())?;
+            std::fs::create_dir_all(&dir)?;
+            let cluster = free_port_cluster(2, 2)?;
             let file = dir.join("cluster.csv");
-            std::fs::write(&file, cluster.to_text()).map_err(|e| e.to_string())?;
+            std::fs::write(&file, cluster.to_text())?;
             let (cluster_token, admin_token) = tokens()?;
             say(&format!("starting a fresh cluster ({})", file.display()));
             let lc = LocalCluster::start(
@@ -325,14 +323,14 @@ async fn test(
     if let Some(mut lc) = started {
         lc.stop().await;
     }
-    let verdicts = verdicts?;
+    let verdicts = verdicts.map_err(anyhow::Error::msg)?;
     print!("{}", infra::scenarios::table(&verdicts));
     println!("client log: {}", log.display());
     Ok(verdicts.iter().all(|v| v.passed || v.skipped))
 }
 
 /// Asks the running `local up` to do something; prints its progress and result.
-async fn remote(output_dir: &std::path::Path, path: &str) -> Result<(), String> {
+async fn remote(output_dir: &std::path::Path, path: &str) -> anyhow::Result<()> {
     say("asking the running `local up` (this waits until the change is complete)");
     let answer = control::call(output_dir, path).await?;
     if let Some(lines) = answer["progress"].as_array() {
@@ -359,7 +357,7 @@ async fn serve(server: Serve) -> Result<(), bookstore_common::cli::LaunchError> 
 async fn main() {
     let args = Args::parse();
     let result = match args.command {
-        Command::Serve { server } => serve(server).await.map_err(|e| e.to_string()),
+        Command::Serve { server } => serve(server).await.map_err(anyhow::Error::from),
         #[cfg(feature = "ec2")]
         Command::Ec2 { command } => match infra::ec2::cli::main(command).await {
             Ok(true) => Ok(()),
@@ -367,11 +365,10 @@ async fn main() {
             Err(e) => Err(e),
         },
         #[cfg(not(feature = "ec2"))]
-        Command::Ec2 { .. } => Err(
+        Command::Ec2 { .. } => Err(anyhow::anyhow!(
             "this infra was built without EC2 support (the AWS SDK is left out of the main \
              build); run `cargo run --release -p infra --features ec2 -- ec2 ...`"
-                .to_string(),
-        ),
+        )),
         Command::Local { command } => match command {
             Local::Up {
                 cluster,
@@ -407,6 +404,6 @@ async fn main() {
         },
     };
     if let Err(e) = result {
-        fail(e);
+        fail(format!("{e:#}"));
     }
 }

@@ -262,11 +262,11 @@ async fn buy_through_fault(
 ) -> Result<String, String> {
     let item = 4;
     let before = c.stock(item).await?;
-    let victim = lc.primary(kind).await?;
+    let victim = lc.primary(kind).await.map_err(|e| format!("{e:#}"))?;
     let internal = bookstore_common::client::Client::new(&lc.options.cluster_token);
     let url = lc.cluster.server(kind, victim).expect("exists").url();
     if kill {
-        lc.kill9(kind, victim).await?;
+        lc.kill9(kind, victim).await.map_err(|e| format!("{e:#}"))?;
     } else {
         internal
             .post_json::<Value>(&format!("{url}/shutdown"), &[])
@@ -278,14 +278,18 @@ async fn buy_through_fault(
     let took = started.elapsed();
     // Bring the replica back whatever happened, so later scenarios find a whole cluster.
     if kill {
-        lc.restart(kind, victim).await?;
+        lc.restart(kind, victim)
+            .await
+            .map_err(|e| format!("{e:#}"))?;
     } else {
         internal
             .post_json::<Value>(&format!("{url}/recover"), &[])
             .await
             .map_err(|e| e.to_string())?;
     }
-    lc.wait_ready(Duration::from_secs(15)).await?;
+    lc.wait_ready(Duration::from_secs(15))
+        .await
+        .map_err(|e| format!("{e:#}"))?;
     let (s, v) = bought?;
     check(
         s == 200 && v["result"] == "Success",

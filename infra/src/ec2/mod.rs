@@ -58,14 +58,14 @@ pub fn new_run_id() -> String {
 }
 
 /// A run id is used in resource names and paths: letters, digits, `-` and `_` only.
-pub fn check_run_id(id: &str) -> Result<(), String> {
+pub fn check_run_id(id: &str) -> anyhow::Result<()> {
     if id.is_empty()
         || id.len() > 64
         || !id
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
     {
-        return Err(format!(
+        return Err(anyhow::anyhow!(
             "bad run id {id:?}: use 1-64 letters, digits, '-' or '_'"
         ));
     }

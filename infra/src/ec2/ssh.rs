@@ -368,23 +368,23 @@ pub fn sh_quote(s: &str) -> String {
 }
 
 /// Makes an ed25519 key pair at `path` and `path.pub` with ssh-keygen (no passphrase).
-pub async fn keygen(path: &Path, comment: &str) -> Result<Vec<u8>, String> {
+pub async fn keygen(path: &Path, comment: &str) -> anyhow::Result<Vec<u8>> {
     let out = Command::new("ssh-keygen")
         .args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"])
         .arg(path)
         .stdin(Stdio::null())
         .output()
         .await
-        .map_err(|e| missing_tool("ssh-keygen", e).to_string())?;
+        .map_err(|e| missing_tool("ssh-keygen", e))?;
     if !out.status.success() {
-        return Err(format!(
+        return Err(anyhow::anyhow!(
             "ssh-keygen {}: {}",
             path.display(),
             String::from_utf8_lossy(&out.stderr).trim()
         ));
     }
     let pub_path = path.with_extension("pub");
-    std::fs::read(&pub_path).map_err(|e| format!("{}: {e}", pub_path.display()))
+    std::fs::read(&pub_path).map_err(|e| anyhow::anyhow!("{}: {e}", pub_path.display()))
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 impl LocalCluster {
     /// Waits until the coordinators have a leader that answers with authority.
-    pub async fn wait_leader(&self, limit: Duration) -> Result<(), String> {
+    pub async fn wait_leader(&self, limit: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + limit;
         loop {
             let last = match self.view_doc(Kind::Catalog).await {
@@ -18,7 +18,7 @@ impl LocalCluster {
                 Err(e) => e,
             };
             if Instant::now() > deadline {
-                return Err(format!(
+                return Err(anyhow::anyhow!(
                     "the coordinators did not elect a leader within {limit:?}: {last}"
                 ));
             }
@@ -28,11 +28,11 @@ impl LocalCluster {
 
     /// The coordinator leader's report of `kind`: the view, its synced backups and the
     /// members.
-    pub async fn view_doc(&self, kind: Kind) -> Result<KindReport, String> {
+    pub async fn view_doc(&self, kind: Kind) -> anyhow::Result<KindReport> {
         self.coordinators
             .view(kind.name(), Duration::from_millis(500))
             .await
-            .map_err(|e| format!("coordinators: {e}"))
+            .map_err(|e| anyhow::anyhow!("coordinators: {e}"))
     }
 
     /// The coordinator group, as this tool reaches it.
@@ -70,13 +70,13 @@ impl LocalCluster {
 
     /// Waits until replica `id` of `kind` is a synced backup or the primary of the view,
     /// and serves reads.
-    pub async fn wait_synced(&self, kind: Kind, id: u32, limit: Duration) -> Result<(), String> {
+    pub async fn wait_synced(&self, kind: Kind, id: u32, limit: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + limit;
         let server = self
             .servers
             .iter()
             .find(|s| s.kind == kind && s.id == id)
-            .ok_or_else(|| format!("no {kind} {id} in this cluster"))?;
+            .ok_or_else(|| anyhow::anyhow!("no {kind} {id} in this cluster"))?;
         loop {
             // The view service counts it as primary or synced backup, and the replica
             // itself acts in that same view (same epoch and role) and serves reads.
@@ -94,7 +94,7 @@ impl LocalCluster {
                 }
             }
             if Instant::now() > deadline {
-                return Err(format!(
+                return Err(anyhow::anyhow!(
                     "{kind} {id} did not become a synced member within {limit:?}"
                 ));
             }
@@ -122,7 +122,7 @@ impl LocalCluster {
         id: u32,
         applied: u64,
         limit: Duration,
-    ) -> Result<(), String> {
+    ) -> anyhow::Result<()> {
         let deadline = Instant::now() + limit;
         loop {
             if let Some(s) = self.coordinator_status(id).await {
@@ -132,7 +132,7 @@ impl LocalCluster {
                 }
             }
             if Instant::now() > deadline {
-                return Err(format!(
+                return Err(anyhow::anyhow!(
                     "coordinator {id} did not catch up with the leader within {limit:?}"
                 ));
             }
@@ -141,18 +141,17 @@ impl LocalCluster {
     }
 
     /// Polls `/health` of every server until all answer 200.
-    pub async fn wait_healthy(&mut self, limit: Duration) -> Result<(), String> {
+    pub async fn wait_healthy(&mut self, limit: Duration) -> anyhow::Result<()> {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_millis(500))
-            .build()
-            .map_err(|e| e.to_string())?;
+            .build()?;
         let deadline = Instant::now() + limit;
         for server in &mut self.servers {
             let url = format!("{}/health", server.endpoint.url());
             loop {
                 if let Some(child) = server.child.as_mut() {
                     if let Ok(Some(status)) = child.try_wait() {
-                        return Err(format!(
+                        return Err(anyhow::anyhow!(
                             "{} exited during start ({status}); the end of {}:\n{}",
                             server.name(),
                             server.log.display(),
@@ -166,7 +165,7 @@ impl LocalCluster {
                     }
                 }
                 if Instant::now() > deadline {
-                    return Err(format!(
+                    return Err(anyhow::anyhow!(
                         "{} did not become healthy within {limit:?}; see {}",
                         server.name(),
                         server.log.display()
@@ -180,7 +179,7 @@ impl LocalCluster {
 
     /// Waits until every catalog and order replica is in the view, caught up, and (for
     /// backups) synced, so that any single failure can be survived.
-    pub async fn wait_ready(&self, limit: Duration) -> Result<(), String> {
+    pub async fn wait_ready(&self, limit: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + limit;
         for kind in [Kind::Catalog, Kind::Order] {
             let n = self.servers.iter().filter(|s| s.kind == kind).count();
@@ -196,7 +195,7 @@ impl LocalCluster {
                     }
                 }
                 if Instant::now() > deadline {
-                    return Err(format!(
+                    return Err(anyhow::anyhow!(
                         "the {kind} replicas did not all join the view within {limit:?}"
                     ));
                 }
@@ -217,7 +216,7 @@ impl LocalCluster {
                     break;
                 }
                 if Instant::now() > deadline {
-                    return Err(format!(
+                    return Err(anyhow::anyhow!(
                         "{} did not join a view within {limit:?}; see {}",
                         s.name(),
                         s.log.display()
@@ -230,11 +229,11 @@ impl LocalCluster {
     }
 
     /// The primary of `kind` in the current view.
-    pub async fn primary(&self, kind: Kind) -> Result<u32, String> {
+    pub async fn primary(&self, kind: Kind) -> anyhow::Result<u32> {
         self.view_doc(kind)
             .await?
             .view
             .map(|v| v.primary)
-            .ok_or_else(|| format!("no {kind} view yet"))
+            .ok_or_else(|| anyhow::anyhow!("no {kind} view yet"))
     }
 }

@@ -292,8 +292,7 @@ pub async fn run(config: &ChaosConfig) -> anyhow::Result<ChaosReport> {
         },
         &|m| say(config, m),
     )
-    .await
-    .map_err(anyhow::Error::msg)?;
+    .await?;
 
     let history = Arc::new(History::create(Some(&dir.join("history.jsonl")))?);
     let initial: BTreeMap<u32, i64> = config

@@ -495,33 +495,24 @@ impl Nemesis {
     }
 
     async fn kill(&self, kind: Kind, id: u32) -> anyhow::Result<()> {
-        self.lc
-            .lock()
-            .await
-            .kill9(kind, id)
-            .await
-            .map_err(anyhow::Error::msg)
+        self.lc.lock().await.kill9(kind, id).await
     }
 
     async fn restart(&self, kind: Kind, id: u32) -> anyhow::Result<()> {
-        let mut last = String::new();
+        let mut last = anyhow::anyhow!("not restarted");
         for _ in 0..3 {
             match self.lc.lock().await.restart(kind, id).await {
                 Ok(()) => return Ok(()),
-                Err(e) if e.contains("still running") => return Ok(()),
+                Err(e) if e.to_string().contains("still running") => return Ok(()),
                 Err(e) => last = e,
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        Err(anyhow::Error::msg(last))
+        Err(last)
     }
 
     async fn signal(&self, kind: Kind, id: u32, sig: i32) -> anyhow::Result<()> {
-        self.lc
-            .lock()
-            .await
-            .signal(kind, id, sig)
-            .map_err(anyhow::Error::msg)
+        self.lc.lock().await.signal(kind, id, sig)
     }
 
     /// Carries out one fault and undoes it; returns the record.
@@ -784,7 +775,7 @@ impl Nemesis {
         for (kind, id) in servers {
             if lc.pid_of(kind, id).is_none() {
                 if let Err(e) = lc.restart(kind, id).await {
-                    problems.push(e);
+                    problems.push(format!("{e:#}"));
                 }
             }
         }
