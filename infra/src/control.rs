@@ -7,6 +7,7 @@
 //! runtime that owns the child processes, one at a time.
 use crate::local::LocalCluster;
 use actix_web::{middleware::from_fn, web, HttpResponse};
+use anyhow::{anyhow, bail, Context};
 use bookstore_common::auth::{require_admin_token, Tokens};
 use bookstore_common::config::Kind;
 use bookstore_common::ApiError;
@@ -48,14 +49,15 @@ pub fn state_file(output_dir: &Path) -> PathBuf {
 
 /// Writes the state file (it holds the admin token) atomically, readable by the owner
 /// only.
-pub fn write_state(output_dir: &Path, state: &UpState) -> Result<(), String> {
+pub fn write_state(output_dir: &Path, state: &UpState) -> anyhow::Result<()> {
     let text = serde_json::to_vec_pretty(state).expect("state encodes");
     bookstore_common::files::replace(
         &state_file(output_dir),
         &[&text],
         bookstore_common::files::Replace::PRIVATE,
     )
-    .map_err(|e| e.to_string())
+    // The error's text names the step, the file and the cause already.
+    .map_err(|e| anyhow!("{e}"))
 }
 
 /// Runs one request against the cluster; `progress` hears every step.
@@ -63,7 +65,7 @@ pub async fn execute(
     lc: &mut LocalCluster,
     op: Op,
     progress: &dyn Fn(&str),
-) -> Result<serde_json::Value, String> {
+) -> anyhow::Result<serde_json::Value> {
     match op {
         Op::Add(kind) => {
             let id = lc.add(kind, progress).await?;
@@ -164,36 +166,36 @@ pub async fn serve(
 
 /// Client side: sends `POST {control}{path}` to the `local up` whose state file is in
 /// `output_dir`, and returns its answer.
-pub async fn call(output_dir: &Path, path: &str) -> Result<serde_json::Value, String> {
+pub async fn call(output_dir: &Path, path: &str) -> anyhow::Result<serde_json::Value> {
     let file = state_file(output_dir);
     let text = std::fs::read(&file).map_err(|e| {
-        format!(
+        anyhow!(
             "{}: {e}; is `infra local up --output-dir {}` running?",
             file.display(),
             output_dir.display()
         )
     })?;
     let state: UpState =
-        serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", file.display()))?;
+        serde_json::from_slice(&text).with_context(|| file.display().to_string())?;
     let http = reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(600))
-        .build()
-        .map_err(|e| e.to_string())?;
+        .build()?;
     let r = http
         .post(format!("{}{path}", state.control))
         .bearer_auth(state.admin_token.expose())
         .send()
         .await
         .map_err(|e| {
-            format!(
+            anyhow!(
                 "cannot reach `local up` (pid {}) at {}: {e}; is it still running?",
-                state.pid, state.control
+                state.pid,
+                state.control
             )
         })?;
     let status = r.status();
-    let body: serde_json::Value = r.json().await.map_err(|e| e.to_string())?;
+    let body: serde_json::Value = r.json().await.map_err(|e| anyhow!("{e}"))?;
     if !status.is_success() {
-        return Err(body["error"].as_str().unwrap_or("failed").to_string());
+        bail!("{}", body["error"].as_str().unwrap_or("failed"));
     }
     Ok(body)
 }

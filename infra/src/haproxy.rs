@@ -1,6 +1,7 @@
 //! HAProxy in front of several frontends (`infra local up --frontends N`): a generated
 //! configuration with health checks on each frontend's `/ready`, started as a child
 //! process that dies with its supervisor.
+use anyhow::{bail, Context};
 use bookstore_common::config::Endpoint;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -68,13 +69,13 @@ impl Haproxy {
         listen: &Endpoint,
         frontends: &[Endpoint],
         dir: &Path,
-    ) -> Result<Haproxy, String> {
-        let bin = binary().ok_or(
+    ) -> anyhow::Result<Haproxy> {
+        let bin = binary().context(
             "HAProxy is not installed (apt-get install haproxy, or set BOOKSTORE_HAPROXY)",
         )?;
         let config_file = dir.join("haproxy.cfg");
         std::fs::write(&config_file, config(listen, frontends))
-            .map_err(|e| format!("{}: {e}", config_file.display()))?;
+            .with_context(|| config_file.display().to_string())?;
         let check = Command::new(&bin)
             .arg("-c")
             .arg("-q")
@@ -82,20 +83,20 @@ impl Haproxy {
             .arg(&config_file)
             .output()
             .await
-            .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
+            .with_context(|| format!("cannot run {}", bin.display()))?;
         if !check.status.success() {
-            return Err(format!(
+            bail!(
                 "HAProxy rejects {}: {}",
                 config_file.display(),
                 String::from_utf8_lossy(&check.stderr)
-            ));
+            );
         }
         let log = dir.join("haproxy.stderr.log");
         let mut cmd = crate::local::supervised(&bin, &log)?;
         cmd.arg("-db").arg("-f").arg(&config_file);
         let child = cmd
             .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
+            .with_context(|| format!("cannot start {}", bin.display()))?;
         let mut h = Haproxy {
             child: Some(child),
             listen: listen.clone(),
@@ -103,13 +104,12 @@ impl Haproxy {
         };
         let http = reqwest::Client::builder()
             .timeout(Duration::from_millis(500))
-            .build()
-            .map_err(|e| e.to_string())?;
+            .build()?;
         let url = format!("{}/ready", listen.url());
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(Ok(Some(status))) = h.child.as_mut().map(|c| c.try_wait()) {
-                return Err(format!("HAProxy exited ({status}); see {}", log.display()));
+                bail!("HAProxy exited ({status}); see {}", log.display());
             }
             if http
                 .get(&url)
@@ -121,10 +121,10 @@ impl Haproxy {
             }
             if Instant::now() > deadline {
                 h.stop().await;
-                return Err(format!(
+                bail!(
                     "HAProxy did not pass requests within 10 s; see {}",
                     log.display()
-                ));
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

@@ -11,6 +11,7 @@
 //! - `status`: asking the servers and the coordinators, and waiting until the cluster is
 //!   healthy, led, ready, or a replica synced;
 //! - `scale`: `add`, `remove` (replicas and coordinators) and the rolling restart.
+use anyhow::{anyhow, bail, Context};
 mod plan;
 mod process;
 mod scale;
@@ -115,27 +116,25 @@ impl LocalCluster {
     pub async fn start(
         options: LocalOptions,
         progress: &dyn Fn(&str),
-    ) -> Result<LocalCluster, String> {
-        let cluster = ClusterConfig::load(&options.cluster_file).map_err(|e| e.to_string())?;
+    ) -> anyhow::Result<LocalCluster> {
+        let cluster = ClusterConfig::load(&options.cluster_file)?;
         check_books(&options.books)?;
         std::fs::create_dir_all(&options.output_dir)
-            .map_err(|e| format!("{}: {e}", options.output_dir.display()))?;
+            .with_context(|| options.output_dir.display().to_string())?;
         let resumed = options.output_dir.join("data").is_dir();
         let planned = planned_servers(&cluster, &options.output_dir)?;
         for (kind, id, e) in &planned {
-            drop(bookstore_common::server::bind(
-                &e.addr(),
-                &format!("{kind} {id}"),
-            )?);
+            drop(
+                bookstore_common::server::bind(&e.addr(), &format!("{kind} {id}"))
+                    .map_err(anyhow::Error::msg)?,
+            );
         }
         let exe = match &options.program {
             Some(p) => p.clone(),
-            None => {
-                std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?
-            }
+            None => std::env::current_exe().context("cannot find this program")?,
         };
         if let Some(h) = &options.haproxy {
-            drop(bookstore_common::server::bind(&h.addr(), "haproxy")?);
+            drop(bookstore_common::server::bind(&h.addr(), "haproxy").map_err(anyhow::Error::msg)?);
         }
         let client = bookstore_common::client::Client::with_timeout(
             &options.cluster_token,
@@ -220,7 +219,7 @@ impl LocalCluster {
         exe: &Path,
         servers: Vec<(Kind, u32, Endpoint)>,
         progress: &dyn Fn(&str),
-    ) -> Result<(), String> {
+    ) -> anyhow::Result<()> {
         for (kind, id, endpoint) in servers {
             let log = self
                 .options
@@ -251,7 +250,7 @@ impl LocalCluster {
         &self,
         planned: &[(Kind, u32, Endpoint)],
         progress: &dyn Fn(&str),
-    ) -> Result<Vec<(Kind, u32, Endpoint)>, String> {
+    ) -> anyhow::Result<Vec<(Kind, u32, Endpoint)>> {
         let mut out: Vec<(Kind, u32, Endpoint)> = planned
             .iter()
             .filter(|(k, _, _)| !matches!(k, Kind::Catalog | Kind::Order))
@@ -283,10 +282,10 @@ impl LocalCluster {
             ));
             for (k, id, e) in &members {
                 if !file.iter().any(|(_, i, _)| i == id) {
-                    drop(bookstore_common::server::bind(
-                        &e.addr(),
-                        &format!("{k} {id}"),
-                    )?);
+                    drop(
+                        bookstore_common::server::bind(&e.addr(), &format!("{k} {id}"))
+                            .map_err(anyhow::Error::msg)?,
+                    );
                 }
             }
             out.extend(members);
@@ -294,10 +293,10 @@ impl LocalCluster {
         Ok(out)
     }
 
-    fn program(&self) -> Result<PathBuf, String> {
+    fn program(&self) -> anyhow::Result<PathBuf> {
         match &self.options.program {
             Some(p) => Ok(p.clone()),
-            None => std::env::current_exe().map_err(|e| format!("cannot find this program: {e}")),
+            None => std::env::current_exe().context("cannot find this program"),
         }
     }
 
@@ -306,7 +305,7 @@ impl LocalCluster {
     }
 
     /// SIGTERM to one server; SIGKILL if it has not exited after 3 s.
-    pub async fn stop_one(&mut self, kind: Kind, id: u32) -> Result<(), String> {
+    pub async fn stop_one(&mut self, kind: Kind, id: u32) -> anyhow::Result<()> {
         let s = self.find(kind, id)?;
         if let Some(child) = s.child.take() {
             terminate(child).await;
@@ -315,13 +314,11 @@ impl LocalCluster {
     }
 
     /// `POST path` with the admin token to the coordinator leader ([`crate::admin`]).
-    async fn admin_post<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, String> {
-        crate::admin::post(&self.coordinators, &self.options.admin_token, path)
-            .await
-            .map_err(|e| e.to_string())
+    async fn admin_post<T: serde::de::DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        Ok(crate::admin::post(&self.coordinators, &self.options.admin_token, path).await?)
     }
 
-    fn spawn(&self, exe: &Path, server: &mut Server) -> Result<(), String> {
+    fn spawn(&self, exe: &Path, server: &mut Server) -> anyhow::Result<()> {
         let mut cmd = supervised(exe, &server.log)?;
         cmd.arg("serve")
             .arg(server.kind.name())
@@ -369,16 +366,16 @@ impl LocalCluster {
         }
         let child = cmd
             .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", server.name()))?;
+            .with_context(|| format!("cannot start {}", server.name()))?;
         server.child = Some(child);
         Ok(())
     }
 
-    fn find(&mut self, kind: Kind, id: u32) -> Result<&mut Server, String> {
+    fn find(&mut self, kind: Kind, id: u32) -> anyhow::Result<&mut Server> {
         self.servers
             .iter_mut()
             .find(|s| s.kind == kind && s.id == id)
-            .ok_or_else(|| format!("no {kind} {id} in this cluster"))
+            .with_context(|| format!("no {kind} {id} in this cluster"))
     }
 
     /// The pid of a running server.
@@ -387,24 +384,24 @@ impl LocalCluster {
     }
 
     /// Sends `signal` (e.g. `libc::SIGKILL`, `libc::SIGSTOP`) to a server.
-    pub fn signal(&mut self, kind: Kind, id: u32, signal: i32) -> Result<(), String> {
+    pub fn signal(&mut self, kind: Kind, id: u32, signal: i32) -> anyhow::Result<()> {
         let s = self.find(kind, id)?;
         let pid = s
             .pid()
-            .ok_or_else(|| format!("{} is not running", s.name()))?;
+            .with_context(|| format!("{} is not running", s.name()))?;
         // SAFETY: kill(2) on a child process we own.
         if unsafe { libc::kill(pid as i32, signal) } != 0 {
-            return Err(format!(
+            bail!(
                 "cannot signal {}: {}",
                 s.name(),
                 std::io::Error::last_os_error()
-            ));
+            );
         }
         Ok(())
     }
 
     /// SIGKILLs a server and waits until it is gone.
-    pub async fn kill9(&mut self, kind: Kind, id: u32) -> Result<(), String> {
+    pub async fn kill9(&mut self, kind: Kind, id: u32) -> anyhow::Result<()> {
         self.signal(kind, id, libc::SIGKILL)?;
         let s = self.find(kind, id)?;
         if let Some(mut child) = s.child.take() {
@@ -415,17 +412,17 @@ impl LocalCluster {
 
     /// Starts a stopped server again (it recovers from its data directory) and waits
     /// until it answers `/health`.
-    pub async fn restart(&mut self, kind: Kind, id: u32) -> Result<(), String> {
+    pub async fn restart(&mut self, kind: Kind, id: u32) -> anyhow::Result<()> {
         let exe = self.program()?;
         let pos = self
             .servers
             .iter()
             .position(|s| s.kind == kind && s.id == id)
-            .ok_or_else(|| format!("no {kind} {id} in this cluster"))?;
+            .with_context(|| format!("no {kind} {id} in this cluster"))?;
         let mut server = self.servers.remove(pos);
         if server.child.is_some() {
             self.servers.insert(pos, server);
-            return Err(format!("{kind} {id} is still running"));
+            bail!("{kind} {id} is still running");
         }
         let spawned = self.spawn(&exe, &mut server);
         self.servers.insert(pos, server);
@@ -444,7 +441,7 @@ impl LocalCluster {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        Err(format!("{kind} {id} did not come back within 10 s"))
+        Err(anyhow!("{kind} {id} did not come back within 10 s"))
     }
 
     /// Where clients go: HAProxy if there is one, else frontend 0.

@@ -1,4 +1,5 @@
 //! `infra`: run the bookstore on this machine. `infra --help` lists the commands.
+use anyhow::{anyhow, Context};
 use bookstore_common::cli::fail;
 use bookstore_common::client::encode;
 use bookstore_common::config::{ClusterConfig, Endpoint, Kind};
@@ -125,11 +126,11 @@ fn out(s: &str) {
 }
 
 /// The cluster and admin tokens: the environment's (checked), else random ones.
-fn tokens() -> Result<(String, String), String> {
+fn tokens() -> anyhow::Result<(String, String)> {
     let get = |var: &str, what: &str| match std::env::var(var) {
         Ok(t) => bookstore_common::auth::check_token(what, &t)
             .map(|()| t)
-            .map_err(|e| format!("{var}: {e}")),
+            .map_err(|e| anyhow!("{var}: {e}")),
         Err(_) => Ok(random_token()),
     };
     Ok((
@@ -144,18 +145,18 @@ fn with_frontends(
     cluster: &std::path::Path,
     output_dir: &std::path::Path,
     n: u32,
-) -> Result<(PathBuf, Endpoint), String> {
-    let c = ClusterConfig::load(cluster).map_err(|e| e.to_string())?;
+) -> anyhow::Result<(PathBuf, Endpoint)> {
+    let c = ClusterConfig::load(cluster)?;
     let listen = c
         .server(Kind::Frontend, 0)
         .cloned()
-        .ok_or_else(|| format!("{}: no frontend", cluster.display()))?;
+        .with_context(|| format!("{}: no frontend", cluster.display()))?;
     let mut parts = Vec::new();
     let mut hold = Vec::new();
     for _ in 0..n {
         let l = std::net::TcpListener::bind(format!("{}:0", listen.host))
-            .map_err(|e| format!("no free port on {}: {e}", listen.host))?;
-        let port = l.local_addr().map_err(|e| e.to_string())?.port();
+            .with_context(|| format!("no free port on {}", listen.host))?;
+        let port = l.local_addr()?.port();
         parts.push((Kind::Frontend, Endpoint::new(listen.host.clone(), port)));
         hold.push(l);
     }
@@ -164,10 +165,10 @@ fn with_frontends(
             parts.push((kind, e));
         }
     }
-    std::fs::create_dir_all(output_dir).map_err(|e| format!("{}: {e}", output_dir.display()))?;
+    std::fs::create_dir_all(output_dir).with_context(|| output_dir.display().to_string())?;
     let file = output_dir.join("cluster.generated.csv");
     std::fs::write(&file, ClusterConfig::from_parts(&parts).to_text())
-        .map_err(|e| format!("{}: {e}", file.display()))?;
+        .with_context(|| file.display().to_string())?;
     Ok((file, listen))
 }
 
@@ -177,7 +178,7 @@ async fn up(
     output_dir: PathBuf,
     fresh: bool,
     frontends: u32,
-) -> Result<(), String> {
+) -> anyhow::Result<()> {
     let (cluster_token, admin_token) = tokens()?;
     let (cluster, haproxy) = if frontends > 1 {
         let (file, listen) = with_frontends(&cluster, &output_dir, frontends)?;
@@ -191,7 +192,7 @@ async fn up(
     };
     let data = output_dir.join("data");
     if fresh && data.exists() {
-        std::fs::remove_dir_all(&data).map_err(|e| format!("{}: {e}", data.display()))?;
+        std::fs::remove_dir_all(&data).with_context(|| data.display().to_string())?;
         say(&format!("deleted {} (--fresh)", data.display()));
     } else if data.exists() {
         say(&format!(
@@ -237,11 +238,9 @@ async fn up(
     ));
     out("  Ctrl-C stops every server.");
     // The control API for `local add|remove|rolling-restart`.
-    let listener = bookstore_common::server::bind("127.0.0.1:0", "control API")?;
-    let control_url = format!(
-        "http://{}",
-        listener.local_addr().map_err(|e| e.to_string())?
-    );
+    let listener =
+        bookstore_common::server::bind("127.0.0.1:0", "control API").map_err(anyhow::Error::msg)?;
+    let control_url = format!("http://{}", listener.local_addr()?);
     let (tx, mut rx) = tokio::sync::mpsc::channel::<control::Request>(4);
     let (stop_control, control_stopped) = tokio::sync::oneshot::channel::<()>();
     let control_server = tokio::spawn(control::serve(listener, admin_token.clone(), tx, async {
@@ -267,10 +266,12 @@ async fn up(
                 };
                 let result = control::execute(&mut lc, req.op, &progress).await;
                 if let Err(e) = &result {
-                    say(&format!("failed: {e}"));
+                    say(&format!("failed: {e:#}"));
                 }
                 let lines = lines.into_inner().expect("not poisoned");
-                let _ = req.reply.send(result.map(|r| (r, lines)));
+                let _ = req
+                    .reply
+                    .send(result.map(|r| (r, lines)).map_err(|e| format!("{e:#}")));
             }
             _ = tokio::time::sleep(std::time::Duration::from_millis(250)) => {
                 while let Some((name, why)) = lc.exited() {
@@ -292,20 +293,20 @@ async fn test(
     frontend: Option<String>,
     books_file: PathBuf,
     output_dir: PathBuf,
-) -> Result<bool, String> {
-    let books = bookstore_common::config::load_books(&books_file).map_err(|e| e.to_string())?;
+) -> anyhow::Result<bool> {
+    let books = bookstore_common::config::load_books(&books_file)?;
     let mut started = None;
     let url = match frontend {
         Some(u) => u,
         None => {
             let dir = output_dir.join("test-cluster");
             if dir.exists() {
-                std::fs::remove_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+                std::fs::remove_dir_all(&dir).with_context(|| dir.display().to_string())?;
             }
-            std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-            let cluster = free_port_cluster(2, 2).map_err(|e| e.to_string())?;
+            std::fs::create_dir_all(&dir)?;
+            let cluster = free_port_cluster(2, 2)?;
             let file = dir.join("cluster.csv");
-            std::fs::write(&file, cluster.to_text()).map_err(|e| e.to_string())?;
+            std::fs::write(&file, cluster.to_text())?;
             let (cluster_token, admin_token) = tokens()?;
             say(&format!("starting a fresh cluster ({})", file.display()));
             let lc = LocalCluster::start(
@@ -331,7 +332,7 @@ async fn test(
 }
 
 /// Asks the running `local up` to do something; prints its progress and result.
-async fn remote(output_dir: &std::path::Path, path: &str) -> Result<(), String> {
+async fn remote(output_dir: &std::path::Path, path: &str) -> anyhow::Result<()> {
     say("asking the running `local up` (this waits until the change is complete)");
     let answer = control::call(output_dir, path).await?;
     if let Some(lines) = answer["progress"].as_array() {
@@ -353,19 +354,19 @@ async fn main() {
             Serve::Cache(c) => bookstore_cache::cli::launch(c).await,
             Serve::Catalog(c) => bookstore_catalog::cli::launch(c).await,
             Serve::Order(c) => bookstore_order::cli::launch(c).await,
-        },
+        }
+        .map_err(anyhow::Error::msg),
         #[cfg(feature = "ec2")]
         Command::Ec2 { command } => match infra::ec2::cli::main(command).await {
             Ok(true) => Ok(()),
             Ok(false) => std::process::exit(1),
-            Err(e) => Err(e),
+            Err(e) => Err(anyhow::Error::msg(e)),
         },
         #[cfg(not(feature = "ec2"))]
-        Command::Ec2 { .. } => Err(
+        Command::Ec2 { .. } => Err(anyhow!(
             "this infra was built without EC2 support (the AWS SDK is left out of the main \
              build); run `cargo run --release -p infra --features ec2 -- ec2 ...`"
-                .to_string(),
-        ),
+        )),
         Command::Local { command } => match command {
             Local::Up {
                 cluster,
@@ -401,6 +402,7 @@ async fn main() {
         },
     };
     if let Err(e) = result {
-        fail(e);
+        // The whole chain, "context: cause", as the messages always read.
+        fail(format!("{e:#}"));
     }
 }

@@ -54,7 +54,7 @@ pub async fn wait_member(a: &WaitMemberArgs) -> Result<(), String> {
 /// `infra ec2 admin PATH`: one admin call to the coordinator leader; prints its outcome
 /// as one JSON line ([`AdminAnswer`]) and succeeds whatever the coordinators answered.
 pub async fn admin(a: &AdminArgs) -> Result<(), String> {
-    admin::check_path(&a.path)?;
+    admin::check_path(&a.path).map_err(|e| format!("{e:#}"))?;
     let client = Client::with_timeout(&a.cluster_token, Duration::from_secs(30));
     let group = Coordinators::new(client, coordinator_urls(&a.cluster)?);
     let answer: AdminAnswer = admin::post(&group, &a.admin_token, &a.path).await;

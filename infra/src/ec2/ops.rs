@@ -18,7 +18,9 @@ pub async fn test(
     let books = bookstore_common::config::load_books(books_file).map_err(|e| e.to_string())?;
     let log = st.dir(out).join("client_log");
     say(&format!("[test] running the seed scenarios against {url}"));
-    let verdicts = crate::scenarios::run_all(&url, &books, &log, None).await?;
+    let verdicts = crate::scenarios::run_all(&url, &books, &log, None)
+        .await
+        .map_err(|e| format!("{e:#}"))?;
     print!("{}", crate::scenarios::table(&verdicts));
     println!("client log: {}", log.display());
     let ok = verdicts.iter().all(|v| v.passed || v.skipped);

@@ -1,6 +1,7 @@
 //! What a local cluster starts: cluster files on free loopback ports, the books file
 //! checked first, and the coordinators added and retired at run time
 //! (`<output-dir>/coordinators.json`).
+use anyhow::{anyhow, bail, Context};
 use bookstore_common::config::{ClusterConfig, Endpoint, Kind};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -80,14 +81,13 @@ const BOOKS_FULL_CHECK_BYTES: u64 = 1 << 20;
 /// it (and a start failure shows the end of their log), and a full parse here would add
 /// seconds to the start of a million-book catalog. When the first lines look wrong the
 /// whole file is parsed, for an exact error.
-pub fn check_books(path: &Path) -> Result<(), String> {
+pub fn check_books(path: &Path) -> anyhow::Result<()> {
     use std::io::BufRead;
     let file =
-        std::fs::File::open(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+        std::fs::File::open(path).with_context(|| format!("{}: cannot read", path.display()))?;
     if file.metadata().map_or(0, |m| m.len()) <= BOOKS_FULL_CHECK_BYTES {
-        return bookstore_common::config::load_books(path)
-            .map(|_| ())
-            .map_err(|e| e.to_string());
+        bookstore_common::config::load_books(path)?;
+        return Ok(());
     }
     let mut reader = std::io::BufReader::new(file);
     let mut head = String::new();
@@ -95,16 +95,15 @@ pub fn check_books(path: &Path) -> Result<(), String> {
         match reader.read_line(&mut head) {
             Ok(0) => break,
             Ok(_) => {}
-            Err(e) => return Err(format!("{}: cannot read: {e}", path.display())),
+            Err(e) => bail!("{}: cannot read: {e}", path.display()),
         }
     }
     let name = path.display().to_string();
     if bookstore_common::config::parse_books(head.as_bytes(), &name).is_ok() {
         return Ok(());
     }
-    bookstore_common::config::load_books(path)
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+    bookstore_common::config::load_books(path)?;
+    Ok(())
 }
 
 /// Coordinators added and retired at run time (`local add|remove coordinator`), kept in
@@ -125,22 +124,22 @@ impl CoordinatorLayout {
         output_dir.join("coordinators.json")
     }
 
-    pub fn load(output_dir: &Path) -> Result<CoordinatorLayout, String> {
+    pub fn load(output_dir: &Path) -> anyhow::Result<CoordinatorLayout> {
         let path = Self::path(output_dir);
         match std::fs::read(&path) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| format!("{}: {e}", path.display())),
+            Ok(b) => serde_json::from_slice(&b).with_context(|| path.display().to_string()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(CoordinatorLayout::default()),
-            Err(e) => Err(format!("{}: {e}", path.display())),
+            Err(e) => Err(anyhow!("{}: {e}", path.display())),
         }
     }
 
-    pub(super) fn save(&self, output_dir: &Path) -> Result<(), String> {
+    pub(super) fn save(&self, output_dir: &Path) -> anyhow::Result<()> {
         let path = Self::path(output_dir);
         std::fs::write(
             &path,
             serde_json::to_vec_pretty(self).expect("layout encodes"),
         )
-        .map_err(|e| format!("{}: {e}", path.display()))
+        .with_context(|| path.display().to_string())
     }
 }
 
@@ -149,7 +148,7 @@ impl CoordinatorLayout {
 pub(super) fn planned_servers(
     cluster: &ClusterConfig,
     output_dir: &Path,
-) -> Result<Vec<(Kind, u32, Endpoint)>, String> {
+) -> anyhow::Result<Vec<(Kind, u32, Endpoint)>> {
     let layout = CoordinatorLayout::load(output_dir)?;
     let mut out = Vec::new();
     for (kind, id, e) in cluster.all() {
@@ -165,7 +164,7 @@ pub(super) fn planned_servers(
                 let (host, port) = addr
                     .rsplit_once(':')
                     .and_then(|(h, p)| Some((h, p.parse().ok()?)))
-                    .ok_or_else(|| format!("coordinators.json: bad address {addr:?}"))?;
+                    .with_context(|| format!("coordinators.json: bad address {addr:?}"))?;
                 out.push((kind, *added, Endpoint::new(host, port)));
             }
         }

@@ -1,5 +1,6 @@
 //! Supervised child processes: logs appended to a file, SIGTERM from the kernel when the
 //! supervisor dies, and stopping with SIGTERM then SIGKILL.
+use anyhow::Context;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -7,13 +8,13 @@ use tokio::process::{Child, Command};
 
 /// A command for a supervised child: stdin closed, stdout and stderr appended to `log`,
 /// killed when dropped, and (Linux) sent SIGTERM by the kernel if the supervisor dies.
-pub(crate) fn supervised(program: &Path, log: &Path) -> Result<Command, String> {
+pub(crate) fn supervised(program: &Path, log: &Path) -> anyhow::Result<Command> {
     let out = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
-        .map_err(|e| format!("{}: {e}", log.display()))?;
-    let err = out.try_clone().map_err(|e| e.to_string())?;
+        .with_context(|| log.display().to_string())?;
+    let err = out.try_clone()?;
     let mut cmd = Command::new(program);
     cmd.stdin(Stdio::null())
         .stdout(out)

@@ -2,6 +2,7 @@
 //! and coordinators, and restarting every server one at a time.
 use super::{CoordinatorLayout, LocalCluster, Server};
 use crate::membership::{self, Standing};
+use anyhow::{bail, Context};
 use bookstore_common::config::{Endpoint, Kind};
 use std::time::{Duration, Instant};
 
@@ -9,18 +10,16 @@ impl LocalCluster {
     /// Scale out: registers a new `kind` replica (catalog or order) with the view service
     /// on a free loopback port, starts it, and waits until it has caught up and is a
     /// synced backup. Returns its id. Nothing else is restarted.
-    pub async fn add(&mut self, kind: Kind, progress: &dyn Fn(&str)) -> Result<u32, String> {
+    pub async fn add(&mut self, kind: Kind, progress: &dyn Fn(&str)) -> anyhow::Result<u32> {
         if kind == Kind::Coordinator {
             return self.add_coordinator(progress).await;
         }
         if !matches!(kind, Kind::Catalog | Kind::Order) {
-            return Err(format!(
-                "only coordinators and catalog and order replicas can be added, not {kind}"
-            ));
+            bail!("only coordinators and catalog and order replicas can be added, not {kind}");
         }
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
-            .map_err(|e| format!("no free port: {e}"))?
+            .context("no free port")?
             .port();
         let endpoint = Endpoint::new("127.0.0.1", port);
         let path = format!(
@@ -30,10 +29,10 @@ impl LocalCluster {
         let answer: serde_json::Value = self
             .admin_post(&path)
             .await
-            .map_err(|e| format!("register {kind} at {endpoint}: {e}"))?;
+            .with_context(|| format!("register {kind} at {endpoint}"))?;
         let id = answer["id"]
             .as_u64()
-            .ok_or_else(|| format!("register answered without an id: {answer}"))?
+            .with_context(|| format!("register answered without an id: {answer}"))?
             as u32;
         progress(&format!("registered {kind} {id} at {endpoint}"));
         let mut server = Server {
@@ -69,7 +68,7 @@ impl LocalCluster {
         kind: Kind,
         id: u32,
         progress: &dyn Fn(&str),
-    ) -> Result<(), String> {
+    ) -> anyhow::Result<()> {
         self.find(kind, id)?;
         if kind == Kind::Coordinator {
             return self.remove_coordinator(id, progress).await;
@@ -80,10 +79,10 @@ impl LocalCluster {
         loop {
             match self.admin_post::<serde_json::Value>(&path).await {
                 Ok(_) => break,
-                Err(e) if e.contains("retry shortly") && Instant::now() < deadline => {
+                Err(e) if e.to_string().contains("retry shortly") && Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
-                Err(e) => return Err(format!("retire {kind} {id}: {e}")),
+                Err(e) => return Err(e.context(format!("retire {kind} {id}"))),
             }
         }
         progress(&format!(
@@ -97,7 +96,7 @@ impl LocalCluster {
                 }
             }
             if Instant::now() > deadline {
-                return Err(format!("the {kind} view still includes {id} after 15 s"));
+                bail!("the {kind} view still includes {id} after 15 s");
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -118,7 +117,7 @@ impl LocalCluster {
     /// one is stopped with SIGTERM, started again from its disk, and must be a synced
     /// member again (a coordinator: caught up with the leader) before the next one goes,
     /// so one failure can always be survived.
-    pub async fn rolling_restart(&mut self, progress: &dyn Fn(&str)) -> Result<(), String> {
+    pub async fn rolling_restart(&mut self, progress: &dyn Fn(&str)) -> anyhow::Result<()> {
         for kind in [Kind::Catalog, Kind::Order] {
             let primary = self.primary(kind).await?;
             let mut ids: Vec<u32> = self
@@ -144,7 +143,7 @@ impl LocalCluster {
         let leader = self
             .coordinator_leader()
             .await
-            .ok_or("no coordinator leads; not restarting the coordinators")?;
+            .context("no coordinator leads; not restarting the coordinators")?;
         let mut ids: Vec<u32> = self
             .servers
             .iter()
@@ -170,19 +169,19 @@ impl LocalCluster {
     /// Adds a coordinator: reserves its id with the leader, starts it empty with `--join`
     /// on a free loopback port, and has the leader add it (as a learner until it has
     /// caught up, then as a voter).
-    async fn add_coordinator(&mut self, progress: &dyn Fn(&str)) -> Result<u32, String> {
+    async fn add_coordinator(&mut self, progress: &dyn Fn(&str)) -> anyhow::Result<u32> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
-            .map_err(|e| format!("no free port: {e}"))?
+            .context("no free port")?
             .port();
         let endpoint = Endpoint::new("127.0.0.1", port);
         let answer: serde_json::Value = self
             .admin_post("/admin/coordinators/reserve")
             .await
-            .map_err(|e| format!("reserve a coordinator id: {e}"))?;
+            .context("reserve a coordinator id")?;
         let id = answer["id"]
             .as_u64()
-            .ok_or_else(|| format!("reserve answered without an id: {answer}"))?
+            .with_context(|| format!("reserve answered without an id: {answer}"))?
             as u32;
         let mut layout = CoordinatorLayout::load(&self.options.output_dir)?;
         layout.added.insert(id, endpoint.addr());
@@ -211,7 +210,7 @@ impl LocalCluster {
         let answer: serde_json::Value = self
             .admin_post(&path)
             .await
-            .map_err(|e| format!("add coordinator {id}: {e}"))?;
+            .with_context(|| format!("add coordinator {id}"))?;
         self.coordinators.learn([endpoint.url().as_str()]);
         progress(&format!(
             "coordinator {id} is a voting member; voters {}",
@@ -226,11 +225,11 @@ impl LocalCluster {
     /// Removes coordinator `id` from the group (the leader too: it steps down once the
     /// change is committed), then stops it. Its data directory is kept; it is never
     /// started again.
-    async fn remove_coordinator(&mut self, id: u32, progress: &dyn Fn(&str)) -> Result<(), String> {
+    async fn remove_coordinator(&mut self, id: u32, progress: &dyn Fn(&str)) -> anyhow::Result<()> {
         let answer: serde_json::Value = self
             .admin_post(&format!("/admin/coordinators/remove?id={id}"))
             .await
-            .map_err(|e| format!("remove coordinator {id}: {e}"))?;
+            .with_context(|| format!("remove coordinator {id}"))?;
         progress(&format!(
             "coordinator {id} left the group; voters {}",
             answer["voters"]

@@ -2,6 +2,7 @@
 //! replica's status) and waiting until it is healthy, led, ready, or a replica synced.
 use super::{tail, LocalCluster, Server};
 use crate::membership::{self, Standing};
+use anyhow::{bail, Context};
 use bookstore_common::config::Kind;
 use bookstore_common::coordinators::Coordinators;
 use bookstore_replication::node::Status;
@@ -10,7 +11,7 @@ use std::time::{Duration, Instant};
 
 impl LocalCluster {
     /// Waits until the coordinators have a leader that answers with authority.
-    pub async fn wait_leader(&self, limit: Duration) -> Result<(), String> {
+    pub async fn wait_leader(&self, limit: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + limit;
         loop {
             let last = match self.view_doc(Kind::Catalog).await {
@@ -18,9 +19,7 @@ impl LocalCluster {
                 Err(e) => e,
             };
             if Instant::now() > deadline {
-                return Err(format!(
-                    "the coordinators did not elect a leader within {limit:?}: {last}"
-                ));
+                bail!("the coordinators did not elect a leader within {limit:?}: {last:#}");
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -28,11 +27,11 @@ impl LocalCluster {
 
     /// The coordinator leader's report of `kind`: the view, its synced backups and the
     /// members.
-    pub async fn view_doc(&self, kind: Kind) -> Result<KindReport, String> {
+    pub async fn view_doc(&self, kind: Kind) -> anyhow::Result<KindReport> {
         self.coordinators
             .view(kind.name(), Duration::from_millis(500))
             .await
-            .map_err(|e| format!("coordinators: {e}"))
+            .context("coordinators")
     }
 
     /// The coordinator group, as this tool reaches it.
@@ -70,13 +69,13 @@ impl LocalCluster {
 
     /// Waits until replica `id` of `kind` is a synced backup or the primary of the view,
     /// and serves reads.
-    pub async fn wait_synced(&self, kind: Kind, id: u32, limit: Duration) -> Result<(), String> {
+    pub async fn wait_synced(&self, kind: Kind, id: u32, limit: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + limit;
         let server = self
             .servers
             .iter()
             .find(|s| s.kind == kind && s.id == id)
-            .ok_or_else(|| format!("no {kind} {id} in this cluster"))?;
+            .with_context(|| format!("no {kind} {id} in this cluster"))?;
         loop {
             // The view service counts it as primary or synced backup, and the replica
             // itself acts in that same view (same epoch and role) and serves reads.
@@ -94,9 +93,7 @@ impl LocalCluster {
                 }
             }
             if Instant::now() > deadline {
-                return Err(format!(
-                    "{kind} {id} did not become a synced member within {limit:?}"
-                ));
+                bail!("{kind} {id} did not become a synced member within {limit:?}");
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -122,7 +119,7 @@ impl LocalCluster {
         id: u32,
         applied: u64,
         limit: Duration,
-    ) -> Result<(), String> {
+    ) -> anyhow::Result<()> {
         let deadline = Instant::now() + limit;
         loop {
             if let Some(s) = self.coordinator_status(id).await {
@@ -132,32 +129,29 @@ impl LocalCluster {
                 }
             }
             if Instant::now() > deadline {
-                return Err(format!(
-                    "coordinator {id} did not catch up with the leader within {limit:?}"
-                ));
+                bail!("coordinator {id} did not catch up with the leader within {limit:?}");
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
     /// Polls `/health` of every server until all answer 200.
-    pub async fn wait_healthy(&mut self, limit: Duration) -> Result<(), String> {
+    pub async fn wait_healthy(&mut self, limit: Duration) -> anyhow::Result<()> {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_millis(500))
-            .build()
-            .map_err(|e| e.to_string())?;
+            .build()?;
         let deadline = Instant::now() + limit;
         for server in &mut self.servers {
             let url = format!("{}/health", server.endpoint.url());
             loop {
                 if let Some(child) = server.child.as_mut() {
                     if let Ok(Some(status)) = child.try_wait() {
-                        return Err(format!(
+                        bail!(
                             "{} exited during start ({status}); the end of {}:\n{}",
                             server.name(),
                             server.log.display(),
                             tail(&server.log, 15)
-                        ));
+                        );
                     }
                 }
                 if let Ok(r) = http.get(&url).send().await {
@@ -166,11 +160,11 @@ impl LocalCluster {
                     }
                 }
                 if Instant::now() > deadline {
-                    return Err(format!(
+                    bail!(
                         "{} did not become healthy within {limit:?}; see {}",
                         server.name(),
                         server.log.display()
-                    ));
+                    );
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
@@ -180,7 +174,7 @@ impl LocalCluster {
 
     /// Waits until every catalog and order replica is in the view, caught up, and (for
     /// backups) synced, so that any single failure can be survived.
-    pub async fn wait_ready(&self, limit: Duration) -> Result<(), String> {
+    pub async fn wait_ready(&self, limit: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + limit;
         for kind in [Kind::Catalog, Kind::Order] {
             let n = self.servers.iter().filter(|s| s.kind == kind).count();
@@ -196,9 +190,7 @@ impl LocalCluster {
                     }
                 }
                 if Instant::now() > deadline {
-                    return Err(format!(
-                        "the {kind} replicas did not all join the view within {limit:?}"
-                    ));
+                    bail!("the {kind} replicas did not all join the view within {limit:?}");
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
@@ -217,11 +209,11 @@ impl LocalCluster {
                     break;
                 }
                 if Instant::now() > deadline {
-                    return Err(format!(
+                    bail!(
                         "{} did not join a view within {limit:?}; see {}",
                         s.name(),
                         s.log.display()
-                    ));
+                    );
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
@@ -230,11 +222,11 @@ impl LocalCluster {
     }
 
     /// The primary of `kind` in the current view.
-    pub async fn primary(&self, kind: Kind) -> Result<u32, String> {
+    pub async fn primary(&self, kind: Kind) -> anyhow::Result<u32> {
         self.view_doc(kind)
             .await?
             .view
             .map(|v| v.primary)
-            .ok_or_else(|| format!("no {kind} view yet"))
+            .with_context(|| format!("no {kind} view yet"))
     }
 }
