@@ -360,7 +360,7 @@ async fn main() {
         Command::Ec2 { command } => match infra::ec2::cli::main(command).await {
             Ok(true) => Ok(()),
             Ok(false) => std::process::exit(1),
-            Err(e) => Err(anyhow::Error::msg(e)),
+            Err(e) => Err(e),
         },
         #[cfg(not(feature = "ec2"))]
         Command::Ec2 { .. } => Err(anyhow!(

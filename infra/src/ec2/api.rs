@@ -1,6 +1,7 @@
 //! The EC2 calls `infra ec2` makes, through aws-sdk-ec2, with errors turned into messages
 //! that say what to do.
 use super::{say, NAME_PREFIX, RUN_TAG};
+use anyhow::{anyhow, bail, Context};
 use aws_sdk_ec2::client::Waiters;
 use aws_sdk_ec2::config::ProvideCredentials;
 use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
@@ -34,7 +35,7 @@ fn https_client() -> aws_sdk_ec2::config::SharedHttpClient {
 impl Api {
     /// Loads the SDK configuration with the standard chains (environment, profile, SSO,
     /// ...), checks that there is a region and that credentials can be loaded.
-    pub async fn connect(region: Option<&str>, endpoint_url: Option<&str>) -> Result<Api, String> {
+    pub async fn connect(region: Option<&str>, endpoint_url: Option<&str>) -> anyhow::Result<Api> {
         let mut loader =
             aws_config::defaults(aws_config::BehaviorVersion::latest()).http_client(https_client());
         if let Some(r) = region {
@@ -47,21 +48,21 @@ impl Api {
         let region = conf
             .region()
             .map(|r| r.to_string())
-            .ok_or("no AWS region: pass --region (e.g. --region us-east-1) or set AWS_REGION / a profile's region")?;
+            .context("no AWS region: pass --region (e.g. --region us-east-1) or set AWS_REGION / a profile's region")?;
         let endpoint = endpoint_url
             .map(str::to_string)
             .or_else(|| std::env::var("AWS_ENDPOINT_URL_EC2").ok())
             .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok());
         let provider = conf
             .credentials_provider()
-            .ok_or("no AWS credentials provider configured")?;
+            .context("no AWS credentials provider configured")?;
         if let Err(e) = provider.provide_credentials().await {
-            return Err(format!(
+            bail!(
                 "no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE \
                  (a profile in ~/.aws/config or ~/.aws/credentials), or run `aws sso login` for an SSO profile \
                  ({})",
                 DisplayErrorContext(&e)
-            ));
+            );
         }
         Ok(Api {
             client: Client::new(&conf),
@@ -79,13 +80,13 @@ impl Api {
 
     /// An SDK error as a message: credentials refused, quota reached, endpoint unreachable
     /// get their own advice; anything else shows the service's code and message.
-    pub fn explain<E, R>(&self, what: &str, e: &SdkError<E, R>) -> String
+    pub fn explain<E, R>(&self, what: &str, e: &SdkError<E, R>) -> anyhow::Error
     where
         E: ProvideErrorMetadata + std::error::Error + 'static,
         R: std::fmt::Debug,
     {
         if let SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) = e {
-            return format!(
+            return anyhow!(
                 "{what}: cannot reach EC2 ({}): {}",
                 self.where_(),
                 DisplayErrorContext(e)
@@ -94,15 +95,15 @@ impl Api {
         let code = e.code().unwrap_or("");
         let msg = e.message().unwrap_or("");
         match explain_code(code, msg) {
-            Some(advice) => format!("{what}: {advice}"),
-            None if !code.is_empty() => format!("{what}: {code}: {msg} ({})", self.where_()),
-            None => format!("{what}: {} ({})", DisplayErrorContext(e), self.where_()),
+            Some(advice) => anyhow!("{what}: {advice}"),
+            None if !code.is_empty() => anyhow!("{what}: {code}: {msg} ({})", self.where_()),
+            None => anyhow!("{what}: {} ({})", DisplayErrorContext(e), self.where_()),
         }
     }
 
     /// The newest available x86_64 image whose name matches `pattern` (EC2 wildcards `*`
     /// and `?`) among those owned by `owner` (an account id, or `amazon`, `self`).
-    pub async fn find_image(&self, pattern: &str, owner: &str) -> Result<(String, String), String> {
+    pub async fn find_image(&self, pattern: &str, owner: &str) -> anyhow::Result<(String, String)> {
         let out = self
             .client
             .describe_images()
@@ -121,7 +122,7 @@ impl Api {
                 (a.creation_date().unwrap_or(""), a.name().unwrap_or(""))
                     .cmp(&(b.creation_date().unwrap_or(""), b.name().unwrap_or("")))
             })
-            .ok_or_else(|| {
+            .with_context(|| {
                 format!(
                     "no image named {pattern:?} owned by {owner} in {} (x86_64, available); \
                      pick another with --image-name PATTERN and --image-owner ACCOUNT",
@@ -135,7 +136,7 @@ impl Api {
     }
 
     /// Imports a public key as key pair `name`, tagged with the run.
-    pub async fn import_key(&self, name: &str, public_key: &[u8], run: &str) -> Result<(), String> {
+    pub async fn import_key(&self, name: &str, public_key: &[u8], run: &str) -> anyhow::Result<()> {
         self.client
             .import_key_pair()
             .key_name(name)
@@ -149,7 +150,7 @@ impl Api {
 
     /// Creates the run's security group: SSH and the frontends' ports from `allow` only, the
     /// service ports from members of the group only. Returns its id.
-    pub async fn create_security_group(&self, name: &str, run: &str) -> Result<String, String> {
+    pub async fn create_security_group(&self, name: &str, run: &str) -> anyhow::Result<String> {
         let out = self
             .client
             .create_security_group()
@@ -161,7 +162,7 @@ impl Api {
             .map_err(|e| self.explain(&format!("creating security group {name}"), &e))?;
         out.group_id()
             .map(str::to_string)
-            .ok_or_else(|| format!("creating security group {name}: no group id in the answer"))
+            .with_context(|| format!("creating security group {name}: no group id in the answer"))
     }
 
     /// Adds the ingress rules (see [`Api::create_security_group`]).
@@ -171,7 +172,7 @@ impl Api {
         allow: &str,
         frontend_ports: (u16, u16),
         service_ports: (u16, u16),
-    ) -> Result<(), String> {
+    ) -> anyhow::Result<()> {
         let from_operator = |(from, to): (u16, u16), what: &str| {
             let p = IpPermission::builder()
                 .ip_protocol("tcp")
@@ -218,7 +219,7 @@ impl Api {
 
     /// Opens one more service port to the members of the group (for a replica `add`
     /// placed beyond the ports `up` opened). A rule that exists already is fine.
-    pub async fn authorize_within(&self, group_id: &str, port: u16) -> Result<(), String> {
+    pub async fn authorize_within(&self, group_id: &str, port: u16) -> anyhow::Result<()> {
         let within = IpPermission::builder()
             .ip_protocol("tcp")
             .from_port(port.into())
@@ -254,7 +255,7 @@ impl Api {
         key_name: &str,
         group_id: &str,
         run: &str,
-    ) -> Result<Vec<String>, String> {
+    ) -> anyhow::Result<Vec<String>> {
         let out = self
             .client
             .run_instances()
@@ -276,23 +277,23 @@ impl Api {
             .filter_map(|i| i.instance_id().map(str::to_string))
             .collect();
         if ids.len() != n as usize {
-            return Err(format!(
+            bail!(
                 "launching {n} instances: EC2 answered with {} ({})",
                 ids.len(),
                 ids.join(", ")
-            ));
+            );
         }
         Ok(ids)
     }
 
-    pub async fn wait_running(&self, ids: &[String]) -> Result<(), String> {
+    pub async fn wait_running(&self, ids: &[String]) -> anyhow::Result<()> {
         self.client
             .wait_until_instance_running()
             .set_instance_ids(Some(ids.to_vec()))
             .wait(WAIT_LIMIT)
             .await
             .map_err(|e| {
-                format!(
+                anyhow!(
                     "waiting for {} to run: {}",
                     ids.join(", "),
                     DisplayErrorContext(&e)
@@ -301,7 +302,7 @@ impl Api {
         Ok(())
     }
 
-    pub async fn describe(&self, ids: &[String]) -> Result<Vec<Instance>, String> {
+    pub async fn describe(&self, ids: &[String]) -> anyhow::Result<Vec<Instance>> {
         let out = self
             .client
             .describe_instances()
@@ -327,7 +328,7 @@ impl Api {
     pub async fn tagged_instances(
         &self,
         run: Option<&str>,
-    ) -> Result<Vec<(String, String)>, String> {
+    ) -> anyhow::Result<Vec<(String, String)>> {
         let live = Filter::builder()
             .name("instance-state-name")
             .set_values(Some(
@@ -368,7 +369,7 @@ impl Api {
     }
 
     /// Terminates instances (already terminated or unknown ones are fine) and waits.
-    pub async fn terminate(&self, ids: &[String]) -> Result<(), String> {
+    pub async fn terminate(&self, ids: &[String]) -> anyhow::Result<()> {
         if ids.is_empty() {
             return Ok(());
         }
@@ -403,7 +404,7 @@ impl Api {
         let live: Vec<String> = self
             .describe(ids)
             .await
-            .or_else(|_| Ok::<_, String>(Vec::new()))?
+            .unwrap_or_default()
             .iter()
             .filter(|i| i.state().and_then(|s| s.name()) != Some(&InstanceStateName::Terminated))
             .filter_map(|i| i.instance_id().map(str::to_string))
@@ -418,7 +419,7 @@ impl Api {
             .wait(WAIT_LIMIT)
             .await
             .map_err(|e| {
-                format!(
+                anyhow!(
                     "waiting for {} to terminate: {}",
                     live.join(", "),
                     DisplayErrorContext(&e)
@@ -429,7 +430,7 @@ impl Api {
 
     /// Deletes a security group; a missing one is fine. While terminated instances still
     /// hold it (DependencyViolation), retries for up to 3 minutes.
-    pub async fn delete_security_group(&self, group_id: &str) -> Result<(), String> {
+    pub async fn delete_security_group(&self, group_id: &str) -> anyhow::Result<()> {
         let deadline = std::time::Instant::now() + Duration::from_secs(180);
         loop {
             match self
@@ -465,7 +466,7 @@ impl Api {
     }
 
     /// Deletes a key pair; a missing one is fine.
-    pub async fn delete_key_pair(&self, name: &str) -> Result<(), String> {
+    pub async fn delete_key_pair(&self, name: &str) -> anyhow::Result<()> {
         match self.client.delete_key_pair().key_name(name).send().await {
             Ok(_) => Ok(()),
             Err(e) if e.code() == Some("InvalidKeyPair.NotFound") => Ok(()),
@@ -478,7 +479,7 @@ impl Api {
     pub async fn tagged_security_groups(
         &self,
         run: Option<&str>,
-    ) -> Result<Vec<(String, String)>, String> {
+    ) -> anyhow::Result<Vec<(String, String)>> {
         let by_tag = match run {
             Some(r) => filter(&format!("tag:{RUN_TAG}"), r),
             None => filter("tag-key", RUN_TAG),
@@ -517,7 +518,7 @@ impl Api {
     pub async fn tagged_key_pairs(
         &self,
         run: Option<&str>,
-    ) -> Result<Vec<(String, String)>, String> {
+    ) -> anyhow::Result<Vec<(String, String)>> {
         let f = match run {
             Some(r) => filter(&format!("tag:{RUN_TAG}"), r),
             None => filter("tag-key", RUN_TAG),

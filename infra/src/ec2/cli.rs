@@ -293,7 +293,7 @@ fn coordinator_count(s: &str) -> Result<u32, String> {
 }
 
 /// Runs a command; `Ok(false)` when tests ran and failed.
-pub async fn main(cmd: Ec2Command) -> Result<bool, String> {
+pub async fn main(cmd: Ec2Command) -> anyhow::Result<bool> {
     let deployed =
         |sel: &SelectArgs| state::pick_run(&sel.output_dir, sel.run.as_deref(), &[Phase::Deployed]);
     let touched = |sel: &SelectArgs| {

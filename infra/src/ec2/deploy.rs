@@ -14,6 +14,7 @@ use super::remote::{control_script, Svc};
 use super::say;
 use super::ssh::sh_quote;
 use super::state::{Deployment, Host, Phase, Reach, RunState};
+use anyhow::{anyhow, bail, Context};
 use bookstore_common::config::Kind;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -25,24 +26,24 @@ pub async fn deploy(
     o: &DeployOpts,
     user: Option<&str>,
     key: Option<&Path>,
-) -> Result<RunState, String> {
+) -> anyhow::Result<RunState> {
     let run = st.run_id.clone();
     let map = host_map(&st, o)?;
     let binary = match &o.binary {
         Some(b) => b.clone(),
-        None => std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?,
+        None => std::env::current_exe().context("cannot find this program")?,
     };
     if !binary.is_file() {
-        return Err(format!("--binary {}: no such file", binary.display()));
+        bail!("--binary {}: no such file", binary.display());
     }
-    bookstore_common::config::load_books(&o.books).map_err(|e| e.to_string())?;
+    bookstore_common::config::load_books(&o.books)?;
     let user = user.map_or_else(|| st.ssh_user.clone(), str::to_string);
     let key = key
         .map(Path::to_path_buf)
         .or_else(|| st.ssh_key.clone())
-        .ok_or("no private key for ssh: pass --ssh-key")?;
+        .context("no private key for ssh: pass --ssh-key")?;
     if !key.exists() {
-        return Err(format!("private key {}: no such file", key.display()));
+        bail!("private key {}: no such file", key.display());
     }
     renumber(&mut st, o.keep_data)?;
     // Recorded before anything starts, so `collect` and `stop` work after a failed deploy.
@@ -87,14 +88,14 @@ pub async fn deploy(
 }
 
 /// `--host-map`, checked against the run's instances.
-fn host_map(st: &RunState, o: &DeployOpts) -> Result<HostMap, String> {
+fn host_map(st: &RunState, o: &DeployOpts) -> anyhow::Result<HostMap> {
     let map = layout::parse_host_map(&o.host_map)?;
     for id in map.keys() {
         if id != "*" && !st.hosts.iter().any(|h| &h.instance_id == id) {
-            return Err(format!(
+            bail!(
                 "--host-map names {id}, which is not an instance of run {}",
                 st.run_id
-            ));
+            );
         }
     }
     Ok(map)
@@ -109,14 +110,14 @@ fn record(
     ssh_user: String,
     ssh_key: PathBuf,
     remote_dir: &str,
-) -> Result<Deployment, String> {
+) -> anyhow::Result<Deployment> {
     let mut hosts = Vec::new();
     for h in &st.hosts {
         let mapped = map.get(&h.instance_id).or_else(|| map.get("*"));
         let (ssh_host, ssh_port, service_host) = match mapped {
             Some((host, port)) => (host.clone(), *port, host.clone()),
             None => {
-                let public = h.public_ip.clone().ok_or_else(|| {
+                let public = h.public_ip.clone().with_context(|| {
                     format!(
                         "instance {} has no public address: give it one, or map it with --host-map {}=HOST[:PORT]",
                         h.instance_id, h.instance_id
@@ -133,7 +134,7 @@ fn record(
         });
     }
     let known_hosts = std::path::absolute(st.dir(out).join("known_hosts"))
-        .map_err(|e| format!("{}: {e}", st.dir(out).display()))?;
+        .with_context(|| st.dir(out).display().to_string())?;
     Ok(Deployment {
         hosts,
         ssh_user,
@@ -146,17 +147,17 @@ fn record(
 /// A cluster file numbers the replicas of a kind 0, 1, ...; after `add` and `remove` the
 /// ids may have gaps. A fresh deploy (new data) renumbers them; one that keeps the data
 /// (and the coordinators' member tables) cannot.
-fn renumber(st: &mut RunState, keep_data: bool) -> Result<(), String> {
+fn renumber(st: &mut RunState, keep_data: bool) -> anyhow::Result<()> {
     for kind in [Kind::Catalog, Kind::Order] {
         let ids = st.ids(kind);
         if ids.iter().enumerate().all(|(n, &i)| n as u32 == i) {
             continue;
         }
         if keep_data {
-            return Err(format!(
+            bail!(
                 "run {}: the {kind} ids ({ids:?}) have gaps after `remove`, which a cluster file cannot express; deploy without --keep-data (they are renumbered from 0)",
                 st.run_id
-            ));
+            );
         }
         for s in st.hosts.iter_mut().flat_map(|h| &mut h.services) {
             if s.kind == kind {
@@ -189,10 +190,10 @@ impl Staged {
     }
 }
 
-fn stage(out: &Path, st: &RunState, books: &Path) -> Result<Staged, String> {
+fn stage(out: &Path, st: &RunState, books: &Path) -> anyhow::Result<Staged> {
     let d = st.deployed()?;
     let dir = st.dir(out).join("deploy");
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    std::fs::create_dir_all(&dir).with_context(|| dir.display().to_string())?;
     let staged = Staged {
         cluster_file: dir.join("cluster.csv"),
         books_file: dir.join("books.csv"),
@@ -201,8 +202,8 @@ fn stage(out: &Path, st: &RunState, books: &Path) -> Result<Staged, String> {
     let service_hosts: Vec<String> = d.hosts.iter().map(|r| r.service_host.clone()).collect();
     let cluster = layout::cluster(st.services(), &service_hosts);
     std::fs::write(&staged.cluster_file, cluster.to_text())
-        .map_err(|e| format!("{}: {e}", staged.cluster_file.display()))?;
-    std::fs::copy(books, &staged.books_file).map_err(|e| format!("{}: {e}", books.display()))?;
+        .with_context(|| staged.cluster_file.display().to_string())?;
+    std::fs::copy(books, &staged.books_file).with_context(|| books.display().to_string())?;
     for (h, host) in st.hosts.iter().enumerate() {
         write_private(&staged.env(&host.instance_id), &env_file(st, host))?;
         let svcs: Vec<Svc> = host
@@ -215,7 +216,7 @@ fn stage(out: &Path, st: &RunState, books: &Path) -> Result<Staged, String> {
             .collect();
         let script = staged.script(&host.instance_id);
         std::fs::write(&script, control_script(&st.run_id, &svcs))
-            .map_err(|e| format!("{}: {e}", script.display()))?;
+            .with_context(|| script.display().to_string())?;
     }
     Ok(staged)
 }
@@ -242,9 +243,9 @@ async fn install(
     binary: &Path,
     keep_data: bool,
     wait: Duration,
-) -> Result<(), String> {
+) -> anyhow::Result<()> {
     let id = &l.instance_id;
-    let failed = |e: super::ssh::SshError| format!("{id}: {e}");
+    let failed = |e: super::ssh::SshError| anyhow!("{id}: {e}");
     say(&format!(
         "[deploy] {id}: waiting for ssh at {}",
         l.target.name()
@@ -303,11 +304,10 @@ async fn install(
 
 /// Checks that this machine reaches every frontend's `/health` (through the security
 /// group), for up to 30 s.
-async fn reach_frontends(urls: &[String], allow: &str) -> Result<(), String> {
+async fn reach_frontends(urls: &[String], allow: &str) -> anyhow::Result<()> {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
-        .build()
-        .map_err(|e| e.to_string())?;
+        .build()?;
     let deadline = Instant::now() + Duration::from_secs(30);
     for url in urls {
         say(&format!(
@@ -317,13 +317,13 @@ async fn reach_frontends(urls: &[String], allow: &str) -> Result<(), String> {
             match http.get(format!("{url}/health")).send().await {
                 Ok(r) if r.status().is_success() => break,
                 r if Instant::now() > deadline => {
-                    return Err(format!(
+                    bail!(
                         "the frontend runs but {url}/health does not answer from here ({}); is --allow {allow} this machine's address?",
                         match r {
                             Ok(r) => r.status().to_string(),
                             Err(e) => e.to_string(),
                         }
-                    ));
+                    );
                 }
                 _ => tokio::time::sleep(Duration::from_secs(1)).await,
             }
@@ -333,13 +333,14 @@ async fn reach_frontends(urls: &[String], allow: &str) -> Result<(), String> {
 }
 
 /// Writes `text` to `path` (replacing it atomically), readable by the owner only.
-fn write_private(path: &Path, text: &str) -> Result<(), String> {
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     bookstore_common::files::replace(
         path,
         &[text.as_bytes()],
         bookstore_common::files::Replace::PRIVATE,
     )
-    .map_err(|e| e.to_string())
+    // The error's text names the step, the file and the cause already.
+    .map_err(|e| anyhow!("{e}"))
 }
 
 #[cfg(test)]
@@ -375,6 +376,7 @@ mod tests {
         let mut st = state(hosts, 7);
         assert!(renumber(&mut st.clone(), true)
             .unwrap_err()
+            .to_string()
             .contains("without --keep-data"));
         renumber(&mut st, false).unwrap();
         assert_eq!(st.hosts[0].services[0], Service::new(Catalog, 0, 8003));

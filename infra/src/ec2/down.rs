@@ -9,7 +9,7 @@ use super::{check_run_id, say};
 use std::path::Path;
 
 /// `down`: see [`super::cli::Ec2Command::Down`].
-pub async fn command(a: &DownArgs) -> Result<(), String> {
+pub async fn command(a: &DownArgs) -> anyhow::Result<()> {
     if a.all_runs {
         return down_all(&a.api, &a.sel.output_dir).await;
     }
@@ -34,7 +34,7 @@ pub async fn command(a: &DownArgs) -> Result<(), String> {
 }
 
 /// `down --run RUN`: what the state file lists plus whatever carries the run's tag.
-pub async fn down(api_args: &ApiArgs, out: &Path, run: &str) -> Result<(), String> {
+pub async fn down(api_args: &ApiArgs, out: &Path, run: &str) -> anyhow::Result<()> {
     check_run_id(run)?;
     let st = RunState::load(out, run).ok();
     if st.is_none() {
@@ -111,7 +111,7 @@ pub async fn down(api_args: &ApiArgs, out: &Path, run: &str) -> Result<(), Strin
 }
 
 /// `down --all-runs`: every tagged instance, group and key pair in the region.
-pub async fn down_all(api_args: &ApiArgs, out: &Path) -> Result<(), String> {
+pub async fn down_all(api_args: &ApiArgs, out: &Path) -> anyhow::Result<()> {
     let api = Api::connect(api_args.region.as_deref(), api_args.endpoint_url.as_deref()).await?;
     let instances = api.tagged_instances(None).await?;
     let groups = api.tagged_security_groups(None).await?;

@@ -24,6 +24,7 @@
 //!   start-one / stop-one for `add` and `remove`).
 //!
 //! See `docs/ec2.md` for the walk-through.
+use anyhow::bail;
 pub mod api;
 pub mod cli;
 pub mod deploy;
@@ -58,16 +59,14 @@ pub fn new_run_id() -> String {
 }
 
 /// A run id is used in resource names and paths: letters, digits, `-` and `_` only.
-pub fn check_run_id(id: &str) -> Result<(), String> {
+pub fn check_run_id(id: &str) -> anyhow::Result<()> {
     if id.is_empty()
         || id.len() > 64
         || !id
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
     {
-        return Err(format!(
-            "bad run id {id:?}: use 1-64 letters, digits, '-' or '_'"
-        ));
+        bail!("bad run id {id:?}: use 1-64 letters, digits, '-' or '_'");
     }
     Ok(())
 }

@@ -6,6 +6,7 @@
 use super::cli::{AdminArgs, ReadyArgs, Until, WaitMemberArgs};
 use crate::admin::{self, AdminAnswer};
 use crate::membership::{self, Standing};
+use anyhow::bail;
 use bookstore_common::client::Client;
 use bookstore_common::config::{ClusterConfig, Kind};
 use bookstore_common::coordinators::Coordinators;
@@ -13,14 +14,14 @@ use bookstore_replication::node::Status;
 use std::time::{Duration, Instant};
 
 /// The coordinators' base URLs, from a cluster file.
-fn coordinator_urls(cluster: &std::path::Path) -> Result<Vec<String>, String> {
-    let c = ClusterConfig::load(cluster).map_err(|e| e.to_string())?;
+fn coordinator_urls(cluster: &std::path::Path) -> anyhow::Result<Vec<String>> {
+    let c = ClusterConfig::load(cluster)?;
     Ok(c.urls(Kind::Coordinator))
 }
 
 /// `infra ec2 ready`: waits until every catalog and order replica is in the view and
 /// synced.
-pub async fn ready(a: &ReadyArgs) -> Result<(), String> {
+pub async fn ready(a: &ReadyArgs) -> anyhow::Result<()> {
     wait_ready(
         &coordinator_urls(&a.cluster)?,
         &a.cluster_token,
@@ -34,7 +35,7 @@ pub async fn ready(a: &ReadyArgs) -> Result<(), String> {
 
 /// `infra ec2 wait-member`: waits until one replica is a synced member, or out of the
 /// view, printing what it sees as it changes.
-pub async fn wait_member(a: &WaitMemberArgs) -> Result<(), String> {
+pub async fn wait_member(a: &WaitMemberArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let say_line = |line: &str| {
         println!("[{:5.1} s] {line}", started.elapsed().as_secs_f64());
@@ -53,15 +54,12 @@ pub async fn wait_member(a: &WaitMemberArgs) -> Result<(), String> {
 
 /// `infra ec2 admin PATH`: one admin call to the coordinator leader; prints its outcome
 /// as one JSON line ([`AdminAnswer`]) and succeeds whatever the coordinators answered.
-pub async fn admin(a: &AdminArgs) -> Result<(), String> {
-    admin::check_path(&a.path).map_err(|e| format!("{e:#}"))?;
+pub async fn admin(a: &AdminArgs) -> anyhow::Result<()> {
+    admin::check_path(&a.path)?;
     let client = Client::with_timeout(&a.cluster_token, Duration::from_secs(30));
     let group = Coordinators::new(client, coordinator_urls(&a.cluster)?);
     let answer: AdminAnswer = admin::post(&group, &a.admin_token, &a.path).await;
-    println!(
-        "{}",
-        serde_json::to_string(&answer).map_err(|e| e.to_string())?
-    );
+    println!("{}", serde_json::to_string(&answer)?);
     Ok(())
 }
 
@@ -76,7 +74,7 @@ async fn wait_member_with(
     until: Until,
     limit: Duration,
     progress: &dyn Fn(&str),
-) -> Result<(), String> {
+) -> anyhow::Result<()> {
     let client = Client::with_timeout(cluster_token, Duration::from_secs(2));
     let group = Coordinators::new(client.clone(), coordinators.to_vec());
     let deadline = Instant::now() + limit;
@@ -136,13 +134,13 @@ async fn wait_member_with(
             return Ok(());
         }
         if Instant::now() > deadline {
-            return Err(format!(
+            bail!(
                 "{kind} {id} is not {} after {limit:?} (last seen: {last})",
                 match until {
                     Until::Synced => "a synced member",
                     Until::Gone => "out of the view",
                 }
-            ));
+            );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -155,7 +153,7 @@ async fn wait_ready(
     cluster_token: &str,
     replicas: &[(Kind, u32)],
     limit: Duration,
-) -> Result<(), String> {
+) -> anyhow::Result<()> {
     let client = Client::with_timeout(cluster_token, Duration::from_secs(2));
     let group = Coordinators::new(client, coordinators.to_vec());
     let deadline = Instant::now() + limit;
@@ -173,9 +171,9 @@ async fn wait_ready(
                 Err(e) => last = e.to_string(),
             }
             if Instant::now() > deadline {
-                return Err(format!(
+                bail!(
                     "the {kind} replicas did not all join the view within {limit:?} (last answer: {last})"
-                ));
+                );
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }

@@ -4,6 +4,7 @@ use super::reach::{self, on_all_hosts, run_and_echo};
 use super::say;
 use super::ssh::sh_quote;
 use super::state::RunState;
+use anyhow::Context;
 use std::path::Path;
 
 /// `test`: the seed scenarios against frontend 0, then a short load run if a `loadtest`
@@ -13,14 +14,12 @@ pub async fn test(
     st: &RunState,
     books_file: &Path,
     load_seconds: u64,
-) -> Result<bool, String> {
+) -> anyhow::Result<bool> {
     let url = reach::public_frontends(st)?.remove(0);
-    let books = bookstore_common::config::load_books(books_file).map_err(|e| e.to_string())?;
+    let books = bookstore_common::config::load_books(books_file)?;
     let log = st.dir(out).join("client_log");
     say(&format!("[test] running the seed scenarios against {url}"));
-    let verdicts = crate::scenarios::run_all(&url, &books, &log, None)
-        .await
-        .map_err(|e| format!("{e:#}"))?;
+    let verdicts = crate::scenarios::run_all(&url, &books, &log, None).await?;
     print!("{}", crate::scenarios::table(&verdicts));
     println!("client log: {}", log.display());
     let ok = verdicts.iter().all(|v| v.passed || v.skipped);
@@ -33,8 +32,8 @@ pub async fn test(
 
 /// A `load_seconds` lookup run with the `loadtest` binary next to this one; true if it
 /// passed or there is no such binary (it says so).
-async fn load_run(out: &Path, st: &RunState, url: &str, load_seconds: u64) -> Result<bool, String> {
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+async fn load_run(out: &Path, st: &RunState, url: &str, load_seconds: u64) -> anyhow::Result<bool> {
+    let exe = std::env::current_exe()?;
     let loadtest = exe.with_file_name("loadtest");
     if !loadtest.is_file() {
         say(&format!(
@@ -63,7 +62,7 @@ async fn load_run(out: &Path, st: &RunState, url: &str, load_seconds: u64) -> Re
         .args(["--run-id", "lookup", "--quiet"])
         .status()
         .await
-        .map_err(|e| format!("{}: {e}", loadtest.display()))?;
+        .with_context(|| loadtest.display().to_string())?;
     if !status.success() {
         say(&format!("[test] the load run failed: {status}"));
     }
@@ -71,28 +70,28 @@ async fn load_run(out: &Path, st: &RunState, url: &str, load_seconds: u64) -> Re
 }
 
 /// `collect`: every host's logs (not the replicas' data) into `<run>/<instance>/`.
-pub async fn collect(out: &Path, st: &RunState) -> Result<(), String> {
+pub async fn collect(out: &Path, st: &RunState) -> anyhow::Result<()> {
     let jobs = reach::links(st)?.into_iter().map(|l| {
         let dest = st.dir(out).join(&l.instance_id);
         async move {
             l.target
                 .pull_dir(&format!("{}/output", l.dir), &["data"], &dest)
                 .await
-                .map_err(|e| format!("{}: {e}", l.instance_id))?;
+                .with_context(|| l.instance_id.clone())?;
             let n = std::fs::read_dir(&dest).map(|d| d.count()).unwrap_or(0);
             say(&format!(
                 "[collect] {}: {n} files into {}",
                 l.instance_id,
                 dest.display()
             ));
-            Ok::<_, String>(())
+            Ok::<_, anyhow::Error>(())
         }
     });
     on_all_hosts("collect failed", jobs).await
 }
 
 /// `stop`: stops every host's services.
-pub async fn stop(st: &RunState) -> Result<(), String> {
+pub async fn stop(st: &RunState) -> anyhow::Result<()> {
     let jobs = reach::links(st)?.into_iter().map(|l| async move {
         let script = format!(
             "d={}\nif [ -x \"$d/bookstore.sh\" ]; then \"$d/bookstore.sh\" stop; fi\n",

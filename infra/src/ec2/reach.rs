@@ -9,6 +9,7 @@ use super::say;
 use super::ssh::{sh_quote, HostKeys, SshError, Target};
 use super::state::RunState;
 use crate::admin::{AdminAnswer, AdminError};
+use anyhow::{anyhow, bail, Context};
 use bookstore_common::config::Kind;
 use std::future::Future;
 use std::path::Path;
@@ -29,16 +30,16 @@ pub struct Link {
 }
 
 /// How to reach host `h` of a deployed run.
-pub fn link(st: &RunState, h: usize) -> Result<Link, String> {
+pub fn link(st: &RunState, h: usize) -> anyhow::Result<Link> {
     let d = st.deployed()?;
     let host = st
         .hosts
         .get(h)
-        .ok_or_else(|| format!("run {}: no host {h}", st.run_id))?;
+        .with_context(|| format!("run {}: no host {h}", st.run_id))?;
     let id = &host.instance_id;
     let reach = d
         .reach(id)
-        .ok_or_else(|| format!("run {}: no deployment record for {id}", st.run_id))?;
+        .with_context(|| format!("run {}: no deployment record for {id}", st.run_id))?;
     Ok(Link {
         host: h,
         instance_id: id.clone(),
@@ -57,7 +58,7 @@ pub fn link(st: &RunState, h: usize) -> Result<Link, String> {
 }
 
 /// Every host of a deployed run.
-pub fn links(st: &RunState) -> Result<Vec<Link>, String> {
+pub fn links(st: &RunState) -> anyhow::Result<Vec<Link>> {
     (0..st.hosts.len()).map(|h| link(st, h)).collect()
 }
 
@@ -71,14 +72,14 @@ pub fn bracket(host: &str) -> String {
 }
 
 /// The frontends' URLs as this machine reaches them (frontend 0 first).
-pub fn public_frontends(st: &RunState) -> Result<Vec<String>, String> {
+pub fn public_frontends(st: &RunState) -> anyhow::Result<Vec<String>> {
     let d = st.deployed()?;
     let mut fronts: Vec<(u32, String)> = Vec::new();
     for (h, s) in st.services().filter(|(_, s)| s.kind == Kind::Frontend) {
         let id = &st.hosts[h].instance_id;
         let reach = d
             .reach(id)
-            .ok_or_else(|| format!("run {}: no deployment record for {id}", st.run_id))?;
+            .with_context(|| format!("run {}: no deployment record for {id}", st.run_id))?;
         fronts.push((
             s.id,
             format!("http://{}:{}", bracket(&reach.ssh_host), s.port),
@@ -86,18 +87,18 @@ pub fn public_frontends(st: &RunState) -> Result<Vec<String>, String> {
     }
     fronts.sort();
     if fronts.is_empty() {
-        return Err(format!("run {}: no frontend in the layout", st.run_id));
+        bail!("run {}: no frontend in the layout", st.run_id);
     }
     Ok(fronts.into_iter().map(|(_, u)| u).collect())
 }
 
 /// Runs `script` on a host, echoing its output as `[label] id: line`.
-pub async fn run_and_echo(label: &str, l: &Link, script: &str) -> Result<(), String> {
+pub async fn run_and_echo(label: &str, l: &Link, script: &str) -> anyhow::Result<()> {
     let r = l
         .target
         .run(script)
         .await
-        .map_err(|e| format!("{}: {e}", l.instance_id))?;
+        .with_context(|| l.instance_id.clone())?;
     for line in r.lines() {
         say(&format!("[{label}] {}: {line}", l.instance_id));
     }
@@ -105,19 +106,20 @@ pub async fn run_and_echo(label: &str, l: &Link, script: &str) -> Result<(), Str
 }
 
 /// Runs one job per host at once; the error lists every host that failed, after `what`.
-pub async fn on_all_hosts<F>(what: &str, jobs: impl IntoIterator<Item = F>) -> Result<(), String>
+pub async fn on_all_hosts<F>(what: &str, jobs: impl IntoIterator<Item = F>) -> anyhow::Result<()>
 where
-    F: Future<Output = Result<(), String>>,
+    F: Future<Output = anyhow::Result<()>>,
 {
     let failed: Vec<String> = futures::future::join_all(jobs)
         .await
         .into_iter()
         .filter_map(Result::err)
+        .map(|e| format!("{e:#}"))
         .collect();
     if failed.is_empty() {
         Ok(())
     } else {
-        Err(format!("{what}:\n  {}", failed.join("\n  ")))
+        Err(anyhow!("{what}:\n  {}", failed.join("\n  ")))
     }
 }
 
@@ -125,7 +127,7 @@ where
 /// session: a host that ssh cannot reach (down, or its host key refused) is skipped for
 /// the next, so losing one host does not stop `add`, `remove` or `deploy`'s wait. The
 /// error names every host tried.
-pub async fn on_coordinator_host<T, F, Fut>(st: &RunState, job: F) -> Result<T, String>
+pub async fn on_coordinator_host<T, F, Fut>(st: &RunState, job: F) -> anyhow::Result<T>
 where
     F: Fn(Link) -> Fut,
     Fut: Future<Output = Result<T, SshError>>,
@@ -138,7 +140,7 @@ where
     hosts.sort_unstable();
     hosts.dedup_by_key(|(_, h)| *h);
     if hosts.is_empty() {
-        return Err(format!("run {}: no coordinator in the layout", st.run_id));
+        bail!("run {}: no coordinator in the layout", st.run_id);
     }
     let mut failed = Vec::new();
     for (_, h) in hosts {
@@ -152,10 +154,10 @@ where
                 ));
                 failed.push(format!("{id}: {e}"));
             }
-            Err(e) => return Err(format!("{id}: {e}")),
+            Err(e) => bail!("{id}: {e}"),
         }
     }
-    Err(format!(
+    Err(anyhow!(
         "no coordinator's host could be reached over ssh:\n  {}",
         failed.join("\n  ")
     ))
@@ -181,7 +183,7 @@ pub async fn admin(st: &RunState, path: &str) -> Result<serde_json::Value, Admin
         l.target.run(&script).await.map(|o| (l.instance_id, o))
     })
     .await
-    .map_err(AdminError::Unreachable)?;
+    .map_err(|e| AdminError::Unreachable(format!("{e:#}")))?;
     let (id, stdout) = out;
     let line = stdout
         .lines()
@@ -205,7 +207,7 @@ pub async fn wait_member(
     id: u32,
     until: Until,
     limit: Duration,
-) -> Result<(), String> {
+) -> anyhow::Result<()> {
     let until_arg = match until {
         Until::Synced => "synced",
         Until::Gone => "gone",
@@ -233,7 +235,7 @@ pub async fn wait_member(
 
 /// Runs `infra ec2 ready` on a coordinator's host: every catalog and order replica of the
 /// run in the view and synced.
-pub async fn wait_ready(st: &RunState, seconds: u64) -> Result<(), String> {
+pub async fn wait_ready(st: &RunState, seconds: u64) -> anyhow::Result<()> {
     let (catalogs, orders) = (st.ids(Kind::Catalog).len(), st.ids(Kind::Order).len());
     on_coordinator_host(st, |l| async move {
         say(&format!(
@@ -257,7 +259,7 @@ pub async fn wait_ready(st: &RunState, seconds: u64) -> Result<(), String> {
 
 /// Writes host `h`'s control script for the services the state lists and installs it
 /// over ssh (the running services are not touched).
-pub async fn install_script(out: &Path, st: &RunState, h: usize) -> Result<(), String> {
+pub async fn install_script(out: &Path, st: &RunState, h: usize) -> anyhow::Result<()> {
     let l = link(st, h)?;
     let host = &st.hosts[h];
     let svcs: Vec<Svc> = host
@@ -269,11 +271,11 @@ pub async fn install_script(out: &Path, st: &RunState, h: usize) -> Result<(), S
         })
         .collect();
     let stage = st.dir(out).join("deploy");
-    std::fs::create_dir_all(&stage).map_err(|e| format!("{}: {e}", stage.display()))?;
+    std::fs::create_dir_all(&stage).with_context(|| stage.display().to_string())?;
     let name = format!("bookstore-{}.sh", host.instance_id);
     let file = stage.join(&name);
     std::fs::write(&file, control_script(&st.run_id, &svcs))
-        .map_err(|e| format!("{}: {e}", file.display()))?;
+        .with_context(|| file.display().to_string())?;
     l.target
         .copy_to(&[file.as_path()], &format!("{}/", l.dir))
         .await?;

@@ -9,6 +9,7 @@ use super::say;
 use super::ssh::sh_quote;
 use super::state::{Host, RunState, Service};
 use crate::admin::AdminError;
+use anyhow::{anyhow, bail, Context};
 use bookstore_common::config::Kind;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -26,7 +27,7 @@ pub fn pick_host(hosts: &[Host], kind: Kind) -> usize {
 
 /// The port of the next service: `base_port + ports_used`, and past every port in use
 /// (a state file from before `ports_used` existed holds 0).
-pub fn next_port(st: &RunState) -> Result<u16, String> {
+pub fn next_port(st: &RunState) -> anyhow::Result<u16> {
     let counted = u32::from(st.base_port) + u32::from(st.ports_used);
     let past_used = st
         .services()
@@ -34,12 +35,12 @@ pub fn next_port(st: &RunState) -> Result<u16, String> {
         .max()
         .unwrap_or(0);
     u16::try_from(counted.max(past_used))
-        .map_err(|_| format!("run {}: no service port left below 65536", st.run_id))
+        .map_err(|_| anyhow!("run {}: no service port left below 65536", st.run_id))
 }
 
 /// Opens `port` to the group's members if `up` did not (a state file from before
 /// `ports_opened` always opens it; an existing rule is fine).
-async fn open_port(st: &RunState, api_args: &ApiArgs, port: u16) -> Result<(), String> {
+async fn open_port(st: &RunState, api_args: &ApiArgs, port: u16) -> anyhow::Result<()> {
     let opened = u32::from(st.base_port) + u32::from(st.ports_opened);
     if st.ports_opened > 0 && u32::from(port) < opened {
         return Ok(());
@@ -47,7 +48,7 @@ async fn open_port(st: &RunState, api_args: &ApiArgs, port: u16) -> Result<(), S
     let group = st
         .security_group_id
         .clone()
-        .ok_or_else(|| format!("run {} has no security group", st.run_id))?;
+        .with_context(|| format!("run {} has no security group", st.run_id))?;
     let region = api_args.region.clone().unwrap_or_else(|| st.region.clone());
     let endpoint = api_args
         .endpoint_url
@@ -68,7 +69,7 @@ pub async fn add(
     api_args: &ApiArgs,
     kind: Kind,
     wait_seconds: u64,
-) -> Result<u32, String> {
+) -> anyhow::Result<u32> {
     let run = st.run_id.clone();
     let h = pick_host(&st.hosts, kind);
     let port = next_port(&st)?;
@@ -83,11 +84,11 @@ pub async fn add(
         ),
     )
     .await
-    .map_err(|e| format!("register {kind} at {url} with the coordinators: {e}"))?;
+    .with_context(|| format!("register {kind} at {url} with the coordinators"))?;
     let id = answer["id"]
         .as_u64()
         .and_then(|i| u32::try_from(i).ok())
-        .ok_or_else(|| format!("register answered without an id: {answer}"))?;
+        .with_context(|| format!("register answered without an id: {answer}"))?;
     say(&format!(
         "[add] registered {kind} {id} at {url} ({})",
         l.instance_id
@@ -101,18 +102,18 @@ pub async fn add(
     );
     install_script(out, &st, h)
         .await
-        .map_err(|e| format!("{e}\n{undo}"))?;
+        .map_err(|e| anyhow!("{e:#}\n{undo}"))?;
     let script = format!(
         "cd {} && ./bookstore.sh start-one {kind} {id} && ./bookstore.sh health 60 {kind} {id}\n",
         sh_quote(&l.dir)
     );
     run_and_echo("add", &l, &script)
         .await
-        .map_err(|e| format!("{e}\n{undo}"))?;
+        .map_err(|e| anyhow!("{e:#}\n{undo}"))?;
     let limit = Duration::from_secs(wait_seconds);
     reach::wait_member("add", &st, kind, id, Until::Synced, limit)
         .await
-        .map_err(|e| format!("{e}\n{undo}"))?;
+        .map_err(|e| anyhow!("{e:#}\n{undo}"))?;
     println!(
         "{kind} {id} runs on {} at {url} and is a synced replica",
         l.instance_id
@@ -123,7 +124,7 @@ pub async fn add(
 /// Retires replica `id` of `kind` with the coordinators, retrying for up to 30 s while a
 /// view change in progress answers 503 "retry shortly". A replica retired already (by an
 /// earlier `remove` that failed later) is fine.
-async fn retire(st: &RunState, kind: Kind, id: u32) -> Result<(), String> {
+async fn retire(st: &RunState, kind: Kind, id: u32) -> anyhow::Result<()> {
     let path = format!("/admin/cluster/unregister?kind={kind}&id={id}");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -144,7 +145,7 @@ async fn retire(st: &RunState, kind: Kind, id: u32) -> Result<(), String> {
             Err(e) if e.retry_shortly() && Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            Err(e) => return Err(format!("retire {kind} {id}: {e}")),
+            Err(e) => bail!("retire {kind} {id}: {e}"),
         }
     }
 }
@@ -156,8 +157,8 @@ pub async fn remove(
     kind: Kind,
     id: u32,
     wait_seconds: u64,
-) -> Result<(), String> {
-    let h = st.host_of(kind, id).ok_or_else(|| {
+) -> anyhow::Result<()> {
+    let h = st.host_of(kind, id).with_context(|| {
         let have: Vec<String> = st.ids(kind).iter().map(u32::to_string).collect();
         format!(
             "run {} has no {kind} {id} (its {kind} replicas: {})",

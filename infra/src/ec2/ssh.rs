@@ -4,6 +4,7 @@
 //! a host learns its key ([`HostKeys::Learn`], OpenSSH's `accept-new`, which still refuses
 //! a key that differs from one learned before); every other connection requires the
 //! learned key ([`HostKeys::Check`], `StrictHostKeyChecking=yes`).
+use anyhow::{bail, Context};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -368,23 +369,23 @@ pub fn sh_quote(s: &str) -> String {
 }
 
 /// Makes an ed25519 key pair at `path` and `path.pub` with ssh-keygen (no passphrase).
-pub async fn keygen(path: &Path, comment: &str) -> Result<Vec<u8>, String> {
+pub async fn keygen(path: &Path, comment: &str) -> anyhow::Result<Vec<u8>> {
     let out = Command::new("ssh-keygen")
         .args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"])
         .arg(path)
         .stdin(Stdio::null())
         .output()
         .await
-        .map_err(|e| missing_tool("ssh-keygen", e).to_string())?;
+        .map_err(|e| missing_tool("ssh-keygen", e))?;
     if !out.status.success() {
-        return Err(format!(
+        bail!(
             "ssh-keygen {}: {}",
             path.display(),
             String::from_utf8_lossy(&out.stderr).trim()
-        ));
+        );
     }
     let pub_path = path.with_extension("pub");
-    std::fs::read(&pub_path).map_err(|e| format!("{}: {e}", pub_path.display()))
+    std::fs::read(&pub_path).with_context(|| pub_path.display().to_string())
 }
 
 #[cfg(test)]

@@ -7,10 +7,11 @@ use super::layout::{self, Placed, Shape, REPLICAS};
 use super::ssh;
 use super::state::{Host, Phase, RunState};
 use super::{check_run_id, say, NAME_PREFIX};
+use anyhow::{anyhow, bail, Context};
 use std::path::Path;
 
 /// `up`: see [`super::cli::Ec2Command::Up`].
-pub async fn up(a: &UpArgs, run: &str) -> Result<RunState, String> {
+pub async fn up(a: &UpArgs, run: &str) -> anyhow::Result<RunState> {
     let placed = check(a, run)?;
     let out = &a.sel.output_dir;
     say(&format!("[up] run {run}: connecting to EC2"));
@@ -45,7 +46,7 @@ pub async fn up(a: &UpArgs, run: &str) -> Result<RunState, String> {
     let cluster = layout::cluster(st.services(), &addrs);
     let cluster_file = st.dir(out).join("cluster.csv");
     std::fs::write(&cluster_file, cluster.to_text())
-        .map_err(|e| format!("{}: {e}", cluster_file.display()))?;
+        .with_context(|| cluster_file.display().to_string())?;
     st.phase = Phase::Up;
     st.save(out)?;
     report(&st, out, &cluster_file);
@@ -53,23 +54,23 @@ pub async fn up(a: &UpArgs, run: &str) -> Result<RunState, String> {
 }
 
 /// The shape of the run and its services' places, checked before anything is created.
-fn check(a: &UpArgs, run: &str) -> Result<Vec<Placed>, String> {
+fn check(a: &UpArgs, run: &str) -> anyhow::Result<Vec<Placed>> {
     check_run_id(run)?;
     layout::check_cidr(&a.allow)?;
     let out = &a.sel.output_dir;
     if RunState::path(out, run).exists() {
-        return Err(format!(
+        bail!(
             "run {run} exists already ({}); pick another --run",
             RunState::path(out, run).display()
-        ));
+        );
     }
     if let Some(k) = &a.ssh_key {
         if !k.exists() {
-            return Err(format!("--ssh-key {}: no such file", k.display()));
+            bail!("--ssh-key {}: no such file", k.display());
         }
     }
     if a.base_port == 0 {
-        return Err("--base-port 0: give a port from 1 on".into());
+        bail!("--base-port 0: give a port from 1 on");
     }
     let shape = Shape {
         coordinators: a.coordinators,
@@ -87,8 +88,8 @@ fn new_state(
     image_id: &str,
     image_name: String,
     n_services: usize,
-) -> Result<RunState, String> {
-    let n_services = u16::try_from(n_services).map_err(|_| "too many services".to_string())?;
+) -> anyhow::Result<RunState> {
+    let n_services = u16::try_from(n_services).map_err(|_| anyhow!("too many services"))?;
     Ok(RunState {
         run_id: run.to_string(),
         created_unix: bookstore_common::clock::now_ms() / 1000,
@@ -117,7 +118,7 @@ fn new_state(
 
 /// The user's own key pair, or a new ed25519 key whose private half stays here and whose
 /// public half is imported. Returns the key pair's name.
-async fn key_pair(a: &UpArgs, api: &Api, st: &mut RunState) -> Result<String, String> {
+async fn key_pair(a: &UpArgs, api: &Api, st: &mut RunState) -> anyhow::Result<String> {
     let out = &a.sel.output_dir;
     if let Some(k) = &a.key_name {
         say(&format!("[up] using your key pair {k}"));
@@ -144,7 +145,7 @@ async fn key_pair(a: &UpArgs, api: &Api, st: &mut RunState) -> Result<String, St
 
 /// The run's security group: ssh and the frontends' ports from the operator's CIDR, every
 /// service port from the group's members.
-async fn security_group(a: &UpArgs, api: &Api, st: &mut RunState) -> Result<(), String> {
+async fn security_group(a: &UpArgs, api: &Api, st: &mut RunState) -> anyhow::Result<()> {
     let name = format!("{NAME_PREFIX}{}", st.run_id);
     let group = api.create_security_group(&name, &st.run_id).await?;
     st.security_group_id = Some(group.clone());
@@ -161,14 +162,14 @@ async fn security_group(a: &UpArgs, api: &Api, st: &mut RunState) -> Result<(), 
 }
 
 /// The launched instances as hosts, with the services placed on each.
-async fn hosts(api: &Api, ids: &[String], placed: &[Placed]) -> Result<Vec<Host>, String> {
+async fn hosts(api: &Api, ids: &[String], placed: &[Placed]) -> anyhow::Result<Vec<Host>> {
     let described = api.describe(ids).await?;
     let mut hosts = Vec::new();
     for (h, inst) in described.iter().enumerate() {
         let id = inst.instance_id().unwrap_or_default().to_string();
         let private_ip = inst
             .private_ip_address()
-            .ok_or_else(|| format!("instance {id} has no private address"))?
+            .with_context(|| format!("instance {id} has no private address"))?
             .to_string();
         hosts.push(Host {
             instance_id: id,
@@ -211,17 +212,15 @@ fn report(st: &RunState, out: &Path, cluster_file: &Path) {
 
 /// A token from `var`, else a random one; it goes into an environment file, so only
 /// characters that need no quoting there.
-fn token(var: &str) -> Result<String, String> {
+fn token(var: &str) -> anyhow::Result<String> {
     let t = std::env::var(var).unwrap_or_else(|_| crate::local::random_token());
     if t.is_empty()
         || !t
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "._~+/=-".contains(c))
     {
-        return Err(format!(
-            "{var} may hold only letters, digits and ._~+/=- (it goes into an environment file)"
-        ));
+        bail!("{var} may hold only letters, digits and ._~+/=- (it goes into an environment file)");
     }
-    bookstore_common::auth::check_token(var, &t)?;
+    bookstore_common::auth::check_token(var, &t).map_err(anyhow::Error::msg)?;
     Ok(t)
 }
