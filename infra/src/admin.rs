@@ -6,6 +6,7 @@
 //! `infra ec2` calls it on a coordinator's host, through the hidden `infra ec2 admin` run
 //! over ssh, so the admin token never crosses the internet in clear HTTP; the answer
 //! comes back as one JSON line ([`AdminAnswer`]).
+use anyhow::anyhow;
 use bookstore_common::client::CallError;
 use bookstore_common::coordinators::Coordinators;
 use serde::{Deserialize, Serialize};
@@ -65,7 +66,7 @@ pub fn check_path(path: &str) -> anyhow::Result<()> {
     if path.starts_with("/admin/") && path.bytes().all(|b| b.is_ascii_graphic()) {
         Ok(())
     } else {
-        Err(anyhow::anyhow!(
+        Err(anyhow!(
             "{path:?} is not an admin route (expected /admin/..., percent-encoded)"
         ))
     }

@@ -7,6 +7,7 @@
 //! runtime that owns the child processes, one at a time.
 use crate::local::LocalCluster;
 use actix_web::{middleware::from_fn, web, HttpResponse};
+use anyhow::{anyhow, bail, Context};
 use bookstore_common::auth::{require_admin_token, Tokens};
 use bookstore_common::config::Kind;
 use bookstore_common::ApiError;
@@ -54,8 +55,9 @@ pub fn write_state(output_dir: &Path, state: &UpState) -> anyhow::Result<()> {
         &state_file(output_dir),
         &[&text],
         bookstore_common::files::Replace::PRIVATE,
-    )?;
-    Ok(())
+    )
+    // The error's text names the step, the file and the cause already.
+    .map_err(|e| anyhow!("{e}"))
 }
 
 /// Runs one request against the cluster; `progress` hears every step.
@@ -63,7 +65,7 @@ pub async fn execute(
     lc: &mut LocalCluster,
     op: Op,
     progress: &dyn Fn(&str),
-) -> Result<serde_json::Value, String> {
+) -> anyhow::Result<serde_json::Value> {
     match op {
         Op::Add(kind) => {
             let id = lc.add(kind, progress).await.map_err(|e| format!("{e:#}"))?;
@@ -171,14 +173,14 @@ pub async fn serve(
 pub async fn call(output_dir: &Path, path: &str) -> anyhow::Result<serde_json::Value> {
     let file = state_file(output_dir);
     let text = std::fs::read(&file).map_err(|e| {
-        anyhow::anyhow!(
+        anyhow!(
             "{}: {e}; is `infra local up --output-dir {}` running?",
             file.display(),
             output_dir.display()
         )
     })?;
     let state: UpState =
-        serde_json::from_slice(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+        serde_json::from_slice(&text).with_context(|| file.display().to_string())?;
     let http = reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(600))
         .build()?;
@@ -188,16 +190,16 @@ pub async fn call(output_dir: &Path, path: &str) -> anyhow::Result<serde_json::V
         .send()
         .await
         .map_err(|e| {
-            anyhow::anyhow!(
+            anyhow!(
                 "cannot reach `local up` (pid {}) at {}: {e}; is it still running?",
                 state.pid,
                 state.control
             )
         })?;
     let status = r.status();
-    let body: serde_json::Value = r.json().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let body: serde_json::Value = r.json().await.map_err(|e| anyhow!("{e}"))?;
     if !status.is_success() {
-        anyhow::bail!("{}", body["error"].as_str().unwrap_or("failed"));
+        bail!("{}", body["error"].as_str().unwrap_or("failed"));
     }
     Ok(body)
 }

@@ -1,7 +1,7 @@
 //! HAProxy in front of several frontends (`infra local up --frontends N`): a generated
 //! configuration with health checks on each frontend's `/ready`, started as a child
 //! process that dies with its supervisor.
-use anyhow::Context;
+use anyhow::{bail, Context};
 use bookstore_common::config::Endpoint;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -75,7 +75,7 @@ impl Haproxy {
         )?;
         let config_file = dir.join("haproxy.cfg");
         std::fs::write(&config_file, config(listen, frontends))
-            .map_err(|e| anyhow::anyhow!("{}: {e}", config_file.display()))?;
+            .with_context(|| config_file.display().to_string())?;
         let check = Command::new(&bin)
             .arg("-c")
             .arg("-q")
@@ -83,20 +83,20 @@ impl Haproxy {
             .arg(&config_file)
             .output()
             .await
-            .map_err(|e| anyhow::anyhow!("cannot run {}: {e}", bin.display()))?;
+            .with_context(|| format!("cannot run {}", bin.display()))?;
         if !check.status.success() {
-            return Err(anyhow::anyhow!(
+            bail!(
                 "HAProxy rejects {}: {}",
                 config_file.display(),
                 String::from_utf8_lossy(&check.stderr)
-            ));
+            );
         }
         let log = dir.join("haproxy.stderr.log");
         let mut cmd = crate::local::supervised(&bin, &log)?;
         cmd.arg("-db").arg("-f").arg(&config_file);
         let child = cmd
             .spawn()
-            .map_err(|e| anyhow::anyhow!("cannot start {}: {e}", bin.display()))?;
+            .with_context(|| format!("cannot start {}", bin.display()))?;
         let mut h = Haproxy {
             child: Some(child),
             listen: listen.clone(),
@@ -109,10 +109,7 @@ impl Haproxy {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(Ok(Some(status))) = h.child.as_mut().map(|c| c.try_wait()) {
-                return Err(anyhow::anyhow!(
-                    "HAProxy exited ({status}); see {}",
-                    log.display()
-                ));
+                bail!("HAProxy exited ({status}); see {}", log.display());
             }
             if http
                 .get(&url)
@@ -124,10 +121,10 @@ impl Haproxy {
             }
             if Instant::now() > deadline {
                 h.stop().await;
-                return Err(anyhow::anyhow!(
+                bail!(
                     "HAProxy did not pass requests within 10 s; see {}",
                     log.display()
-                ));
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

@@ -11,6 +11,7 @@
 //! - `status`: asking the servers and the coordinators, and waiting until the cluster is
 //!   healthy, led, ready, or a replica synced;
 //! - `scale`: `add`, `remove` (replicas and coordinators) and the rolling restart.
+use anyhow::{anyhow, bail, Context};
 mod plan;
 mod process;
 mod scale;
@@ -119,22 +120,21 @@ impl LocalCluster {
         let cluster = ClusterConfig::load(&options.cluster_file)?;
         check_books(&options.books)?;
         std::fs::create_dir_all(&options.output_dir)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", options.output_dir.display()))?;
+            .with_context(|| options.output_dir.display().to_string())?;
         let resumed = options.output_dir.join("data").is_dir();
         let planned = planned_servers(&cluster, &options.output_dir)?;
         for (kind, id, e) in &planned {
-            drop(bookstore_common::server::bind(
-                &e.addr(),
-                &format!("{kind} {id}"),
-            )?);
+            drop(
+                bookstore_common::server::bind(&e.addr(), &format!("{kind} {id}"))
+                    .map_err(anyhow::Error::msg)?,
+            );
         }
         let exe = match &options.program {
             Some(p) => p.clone(),
-            None => std::env::current_exe()
-                .map_err(|e| anyhow::anyhow!("cannot find this program: {e}"))?,
+            None => std::env::current_exe().context("cannot find this program")?,
         };
         if let Some(h) = &options.haproxy {
-            drop(bookstore_common::server::bind(&h.addr(), "haproxy")?);
+            drop(bookstore_common::server::bind(&h.addr(), "haproxy").map_err(anyhow::Error::msg)?);
         }
         let client = bookstore_common::client::Client::with_timeout(
             &options.cluster_token,
@@ -282,10 +282,10 @@ impl LocalCluster {
             ));
             for (k, id, e) in &members {
                 if !file.iter().any(|(_, i, _)| i == id) {
-                    drop(bookstore_common::server::bind(
-                        &e.addr(),
-                        &format!("{k} {id}"),
-                    )?);
+                    drop(
+                        bookstore_common::server::bind(&e.addr(), &format!("{k} {id}"))
+                            .map_err(anyhow::Error::msg)?,
+                    );
                 }
             }
             out.extend(members);
@@ -296,8 +296,7 @@ impl LocalCluster {
     fn program(&self) -> anyhow::Result<PathBuf> {
         match &self.options.program {
             Some(p) => Ok(p.clone()),
-            None => std::env::current_exe()
-                .map_err(|e| anyhow::anyhow!("cannot find this program: {e}")),
+            None => std::env::current_exe().context("cannot find this program"),
         }
     }
 
@@ -367,7 +366,7 @@ impl LocalCluster {
         }
         let child = cmd
             .spawn()
-            .map_err(|e| anyhow::anyhow!("cannot start {}: {e}", server.name()))?;
+            .with_context(|| format!("cannot start {}", server.name()))?;
         server.child = Some(child);
         Ok(())
     }
@@ -376,7 +375,7 @@ impl LocalCluster {
         self.servers
             .iter_mut()
             .find(|s| s.kind == kind && s.id == id)
-            .ok_or_else(|| anyhow::anyhow!("no {kind} {id} in this cluster"))
+            .with_context(|| format!("no {kind} {id} in this cluster"))
     }
 
     /// The pid of a running server.
@@ -389,14 +388,14 @@ impl LocalCluster {
         let s = self.find(kind, id)?;
         let pid = s
             .pid()
-            .ok_or_else(|| anyhow::anyhow!("{} is not running", s.name()))?;
+            .with_context(|| format!("{} is not running", s.name()))?;
         // SAFETY: kill(2) on a child process we own.
         if unsafe { libc::kill(pid as i32, signal) } != 0 {
-            return Err(anyhow::anyhow!(
+            bail!(
                 "cannot signal {}: {}",
                 s.name(),
                 std::io::Error::last_os_error()
-            ));
+            );
         }
         Ok(())
     }
@@ -419,11 +418,11 @@ impl LocalCluster {
             .servers
             .iter()
             .position(|s| s.kind == kind && s.id == id)
-            .ok_or_else(|| anyhow::anyhow!("no {kind} {id} in this cluster"))?;
+            .with_context(|| format!("no {kind} {id} in this cluster"))?;
         let mut server = self.servers.remove(pos);
         if server.child.is_some() {
             self.servers.insert(pos, server);
-            return Err(anyhow::anyhow!("{kind} {id} is still running"));
+            bail!("{kind} {id} is still running");
         }
         let spawned = self.spawn(&exe, &mut server);
         self.servers.insert(pos, server);
@@ -442,7 +441,7 @@ impl LocalCluster {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        Err(anyhow::anyhow!("{kind} {id} did not come back within 10 s"))
+        Err(anyhow!("{kind} {id} did not come back within 10 s"))
     }
 
     /// Where clients go: HAProxy if there is one, else frontend 0.

@@ -1,4 +1,5 @@
 //! `infra`: run the bookstore on this machine. `infra --help` lists the commands.
+use anyhow::{anyhow, Context};
 use bookstore_common::cli::fail;
 use bookstore_common::client::encode;
 use bookstore_common::config::{ClusterConfig, Endpoint, Kind};
@@ -129,7 +130,7 @@ fn tokens() -> anyhow::Result<(String, String)> {
     let get = |var: &str, what: &str| match std::env::var(var) {
         Ok(t) => bookstore_common::auth::check_token(what, &t)
             .map(|()| t)
-            .map_err(|e| anyhow::anyhow!("{var}: {e}")),
+            .map_err(|e| anyhow!("{var}: {e}")),
         Err(_) => Ok(random_token()),
     };
     Ok((
@@ -149,12 +150,12 @@ fn with_frontends(
     let listen = c
         .server(Kind::Frontend, 0)
         .cloned()
-        .ok_or_else(|| anyhow::anyhow!("{}: no frontend", cluster.display()))?;
+        .with_context(|| format!("{}: no frontend", cluster.display()))?;
     let mut parts = Vec::new();
     let mut hold = Vec::new();
     for _ in 0..n {
         let l = std::net::TcpListener::bind(format!("{}:0", listen.host))
-            .map_err(|e| anyhow::anyhow!("no free port on {}: {e}", listen.host))?;
+            .with_context(|| format!("no free port on {}", listen.host))?;
         let port = l.local_addr()?.port();
         parts.push((Kind::Frontend, Endpoint::new(listen.host.clone(), port)));
         hold.push(l);
@@ -164,11 +165,10 @@ fn with_frontends(
             parts.push((kind, e));
         }
     }
-    std::fs::create_dir_all(output_dir)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", output_dir.display()))?;
+    std::fs::create_dir_all(output_dir).with_context(|| output_dir.display().to_string())?;
     let file = output_dir.join("cluster.generated.csv");
     std::fs::write(&file, ClusterConfig::from_parts(&parts).to_text())
-        .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+        .with_context(|| file.display().to_string())?;
     Ok((file, listen))
 }
 
@@ -192,7 +192,7 @@ async fn up(
     };
     let data = output_dir.join("data");
     if fresh && data.exists() {
-        std::fs::remove_dir_all(&data).map_err(|e| anyhow::anyhow!("{}: {e}", data.display()))?;
+        std::fs::remove_dir_all(&data).with_context(|| data.display().to_string())?;
         say(&format!("deleted {} (--fresh)", data.display()));
     } else if data.exists() {
         say(&format!(
@@ -238,7 +238,8 @@ async fn up(
     ));
     out("  Ctrl-C stops every server.");
     // The control API for `local add|remove|rolling-restart`.
-    let listener = bookstore_common::server::bind("127.0.0.1:0", "control API")?;
+    let listener =
+        bookstore_common::server::bind("127.0.0.1:0", "control API").map_err(anyhow::Error::msg)?;
     let control_url = format!("http://{}", listener.local_addr()?);
     let (tx, mut rx) = tokio::sync::mpsc::channel::<control::Request>(4);
     let (stop_control, control_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -265,10 +266,12 @@ async fn up(
                 };
                 let result = control::execute(&mut lc, req.op, &progress).await;
                 if let Err(e) = &result {
-                    say(&format!("failed: {e}"));
+                    say(&format!("failed: {e:#}"));
                 }
                 let lines = lines.into_inner().expect("not poisoned");
-                let _ = req.reply.send(result.map(|r| (r, lines)));
+                let _ = req
+                    .reply
+                    .send(result.map(|r| (r, lines)).map_err(|e| format!("{e:#}")));
             }
             _ = tokio::time::sleep(std::time::Duration::from_millis(250)) => {
                 while let Some((name, why)) = lc.exited() {
@@ -298,8 +301,7 @@ async fn test(
         None => {
             let dir = output_dir.join("test-cluster");
             if dir.exists() {
-                std::fs::remove_dir_all(&dir)
-                    .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+                std::fs::remove_dir_all(&dir).with_context(|| dir.display().to_string())?;
             }
             std::fs::create_dir_all(&dir)?;
             let cluster = free_port_cluster(2, 2)?;
@@ -357,7 +359,14 @@ async fn serve(server: Serve) -> Result<(), bookstore_common::cli::LaunchError> 
 async fn main() {
     let args = Args::parse();
     let result = match args.command {
-        Command::Serve { server } => serve(server).await.map_err(anyhow::Error::from),
+        Command::Serve { server } => match server {
+            Serve::Coordinator(c) => bookstore_coordinator::cli::launch(c).await,
+            Serve::Frontend(c) => bookstore_frontend::cli::launch(c).await,
+            Serve::Cache(c) => bookstore_cache::cli::launch(c).await,
+            Serve::Catalog(c) => bookstore_catalog::cli::launch(c).await,
+            Serve::Order(c) => bookstore_order::cli::launch(c).await,
+        }
+        .map_err(anyhow::Error::msg),
         #[cfg(feature = "ec2")]
         Command::Ec2 { command } => match infra::ec2::cli::main(command).await {
             Ok(true) => Ok(()),
@@ -365,7 +374,7 @@ async fn main() {
             Err(e) => Err(e),
         },
         #[cfg(not(feature = "ec2"))]
-        Command::Ec2 { .. } => Err(anyhow::anyhow!(
+        Command::Ec2 { .. } => Err(anyhow!(
             "this infra was built without EC2 support (the AWS SDK is left out of the main \
              build); run `cargo run --release -p infra --features ec2 -- ec2 ...`"
         )),
@@ -404,6 +413,7 @@ async fn main() {
         },
     };
     if let Err(e) = result {
+        // The whole chain, "context: cause", as the messages always read.
         fail(format!("{e:#}"));
     }
 }

@@ -1,6 +1,7 @@
 //! The seed's client scenarios, run against a frontend over HTTP, with every request
 //! and answer written to a client log in the seed's format.
 use crate::local::LocalCluster;
+use anyhow::{anyhow, bail, Context};
 use bookstore_common::config::Kind;
 use bookstore_common::types::Book;
 use parking_lot_free::Log;
@@ -60,7 +61,7 @@ struct Client {
 }
 
 impl Client {
-    async fn call(&self, who: usize, method: &str, path: &str) -> Result<(u16, Value), String> {
+    async fn call(&self, who: usize, method: &str, path: &str) -> anyhow::Result<(u16, Value)> {
         let url = format!("{}{path}", self.base);
         self.log
             .line(format!("Client{who}: Send request {method} {url}"));
@@ -71,39 +72,40 @@ impl Client {
         let r = req
             .send()
             .await
-            .map_err(|e| format!("{method} {url}: {e}"))?;
+            .map_err(|e| anyhow!("{method} {url}: {e}"))?;
         let status = r.status().as_u16();
         let body: Value = r
             .json()
             .await
-            .map_err(|e| format!("{method} {url}: answer is not JSON: {e}"))?;
+            .map_err(|e| anyhow!("{method} {url}: answer is not JSON: {e}"))?;
         self.log
             .line(format!("Client{who}: Get response {status} {body}"));
         Ok((status, body))
     }
 
-    async fn stock(&self, item: u32) -> Result<u64, String> {
+    async fn stock(&self, item: u32) -> anyhow::Result<u64> {
         let (s, v) = self
             .call(0, "GET", &format!("/lookup?item_number={item}"))
             .await?;
         if s != 200 {
-            return Err(format!("lookup {item} answered {s}: {v}"));
+            bail!("lookup {item} answered {s}: {v}");
         }
         v["result"]["stock"]
             .as_u64()
-            .ok_or_else(|| format!("lookup {item}: no numeric stock in {v}"))
+            .with_context(|| format!("lookup {item}: no numeric stock in {v}"))
     }
 }
 
-fn check(cond: bool, msg: impl Into<String>) -> Result<(), String> {
+fn check(cond: bool, msg: impl Into<String>) -> anyhow::Result<()> {
     if cond {
         Ok(())
     } else {
-        Err(msg.into())
+        let msg: String = msg.into();
+        Err(anyhow::Error::msg(msg))
     }
 }
 
-async fn search_topics(c: &Client, books: &[Book]) -> Result<String, String> {
+async fn search_topics(c: &Client, books: &[Book]) -> anyhow::Result<String> {
     let mut topics: BTreeMap<&str, Vec<(u32, &str)>> = BTreeMap::new();
     for b in books {
         topics
@@ -118,7 +120,7 @@ async fn search_topics(c: &Client, books: &[Book]) -> Result<String, String> {
         check(s == 200, format!("search {topic:?} answered {s}"))?;
         let got: Vec<(u32, String)> = v["result"]
             .as_array()
-            .ok_or_else(|| format!("search {topic:?}: no result list in {v}"))?
+            .with_context(|| format!("search {topic:?}: no result list in {v}"))?
             .iter()
             .map(|h| {
                 (
@@ -146,7 +148,7 @@ fn form_encode(s: &str) -> String {
         .collect()
 }
 
-async fn lookup_all(c: &Client, books: &[Book]) -> Result<String, String> {
+async fn lookup_all(c: &Client, books: &[Book]) -> anyhow::Result<String> {
     for b in books {
         let (s, v) = c
             .call(0, "GET", &format!("/lookup?item_number={}", b.item_number))
@@ -168,7 +170,7 @@ async fn lookup_all(c: &Client, books: &[Book]) -> Result<String, String> {
     Ok(format!("{} books", books.len()))
 }
 
-async fn buy_until_fail(c: &Client, item: u32) -> Result<String, String> {
+async fn buy_until_fail(c: &Client, item: u32) -> anyhow::Result<String> {
     let stock = c.stock(item).await?;
     check(
         stock <= 1000,
@@ -195,7 +197,7 @@ async fn buy_until_fail(c: &Client, item: u32) -> Result<String, String> {
     Ok(format!("{stock} Success, then Failed"))
 }
 
-async fn concurrent_buyers(c: &Client, item: u32, buyers: usize) -> Result<String, String> {
+async fn concurrent_buyers(c: &Client, item: u32, buyers: usize) -> anyhow::Result<String> {
     let stock = c.stock(item).await?;
     let tasks: Vec<_> = (1..=buyers)
         .map(|who| {
@@ -208,11 +210,11 @@ async fn concurrent_buyers(c: &Client, item: u32, buyers: usize) -> Result<Strin
         .collect();
     let mut ok = 0u64;
     for t in tasks {
-        let (s, v) = t.await.map_err(|e| e.to_string())??;
+        let (s, v) = t.await??;
         match s {
             200 => ok += 1,
             409 => {}
-            _ => return Err(format!("unexpected answer {s} {v}")),
+            _ => bail!("unexpected answer {s} {v}"),
         }
     }
     let want = stock.min(buyers as u64);
@@ -228,7 +230,7 @@ async fn concurrent_buyers(c: &Client, item: u32, buyers: usize) -> Result<Strin
     Ok(format!("{ok} of {buyers} succeeded on stock {stock}"))
 }
 
-async fn replicas_agree(lc: &LocalCluster) -> Result<Vec<Value>, String> {
+async fn replicas_agree(lc: &LocalCluster) -> anyhow::Result<Vec<Value>> {
     let client = bookstore_common::client::Client::with_timeout(
         &lc.options.cluster_token,
         Duration::from_secs(2),
@@ -244,7 +246,7 @@ async fn replicas_agree(lc: &LocalCluster) -> Result<Vec<Value>, String> {
             return Ok(seen);
         }
         if std::time::Instant::now() > deadline {
-            return Err(format!("catalog replicas disagree: {seen:?}"));
+            bail!("catalog replicas disagree: {seen:?}");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -259,7 +261,7 @@ async fn buy_through_fault(
     lc: &mut LocalCluster,
     kind: Kind,
     kill: bool,
-) -> Result<String, String> {
+) -> anyhow::Result<String> {
     let item = 4;
     let before = c.stock(item).await?;
     let victim = lc.primary(kind).await.map_err(|e| format!("{e:#}"))?;
@@ -270,8 +272,7 @@ async fn buy_through_fault(
     } else {
         internal
             .post_json::<Value>(&format!("{url}/shutdown"), &[])
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
     }
     let started = std::time::Instant::now();
     let bought = c.call(0, "POST", &format!("/buy?item_number={item}")).await;
@@ -284,8 +285,7 @@ async fn buy_through_fault(
     } else {
         internal
             .post_json::<Value>(&format!("{url}/recover"), &[])
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
     }
     lc.wait_ready(Duration::from_secs(15))
         .await
@@ -323,21 +323,20 @@ pub async fn run_all(
     books: &[Book],
     client_log: &Path,
     mut cluster: Option<&mut LocalCluster>,
-) -> Result<Vec<Verdict>, String> {
-    let log = Log::create(client_log).map_err(|e| format!("{}: {e}", client_log.display()))?;
+) -> anyhow::Result<Vec<Verdict>> {
+    let log = Log::create(client_log).with_context(|| client_log.display().to_string())?;
     let c = Client {
         http: reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|e| e.to_string())?,
+            .build()?,
         base: frontend.trim_end_matches('/').to_string(),
         log: log.clone(),
     };
     let mut out = Vec::new();
-    let mut record = |name: &str, r: Option<Result<String, String>>| {
+    let mut record = |name: &str, r: Option<anyhow::Result<String>>| {
         let (passed, skipped, detail) = match r {
             Some(Ok(d)) => (true, false, d),
-            Some(Err(d)) => (false, false, d),
+            Some(Err(e)) => (false, false, format!("{e:#}")),
             None => (
                 false,
                 true,

@@ -1,7 +1,7 @@
 //! The EC2 calls `infra ec2` makes, through aws-sdk-ec2, with errors turned into messages
 //! that say what to do.
 use super::{say, NAME_PREFIX, RUN_TAG};
-use anyhow::Context;
+use anyhow::{anyhow, bail, Context};
 use aws_sdk_ec2::client::Waiters;
 use aws_sdk_ec2::config::ProvideCredentials;
 use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
@@ -57,12 +57,12 @@ impl Api {
             .credentials_provider()
             .context("no AWS credentials provider configured")?;
         if let Err(e) = provider.provide_credentials().await {
-            return Err(anyhow::anyhow!(
+            bail!(
                 "no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE \
                  (a profile in ~/.aws/config or ~/.aws/credentials), or run `aws sso login` for an SSO profile \
                  ({})",
                 DisplayErrorContext(&e)
-            ));
+            );
         }
         Ok(Api {
             client: Client::new(&conf),
@@ -86,7 +86,7 @@ impl Api {
         R: std::fmt::Debug,
     {
         if let SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) = e {
-            return anyhow::anyhow!(
+            return anyhow!(
                 "{what}: cannot reach EC2 ({}): {}",
                 self.where_(),
                 DisplayErrorContext(e)
@@ -95,11 +95,9 @@ impl Api {
         let code = e.code().unwrap_or("");
         let msg = e.message().unwrap_or("");
         match explain_code(code, msg) {
-            Some(advice) => anyhow::anyhow!("{what}: {advice}"),
-            None if !code.is_empty() => {
-                anyhow::anyhow!("{what}: {code}: {msg} ({})", self.where_())
-            }
-            None => anyhow::anyhow!("{what}: {} ({})", DisplayErrorContext(e), self.where_()),
+            Some(advice) => anyhow!("{what}: {advice}"),
+            None if !code.is_empty() => anyhow!("{what}: {code}: {msg} ({})", self.where_()),
+            None => anyhow!("{what}: {} ({})", DisplayErrorContext(e), self.where_()),
         }
     }
 
@@ -124,8 +122,8 @@ impl Api {
                 (a.creation_date().unwrap_or(""), a.name().unwrap_or(""))
                     .cmp(&(b.creation_date().unwrap_or(""), b.name().unwrap_or("")))
             })
-            .ok_or_else(|| {
-                anyhow::anyhow!(
+            .with_context(|| {
+                format!(
                     "no image named {pattern:?} owned by {owner} in {} (x86_64, available); \
                      pick another with --image-name PATTERN and --image-owner ACCOUNT",
                     self.where_()
@@ -162,9 +160,9 @@ impl Api {
             .send()
             .await
             .map_err(|e| self.explain(&format!("creating security group {name}"), &e))?;
-        out.group_id().map(str::to_string).ok_or_else(|| {
-            anyhow::anyhow!("creating security group {name}: no group id in the answer")
-        })
+        out.group_id()
+            .map(str::to_string)
+            .with_context(|| format!("creating security group {name}: no group id in the answer"))
     }
 
     /// Adds the ingress rules (see [`Api::create_security_group`]).
@@ -279,11 +277,11 @@ impl Api {
             .filter_map(|i| i.instance_id().map(str::to_string))
             .collect();
         if ids.len() != n as usize {
-            return Err(anyhow::anyhow!(
+            bail!(
                 "launching {n} instances: EC2 answered with {} ({})",
                 ids.len(),
                 ids.join(", ")
-            ));
+            );
         }
         Ok(ids)
     }
@@ -295,7 +293,7 @@ impl Api {
             .wait(WAIT_LIMIT)
             .await
             .map_err(|e| {
-                anyhow::anyhow!(
+                anyhow!(
                     "waiting for {} to run: {}",
                     ids.join(", "),
                     DisplayErrorContext(&e)
@@ -421,7 +419,7 @@ impl Api {
             .wait(WAIT_LIMIT)
             .await
             .map_err(|e| {
-                anyhow::anyhow!(
+                anyhow!(
                     "waiting for {} to terminate: {}",
                     live.join(", "),
                     DisplayErrorContext(&e)

@@ -14,7 +14,7 @@ use super::remote::{control_script, Svc};
 use super::say;
 use super::ssh::sh_quote;
 use super::state::{Deployment, Host, Phase, Reach, RunState};
-use anyhow::Context;
+use anyhow::{anyhow, bail, Context};
 use bookstore_common::config::Kind;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -31,15 +31,10 @@ pub async fn deploy(
     let map = host_map(&st, o)?;
     let binary = match &o.binary {
         Some(b) => b.clone(),
-        None => {
-            std::env::current_exe().map_err(|e| anyhow::anyhow!("cannot find this program: {e}"))?
-        }
+        None => std::env::current_exe().context("cannot find this program")?,
     };
     if !binary.is_file() {
-        return Err(anyhow::anyhow!(
-            "--binary {}: no such file",
-            binary.display()
-        ));
+        bail!("--binary {}: no such file", binary.display());
     }
     bookstore_common::config::load_books(&o.books)?;
     let user = user.map_or_else(|| st.ssh_user.clone(), str::to_string);
@@ -48,10 +43,7 @@ pub async fn deploy(
         .or_else(|| st.ssh_key.clone())
         .context("no private key for ssh: pass --ssh-key")?;
     if !key.exists() {
-        return Err(anyhow::anyhow!(
-            "private key {}: no such file",
-            key.display()
-        ));
+        bail!("private key {}: no such file", key.display());
     }
     renumber(&mut st, o.keep_data)?;
     // Recorded before anything starts, so `collect` and `stop` work after a failed deploy.
@@ -100,10 +92,10 @@ fn host_map(st: &RunState, o: &DeployOpts) -> anyhow::Result<HostMap> {
     let map = layout::parse_host_map(&o.host_map)?;
     for id in map.keys() {
         if id != "*" && !st.hosts.iter().any(|h| &h.instance_id == id) {
-            return Err(anyhow::anyhow!(
+            bail!(
                 "--host-map names {id}, which is not an instance of run {}",
                 st.run_id
-            ));
+            );
         }
     }
     Ok(map)
@@ -125,8 +117,8 @@ fn record(
         let (ssh_host, ssh_port, service_host) = match mapped {
             Some((host, port)) => (host.clone(), *port, host.clone()),
             None => {
-                let public = h.public_ip.clone().ok_or_else(|| {
-                    anyhow::anyhow!(
+                let public = h.public_ip.clone().with_context(|| {
+                    format!(
                         "instance {} has no public address: give it one, or map it with --host-map {}=HOST[:PORT]",
                         h.instance_id, h.instance_id
                     )
@@ -142,7 +134,7 @@ fn record(
         });
     }
     let known_hosts = std::path::absolute(st.dir(out).join("known_hosts"))
-        .map_err(|e| anyhow::anyhow!("{}: {e}", st.dir(out).display()))?;
+        .with_context(|| st.dir(out).display().to_string())?;
     Ok(Deployment {
         hosts,
         ssh_user,
@@ -162,10 +154,10 @@ fn renumber(st: &mut RunState, keep_data: bool) -> anyhow::Result<()> {
             continue;
         }
         if keep_data {
-            return Err(anyhow::anyhow!(
+            bail!(
                 "run {}: the {kind} ids ({ids:?}) have gaps after `remove`, which a cluster file cannot express; deploy without --keep-data (they are renumbered from 0)",
                 st.run_id
-            ));
+            );
         }
         for s in st.hosts.iter_mut().flat_map(|h| &mut h.services) {
             if s.kind == kind {
@@ -201,7 +193,7 @@ impl Staged {
 fn stage(out: &Path, st: &RunState, books: &Path) -> anyhow::Result<Staged> {
     let d = st.deployed()?;
     let dir = st.dir(out).join("deploy");
-    std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+    std::fs::create_dir_all(&dir).with_context(|| dir.display().to_string())?;
     let staged = Staged {
         cluster_file: dir.join("cluster.csv"),
         books_file: dir.join("books.csv"),
@@ -210,9 +202,8 @@ fn stage(out: &Path, st: &RunState, books: &Path) -> anyhow::Result<Staged> {
     let service_hosts: Vec<String> = d.hosts.iter().map(|r| r.service_host.clone()).collect();
     let cluster = layout::cluster(st.services(), &service_hosts);
     std::fs::write(&staged.cluster_file, cluster.to_text())
-        .map_err(|e| anyhow::anyhow!("{}: {e}", staged.cluster_file.display()))?;
-    std::fs::copy(books, &staged.books_file)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", books.display()))?;
+        .with_context(|| staged.cluster_file.display().to_string())?;
+    std::fs::copy(books, &staged.books_file).with_context(|| books.display().to_string())?;
     for (h, host) in st.hosts.iter().enumerate() {
         write_private(&staged.env(&host.instance_id), &env_file(st, host))?;
         let svcs: Vec<Svc> = host
@@ -225,7 +216,7 @@ fn stage(out: &Path, st: &RunState, books: &Path) -> anyhow::Result<Staged> {
             .collect();
         let script = staged.script(&host.instance_id);
         std::fs::write(&script, control_script(&st.run_id, &svcs))
-            .map_err(|e| anyhow::anyhow!("{}: {e}", script.display()))?;
+            .with_context(|| script.display().to_string())?;
     }
     Ok(staged)
 }
@@ -254,7 +245,7 @@ async fn install(
     wait: Duration,
 ) -> anyhow::Result<()> {
     let id = &l.instance_id;
-    let failed = |e: super::ssh::SshError| anyhow::anyhow!("{id}: {e}");
+    let failed = |e: super::ssh::SshError| anyhow!("{id}: {e}");
     say(&format!(
         "[deploy] {id}: waiting for ssh at {}",
         l.target.name()
@@ -326,13 +317,13 @@ async fn reach_frontends(urls: &[String], allow: &str) -> anyhow::Result<()> {
             match http.get(format!("{url}/health")).send().await {
                 Ok(r) if r.status().is_success() => break,
                 r if Instant::now() > deadline => {
-                    return Err(anyhow::anyhow!(
+                    bail!(
                         "the frontend runs but {url}/health does not answer from here ({}); is --allow {allow} this machine's address?",
                         match r {
                             Ok(r) => r.status().to_string(),
                             Err(e) => e.to_string(),
                         }
-                    ));
+                    );
                 }
                 _ => tokio::time::sleep(Duration::from_secs(1)).await,
             }
@@ -347,8 +338,9 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
         path,
         &[text.as_bytes()],
         bookstore_common::files::Replace::PRIVATE,
-    )?;
-    Ok(())
+    )
+    // The error's text names the step, the file and the cause already.
+    .map_err(|e| anyhow!("{e}"))
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 //! coordinators and some frontends serving. The other services go to the least loaded
 //! host without a replica of their kind.
 use super::state::Service;
-use anyhow::Context;
+use anyhow::{anyhow, bail, Context};
 use bookstore_common::config::{ClusterConfig, Endpoint, Kind};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -63,9 +63,9 @@ pub struct Placed {
 pub fn place(n_hosts: usize, base_port: u16, svcs: &[(Kind, u32)]) -> anyhow::Result<Vec<Placed>> {
     let coordinators = svcs.iter().filter(|s| s.0 == Kind::Coordinator).count();
     if n_hosts < coordinators.max(1) {
-        return Err(anyhow::anyhow!(
+        bail!(
             "{coordinators} coordinators go on {coordinators} distinct hosts, but there are {n_hosts}: pass --hosts {coordinators} or more, or --coordinators 1 for a small run"
-        ));
+        );
     }
     let mut load = vec![0usize; n_hosts];
     let mut kinds: Vec<Vec<Kind>> = vec![Vec::new(); n_hosts];
@@ -83,7 +83,7 @@ pub fn place(n_hosts: usize, base_port: u16, svcs: &[(Kind, u32)]) -> anyhow::Re
             pick(false).or_else(|| pick(true)).unwrap_or(0)
         };
         let port = u16::try_from(u32::from(base_port) + i as u32).map_err(|_| {
-            anyhow::anyhow!("--base-port {base_port}: the service ports must fit below 65536")
+            anyhow!("--base-port {base_port}: the service ports must fit below 65536")
         })?;
         load[h] += 1;
         kinds[h].push(kind);
@@ -112,25 +112,21 @@ pub fn cluster<'a>(
 
 /// Checks `--allow`: an IPv4 or IPv6 CIDR, not "everyone".
 pub fn check_cidr(cidr: &str) -> anyhow::Result<()> {
-    let (addr, len) = cidr.split_once('/').ok_or_else(|| {
-        anyhow::anyhow!("--allow {cidr:?}: expected a CIDR like 203.0.113.7/32 (your address, /32)")
+    let (addr, len) = cidr.split_once('/').with_context(|| {
+        format!("--allow {cidr:?}: expected a CIDR like 203.0.113.7/32 (your address, /32)")
     })?;
     let ip: IpAddr = addr
         .parse()
-        .with_context(|| format!("--allow {cidr:?}: {addr:?} is not an IP address"))?;
+        .map_err(|_| anyhow!("--allow {cidr:?}: {addr:?} is not an IP address"))?;
     let max = if ip.is_ipv4() { 32 } else { 128 };
     let len: u32 = match len.parse() {
         Ok(l) if l <= max => l,
-        _ => {
-            return Err(anyhow::anyhow!(
-                "--allow {cidr:?}: prefix length must be 0-{max}"
-            ))
-        }
+        _ => bail!("--allow {cidr:?}: prefix length must be 0-{max}"),
     };
     if len == 0 {
-        return Err(anyhow::anyhow!(
+        bail!(
             "--allow {cidr:?} would open SSH and the frontend to the whole internet; give your own address (e.g. 203.0.113.7/32)"
-        ));
+        );
     }
     Ok(())
 }
@@ -144,20 +140,18 @@ pub fn parse_host_map(values: &[String]) -> anyhow::Result<HostMap> {
     let mut map = HostMap::new();
     for v in values {
         if v.contains('=') {
-            let (id, target) =
-                parse_entry(v).map_err(|e| anyhow::anyhow!("--host-map {v:?}: {e}"))?;
+            let (id, target) = parse_entry(v).with_context(|| format!("--host-map {v:?}"))?;
             map.insert(id, target);
         } else {
             let text = std::fs::read_to_string(Path::new(v)).map_err(|e| {
-                anyhow::anyhow!("--host-map {v}: not ID=HOST[:PORT] and not a readable file: {e}")
+                anyhow!("--host-map {v}: not ID=HOST[:PORT] and not a readable file: {e}")
             })?;
             for (i, line) in text.lines().enumerate() {
                 let line = line.trim();
                 if line.is_empty() || line.starts_with('#') {
                     continue;
                 }
-                let (id, target) =
-                    parse_entry(line).map_err(|e| anyhow::anyhow!("{v}:{}: {e}", i + 1))?;
+                let (id, target) = parse_entry(line).with_context(|| format!("{v}:{}", i + 1))?;
                 map.insert(id, target);
             }
         }
@@ -170,7 +164,7 @@ fn parse_entry(s: &str) -> anyhow::Result<(String, (String, u16))> {
     let id = id.trim();
     let target = target.trim();
     if id.is_empty() || target.is_empty() {
-        anyhow::bail!("expected INSTANCE=HOST[:PORT]");
+        bail!("expected INSTANCE=HOST[:PORT]");
     }
     let (host, port) = match target.rsplit_once(':') {
         Some((h, p)) if !h.contains(':') || h.starts_with('[') => {
@@ -178,13 +172,13 @@ fn parse_entry(s: &str) -> anyhow::Result<(String, (String, u16))> {
                 .parse()
                 .ok()
                 .filter(|&p| p > 0)
-                .ok_or_else(|| anyhow::anyhow!("bad port {p:?}"))?;
+                .with_context(|| format!("bad port {p:?}"))?;
             (h.trim_matches(|c| c == '[' || c == ']').to_string(), port)
         }
         _ => (target.to_string(), 22),
     };
     if host.is_empty() || host.contains(char::is_whitespace) {
-        return Err(anyhow::anyhow!("bad host {host:?}"));
+        bail!("bad host {host:?}");
     }
     Ok((id.to_string(), (host, port)))
 }

@@ -24,6 +24,7 @@
 //!   start-one / stop-one for `add` and `remove`).
 //!
 //! See `docs/ec2.md` for the walk-through.
+use anyhow::bail;
 pub mod api;
 pub mod cli;
 pub mod deploy;
@@ -65,9 +66,7 @@ pub fn check_run_id(id: &str) -> anyhow::Result<()> {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
     {
-        return Err(anyhow::anyhow!(
-            "bad run id {id:?}: use 1-64 letters, digits, '-' or '_'"
-        ));
+        bail!("bad run id {id:?}: use 1-64 letters, digits, '-' or '_'");
     }
     Ok(())
 }

@@ -6,6 +6,7 @@
 use super::cli::{AdminArgs, ReadyArgs, Until, WaitMemberArgs};
 use crate::admin::{self, AdminAnswer};
 use crate::membership::{self, Standing};
+use anyhow::bail;
 use bookstore_common::client::Client;
 use bookstore_common::config::{ClusterConfig, Kind};
 use bookstore_common::coordinators::Coordinators;
@@ -133,13 +134,13 @@ async fn wait_member_with(
             return Ok(());
         }
         if Instant::now() > deadline {
-            return Err(anyhow::anyhow!(
+            bail!(
                 "{kind} {id} is not {} after {limit:?} (last seen: {last})",
                 match until {
                     Until::Synced => "a synced member",
                     Until::Gone => "out of the view",
                 }
-            ));
+            );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -170,9 +171,9 @@ async fn wait_ready(
                 Err(e) => last = e.to_string(),
             }
             if Instant::now() > deadline {
-                return Err(anyhow::anyhow!(
+                bail!(
                     "the {kind} replicas did not all join the view within {limit:?} (last answer: {last})"
-                ));
+                );
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }

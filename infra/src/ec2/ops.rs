@@ -4,6 +4,7 @@ use super::reach::{self, on_all_hosts, run_and_echo};
 use super::say;
 use super::ssh::sh_quote;
 use super::state::RunState;
+use anyhow::Context;
 use std::path::Path;
 
 /// `test`: the seed scenarios against frontend 0, then a short load run if a `loadtest`
@@ -63,7 +64,7 @@ async fn load_run(out: &Path, st: &RunState, url: &str, load_seconds: u64) -> an
         .args(["--run-id", "lookup", "--quiet"])
         .status()
         .await
-        .map_err(|e| anyhow::anyhow!("{}: {e}", loadtest.display()))?;
+        .with_context(|| loadtest.display().to_string())?;
     if !status.success() {
         say(&format!("[test] the load run failed: {status}"));
     }
@@ -78,7 +79,7 @@ pub async fn collect(out: &Path, st: &RunState) -> anyhow::Result<()> {
             l.target
                 .pull_dir(&format!("{}/output", l.dir), &["data"], &dest)
                 .await
-                .map_err(|e| anyhow::anyhow!("{}: {e}", l.instance_id))?;
+                .with_context(|| l.instance_id.clone())?;
             let n = std::fs::read_dir(&dest).map(|d| d.count()).unwrap_or(0);
             say(&format!(
                 "[collect] {}: {n} files into {}",

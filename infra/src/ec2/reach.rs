@@ -9,6 +9,7 @@ use super::say;
 use super::ssh::{sh_quote, HostKeys, SshError, Target};
 use super::state::RunState;
 use crate::admin::{AdminAnswer, AdminError};
+use anyhow::{anyhow, bail, Context};
 use bookstore_common::config::Kind;
 use std::future::Future;
 use std::path::Path;
@@ -34,11 +35,11 @@ pub fn link(st: &RunState, h: usize) -> anyhow::Result<Link> {
     let host = st
         .hosts
         .get(h)
-        .ok_or_else(|| anyhow::anyhow!("run {}: no host {h}", st.run_id))?;
+        .with_context(|| format!("run {}: no host {h}", st.run_id))?;
     let id = &host.instance_id;
     let reach = d
         .reach(id)
-        .ok_or_else(|| anyhow::anyhow!("run {}: no deployment record for {id}", st.run_id))?;
+        .with_context(|| format!("run {}: no deployment record for {id}", st.run_id))?;
     Ok(Link {
         host: h,
         instance_id: id.clone(),
@@ -78,7 +79,7 @@ pub fn public_frontends(st: &RunState) -> anyhow::Result<Vec<String>> {
         let id = &st.hosts[h].instance_id;
         let reach = d
             .reach(id)
-            .ok_or_else(|| anyhow::anyhow!("run {}: no deployment record for {id}", st.run_id))?;
+            .with_context(|| format!("run {}: no deployment record for {id}", st.run_id))?;
         fronts.push((
             s.id,
             format!("http://{}:{}", bracket(&reach.ssh_host), s.port),
@@ -86,10 +87,7 @@ pub fn public_frontends(st: &RunState) -> anyhow::Result<Vec<String>> {
     }
     fronts.sort();
     if fronts.is_empty() {
-        return Err(anyhow::anyhow!(
-            "run {}: no frontend in the layout",
-            st.run_id
-        ));
+        bail!("run {}: no frontend in the layout", st.run_id);
     }
     Ok(fronts.into_iter().map(|(_, u)| u).collect())
 }
@@ -100,7 +98,7 @@ pub async fn run_and_echo(label: &str, l: &Link, script: &str) -> anyhow::Result
         .target
         .run(script)
         .await
-        .map_err(|e| anyhow::anyhow!("{}: {e}", l.instance_id))?;
+        .with_context(|| l.instance_id.clone())?;
     for line in r.lines() {
         say(&format!("[{label}] {}: {line}", l.instance_id));
     }
@@ -121,7 +119,7 @@ where
     if failed.is_empty() {
         Ok(())
     } else {
-        Err(anyhow::anyhow!("{what}:\n  {}", failed.join("\n  ")))
+        Err(anyhow!("{what}:\n  {}", failed.join("\n  ")))
     }
 }
 
@@ -142,10 +140,7 @@ where
     hosts.sort_unstable();
     hosts.dedup_by_key(|(_, h)| *h);
     if hosts.is_empty() {
-        return Err(anyhow::anyhow!(
-            "run {}: no coordinator in the layout",
-            st.run_id
-        ));
+        bail!("run {}: no coordinator in the layout", st.run_id);
     }
     let mut failed = Vec::new();
     for (_, h) in hosts {
@@ -159,10 +154,10 @@ where
                 ));
                 failed.push(format!("{id}: {e}"));
             }
-            Err(e) => return Err(anyhow::anyhow!("{id}: {e}")),
+            Err(e) => bail!("{id}: {e}"),
         }
     }
-    Err(anyhow::anyhow!(
+    Err(anyhow!(
         "no coordinator's host could be reached over ssh:\n  {}",
         failed.join("\n  ")
     ))
@@ -276,11 +271,11 @@ pub async fn install_script(out: &Path, st: &RunState, h: usize) -> anyhow::Resu
         })
         .collect();
     let stage = st.dir(out).join("deploy");
-    std::fs::create_dir_all(&stage).map_err(|e| anyhow::anyhow!("{}: {e}", stage.display()))?;
+    std::fs::create_dir_all(&stage).with_context(|| stage.display().to_string())?;
     let name = format!("bookstore-{}.sh", host.instance_id);
     let file = stage.join(&name);
     std::fs::write(&file, control_script(&st.run_id, &svcs))
-        .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+        .with_context(|| file.display().to_string())?;
     l.target
         .copy_to(&[file.as_path()], &format!("{}/", l.dir))
         .await?;

@@ -3,6 +3,7 @@
 use super::cli::RunArgs;
 use super::state::RunState;
 use super::{check_run_id, deploy, down, new_run_id, ops, say, up};
+use anyhow::anyhow;
 
 /// `run`: up, deploy, test, collect, stop, down. Teardown runs whatever happened before:
 /// an error, failed tests, Ctrl-C or SIGTERM. If this process is killed outright, the
@@ -14,11 +15,12 @@ pub async fn run(a: RunArgs) -> anyhow::Result<bool> {
     let work = async {
         let st = up::up(&a.up, &run).await?;
         let st = deploy::deploy(&out, st, &a.deploy, None, None).await?;
-        ops::test(&out, &st, &a.deploy.books, a.load_seconds).await
+        let ok = ops::test(&out, &st, &a.deploy.books, a.load_seconds).await?;
+        Ok::<bool, anyhow::Error>(ok)
     };
     let result = tokio::select! {
         r = work => r,
-        _ = bookstore_common::server::termination() => Err(anyhow::anyhow!("interrupted (Ctrl-C or SIGTERM)")),
+        _ = bookstore_common::server::termination() => Err(anyhow!("interrupted (Ctrl-C or SIGTERM)")),
     };
     match &result {
         Ok(true) => say("[run] tests passed; collecting logs and tearing down"),
@@ -48,12 +50,12 @@ pub async fn run(a: RunArgs) -> anyhow::Result<bool> {
     let teardown = if teardown_errors.is_empty() {
         Ok(())
     } else {
-        Err(anyhow::anyhow!("teardown: {}", teardown_errors.join("\n")))
+        Err(anyhow!("teardown: {}", teardown_errors.join("\n")))
     };
     match (result, teardown) {
         (Ok(ok), Ok(())) => Ok(ok),
         (Ok(_), Err(t)) => Err(t),
         (Err(e), Ok(())) => Err(e),
-        (Err(e), Err(t)) => Err(anyhow::anyhow!("{e:#}\n{t}")),
+        (Err(e), Err(t)) => Err(anyhow!("{e:#}\n{t:#}")),
     }
 }

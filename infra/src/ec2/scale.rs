@@ -9,6 +9,7 @@ use super::say;
 use super::ssh::sh_quote;
 use super::state::{Host, RunState, Service};
 use crate::admin::AdminError;
+use anyhow::{anyhow, bail, Context};
 use bookstore_common::config::Kind;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -34,7 +35,7 @@ pub fn next_port(st: &RunState) -> anyhow::Result<u16> {
         .max()
         .unwrap_or(0);
     u16::try_from(counted.max(past_used))
-        .map_err(|_| anyhow::anyhow!("run {}: no service port left below 65536", st.run_id))
+        .map_err(|_| anyhow!("run {}: no service port left below 65536", st.run_id))
 }
 
 /// Opens `port` to the group's members if `up` did not (a state file from before
@@ -47,7 +48,7 @@ async fn open_port(st: &RunState, api_args: &ApiArgs, port: u16) -> anyhow::Resu
     let group = st
         .security_group_id
         .clone()
-        .ok_or_else(|| anyhow::anyhow!("run {} has no security group", st.run_id))?;
+        .with_context(|| format!("run {} has no security group", st.run_id))?;
     let region = api_args.region.clone().unwrap_or_else(|| st.region.clone());
     let endpoint = api_args
         .endpoint_url
@@ -83,11 +84,11 @@ pub async fn add(
         ),
     )
     .await
-    .map_err(|e| anyhow::anyhow!("register {kind} at {url} with the coordinators: {e}"))?;
+    .with_context(|| format!("register {kind} at {url} with the coordinators"))?;
     let id = answer["id"]
         .as_u64()
         .and_then(|i| u32::try_from(i).ok())
-        .ok_or_else(|| anyhow::anyhow!("register answered without an id: {answer}"))?;
+        .with_context(|| format!("register answered without an id: {answer}"))?;
     say(&format!(
         "[add] registered {kind} {id} at {url} ({})",
         l.instance_id
@@ -101,18 +102,18 @@ pub async fn add(
     );
     install_script(out, &st, h)
         .await
-        .map_err(|e| anyhow::anyhow!("{e}\n{undo}"))?;
+        .map_err(|e| anyhow!("{e:#}\n{undo}"))?;
     let script = format!(
         "cd {} && ./bookstore.sh start-one {kind} {id} && ./bookstore.sh health 60 {kind} {id}\n",
         sh_quote(&l.dir)
     );
     run_and_echo("add", &l, &script)
         .await
-        .map_err(|e| anyhow::anyhow!("{e}\n{undo}"))?;
+        .map_err(|e| anyhow!("{e:#}\n{undo}"))?;
     let limit = Duration::from_secs(wait_seconds);
     reach::wait_member("add", &st, kind, id, Until::Synced, limit)
         .await
-        .map_err(|e| anyhow::anyhow!("{e}\n{undo}"))?;
+        .map_err(|e| anyhow!("{e:#}\n{undo}"))?;
     println!(
         "{kind} {id} runs on {} at {url} and is a synced replica",
         l.instance_id
@@ -144,7 +145,7 @@ async fn retire(st: &RunState, kind: Kind, id: u32) -> anyhow::Result<()> {
             Err(e) if e.retry_shortly() && Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            Err(e) => return Err(anyhow::anyhow!("retire {kind} {id}: {e}")),
+            Err(e) => bail!("retire {kind} {id}: {e}"),
         }
     }
 }
@@ -157,7 +158,7 @@ pub async fn remove(
     id: u32,
     wait_seconds: u64,
 ) -> anyhow::Result<()> {
-    let h = st.host_of(kind, id).ok_or_else(|| {
+    let h = st.host_of(kind, id).with_context(|| {
         let have: Vec<String> = st.ids(kind).iter().map(u32::to_string).collect();
         anyhow::anyhow!(
             "run {} has no {kind} {id} (its {kind} replicas: {})",

@@ -4,6 +4,7 @@
 //! a host learns its key ([`HostKeys::Learn`], OpenSSH's `accept-new`, which still refuses
 //! a key that differs from one learned before); every other connection requires the
 //! learned key ([`HostKeys::Check`], `StrictHostKeyChecking=yes`).
+use anyhow::{bail, Context};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -377,14 +378,14 @@ pub async fn keygen(path: &Path, comment: &str) -> anyhow::Result<Vec<u8>> {
         .await
         .map_err(|e| missing_tool("ssh-keygen", e))?;
     if !out.status.success() {
-        return Err(anyhow::anyhow!(
+        bail!(
             "ssh-keygen {}: {}",
             path.display(),
             String::from_utf8_lossy(&out.stderr).trim()
-        ));
+        );
     }
     let pub_path = path.with_extension("pub");
-    std::fs::read(&pub_path).map_err(|e| anyhow::anyhow!("{}: {e}", pub_path.display()))
+    std::fs::read(&pub_path).with_context(|| pub_path.display().to_string())
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 //! load: their services (`["catalog", 1, 8003]`) are read as [`Service`]s, and their
 //! deployment record, which lacks the run's host keys, is dropped, so such a run is
 //! deployed again before anything connects to it.
+use anyhow::{anyhow, Context};
 use bookstore_common::config::Kind;
 use serde::{Deserialize, Deserializer, Serialize};
 use std::path::{Path, PathBuf};
@@ -200,27 +201,28 @@ impl RunState {
     pub fn load(output_dir: &Path, run: &str) -> anyhow::Result<RunState> {
         let p = RunState::path(output_dir, run);
         let text = std::fs::read_to_string(&p).map_err(|e| {
-            anyhow::anyhow!(
+            anyhow!(
                 "{}: {e} (no such run in {}?)",
                 p.display(),
                 runs_dir(output_dir).display()
             )
         })?;
-        serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))
+        serde_json::from_str(&text).with_context(|| p.display().to_string())
     }
 
     /// Writes the file atomically (temp file, fsync, rename), mode 0600.
     pub fn save(&self, output_dir: &Path) -> anyhow::Result<()> {
         let dir = run_dir(output_dir, &self.run_id);
-        std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+        std::fs::create_dir_all(&dir).with_context(|| dir.display().to_string())?;
         let p = RunState::path(output_dir, &self.run_id);
         let text = serde_json::to_string_pretty(self)?;
         bookstore_common::files::replace(
             &p,
             &[text.as_bytes()],
             bookstore_common::files::Replace::PRIVATE,
-        )?;
-        Ok(())
+        )
+        // The error's text names the step, the file and the cause already.
+        .map_err(|e| anyhow!("{e}"))
     }
 
     pub fn dir(&self, output_dir: &Path) -> PathBuf {
@@ -255,8 +257,8 @@ impl RunState {
 
     /// The deployment record, or an error that says to deploy.
     pub fn deployed(&self) -> anyhow::Result<&Deployment> {
-        self.deployment.as_ref().ok_or_else(|| {
-            anyhow::anyhow!(
+        self.deployment.as_ref().with_context(|| {
+            format!(
                 "run {} is not deployed (or was deployed by an older infra that did not record the hosts' keys): run `infra ec2 deploy --run {}`",
                 self.run_id, self.run_id
             )
@@ -293,8 +295,8 @@ pub fn pick_run(
         .into_iter()
         .rev()
         .find(|s| phases.contains(&s.phase))
-        .ok_or_else(|| {
-            anyhow::anyhow!(
+        .with_context(|| {
+            format!(
                 "no run to use in {} (looked for one that is {}); start one with `infra ec2 up` or name one with --run",
                 runs_dir(output_dir).display(),
                 phases

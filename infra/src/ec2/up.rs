@@ -7,7 +7,7 @@ use super::layout::{self, Placed, Shape, REPLICAS};
 use super::ssh;
 use super::state::{Host, Phase, RunState};
 use super::{check_run_id, say, NAME_PREFIX};
-use anyhow::Context;
+use anyhow::{anyhow, bail, Context};
 use std::path::Path;
 
 /// `up`: see [`super::cli::Ec2Command::Up`].
@@ -46,7 +46,7 @@ pub async fn up(a: &UpArgs, run: &str) -> anyhow::Result<RunState> {
     let cluster = layout::cluster(st.services(), &addrs);
     let cluster_file = st.dir(out).join("cluster.csv");
     std::fs::write(&cluster_file, cluster.to_text())
-        .map_err(|e| anyhow::anyhow!("{}: {e}", cluster_file.display()))?;
+        .with_context(|| cluster_file.display().to_string())?;
     st.phase = Phase::Up;
     st.save(out)?;
     report(&st, out, &cluster_file);
@@ -59,18 +59,18 @@ fn check(a: &UpArgs, run: &str) -> anyhow::Result<Vec<Placed>> {
     layout::check_cidr(&a.allow)?;
     let out = &a.sel.output_dir;
     if RunState::path(out, run).exists() {
-        return Err(anyhow::anyhow!(
+        bail!(
             "run {run} exists already ({}); pick another --run",
             RunState::path(out, run).display()
-        ));
+        );
     }
     if let Some(k) = &a.ssh_key {
         if !k.exists() {
-            return Err(anyhow::anyhow!("--ssh-key {}: no such file", k.display()));
+            bail!("--ssh-key {}: no such file", k.display());
         }
     }
     if a.base_port == 0 {
-        anyhow::bail!("--base-port 0: give a port from 1 on");
+        bail!("--base-port 0: give a port from 1 on");
     }
     let shape = Shape {
         coordinators: a.coordinators,
@@ -89,7 +89,7 @@ fn new_state(
     image_name: String,
     n_services: usize,
 ) -> anyhow::Result<RunState> {
-    let n_services = u16::try_from(n_services).context("too many services")?;
+    let n_services = u16::try_from(n_services).map_err(|_| anyhow!("too many services"))?;
     Ok(RunState {
         run_id: run.to_string(),
         created_unix: bookstore_common::clock::now_ms() / 1000,
@@ -169,7 +169,7 @@ async fn hosts(api: &Api, ids: &[String], placed: &[Placed]) -> anyhow::Result<V
         let id = inst.instance_id().unwrap_or_default().to_string();
         let private_ip = inst
             .private_ip_address()
-            .ok_or_else(|| anyhow::anyhow!("instance {id} has no private address"))?
+            .with_context(|| format!("instance {id} has no private address"))?
             .to_string();
         hosts.push(Host {
             instance_id: id,
@@ -219,10 +219,8 @@ fn token(var: &str) -> anyhow::Result<String> {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "._~+/=-".contains(c))
     {
-        return Err(anyhow::anyhow!(
-            "{var} may hold only letters, digits and ._~+/=- (it goes into an environment file)"
-        ));
+        bail!("{var} may hold only letters, digits and ._~+/=- (it goes into an environment file)");
     }
-    bookstore_common::auth::check_token(var, &t)?;
+    bookstore_common::auth::check_token(var, &t).map_err(anyhow::Error::msg)?;
     Ok(t)
 }

@@ -1,6 +1,7 @@
 //! What a local cluster starts: cluster files on free loopback ports, the books file
 //! checked first, and the coordinators added and retired at run time
 //! (`<output-dir>/coordinators.json`).
+use anyhow::{anyhow, bail, Context};
 use bookstore_common::config::{ClusterConfig, Endpoint, Kind};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -82,8 +83,8 @@ const BOOKS_FULL_CHECK_BYTES: u64 = 1 << 20;
 /// whole file is parsed, for an exact error.
 pub fn check_books(path: &Path) -> anyhow::Result<()> {
     use std::io::BufRead;
-    let file = std::fs::File::open(path)
-        .map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", path.display()))?;
+    let file =
+        std::fs::File::open(path).with_context(|| format!("{}: cannot read", path.display()))?;
     if file.metadata().map_or(0, |m| m.len()) <= BOOKS_FULL_CHECK_BYTES {
         bookstore_common::config::load_books(path)?;
         return Ok(());
@@ -94,7 +95,7 @@ pub fn check_books(path: &Path) -> anyhow::Result<()> {
         match reader.read_line(&mut head) {
             Ok(0) => break,
             Ok(_) => {}
-            Err(e) => return Err(anyhow::anyhow!("{}: cannot read: {e}", path.display())),
+            Err(e) => bail!("{}: cannot read: {e}", path.display()),
         }
     }
     let name = path.display().to_string();
@@ -126,11 +127,9 @@ impl CoordinatorLayout {
     pub fn load(output_dir: &Path) -> anyhow::Result<CoordinatorLayout> {
         let path = Self::path(output_dir);
         match std::fs::read(&path) {
-            Ok(b) => {
-                serde_json::from_slice(&b).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
-            }
+            Ok(b) => serde_json::from_slice(&b).with_context(|| path.display().to_string()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(CoordinatorLayout::default()),
-            Err(e) => Err(anyhow::anyhow!("{}: {e}", path.display())),
+            Err(e) => Err(anyhow!("{}: {e}", path.display())),
         }
     }
 
@@ -140,7 +139,7 @@ impl CoordinatorLayout {
             &path,
             serde_json::to_vec_pretty(self).expect("layout encodes"),
         )
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+        .with_context(|| path.display().to_string())
     }
 }
 
@@ -165,7 +164,7 @@ pub(super) fn planned_servers(
                 let (host, port) = addr
                     .rsplit_once(':')
                     .and_then(|(h, p)| Some((h, p.parse().ok()?)))
-                    .ok_or_else(|| anyhow::anyhow!("coordinators.json: bad address {addr:?}"))?;
+                    .with_context(|| format!("coordinators.json: bad address {addr:?}"))?;
                 out.push((kind, *added, Endpoint::new(host, port)));
             }
         }

@@ -1,5 +1,6 @@
 //! Supervised child processes: logs appended to a file, SIGTERM from the kernel when the
 //! supervisor dies, and stopping with SIGTERM then SIGKILL.
+use anyhow::Context;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -12,7 +13,7 @@ pub(crate) fn supervised(program: &Path, log: &Path) -> anyhow::Result<Command> 
         .create(true)
         .append(true)
         .open(log)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", log.display()))?;
+        .with_context(|| log.display().to_string())?;
     let err = out.try_clone()?;
     let mut cmd = Command::new(program);
     cmd.stdin(Stdio::null())

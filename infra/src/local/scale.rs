@@ -2,7 +2,7 @@
 //! and coordinators, and restarting every server one at a time.
 use super::{CoordinatorLayout, LocalCluster, Server};
 use crate::membership::{self, Standing};
-use anyhow::Context;
+use anyhow::{bail, Context};
 use bookstore_common::config::{Endpoint, Kind};
 use std::time::{Duration, Instant};
 
@@ -15,13 +15,11 @@ impl LocalCluster {
             return self.add_coordinator(progress).await;
         }
         if !matches!(kind, Kind::Catalog | Kind::Order) {
-            return Err(anyhow::anyhow!(
-                "only coordinators and catalog and order replicas can be added, not {kind}"
-            ));
+            bail!("only coordinators and catalog and order replicas can be added, not {kind}");
         }
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
-            .map_err(|e| anyhow::anyhow!("no free port: {e}"))?
+            .context("no free port")?
             .port();
         let endpoint = Endpoint::new("127.0.0.1", port);
         let path = format!(
@@ -31,10 +29,10 @@ impl LocalCluster {
         let answer: serde_json::Value = self
             .admin_post(&path)
             .await
-            .map_err(|e| anyhow::anyhow!("register {kind} at {endpoint}: {e}"))?;
+            .with_context(|| format!("register {kind} at {endpoint}"))?;
         let id = answer["id"]
             .as_u64()
-            .ok_or_else(|| anyhow::anyhow!("register answered without an id: {answer}"))?
+            .with_context(|| format!("register answered without an id: {answer}"))?
             as u32;
         progress(&format!("registered {kind} {id} at {endpoint}"));
         let mut server = Server {
@@ -84,7 +82,7 @@ impl LocalCluster {
                 Err(e) if e.to_string().contains("retry shortly") && Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
-                Err(e) => return Err(anyhow::anyhow!("retire {kind} {id}: {e}")),
+                Err(e) => return Err(e.context(format!("retire {kind} {id}"))),
             }
         }
         progress(&format!(
@@ -98,9 +96,7 @@ impl LocalCluster {
                 }
             }
             if Instant::now() > deadline {
-                return Err(anyhow::anyhow!(
-                    "the {kind} view still includes {id} after 15 s"
-                ));
+                bail!("the {kind} view still includes {id} after 15 s");
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -176,16 +172,16 @@ impl LocalCluster {
     async fn add_coordinator(&mut self, progress: &dyn Fn(&str)) -> anyhow::Result<u32> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
-            .map_err(|e| anyhow::anyhow!("no free port: {e}"))?
+            .context("no free port")?
             .port();
         let endpoint = Endpoint::new("127.0.0.1", port);
         let answer: serde_json::Value = self
             .admin_post("/admin/coordinators/reserve")
             .await
-            .map_err(|e| anyhow::anyhow!("reserve a coordinator id: {e}"))?;
+            .context("reserve a coordinator id")?;
         let id = answer["id"]
             .as_u64()
-            .ok_or_else(|| anyhow::anyhow!("reserve answered without an id: {answer}"))?
+            .with_context(|| format!("reserve answered without an id: {answer}"))?
             as u32;
         let mut layout = CoordinatorLayout::load(&self.options.output_dir)?;
         layout.added.insert(id, endpoint.addr());
@@ -214,7 +210,7 @@ impl LocalCluster {
         let answer: serde_json::Value = self
             .admin_post(&path)
             .await
-            .map_err(|e| anyhow::anyhow!("add coordinator {id}: {e}"))?;
+            .with_context(|| format!("add coordinator {id}"))?;
         self.coordinators.learn([endpoint.url().as_str()]);
         progress(&format!(
             "coordinator {id} is a voting member; voters {}",
@@ -233,7 +229,7 @@ impl LocalCluster {
         let answer: serde_json::Value = self
             .admin_post(&format!("/admin/coordinators/remove?id={id}"))
             .await
-            .map_err(|e| anyhow::anyhow!("remove coordinator {id}: {e}"))?;
+            .with_context(|| format!("remove coordinator {id}"))?;
         progress(&format!(
             "coordinator {id} left the group; voters {}",
             answer["voters"]

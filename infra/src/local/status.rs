@@ -2,6 +2,7 @@
 //! replica's status) and waiting until it is healthy, led, ready, or a replica synced.
 use super::{tail, LocalCluster, Server};
 use crate::membership::{self, Standing};
+use anyhow::{bail, Context};
 use bookstore_common::config::Kind;
 use bookstore_common::coordinators::Coordinators;
 use bookstore_replication::node::Status;
@@ -18,9 +19,7 @@ impl LocalCluster {
                 Err(e) => e,
             };
             if Instant::now() > deadline {
-                return Err(anyhow::anyhow!(
-                    "the coordinators did not elect a leader within {limit:?}: {last}"
-                ));
+                bail!("the coordinators did not elect a leader within {limit:?}: {last:#}");
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -32,7 +31,7 @@ impl LocalCluster {
         self.coordinators
             .view(kind.name(), Duration::from_millis(500))
             .await
-            .map_err(|e| anyhow::anyhow!("coordinators: {e}"))
+            .context("coordinators")
     }
 
     /// The coordinator group, as this tool reaches it.
@@ -76,7 +75,7 @@ impl LocalCluster {
             .servers
             .iter()
             .find(|s| s.kind == kind && s.id == id)
-            .ok_or_else(|| anyhow::anyhow!("no {kind} {id} in this cluster"))?;
+            .with_context(|| format!("no {kind} {id} in this cluster"))?;
         loop {
             // The view service counts it as primary or synced backup, and the replica
             // itself acts in that same view (same epoch and role) and serves reads.
@@ -94,9 +93,7 @@ impl LocalCluster {
                 }
             }
             if Instant::now() > deadline {
-                return Err(anyhow::anyhow!(
-                    "{kind} {id} did not become a synced member within {limit:?}"
-                ));
+                bail!("{kind} {id} did not become a synced member within {limit:?}");
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -132,9 +129,7 @@ impl LocalCluster {
                 }
             }
             if Instant::now() > deadline {
-                return Err(anyhow::anyhow!(
-                    "coordinator {id} did not catch up with the leader within {limit:?}"
-                ));
+                bail!("coordinator {id} did not catch up with the leader within {limit:?}");
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -151,12 +146,12 @@ impl LocalCluster {
             loop {
                 if let Some(child) = server.child.as_mut() {
                     if let Ok(Some(status)) = child.try_wait() {
-                        return Err(anyhow::anyhow!(
+                        bail!(
                             "{} exited during start ({status}); the end of {}:\n{}",
                             server.name(),
                             server.log.display(),
                             tail(&server.log, 15)
-                        ));
+                        );
                     }
                 }
                 if let Ok(r) = http.get(&url).send().await {
@@ -165,11 +160,11 @@ impl LocalCluster {
                     }
                 }
                 if Instant::now() > deadline {
-                    return Err(anyhow::anyhow!(
+                    bail!(
                         "{} did not become healthy within {limit:?}; see {}",
                         server.name(),
                         server.log.display()
-                    ));
+                    );
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
@@ -195,9 +190,7 @@ impl LocalCluster {
                     }
                 }
                 if Instant::now() > deadline {
-                    return Err(anyhow::anyhow!(
-                        "the {kind} replicas did not all join the view within {limit:?}"
-                    ));
+                    bail!("the {kind} replicas did not all join the view within {limit:?}");
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
@@ -216,11 +209,11 @@ impl LocalCluster {
                     break;
                 }
                 if Instant::now() > deadline {
-                    return Err(anyhow::anyhow!(
+                    bail!(
                         "{} did not join a view within {limit:?}; see {}",
                         s.name(),
                         s.log.display()
-                    ));
+                    );
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
@@ -234,6 +227,6 @@ impl LocalCluster {
             .await?
             .view
             .map(|v| v.primary)
-            .ok_or_else(|| anyhow::anyhow!("no {kind} view yet"))
+            .with_context(|| format!("no {kind} view yet"))
     }
 }

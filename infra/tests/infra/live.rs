@@ -138,7 +138,7 @@ async fn scale_out_then_in_keeps_every_sale() {
         let v = lc.view_doc(kind).await.unwrap();
         assert_eq!(v.view.as_ref().map(|v| v.primary), Some(2), "{v:?}");
         assert_eq!(v.members.len(), 1, "{v:?}");
-        let refused = lc.remove(kind, 2, &progress).await.unwrap_err().to_string();
+        let refused = format!("{:#}", lc.remove(kind, 2, &progress).await.unwrap_err());
         assert!(refused.contains("cannot be retired"), "{refused}");
     }
     // The cluster still sells, and the survivor has every sale.

@@ -199,7 +199,7 @@ fn a_big_books_file_is_checked_by_its_head_only() {
     infra::local::check_books(&path).unwrap();
     // A bad head is refused with the exact line, as for a small file.
     std::fs::write(&path, text.replacen("1,A title", "1,A title,extra", 1)).unwrap();
-    let err = infra::local::check_books(&path).unwrap_err().to_string();
+    let err = format!("{:#}", infra::local::check_books(&path).unwrap_err());
     assert!(err.contains("big.csv:2: expected 5 fields, got 6"), "{err}");
     let small = dir.path().join("small.csv");
     std::fs::write(
@@ -207,6 +207,6 @@ fn a_big_books_file_is_checked_by_its_head_only() {
         "item_number,title,topic,stock,cost\n1,A,t,3,10\n2,B,t,x,1\n",
     )
     .unwrap();
-    let err = infra::local::check_books(&small).unwrap_err().to_string();
+    let err = format!("{:#}", infra::local::check_books(&small).unwrap_err());
     assert!(err.contains("small.csv:3: stock must be"), "{err}");
 }
