@@ -68,7 +68,7 @@ pub async fn execute(
 ) -> anyhow::Result<serde_json::Value> {
     match op {
         Op::Add(kind) => {
-            let id = lc.add(kind, progress).await.map_err(|e| format!("{e:#}"))?;
+            let id = lc.add(kind, progress).await?;
             let s = lc
                 .servers
                 .iter()
@@ -79,16 +79,12 @@ pub async fn execute(
             )
         }
         Op::Remove(kind, id) => {
-            lc.remove(kind, id, progress)
-                .await
-                .map_err(|e| format!("{e:#}"))?;
+            lc.remove(kind, id, progress).await?;
             Ok(serde_json::json!({"kind": kind.name(), "id": id, "result": "retired"}))
         }
         Op::RollingRestart => {
             let started = std::time::Instant::now();
-            lc.rolling_restart(progress)
-                .await
-                .map_err(|e| format!("{e:#}"))?;
+            lc.rolling_restart(progress).await?;
             Ok(
                 serde_json::json!({"result": "restarted", "seconds": started.elapsed().as_secs_f64()}),
             )

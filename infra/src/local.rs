@@ -124,17 +124,17 @@ impl LocalCluster {
         let resumed = options.output_dir.join("data").is_dir();
         let planned = planned_servers(&cluster, &options.output_dir)?;
         for (kind, id, e) in &planned {
-            drop(
-                bookstore_common::server::bind(&e.addr(), &format!("{kind} {id}"))
-                    .map_err(anyhow::Error::msg)?,
-            );
+            drop(bookstore_common::server::bind(
+                &e.addr(),
+                &format!("{kind} {id}"),
+            )?);
         }
         let exe = match &options.program {
             Some(p) => p.clone(),
             None => std::env::current_exe().context("cannot find this program")?,
         };
         if let Some(h) = &options.haproxy {
-            drop(bookstore_common::server::bind(&h.addr(), "haproxy").map_err(anyhow::Error::msg)?);
+            drop(bookstore_common::server::bind(&h.addr(), "haproxy")?);
         }
         let client = bookstore_common::client::Client::with_timeout(
             &options.cluster_token,
@@ -282,10 +282,10 @@ impl LocalCluster {
             ));
             for (k, id, e) in &members {
                 if !file.iter().any(|(_, i, _)| i == id) {
-                    drop(
-                        bookstore_common::server::bind(&e.addr(), &format!("{k} {id}"))
-                            .map_err(anyhow::Error::msg)?,
-                    );
+                    drop(bookstore_common::server::bind(
+                        &e.addr(),
+                        &format!("{k} {id}"),
+                    )?);
                 }
             }
             out.extend(members);

@@ -238,8 +238,7 @@ async fn up(
     ));
     out("  Ctrl-C stops every server.");
     // The control API for `local add|remove|rolling-restart`.
-    let listener =
-        bookstore_common::server::bind("127.0.0.1:0", "control API").map_err(anyhow::Error::msg)?;
+    let listener = bookstore_common::server::bind("127.0.0.1:0", "control API")?;
     let control_url = format!("http://{}", listener.local_addr()?);
     let (tx, mut rx) = tokio::sync::mpsc::channel::<control::Request>(4);
     let (stop_control, control_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -325,7 +324,7 @@ async fn test(
     if let Some(mut lc) = started {
         lc.stop().await;
     }
-    let verdicts = verdicts.map_err(anyhow::Error::msg)?;
+    let verdicts = verdicts?;
     print!("{}", infra::scenarios::table(&verdicts));
     println!("client log: {}", log.display());
     Ok(verdicts.iter().all(|v| v.passed || v.skipped))
@@ -344,17 +343,6 @@ async fn remote(output_dir: &std::path::Path, path: &str) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// `infra serve <kind>`: becomes that server.
-async fn serve(server: Serve) -> Result<(), bookstore_common::cli::LaunchError> {
-    match server {
-        Serve::Coordinator(c) => bookstore_coordinator::cli::launch(c).await,
-        Serve::Frontend(c) => bookstore_frontend::cli::launch(c).await,
-        Serve::Cache(c) => bookstore_cache::cli::launch(c).await,
-        Serve::Catalog(c) => bookstore_catalog::cli::launch(c).await,
-        Serve::Order(c) => bookstore_order::cli::launch(c).await,
-    }
-}
-
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
@@ -366,7 +354,7 @@ async fn main() {
             Serve::Catalog(c) => bookstore_catalog::cli::launch(c).await,
             Serve::Order(c) => bookstore_order::cli::launch(c).await,
         }
-        .map_err(anyhow::Error::msg),
+        .map_err(anyhow::Error::from),
         #[cfg(feature = "ec2")]
         Command::Ec2 { command } => match infra::ec2::cli::main(command).await {
             Ok(true) => Ok(()),

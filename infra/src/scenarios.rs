@@ -264,11 +264,11 @@ async fn buy_through_fault(
 ) -> anyhow::Result<String> {
     let item = 4;
     let before = c.stock(item).await?;
-    let victim = lc.primary(kind).await.map_err(|e| format!("{e:#}"))?;
+    let victim = lc.primary(kind).await?;
     let internal = bookstore_common::client::Client::new(&lc.options.cluster_token);
     let url = lc.cluster.server(kind, victim).expect("exists").url();
     if kill {
-        lc.kill9(kind, victim).await.map_err(|e| format!("{e:#}"))?;
+        lc.kill9(kind, victim).await?;
     } else {
         internal
             .post_json::<Value>(&format!("{url}/shutdown"), &[])
@@ -279,17 +279,13 @@ async fn buy_through_fault(
     let took = started.elapsed();
     // Bring the replica back whatever happened, so later scenarios find a whole cluster.
     if kill {
-        lc.restart(kind, victim)
-            .await
-            .map_err(|e| format!("{e:#}"))?;
+        lc.restart(kind, victim).await?;
     } else {
         internal
             .post_json::<Value>(&format!("{url}/recover"), &[])
             .await?;
     }
-    lc.wait_ready(Duration::from_secs(15))
-        .await
-        .map_err(|e| format!("{e:#}"))?;
+    lc.wait_ready(Duration::from_secs(15)).await?;
     let (s, v) = bought?;
     check(
         s == 200 && v["result"] == "Success",

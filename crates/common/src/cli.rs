@@ -101,8 +101,8 @@ pub enum LaunchError {
     Token(#[from] crate::auth::TokenError),
     #[error(transparent)]
     Bind(#[from] crate::server::BindError),
-    /// Serving failed (the runtime, a listener), or a start-up step the service names.
-    #[error("{0}")]
+    /// Serving failed (the runtime, a listener).
+    #[error(transparent)]
     Io(#[from] std::io::Error),
     /// A service's own error (the coordinator's Raft group, say).
     #[error("{0}")]

@@ -19,9 +19,7 @@ pub async fn test(
     let books = bookstore_common::config::load_books(books_file)?;
     let log = st.dir(out).join("client_log");
     say(&format!("[test] running the seed scenarios against {url}"));
-    let verdicts = crate::scenarios::run_all(&url, &books, &log, None)
-        .await
-        .map_err(anyhow::Error::msg)?;
+    let verdicts = crate::scenarios::run_all(&url, &books, &log, None).await?;
     print!("{}", crate::scenarios::table(&verdicts));
     println!("client log: {}", log.display());
     let ok = verdicts.iter().all(|v| v.passed || v.skipped);

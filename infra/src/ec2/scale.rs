@@ -160,7 +160,7 @@ pub async fn remove(
 ) -> anyhow::Result<()> {
     let h = st.host_of(kind, id).with_context(|| {
         let have: Vec<String> = st.ids(kind).iter().map(u32::to_string).collect();
-        anyhow::anyhow!(
+        format!(
             "run {} has no {kind} {id} (its {kind} replicas: {})",
             st.run_id,
             have.join(", ")

@@ -72,9 +72,7 @@ impl TryFrom<ServiceOnDisk> for Service {
                 (kind, id, port)
             }
         };
-        let kind = Kind::parse(&kind)
-            .ok_or_else(|| anyhow::anyhow!("unknown service kind {kind:?}"))
-            .map_err(|e| format!("{e:#}"))?;
+        let kind = Kind::parse(&kind).ok_or_else(|| format!("unknown service kind {kind:?}"))?;
         Ok(Service { kind, id, port })
     }
 }

@@ -221,6 +221,6 @@ fn token(var: &str) -> anyhow::Result<String> {
     {
         bail!("{var} may hold only letters, digits and ._~+/=- (it goes into an environment file)");
     }
-    bookstore_common::auth::check_token(var, &t).map_err(anyhow::Error::msg)?;
+    bookstore_common::auth::check_token(var, &t)?;
     Ok(t)
 }
