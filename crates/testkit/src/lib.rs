@@ -21,17 +21,6 @@ pub fn seed_books() -> Vec<Book> {
     .expect("data/books.csv parses")
 }
 
-/// The stock of `item` a public lookup through the frontend at `f` shows; with `fresh`
-/// the lookup skips the caches (`Cache-Control: no-cache`).
-pub async fn lookup_stock(http: &reqwest::Client, f: &str, item: u32, fresh: bool) -> u64 {
-    let mut req = http.get(format!("{f}/lookup?item_number={item}"));
-    if fresh {
-        req = req.header("Cache-Control", "no-cache");
-    }
-    let v: serde_json::Value = req.send().await.unwrap().json().await.unwrap();
-    v["result"]["stock"].as_u64().unwrap()
-}
-
 /// Options of a test cluster.
 #[derive(Debug, Clone)]
 pub struct Options {

@@ -37,21 +37,6 @@ fn local_test_runs_the_seed_scenarios_and_passes() {
     assert_eq!(orders.matches("bought book 1").count(), 3);
 }
 
-/// The pid of the next server `local up` reports starting ("... (pid N)") on its stderr.
-fn next_server_pid(stderr: &mut impl BufRead) -> i32 {
-    let mut line = String::new();
-    loop {
-        line.clear();
-        assert!(
-            stderr.read_line(&mut line).unwrap() > 0,
-            "infra stopped early"
-        );
-        if let Some(p) = line.split("(pid ").nth(1) {
-            return p.trim().trim_end_matches(')').parse::<i32>().unwrap();
-        }
-    }
-}
-
 #[test]
 fn local_up_serves_and_stops_every_process_on_sigterm() {
     let _machine = crate::MACHINE.blocking_read();
@@ -63,7 +48,18 @@ fn local_up_serves_and_stops_every_process_on_sigterm() {
         .unwrap();
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
     let stdout = BufReader::new(child.stdout.take().unwrap());
-    let pids: Vec<i32> = (0..6).map(|_| next_server_pid(&mut stderr)).collect();
+    let mut pids = Vec::new();
+    let mut line = String::new();
+    while pids.len() < 6 {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "infra stopped early"
+        );
+        if let Some(p) = line.split("(pid ").nth(1) {
+            pids.push(p.trim().trim_end_matches(')').parse::<i32>().unwrap());
+        }
+    }
     let mut stdout_lines = stdout.lines();
     let first = stdout_lines.next().unwrap().unwrap();
     assert!(
@@ -98,7 +94,17 @@ fn a_sigterm_during_start_stops_every_server_and_exits_cleanly() {
         .spawn()
         .unwrap();
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let pid = next_server_pid(&mut stderr);
+    let mut line = String::new();
+    let pid = loop {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "infra stopped early"
+        );
+        if let Some(p) = line.split("(pid ").nth(1) {
+            break p.trim().trim_end_matches(')').parse::<i32>().unwrap();
+        }
+    };
     // The first server has started; the cluster is not up yet.
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };

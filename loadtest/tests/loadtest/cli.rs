@@ -98,10 +98,15 @@ fn bad_arguments_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runs_against_the_baseline_and_writes_results() {
     let _machine = crate::MACHINE.read().await;
-    let baseline = crate::support::Baseline::start();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(loadtest::baseline::serve(listener, 1, async {
+        let _ = stopped.await;
+    }));
     let dir = tempfile::tempdir().unwrap();
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_loadtest"))
-        .args(["run", "--target", &baseline.url])
+        .args(["run", "--target", &format!("http://{addr}")])
         .args([
             "--workload",
             "lookup",
@@ -115,7 +120,8 @@ async fn runs_against_the_baseline_and_writes_results() {
         .output()
         .await
         .unwrap();
-    baseline.stop().await;
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

@@ -275,8 +275,13 @@ async fn open_loop_keeps_the_rate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn baseline_answers_and_errors_are_counted() {
     let _machine = crate::MACHINE.read().await;
-    let baseline = crate::support::Baseline::start();
-    let target = baseline.url.clone();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(loadtest::baseline::serve(listener, 1, async {
+        let _ = stopped.await;
+    }));
+    let target = format!("http://{addr}");
     let body: serde_json::Value = reqwest::get(format!("{target}/lookup"))
         .await
         .unwrap()
@@ -288,7 +293,8 @@ async fn baseline_answers_and_errors_are_counted() {
         .await
         .unwrap();
     assert_clean(&report, 200, &[1, 4]);
-    baseline.stop().await;
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
 
     // Nothing listens any more: every request is a connect error.
     let mut dead = config(&target, Workload::Lookup, &[2], 6);

@@ -4,7 +4,7 @@
 //! - `cluster`: the load generator against an in-process cluster;
 //! - `coordinator_isolation`: a coordinator leader cut off by iptables;
 //! - `live`: `infra local rolling-restart` under load;
-//! - `support`: helpers: where `infra` is, the baseline server.
+//! - `support`: helpers for the modules that run real processes.
 mod chaos;
 mod cli;
 mod cluster;

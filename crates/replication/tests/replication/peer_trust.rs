@@ -66,20 +66,15 @@ fn entry(index: u64, epoch: u64) -> Entry {
     }
 }
 
-/// What the primary of `epoch` (replica 1) sends first: `entries` from the log's start.
-fn from_start(epoch: u64, entries: Vec<Entry>) -> Msg {
-    Msg::Replicate {
+/// Replica 1 makes replica 0 its backup in `epoch` (the view is persisted first).
+async fn become_backup(node: &Node<Applied>, epoch: u64) {
+    let heartbeat = Msg::Replicate {
         view: view(epoch),
         prev_index: 0,
         prev_epoch: 0,
-        entries,
+        entries: vec![],
         commit: 0,
-    }
-}
-
-/// Replica 1 makes replica 0 its backup in `epoch` (the view is persisted first).
-async fn become_backup(node: &Node<Applied>, epoch: u64) {
-    let heartbeat = from_start(epoch, vec![]);
+    };
     node.deliver(1, vec![heartbeat]);
     for _ in 0..200 {
         if node.status().role == bookstore_replication::node::ReplicaRole::Backup {
@@ -96,7 +91,16 @@ async fn entries_with_a_gap_are_refused_and_the_replica_restarts() {
     let node = start(dir.path());
     become_backup(&node, 1).await;
     // Entries 1 and 3, no 2.
-    node.deliver(1, vec![from_start(1, vec![entry(1, 1), entry(3, 1)])]);
+    node.deliver(
+        1,
+        vec![Msg::Replicate {
+            view: view(1),
+            prev_index: 0,
+            prev_epoch: 0,
+            entries: vec![entry(1, 1), entry(3, 1)],
+            commit: 0,
+        }],
+    );
     tokio::time::sleep(Duration::from_millis(100)).await;
     node.crash().await;
     let again = std::panic::AssertUnwindSafe(node.restart());
@@ -128,7 +132,13 @@ async fn the_queue_to_a_stuck_peer_is_bounded() {
     let node = Node::start(opts, Applied::default).unwrap();
     become_backup(&node, 1).await;
     // Each heartbeat is answered with an ack to replica 1, which never reads them.
-    let heartbeat = from_start(1, vec![]);
+    let heartbeat = Msg::Replicate {
+        view: view(1),
+        prev_index: 0,
+        prev_epoch: 0,
+        entries: vec![],
+        commit: 0,
+    };
     let n = 3 * bookstore_replication::node::PEER_QUEUE;
     node.deliver(1, vec![heartbeat; n]);
     for _ in 0..200 {
@@ -325,7 +335,16 @@ async fn a_stop_cancels_and_waits_for_every_task_of_the_replica() {
     let dir = tempfile::tempdir().unwrap();
     let node = start_with_primary(dir.path(), &stuck_url);
     become_backup(&node, 1).await;
-    node.deliver(1, vec![from_start(1, vec![entry(1, 1)])]);
+    node.deliver(
+        1,
+        vec![Msg::Replicate {
+            view: view(1),
+            prev_index: 0,
+            prev_epoch: 0,
+            entries: vec![entry(1, 1)],
+            commit: 0,
+        }],
+    );
     // The backup's answer to its primary is on its way, and stuck (for the call's
     // timeout, 1 s for a small body).
     let limit = std::time::Instant::now() + Duration::from_secs(5);

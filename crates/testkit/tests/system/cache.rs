@@ -1,7 +1,7 @@
 //! The cache never serves stale data after an acknowledged write.
 use bookstore_common::config::Kind;
 use bookstore_common::types::{Book, ItemNumber};
-use bookstore_testkit::{lookup_stock, Options, TestCluster, ADMIN_TOKEN};
+use bookstore_testkit::{Options, TestCluster, ADMIN_TOKEN};
 use serde_json::Value;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -27,7 +27,20 @@ fn books() -> Vec<Book> {
 }
 
 async fn stock(http: &reqwest::Client, f: &str) -> u64 {
-    lookup_stock(http, f, 1, false).await
+    stock_of(http, f, 1).await
+}
+
+/// The stock of `item` a lookup through the frontend `f` shows.
+async fn stock_of(http: &reqwest::Client, f: &str, item: u32) -> u64 {
+    let v: Value = http
+        .get(format!("{f}/lookup?item_number={item}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["result"]["stock"].as_u64().unwrap()
 }
 
 /// Buys one copy of `item` through the frontend `f`; the answer's status.
@@ -327,7 +340,7 @@ async fn after_a_sold_out_answer_no_cache_shows_a_copy() {
             tokio::spawn(async move {
                 let status = buy(&http, &f, 2).await;
                 let seen = if status == 409 {
-                    Some(lookup_stock(&http, &f, 2, false).await)
+                    Some(stock_of(&http, &f, 2).await)
                 } else {
                     None
                 };

@@ -4,15 +4,13 @@ use super::*;
 
 #[test]
 fn deploy_test_collect_stop_against_a_real_sshd() {
-    let Some(SshScene {
-        moto,
-        out,
-        remote,
-        servers,
-    }) = SshScene::start()
-    else {
+    let Some(moto) = Moto::start() else { return };
+    if need("/usr/sbin/sshd").is_none() || need("ssh").is_none() {
         return;
-    };
+    }
+    let out = tempfile::tempdir().unwrap();
+    let remote = out.path().join("remote");
+    let servers = ServersUnder(remote.clone());
     let run = "t-deploy";
     let base = free_port_range().to_string();
     let me = user();
@@ -501,19 +499,22 @@ fn lose_host_0(out: &Path, run: &str, remote: &Path, sshd0: &mut Sshd, base: &st
 
 #[test]
 fn run_does_everything_against_moto_and_sshd() {
-    let Some(SshScene {
-        moto,
-        out,
-        remote,
-        servers,
-    }) = SshScene::start()
-    else {
+    let Some(moto) = Moto::start() else { return };
+    if need("/usr/sbin/sshd").is_none() || need("ssh").is_none() {
         return;
-    };
+    }
+    let out = tempfile::tempdir().unwrap();
+    let remote = out.path().join("remote");
+    let servers = ServersUnder(remote.clone());
     let run = "t-run";
     // The run's key must be known to the sshd before `run` makes it: bring your own key.
     let key = out.path().join("my_key");
-    keygen(&key);
+    let st = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&key)
+        .status()
+        .unwrap();
+    assert!(st.success());
     let c = moto.client();
     rt().block_on(async {
         c.import_key_pair()

@@ -229,20 +229,28 @@ fn down_all_runs_finds_leftovers_of_crashed_runs_by_tag() {
     assert_eq!(leftovers(&moto, "t-crash1"), (1, 1, 1));
     assert_eq!(leftovers(&moto, "t-crash2"), (2, 1, 1));
     let c = moto.client();
-    let groups = || {
-        rt().block_on(async {
-            let out = c.describe_security_groups().send().await.unwrap();
-            out.security_groups().len()
-        })
-    };
-    let default_groups = groups() - 2;
+    let default_groups = rt().block_on(async {
+        c.describe_security_groups()
+            .send()
+            .await
+            .unwrap()
+            .security_groups()
+            .len()
+    }) - 2;
     run_ok(ec2(
         out.path(),
         &["down", "--all-runs", "--endpoint-url", &moto.url],
     ));
     assert_eq!(leftovers(&moto, "t-crash1"), (0, 0, 0));
     assert_eq!(leftovers(&moto, "t-crash2"), (0, 0, 0));
-    let groups_after = groups();
+    let groups_after = rt().block_on(async {
+        c.describe_security_groups()
+            .send()
+            .await
+            .unwrap()
+            .security_groups()
+            .len()
+    });
     assert_eq!(
         groups_after, default_groups,
         "only the runs' groups are deleted"

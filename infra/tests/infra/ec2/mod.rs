@@ -321,7 +321,12 @@ impl Sshd {
         need("scp")?;
         let dir = tempfile::tempdir().unwrap();
         let host_key = dir.path().join("host_key");
-        keygen(&host_key);
+        let st = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(&host_key)
+            .status()
+            .unwrap();
+        assert!(st.success());
         let auth = dir.path().join("authorized_keys");
         std::fs::copy(authorized_key, &auth).unwrap();
         let sftp = [
@@ -407,44 +412,6 @@ impl Drop for Sshd {
 }
 
 /// Kills whatever servers a deploy left under `dir` (pid files), even if a test fails.
-/// A new ed25519 key pair without a passphrase: `path` and `path.pub`.
-fn keygen(path: &Path) {
-    let st = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-        .arg(path)
-        .status()
-        .unwrap();
-    assert!(st.success());
-}
-
-/// What a deployment test needs: moto, an sshd and ssh on this machine, and a scratch
-/// folder whose `remote/` stands for the hosts' disks. Tests take it apart in field
-/// order, so their locals drop last to first: the servers started under `remote/` are
-/// killed before the folder goes.
-struct SshScene {
-    moto: Moto,
-    out: tempfile::TempDir,
-    remote: PathBuf,
-    servers: ServersUnder,
-}
-
-impl SshScene {
-    /// `None` (the test skips, loudly) without moto, sshd or ssh.
-    fn start() -> Option<SshScene> {
-        let moto = Moto::start()?;
-        need("/usr/sbin/sshd")?;
-        need("ssh")?;
-        let out = tempfile::tempdir().unwrap();
-        let remote = out.path().join("remote");
-        Some(SshScene {
-            servers: ServersUnder(remote.clone()),
-            moto,
-            out,
-            remote,
-        })
-    }
-}
-
 struct ServersUnder(PathBuf);
 
 impl ServersUnder {

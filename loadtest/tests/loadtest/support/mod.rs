@@ -1,4 +1,4 @@
-//! Helpers shared by the test files: where `infra` is, and the baseline server.
+//! Helpers shared by the test files that run real processes.
 use std::path::PathBuf;
 
 /// `infra` next to this test's target directory (target/<profile>/infra).
@@ -17,31 +17,4 @@ pub fn infra_binary() -> PathBuf {
         infra.display()
     );
     infra
-}
-
-/// The baseline server (`loadtest::baseline`) on a free loopback port, until [`stop`].
-///
-/// [`stop`]: Baseline::stop
-pub struct Baseline {
-    pub url: String,
-    stop: tokio::sync::oneshot::Sender<()>,
-    server: tokio::task::JoinHandle<std::io::Result<()>>,
-}
-
-impl Baseline {
-    pub fn start() -> Baseline {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(loadtest::baseline::serve(listener, 1, async {
-            let _ = stopped.await;
-        }));
-        Baseline { url, stop, server }
-    }
-
-    /// Stops the server and waits for it; it must have ended without an error.
-    pub async fn stop(self) {
-        self.stop.send(()).unwrap();
-        self.server.await.unwrap().unwrap();
-    }
 }
