@@ -91,6 +91,15 @@ async fn become_backup(node: &Node<Applied>, epoch: u64) {
     panic!("replica 0 never became a backup: {:?}", node.status());
 }
 
+/// Crashes `node` and starts it again from its disk, which must work: no error and no
+/// panic (else `why`).
+async fn crash_and_restart(node: &Node<Applied>, why: &str) {
+    node.crash().await;
+    let again = std::panic::AssertUnwindSafe(node.restart());
+    let restarted = futures::FutureExt::catch_unwind(again).await;
+    assert!(matches!(restarted, Ok(Ok(()))), "{why}");
+}
+
 #[tokio::test]
 async fn entries_with_a_gap_are_refused_and_the_replica_restarts() {
     let dir = tempfile::tempdir().unwrap();
@@ -99,13 +108,11 @@ async fn entries_with_a_gap_are_refused_and_the_replica_restarts() {
     // Entries 1 and 3, no 2.
     node.deliver(1, vec![replicate(1, vec![entry(1, 1), entry(3, 1)])]);
     tokio::time::sleep(Duration::from_millis(100)).await;
-    node.crash().await;
-    let again = std::panic::AssertUnwindSafe(node.restart());
-    let restarted = futures::FutureExt::catch_unwind(again).await;
-    assert!(
-        matches!(restarted, Ok(Ok(()))),
-        "the replica cannot start from what a peer's message left on its disk"
-    );
+    crash_and_restart(
+        &node,
+        "the replica cannot start from what a peer's message left on its disk",
+    )
+    .await;
 }
 
 /// A peer that accepts connections and never answers: what is queued for it stays
@@ -291,13 +298,11 @@ mod arbitrary {
                 }
                 tokio::time::sleep(Duration::from_millis(30)).await;
                 assert_eq!(node.failure(), None, "a peer's message stopped the replica");
-                node.crash().await;
-                let again = std::panic::AssertUnwindSafe(node.restart());
-                let restarted = futures::FutureExt::catch_unwind(again).await;
-                assert!(
-                    matches!(restarted, Ok(Ok(()))),
-                    "the replica cannot start from what peers' messages left on its disk"
-                );
+                crash_and_restart(
+                    &node,
+                    "the replica cannot start from what peers' messages left on its disk",
+                )
+                .await;
                 node.crash().await;
             });
         }
