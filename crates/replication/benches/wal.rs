@@ -2,61 +2,21 @@
 //!
 //! `cargo bench -p bookstore-replication --bench wal` (add `-- --test` for a quick smoke run).
 //!
-//! Writers hand records to one disk thread that batches like the replica's (`node/disk.rs`,
-//! `disk_loop`): every request waiting is appended, one `Wal::sync` makes them durable,
-//! then each writer is answered and sends its next record.
+//! The writers and the disk thread are the tests' `group_commit`: one disk thread that
+//! batches like the replica's (`node/disk.rs`, `disk_loop`).
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use bookstore_replication::wal::{Wal, WalOptions};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
+// The bench prints the WAL's own counts, not the rounds `group_commit` counts.
+#[allow(dead_code)]
+#[path = "../tests/replication/group_commit.rs"]
+mod group_commit;
+use group_commit::{disk_thread, run_writers};
+
 const RECORDS_PER_WRITER: u64 = 16;
-/// Most requests one round takes, as in `node/disk.rs`.
-const MAX_BATCH: usize = 4096;
-
-struct Request {
-    payload: Vec<u8>,
-    done: mpsc::Sender<()>,
-}
-
-/// Assigns indices from the end of the log and group-commits until every sender is gone.
-fn disk_thread(mut wal: Wal, requests: mpsc::Receiver<Request>) -> Wal {
-    let mut next = wal.last_index().map_or(1, |last| last + 1);
-    while let Ok(first) = requests.recv() {
-        let mut batch = vec![first];
-        batch.extend(requests.try_iter().take(MAX_BATCH - 1));
-        for request in &batch {
-            wal.append(next, &request.payload).unwrap();
-            next += 1;
-        }
-        wal.sync().unwrap();
-        for request in batch {
-            let _ = request.done.send(());
-        }
-    }
-    wal
-}
-
-/// `writers` threads each append `RECORDS_PER_WRITER` records, one at a time.
-fn run_writers(tx: &mpsc::Sender<Request>, writers: u64, payload: &[u8]) {
-    std::thread::scope(|s| {
-        for _ in 0..writers {
-            let tx = tx.clone();
-            s.spawn(move || {
-                let (done, answer) = mpsc::channel();
-                for _ in 0..RECORDS_PER_WRITER {
-                    let request = Request {
-                        payload: payload.to_vec(),
-                        done: done.clone(),
-                    };
-                    tx.send(request).unwrap();
-                    answer.recv().unwrap();
-                }
-            });
-        }
-    });
-}
 
 fn group_commit(c: &mut Criterion) {
     let mut group = c.benchmark_group("wal_group_commit");
@@ -76,14 +36,14 @@ fn group_commit(c: &mut Criterion) {
                 b.iter_custom(|iters| {
                     let start = Instant::now();
                     for _ in 0..iters {
-                        run_writers(&tx, writers, &payload);
+                        run_writers(&tx, writers, RECORDS_PER_WRITER, &payload);
                     }
                     start.elapsed()
                 })
             },
         );
         drop(tx);
-        let stats = disk.join().unwrap().stats();
+        let stats = disk.join().unwrap().0.stats();
         eprintln!(
             "{writers} writer(s): {} records, {} fdatasyncs ({:.3} per record)",
             stats.records_appended,

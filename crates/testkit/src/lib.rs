@@ -21,6 +21,17 @@ pub fn seed_books() -> Vec<Book> {
     .expect("data/books.csv parses")
 }
 
+/// The stock of `item` that a lookup through the frontend `f` shows, asked with `headers`
+/// (`Cache-Control: no-cache`, say).
+pub async fn stock_of(http: &reqwest::Client, f: &str, item: u32, headers: &[(&str, &str)]) -> u64 {
+    let mut get = http.get(format!("{f}/lookup?item_number={item}"));
+    for (name, value) in headers {
+        get = get.header(*name, *value);
+    }
+    let v: serde_json::Value = get.send().await.unwrap().json().await.unwrap();
+    v["result"]["stock"].as_u64().unwrap()
+}
+
 /// Options of a test cluster.
 #[derive(Debug, Clone)]
 pub struct Options {

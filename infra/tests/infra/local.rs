@@ -1,7 +1,9 @@
 //! `infra local up` and `infra local test` as a user runs them: real processes.
 use infra::local::free_port_cluster;
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::{Child, ChildStderr, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::{local_up, workspace, INFRA};
@@ -9,6 +11,54 @@ use crate::{local_up, workspace, INFRA};
 fn alive(pid: i32) -> bool {
     // SAFETY: signal 0 only checks that the process exists.
     unsafe { libc::kill(pid, 0) == 0 }
+}
+
+/// Waits up to 5 s for every one of `pids` to be gone.
+fn wait_gone(pids: &[i32]) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pids.iter().any(|p| alive(*p)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `infra local up` (see `local_up`) spawned with `stdout`, and its stderr to read.
+fn spawn_up(out: &Path, stdout: Stdio) -> (Child, BufReader<ChildStderr>) {
+    let mut child = local_up(out)
+        .stdout(stdout)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    (child, stderr)
+}
+
+/// The pid in the next line of `local up`'s `stderr` that names one ("... (pid N)"): the
+/// next server it started.
+fn next_pid(stderr: &mut impl BufRead) -> i32 {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "infra stopped early"
+        );
+        if let Some(p) = line.split("(pid ").nth(1) {
+            return p.trim().trim_end_matches(')').parse().unwrap();
+        }
+    }
+}
+
+/// `infra local up` with `args`, run to its end from the workspace root: its exit code
+/// and its stderr.
+fn local_up_with(args: &[&OsStr]) -> (Option<i32>, String) {
+    let r = Command::new(INFRA)
+        .args(["local", "up"])
+        .args(args)
+        .current_dir(workspace())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&r.stderr).into_owned();
+    (r.status.code(), err)
 }
 
 #[test]
@@ -41,25 +91,9 @@ fn local_test_runs_the_seed_scenarios_and_passes() {
 fn local_up_serves_and_stops_every_process_on_sigterm() {
     let _machine = crate::MACHINE.blocking_read();
     let out = tempfile::tempdir().unwrap();
-    let mut child = local_up(out.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let (mut child, mut stderr) = spawn_up(out.path(), Stdio::piped());
     let stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut pids = Vec::new();
-    let mut line = String::new();
-    while pids.len() < 6 {
-        line.clear();
-        assert!(
-            stderr.read_line(&mut line).unwrap() > 0,
-            "infra stopped early"
-        );
-        if let Some(p) = line.split("(pid ").nth(1) {
-            pids.push(p.trim().trim_end_matches(')').parse::<i32>().unwrap());
-        }
-    }
+    let pids: Vec<i32> = (0..6).map(|_| next_pid(&mut stderr)).collect();
     let mut stdout_lines = stdout.lines();
     let first = stdout_lines.next().unwrap().unwrap();
     assert!(
@@ -73,10 +107,7 @@ fn local_up_serves_and_stops_every_process_on_sigterm() {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let status = child.wait().unwrap();
     assert!(status.success());
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while pids.iter().any(|p| alive(*p)) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_gone(&pids);
     assert!(pids.iter().all(|p| !alive(*p)), "orphans left: {pids:?}");
 }
 
@@ -88,23 +119,8 @@ fn local_up_serves_and_stops_every_process_on_sigterm() {
 fn a_sigterm_during_start_stops_every_server_and_exits_cleanly() {
     let _machine = crate::MACHINE.blocking_read();
     let out = tempfile::tempdir().unwrap();
-    let mut child = local_up(out.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    let pid = loop {
-        line.clear();
-        assert!(
-            stderr.read_line(&mut line).unwrap() > 0,
-            "infra stopped early"
-        );
-        if let Some(p) = line.split("(pid ").nth(1) {
-            break p.trim().trim_end_matches(')').parse::<i32>().unwrap();
-        }
-    };
+    let (mut child, mut stderr) = spawn_up(out.path(), Stdio::null());
+    let pid = next_pid(&mut stderr);
     // The first server has started; the cluster is not up yet.
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
@@ -112,10 +128,7 @@ fn a_sigterm_during_start_stops_every_server_and_exits_cleanly() {
     std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
     let status = child.wait().unwrap();
     assert!(status.success(), "{status:?}");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while alive(pid) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_gone(&[pid]);
     assert!(!alive(pid), "server {pid} left running");
 }
 
@@ -130,16 +143,13 @@ fn local_up_names_the_server_whose_port_is_taken() {
     let _hold = std::net::TcpListener::bind(&taken).unwrap();
     let file = out.path().join("cluster.csv");
     std::fs::write(&file, cluster.to_text()).unwrap();
-    let r = Command::new(INFRA)
-        .args(["local", "up", "--cluster"])
-        .arg(&file)
-        .arg("--output-dir")
-        .arg(out.path())
-        .current_dir(workspace())
-        .output()
-        .unwrap();
-    assert_eq!(r.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&r.stderr);
+    let (code, err) = local_up_with(&[
+        "--cluster".as_ref(),
+        file.as_ref(),
+        "--output-dir".as_ref(),
+        out.path().as_ref(),
+    ]);
+    assert_eq!(code, Some(2));
     assert!(
         err.contains(&format!("catalog 1: {taken} is already in use")),
         "{err}"
@@ -155,27 +165,15 @@ fn bad_files_are_refused_with_the_line() {
         "item_number,title,topic,stock,cost\n1,A,t,3,10\n2,B,t,lots,10\n",
     )
     .unwrap();
-    let r = Command::new(INFRA)
-        .args(["local", "up", "--books"])
-        .arg(&books)
-        .current_dir(workspace())
-        .output()
-        .unwrap();
-    assert_eq!(r.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&r.stderr);
+    let (code, err) = local_up_with(&["--books".as_ref(), books.as_ref()]);
+    assert_eq!(code, Some(2));
     assert!(
         err.contains("books.csv:3: stock must be a whole number"),
         "{err}"
     );
     let cluster = out.path().join("cluster.csv");
     std::fs::write(&cluster, "frontend,127.0.0.1:1\nshop,127.0.0.1:2\n").unwrap();
-    let r = Command::new(INFRA)
-        .args(["local", "up", "--cluster"])
-        .arg(&cluster)
-        .current_dir(workspace())
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&r.stderr);
+    let (_, err) = local_up_with(&["--cluster".as_ref(), cluster.as_ref()]);
     assert!(
         err.contains("cluster.csv:2: unknown kind \"shop\""),
         "{err}"

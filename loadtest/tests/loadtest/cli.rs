@@ -1,6 +1,8 @@
 //! The `loadtest` binary: help, argument checks, and a short run against the baseline.
 use std::process::Command;
 
+use crate::support::Baseline;
+
 fn loadtest() -> Command {
     Command::new(env!("CARGO_BIN_EXE_loadtest"))
 }
@@ -36,53 +38,25 @@ fn server_cpu_defaults_are_valid() {
 
 #[test]
 fn bad_arguments_are_refused() {
+    // A run of 5 requests to a target that nothing answers, and one bad argument more.
+    let run_with = |bad: &[&'static str]| -> Vec<&'static str> {
+        let run = ["run", "--target", "http://127.0.0.1:1", "--requests", "5"];
+        run.iter().chain(bad).copied().collect()
+    };
     for args in [
-        &["run", "--target", "http://127.0.0.1:1"][..],
-        &[
-            "run",
-            "--target",
-            "http://127.0.0.1:1",
-            "--requests",
-            "5",
-            "--duration",
-            "1s",
-        ],
-        &[
-            "run",
-            "--target",
-            "http://127.0.0.1:1",
-            "--requests",
-            "5",
-            "--workload",
-            "nope",
-        ],
-        &[
-            "run",
-            "--target",
-            "http://127.0.0.1:1",
-            "--requests",
-            "5",
-            "--clients",
-            "0",
-        ],
-        &[
-            "run",
-            "--target",
-            "http://127.0.0.1:1",
-            "--requests",
-            "5",
-            "--workload",
-            "buy",
-            "--compare-cache",
-        ],
-        &[
+        vec!["run", "--target", "http://127.0.0.1:1"],
+        run_with(&["--duration", "1s"]),
+        run_with(&["--workload", "nope"]),
+        run_with(&["--clients", "0"]),
+        run_with(&["--workload", "buy", "--compare-cache"]),
+        vec![
             "gen-books",
             "--count",
             "0",
             "--out",
             "/tmp/never-written.csv",
         ],
-        &[
+        vec![
             "gen-books",
             "--count",
             "10",
@@ -90,7 +64,7 @@ fn bad_arguments_are_refused() {
             "/nonexistent-dir/b.csv",
         ],
     ] {
-        let out = loadtest().args(args).output().unwrap();
+        let out = loadtest().args(&args).output().unwrap();
         assert!(!out.status.success(), "{args:?}");
     }
 }
@@ -98,15 +72,10 @@ fn bad_arguments_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runs_against_the_baseline_and_writes_results() {
     let _machine = crate::MACHINE.read().await;
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(loadtest::baseline::serve(listener, 1, async {
-        let _ = stopped.await;
-    }));
+    let baseline = Baseline::start();
     let dir = tempfile::tempdir().unwrap();
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_loadtest"))
-        .args(["run", "--target", &format!("http://{addr}")])
+        .args(["run", "--target", &baseline.url])
         .args([
             "--workload",
             "lookup",
@@ -120,8 +89,7 @@ async fn runs_against_the_baseline_and_writes_results() {
         .output()
         .await
         .unwrap();
-    stop.send(()).unwrap();
-    server.await.unwrap().unwrap();
+    baseline.stop().await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

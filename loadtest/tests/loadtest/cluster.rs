@@ -5,6 +5,8 @@ use loadtest::tiers::END_TO_END;
 use loadtest::{run, RoundResult, RunConfig, RunReport, Stop, Workload};
 use std::time::Duration;
 
+use crate::support::Baseline;
+
 /// Checks that `svg` is well-formed XML with an `<svg>` root; returns its text nodes.
 fn svg_texts(svg: &str) -> Vec<String> {
     let mut stack: Vec<String> = Vec::new();
@@ -275,13 +277,8 @@ async fn open_loop_keeps_the_rate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn baseline_answers_and_errors_are_counted() {
     let _machine = crate::MACHINE.read().await;
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(loadtest::baseline::serve(listener, 1, async {
-        let _ = stopped.await;
-    }));
-    let target = format!("http://{addr}");
+    let baseline = Baseline::start();
+    let target = baseline.url.clone();
     let body: serde_json::Value = reqwest::get(format!("{target}/lookup"))
         .await
         .unwrap()
@@ -293,8 +290,7 @@ async fn baseline_answers_and_errors_are_counted() {
         .await
         .unwrap();
     assert_clean(&report, 200, &[1, 4]);
-    stop.send(()).unwrap();
-    server.await.unwrap().unwrap();
+    baseline.stop().await;
 
     // Nothing listens any more: every request is a connect error.
     let mut dead = config(&target, Workload::Lookup, &[2], 6);

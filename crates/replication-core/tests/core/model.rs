@@ -421,6 +421,22 @@ fn model_finds_bug_without_fencing() {
     eprintln!("counter-example: {:#?}", path.into_actions());
 }
 
+/// One step of a replayed scenario: the action it takes in a state.
+type Step = Box<dyn Fn(&State) -> Action>;
+
+/// The step that delivers the first message in the network from `from` to `to` that `is`.
+fn deliver_first(from: ReplicaId, to: ReplicaId, is: fn(&Msg) -> bool) -> Step {
+    Box::new(move |s| {
+        let (f, t, m) = s
+            .net
+            .iter()
+            .find(|(f, t, m)| *f == from && *t == to && is(m))
+            .unwrap()
+            .clone();
+        Action::Deliver(f, t, m)
+    })
+}
+
 /// Replays, step by step, the hand-derived counter-example for `fencing = false`:
 /// `cargo test -p bookstore-replication-core --test core model::replay -- --ignored --nocapture`.
 #[test]
@@ -428,46 +444,14 @@ fn model_finds_bug_without_fencing() {
 fn replay_fencing_scenario() {
     let m = model(3, 1, false, true);
     let mut s = m.init_states().pop().unwrap();
-    type Step = Box<dyn Fn(&State) -> Action>;
+    let replicate = |m: &Msg| matches!(m, Msg::Replicate { entries, .. } if !entries.is_empty());
     let steps: Vec<Step> = vec![
         Box::new(|_| Action::Round(Some(0))),
         Box::new(|_| Action::Write(1)),
-        Box::new(|s| {
-            let (f, t, m) = s
-                .net
-                .iter()
-                .find(|(f, t, m)| {
-                    *f == 1
-                        && *t == 2
-                        && matches!(m, Msg::Replicate { entries, .. } if !entries.is_empty())
-                })
-                .unwrap()
-                .clone();
-            Action::Deliver(f, t, m)
-        }),
+        deliver_first(1, 2, replicate),
         Box::new(|_| Action::Write(0)),
-        Box::new(|s| {
-            let (f, t, m) = s
-                .net
-                .iter()
-                .find(|(f, t, m)| {
-                    *f == 0
-                        && *t == 1
-                        && matches!(m, Msg::Replicate { entries, .. } if !entries.is_empty())
-                })
-                .unwrap()
-                .clone();
-            Action::Deliver(f, t, m)
-        }),
-        Box::new(|s| {
-            let (f, t, m) = s
-                .net
-                .iter()
-                .find(|(f, t, m)| *f == 2 && *t == 1 && matches!(m, Msg::Ack { matched: 1, .. }))
-                .unwrap()
-                .clone();
-            Action::Deliver(f, t, m)
-        }),
+        deliver_first(0, 1, replicate),
+        deliver_first(2, 1, |m| matches!(m, Msg::Ack { matched: 1, .. })),
     ];
     for st in steps {
         let a = st(&s);

@@ -58,6 +58,18 @@ fn view(epoch: u64) -> View {
     }
 }
 
+/// A `Replicate` in the view of `epoch` of `entries` from the start of the log, with
+/// nothing committed (without entries, a heartbeat).
+fn replicate(epoch: u64, entries: Vec<Entry>) -> Msg {
+    Msg::Replicate {
+        view: view(epoch),
+        prev_index: 0,
+        prev_epoch: 0,
+        entries,
+        commit: 0,
+    }
+}
+
 fn entry(index: u64, epoch: u64) -> Entry {
     Entry {
         index,
@@ -68,13 +80,7 @@ fn entry(index: u64, epoch: u64) -> Entry {
 
 /// Replica 1 makes replica 0 its backup in `epoch` (the view is persisted first).
 async fn become_backup(node: &Node<Applied>, epoch: u64) {
-    let heartbeat = Msg::Replicate {
-        view: view(epoch),
-        prev_index: 0,
-        prev_epoch: 0,
-        entries: vec![],
-        commit: 0,
-    };
+    let heartbeat = replicate(epoch, vec![]);
     node.deliver(1, vec![heartbeat]);
     for _ in 0..200 {
         if node.status().role == bookstore_replication::node::ReplicaRole::Backup {
@@ -85,30 +91,28 @@ async fn become_backup(node: &Node<Applied>, epoch: u64) {
     panic!("replica 0 never became a backup: {:?}", node.status());
 }
 
+/// Crashes `node` and starts it again from its disk, which must work: no error and no
+/// panic (else `why`).
+async fn crash_and_restart(node: &Node<Applied>, why: &str) {
+    node.crash().await;
+    let again = std::panic::AssertUnwindSafe(node.restart());
+    let restarted = futures::FutureExt::catch_unwind(again).await;
+    assert!(matches!(restarted, Ok(Ok(()))), "{why}");
+}
+
 #[tokio::test]
 async fn entries_with_a_gap_are_refused_and_the_replica_restarts() {
     let dir = tempfile::tempdir().unwrap();
     let node = start(dir.path());
     become_backup(&node, 1).await;
     // Entries 1 and 3, no 2.
-    node.deliver(
-        1,
-        vec![Msg::Replicate {
-            view: view(1),
-            prev_index: 0,
-            prev_epoch: 0,
-            entries: vec![entry(1, 1), entry(3, 1)],
-            commit: 0,
-        }],
-    );
+    node.deliver(1, vec![replicate(1, vec![entry(1, 1), entry(3, 1)])]);
     tokio::time::sleep(Duration::from_millis(100)).await;
-    node.crash().await;
-    let again = std::panic::AssertUnwindSafe(node.restart());
-    let restarted = futures::FutureExt::catch_unwind(again).await;
-    assert!(
-        matches!(restarted, Ok(Ok(()))),
-        "the replica cannot start from what a peer's message left on its disk"
-    );
+    crash_and_restart(
+        &node,
+        "the replica cannot start from what a peer's message left on its disk",
+    )
+    .await;
 }
 
 /// A peer that accepts connections and never answers: what is queued for it stays
@@ -132,13 +136,7 @@ async fn the_queue_to_a_stuck_peer_is_bounded() {
     let node = Node::start(opts, Applied::default).unwrap();
     become_backup(&node, 1).await;
     // Each heartbeat is answered with an ack to replica 1, which never reads them.
-    let heartbeat = Msg::Replicate {
-        view: view(1),
-        prev_index: 0,
-        prev_epoch: 0,
-        entries: vec![],
-        commit: 0,
-    };
+    let heartbeat = replicate(1, vec![]);
     let n = 3 * bookstore_replication::node::PEER_QUEUE;
     node.deliver(1, vec![heartbeat; n]);
     for _ in 0..200 {
@@ -300,13 +298,11 @@ mod arbitrary {
                 }
                 tokio::time::sleep(Duration::from_millis(30)).await;
                 assert_eq!(node.failure(), None, "a peer's message stopped the replica");
-                node.crash().await;
-                let again = std::panic::AssertUnwindSafe(node.restart());
-                let restarted = futures::FutureExt::catch_unwind(again).await;
-                assert!(
-                    matches!(restarted, Ok(Ok(()))),
-                    "the replica cannot start from what peers' messages left on its disk"
-                );
+                crash_and_restart(
+                    &node,
+                    "the replica cannot start from what peers' messages left on its disk",
+                )
+                .await;
                 node.crash().await;
             });
         }
@@ -335,16 +331,7 @@ async fn a_stop_cancels_and_waits_for_every_task_of_the_replica() {
     let dir = tempfile::tempdir().unwrap();
     let node = start_with_primary(dir.path(), &stuck_url);
     become_backup(&node, 1).await;
-    node.deliver(
-        1,
-        vec![Msg::Replicate {
-            view: view(1),
-            prev_index: 0,
-            prev_epoch: 0,
-            entries: vec![entry(1, 1)],
-            commit: 0,
-        }],
-    );
+    node.deliver(1, vec![replicate(1, vec![entry(1, 1)])]);
     // The backup's answer to its primary is on its way, and stuck (for the call's
     // timeout, 1 s for a small body).
     let limit = std::time::Instant::now() + Duration::from_secs(5);

@@ -1,7 +1,7 @@
 //! The cache never serves stale data after an acknowledged write.
 use bookstore_common::config::Kind;
 use bookstore_common::types::{Book, ItemNumber};
-use bookstore_testkit::{Options, TestCluster, ADMIN_TOKEN};
+use bookstore_testkit::{stock_of, Options, TestCluster, ADMIN_TOKEN};
 use serde_json::Value;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -26,21 +26,17 @@ fn books() -> Vec<Book> {
     ]
 }
 
-async fn stock(http: &reqwest::Client, f: &str) -> u64 {
-    stock_of(http, f, 1).await
+/// A cluster started with `opts` whose cache holds a lease (so hits are served), the URL
+/// of its frontend, and a client.
+async fn leased(opts: Options) -> (TestCluster, String, reqwest::Client) {
+    let c = TestCluster::with(opts).await;
+    c.wait_cache_leased().await;
+    let f = c.frontend();
+    (c, f, reqwest::Client::new())
 }
 
-/// The stock of `item` a lookup through the frontend `f` shows.
-async fn stock_of(http: &reqwest::Client, f: &str, item: u32) -> u64 {
-    let v: Value = http
-        .get(format!("{f}/lookup?item_number={item}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    v["result"]["stock"].as_u64().unwrap()
+async fn stock(http: &reqwest::Client, f: &str) -> u64 {
+    stock_of(http, f, 1, &[]).await
 }
 
 /// Buys one copy of `item` through the frontend `f`; the answer's status.
@@ -55,14 +51,11 @@ async fn buy(http: &reqwest::Client, f: &str, item: u32) -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_every_acknowledged_write_reads_show_it_with_concurrent_fills() {
-    let c = TestCluster::with(Options {
+    let (c, f, http) = leased(Options {
         books: books(),
         ..Options::default()
     })
     .await;
-    c.wait_cache_leased().await;
-    let f = c.frontend();
-    let http = reqwest::Client::new();
     let stop = Arc::new(AtomicBool::new(false));
     // Readers keep missing and filling the cache, racing the writes.
     let readers: Vec<_> = (0..4)
@@ -135,15 +128,12 @@ async fn after_every_acknowledged_write_reads_show_it_with_concurrent_fills() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_cache_gone_writes_still_succeed_and_reads_stay_fresh() {
-    let mut c = TestCluster::with(Options {
+    let (mut c, f, http) = leased(Options {
         books: books(),
         lease: Duration::from_millis(200),
         ..Options::default()
     })
     .await;
-    c.wait_cache_leased().await;
-    let f = c.frontend();
-    let http = reqwest::Client::new();
     assert_eq!(stock(&http, &f).await, 100_000);
     c.stop(Kind::Cache, 0).await;
     for expected in (99_995..100_000).rev() {
@@ -155,10 +145,7 @@ async fn with_the_cache_gone_writes_still_succeed_and_reads_stay_fresh() {
 /// `Cache-Control: no-cache` on a lookup or search skips the cache both ways.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_cache_requests_skip_the_cache_both_ways() {
-    let c = TestCluster::start().await;
-    c.wait_cache_leased().await;
-    let f = c.frontend();
-    let http = reqwest::Client::new();
+    let (c, f, http) = leased(Options::default()).await;
     let cache_stats = || async {
         c.internal()
             .get_json::<Value>(&format!("{}/stats", c.url(Kind::Cache, 0)))
@@ -237,15 +224,12 @@ async fn a_silent_near_cache_is_waited_out_before_a_write_is_acknowledged() {
     use bookstore_cache::near::NEAR_LEASE;
     use bookstore_common::types::{NearLeaseReply, NearLeaseRequest};
     use std::time::Instant;
-    let c = TestCluster::with(Options {
+    let (c, f, http) = leased(Options {
         books: books(),
         silent_frontends: 1,
         ..Options::default()
     })
     .await;
-    c.wait_cache_leased().await;
-    let f = c.frontend();
-    let http = reqwest::Client::new();
     let cache = c.url(Kind::Cache, 0);
     let lease = |frontend: u64| {
         let (client, url) = (c.internal(), format!("{cache}/near_lease"));
@@ -298,15 +282,12 @@ async fn a_silent_near_cache_is_waited_out_before_a_write_is_acknowledged() {
 /// its lease, so a client told "sold out" must not then be shown a copy left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_sold_out_answer_no_cache_shows_a_copy() {
-    let mut c = TestCluster::with(Options {
+    let (mut c, f, http) = leased(Options {
         books: books(),
         lease: Duration::from_millis(300),
         ..Options::default()
     })
     .await;
-    c.wait_cache_leased().await;
-    let f = c.frontend();
-    let http = reqwest::Client::new();
     for _ in 0..2 {
         assert_eq!(buy(&http, &f, 2).await, 200);
     }
@@ -340,7 +321,7 @@ async fn after_a_sold_out_answer_no_cache_shows_a_copy() {
             tokio::spawn(async move {
                 let status = buy(&http, &f, 2).await;
                 let seen = if status == 409 {
-                    Some(stock_of(&http, &f, 2).await)
+                    Some(stock_of(&http, &f, 2, &[]).await)
                 } else {
                     None
                 };

@@ -4,7 +4,7 @@
 //! changes nothing.
 use bookstore_common::config::Kind;
 use bookstore_common::idempotency::Retention;
-use bookstore_testkit::{Options, TestCluster, ADMIN_TOKEN, CLUSTER_TOKEN};
+use bookstore_testkit::{stock_of, Options, TestCluster, ADMIN_TOKEN, CLUSTER_TOKEN};
 use reqwest::StatusCode;
 use serde_json::Value;
 
@@ -20,16 +20,7 @@ async fn buy(http: &reqwest::Client, f: &str, item: u32, key: &str) -> (StatusCo
 }
 
 async fn stock(http: &reqwest::Client, f: &str, item: u32) -> u64 {
-    let v: Value = http
-        .get(format!("{f}/lookup?item_number={item}"))
-        .header("Cache-Control", "no-cache")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    v["result"]["stock"].as_u64().unwrap()
+    stock_of(http, f, item, &[("Cache-Control", "no-cache")]).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,13 +4,9 @@ use super::*;
 
 #[test]
 fn deploy_test_collect_stop_against_a_real_sshd() {
-    let Some(moto) = Moto::start() else { return };
-    if need("/usr/sbin/sshd").is_none() || need("ssh").is_none() {
+    let Some((moto, out, remote, servers)) = ssh_scene() else {
         return;
-    }
-    let out = tempfile::tempdir().unwrap();
-    let remote = out.path().join("remote");
-    let servers = ServersUnder(remote.clone());
+    };
     let run = "t-deploy";
     let base = free_port_range().to_string();
     let me = user();
@@ -236,6 +232,23 @@ impl Recorder {
             .env_remove("NO_PROXY");
         c
     }
+
+    /// Runs the admin command `ec2 args` through this proxy: it must succeed without
+    /// sending plain HTTP from this machine. Its stdout and stderr.
+    fn admin(&self, out: &Path, args: &[&str]) -> (String, String) {
+        let what = args[0];
+        let started = Instant::now();
+        let o = self.proxy(ec2(out, args)).output().unwrap();
+        let (stdout, stderr) = texts(&o);
+        assert_eq!(
+            self.seen(),
+            Vec::<String>::new(),
+            "{what} sent plain HTTP from this machine\n{stderr}"
+        );
+        assert!(o.status.success(), "{what} failed\n{stdout}\n{stderr}");
+        eprintln!("{what} took {:?}\n{stderr}", started.elapsed());
+        (stdout, stderr)
+    }
 }
 
 /// `add catalog` then `remove catalog 0` on a deployed run; no other service restarts.
@@ -253,22 +266,10 @@ fn scale_out_and_in(
     // The admin calls travel over ssh: nothing of `add` and `remove` is plain HTTP from
     // this machine (which would cross the internet in clear text on EC2).
     let recorder = Recorder::start(&st.admin_token);
-    let started = Instant::now();
-    let o = recorder
-        .proxy(ec2(
-            out,
-            &["add", "catalog", "--run", run, "--wait-seconds", "30"],
-        ))
-        .output()
-        .unwrap();
-    let (stdout, stderr) = texts(&o);
-    assert_eq!(
-        recorder.seen(),
-        Vec::<String>::new(),
-        "add sent plain HTTP from this machine\n{stderr}"
+    let (stdout, stderr) = recorder.admin(
+        out,
+        &["add", "catalog", "--run", run, "--wait-seconds", "30"],
     );
-    assert!(o.status.success(), "add failed\n{stdout}\n{stderr}");
-    eprintln!("add took {:?}\n{stderr}", started.elapsed());
     assert!(stdout.contains("catalog 2 runs on"), "{stdout}");
     assert!(
         stderr.contains("is a synced backup and serves"),
@@ -346,30 +347,18 @@ fn scale_out_and_in(
     }
 
     // Scale in: catalog 0 (primary or not) leaves; the view no longer includes it.
-    let started = Instant::now();
-    let o = recorder
-        .proxy(ec2(
-            out,
-            &[
-                "remove",
-                "catalog",
-                "0",
-                "--run",
-                run,
-                "--wait-seconds",
-                "30",
-            ],
-        ))
-        .output()
-        .unwrap();
-    let (stdout, stderr) = texts(&o);
-    assert_eq!(
-        recorder.seen(),
-        Vec::<String>::new(),
-        "remove sent plain HTTP from this machine\n{stderr}"
+    let (stdout, stderr) = recorder.admin(
+        out,
+        &[
+            "remove",
+            "catalog",
+            "0",
+            "--run",
+            run,
+            "--wait-seconds",
+            "30",
+        ],
     );
-    assert!(o.status.success(), "remove failed\n{stdout}\n{stderr}");
-    eprintln!("remove took {:?}\n{stderr}", started.elapsed());
     assert!(
         stdout.contains("catalog 0 is retired and stopped"),
         "{stdout}"
@@ -499,22 +488,13 @@ fn lose_host_0(out: &Path, run: &str, remote: &Path, sshd0: &mut Sshd, base: &st
 
 #[test]
 fn run_does_everything_against_moto_and_sshd() {
-    let Some(moto) = Moto::start() else { return };
-    if need("/usr/sbin/sshd").is_none() || need("ssh").is_none() {
+    let Some((moto, out, remote, servers)) = ssh_scene() else {
         return;
-    }
-    let out = tempfile::tempdir().unwrap();
-    let remote = out.path().join("remote");
-    let servers = ServersUnder(remote.clone());
+    };
     let run = "t-run";
     // The run's key must be known to the sshd before `run` makes it: bring your own key.
     let key = out.path().join("my_key");
-    let st = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-        .arg(&key)
-        .status()
-        .unwrap();
-    assert!(st.success());
+    keygen(&key);
     let c = moto.client();
     rt().block_on(async {
         c.import_key_pair()

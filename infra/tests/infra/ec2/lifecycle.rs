@@ -229,30 +229,26 @@ fn down_all_runs_finds_leftovers_of_crashed_runs_by_tag() {
     assert_eq!(leftovers(&moto, "t-crash1"), (1, 1, 1));
     assert_eq!(leftovers(&moto, "t-crash2"), (2, 1, 1));
     let c = moto.client();
-    let default_groups = rt().block_on(async {
-        c.describe_security_groups()
-            .send()
-            .await
-            .unwrap()
-            .security_groups()
-            .len()
-    }) - 2;
+    let group_count = || {
+        rt().block_on(async {
+            c.describe_security_groups()
+                .send()
+                .await
+                .unwrap()
+                .security_groups()
+                .len()
+        })
+    };
+    let default_groups = group_count() - 2;
     run_ok(ec2(
         out.path(),
         &["down", "--all-runs", "--endpoint-url", &moto.url],
     ));
     assert_eq!(leftovers(&moto, "t-crash1"), (0, 0, 0));
     assert_eq!(leftovers(&moto, "t-crash2"), (0, 0, 0));
-    let groups_after = rt().block_on(async {
-        c.describe_security_groups()
-            .send()
-            .await
-            .unwrap()
-            .security_groups()
-            .len()
-    });
     assert_eq!(
-        groups_after, default_groups,
+        group_count(),
+        default_groups,
         "only the runs' groups are deleted"
     );
     // Nothing left: still fine.

@@ -301,6 +301,36 @@ fn leftovers(moto: &Moto, run: &str) -> (usize, usize, usize) {
     })
 }
 
+/// sshd and ssh are installed (else a skip, as `need` says).
+fn have_ssh() -> bool {
+    need("/usr/sbin/sshd").is_some() && need("ssh").is_some()
+}
+
+/// A new ed25519 key pair without a passphrase at `path` (and `path`.pub).
+fn keygen(path: &Path) {
+    let st = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+/// What a deploy test stands on: moto, a work folder, and the folder under it that the
+/// hosts' files go to, whose servers are killed when the last part is dropped. Bound in
+/// this order, the servers die first and moto last. None (the test skips) without moto,
+/// sshd or ssh.
+fn ssh_scene() -> Option<(Moto, tempfile::TempDir, PathBuf, ServersUnder)> {
+    let moto = Moto::start()?;
+    if !have_ssh() {
+        return None;
+    }
+    let out = tempfile::tempdir().unwrap();
+    let remote = out.path().join("remote");
+    let servers = ServersUnder(remote.clone());
+    Some((moto, out, remote, servers))
+}
+
 /// OpenSSH's server on a free loopback port, accepting one key for the current user.
 struct Sshd {
     child: Child,
@@ -321,12 +351,7 @@ impl Sshd {
         need("scp")?;
         let dir = tempfile::tempdir().unwrap();
         let host_key = dir.path().join("host_key");
-        let st = Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-            .arg(&host_key)
-            .status()
-            .unwrap();
-        assert!(st.success());
+        keygen(&host_key);
         let auth = dir.path().join("authorized_keys");
         std::fs::copy(authorized_key, &auth).unwrap();
         let sftp = [

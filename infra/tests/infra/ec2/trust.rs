@@ -15,7 +15,7 @@ struct StandInRun {
 
 fn stand_in_run(run: &str, hosts: &str) -> Option<StandInRun> {
     let moto = Moto::start()?;
-    if need("/usr/sbin/sshd").is_none() || need("ssh").is_none() {
+    if !have_ssh() {
         return None;
     }
     let out = tempfile::tempdir().unwrap();

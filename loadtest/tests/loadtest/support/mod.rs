@@ -1,4 +1,4 @@
-//! Helpers shared by the test files that run real processes.
+//! Helpers shared by the test files that run real processes (and the baseline server).
 use std::path::PathBuf;
 
 /// `infra` next to this test's target directory (target/<profile>/infra).
@@ -17,4 +17,34 @@ pub fn infra_binary() -> PathBuf {
         infra.display()
     );
     infra
+}
+
+/// The baseline server (one worker) on a free loopback port, until `stop`.
+pub struct Baseline {
+    pub url: String,
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Baseline {
+    /// Starts it (inside a tokio runtime).
+    pub fn start() -> Baseline {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(loadtest::baseline::serve(listener, 1, async {
+            let _ = stopped.await;
+        }));
+        Baseline {
+            url: format!("http://{addr}"),
+            stop,
+            server,
+        }
+    }
+
+    /// Stops it and waits until it has stopped, cleanly.
+    pub async fn stop(self) {
+        self.stop.send(()).unwrap();
+        self.server.await.unwrap().unwrap();
+    }
 }
