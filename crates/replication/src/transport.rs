@@ -2,9 +2,9 @@
 //! [`Http`], the transport the services use (replication messages as in [`crate::transfer`],
 //! pings to the coordinator group's leader wherever it is).
 //!
-//! The way in is [`Node::receive`](crate::node::Node::receive) and
-//! [`Node::receive_batch`](crate::node::Node::receive_batch), whatever carries the bytes. A
-//! test can so run replicas with no sockets, or drop, delay and reorder what they send.
+//! The way in is [`Node::deliver`](crate::node::Node::deliver), whatever carries the
+//! messages (over HTTP, [`crate::node::receive`] decodes them first). A test can so run
+//! replicas with no sockets, or drop, delay and reorder what they send.
 use crate::protocol::{Msg, ReplicaId};
 use crate::wire::{PingAnswer, PingRequest};
 use bookstore_common::client::Client;
