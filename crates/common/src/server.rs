@@ -341,25 +341,22 @@ pub fn only(path: &str, allow: &'static str, route: actix_web::Route) -> actix_w
         .default_service(web::to(method_not_allowed(allow)))
 }
 
-/// `only(path, "POST", web::post().to(handler))`.
-pub fn post<F, Args>(path: &str, handler: F) -> actix_web::Resource
-where
-    F: actix_web::Handler<Args>,
-    Args: actix_web::FromRequest + 'static,
-    F::Output: actix_web::Responder + 'static,
-{
-    only(path, "POST", web::post().to(handler))
+/// `server::get` and `server::post`: [`only`] for one method.
+macro_rules! only_for {
+    ($name:ident, $method:literal, $route:path) => {
+        #[doc = concat!("`only(path, \"", $method, "\", ", stringify!($route), "().to(handler))`.")]
+        pub fn $name<F, Args>(path: &str, handler: F) -> actix_web::Resource
+        where
+            F: actix_web::Handler<Args>,
+            Args: actix_web::FromRequest + 'static,
+            F::Output: actix_web::Responder + 'static,
+        {
+            only(path, $method, $route().to(handler))
+        }
+    };
 }
-
-/// `only(path, "GET", web::get().to(handler))`.
-pub fn get<F, Args>(path: &str, handler: F) -> actix_web::Resource
-where
-    F: actix_web::Handler<Args>,
-    Args: actix_web::FromRequest + 'static,
-    F::Output: actix_web::Responder + 'static,
-{
-    only(path, "GET", web::get().to(handler))
-}
+only_for!(get, "GET", web::get);
+only_for!(post, "POST", web::post);
 
 /// JSON body extraction: 1 MiB at most, errors as 400 with a JSON body.
 pub fn json_config() -> web::JsonConfig {

@@ -70,31 +70,17 @@ pub async fn down(api_args: &ApiArgs, out: &Path, run: &str) -> anyhow::Result<(
         api.terminate(&instances).await?;
         say("[down] instances terminated");
     }
-    let mut groups: Vec<String> = st
-        .as_ref()
-        .and_then(|s| s.security_group_id.clone())
-        .into_iter()
-        .collect();
-    for (g, _) in api.tagged_security_groups(Some(run)).await? {
-        if !groups.contains(&g) {
-            groups.push(g);
-        }
-    }
+    let known = st.as_ref().and_then(|s| s.security_group_id.clone());
+    let groups = with_tagged(known, api.tagged_security_groups(Some(run)).await?);
     for g in &groups {
         api.delete_security_group(g).await?;
         say(&format!("[down] security group {g} deleted"));
     }
-    let mut keys: Vec<String> = st
+    let known = st
         .as_ref()
         .filter(|s| s.key_created)
-        .and_then(|s| s.key_name.clone())
-        .into_iter()
-        .collect();
-    for (k, _) in api.tagged_key_pairs(Some(run)).await? {
-        if !keys.contains(&k) {
-            keys.push(k);
-        }
-    }
+        .and_then(|s| s.key_name.clone());
+    let keys = with_tagged(known, api.tagged_key_pairs(Some(run)).await?);
     for k in &keys {
         api.delete_key_pair(k).await?;
         say(&format!("[down] key pair {k} deleted"));
@@ -108,6 +94,17 @@ pub async fn down(api_args: &ApiArgs, out: &Path, run: &str) -> anyhow::Result<(
         api.region
     );
     Ok(())
+}
+
+/// The name the state file knows (if any), then the tagged ones it does not.
+fn with_tagged(known: Option<String>, tagged: Vec<(String, String)>) -> Vec<String> {
+    let mut names: Vec<String> = known.into_iter().collect();
+    for (name, _) in tagged {
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    names
 }
 
 /// `down --all-runs`: every tagged instance, group and key pair in the region.
