@@ -55,9 +55,8 @@ pub fn write_state(output_dir: &Path, state: &UpState) -> anyhow::Result<()> {
         &state_file(output_dir),
         &[&text],
         bookstore_common::files::Replace::PRIVATE,
-    )
-    // The error's text names the step, the file and the cause already.
-    .map_err(|e| anyhow!("{e}"))
+    )?;
+    Ok(())
 }
 
 /// Runs one request against the cluster; `progress` hears every step.

@@ -41,11 +41,9 @@ impl std::fmt::Display for ReplaceError {
     }
 }
 
-impl std::error::Error for ReplaceError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&self.source)
-    }
-}
+/// No `source()`: the text already ends with the cause, and an error chain printed with
+/// its causes (`anyhow`'s `{:#}`) would repeat it.
+impl std::error::Error for ReplaceError {}
 
 impl From<ReplaceError> for io::Error {
     fn from(e: ReplaceError) -> io::Error {

@@ -9,12 +9,8 @@ use crate::protocol::{Msg, ReplicaId};
 use crate::wire::{PingAnswer, PingRequest};
 use bookstore_common::client::Client;
 use bookstore_common::coordinators::Coordinators;
-use std::future::Future;
-use std::pin::Pin;
-use std::time::{Duration, Instant};
-
-/// A boxed future, so a [`Transport`] can be held as `Arc<dyn Transport>`.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub use futures::future::BoxFuture;
+use std::time::Duration;
 
 /// What the runtime needs from the network. Both calls are best effort: the protocol
 /// resends what is lost, and a missing ping answer is a coordinator not heard from.
@@ -70,7 +66,6 @@ impl Transport for Http {
         Box::pin(async move {
             let body = bincode::serialize(&request).expect("ping encodes");
             let path = bookstore_common::coordinators::ping_path(kind);
-            let started = Instant::now();
             let answer = self
                 .coordinators
                 .call(
@@ -91,7 +86,7 @@ impl Transport for Http {
                     Some(a)
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, after = ?started.elapsed(), "bad coordinator answer");
+                    tracing::warn!(error = %e, "bad coordinator answer");
                     None
                 }
             }

@@ -338,9 +338,8 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
         path,
         &[text.as_bytes()],
         bookstore_common::files::Replace::PRIVATE,
-    )
-    // The error's text names the step, the file and the cause already.
-    .map_err(|e| anyhow!("{e}"))
+    )?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -218,9 +218,8 @@ impl RunState {
             &p,
             &[text.as_bytes()],
             bookstore_common::files::Replace::PRIVATE,
-        )
-        // The error's text names the step, the file and the cause already.
-        .map_err(|e| anyhow!("{e}"))
+        )?;
+        Ok(())
     }
 
     pub fn dir(&self, output_dir: &Path) -> PathBuf {

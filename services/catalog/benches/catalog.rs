@@ -29,13 +29,13 @@ fn books() -> Vec<Book> {
 }
 
 /// Cheap deterministic item numbers spread over the catalog.
-fn items() -> impl FnMut() -> u32 {
+fn items() -> impl FnMut() -> ItemNumber {
     let mut x: u32 = 0x9E37_79B9;
     move || {
         x ^= x << 13;
         x ^= x >> 17;
         x ^= x << 5;
-        x % BOOKS + 1
+        ItemNumber::of(x % BOOKS + 1)
     }
 }
 
@@ -47,7 +47,7 @@ fn catalog(c: &mut Criterion) {
     group.throughput(Throughput::Elements(1));
     let mut next = items();
     group.bench_function("lookup", |b| {
-        b.iter(|| black_box(state.lookup(ItemNumber::of(next())).map(|b| b.stock)))
+        b.iter(|| black_box(state.lookup(next()).map(|b| b.stock)))
     });
     assert_eq!(state.search("topic-0500").len(), HITS_PER_TOPIC as usize);
     group.bench_function("search_1000_hits", |b| {
@@ -56,7 +56,7 @@ fn catalog(c: &mut Criterion) {
     group.bench_function("query_by_item_answer", |b| {
         // What the catalog route does: look up (an owned copy), encode.
         b.iter(|| {
-            let book = state.lookup(ItemNumber::of(next())).unwrap();
+            let book = state.lookup(next()).unwrap();
             serde_json::to_vec(&Versioned {
                 result: book,
                 version: state.version(),
@@ -76,7 +76,7 @@ fn catalog(c: &mut Criterion) {
     group.bench_function("sold_out_from_state", |b| {
         b.iter(|| {
             let u = Update {
-                item_number: ItemNumber::of(next()),
+                item_number: next(),
                 stock_delta: -1,
                 cost: None,
                 request_id: Some("bench-fresh-key".parse().unwrap()),
@@ -108,7 +108,7 @@ fn catalog(c: &mut Criterion) {
             || {
                 index += 1;
                 let cmd = bincode::serialize(&Update {
-                    item_number: ItemNumber::of(next()),
+                    item_number: next(),
                     stock_delta: -1,
                     cost: None,
                     request_id: Some(format!("bench-{index}").parse().unwrap()),
