@@ -6,6 +6,10 @@
 //!
 //! The frontend serves the public document at `GET /openapi.json`; every server serves
 //! its internal document at `GET /internal/openapi.json` (cluster token).
+//!
+//! The error answers that routes of several services share are typed in [`answers`].
+pub mod answers;
+
 use crate::error::ErrorBody;
 use actix_web::{web, HttpResponse};
 use utoipa::openapi::path::{HttpMethod, Operation, OperationBuilder, PathItem};
@@ -281,6 +285,26 @@ pub fn allowed_methods(docs: &[&OpenApi]) -> web::Data<crate::server::AllowedMet
     }
     let map = map.into_iter().map(|(k, v)| (k, v.join(", "))).collect();
     web::Data::new(crate::server::AllowedMethods(map))
+}
+
+/// Registers the token-guarded part of an internal service (cache, catalog, order): the
+/// routes `routes` registers, behind the cluster token; `doc` at [`INTERNAL_DOC_PATH`];
+/// and a 404 (or 405, from `doc`'s methods) for every other path. Its scope matches every
+/// path, so register open routes such as `/health` before it.
+pub fn serve_internal(
+    cfg: &mut web::ServiceConfig,
+    doc: OpenApi,
+    routes: impl FnOnce(&mut web::ServiceConfig) + 'static,
+) {
+    cfg.app_data(allowed_methods(&[&doc])).service(
+        web::scope("")
+            .wrap(actix_web::middleware::from_fn(
+                crate::auth::require_cluster_token,
+            ))
+            .configure(routes)
+            .configure(move |c| serve_doc(c, INTERNAL_DOC_PATH, &doc))
+            .default_service(web::to(crate::server::not_found)),
+    );
 }
 
 /// Registers `GET path` answering with `doc` (serialized once).

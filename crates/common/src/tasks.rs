@@ -34,6 +34,14 @@ impl Tasks {
         self.tracker.spawn(task);
     }
 
+    /// Awaits `server` (a server's serve future) and then [`Tasks::stop`]s: how a
+    /// server's `run` ends, so that no loop outlives the server it works for.
+    pub async fn stop_after<T>(&self, server: impl Future<Output = T>) -> T {
+        let out = server.await;
+        self.stop().await;
+        out
+    }
+
     /// Cancels every task and returns once all have ended. Tasks spawned later are
     /// cancelled at once.
     pub async fn stop(&self) {

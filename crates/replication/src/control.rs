@@ -2,10 +2,11 @@
 //! with status `failed` once a disk failure stopped the replica), the seed's `/shutdown`
 //! (a crash) and `/recover` (a restart from disk, the same code path as a process
 //! restart), `/replication/status` and `/replication/msg`; [`PublicApi`] and
-//! [`InternalApi`] document them (OpenAPI) for the services that register them; the
-//! replica's gauges on `/metrics` ([`register_metrics`]); and the skeleton of a replicated
-//! service: what every replica starts with ([`ReplicaConfig`]) and how it serves, stops,
-//! and ends when its disk fails ([`serve`]).
+//! [`InternalApi`] document them (OpenAPI), and [`service_openapi`] adds them to a
+//! service's own document; the replica's gauges on `/metrics` ([`register_metrics`]);
+//! and the skeleton of a replicated service: what every replica starts with
+//! ([`ReplicaConfig`]) and how it serves, stops, and ends when its disk fails
+//! ([`serve`]).
 //!
 //! [`serve`]: fn@serve
 use crate::node::{self, Node, NodeOptions, ReplicaRole, Safety, StateMachine, SubmitError};
@@ -409,6 +410,15 @@ pub struct PublicApi;
 #[derive(utoipa::OpenApi)]
 #[openapi(paths(status, shutdown, recover, receive))]
 pub struct InternalApi;
+
+/// The OpenAPI document of a replicated service, titled `title`: its own routes `doc`
+/// with [`PublicApi`]'s and [`InternalApi`]'s (`GET /internal/openapi.json`).
+pub fn service_openapi(mut doc: utoipa::openapi::OpenApi, title: &str) -> utoipa::openapi::OpenApi {
+    use utoipa::OpenApi as _;
+    doc.merge(PublicApi::openapi());
+    doc.merge(InternalApi::openapi());
+    bookstore_common::openapi::internal(doc, title)
+}
 
 /// `GET /health` (liveness) and `GET /ready` (readiness), both public.
 pub fn public_routes<S: StateMachine>(cfg: &mut web::ServiceConfig) {

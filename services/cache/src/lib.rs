@@ -12,14 +12,15 @@
 //!   `/metrics` (cluster or admin token) counts hits and misses
 //!   (`bookstore_cache_requests_total{result}`), entries and whether a lease is held.
 pub use bookstore_common::cache_store as store;
+use bookstore_common::openapi::answers::MalformedBody;
 
 pub mod near;
 
 pub mod cli;
 
 use actix_web::http::header::ContentType;
-use actix_web::{middleware::from_fn, web, HttpResponse};
-use bookstore_common::auth::{require_cluster_token, Tokens};
+use actix_web::{web, HttpResponse};
+use bookstore_common::auth::Tokens;
 use bookstore_common::client::Client;
 use bookstore_common::config::{ClusterConfig, Kind};
 use bookstore_common::coordinators::Coordinators;
@@ -159,7 +160,7 @@ fn body_of(fill: &CacheFill) -> Result<Bytes, ApiError> {
 /// Stores a lookup answer read at a catalog version.
 #[utoipa::path(post, path = "/put_lookup_cache", request_body = LookupFill, responses(
     (status = 200, body = Stored),
-    (status = 400, description = "Malformed body", body = ErrorBody),
+    MalformedBody,
 ))]
 async fn put_lookup(ctx: Ctx, fill: web::Json<CacheFill>) -> Result<HttpResponse, ApiError> {
     let [item] = fill.items[..] else {
@@ -201,7 +202,7 @@ async fn put_search(
 /// same or its lease has run out.
 #[utoipa::path(post, path = "/invalidate_batch", request_body = InvalidationBatch, responses(
     (status = 200, body = Done),
-    (status = 400, description = "Malformed body", body = ErrorBody),
+    MalformedBody,
 ))]
 async fn invalidate_batch(
     ctx: Ctx,
@@ -271,8 +272,8 @@ async fn push_to_frontends(ctx: &Cache, path: &str, body: Option<&InvalidationBa
 /// Grants (or renews) a frontend's near lease.
 #[utoipa::path(post, path = "/near_lease", request_body = NearLeaseRequest, responses(
     (status = 200, body = NearLeaseReply),
-    (status = 400, description = "Malformed body", body = ErrorBody),
     (status = 404, description = "No such frontend in the cluster file", body = ErrorBody),
+    MalformedBody,
 ))]
 async fn near_lease(ctx: Ctx, body: web::Json<NearLeaseRequest>) -> Result<HttpResponse, ApiError> {
     let id = u32::try_from(body.frontend)
@@ -372,24 +373,18 @@ pub fn internal_openapi() -> utoipa::openapi::OpenApi {
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    let doc = internal_openapi();
-    cfg.app_data(openapi::allowed_methods(&[&doc]));
     cfg.service(web::resource("/health").get(health))
         .service(web::resource("/ready").get(ready))
-        .configure(metrics::routes)
-        .service(
-            web::scope("")
-                .wrap(from_fn(require_cluster_token))
-                .route("/lookup", web::get().to(lookup))
-                .route("/search", web::get().to(search))
-                .route("/put_lookup_cache", web::post().to(put_lookup))
-                .route("/put_search_cache", web::post().to(put_search))
-                .route("/invalidate_batch", web::post().to(invalidate_batch))
-                .route("/near_lease", web::post().to(near_lease))
-                .route("/stats", web::get().to(stats))
-                .configure(move |c| openapi::serve_doc(c, openapi::INTERNAL_DOC_PATH, &doc))
-                .default_service(web::to(server::not_found)),
-        );
+        .configure(metrics::routes);
+    openapi::serve_internal(cfg, internal_openapi(), |c| {
+        c.route("/lookup", web::get().to(lookup))
+            .route("/search", web::get().to(search))
+            .route("/put_lookup_cache", web::post().to(put_lookup))
+            .route("/put_search_cache", web::post().to(put_search))
+            .route("/invalidate_batch", web::post().to(invalidate_batch))
+            .route("/near_lease", web::post().to(near_lease))
+            .route("/stats", web::get().to(stats));
+    });
 }
 
 /// Keeps the lease from the catalog primary alive.
@@ -528,7 +523,7 @@ pub async fn run(
             .app_data(json.clone());
         routes(cfg);
     };
-    let served = server::serve(listener, config.workers, configure, shutdown).await;
-    tasks.stop().await;
-    served
+    tasks
+        .stop_after(server::serve(listener, config.workers, configure, shutdown))
+        .await
 }

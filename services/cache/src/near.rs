@@ -101,11 +101,15 @@ mod tests {
         Duration::from_millis(n)
     }
 
+    /// A start, no holders yet, and a cache lease that runs 1 s from the start.
+    fn start() -> (Instant, Holders, Option<Instant>) {
+        let t0 = Instant::now();
+        (t0, Holders::default(), Some(t0 + ms(1000)))
+    }
+
     #[test]
     fn a_first_lease_flushes_and_renewals_in_time_do_not() {
-        let t0 = Instant::now();
-        let mut h = Holders::default();
-        let cache = Some(t0 + ms(1000));
+        let (t0, mut h, cache) = start();
         assert_eq!(h.renew(1, 7, t0, cache), (NEAR_LEASE, true));
         assert_eq!(h.renew(1, 7, t0 + ms(50), cache), (NEAR_LEASE, false));
         assert_eq!(h.live(t0 + ms(100)), vec![(1, t0 + ms(50) + NEAR_LEASE)]);
@@ -135,9 +139,7 @@ mod tests {
 
     #[test]
     fn a_failed_push_waits_out_the_lease_and_the_next_lease_flushes() {
-        let t0 = Instant::now();
-        let mut h = Holders::default();
-        let cache = Some(t0 + ms(1000));
+        let (t0, mut h, cache) = start();
         h.renew(1, 7, t0, cache);
         h.renew(2, 7, t0, cache);
         assert_eq!(h.failed(2), Some(t0 + NEAR_LEASE));
@@ -149,9 +151,7 @@ mod tests {
 
     #[test]
     fn another_session_under_the_same_id_flushes_both() {
-        let t0 = Instant::now();
-        let mut h = Holders::default();
-        let cache = Some(t0 + ms(1000));
+        let (t0, mut h, cache) = start();
         assert_eq!(h.renew(1, 7, t0, cache), (NEAR_LEASE, true));
         assert_eq!(h.renew(1, 7, t0 + ms(10), cache), (NEAR_LEASE, false));
         // Someone else asks in frontend 1's name (or frontend 1 restarted).

@@ -14,12 +14,14 @@ pub mod cache_link;
 pub mod cli;
 pub mod state;
 
-use actix_web::{middleware::from_fn, web, HttpRequest, HttpResponse};
-use bookstore_common::auth::require_cluster_token;
+use actix_web::{web, HttpRequest, HttpResponse};
 use bookstore_common::client::Client;
 use bookstore_common::config::Kind;
 use bookstore_common::error::ErrorBody;
 use bookstore_common::metrics::{self, Metrics};
+use bookstore_common::openapi::answers::{
+    KeyReused, MalformedBody, MalformedParameter, NoSuchBook, NotPrimary, OutOfStock,
+};
 use bookstore_common::openapi::{self, IdempotencyHeader, ItemQuery, TopicQuery};
 use bookstore_common::oplog::OpLog;
 use bookstore_common::params::{batch_key, batch_len, idempotency_key, CostOrNa, Query};
@@ -267,9 +269,8 @@ fn require_primary(ctx: &Catalog, consistent: &ConsistentQuery) -> Result<(), Ap
 /// A book and the catalog version it reflects.
 #[utoipa::path(get, path = "/query_by_item", params(ItemQuery, ConsistentQuery), responses(
     (status = 200, body = Versioned<Book>),
-    (status = 400, description = "Malformed parameter", body = ErrorBody),
-    (status = 404, description = "No such book", body = ErrorBody),
     (status = 421, description = "`consistent=1` on a replica that is not the primary", body = ErrorBody),
+    MalformedParameter, NoSuchBook,
 ))]
 async fn query_by_item(
     ctx: Ctx,
@@ -296,8 +297,8 @@ async fn query_by_item(
 /// The books of a topic and the catalog version.
 #[utoipa::path(get, path = "/query_by_topic", params(TopicQuery, ConsistentQuery), responses(
     (status = 200, body = Versioned<Vec<SearchHit>>),
-    (status = 400, description = "Malformed parameter", body = ErrorBody),
     (status = 421, description = "`consistent=1` on a replica that is not the primary", body = ErrorBody),
+    MalformedParameter,
 ))]
 async fn query_by_topic(
     ctx: Ctx,
@@ -319,10 +320,7 @@ async fn query_by_topic(
 #[utoipa::path(post, path = "/update", params(ItemQuery, UpdateQuery, IdempotencyHeader), responses(
     (status = 200, body = Versioned<Book>),
     (status = 400, description = "Malformed parameter, or stock would leave its range", body = ErrorBody),
-    (status = 404, description = "No such book", body = ErrorBody),
-    (status = 409, description = "Out of stock", body = ErrorBody),
-    (status = 422, description = "Idempotency-Key already used for another request", body = ErrorBody),
-    (status = 421, description = "Not the primary", body = ErrorBody),
+    NoSuchBook, OutOfStock, KeyReused, NotPrimary,
 ))]
 async fn update(
     ctx: Ctx,
@@ -368,8 +366,7 @@ async fn update(
 /// `POST /update` would apply it, answered together (the order service's buys).
 #[utoipa::path(post, path = "/update_batch", request_body = UpdateBatch, responses(
     (status = 200, description = "One answer per change, with the status `/update` would have given it", body = BatchAnswer<Versioned<Book>>),
-    (status = 400, description = "Malformed body", body = ErrorBody),
-    (status = 421, description = "Not the primary", body = ErrorBody),
+    MalformedBody, NotPrimary,
 ))]
 async fn update_batch(
     ctx: Ctx,
@@ -437,8 +434,7 @@ async fn books(ctx: Ctx, Query(q): Query<BooksQuery>) -> Result<HttpResponse, Ap
 /// The cache's lease (or an order to flush first).
 #[utoipa::path(post, path = "/cache_lease", request_body = LeaseRequest, responses(
     (status = 200, body = LeaseReply),
-    (status = 400, description = "Malformed body", body = ErrorBody),
-    (status = 421, description = "Not the primary", body = ErrorBody),
+    MalformedBody, NotPrimary,
 ))]
 async fn cache_lease(ctx: Ctx, body: web::Json<LeaseRequest>) -> Result<HttpResponse, ApiError> {
     ctx.check_up()?;
@@ -504,31 +500,22 @@ struct CatalogPaths;
 
 /// The catalog's API (`GET /internal/openapi.json`, cluster token; `/health` is public).
 pub fn internal_openapi() -> utoipa::openapi::OpenApi {
-    let mut doc = CatalogPaths::openapi();
-    doc.merge(control::PublicApi::openapi());
-    doc.merge(control::InternalApi::openapi());
-    openapi::internal(doc, "bookstore catalog API")
+    control::service_openapi(CatalogPaths::openapi(), "bookstore catalog API")
 }
 
 /// Registers the routes of a catalog replica.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    let doc = internal_openapi();
-    cfg.app_data(openapi::allowed_methods(&[&doc]));
     cfg.configure(control::public_routes::<CatalogSm>)
-        .configure(metrics::routes)
-        .service(
-            web::scope("")
-                .wrap(from_fn(require_cluster_token))
-                .route("/query_by_item", web::get().to(query_by_item))
-                .route("/query_by_topic", web::get().to(query_by_topic))
-                .route("/update", web::post().to(update))
-                .route("/update_batch", web::post().to(update_batch))
-                .route("/books", web::get().to(books))
-                .route("/cache_lease", web::post().to(cache_lease))
-                .configure(control::internal_routes::<CatalogSm>)
-                .configure(move |c| openapi::serve_doc(c, openapi::INTERNAL_DOC_PATH, &doc))
-                .default_service(web::to(server::not_found)),
-        );
+        .configure(metrics::routes);
+    openapi::serve_internal(cfg, internal_openapi(), |c| {
+        c.route("/query_by_item", web::get().to(query_by_item))
+            .route("/query_by_topic", web::get().to(query_by_topic))
+            .route("/update", web::post().to(update))
+            .route("/update_batch", web::post().to(update_batch))
+            .route("/books", web::get().to(books))
+            .route("/cache_lease", web::post().to(cache_lease))
+            .configure(control::internal_routes::<CatalogSm>);
+    });
 }
 
 /// Serves a catalog replica on `listener` until `shutdown` resolves.

@@ -268,37 +268,17 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .configure(raft::network::routes),
         )
         .service(
-            server::only("/coordinator/status", "GET", web::get().to(routes::status))
+            server::get("/coordinator/status", routes::status)
                 .wrap(from_fn(require_operator_token)),
         )
         .service(
             web::scope("/admin")
                 .wrap(from_fn(require_admin_token))
-                .service(server::only(
-                    "/cluster/register",
-                    "POST",
-                    web::post().to(routes::register),
-                ))
-                .service(server::only(
-                    "/cluster/unregister",
-                    "POST",
-                    web::post().to(routes::unregister),
-                ))
-                .service(server::only(
-                    "/coordinators/reserve",
-                    "POST",
-                    web::post().to(routes::reserve),
-                ))
-                .service(server::only(
-                    "/coordinators/add",
-                    "POST",
-                    web::post().to(routes::add),
-                ))
-                .service(server::only(
-                    "/coordinators/remove",
-                    "POST",
-                    web::post().to(routes::remove),
-                )),
+                .service(server::post("/cluster/register", routes::register))
+                .service(server::post("/cluster/unregister", routes::unregister))
+                .service(server::post("/coordinators/reserve", routes::reserve))
+                .service(server::post("/coordinators/add", routes::add))
+                .service(server::post("/coordinators/remove", routes::remove)),
         )
         .configure(metrics::routes)
         .service(

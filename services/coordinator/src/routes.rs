@@ -12,6 +12,9 @@ use crate::authority::{Authority, AuthorityError};
 use crate::Coordinator;
 use actix_web::{web, HttpResponse};
 use bookstore_common::error::ErrorBody;
+use bookstore_common::openapi::answers::{
+    BadKind, NoSuchMember, NoSuchService, NotLeader, SoleHolder,
+};
 use bookstore_common::params::Query;
 use bookstore_common::types::{
     CoordinatorAddQuery, CoordinatorChange, CoordinatorRemoveQuery, Health, MemberChange,
@@ -69,9 +72,9 @@ pub async fn ready(c: web::Data<Coordinator>) -> HttpResponse {
         (status = 200, content_type = "application/octet-stream", body = Vec<u8>,
             description = "bincode PingAnswer: view, lead_from, members, coordinators"),
         (status = 400, description = "Undecodable ping", body = ErrorBody),
-        (status = 404, description = "No such replicated service", body = ErrorBody),
+        NoSuchService,
         (status = 410, description = "The pinging replica is not a member", body = ErrorBody),
-        (status = 421, description = "Not the leader; `leader` names it", body = ErrorBody),
+        NotLeader,
     ))]
 pub async fn ping(
     c: web::Data<Coordinator>,
@@ -106,8 +109,7 @@ pub struct ViewQuery {
     responses(
         (status = 200, body = KindReport),
         (status = 400, description = "Malformed version or wait_ms", body = ErrorBody),
-        (status = 404, description = "No such replicated service", body = ErrorBody),
-        (status = 421, description = "Not the leader; `leader` names it", body = ErrorBody),
+        NoSuchService, NotLeader,
     ))]
 pub async fn view(
     c: web::Data<Coordinator>,
@@ -176,7 +178,7 @@ pub fn base_url(url: &str) -> Result<String, ApiError> {
     responses(
         (status = 200, body = MemberChange),
         (status = 400, description = "Bad kind or URL, or a URL outside the cluster", body = ErrorBody),
-        (status = 421, description = "Not the leader; `leader` names it", body = ErrorBody),
+        NotLeader,
     ))]
 pub async fn register(
     c: web::Data<Coordinator>,
@@ -207,11 +209,8 @@ pub async fn register(
 #[utoipa::path(post, path = "/admin/cluster/unregister", params(UnregisterQuery),
     responses(
         (status = 200, body = MemberChange),
-        (status = 400, description = "Bad kind", body = ErrorBody),
-        (status = 404, description = "No such member", body = ErrorBody),
-        (status = 409, description = "No other member holds every committed write", body = ErrorBody),
-        (status = 421, description = "Not the leader; `leader` names it", body = ErrorBody),
         (status = 503, description = "A view change is in progress; retry shortly", body = ErrorBody),
+        BadKind, NoSuchMember, SoleHolder, NotLeader,
     ))]
 pub async fn unregister(
     c: web::Data<Coordinator>,
@@ -266,7 +265,7 @@ fn must_lead(a: &Authority) -> Result<(), ApiError> {
 #[utoipa::path(post, path = "/admin/coordinators/reserve",
     responses(
         (status = 200, body = CoordinatorChange),
-        (status = 421, description = "Not the leader; `leader` names it", body = ErrorBody),
+        NotLeader,
     ))]
 pub async fn reserve(c: web::Data<Coordinator>) -> Result<HttpResponse, ApiError> {
     let id = c.authority.reserve_coordinator().await?;
@@ -283,7 +282,7 @@ pub async fn reserve(c: web::Data<Coordinator>) -> Result<HttpResponse, ApiError
         (status = 200, body = CoordinatorChange),
         (status = 400, description = "Bad URL", body = ErrorBody),
         (status = 409, description = "The membership cannot change now", body = ErrorBody),
-        (status = 421, description = "Not the leader; `leader` names it", body = ErrorBody),
+        NotLeader,
     ))]
 pub async fn add(
     c: web::Data<Coordinator>,
@@ -324,7 +323,7 @@ pub async fn add(
         (status = 200, body = CoordinatorChange),
         (status = 404, description = "Not a voting member", body = ErrorBody),
         (status = 409, description = "The last voter, or the membership cannot change now", body = ErrorBody),
-        (status = 421, description = "Not the leader; `leader` names it", body = ErrorBody),
+        NotLeader,
     ))]
 pub async fn remove(
     c: web::Data<Coordinator>,

@@ -6,6 +6,7 @@ use actix_web::http::{header, StatusCode};
 use actix_web::{HttpRequest, HttpResponse};
 use bookstore_common::client::{encode, CallError};
 use bookstore_common::error::ErrorBody;
+use bookstore_common::openapi::answers::{BadKind, NoSuchMember, SoleHolder};
 use bookstore_common::params::Query;
 use bookstore_common::types::{MemberChange, RegisterQuery, UnregisterQuery};
 use bookstore_common::ApiError;
@@ -68,9 +69,7 @@ pub async fn register(ctx: Ctx, req: HttpRequest, q: Query<RegisterQuery>) -> Ht
 #[utoipa::path(post, path = "/admin/cluster/unregister", params(UnregisterQuery),
     responses(
         (status = 200, body = MemberChange),
-        (status = 400, description = "Bad kind", body = ErrorBody),
-        (status = 404, description = "No such member", body = ErrorBody),
-        (status = 409, description = "No other member holds every committed write", body = ErrorBody),
+        BadKind, NoSuchMember, SoleHolder,
     ))]
 pub async fn unregister(ctx: Ctx, req: HttpRequest, q: Query<UnregisterQuery>) -> HttpResponse {
     let path = format!(

@@ -44,6 +44,7 @@ use bookstore_common::coordinators::Coordinators;
 use bookstore_common::error::ErrorBody;
 use bookstore_common::idempotency::IdempotencyKey;
 use bookstore_common::metrics::{self, Metrics};
+use bookstore_common::openapi::answers::{KeyReused, MalformedBody, NoSuchBook};
 use bookstore_common::openapi::{self, Access, IdempotencyHeader, ItemQuery, TopicQuery};
 use bookstore_common::oplog::OpLog;
 use bookstore_common::params::{batch_len, idempotency_key, Query};
@@ -251,7 +252,7 @@ async fn health(ctx: Ctx) -> HttpResponse {
 #[utoipa::path(get, path = "/lookup", params(ItemQuery), responses(
     (status = 200, body = LookupResponse),
     (status = 400, description = "Missing or malformed item_number", body = ErrorBody),
-    (status = 404, description = "No such book", body = ErrorBody),
+    NoSuchBook,
 ))]
 async fn lookup(
     ctx: Ctx,
@@ -439,7 +440,7 @@ async fn read(
 /// cache's own invalidations, passed on before the cache acknowledges them).
 #[utoipa::path(post, path = "/internal/near/invalidate_batch", request_body = InvalidationBatch, responses(
     (status = 200, body = bookstore_common::types::Done),
-    (status = 400, description = "Malformed body", body = ErrorBody),
+    MalformedBody,
 ))]
 async fn near_invalidate(
     ctx: Ctx,
@@ -493,9 +494,9 @@ fn client_key(req: &HttpRequest) -> Result<(IdempotencyKey, bool), ApiError> {
 #[utoipa::path(post, path = "/buy", params(ItemQuery, IdempotencyHeader), responses(
     (status = 200, body = BuySuccess),
     (status = 400, description = "Malformed item_number or Idempotency-Key", body = ErrorBody),
-    (status = 404, description = "No such book", body = ErrorBody),
+    NoSuchBook,
     (status = 409, description = "Sold out: `{\"result\":\"Failed\",\"error\":\"out of stock\"}`", body = ErrorBody),
-    (status = 422, description = "Idempotency-Key already used for another request", body = ErrorBody),
+    KeyReused,
 ))]
 async fn buy(
     ctx: Ctx,
@@ -535,8 +536,7 @@ async fn buy(
 #[utoipa::path(post, path = "/admin/restock", params(ItemQuery, RestockQuery, IdempotencyHeader), responses(
     (status = 200, body = LookupResponse),
     (status = 400, description = "Malformed parameter, or neither quantity nor cost", body = ErrorBody),
-    (status = 404, description = "No such book", body = ErrorBody),
-    (status = 422, description = "Idempotency-Key already used for another request", body = ErrorBody),
+    NoSuchBook, KeyReused,
 ))]
 async fn restock(
     ctx: Ctx,
@@ -682,7 +682,7 @@ pub async fn run(
             .app_data(tokens.clone());
         routes(cfg);
     };
-    let served = server::serve(listener, config.workers, configure, shutdown).await;
-    tasks.stop().await;
-    served
+    tasks
+        .stop_after(server::serve(listener, config.workers, configure, shutdown))
+        .await
 }

@@ -16,16 +16,17 @@ pub mod state;
 
 pub use state::{OrderSm, Record};
 
-use actix_web::{middleware::from_fn, web, HttpRequest, HttpResponse};
-use bookstore_common::auth::require_cluster_token;
+use actix_web::{web, HttpRequest, HttpResponse};
 use bookstore_common::batch::Batcher;
 use bookstore_common::client::{CallError, Client};
 use bookstore_common::clock::now_ms;
 use bookstore_common::config::Kind;
 use bookstore_common::coordinators::Coordinators;
-use bookstore_common::error::ErrorBody;
 use bookstore_common::idempotency::IdempotencyKey;
 use bookstore_common::metrics::{self, catch_up, Metrics};
+use bookstore_common::openapi::answers::{
+    KeyReused, MalformedBody, MalformedParameter, NoSuchBook, NotPrimary, OutOfStock,
+};
 use bookstore_common::openapi::{self, IdempotencyHeader, ItemQuery};
 use bookstore_common::params::{batch_key, batch_len, idempotency_key, Query};
 use bookstore_common::router::{self, batched_or_single, follow_views, Batched, Router};
@@ -233,11 +234,7 @@ fn success(order: Order) -> BuySuccess {
 /// Buys one copy under an idempotency key.
 #[utoipa::path(post, path = "/buy", params(ItemQuery, IdempotencyHeader), responses(
     (status = 200, body = BuySuccess),
-    (status = 400, description = "Malformed parameter", body = ErrorBody),
-    (status = 404, description = "No such book", body = ErrorBody),
-    (status = 409, description = "Out of stock", body = ErrorBody),
-    (status = 422, description = "Idempotency-Key already used for another request", body = ErrorBody),
-    (status = 421, description = "Not the primary", body = ErrorBody),
+    MalformedParameter, NoSuchBook, OutOfStock, KeyReused, NotPrimary,
 ))]
 async fn buy(
     ctx: Ctx,
@@ -263,8 +260,7 @@ async fn buy(
 /// frontends' buys).
 #[utoipa::path(post, path = "/buy_batch", request_body = BuyBatch, responses(
     (status = 200, description = "One answer per buy, with the status `/buy` would have given it", body = BatchAnswer<BuySuccess>),
-    (status = 400, description = "Malformed body", body = ErrorBody),
-    (status = 421, description = "Not the primary", body = ErrorBody),
+    MalformedBody, NotPrimary,
 ))]
 async fn buy_batch(
     ctx: Ctx,
@@ -319,28 +315,19 @@ struct OrderPaths;
 /// The order service's API (`GET /internal/openapi.json`, cluster token; `/health` is
 /// public).
 pub fn internal_openapi() -> utoipa::openapi::OpenApi {
-    let mut doc = OrderPaths::openapi();
-    doc.merge(control::PublicApi::openapi());
-    doc.merge(control::InternalApi::openapi());
-    openapi::internal(doc, "bookstore order API")
+    control::service_openapi(OrderPaths::openapi(), "bookstore order API")
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    let doc = internal_openapi();
-    cfg.app_data(openapi::allowed_methods(&[&doc]))
-        .app_data(server::json_config());
-    cfg.configure(control::public_routes::<OrderSm>)
-        .configure(metrics::routes)
-        .service(
-            web::scope("")
-                .wrap(from_fn(require_cluster_token))
-                .route("/buy", web::post().to(buy))
-                .route("/buy_batch", web::post().to(buy_batch))
-                .route("/orders", web::get().to(orders))
-                .configure(control::internal_routes::<OrderSm>)
-                .configure(move |c| openapi::serve_doc(c, openapi::INTERNAL_DOC_PATH, &doc))
-                .default_service(web::to(server::not_found)),
-        );
+    cfg.app_data(server::json_config())
+        .configure(control::public_routes::<OrderSm>)
+        .configure(metrics::routes);
+    openapi::serve_internal(cfg, internal_openapi(), |c| {
+        c.route("/buy", web::post().to(buy))
+            .route("/buy_batch", web::post().to(buy_batch))
+            .route("/orders", web::get().to(orders))
+            .configure(control::internal_routes::<OrderSm>);
+    });
 }
 
 /// `bookstore_router_primary_switches_total{tier="catalog"}`: catalog failovers this
@@ -381,7 +368,6 @@ pub async fn run(
         routes(cfg);
     };
     let control = service.control.clone();
-    let served = control::serve(listener, &config, control, metrics, configure, shutdown).await;
-    service.tasks.stop().await;
-    served
+    let served = control::serve(listener, &config, control, metrics, configure, shutdown);
+    service.tasks.stop_after(served).await
 }

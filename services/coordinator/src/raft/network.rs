@@ -5,6 +5,7 @@
 use super::{NodeId, Raft, TypeConfig};
 use actix_web::{web, HttpResponse};
 use bookstore_common::client::Client;
+use bookstore_common::openapi::answers::Undecodable;
 use bookstore_common::ApiError;
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
@@ -166,7 +167,7 @@ fn bincode_answer<T: Serialize>(answer: &T) -> HttpResponse {
     responses(
         (status = 200, content_type = "application/octet-stream", body = Vec<u8>,
             description = "bincode Result<AppendEntriesResponse, RaftError>"),
-        (status = 400, description = "Undecodable request", body = bookstore_common::error::ErrorBody),
+        Undecodable,
     ))]
 pub async fn append(
     raft: web::Data<Raft>,
@@ -187,7 +188,7 @@ pub async fn append(
     responses(
         (status = 200, content_type = "application/octet-stream", body = Vec<u8>,
             description = "bincode Result<VoteResponse, RaftError>"),
-        (status = 400, description = "Undecodable request", body = bookstore_common::error::ErrorBody),
+        Undecodable,
     ))]
 pub async fn vote(raft: web::Data<Raft>, body: bytes::Bytes) -> Result<HttpResponse, ApiError> {
     let rpc: VoteRequest<NodeId> = decode(&body, "RequestVote")?;
@@ -200,7 +201,7 @@ pub async fn vote(raft: web::Data<Raft>, body: bytes::Bytes) -> Result<HttpRespo
     responses(
         (status = 200, content_type = "application/octet-stream", body = Vec<u8>,
             description = "bincode Result<InstallSnapshotResponse, RaftError>"),
-        (status = 400, description = "Undecodable request", body = bookstore_common::error::ErrorBody),
+        Undecodable,
     ))]
 pub async fn snapshot(raft: web::Data<Raft>, body: bytes::Bytes) -> Result<HttpResponse, ApiError> {
     let rpc: InstallSnapshotRequest<TypeConfig> = decode(&body, "InstallSnapshot")?;
