@@ -299,13 +299,11 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
 async fn stocks(http: &reqwest::Client, url: &str, items: &[u32]) -> anyhow::Result<Vec<u64>> {
     let mut out = Vec::new();
     for item in items {
-        let v: serde_json::Value = http
+        let lookup = http
             .get(format!("{url}/lookup?item_number={item}"))
-            .header("cache-control", "no-cache")
-            .send()
-            .await
-            .and_then(|r| r.error_for_status())
-            .map_err(|e| anyhow!("lookup of {item}: {e}"))?
+            .header("cache-control", "no-cache");
+        let v: serde_json::Value = answer(lookup, &format!("lookup of {item}"))
+            .await?
             .json()
             .await
             .map_err(|e| anyhow!("lookup of {item}: {e}"))?;
@@ -316,21 +314,24 @@ async fn stocks(http: &reqwest::Client, url: &str, items: &[u32]) -> anyhow::Res
 
 /// Requests the frontend at `url` has answered, every route but `/metrics` (admin token).
 async fn answered(http: &reqwest::Client, url: &str, token: &str) -> anyhow::Result<u64> {
-    let text = http
-        .get(format!("{url}/metrics"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .and_then(|r| r.error_for_status())
-        .map_err(|e| anyhow!("{url}/metrics: {e}"))?
+    let metrics = http.get(format!("{url}/metrics")).bearer_auth(token);
+    let text = answer(metrics, &format!("{url}/metrics"))
+        .await?
         .text()
         .await
-        .map_err(|e| anyhow!("{e}"))?;
+        .map_err(|e| anyhow!("{url}/metrics: {e}"))?;
     Ok(text
         .lines()
         .filter(|l| l.starts_with("bookstore_http_requests_total{") && !l.contains("/metrics"))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum::<f64>() as u64)
+}
+
+/// Sends `request`; a failure, or an answer that is not a success, is an error that
+/// starts with `what`.
+async fn answer(request: reqwest::RequestBuilder, what: &str) -> anyhow::Result<reqwest::Response> {
+    let answer = request.send().await.and_then(|r| r.error_for_status());
+    answer.map_err(|e| anyhow!("{what}: {e}"))
 }
 
 async fn server_cpu(args: ServerCpuArgs) -> anyhow::Result<bool> {
@@ -479,7 +480,7 @@ async fn baseline(args: BaselineArgs) -> anyhow::Result<bool> {
 }
 
 async fn chaos(args: ChaosArgs) -> anyhow::Result<bool> {
-    use loadtest::chaos::nemesis::FaultKind;
+    use loadtest::chaos::schedule::FaultKind;
     let mut faults = Vec::new();
     for f in &args.faults {
         if f == "all" {

@@ -1,7 +1,7 @@
 //! What a run leaves: a table for the terminal (rows = metrics and then tiers, columns =
 //! client counts) and `DIR/<run-id>/results.csv`, `results.json` and `latency.svg`;
 //! for `--compare-cache`, the two runs side by side with their ratios.
-use crate::runner::{Mode, RoundResult, RunReport, Stop};
+use crate::runner::{LatencySummary, Mode, RoundResult, RunReport, Stop};
 use crate::tiers::END_TO_END;
 use crate::workload::Workload;
 use serde::{Deserialize, Serialize};
@@ -15,7 +15,7 @@ pub const DEFAULT_OUT_DIR: &str = "output/loadtest";
 /// end-to-end tier (`client->frontend`) with every column; the lines of the other tiers
 /// (`frontend->cache`, `order->catalog`, ...) fill `count` (answers that reported the
 /// tier) and the latency columns, and leave the other counters at 0.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct CsvRow {
     pub run_id: String,
     pub target: String,
@@ -66,55 +66,21 @@ fn mode_name(m: Mode) -> &'static str {
 pub fn csv_rows(report: &RunReport) -> Vec<CsvRow> {
     let mut rows = Vec::new();
     for r in &report.rounds {
-        let main = round_row(report, r);
-        rows.push(main.clone());
+        rows.push(round_row(report, r));
         for t in r.tiers.iter().filter(|t| t.tier != END_TO_END) {
-            let l = &t.latency;
-            rows.push(CsvRow {
+            let row = CsvRow {
                 tier: t.tier.clone(),
                 count: t.count,
-                errors: 0,
-                errors_connect: 0,
-                errors_timeout: 0,
-                errors_5xx: 0,
-                errors_4xx: 0,
-                errors_other: 0,
-                lookups: 0,
-                searches: 0,
-                buys: 0,
-                bought: 0,
-                sold_out: 0,
-                restocks: 0,
-                throughput_rps: 0.0,
-                mean_ms: l.mean_ms,
-                stdev_ms: l.stdev_ms,
-                min_ms: l.min_ms,
-                p50_ms: l.p50_ms,
-                p90_ms: l.p90_ms,
-                p99_ms: l.p99_ms,
-                p999_ms: l.p999_ms,
-                max_ms: l.max_ms,
-                race_stock_before: None,
-                race_successes: None,
-                race_stock_after: None,
-                race_consistent: None,
-                ..main.clone()
-            });
+                ..CsvRow::of_round(report, r)
+            };
+            rows.push(row.with_latency(&t.latency));
         }
     }
     rows
 }
 
 fn round_row(report: &RunReport, r: &RoundResult) -> CsvRow {
-    let l = &r.latency;
-    CsvRow {
-        run_id: report.run_id.clone(),
-        target: report.target.clone(),
-        workload: report.workload.to_string(),
-        mode: mode_name(report.mode).into(),
-        rate: report.rate,
-        cache: if report.cache_bypassed { "off" } else { "on" }.into(),
-        clients: r.clients,
+    let row = CsvRow {
         tier: END_TO_END.into(),
         count: r.count,
         errors: r.errors.total(),
@@ -129,20 +95,46 @@ fn round_row(report: &RunReport, r: &RoundResult) -> CsvRow {
         bought: r.bought,
         sold_out: r.sold_out,
         restocks: r.restocks,
-        elapsed_s: r.elapsed_s,
         throughput_rps: r.throughput_rps,
-        mean_ms: l.mean_ms,
-        stdev_ms: l.stdev_ms,
-        min_ms: l.min_ms,
-        p50_ms: l.p50_ms,
-        p90_ms: l.p90_ms,
-        p99_ms: l.p99_ms,
-        p999_ms: l.p999_ms,
-        max_ms: l.max_ms,
         race_stock_before: r.race.as_ref().map(|x| x.stock_before),
         race_successes: r.race.as_ref().map(|x| x.successes),
         race_stock_after: r.race.as_ref().and_then(|x| x.stock_after),
         race_consistent: r.race.as_ref().map(|x| x.consistent),
+        ..CsvRow::of_round(report, r)
+    };
+    row.with_latency(&r.latency)
+}
+
+impl CsvRow {
+    /// A row of round `r` with only what every tier's row shares: the run's settings,
+    /// the client count and the round's length. Counters are 0.
+    fn of_round(report: &RunReport, r: &RoundResult) -> CsvRow {
+        CsvRow {
+            run_id: report.run_id.clone(),
+            target: report.target.clone(),
+            workload: report.workload.to_string(),
+            mode: mode_name(report.mode).into(),
+            rate: report.rate,
+            cache: if report.cache_bypassed { "off" } else { "on" }.into(),
+            clients: r.clients,
+            elapsed_s: r.elapsed_s,
+            ..CsvRow::default()
+        }
+    }
+
+    /// This row with its latency columns taken from `l`.
+    fn with_latency(self, l: &LatencySummary) -> CsvRow {
+        CsvRow {
+            mean_ms: l.mean_ms,
+            stdev_ms: l.stdev_ms,
+            min_ms: l.min_ms,
+            p50_ms: l.p50_ms,
+            p90_ms: l.p90_ms,
+            p99_ms: l.p99_ms,
+            p999_ms: l.p999_ms,
+            max_ms: l.max_ms,
+            ..self
+        }
     }
 }
 

@@ -197,31 +197,16 @@ impl Mix {
     }
 
     fn pick<R: Rng>(&self, rng: &mut R, op: Op) -> Request {
-        match op {
-            Op::Lookup => {
-                let i = rng.gen_range(0..self.lookup_urls.len());
-                Request {
-                    op,
-                    item_index: None,
-                    url: self.lookup_urls[i].clone(),
-                }
-            }
-            Op::Search => {
-                let i = rng.gen_range(0..self.search_urls.len());
-                Request {
-                    op,
-                    item_index: None,
-                    url: self.search_urls[i].clone(),
-                }
-            }
-            Op::Buy => {
-                let i = rng.gen_range(0..self.buy_urls.len());
-                Request {
-                    op,
-                    item_index: Some(i),
-                    url: self.buy_urls[i].clone(),
-                }
-            }
+        let urls = match op {
+            Op::Lookup => &self.lookup_urls,
+            Op::Search => &self.search_urls,
+            Op::Buy => &self.buy_urls,
+        };
+        let i = rng.gen_range(0..urls.len());
+        Request {
+            op,
+            item_index: (op == Op::Buy).then_some(i),
+            url: urls[i].clone(),
         }
     }
 

@@ -314,40 +314,38 @@ async fn restocker(w: Arc<Workload>, h: Arc<History>, stop: Arc<AtomicBool>, pro
     }
 }
 
+/// What one client process does.
+#[derive(Debug, Clone, Copy)]
+enum Role {
+    Buyer,
+    Reader,
+    CacheReader,
+    Restocker,
+}
+
 /// Starts every client; they stop (each finishing its operation) once `stop` is set.
+/// Processes are numbered buyers first, then readers, the cache reader, the restocker.
 pub fn spawn(
     w: Workload,
     h: Arc<History>,
     stop: Arc<AtomicBool>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let w = Arc::new(w);
-    let mut tasks = Vec::new();
-    let mut process = 0;
-    for _ in 0..w.buyers {
-        tasks.push(tokio::spawn(buyer(
-            w.clone(),
-            h.clone(),
-            stop.clone(),
-            process,
-        )));
-        process += 1;
-    }
-    for _ in 0..w.readers {
-        tasks.push(tokio::spawn(reader(
-            w.clone(),
-            h.clone(),
-            stop.clone(),
-            process,
-        )));
-        process += 1;
-    }
-    tasks.push(tokio::spawn(cache_reader(
-        w.clone(),
-        h.clone(),
-        stop.clone(),
-        process,
-    )));
-    process += 1;
-    tasks.push(tokio::spawn(restocker(w, h, stop, process)));
-    tasks
+    let roles = std::iter::repeat_n(Role::Buyer, w.buyers)
+        .chain(std::iter::repeat_n(Role::Reader, w.readers))
+        .chain([Role::CacheReader, Role::Restocker]);
+    roles
+        .enumerate()
+        .map(|(process, role)| {
+            let (w, h, stop) = (w.clone(), h.clone(), stop.clone());
+            tokio::spawn(async move {
+                match role {
+                    Role::Buyer => buyer(w, h, stop, process).await,
+                    Role::Reader => reader(w, h, stop, process).await,
+                    Role::CacheReader => cache_reader(w, h, stop, process).await,
+                    Role::Restocker => restocker(w, h, stop, process).await,
+                }
+            })
+        })
+        .collect()
 }

@@ -11,12 +11,12 @@
 //! Output under `<out>/<run>/`: `history.jsonl`, `summary.txt`, `summary.json`,
 //! `timeline.svg`, `cluster/` (server logs and data directories).
 //!
-//! Modules: [`clients`] (the buyers, readers and restocker), [`nemesis`] (the faults and
-//! their lanes), [`net`] (partitions with iptables), [`wrapper`] (each server in its own
-//! group, for the partitions), [`history`] (the recorded operations and faults),
-//! [`check`] (the six checkers), [`linear`] (the per-book linearizability check),
-//! [`gaps`] (the longest unanswered stretches per fault kind), [`report`] (summary and
-//! timeline).
+//! Modules: [`clients`] (the buyers, readers and restocker), [`schedule`] (the seeded
+//! schedule: fault kinds, lanes, plans), [`nemesis`] (carrying the faults out), [`net`]
+//! (partitions with iptables), [`wrapper`] (each server in its own group, for the
+//! partitions), [`history`] (the recorded operations and faults), [`check`] (the six
+//! checkers), [`linear`] (the per-book linearizability check), [`gaps`] (the longest
+//! unanswered stretches per fault kind), [`report`] (summary and timeline).
 pub mod check;
 pub mod clients;
 pub mod gaps;
@@ -25,6 +25,7 @@ pub mod linear;
 pub mod nemesis;
 pub mod net;
 pub mod report;
+pub mod schedule;
 pub mod wrapper;
 
 use anyhow::{anyhow, bail, Context};
@@ -32,7 +33,8 @@ use bookstore_common::config::{ClusterConfig, Endpoint, Kind};
 use check::{FinalState, Verdict};
 use history::{FaultRecord, History, Op};
 use infra::local::{LocalCluster, LocalOptions};
-use nemesis::{FaultKind, Lane, Nemesis};
+use nemesis::Nemesis;
+use schedule::{FaultKind, Lane};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -184,36 +186,31 @@ async fn read_final(lc: &LocalCluster, limit: Duration) -> FinalState {
     let start = Instant::now();
     loop {
         let mut fin = FinalState::default();
-        for (id, e) in lc.cluster.servers(Kind::Catalog).iter().enumerate() {
-            let v: Option<serde_json::Value> =
-                client.get_json(&format!("{}/books", e.url())).await.ok();
-            let books = v.and_then(|v| {
-                v["result"].as_array().map(|a| {
-                    a.iter()
-                        .filter_map(|b| {
-                            Some((b["item_number"].as_u64()? as u32, b["stock"].as_i64()?))
-                        })
-                        .collect::<BTreeMap<u32, i64>>()
-                })
-            });
-            fin.catalogs.insert(id as u32, books);
+        let listed = async |kind: Kind, route: &str| {
+            let mut lists = BTreeMap::new();
+            for (id, e) in lc.cluster.servers(kind).iter().enumerate() {
+                let answer = client.get_json(&format!("{}{route}", e.url())).await;
+                let list = answer.ok().and_then(|mut v: serde_json::Value| {
+                    serde_json::from_value::<Vec<serde_json::Value>>(v["result"].take()).ok()
+                });
+                lists.insert(id as u32, list);
+            }
+            lists
+        };
+        for (id, books) in listed(Kind::Catalog, "/books").await {
+            let stock = |b: &serde_json::Value| {
+                Some((b["item_number"].as_u64()? as u32, b["stock"].as_i64()?))
+            };
+            let books = books.map(|a| a.iter().filter_map(stock).collect());
+            fin.catalogs.insert(id, books);
         }
-        for (id, e) in lc.cluster.servers(Kind::Order).iter().enumerate() {
-            let v: Option<serde_json::Value> =
-                client.get_json(&format!("{}/orders", e.url())).await.ok();
-            let orders = v.and_then(|v| {
-                v["result"].as_array().map(|a| {
-                    a.iter()
-                        .filter_map(|o| {
-                            Some((
-                                o["order_id"].as_str()?.to_string(),
-                                o["item_number"].as_u64()? as u32,
-                            ))
-                        })
-                        .collect::<Vec<_>>()
-                })
-            });
-            fin.orders.insert(id as u32, orders);
+        for (id, orders) in listed(Kind::Order, "/orders").await {
+            let order = |o: &serde_json::Value| {
+                let id = o["order_id"].as_str()?.to_string();
+                Some((id, o["item_number"].as_u64()? as u32))
+            };
+            fin.orders
+                .insert(id, orders.map(|a| a.iter().filter_map(order).collect()));
         }
         fin.waited_s = start.elapsed().as_secs_f64();
         let all_answer =

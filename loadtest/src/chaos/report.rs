@@ -4,7 +4,7 @@
 use super::check::{FinalState, Status, Verdict};
 use super::gaps::Gap;
 use super::history::{FaultRecord, Op, OpKind, Outcome};
-use super::nemesis::FaultKind;
+use super::schedule::FaultKind;
 use super::ChaosConfig;
 use anyhow::Context;
 use serde::Serialize;
@@ -392,18 +392,16 @@ impl ChaosReport {
                 ya(frac) + 4.0
             );
         }
-        let buys: Vec<(f64, f64)> = self
-            .timeline
-            .iter()
-            .filter(|b| b.buys > 0)
-            .map(|b| (f.x(self.mid(b)), ya(b.buys_answered as f64 / b.buys as f64)))
-            .collect();
-        let reads: Vec<(f64, f64)> = self
-            .timeline
-            .iter()
-            .filter(|b| b.reads > 0)
-            .map(|b| (f.x(self.mid(b)), ya(b.reads_ok as f64 / b.reads as f64)))
-            .collect();
+        // One point per bucket that has any of the operation: (answered, all).
+        let share = |of: fn(&Bucket) -> (usize, usize)| -> Vec<(f64, f64)> {
+            let point = |b: &Bucket| {
+                let (answered, all) = of(b);
+                (all > 0).then(|| (f.x(self.mid(b)), ya(answered as f64 / all as f64)))
+            };
+            self.timeline.iter().filter_map(point).collect()
+        };
+        let buys = share(|b| (b.buys_answered, b.buys));
+        let reads = share(|b| (b.reads_ok, b.reads));
         let _ = writeln!(s, "{}", polyline(&buys, "#d62728"));
         let _ = writeln!(s, "{}", polyline(&reads, "#1f77b4"));
     }
