@@ -153,65 +153,63 @@ impl LocalCluster {
             haproxy: None,
             client,
         };
-        let (coordinators, mut rest): (Vec<_>, Vec<_>) = planned
+        let (coordinators, rest): (Vec<_>, Vec<_>) = planned
             .into_iter()
             .partition(|(k, _, _)| *k == Kind::Coordinator);
-        if lc.options.reverse_start {
+        // Whatever fails, nothing of this cluster is left running.
+        match lc
+            .bring_up(&exe, coordinators, rest, resumed, progress)
+            .await
+        {
+            Ok(()) => Ok(lc),
+            Err(e) => {
+                lc.stop().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// [`LocalCluster::start`]'s steps after the checks: the coordinators and a leader
+    /// first (unless `reverse_start`), then the rest, then HAProxy.
+    async fn bring_up(
+        &mut self,
+        exe: &Path,
+        mut coordinators: Vec<(Kind, u32, Endpoint)>,
+        mut rest: Vec<(Kind, u32, Endpoint)>,
+        resumed: bool,
+        progress: &dyn Fn(&str),
+    ) -> anyhow::Result<()> {
+        let limit = Duration::from_secs(20);
+        if self.options.reverse_start {
             rest.reverse();
-            lc.spawn_all(&exe, rest, progress)?;
-            let mut coordinators = coordinators;
+            self.spawn_all(exe, rest, progress)?;
             coordinators.reverse();
-            lc.spawn_all(&exe, coordinators, progress)?;
+            self.spawn_all(exe, coordinators, progress)?;
         } else {
-            lc.spawn_all(&exe, coordinators, progress)?;
-            if let Err(e) = lc.wait_healthy(Duration::from_secs(20)).await {
-                lc.stop().await;
-                return Err(e);
-            }
+            self.spawn_all(exe, coordinators, progress)?;
+            self.wait_healthy(limit).await?;
             progress("every coordinator answers; waiting for a leader");
-            if let Err(e) = lc.wait_leader(Duration::from_secs(20)).await {
-                lc.stop().await;
-                return Err(e);
-            }
+            self.wait_leader(limit).await?;
             if resumed {
-                match lc.members_from_coordinators(&rest, progress).await {
-                    Ok(r) => rest = r,
-                    Err(e) => {
-                        lc.stop().await;
-                        return Err(e);
-                    }
-                }
+                rest = self.members_from_coordinators(&rest, progress).await?;
             }
-            lc.spawn_all(&exe, rest, progress)?;
+            self.spawn_all(exe, rest, progress)?;
         }
-        if let Err(e) = lc.wait_healthy(Duration::from_secs(20)).await {
-            lc.stop().await;
-            return Err(e);
-        }
+        self.wait_healthy(limit).await?;
         progress("every server answers; waiting for the replicas to agree on primaries");
-        if let Err(e) = lc.wait_ready(Duration::from_secs(20)).await {
-            lc.stop().await;
-            return Err(e);
+        self.wait_ready(limit).await?;
+        if let Some(listen) = self.options.haproxy.clone() {
+            let frontends: Vec<Endpoint> = self.cluster.servers(Kind::Frontend).to_vec();
+            let h = crate::haproxy::Haproxy::start(&listen, &frontends, &self.options.output_dir)
+                .await?;
+            progress(&format!(
+                "started HAProxy on {listen} in front of {} frontends (pid {})",
+                frontends.len(),
+                h.pid().unwrap_or(0)
+            ));
+            self.haproxy = Some(h);
         }
-        if let Some(listen) = lc.options.haproxy.clone() {
-            let frontends: Vec<Endpoint> = lc.cluster.servers(Kind::Frontend).to_vec();
-            match crate::haproxy::Haproxy::start(&listen, &frontends, &lc.options.output_dir).await
-            {
-                Ok(h) => {
-                    progress(&format!(
-                        "started HAProxy on {listen} in front of {} frontends (pid {})",
-                        frontends.len(),
-                        h.pid().unwrap_or(0)
-                    ));
-                    lc.haproxy = Some(h);
-                }
-                Err(e) => {
-                    lc.stop().await;
-                    return Err(e);
-                }
-            }
-        }
-        Ok(lc)
+        Ok(())
     }
 
     fn spawn_all(
@@ -221,26 +219,42 @@ impl LocalCluster {
         progress: &dyn Fn(&str),
     ) -> anyhow::Result<()> {
         for (kind, id, endpoint) in servers {
-            let log = self
-                .options
-                .output_dir
-                .join(format!("{kind}{id}.stderr.log"));
-            let mut server = Server {
-                kind,
-                id,
-                endpoint,
-                log,
-                child: None,
-            };
-            self.spawn(exe, &mut server)?;
-            progress(&format!(
-                "started {} on {} (pid {})",
-                server.name(),
-                server.endpoint,
-                server.pid().unwrap_or(0)
-            ));
-            self.servers.push(server);
+            self.launch(exe, kind, id, endpoint, progress, "")?;
         }
+        Ok(())
+    }
+
+    /// Starts server `kind` `id` on `endpoint` (its stderr to `<kind><id>.stderr.log` in
+    /// the output directory), counts it among the cluster's servers and tells `progress`,
+    /// ending the line with `then` (what happens next).
+    fn launch(
+        &mut self,
+        exe: &Path,
+        kind: Kind,
+        id: u32,
+        endpoint: Endpoint,
+        progress: &dyn Fn(&str),
+        then: &str,
+    ) -> anyhow::Result<()> {
+        let log = self
+            .options
+            .output_dir
+            .join(format!("{kind}{id}.stderr.log"));
+        let mut server = Server {
+            kind,
+            id,
+            endpoint,
+            log,
+            child: None,
+        };
+        self.spawn(exe, &mut server)?;
+        progress(&format!(
+            "started {} on {} (pid {}){then}",
+            server.name(),
+            server.endpoint,
+            server.pid().unwrap_or(0)
+        ));
+        self.servers.push(server);
         Ok(())
     }
 

@@ -72,22 +72,15 @@ mod tests {
             backups: vec![0, 2],
         });
         doc.synced = vec![2];
-        assert_eq!(
-            standing(&doc, 1),
-            Standing::Member {
-                epoch: 4,
-                role: ReplicaRole::Primary
-            }
-        );
-        assert_eq!(standing(&doc, 0), Standing::CatchingUp);
-        assert_eq!(
-            standing(&doc, 2),
-            Standing::Member {
-                epoch: 4,
-                role: ReplicaRole::Backup
-            }
-        );
-        assert_eq!(standing(&doc, 3), Standing::Out);
+        let member = |role| Standing::Member { epoch: 4, role };
+        for (id, want) in [
+            (1, member(ReplicaRole::Primary)),
+            (0, Standing::CatchingUp),
+            (2, member(ReplicaRole::Backup)),
+            (3, Standing::Out),
+        ] {
+            assert_eq!(standing(&doc, id), want, "replica {id}");
+        }
         assert_eq!(
             summary(&doc),
             "epoch 4: primary 1, backups [0, 2], synced [2]"

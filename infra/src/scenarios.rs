@@ -252,6 +252,30 @@ async fn replicas_agree(lc: &LocalCluster) -> anyhow::Result<Vec<Value>> {
     }
 }
 
+/// Takes replica `victim` of `kind` down (`down`) or brings it back: with SIGKILL and a
+/// process restart when `kill`, else with the seed's `/shutdown` and `/recover`.
+async fn set_down(
+    lc: &mut LocalCluster,
+    kind: Kind,
+    victim: u32,
+    kill: bool,
+    down: bool,
+) -> anyhow::Result<()> {
+    match (kill, down) {
+        (true, true) => lc.kill9(kind, victim).await,
+        (true, false) => lc.restart(kind, victim).await,
+        (false, _) => {
+            let url = lc.cluster.server(kind, victim).expect("exists").url();
+            let route = if down { "shutdown" } else { "recover" };
+            let internal = bookstore_common::client::Client::new(&lc.options.cluster_token);
+            internal
+                .post_json::<Value>(&format!("{url}/{route}"), &[])
+                .await?;
+            Ok(())
+        }
+    }
+}
+
 /// A fault in the middle of buying: the primary of `kind` is shut down (the seed's
 /// `/shutdown`) or SIGKILLed; the buy must succeed by failing over; after the replica
 /// is back (`/recover` or a process restart) every catalog replica must hold the same
@@ -265,26 +289,12 @@ async fn buy_through_fault(
     let item = 4;
     let before = c.stock(item).await?;
     let victim = lc.primary(kind).await?;
-    let internal = bookstore_common::client::Client::new(&lc.options.cluster_token);
-    let url = lc.cluster.server(kind, victim).expect("exists").url();
-    if kill {
-        lc.kill9(kind, victim).await?;
-    } else {
-        internal
-            .post_json::<Value>(&format!("{url}/shutdown"), &[])
-            .await?;
-    }
+    set_down(lc, kind, victim, kill, true).await?;
     let started = std::time::Instant::now();
     let bought = c.call(0, "POST", &format!("/buy?item_number={item}")).await;
     let took = started.elapsed();
     // Bring the replica back whatever happened, so later scenarios find a whole cluster.
-    if kill {
-        lc.restart(kind, victim).await?;
-    } else {
-        internal
-            .post_json::<Value>(&format!("{url}/recover"), &[])
-            .await?;
-    }
+    set_down(lc, kind, victim, kill, false).await?;
     lc.wait_ready(Duration::from_secs(15)).await?;
     let (s, v) = bought?;
     check(

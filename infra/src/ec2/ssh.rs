@@ -116,24 +116,30 @@ impl Target {
         format!("{}@{}:{}", self.user, self.host, self.port)
     }
 
+    /// Starts `ssh` to the host running `remote`, with `stdin` and piped output; it is
+    /// killed when dropped.
+    fn spawn_ssh(&self, remote: &str, stdin: Stdio) -> Result<tokio::process::Child, SshError> {
+        Command::new("ssh")
+            .args(self.opts()?)
+            .arg("-p")
+            .arg(self.port.to_string())
+            .arg(self.dest())
+            .arg(remote)
+            .stdin(stdin)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| missing_tool("ssh", e))
+    }
+
     /// Starts `bash -s` on the host over ssh (stdout and stderr piped) and feeds it
     /// `script` in the background.
     fn spawn_script(
         &self,
         script: &str,
     ) -> Result<(tokio::process::Child, tokio::task::JoinHandle<()>), SshError> {
-        let mut child = Command::new("ssh")
-            .args(self.opts()?)
-            .arg("-p")
-            .arg(self.port.to_string())
-            .arg(self.dest())
-            .arg("bash -s")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| missing_tool("ssh", e))?;
+        let mut child = self.spawn_ssh("bash -s", Stdio::piped())?;
         let mut stdin = child
             .stdin
             .take()
@@ -292,18 +298,7 @@ impl Target {
             .map(|x| format!(" --exclude={}", sh_quote(&format!("./{x}"))))
             .collect();
         let script = format!("cd {} && tar -cf -{excludes} .\n", sh_quote(src));
-        let mut ssh = Command::new("ssh")
-            .args(self.opts()?)
-            .arg("-p")
-            .arg(self.port.to_string())
-            .arg(self.dest())
-            .arg(format!("bash -c {}", sh_quote(&script)))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| missing_tool("ssh", e))?;
+        let mut ssh = self.spawn_ssh(&format!("bash -c {}", sh_quote(&script)), Stdio::null())?;
         let stdout: Stdio = ssh
             .stdout
             .take()

@@ -1,9 +1,11 @@
 //! Changing a running local cluster: adding and removing catalog and order replicas
 //! and coordinators, and restarting every server one at a time.
-use super::{CoordinatorLayout, LocalCluster, Server};
+use super::status::poll;
+use super::{CoordinatorLayout, LocalCluster};
 use crate::membership::{self, Standing};
 use anyhow::{bail, Context};
 use bookstore_common::config::{Endpoint, Kind};
+use bookstore_common::types::{CoordinatorChange, MemberChange};
 use std::time::{Duration, Instant};
 
 impl LocalCluster {
@@ -22,38 +24,16 @@ impl LocalCluster {
             .context("no free port")?
             .port();
         let endpoint = Endpoint::new("127.0.0.1", port);
-        let path = format!(
-            "/admin/cluster/register?kind={kind}&url={}",
-            bookstore_common::client::encode(&endpoint.url())
-        );
-        let answer: serde_json::Value = self
+        let path = with_url(&format!("/admin/cluster/register?kind={kind}"), &endpoint);
+        let registered: MemberChange = self
             .admin_post(&path)
             .await
             .with_context(|| format!("register {kind} at {endpoint}"))?;
-        let id = answer["id"]
-            .as_u64()
-            .with_context(|| format!("register answered without an id: {answer}"))?
-            as u32;
+        let id = registered.id;
         progress(&format!("registered {kind} {id} at {endpoint}"));
-        let mut server = Server {
-            kind,
-            id,
-            endpoint,
-            log: self
-                .options
-                .output_dir
-                .join(format!("{kind}{id}.stderr.log")),
-            child: None,
-        };
         let exe = self.program()?;
-        self.spawn(&exe, &mut server)?;
-        progress(&format!(
-            "started {} on {} (pid {}); waiting until it has caught up",
-            server.name(),
-            server.endpoint,
-            server.pid().unwrap_or(0)
-        ));
-        self.servers.push(server);
+        let then = "; waiting until it has caught up";
+        self.launch(&exe, kind, id, endpoint, progress, then)?;
         self.wait_synced(kind, id, Duration::from_secs(30)).await?;
         progress(&format!("{kind} {id} is a synced replica and serves"));
         Ok(id)
@@ -88,18 +68,12 @@ impl LocalCluster {
         progress(&format!(
             "{kind} {id} retired; waiting until the view no longer includes it"
         ));
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Ok(doc) = self.view_doc(kind).await {
-                if membership::standing(&doc, id) == Standing::Out {
-                    break;
-                }
-            }
-            if Instant::now() > deadline {
-                bail!("the {kind} view still includes {id} after 15 s");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let out = poll(Instant::now() + Duration::from_secs(15), async || {
+            let doc = self.view_doc(kind).await.ok()?;
+            (membership::standing(&doc, id) == Standing::Out).then_some(())
+        });
+        out.await
+            .with_context(|| format!("the {kind} view still includes {id} after 15 s"))?;
         self.stop_one(kind, id).await?;
         let pos = self
             .servers
@@ -175,46 +149,27 @@ impl LocalCluster {
             .context("no free port")?
             .port();
         let endpoint = Endpoint::new("127.0.0.1", port);
-        let answer: serde_json::Value = self
+        let reserved: CoordinatorChange = self
             .admin_post("/admin/coordinators/reserve")
             .await
             .context("reserve a coordinator id")?;
-        let id = answer["id"]
-            .as_u64()
-            .with_context(|| format!("reserve answered without an id: {answer}"))?
-            as u32;
+        let id = u32::try_from(reserved.id).context("reserve answered an id beyond u32")?;
         let mut layout = CoordinatorLayout::load(&self.options.output_dir)?;
         layout.added.insert(id, endpoint.addr());
         layout.save(&self.options.output_dir)?;
-        let mut server = Server {
-            kind: Kind::Coordinator,
-            id,
-            endpoint: endpoint.clone(),
-            log: self
-                .options
-                .output_dir
-                .join(format!("coordinator{id}.stderr.log")),
-            child: None,
-        };
         let exe = self.program()?;
-        self.spawn(&exe, &mut server)?;
-        progress(&format!(
-            "started coordinator {id} on {endpoint} (pid {}); adding it to the group",
-            server.pid().unwrap_or(0)
-        ));
-        self.servers.push(server);
-        let path = format!(
-            "/admin/coordinators/add?id={id}&url={}",
-            bookstore_common::client::encode(&endpoint.url())
-        );
-        let answer: serde_json::Value = self
+        let then = "; adding it to the group";
+        let kind = Kind::Coordinator;
+        self.launch(&exe, kind, id, endpoint.clone(), progress, then)?;
+        let path = with_url(&format!("/admin/coordinators/add?id={id}"), &endpoint);
+        let added: CoordinatorChange = self
             .admin_post(&path)
             .await
             .with_context(|| format!("add coordinator {id}"))?;
         self.coordinators.learn([endpoint.url().as_str()]);
         progress(&format!(
-            "coordinator {id} is a voting member; voters {}",
-            answer["voters"]
+            "coordinator {id} is a voting member; voters {:?}",
+            added.voters
         ));
         let applied = self.leader_applied().await;
         self.wait_coordinator_caught_up(id, applied, Duration::from_secs(30))
@@ -226,13 +181,13 @@ impl LocalCluster {
     /// change is committed), then stops it. Its data directory is kept; it is never
     /// started again.
     async fn remove_coordinator(&mut self, id: u32, progress: &dyn Fn(&str)) -> anyhow::Result<()> {
-        let answer: serde_json::Value = self
+        let removed: CoordinatorChange = self
             .admin_post(&format!("/admin/coordinators/remove?id={id}"))
             .await
             .with_context(|| format!("remove coordinator {id}"))?;
         progress(&format!(
-            "coordinator {id} left the group; voters {}",
-            answer["voters"]
+            "coordinator {id} left the group; voters {:?}",
+            removed.voters
         ));
         let mut layout = CoordinatorLayout::load(&self.options.output_dir)?;
         if !layout.retired.contains(&id) {
@@ -250,4 +205,10 @@ impl LocalCluster {
         progress(&format!("coordinator {id} stopped"));
         Ok(())
     }
+}
+
+/// `path` (which has a query already) with `&url=` the base URL of `endpoint`.
+fn with_url(path: &str, endpoint: &Endpoint) -> String {
+    let url = bookstore_common::client::encode(&endpoint.url());
+    format!("{path}&url={url}")
 }

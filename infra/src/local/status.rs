@@ -2,7 +2,7 @@
 //! replica's status) and waiting until it is healthy, led, ready, or a replica synced.
 use super::{tail, LocalCluster, Server};
 use crate::membership::{self, Standing};
-use anyhow::{bail, Context};
+use anyhow::{anyhow, bail, Context};
 use bookstore_common::config::Kind;
 use bookstore_common::coordinators::Coordinators;
 use bookstore_replication::node::Status;
@@ -12,17 +12,16 @@ use std::time::{Duration, Instant};
 impl LocalCluster {
     /// Waits until the coordinators have a leader that answers with authority.
     pub async fn wait_leader(&self, limit: Duration) -> anyhow::Result<()> {
-        let deadline = Instant::now() + limit;
-        loop {
-            let last = match self.view_doc(Kind::Catalog).await {
-                Ok(_) => return Ok(()),
-                Err(e) => e,
-            };
-            if Instant::now() > deadline {
-                bail!("the coordinators did not elect a leader within {limit:?}: {last:#}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut last = None;
+        let led = poll(Instant::now() + limit, async || {
+            let answer = self.view_doc(Kind::Catalog).await;
+            answer.map_err(|e| last = Some(e)).ok()
+        });
+        if led.await.is_none() {
+            let last = last.map_or(String::new(), |e| format!("{e:#}"));
+            bail!("the coordinators did not elect a leader within {limit:?}: {last}");
         }
+        Ok(())
     }
 
     /// The coordinator leader's report of `kind`: the view, its synced backups and the
@@ -76,27 +75,19 @@ impl LocalCluster {
             .iter()
             .find(|s| s.kind == kind && s.id == id)
             .with_context(|| format!("no {kind} {id} in this cluster"))?;
-        loop {
-            // The view service counts it as primary or synced backup, and the replica
-            // itself acts in that same view (same epoch and role) and serves reads.
-            let standing = match self.view_doc(kind).await {
-                Ok(doc) => membership::standing(&doc, id),
-                Err(_) => Standing::NoView,
+        // The view service counts it as primary or synced backup, and the replica itself
+        // acts in that same view (same epoch and role) and serves reads.
+        let synced = poll(deadline, async || {
+            let doc = self.view_doc(kind).await.ok()?;
+            let Standing::Member { epoch, role } = membership::standing(&doc, id) else {
+                return None;
             };
-            if let Standing::Member { epoch, role } = standing {
-                let acting = self
-                    .replica_status(server)
-                    .await
-                    .is_some_and(|s| membership::acts_as(&s, epoch, role));
-                if acting {
-                    return Ok(());
-                }
-            }
-            if Instant::now() > deadline {
-                bail!("{kind} {id} did not become a synced member within {limit:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            let status = self.replica_status(server).await?;
+            membership::acts_as(&status, epoch, role).then_some(())
+        });
+        synced
+            .await
+            .with_context(|| format!("{kind} {id} did not become a synced member within {limit:?}"))
     }
 
     /// The leader's applied Raft index, if a leader answers.
@@ -120,19 +111,14 @@ impl LocalCluster {
         applied: u64,
         limit: Duration,
     ) -> anyhow::Result<()> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(s) = self.coordinator_status(id).await {
-                let voter = matches!(s.role, CoordinatorRole::Leader | CoordinatorRole::Follower);
-                if voter && s.leader.is_some() && s.applied_index.unwrap_or(0) >= applied {
-                    return Ok(());
-                }
-            }
-            if Instant::now() > deadline {
-                bail!("coordinator {id} did not catch up with the leader within {limit:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let caught_up = poll(Instant::now() + limit, async || {
+            let s = self.coordinator_status(id).await?;
+            let voter = matches!(s.role, CoordinatorRole::Leader | CoordinatorRole::Follower);
+            (voter && s.leader.is_some() && s.applied_index.unwrap_or(0) >= applied).then_some(())
+        });
+        caught_up.await.with_context(|| {
+            format!("coordinator {id} did not catch up with the leader within {limit:?}")
+        })
     }
 
     /// Polls `/health` of every server until all answer 200.
@@ -143,31 +129,23 @@ impl LocalCluster {
         let deadline = Instant::now() + limit;
         for server in &mut self.servers {
             let url = format!("{}/health", server.endpoint.url());
-            loop {
-                if let Some(child) = server.child.as_mut() {
-                    if let Ok(Some(status)) = child.try_wait() {
-                        bail!(
-                            "{} exited during start ({status}); the end of {}:\n{}",
-                            server.name(),
-                            server.log.display(),
-                            tail(&server.log, 15)
-                        );
-                    }
-                }
-                if let Ok(r) = http.get(&url).send().await {
-                    if r.status().is_success() {
-                        break;
-                    }
-                }
-                if Instant::now() > deadline {
-                    bail!(
-                        "{} did not become healthy within {limit:?}; see {}",
+            // Answers `Some(Err)` at once when the server has exited.
+            let answered = poll(deadline, async || {
+                if let Some(Ok(Some(status))) = server.child.as_mut().map(|c| c.try_wait()) {
+                    return Some(Err(anyhow!(
+                        "{} exited during start ({status}); the end of {}:\n{}",
                         server.name(),
-                        server.log.display()
-                    );
+                        server.log.display(),
+                        tail(&server.log, 15)
+                    )));
                 }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+                let r = http.get(&url).send().await;
+                r.is_ok_and(|r| r.status().is_success()).then_some(Ok(()))
+            });
+            answered.await.with_context(|| {
+                let (name, log) = (server.name(), server.log.display());
+                format!("{name} did not become healthy within {limit:?}; see {log}")
+            })??;
         }
         Ok(())
     }
@@ -178,45 +156,28 @@ impl LocalCluster {
         let deadline = Instant::now() + limit;
         for kind in [Kind::Catalog, Kind::Order] {
             let n = self.servers.iter().filter(|s| s.kind == kind).count();
-            loop {
-                if let Ok(KindReport {
-                    view: Some(v),
-                    synced,
-                    ..
-                }) = self.view_doc(kind).await
-                {
-                    if v.backups.len() + 1 == n && synced.len() == v.backups.len() {
-                        break;
-                    }
-                }
-                if Instant::now() > deadline {
-                    bail!("the {kind} replicas did not all join the view within {limit:?}");
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            let joined = poll(deadline, async || {
+                let KindReport { view, synced, .. } = self.view_doc(kind).await.ok()?;
+                let backups = view?.backups.len();
+                (backups + 1 == n && synced.len() == backups).then_some(())
+            });
+            joined.await.with_context(|| {
+                format!("the {kind} replicas did not all join the view within {limit:?}")
+            })?;
         }
         for s in self
             .servers
             .iter()
             .filter(|s| matches!(s.kind, Kind::Catalog | Kind::Order))
         {
-            loop {
-                if self
-                    .replica_status(s)
-                    .await
-                    .is_some_and(|st| st.serving_reads)
-                {
-                    break;
-                }
-                if Instant::now() > deadline {
-                    bail!(
-                        "{} did not join a view within {limit:?}; see {}",
-                        s.name(),
-                        s.log.display()
-                    );
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            let serving = poll(deadline, async || {
+                let status = self.replica_status(s).await?;
+                status.serving_reads.then_some(())
+            });
+            serving.await.with_context(|| {
+                let (name, log) = (s.name(), s.log.display());
+                format!("{name} did not join a view within {limit:?}; see {log}")
+            })?;
         }
         Ok(())
     }
@@ -228,5 +189,25 @@ impl LocalCluster {
             .view
             .map(|v| v.primary)
             .with_context(|| format!("no {kind} view yet"))
+    }
+}
+
+/// How often the waits ask again.
+const POLL_EVERY: Duration = Duration::from_millis(50);
+
+/// Asks `check` every [`POLL_EVERY`] until it answers `Some` (returned), or until
+/// `deadline` has passed (`None`). It is asked at least once.
+pub(super) async fn poll<T>(
+    deadline: Instant,
+    mut check: impl AsyncFnMut() -> Option<T>,
+) -> Option<T> {
+    loop {
+        if let Some(t) = check().await {
+            return Some(t);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(POLL_EVERY).await;
     }
 }

@@ -35,6 +35,15 @@ async fn leased(opts: Options) -> (TestCluster, String, reqwest::Client) {
     (c, f, reqwest::Client::new())
 }
 
+/// The test books, with cache leases `lease` long.
+fn books_leased_for(lease: Duration) -> Options {
+    Options {
+        books: books(),
+        lease,
+        ..Options::default()
+    }
+}
+
 async fn stock(http: &reqwest::Client, f: &str) -> u64 {
     stock_of(http, f, 1, &[]).await
 }
@@ -128,12 +137,7 @@ async fn after_every_acknowledged_write_reads_show_it_with_concurrent_fills() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_cache_gone_writes_still_succeed_and_reads_stay_fresh() {
-    let (mut c, f, http) = leased(Options {
-        books: books(),
-        lease: Duration::from_millis(200),
-        ..Options::default()
-    })
-    .await;
+    let (mut c, f, http) = leased(books_leased_for(Duration::from_millis(200))).await;
     assert_eq!(stock(&http, &f).await, 100_000);
     c.stop(Kind::Cache, 0).await;
     for expected in (99_995..100_000).rev() {
@@ -282,12 +286,7 @@ async fn a_silent_near_cache_is_waited_out_before_a_write_is_acknowledged() {
 /// its lease, so a client told "sold out" must not then be shown a copy left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_sold_out_answer_no_cache_shows_a_copy() {
-    let (mut c, f, http) = leased(Options {
-        books: books(),
-        lease: Duration::from_millis(300),
-        ..Options::default()
-    })
-    .await;
+    let (mut c, f, http) = leased(books_leased_for(Duration::from_millis(300))).await;
     for _ in 0..2 {
         assert_eq!(buy(&http, &f, 2).await, 200);
     }

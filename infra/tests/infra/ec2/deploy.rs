@@ -36,24 +36,18 @@ fn deploy_test_collect_stop_against_a_real_sshd() {
     .unwrap();
     let first = format!("{}=127.0.0.1:{}", st.instance_ids[0], sshd0.port);
     let started = Instant::now();
-    let stdout = run_ok(ec2(
-        out.path(),
-        &[
-            "deploy",
-            "--run",
-            run,
-            "--host-map",
-            &first,
-            "--host-map",
-            map_file.to_str().unwrap(),
-            "--binary",
-            INFRA,
-            "--remote-dir",
-            remote.to_str().unwrap(),
-            "--ssh-wait",
-            "20",
-        ],
-    ));
+    let map_path = map_file.to_str().unwrap();
+    let mut args = vec![
+        "deploy",
+        "--run",
+        run,
+        "--host-map",
+        &first,
+        "--host-map",
+        map_path,
+    ];
+    args.extend(install_flags(INFRA, &remote));
+    let stdout = run_ok(ec2(out.path(), &args));
     eprintln!("deploy took {:?}", started.elapsed());
     let url = format!("http://127.0.0.1:{base}");
     assert!(stdout.contains(&format!("is deployed: {url}")), "{stdout}");
@@ -526,16 +520,11 @@ fn run_does_everything_against_moto_and_sshd() {
             key.to_str().unwrap(),
             "--host-map",
             &map,
-            "--binary",
-            INFRA,
-            "--remote-dir",
-            remote.to_str().unwrap(),
-            "--ssh-wait",
-            "20",
             "--load-seconds",
             "1",
         ],
     );
+    args.extend(install_flags(INFRA, &remote));
     args[0] = "run";
     let stdout = run_ok(ec2(out.path(), &args));
     assert!(

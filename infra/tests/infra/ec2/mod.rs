@@ -245,6 +245,20 @@ fn up_args<'a>(moto: &'a Moto, run: &'a str, extra: &[&'a str]) -> Vec<&'a str> 
     v
 }
 
+/// The flags that install `binary` on the test hosts: into `remote`, waiting up to 20 s
+/// for ssh.
+fn install_flags<'a>(binary: &'a str, remote: &'a Path) -> [&'a str; 6] {
+    let remote = remote.to_str().unwrap();
+    [
+        "--binary",
+        binary,
+        "--remote-dir",
+        remote,
+        "--ssh-wait",
+        "20",
+    ]
+}
+
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()

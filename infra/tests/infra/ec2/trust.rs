@@ -43,22 +43,9 @@ fn stand_in_run(run: &str, hosts: &str) -> Option<StandInRun> {
     }
     let remote = out.path().join("remote");
     let map = format!("*=127.0.0.1:{}", sshd.port);
-    let err = run_err(ec2(
-        out.path(),
-        &[
-            "deploy",
-            "--run",
-            run,
-            "--host-map",
-            &map,
-            "--binary",
-            stand_in.to_str().unwrap(),
-            "--remote-dir",
-            remote.to_str().unwrap(),
-            "--ssh-wait",
-            "20",
-        ],
-    ));
+    let mut args = vec!["deploy", "--run", run, "--host-map", &map];
+    args.extend(install_flags(stand_in.to_str().unwrap(), &remote));
+    let err = run_err(ec2(out.path(), &args));
     assert!(err.contains("not running"), "{err}");
     Some(StandInRun {
         sshd,
