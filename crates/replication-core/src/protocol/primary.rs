@@ -145,12 +145,18 @@ impl Replica {
         }
     }
 
-    pub(super) fn on_ack(&mut self, from: ReplicaId, matched: LogIndex, out: &mut Vec<Command>) {
+    /// This primary's last index and what it knows of backup `from`; `None` when this
+    /// replica is not the primary or `from` is not one of its backups.
+    fn backup_progress(&mut self, from: ReplicaId) -> Option<(LogIndex, &mut Progress)> {
         if self.role != Role::Primary {
-            return;
+            return None;
         }
         let last = self.last_index();
-        let Some(p) = self.progress.get_mut(&from) else {
+        Some((last, self.progress.get_mut(&from)?))
+    }
+
+    pub(super) fn on_ack(&mut self, from: ReplicaId, matched: LogIndex, out: &mut Vec<Command>) {
+        let Some((last, p)) = self.backup_progress(from) else {
             return;
         };
         let matched = matched.min(last);
@@ -167,11 +173,7 @@ impl Replica {
     }
 
     pub(super) fn on_nack(&mut self, from: ReplicaId, commit: LogIndex, out: &mut Vec<Command>) {
-        if self.role != Role::Primary {
-            return;
-        }
-        let last = self.last_index();
-        let Some(p) = self.progress.get_mut(&from) else {
+        let Some((last, p)) = self.backup_progress(from) else {
             return;
         };
         p.next = p.matched.max(commit).min(last) + 1;
