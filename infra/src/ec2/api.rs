@@ -287,19 +287,9 @@ impl Api {
     }
 
     pub async fn wait_running(&self, ids: &[String]) -> anyhow::Result<()> {
-        self.client
-            .wait_until_instance_running()
-            .set_instance_ids(Some(ids.to_vec()))
-            .wait(WAIT_LIMIT)
-            .await
-            .map_err(|e| {
-                anyhow!(
-                    "waiting for {} to run: {}",
-                    ids.join(", "),
-                    DisplayErrorContext(&e)
-                )
-            })?;
-        Ok(())
+        let waiter = self.client.wait_until_instance_running();
+        let waited = waiter.set_instance_ids(Some(ids.to_vec())).wait(WAIT_LIMIT);
+        gave_up(waited.await, "run", ids)
     }
 
     pub async fn describe(&self, ids: &[String]) -> anyhow::Result<Vec<Instance>> {
@@ -337,10 +327,7 @@ impl Api {
                     .to_vec(),
             ))
             .build();
-        let by_run = match run {
-            Some(r) => filter(&format!("tag:{RUN_TAG}"), r),
-            None => filter("tag-key", RUN_TAG),
-        };
+        let by_run = run_filter(run);
         let filters = vec![live, by_run];
         let mut out = Vec::new();
         let mut token: Option<String> = None;
@@ -413,19 +400,9 @@ impl Api {
             return Ok(());
         }
         say(&format!("waiting for {} to terminate", live.join(", ")));
-        self.client
-            .wait_until_instance_terminated()
-            .set_instance_ids(Some(live.clone()))
-            .wait(WAIT_LIMIT)
-            .await
-            .map_err(|e| {
-                anyhow!(
-                    "waiting for {} to terminate: {}",
-                    live.join(", "),
-                    DisplayErrorContext(&e)
-                )
-            })?;
-        Ok(())
+        let waiter = self.client.wait_until_instance_terminated();
+        let waited = waiter.set_instance_ids(Some(live.clone())).wait(WAIT_LIMIT);
+        gave_up(waited.await, "terminate", &live)
     }
 
     /// Deletes a security group; a missing one is fine. While terminated instances still
@@ -480,10 +457,7 @@ impl Api {
         &self,
         run: Option<&str>,
     ) -> anyhow::Result<Vec<(String, String)>> {
-        let by_tag = match run {
-            Some(r) => filter(&format!("tag:{RUN_TAG}"), r),
-            None => filter("tag-key", RUN_TAG),
-        };
+        let by_tag = run_filter(run);
         // One run's group is also found by its exact name (in case its tag is missing);
         // every run's groups only by tag, so nobody else's `bookstore-...` group is touched.
         let mut filters = vec![by_tag];
@@ -519,10 +493,7 @@ impl Api {
         &self,
         run: Option<&str>,
     ) -> anyhow::Result<Vec<(String, String)>> {
-        let f = match run {
-            Some(r) => filter(&format!("tag:{RUN_TAG}"), r),
-            None => filter("tag-key", RUN_TAG),
-        };
+        let f = run_filter(run);
         let page = self
             .client
             .describe_key_pairs()
@@ -609,6 +580,27 @@ fn tag_of(tags: &[Tag], key: &str) -> String {
         .and_then(|t| t.value())
         .unwrap_or("")
         .to_string()
+}
+
+/// The filter on the run tag: one run's resources, or (`None`) every run's.
+fn run_filter(run: Option<&str>) -> Filter {
+    match run {
+        Some(r) => filter(&format!("tag:{RUN_TAG}"), r),
+        None => filter("tag-key", RUN_TAG),
+    }
+}
+
+/// What a waiter for `ids` came to: nothing, or the error of one that gave up waiting
+/// for them to `what`.
+fn gave_up<T, E: std::error::Error + 'static>(
+    waited: Result<T, E>,
+    what: &str,
+    ids: &[String],
+) -> anyhow::Result<()> {
+    let ids = ids.join(", ");
+    waited
+        .map(drop)
+        .map_err(|e| anyhow!("waiting for {ids} to {what}: {}", DisplayErrorContext(&e)))
 }
 
 #[cfg(test)]
