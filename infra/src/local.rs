@@ -19,8 +19,8 @@ mod status;
 
 use plan::planned_servers;
 pub use plan::{
-    books_csv, check_books, free_port_cluster, free_port_cluster_with, options_in, random_token,
-    CoordinatorLayout,
+    books_csv, check_books, free_port_cluster, free_port_cluster_on, free_port_cluster_with,
+    options_in, random_token, CoordinatorLayout,
 };
 use process::{reap, sigterm, tail};
 pub(crate) use process::{supervised, terminate};

@@ -50,18 +50,30 @@ pub fn free_port_cluster_with(
     n_catalog: usize,
     n_order: usize,
 ) -> std::io::Result<ClusterConfig> {
+    let counts = [n_coordinators, n_frontends, n_catalog, n_order];
+    free_port_cluster_on(counts, |_, _| "127.0.0.1".to_string())
+}
+
+/// A cluster file with `[coordinators, frontends, catalogs, orders]` servers of those
+/// kinds and a cache, each on a free port of the address `host(kind, id)` names. (The
+/// ports are held until the whole file is made, so no two servers get the same one.)
+pub fn free_port_cluster_on(
+    [coordinators, frontends, catalogs, orders]: [usize; 4],
+    host: impl Fn(Kind, u32) -> String,
+) -> std::io::Result<ClusterConfig> {
     let mut parts = Vec::new();
     let mut hold = Vec::new();
     for (kind, n) in [
-        (Kind::Coordinator, n_coordinators),
-        (Kind::Frontend, n_frontends),
+        (Kind::Coordinator, coordinators),
+        (Kind::Frontend, frontends),
         (Kind::Cache, 1),
-        (Kind::Catalog, n_catalog),
-        (Kind::Order, n_order),
+        (Kind::Catalog, catalogs),
+        (Kind::Order, orders),
     ] {
-        for _ in 0..n {
-            let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-            parts.push((kind, Endpoint::new("127.0.0.1", l.local_addr()?.port())));
+        for id in 0..n as u32 {
+            let addr = host(kind, id);
+            let l = std::net::TcpListener::bind((addr.as_str(), 0))?;
+            parts.push((kind, Endpoint::new(addr, l.local_addr()?.port())));
             hold.push(l);
         }
     }

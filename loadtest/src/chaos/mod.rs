@@ -29,7 +29,7 @@ pub mod schedule;
 pub mod wrapper;
 
 use anyhow::{anyhow, bail, Context};
-use bookstore_common::config::{ClusterConfig, Endpoint, Kind};
+use bookstore_common::config::{ClusterConfig, Kind};
 use check::{FinalState, Verdict};
 use history::{FaultRecord, History, Op};
 use infra::local::{LocalCluster, LocalOptions};
@@ -145,23 +145,10 @@ pub fn loopback_cluster(
         ));
     }
     let net = (std::process::id() % 250) + 1;
-    let mut parts = Vec::new();
-    let mut hold = Vec::new();
-    for (kind, n) in [
-        (Kind::Coordinator, coordinators),
-        (Kind::Frontend, frontends),
-        (Kind::Cache, 1),
-        (Kind::Catalog, replicas),
-        (Kind::Order, replicas),
-    ] {
-        for id in 0..n as u32 {
-            let addr = format!("127.77.{net}.{}", 1 + wrapper::gid_offset(kind.name(), id));
-            let l = std::net::TcpListener::bind(format!("{addr}:0"))?;
-            parts.push((kind, Endpoint::new(addr, l.local_addr()?.port())));
-            hold.push(l);
-        }
-    }
-    Ok(ClusterConfig::from_parts(&parts))
+    let counts = [coordinators, frontends, replicas, replicas];
+    infra::local::free_port_cluster_on(counts, |kind, id| {
+        format!("127.77.{net}.{}", 1 + wrapper::gid_offset(kind.name(), id))
+    })
 }
 
 fn default_infra() -> Option<PathBuf> {
