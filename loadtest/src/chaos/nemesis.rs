@@ -26,6 +26,10 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// The primary and a backup of a service, and whether the view service said so (or they
+/// are guesses).
+type Roles = (u32, u32, bool);
+
 /// What the lanes share.
 pub struct Nemesis {
     pub lc: tokio::sync::Mutex<LocalCluster>,
@@ -113,7 +117,7 @@ impl Nemesis {
 
     /// Primary and one backup of `kind` (asks the view service for up to 1 s; falls
     /// back to replica 0 as primary).
-    async fn roles(&self, kind: Kind, rng: &mut StdRng) -> (u32, u32, bool) {
+    async fn roles(&self, kind: Kind, rng: &mut StdRng) -> Roles {
         let n = *self.counts.get(&kind).unwrap_or(&1) as u32;
         let deadline = Instant::now() + Duration::from_secs(1);
         loop {
@@ -333,20 +337,27 @@ impl Nemesis {
         // The coordinator a coordinator fault hit.
         let mut coordinator = 0;
         let (target, start_ns) = match plan.kind {
-            FaultKind::Kill | FaultKind::Pause | FaultKind::Isolate => {
-                self.replica_fault(plan, rng, &mut notes).await
+            FaultKind::Kill
+            | FaultKind::Pause
+            | FaultKind::Isolate
+            | FaultKind::PartitionPrimary
+            | FaultKind::FreezeKill => {
+                let roles = self.roles(plan.service, rng).await;
+                match plan.kind {
+                    FaultKind::PartitionPrimary => {
+                        self.partition_primary(plan, roles, &mut notes).await
+                    }
+                    FaultKind::FreezeKill => self.freeze_kill(plan, roles, rng, &mut notes).await,
+                    _ => self.replica_fault(plan, roles, &mut notes).await,
+                }
             }
-            FaultKind::PartitionPrimary => self.partition_primary(plan, rng, &mut notes).await,
-            FaultKind::FreezeKill => self.freeze_kill(plan, rng, &mut notes).await,
             FaultKind::KillCache | FaultKind::RestartFrontend => {
                 let kind = plan.service;
                 let n = *self.counts.get(&kind).unwrap_or(&1) as u32;
                 let id = plan.pick % n.max(1);
                 let target = format!("{kind} {id}");
                 let t = self.history.fault_started(plan.kind.name(), &target);
-                notes.add(self.kill(kind, id).await);
-                tokio::time::sleep(plan.hold).await;
-                notes.add(self.restart(kind, id).await);
+                self.kill_for(kind, id, plan.hold, &mut notes).await;
                 (target, t)
             }
             FaultKind::KillCoordinator
@@ -376,11 +387,10 @@ impl Nemesis {
     async fn replica_fault(
         &self,
         plan: &Plan,
-        rng: &mut StdRng,
+        (p, b, known): Roles,
         notes: &mut Notes,
     ) -> (String, u64) {
         let kind = plan.service;
-        let (p, b, known) = self.roles(kind, rng).await;
         let id = if plan.primary { p } else { b };
         let role = if plan.primary { "primary" } else { "backup" };
         let target = format!(
@@ -408,11 +418,10 @@ impl Nemesis {
     async fn partition_primary(
         &self,
         plan: &Plan,
-        rng: &mut StdRng,
+        (p, _, known): Roles,
         notes: &mut Notes,
     ) -> (String, u64) {
         let kind = plan.service;
-        let (p, _, known) = self.roles(kind, rng).await;
         let n = *self.counts.get(&kind).unwrap_or(&1) as u32;
         let target = format!(
             "{kind} {p} (primary{}) | its backups",
@@ -437,9 +446,14 @@ impl Nemesis {
     }
 
     /// Freeze a backup, kill the primary before the freeze is noticed, then thaw.
-    async fn freeze_kill(&self, plan: &Plan, rng: &mut StdRng, notes: &mut Notes) -> (String, u64) {
+    async fn freeze_kill(
+        &self,
+        plan: &Plan,
+        (p, b, known): Roles,
+        rng: &mut StdRng,
+        notes: &mut Notes,
+    ) -> (String, u64) {
         let kind = plan.service;
-        let (p, b, known) = self.roles(kind, rng).await;
         let target = format!(
             "{kind} {b} (backup) frozen, {kind} {p} (primary{}) killed",
             if known { "" } else { "?" }
