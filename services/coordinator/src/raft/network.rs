@@ -155,6 +155,16 @@ fn decode<T: DeserializeOwned>(body: &[u8], what: &str) -> Result<T, ApiError> {
         .map_err(|e| ApiError::BadRequest(format!("undecodable {what}: {e}")))
 }
 
+/// Decodes a `what` request from `body`, has Raft `answer` it, and encodes the answer.
+async fn rpc<Q: DeserializeOwned, A: Serialize>(
+    body: &[u8],
+    what: &str,
+    answer: impl AsyncFnOnce(Q) -> A,
+) -> Result<HttpResponse, ApiError> {
+    let request = decode(body, what)?;
+    Ok(bincode_answer(&answer(request).await))
+}
+
 fn bincode_answer<T: Serialize>(answer: &T) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("application/octet-stream")
@@ -162,50 +172,37 @@ fn bincode_answer<T: Serialize>(answer: &T) -> HttpResponse {
 }
 
 /// Raft AppendEntries from the leader (bincode in and out).
-#[utoipa::path(post, path = "/raft/append",
-    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
-    responses(
-        (status = 200, content_type = "application/octet-stream", body = Vec<u8>,
-            description = "bincode Result<AppendEntriesResponse, RaftError>"),
-        Undecodable,
-    ))]
+#[utoipa::path(post, path = "/raft/append", request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses((status = 200, body = Vec<u8>, content_type = "application/octet-stream", description = "bincode Result<AppendEntriesResponse, RaftError>"), Undecodable))]
 pub async fn append(
     raft: web::Data<Raft>,
     contact: web::Data<LeaderContact>,
     body: bytes::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    let rpc: AppendEntriesRequest<TypeConfig> = decode(&body, "AppendEntries")?;
-    let answer = raft.append_entries(rpc).await;
-    if matches!(answer, Ok(AppendEntriesResponse::Success)) {
-        contact.touch();
-    }
-    Ok(bincode_answer(&answer))
+    let append = async |r: AppendEntriesRequest<TypeConfig>| {
+        let answer = raft.append_entries(r).await;
+        if matches!(answer, Ok(AppendEntriesResponse::Success)) {
+            contact.touch();
+        }
+        answer
+    };
+    rpc(&body, "AppendEntries", append).await
 }
 
 /// Raft RequestVote from a candidate (bincode in and out).
-#[utoipa::path(post, path = "/raft/vote",
-    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
-    responses(
-        (status = 200, content_type = "application/octet-stream", body = Vec<u8>,
-            description = "bincode Result<VoteResponse, RaftError>"),
-        Undecodable,
-    ))]
+#[utoipa::path(post, path = "/raft/vote", request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses((status = 200, body = Vec<u8>, content_type = "application/octet-stream", description = "bincode Result<VoteResponse, RaftError>"), Undecodable))]
 pub async fn vote(raft: web::Data<Raft>, body: bytes::Bytes) -> Result<HttpResponse, ApiError> {
-    let rpc: VoteRequest<NodeId> = decode(&body, "RequestVote")?;
-    Ok(bincode_answer(&raft.vote(rpc).await))
+    let vote = async |r: VoteRequest<NodeId>| raft.vote(r).await;
+    rpc(&body, "RequestVote", vote).await
 }
 
 /// Raft InstallSnapshot from the leader (bincode in and out).
-#[utoipa::path(post, path = "/raft/snapshot",
-    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
-    responses(
-        (status = 200, content_type = "application/octet-stream", body = Vec<u8>,
-            description = "bincode Result<InstallSnapshotResponse, RaftError>"),
-        Undecodable,
-    ))]
+#[utoipa::path(post, path = "/raft/snapshot", request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses((status = 200, body = Vec<u8>, content_type = "application/octet-stream", description = "bincode Result<InstallSnapshotResponse, RaftError>"), Undecodable))]
 pub async fn snapshot(raft: web::Data<Raft>, body: bytes::Bytes) -> Result<HttpResponse, ApiError> {
-    let rpc: InstallSnapshotRequest<TypeConfig> = decode(&body, "InstallSnapshot")?;
-    Ok(bincode_answer(&raft.install_snapshot(rpc).await))
+    let install = async |r: InstallSnapshotRequest<TypeConfig>| raft.install_snapshot(r).await;
+    rpc(&body, "InstallSnapshot", install).await
 }
 
 /// The transport's routes, for the internal document.
