@@ -72,9 +72,8 @@ pub async fn ready(c: web::Data<Coordinator>) -> HttpResponse {
         (status = 200, content_type = "application/octet-stream", body = Vec<u8>,
             description = "bincode PingAnswer: view, lead_from, members, coordinators"),
         (status = 400, description = "Undecodable ping", body = ErrorBody),
-        NoSuchService,
         (status = 410, description = "The pinging replica is not a member", body = ErrorBody),
-        NotLeader,
+        NoSuchService, NotLeader,
     ))]
 pub async fn ping(
     c: web::Data<Coordinator>,

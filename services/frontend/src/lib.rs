@@ -494,9 +494,8 @@ fn client_key(req: &HttpRequest) -> Result<(IdempotencyKey, bool), ApiError> {
 #[utoipa::path(post, path = "/buy", params(ItemQuery, IdempotencyHeader), responses(
     (status = 200, body = BuySuccess),
     (status = 400, description = "Malformed item_number or Idempotency-Key", body = ErrorBody),
-    NoSuchBook,
     (status = 409, description = "Sold out: `{\"result\":\"Failed\",\"error\":\"out of stock\"}`", body = ErrorBody),
-    KeyReused,
+    NoSuchBook, KeyReused,
 ))]
 async fn buy(
     ctx: Ctx,
