@@ -11,11 +11,12 @@
 //! - `status`: asking the servers and the coordinators, and waiting until the cluster is
 //!   healthy, led, ready, or a replica synced;
 //! - `scale`: `add`, `remove` (replicas and coordinators) and the rolling restart.
-use anyhow::{anyhow, bail, Context};
 mod plan;
 mod process;
 mod scale;
 mod status;
+
+use anyhow::{anyhow, bail, Context};
 
 use plan::planned_servers;
 pub use plan::{
@@ -444,6 +445,8 @@ impl LocalCluster {
         let url = format!("{}/health", self.servers[pos].endpoint.url());
         let http = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(10);
+        // Not `status::poll`: its async closure would make this future, which the chaos
+        // nemesis spawns, not `Send` (a limit of today's compiler).
         while Instant::now() < deadline {
             if http
                 .get(&url)

@@ -19,11 +19,7 @@ impl LocalCluster {
         if !matches!(kind, Kind::Catalog | Kind::Order) {
             bail!("only coordinators and catalog and order replicas can be added, not {kind}");
         }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .context("no free port")?
-            .port();
-        let endpoint = Endpoint::new("127.0.0.1", port);
+        let endpoint = free_loopback_endpoint()?;
         let path = with_url(&format!("/admin/cluster/register?kind={kind}"), &endpoint);
         let registered: MemberChange = self
             .admin_post(&path)
@@ -57,7 +53,7 @@ impl LocalCluster {
         // A view change in progress answers 503: retry until it settles.
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            match self.admin_post::<serde_json::Value>(&path).await {
+            match self.admin_post::<MemberChange>(&path).await {
                 Ok(_) => break,
                 Err(e) if e.to_string().contains("retry shortly") && Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -85,6 +81,20 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// The ids of the `kind` servers in order, with `last` moved to the end (the primary
+    /// or the leader goes after the others).
+    fn ids_ending_with(&self, kind: Kind, last: u32) -> Vec<u32> {
+        let mut ids: Vec<u32> = self
+            .servers
+            .iter()
+            .filter(|s| s.kind == kind && s.id != last)
+            .map(|s| s.id)
+            .collect();
+        ids.sort_unstable();
+        ids.push(last);
+        ids
+    }
+
     /// Restarts every catalog and order replica, then every coordinator, one at a time:
     /// per kind the backups first, then the primary (the view service promotes a synced
     /// backup while it is away); the coordinator followers first, then the leader. Each
@@ -94,15 +104,7 @@ impl LocalCluster {
     pub async fn rolling_restart(&mut self, progress: &dyn Fn(&str)) -> anyhow::Result<()> {
         for kind in [Kind::Catalog, Kind::Order] {
             let primary = self.primary(kind).await?;
-            let mut ids: Vec<u32> = self
-                .servers
-                .iter()
-                .filter(|s| s.kind == kind && s.id != primary)
-                .map(|s| s.id)
-                .collect();
-            ids.sort_unstable();
-            ids.push(primary);
-            for id in ids {
+            for id in self.ids_ending_with(kind, primary) {
                 // Never take a replica away while another one is not synced.
                 self.wait_ready(Duration::from_secs(30)).await?;
                 let role = if id == primary { "primary" } else { "backup" };
@@ -118,15 +120,7 @@ impl LocalCluster {
             .coordinator_leader()
             .await
             .context("no coordinator leads; not restarting the coordinators")?;
-        let mut ids: Vec<u32> = self
-            .servers
-            .iter()
-            .filter(|s| s.kind == Kind::Coordinator && s.id != leader)
-            .map(|s| s.id)
-            .collect();
-        ids.sort_unstable();
-        ids.push(leader);
-        for id in ids {
+        for id in self.ids_ending_with(Kind::Coordinator, leader) {
             let role = if id == leader { "leader" } else { "follower" };
             progress(&format!("restarting coordinator {id} ({role})"));
             let applied = self.leader_applied().await;
@@ -144,11 +138,7 @@ impl LocalCluster {
     /// on a free loopback port, and has the leader add it (as a learner until it has
     /// caught up, then as a voter).
     async fn add_coordinator(&mut self, progress: &dyn Fn(&str)) -> anyhow::Result<u32> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .context("no free port")?
-            .port();
-        let endpoint = Endpoint::new("127.0.0.1", port);
+        let endpoint = free_loopback_endpoint()?;
         let reserved: CoordinatorChange = self
             .admin_post("/admin/coordinators/reserve")
             .await
@@ -211,4 +201,13 @@ impl LocalCluster {
 fn with_url(path: &str, endpoint: &Endpoint) -> String {
     let url = bookstore_common::client::encode(&endpoint.url());
     format!("{path}&url={url}")
+}
+
+/// A free port on 127.0.0.1, for a server added at run time.
+fn free_loopback_endpoint() -> anyhow::Result<Endpoint> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .context("no free port")?
+        .port();
+    Ok(Endpoint::new("127.0.0.1", port))
 }

@@ -30,6 +30,7 @@ pub mod wrapper;
 
 use anyhow::{anyhow, bail, Context};
 use bookstore_common::config::{ClusterConfig, Kind};
+use bookstore_common::types::{Book, Order};
 use check::{FinalState, Verdict};
 use history::{FaultRecord, History, Op};
 use infra::local::{LocalCluster, LocalOptions};
@@ -173,31 +174,15 @@ async fn read_final(lc: &LocalCluster, limit: Duration) -> FinalState {
     let start = Instant::now();
     loop {
         let mut fin = FinalState::default();
-        let listed = async |kind: Kind, route: &str| {
-            let mut lists = BTreeMap::new();
-            for (id, e) in lc.cluster.servers(kind).iter().enumerate() {
-                let answer = client.get_json(&format!("{}{route}", e.url())).await;
-                let list = answer.ok().and_then(|mut v: serde_json::Value| {
-                    serde_json::from_value::<Vec<serde_json::Value>>(v["result"].take()).ok()
-                });
-                lists.insert(id as u32, list);
-            }
-            lists
-        };
-        for (id, books) in listed(Kind::Catalog, "/books").await {
-            let stock = |b: &serde_json::Value| {
-                Some((b["item_number"].as_u64()? as u32, b["stock"].as_i64()?))
-            };
-            let books = books.map(|a| a.iter().filter_map(stock).collect());
-            fin.catalogs.insert(id, books);
+        for (id, books) in listed::<Book>(lc, &client, Kind::Catalog, "/books").await {
+            let stock = |b: Book| (b.item_number.get(), i64::from(b.stock));
+            fin.catalogs
+                .insert(id, books.map(|a| a.into_iter().map(stock).collect()));
         }
-        for (id, orders) in listed(Kind::Order, "/orders").await {
-            let order = |o: &serde_json::Value| {
-                let id = o["order_id"].as_str()?.to_string();
-                Some((id, o["item_number"].as_u64()? as u32))
-            };
+        for (id, orders) in listed::<Order>(lc, &client, Kind::Order, "/orders").await {
+            let order = |o: Order| (o.order_id, o.item_number.get());
             fin.orders
-                .insert(id, orders.map(|a| a.iter().filter_map(order).collect()));
+                .insert(id, orders.map(|a| a.into_iter().map(order).collect()));
         }
         fin.waited_s = start.elapsed().as_secs_f64();
         let all_answer =
@@ -210,6 +195,28 @@ async fn read_final(lc: &LocalCluster, limit: Duration) -> FinalState {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The `result` list that each `kind` server answers to `GET route`, by id; `None` for a
+/// server that does not answer with one.
+async fn listed<T: serde::de::DeserializeOwned>(
+    lc: &LocalCluster,
+    client: &bookstore_common::client::Client,
+    kind: Kind,
+    route: &str,
+) -> BTreeMap<u32, Option<Vec<T>>> {
+    #[derive(serde::Deserialize)]
+    struct Listed<T> {
+        result: Vec<T>,
+    }
+    let mut lists = BTreeMap::new();
+    for (id, e) in lc.cluster.servers(kind).iter().enumerate() {
+        let answer = client
+            .get_json::<Listed<T>>(&format!("{}{route}", e.url()))
+            .await;
+        lists.insert(id as u32, answer.ok().map(|l| l.result));
+    }
+    lists
 }
 
 fn write_books(path: &Path, stocks: &[u32]) -> std::io::Result<()> {
