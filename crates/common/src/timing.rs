@@ -32,6 +32,12 @@ impl Timing {
         }
     }
 
+    /// Records `d` under `name` (repeated names add up): a part timed elsewhere, such as
+    /// one call made for many requests.
+    pub fn record(&mut self, name: &'static str, d: Duration) {
+        self.add(Cow::Borrowed(name), d);
+    }
+
     /// Runs `f`, recording its duration under `name` (repeated names add up).
     pub async fn time<T>(&mut self, name: &'static str, f: impl Future<Output = T>) -> T {
         let t = Instant::now();

@@ -190,6 +190,55 @@ impl Catalog {
         fresh: bool,
         t: &mut Timing,
     ) -> Result<Versioned<Book>, ApiError> {
+        let started = std::mem::replace(t, Timing::start());
+        let mut answers = self.update_all(vec![(u, fresh, started)]).await;
+        let (r, timing) = answers.pop().expect("one answer per update");
+        *t = timing;
+        r
+    }
+
+    /// Applies `updates` as [`Catalog::update`] would each, with the ones that need the
+    /// log submitted together: they share one turn of the replica, one `fdatasync` and
+    /// one message to each backup. Each update comes with its `fresh` flag and its
+    /// timing; one answer and that timing per update, in order.
+    pub async fn update_all(
+        &self,
+        updates: Vec<(Update, bool, Timing)>,
+    ) -> Vec<(Result<Versioned<Book>, ApiError>, Timing)> {
+        let mut steps: Vec<Step> = updates
+            .into_iter()
+            .map(|(u, fresh, t)| self.prepare(u, fresh, t))
+            .collect();
+        let commands: Vec<state::Stamped> =
+            steps.iter_mut().filter_map(|s| s.command.take()).collect();
+        let started = std::time::Instant::now();
+        let mut replicated = self.node().submit_all(&commands).await.into_iter();
+        let took = started.elapsed();
+        let finishing = steps.into_iter().map(|step| {
+            let mut t = step.t;
+            let outcome = match step.settled {
+                Some(o) => Ok(o),
+                None => {
+                    t.record("replication", took);
+                    replicated
+                        .next()
+                        .unwrap_or(Err(bookstore_replication::node::SubmitError::Retry))
+                }
+            };
+            async move {
+                let r = match outcome {
+                    Ok(o) => self.finish(step.item, step.line, o, &mut t).await,
+                    Err(e) => Err(e.into()),
+                };
+                (r, t)
+            }
+        });
+        futures::future::join_all(finishing.collect::<Vec<_>>()).await
+    }
+
+    /// What an update needs before its outcome: the answer from the primary's committed
+    /// state if it has one, else the command to replicate.
+    fn prepare(&self, u: Update, fresh: bool, t: Timing) -> Step {
         let item = u.item_number;
         // A repeated request is answered from the primary's committed state: no log
         // entry, no fsync. So is a fresh sale of a sold-out book: under the read lease the
@@ -214,16 +263,28 @@ impl Catalog {
             u.cost.map_or("na".to_string(), |c| c.to_string()),
             u.stock_delta
         );
-        let outcome = match settled {
-            Some(o) => o,
-            None => {
-                let command = state::Stamped {
-                    update: u,
-                    time_ms: Some(bookstore_common::clock::now_ms()),
-                };
-                t.time("replication", self.node().submit(command)).await?
-            }
-        };
+        let command = settled.is_none().then(|| state::Stamped {
+            update: u,
+            time_ms: Some(bookstore_common::clock::now_ms()),
+        });
+        Step {
+            item,
+            line,
+            settled,
+            command,
+            t,
+        }
+    }
+
+    /// Answers an update whose outcome is known: after the cache is told of a change, or,
+    /// when sold out, after the updates before it are invalidated.
+    async fn finish(
+        &self,
+        item: ItemNumber,
+        line: String,
+        outcome: UpdateOutcome,
+        t: &mut Timing,
+    ) -> Result<Versioned<Book>, ApiError> {
         self.log().record(line);
         match outcome {
             Ok((book, version)) => {
@@ -254,6 +315,17 @@ impl Catalog {
             Err(e) => Err(ApiError::BadRequest(e.to_string())),
         }
     }
+}
+
+/// One update of [`Catalog::update_all`] between its preparation and its answer.
+struct Step {
+    item: ItemNumber,
+    line: String,
+    /// Answered from the primary's committed state: nothing to replicate.
+    settled: Option<UpdateOutcome>,
+    /// Else what goes into the log.
+    command: Option<state::Stamped>,
+    t: Timing,
 }
 
 type Ctx = web::Data<Catalog>;
@@ -394,17 +466,19 @@ async fn update_batch(
             cost: None,
             request_id: Some(batch_key("updates", i, &c.key)?),
         };
-        updates.push((update, c.fresh && !resent));
+        updates.push((update, c.fresh && !resent, Timing::start()));
     }
+    // One task for the whole batch (it runs to the end even if the caller goes away:
+    // every update that may commit gets its invalidation), and its writes reach the
+    // replica together.
     let catalog = ctx.into_inner();
-    let runs = updates.into_iter().map(|(u, fresh)| {
-        let catalog = catalog.clone();
-        async move {
-            let (r, t) = catalog.update_detached(u, fresh, Timing::start()).await;
-            BatchItem::new(r, Some(t.header("catalog")))
-        }
-    });
-    let results = futures::future::join_all(runs).await;
+    let answers = tokio::spawn(async move { catalog.update_all(updates).await })
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("update task failed: {e}")))?;
+    let results = answers
+        .into_iter()
+        .map(|(r, t)| BatchItem::new(r, Some(t.header("catalog"))))
+        .collect();
     Ok(HttpResponse::Ok()
         .insert_header((SERVER_TIMING, t.header("catalog")))
         .json(BatchAnswer { results }))

@@ -39,7 +39,7 @@ use bookstore_common::types::{
 use bookstore_common::{server, ApiError};
 use bookstore_replication::control::ReplicaConfig;
 use bookstore_replication::control::{self, Control};
-use bookstore_replication::node::Node;
+use bookstore_replication::node::{Node, SubmitError};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use serde::{Deserialize, Serialize};
@@ -67,6 +67,22 @@ pub struct OrderService {
 
 /// A buy's place under the bound on keys, from admission until it is recorded.
 struct Reservation(Arc<AtomicUsize>);
+
+/// One buy of [`OrderService::buy_all`]: the item, its idempotency key, whether it is
+/// `fresh` (`StockChange::fresh`), and its timing.
+pub struct Buy {
+    pub item: ItemNumber,
+    pub key: IdempotencyKey,
+    pub fresh: bool,
+    pub t: Timing,
+}
+
+/// A buy once the catalog has answered: an order to record (holding its place under the
+/// bound on keys until it is), or the order already recorded under its key.
+enum Sale {
+    New { record: Record, slot: Reservation },
+    Known(Order),
+}
 
 impl Drop for Reservation {
     fn drop(&mut self) {
@@ -147,14 +163,82 @@ impl OrderService {
         fresh: bool,
         t: &mut Timing,
     ) -> Result<Order, ApiError> {
+        let buy = Buy {
+            item,
+            key: key.clone(),
+            fresh,
+            t: std::mem::replace(t, Timing::start()),
+        };
+        let (r, timing) = self
+            .buy_all(vec![buy])
+            .await
+            .pop()
+            .expect("one answer per buy");
+        *t = timing;
+        r
+    }
+
+    /// Makes each of `buys` as [`OrderService::buy`] would, with their orders replicated
+    /// together: one turn of the replica, one `fdatasync` and one message to each backup
+    /// for all of them. One answer and its timing per buy, in order.
+    pub async fn buy_all(&self, mut buys: Vec<Buy>) -> Vec<(Result<Order, ApiError>, Timing)> {
+        let sales = futures::future::join_all(
+            buys.iter_mut()
+                .map(|b| self.sell(b.item, &b.key, b.fresh, &mut b.t)),
+        )
+        .await;
+        let mut records = Vec::new();
+        let mut slots = Vec::new();
+        let sales: Vec<_> = sales
+            .into_iter()
+            .map(|sale| match sale {
+                Ok(Sale::New { record, slot }) => {
+                    records.push(record);
+                    slots.push(slot);
+                    None
+                }
+                Ok(Sale::Known(order)) => Some(Ok(order)),
+                Err(e) => Some(Err(e)),
+            })
+            .collect();
+        let started = std::time::Instant::now();
+        let mut recorded = self.node().submit_all(&records).await.into_iter();
+        let took = started.elapsed();
+        drop(slots);
+        buys.into_iter()
+            .zip(sales)
+            .map(|(mut b, sale)| {
+                let r = sale.unwrap_or_else(|| {
+                    b.t.record("replication", took);
+                    let order = recorded.next().unwrap_or(Err(SubmitError::Retry))?;
+                    if order.item_number != b.item {
+                        return Err(key_reused(order.item_number));
+                    }
+                    self.control.log.record(format!("bought book {}", b.item));
+                    Ok(order)
+                });
+                (r, b.t)
+            })
+            .collect()
+    }
+
+    /// Has the catalog take one copy of `item` off the stock under `key`, and makes the
+    /// order to record; or finds the order already recorded under `key`.
+    async fn sell(
+        &self,
+        item: ItemNumber,
+        key: &IdempotencyKey,
+        fresh: bool,
+        t: &mut Timing,
+    ) -> Result<Sale, ApiError> {
         self.control.check_primary()?;
         if let Some(Some(order)) = self.node().read(|sm| sm.by_key(key.as_str()).cloned()) {
             if order.item_number != item {
                 return Err(key_reused(order.item_number));
             }
-            return Ok(order);
+            return Ok(Sale::Known(order));
         }
-        let _slot = self.admit()?;
+        let slot = self.admit()?;
         // Sent with the other buys in flight; alone again (following the primary) if its
         // outcome is unknown. The catalog applies a key at most once.
         let path = format!("/update?item_number={item}&stock=-1");
@@ -202,12 +286,7 @@ impl OrderService {
                 time_ms: now_ms(),
             },
         };
-        let order = t.time("replication", self.node().submit(record)).await?;
-        if order.item_number != item {
-            return Err(key_reused(order.item_number));
-        }
-        self.control.log.record(format!("bought book {item}"));
-        Ok(order)
+        Ok(Sale::New { record, slot })
     }
 
     /// Every order this replica has applied (it must be caught up).
@@ -278,17 +357,22 @@ async fn buy_batch(
         .enumerate()
         .map(|(i, b)| batch_key("buys", i, &b.key))
         .collect::<Result<Vec<_>, _>>()?;
-    let runs = buys.iter().zip(&keys).map(|(b, key)| {
-        let ctx = &ctx;
-        async move {
-            let mut t = Timing::start();
-            let fresh = b.fresh && !resent;
-            let r = ctx.buy(b.item_number, key, fresh, &mut t).await;
-            let r = r.map(success);
-            BatchItem::new(r, Some(t.header("order")))
-        }
-    });
-    let results = futures::future::join_all(runs).await;
+    let buys = buys
+        .iter()
+        .zip(keys)
+        .map(|(b, key)| Buy {
+            item: b.item_number,
+            key,
+            fresh: b.fresh && !resent,
+            t: Timing::start(),
+        })
+        .collect();
+    let results = ctx
+        .buy_all(buys)
+        .await
+        .into_iter()
+        .map(|(r, t)| BatchItem::new(r.map(success), Some(t.header("order"))))
+        .collect();
     Ok(HttpResponse::Ok()
         .insert_header((SERVER_TIMING, t.header("order")))
         .json(BatchAnswer { results }))

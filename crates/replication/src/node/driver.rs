@@ -4,6 +4,14 @@
 //! disk operations to the disk thread, entries to the state machine, answers to the
 //! waiting clients, pings to the coordinators. It also keeps the read lease and the
 //! published [`Status`](super::Status) up to date.
+//!
+//! It works in turns: each takes every input queued (up to 512), steps the replica
+//! through them, then executes their commands together. So writes that arrive together
+//! (a batch submitted with [`Node::submit_all`](super::Node::submit_all), or messages
+//! carrying several entries) leave together: consecutive `Persist`s become one disk
+//! operation (one write, one `fdatasync`, one completion), and every message is queued
+//! before its sender wakes. Executing later in the turn changes nothing the protocol
+//! sees: it only ever learns of execution through new events.
 
 use super::disk::DiskOp;
 use super::{Inner, Input, Node, Peer, ReplicaRole, StateMachine, SubmitError, WriteReply};
@@ -25,7 +33,10 @@ pub(super) struct Driver<S: StateMachine> {
     pub(super) peers: HashMap<ReplicaId, Peer>,
     /// Index and epoch of the last entry applied to the state machine.
     pub(super) applied: (LogIndex, Epoch),
-    pub(super) pending: HashMap<u64, WriteReply<S::Output>>,
+    /// Request -> the batch it was submitted in and its place there.
+    pub(super) pending: HashMap<u64, (u64, usize)>,
+    /// Writes submitted together, by the request id of their first.
+    pub(super) batches: HashMap<u64, Answers<S::Output>>,
     pub(super) outputs: HashMap<LogIndex, S::Output>,
     pub(super) next_request: u64,
 }
@@ -39,13 +50,20 @@ impl<S: StateMachine> Driver<S> {
             while let Some(input) = next.take() {
                 match input {
                     Input::Tick => self.replica.step(Event::Tick, &mut cmds),
-                    Input::Members(members) => self.set_members(members),
+                    Input::Members(members) => {
+                        self.execute(&mut cmds);
+                        self.set_members(members);
+                    }
                     Input::Write { data, reply } => {
-                        self.next_request += 1;
-                        self.pending.insert(self.next_request, reply);
-                        let request = RequestId(self.next_request);
-                        self.replica
-                            .step(Event::ClientWrite { request, data }, &mut cmds);
+                        let batch = self.next_request + 1;
+                        self.batches.insert(batch, Answers::new(data.len(), reply));
+                        for (slot, data) in data.into_iter().enumerate() {
+                            self.next_request += 1;
+                            self.pending.insert(self.next_request, (batch, slot));
+                            let request = RequestId(self.next_request);
+                            self.replica
+                                .step(Event::ClientWrite { request, data }, &mut cmds);
+                        }
                     }
                     Input::VsAnswer {
                         view,
@@ -59,30 +77,35 @@ impl<S: StateMachine> Driver<S> {
                     }
                     Input::Event(e) => self.replica.step(e, &mut cmds),
                     Input::Fatal(e) => {
+                        self.execute(&mut cmds);
                         tracing::error!(id = self.replica.id(), error = %e, "disk failure: replica stops");
                         self.stop();
                         self.inner.failure.send_replace(Some(e));
                         return;
                     }
                     Input::Stop => {
+                        self.execute(&mut cmds);
                         self.stop();
                         return;
                     }
                 }
-                self.execute(&mut cmds);
                 handled += 1;
                 if handled < 512 {
                     next = rx.try_recv().ok();
                 }
             }
+            // Once per turn, so the turn's writes leave together: one disk operation for
+            // its consecutive entries, and every message queued before a sender wakes.
+            self.execute(&mut cmds);
             self.publish_status();
         }
     }
 
     fn stop(&mut self) {
-        for (_, reply) in self.pending.drain() {
-            let _ = reply.send(Err(SubmitError::Retry));
+        for (_, answers) in self.batches.drain() {
+            answers.send();
         }
+        self.pending.clear();
         let mut s = self.inner.status.write();
         s.up = false;
         s.serving_reads = false;
@@ -125,7 +148,12 @@ impl<S: StateMachine> Driver<S> {
     }
 
     fn execute(&mut self, cmds: &mut Vec<Command>) {
+        let mut persist = Persists::default();
         for cmd in cmds.drain(..) {
+            if !matches!(cmd, Command::Persist { .. }) {
+                // Disk operations keep their order.
+                persist.flush(&self.disk);
+            }
             match cmd {
                 Command::Send { to, msg } => {
                     if let Some(p) = self.peers.get(&to) {
@@ -139,9 +167,7 @@ impl<S: StateMachine> Driver<S> {
                     }
                 }
                 Command::PingVs(ping) => self.ping_vs(ping),
-                Command::Persist { entries } => {
-                    let _ = self.disk.send(DiskOp::Persist(entries));
-                }
+                Command::Persist { entries } => persist.extend_contiguous(entries, &self.disk),
                 Command::PersistView(view) => {
                     let _ = self.disk.send(DiskOp::View(view));
                 }
@@ -170,8 +196,15 @@ impl<S: StateMachine> Driver<S> {
                         Outcome::NotPrimary { hint } => Err(SubmitError::NotPrimary { hint }),
                         Outcome::Retry => Err(SubmitError::Retry),
                     };
-                    if let Some(reply) = self.pending.remove(&request.0) {
-                        let _ = reply.send(answer);
+                    if let Some((batch, slot)) = self.pending.remove(&request.0) {
+                        let done = self
+                            .batches
+                            .get_mut(&batch)
+                            .is_some_and(|b| b.set(slot, answer));
+                        if done {
+                            let answers = self.batches.remove(&batch).expect("present");
+                            answers.send();
+                        }
                     }
                 }
                 Command::TakeSnapshot => {
@@ -218,7 +251,8 @@ impl<S: StateMachine> Driver<S> {
                 }
             }
         }
-        // Answers not claimed by a reply in the same step belong to entries applied on a
+        persist.flush(&self.disk);
+        // Answers not claimed by a reply in the same turn belong to entries applied on a
         // backup or replayed after a restart: nobody waits for them.
         self.outputs.clear();
     }
@@ -282,5 +316,73 @@ impl<S: StateMachine> Driver<S> {
                 sent,
             });
         });
+    }
+}
+
+/// Consecutive `Persist` commands whose entries follow on from each other, sent to the
+/// disk thread as one operation: it writes them as it would have written them one after
+/// the other (the first discards what its first index replaces, the rest only append),
+/// and reports one `Persisted` for the last, which covers the earlier ones.
+#[derive(Default)]
+struct Persists(Vec<crate::protocol::Entry>);
+
+impl Persists {
+    fn extend_contiguous(
+        &mut self,
+        entries: Vec<crate::protocol::Entry>,
+        disk: &std::sync::mpsc::Sender<DiskOp>,
+    ) {
+        let follows = match (self.0.last(), entries.first()) {
+            (Some(last), Some(first)) => first.index == last.index + 1,
+            _ => true,
+        };
+        if !follows {
+            self.flush(disk);
+        }
+        self.0.extend(entries);
+    }
+
+    fn flush(&mut self, disk: &std::sync::mpsc::Sender<DiskOp>) {
+        if !self.0.is_empty() {
+            let _ = disk.send(DiskOp::Persist(std::mem::take(&mut self.0)));
+        }
+    }
+}
+
+/// The answers to writes submitted together, sent in one reply once the last is in.
+pub(super) struct Answers<O> {
+    answers: Vec<Option<Result<O, SubmitError>>>,
+    left: usize,
+    reply: WriteReply<O>,
+}
+
+impl<O> Answers<O> {
+    fn new(n: usize, reply: WriteReply<O>) -> Answers<O> {
+        Answers {
+            answers: (0..n).map(|_| None).collect(),
+            left: n,
+            reply,
+        }
+    }
+
+    /// Records the answer in `slot`; true once every write has one.
+    fn set(&mut self, slot: usize, answer: Result<O, SubmitError>) -> bool {
+        if let Some(a) = self.answers.get_mut(slot) {
+            if a.replace(answer).is_none() {
+                self.left -= 1;
+            }
+        }
+        self.left == 0
+    }
+
+    /// Sends the answers; a write still without one gets [`SubmitError::Retry`] (its
+    /// fate is unknown: the replica stopped).
+    fn send(self) {
+        let answers = self.answers.into_iter();
+        let _ = self.reply.send(
+            answers
+                .map(|a| a.unwrap_or(Err(SubmitError::Retry)))
+                .collect(),
+        );
     }
 }

@@ -30,7 +30,9 @@
 //!
 //! The service's data plugs in as a [`StateMachine`]: typed commands and answers, the
 //! commands' log encoding, a deterministic `apply`, plus `snapshot`/`restore` for
-//! compaction and state transfer. Reads go through
+//! compaction and state transfer. Writes go through [`Node::submit`], or
+//! [`Node::submit_all`] for a batch, whose writes then share one turn of the driver, one
+//! `fdatasync` and one message per backup. Reads go through
 //! [`Node::read`], which refuses while the replica is not caught up or, as primary, holds
 //! no read lease.
 //!
@@ -287,7 +289,8 @@ impl NodeOptions {
 /// Why a log entry is no command: its decoder's error.
 pub type DecodeError = Box<dyn std::error::Error + Send + Sync>;
 
-type WriteReply<O> = oneshot::Sender<Result<O, SubmitError>>;
+/// Where the answers to writes submitted together go, all at once.
+type WriteReply<O> = oneshot::Sender<Vec<Result<O, SubmitError>>>;
 
 /// Messages queued for one peer at most; past it new ones are dropped (and counted).
 pub const PEER_QUEUE: usize = 1024;
@@ -306,8 +309,9 @@ enum Input<O> {
     Tick,
     /// The view service's member table (replica id -> base URL).
     Members(BTreeMap<ReplicaId, String>),
+    /// Writes submitted together (one or more): consecutive entries, one answer.
     Write {
-        data: Vec<u8>,
+        data: Vec<Vec<u8>>,
         reply: WriteReply<O>,
     },
     /// The view service's answer to a ping sent at `sent`.
@@ -518,6 +522,7 @@ impl<S: StateMachine> Node<S> {
             peers,
             applied,
             pending: HashMap::new(),
+            batches: HashMap::new(),
             outputs: HashMap::new(),
             next_request: 0,
         };
@@ -550,15 +555,41 @@ impl<S: StateMachine> Node<S> {
     /// Replicates `command` and returns the state machine's answer once it is committed
     /// (durable on every replica of the view) and applied here.
     pub async fn submit(&self, command: S::Command) -> Result<S::Output, SubmitError> {
-        let data = S::encode(&command);
-        let (reply, rx) = oneshot::channel();
-        {
-            let tx = self.inner.tx.lock();
-            let tx = tx.as_ref().ok_or(SubmitError::Down)?;
-            tx.send(Input::Write { data, reply })
-                .map_err(|_| SubmitError::Down)?;
+        self.submit_all(&[command])
+            .await
+            .pop()
+            .unwrap_or(Err(SubmitError::Retry))
+    }
+
+    /// Replicates `commands` as consecutive entries and returns each one's answer, as
+    /// [`Node::submit`] would, once all have one. Submitted together, they share one turn
+    /// of the driver, one `fdatasync` on each replica and one message to each backup;
+    /// submitted one by one from concurrent tasks, they would trickle in one at a time.
+    pub async fn submit_all(&self, commands: &[S::Command]) -> Vec<Result<S::Output, SubmitError>> {
+        if commands.is_empty() {
+            return Vec::new();
         }
-        rx.await.unwrap_or(Err(SubmitError::Retry))
+        let data = commands.iter().map(S::encode).collect();
+        let (reply, rx) = oneshot::channel();
+        let sent = {
+            let tx = self.inner.tx.lock();
+            tx.as_ref()
+                .is_some_and(|tx| tx.send(Input::Write { data, reply }).is_ok())
+        };
+        let answers = match sent {
+            true => rx.await.unwrap_or_default(),
+            false => Vec::new(),
+        };
+        let failed = if sent {
+            SubmitError::Retry
+        } else {
+            SubmitError::Down
+        };
+        let mut answers = answers.into_iter();
+        commands
+            .iter()
+            .map(|_| answers.next().unwrap_or_else(|| Err(failed.clone())))
+            .collect()
     }
 
     /// Reads the state machine if this replica is caught up: a primary holding its read

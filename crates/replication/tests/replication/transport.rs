@@ -1,108 +1,9 @@
-//! Replicas with no sockets: three real nodes (disk, driver, read lease) whose
-//! [`Transport`] is an in-memory mesh, with the core's view service answering their pings.
-//! A write commits on every replica, and after the primary crashes the view service makes
-//! a backup primary that holds the write and takes new ones.
-use bookstore_replication::node::{Node, NodeOptions, ReplicaRole, StateMachine};
-use bookstore_replication::protocol::{Msg, ReplicaId};
-use bookstore_replication::transport::{BoxFuture, Transport};
-use bookstore_replication::viewservice::{ViewService, VsCommand, VsConfig, VsEvent};
-use bookstore_replication::wire::{PingAnswer, PingRequest};
-use parking_lot::Mutex;
-use std::collections::HashMap;
-use std::sync::Arc;
+//! Replicas with no sockets ([`crate::mesh`]): a write, and writes submitted together,
+//! commit on every replica, and after the primary crashes the view service makes a backup
+//! primary that holds the writes and takes new ones.
+use crate::mesh::{self, primary, url, TICK};
+use bookstore_replication::node::SubmitError;
 use std::time::Duration;
-
-/// Keeps every applied command.
-#[derive(Default)]
-struct Log(Vec<u8>);
-
-impl StateMachine for Log {
-    type Command = u8;
-    type Output = usize;
-    fn encode(command: &u8) -> Vec<u8> {
-        vec![*command]
-    }
-    fn decode(data: &[u8]) -> Result<u8, bookstore_replication::node::DecodeError> {
-        Ok(data.first().copied().unwrap_or(0))
-    }
-    fn apply(&mut self, _index: u64, command: u8) -> usize {
-        self.0.push(command);
-        self.0.len()
-    }
-    fn snapshot(&self) -> Vec<u8> {
-        self.0.clone()
-    }
-    fn restore(&mut self, data: &[u8]) -> Result<(), bookstore_replication::node::DecodeError> {
-        self.0 = data.to_vec();
-        Ok(())
-    }
-}
-
-/// The network: replicas by base URL, and one view service.
-#[derive(Default)]
-struct Mesh {
-    nodes: Mutex<HashMap<String, Node<Log>>>,
-    vs: Mutex<Option<ViewService>>,
-}
-
-struct End(Arc<Mesh>);
-
-impl Transport for End {
-    fn send<'a>(&'a self, peer: &'a str, from: ReplicaId, batch: Vec<Msg>) -> BoxFuture<'a, ()> {
-        let node = self.0.nodes.lock().get(peer).cloned();
-        Box::pin(async move {
-            if let Some(node) = node {
-                node.deliver(from, batch);
-            }
-        })
-    }
-
-    fn ping<'a>(
-        &'a self,
-        _kind: &'a str,
-        request: PingRequest,
-        _tick: Duration,
-    ) -> BoxFuture<'a, Option<PingAnswer>> {
-        let from = request.ping.from;
-        let commands = match self.0.vs.lock().as_mut() {
-            Some(vs) => vs.handle(VsEvent::Ping(request.ping)),
-            None => vec![],
-        };
-        let answer = commands.into_iter().find_map(|c| match c {
-            VsCommand::Reply {
-                to,
-                view,
-                lead_from,
-            } if to == from => Some(PingAnswer {
-                view,
-                lead_from,
-                ..PingAnswer::default()
-            }),
-            _ => None,
-        });
-        Box::pin(std::future::ready(answer))
-    }
-}
-
-const TICK: Duration = Duration::from_millis(10);
-
-fn url(id: usize) -> String {
-    format!("mem://replica-{id}")
-}
-
-async fn primary(nodes: &[Node<Log>], except: Option<usize>) -> usize {
-    for _ in 0..500 {
-        for (i, n) in nodes.iter().enumerate() {
-            if Some(i) != except && n.status().role == ReplicaRole::Primary {
-                if let Some(true) = n.read(|_| true) {
-                    return i;
-                }
-            }
-        }
-        tokio::time::sleep(TICK).await;
-    }
-    panic!("no primary with a read lease");
-}
 
 /// The answer of a submit, which must come within 5 s.
 async fn within<T, E: std::fmt::Debug>(
@@ -116,53 +17,36 @@ async fn within<T, E: std::fmt::Debug>(
 
 #[tokio::test]
 async fn replicas_commit_and_fail_over_through_an_in_memory_transport() {
-    let mesh = Arc::new(Mesh::default());
-    *mesh.vs.lock() = Some(ViewService::new(VsConfig {
-        replicas: 3,
-        ..VsConfig::default()
-    }));
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let peers: Vec<String> = (0..3).map(url).collect();
-    let mut nodes = Vec::new();
-    for (id, dir) in dirs.iter().enumerate() {
-        let mut opts = NodeOptions::new(
-            id as ReplicaId,
-            peers.clone(),
-            "catalog",
-            vec!["mem://coordinator".into()],
-            dir.path().to_path_buf(),
-            "in-memory-cluster-token",
-        );
-        opts.tick = TICK;
-        let end = Arc::new(End(mesh.clone()));
-        let node = Node::start_with(opts, end, Log::default).unwrap();
-        mesh.nodes.lock().insert(url(id), node.clone());
-        nodes.push(node);
-    }
-    let ticker = {
-        let mesh = mesh.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(TICK).await;
-                if let Some(vs) = mesh.vs.lock().as_mut() {
-                    vs.handle(VsEvent::Tick);
-                }
-            }
-        })
-    };
+    let (mesh, nodes, ticker) = mesh::start(3, &dirs);
 
     let first = primary(&nodes, None).await;
     assert_eq!(within(nodes[first].submit(7)).await, 1);
+    // Writes submitted together: consecutive entries, each with its own answer.
+    let together =
+        tokio::time::timeout(Duration::from_secs(5), nodes[first].submit_all(&[1, 2, 3]))
+            .await
+            .expect("committed within 5 s");
+    assert_eq!(together, vec![Ok(2), Ok(3), Ok(4)]);
+    let backup = (first + 1) % nodes.len();
+    let refused = nodes[backup].submit_all(&[9, 9]).await;
+    assert!(
+        refused
+            .iter()
+            .all(|r| matches!(r, Err(SubmitError::NotPrimary { .. }))),
+        "a backup refuses each write: {refused:?}"
+    );
+    assert!(nodes[first].submit_all(&[]).await.is_empty());
     for n in &nodes {
         for _ in 0..500 {
-            if n.read_any(|s| s.0 == [7]) {
+            if n.read_any(|s| s.0 == [7, 1, 2, 3]) {
                 break;
             }
             tokio::time::sleep(TICK).await;
         }
         assert_eq!(
             n.read_any(|s| s.0.clone()),
-            vec![7],
+            vec![7, 1, 2, 3],
             "replica {:?}",
             n.status()
         );
@@ -175,10 +59,10 @@ async fn replicas_commit_and_fail_over_through_an_in_memory_transport() {
     assert_ne!(next, first);
     assert_eq!(
         nodes[next].submit(8).await.unwrap(),
-        2,
-        "the write survived"
+        5,
+        "the writes survived"
     );
-    assert_eq!(nodes[next].read(|s| s.0.clone()), Some(vec![7, 8]));
+    assert_eq!(nodes[next].read(|s| s.0.clone()), Some(vec![7, 1, 2, 3, 8]));
     ticker.abort();
     for n in &nodes {
         n.crash().await;
