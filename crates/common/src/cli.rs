@@ -31,10 +31,10 @@ pub struct ServiceArgs {
 /// buys, order -> catalog stock changes, catalog -> cache invalidations).
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct BatchArgs {
-    /// For every batcher of this server (default 2).
+    /// For every batcher of this server (default 2; 1 for the frontend's buys).
     #[arg(long, env = "BOOKSTORE_BATCHES_IN_FLIGHT", value_parser = clap::value_parser!(u64).range(1..))]
     pub batches_in_flight: Option<u64>,
-    /// For the frontend's buys to the order service.
+    /// For the frontend's buys to the order service (default 1).
     #[arg(long, env = "BOOKSTORE_BATCHES_IN_FLIGHT_BUYS", value_parser = clap::value_parser!(u64).range(1..))]
     pub batches_in_flight_buys: Option<u64>,
     /// For the order service's stock changes to the catalog.
