@@ -169,14 +169,15 @@ impl Catalog {
         fresh: bool,
         mut t: Timing,
     ) -> (Result<Versioned<Book>, ApiError>, Timing) {
-        tokio::spawn(async move {
+        let node = self.node().clone();
+        node.run_near(async move {
             let r = self.update(u, fresh, &mut t).await;
             (r, t)
         })
         .await
-        .unwrap_or_else(|e| {
+        .unwrap_or_else(|| {
             (
-                Err(ApiError::Unavailable(format!("update task failed: {e}"))),
+                Err(ApiError::Unavailable("update task failed".into())),
                 Timing::start(),
             )
         })
@@ -468,13 +469,15 @@ async fn update_batch(
         };
         updates.push((update, c.fresh && !resent, Timing::start()));
     }
-    // One task for the whole batch (it runs to the end even if the caller goes away:
-    // every update that may commit gets its invalidation), and its writes reach the
-    // replica together.
+    // One task for the whole batch, on the replica's runtime (it runs to the end even if
+    // the caller goes away: every update that may commit gets its invalidation), and its
+    // writes reach the replica together.
     let catalog = ctx.into_inner();
-    let answers = tokio::spawn(async move { catalog.update_all(updates).await })
+    let node = catalog.node().clone();
+    let answers = node
+        .run_near(async move { catalog.update_all(updates).await })
         .await
-        .map_err(|e| ApiError::Unavailable(format!("update task failed: {e}")))?;
+        .ok_or_else(|| ApiError::Unavailable("update task failed".into()))?;
     let results = answers
         .into_iter()
         .map(|(r, t)| BatchItem::new(r, Some(t.header("catalog"))))

@@ -367,9 +367,14 @@ async fn buy_batch(
             t: Timing::start(),
         })
         .collect();
-    let results = ctx
-        .buy_all(buys)
+    // On the replica's runtime, where the catalog calls and the replication go.
+    let service = ctx.into_inner();
+    let node = service.node().clone();
+    let answers = node
+        .run_near(async move { service.buy_all(buys).await })
         .await
+        .ok_or_else(|| ApiError::Unavailable("buy task failed".into()))?;
+    let results = answers
         .into_iter()
         .map(|(r, t)| BatchItem::new(r.map(success), Some(t.header("order"))))
         .collect();

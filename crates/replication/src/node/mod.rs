@@ -340,6 +340,8 @@ struct Inner<S: StateMachine> {
     tasks: Mutex<Tasks>,
     /// The way out to the peers and the coordinators.
     transport: Arc<dyn Transport>,
+    /// The runtime the replica was started on, where its driver and senders run.
+    runtime: tokio::runtime::Handle,
     /// Why the replica stopped on its own (a disk failure), until it boots again.
     failure: tokio::sync::watch::Sender<Option<String>>,
     /// The other replicas (id -> base URL): who may send replication messages.
@@ -395,6 +397,7 @@ impl<S: StateMachine> Node<S> {
             disk_thread: Mutex::new(None),
             tasks: Mutex::new(Tasks::new()),
             transport,
+            runtime: tokio::runtime::Handle::current(),
             failure: tokio::sync::watch::Sender::new(None),
             members: RwLock::new(
                 (0..)
@@ -550,6 +553,18 @@ impl<S: StateMachine> Node<S> {
             base: base.to_string(),
             tx,
         }
+    }
+
+    /// Runs `task` to its end on the runtime the replica runs on (even if the caller goes
+    /// away) and returns its output. Work that submits writes and calls other services
+    /// from there hands its writes to the driver, and its calls to the HTTP client, on
+    /// that runtime's threads: an HTTP worker's own runtime is another thread, which each
+    /// hand-off would wake. `None` if the task panicked or the runtime is shutting down.
+    pub async fn run_near<T: Send + 'static>(
+        &self,
+        task: impl std::future::Future<Output = T> + Send + 'static,
+    ) -> Option<T> {
+        self.inner.runtime.spawn(task).await.ok()
     }
 
     /// Replicates `command` and returns the state machine's answer once it is committed
