@@ -6,7 +6,7 @@
 //! service's own document; the replica's gauges on `/metrics` ([`register_metrics`]);
 //! and the skeleton of a replicated service: what every replica starts with
 //! ([`ReplicaConfig`]) and how it serves, stops, and ends when its disk fails
-//! ([`serve`]).
+//! ([`serve`]); and the answer to a batch of writes ([`answer_batch`]).
 //!
 //! [`serve`]: fn@serve
 use crate::node::{self, Node, NodeOptions, ReplicaRole, Safety, StateMachine, SubmitError};
@@ -19,7 +19,8 @@ use bookstore_common::metrics::Metrics;
 use bookstore_common::oplog::OpLog;
 use bookstore_common::params::Query;
 use bookstore_common::server::{self, Limits};
-use bookstore_common::types::{Done, Health, Readiness};
+use bookstore_common::timing::{Timing, SERVER_TIMING};
+use bookstore_common::types::{BatchAnswer, BatchItem, Done, Health, Readiness};
 use bookstore_common::ApiError;
 use node::Status;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -302,6 +303,35 @@ async fn recover<S: StateMachine>(ctx: web::Data<Control<S>>) -> Result<HttpResp
     Ok(HttpResponse::Ok().json(Done {
         result: "recovering".into(),
     }))
+}
+
+/// Runs a batch of requests (`work`: one result and its timing per request) as one task
+/// on the replica's runtime ([`Node::run_near`]) and answers it: one
+/// [`BatchItem`](bookstore_common::types::BatchItem) per request, each with its own
+/// `Server-Timing`, and the batch's own (`t`) in the header; `own` names the service in
+/// both.
+pub async fn answer_batch<S, T, W>(
+    node: &Node<S>,
+    own: &'static str,
+    t: Timing,
+    work: W,
+) -> Result<HttpResponse, ApiError>
+where
+    S: StateMachine,
+    T: serde::Serialize + Send + 'static,
+    W: std::future::Future<Output = Vec<(Result<T, ApiError>, Timing)>> + Send + 'static,
+{
+    let answers = node
+        .run_near(work)
+        .await
+        .ok_or_else(|| ApiError::Unavailable(format!("the {own} batch's task failed")))?;
+    let results: Vec<BatchItem<T>> = answers
+        .into_iter()
+        .map(|(r, timing)| BatchItem::new(r, Some(timing.header(own))))
+        .collect();
+    Ok(HttpResponse::Ok()
+        .insert_header((SERVER_TIMING, t.header(own)))
+        .json(BatchAnswer { results }))
 }
 
 /// Messages from a peer replica (bincode `Vec<Msg>`).

@@ -26,7 +26,7 @@ use bookstore_common::openapi::{self, IdempotencyHeader, ItemQuery, TopicQuery};
 use bookstore_common::oplog::OpLog;
 use bookstore_common::params::{batch_key, batch_len, idempotency_key, CostOrNa, Query};
 use bookstore_common::timing::{Timing, SERVER_TIMING};
-use bookstore_common::types::{BatchAnswer, BatchItem, LeaseReply, SearchHit, UpdateBatch};
+use bookstore_common::types::{BatchAnswer, LeaseReply, SearchHit, UpdateBatch};
 use bookstore_common::types::{Book, ItemNumber, LeaseRequest, Versioned, IDEMPOTENCY_KEY_HEADER};
 use bookstore_common::{server, ApiError};
 use bookstore_replication::control::{self, Control, ReplicaConfig};
@@ -474,17 +474,10 @@ async fn update_batch(
     // writes reach the replica together.
     let catalog = ctx.into_inner();
     let node = catalog.node().clone();
-    let answers = node
-        .run_near(async move { catalog.update_all(updates).await })
-        .await
-        .ok_or_else(|| ApiError::Unavailable("update task failed".into()))?;
-    let results = answers
-        .into_iter()
-        .map(|(r, t)| BatchItem::new(r, Some(t.header("catalog"))))
-        .collect();
-    Ok(HttpResponse::Ok()
-        .insert_header((SERVER_TIMING, t.header("catalog")))
-        .json(BatchAnswer { results }))
+    control::answer_batch(&node, "catalog", t, async move {
+        catalog.update_all(updates).await
+    })
+    .await
 }
 
 /// Every book (or the first `limit` by item number) and the catalog version.

@@ -33,8 +33,8 @@ use bookstore_common::router::{self, batched_or_single, follow_views, Batched, R
 use bookstore_common::tasks::Tasks;
 use bookstore_common::timing::{Timing, SERVER_TIMING};
 use bookstore_common::types::{
-    BatchAnswer, BatchItem, Book, BuyBatch, BuySuccess, ItemNumber, Order, StockChange,
-    UpdateBatch, Versioned, IDEMPOTENCY_KEY_HEADER,
+    BatchAnswer, Book, BuyBatch, BuySuccess, ItemNumber, Order, StockChange, UpdateBatch,
+    Versioned, IDEMPOTENCY_KEY_HEADER,
 };
 use bookstore_common::{server, ApiError};
 use bookstore_replication::control::ReplicaConfig;
@@ -370,17 +370,14 @@ async fn buy_batch(
     // On the replica's runtime, where the catalog calls and the replication go.
     let service = ctx.into_inner();
     let node = service.node().clone();
-    let answers = node
-        .run_near(async move { service.buy_all(buys).await })
-        .await
-        .ok_or_else(|| ApiError::Unavailable("buy task failed".into()))?;
-    let results = answers
-        .into_iter()
-        .map(|(r, t)| BatchItem::new(r.map(success), Some(t.header("order"))))
-        .collect();
-    Ok(HttpResponse::Ok()
-        .insert_header((SERVER_TIMING, t.header("order")))
-        .json(BatchAnswer { results }))
+    control::answer_batch(&node, "order", t, async move {
+        let answers = service.buy_all(buys).await;
+        answers
+            .into_iter()
+            .map(|(r, t)| (r.map(success), t))
+            .collect()
+    })
+    .await
 }
 
 /// `GET /orders` answer.
