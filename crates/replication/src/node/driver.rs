@@ -54,6 +54,9 @@ impl<S: StateMachine> Driver<S> {
                         self.execute(&mut cmds);
                         self.set_members(members);
                     }
+                    Input::Write { data, reply } if data.is_empty() => {
+                        let _ = reply.send(Vec::new());
+                    }
                     Input::Write { data, reply } => {
                         let batch = self.next_request + 1;
                         self.batches.insert(batch, Answers::new(data.len(), reply));
@@ -150,7 +153,7 @@ impl<S: StateMachine> Driver<S> {
     fn execute(&mut self, cmds: &mut Vec<Command>) {
         let mut persist = Persists::default();
         for cmd in cmds.drain(..) {
-            if !matches!(cmd, Command::Persist { .. }) {
+            if other_disk_op(&cmd) {
                 // Disk operations keep their order.
                 persist.flush(&self.disk);
             }
@@ -316,6 +319,22 @@ impl<S: StateMachine> Driver<S> {
                 sent,
             });
         });
+    }
+}
+
+/// Whether `cmd` becomes a disk operation other than a `Persist`: the `Persist`s before it
+/// go to the disk first. Messages, answers and applies need no order with respect to
+/// `Persist`s: the protocol learns of a write to disk only from its `Persisted`. (A match
+/// with no wildcard: a new command must take a side.)
+fn other_disk_op(cmd: &Command) -> bool {
+    match cmd {
+        Command::PersistView(_) | Command::TakeSnapshot | Command::InstallSnapshot { .. } => true,
+        Command::Persist { .. }
+        | Command::Send { .. }
+        | Command::PingVs(_)
+        | Command::Apply { .. }
+        | Command::Reply { .. }
+        | Command::SendSnapshot { .. } => false,
     }
 }
 
