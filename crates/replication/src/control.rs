@@ -306,10 +306,9 @@ async fn recover<S: StateMachine>(ctx: web::Data<Control<S>>) -> Result<HttpResp
 }
 
 /// Runs a batch of requests (`work`: one result and its timing per request) as one task
-/// on the replica's runtime ([`Node::run_near`]) and answers it: one
-/// [`BatchItem`](bookstore_common::types::BatchItem) per request, each with its own
-/// `Server-Timing`, and the batch's own (`t`) in the header; `own` names the service in
-/// both.
+/// on the replica's runtime ([`Node::run_near`]) and answers it: one [`BatchItem`] per
+/// request, each with its own `Server-Timing`, and the batch's own (`t`) in the header;
+/// `own` names the service in both.
 pub async fn answer_batch<S, T, W>(
     node: &Node<S>,
     own: &'static str,
