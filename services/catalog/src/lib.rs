@@ -206,12 +206,11 @@ impl Catalog {
         &self,
         updates: Vec<(Update, bool, Timing)>,
     ) -> Vec<(Result<Versioned<Book>, ApiError>, Timing)> {
-        let mut steps: Vec<Step> = updates
+        let (steps, commands): (Vec<Step>, Vec<Option<state::Stamped>>) = updates
             .into_iter()
             .map(|(u, fresh, t)| self.prepare(u, fresh, t))
-            .collect();
-        let commands: Vec<state::Stamped> =
-            steps.iter_mut().filter_map(|s| s.command.take()).collect();
+            .unzip();
+        let commands: Vec<state::Stamped> = commands.into_iter().flatten().collect();
         let started = std::time::Instant::now();
         let mut replicated = self.node().submit_all(&commands).await.into_iter();
         let took = started.elapsed();
@@ -238,8 +237,8 @@ impl Catalog {
     }
 
     /// What an update needs before its outcome: the answer from the primary's committed
-    /// state if it has one, else the command to replicate.
-    fn prepare(&self, u: Update, fresh: bool, t: Timing) -> Step {
+    /// state if it has one, else (with the step) the command to replicate.
+    fn prepare(&self, u: Update, fresh: bool, t: Timing) -> (Step, Option<state::Stamped>) {
         let item = u.item_number;
         // A repeated request is answered from the primary's committed state: no log
         // entry, no fsync. So is a fresh sale of a sold-out book: under the read lease the
@@ -268,13 +267,13 @@ impl Catalog {
             update: u,
             time_ms: Some(bookstore_common::clock::now_ms()),
         });
-        Step {
+        let step = Step {
             item,
             line,
             settled,
-            command,
             t,
-        }
+        };
+        (step, command)
     }
 
     /// Answers an update whose outcome is known: after the cache is told of a change, or,
@@ -322,10 +321,8 @@ impl Catalog {
 struct Step {
     item: ItemNumber,
     line: String,
-    /// Answered from the primary's committed state: nothing to replicate.
+    /// Answered from the primary's committed state; `None`: its command went into the log.
     settled: Option<UpdateOutcome>,
-    /// Else what goes into the log.
-    command: Option<state::Stamped>,
     t: Timing,
 }
 

@@ -33,10 +33,10 @@ pub(super) struct Driver<S: StateMachine> {
     pub(super) peers: HashMap<ReplicaId, Peer>,
     /// Index and epoch of the last entry applied to the state machine.
     pub(super) applied: (LogIndex, Epoch),
-    /// Request -> the batch it was submitted in and its place there.
-    pub(super) pending: HashMap<u64, (u64, usize)>,
-    /// Writes submitted together, by the request id of their first.
-    pub(super) batches: HashMap<u64, Answers<S::Output>>,
+    /// Writes submitted together and not all answered, by the request id of their first
+    /// (their requests are consecutive: a request's batch is the last one starting at or
+    /// before it).
+    pub(super) batches: BTreeMap<u64, Answers<S::Output>>,
     pub(super) outputs: HashMap<LogIndex, S::Output>,
     pub(super) next_request: u64,
 }
@@ -58,11 +58,10 @@ impl<S: StateMachine> Driver<S> {
                         let _ = reply.send(Vec::new());
                     }
                     Input::Write { data, reply } => {
-                        let batch = self.next_request + 1;
-                        self.batches.insert(batch, Answers::new(data.len(), reply));
-                        for (slot, data) in data.into_iter().enumerate() {
+                        let first = self.next_request + 1;
+                        self.batches.insert(first, Answers::new(data.len(), reply));
+                        for data in data {
                             self.next_request += 1;
-                            self.pending.insert(self.next_request, (batch, slot));
                             let request = RequestId(self.next_request);
                             self.replica
                                 .step(Event::ClientWrite { request, data }, &mut cmds);
@@ -105,10 +104,9 @@ impl<S: StateMachine> Driver<S> {
     }
 
     fn stop(&mut self) {
-        for (_, answers) in self.batches.drain() {
+        for (_, answers) in std::mem::take(&mut self.batches) {
             answers.send();
         }
-        self.pending.clear();
         let mut s = self.inner.status.write();
         s.up = false;
         s.serving_reads = false;
@@ -199,16 +197,7 @@ impl<S: StateMachine> Driver<S> {
                         Outcome::NotPrimary { hint } => Err(SubmitError::NotPrimary { hint }),
                         Outcome::Retry => Err(SubmitError::Retry),
                     };
-                    if let Some((batch, slot)) = self.pending.remove(&request.0) {
-                        let done = self
-                            .batches
-                            .get_mut(&batch)
-                            .is_some_and(|b| b.set(slot, answer));
-                        if done {
-                            let answers = self.batches.remove(&batch).expect("present");
-                            answers.send();
-                        }
-                    }
+                    self.answer(request.0, answer);
                 }
                 Command::TakeSnapshot => {
                     let data = self.inner.sm.read().snapshot();
@@ -258,6 +247,18 @@ impl<S: StateMachine> Driver<S> {
         // Answers not claimed by a reply in the same turn belong to entries applied on a
         // backup or replayed after a restart: nobody waits for them.
         self.outputs.clear();
+    }
+
+    /// Records the answer to `request` in its batch, and sends the batch's answers once
+    /// every write of it has one.
+    fn answer(&mut self, request: u64, answer: Result<S::Output, SubmitError>) {
+        let Some((&first, answers)) = self.batches.range_mut(..=request).next_back() else {
+            return;
+        };
+        if answers.set((request - first) as usize, answer) {
+            let answers = self.batches.remove(&first).expect("present");
+            answers.send();
+        }
     }
 
     /// Follows the member table: a sender for every new peer, none for retired ones.
@@ -384,12 +385,12 @@ impl<O> Answers<O> {
         }
     }
 
-    /// Records the answer in `slot`; true once every write has one.
+    /// Records the answer in `slot` unless it has one (the first answer stands); true
+    /// once every write has one.
     fn set(&mut self, slot: usize, answer: Result<O, SubmitError>) -> bool {
-        if let Some(a) = self.answers.get_mut(slot) {
-            if a.replace(answer).is_none() {
-                self.left -= 1;
-            }
+        if let Some(a @ None) = self.answers.get_mut(slot) {
+            *a = Some(answer);
+            self.left -= 1;
         }
         self.left == 0
     }

@@ -524,8 +524,7 @@ impl<S: StateMachine> Node<S> {
             disk: disk_tx,
             peers,
             applied,
-            pending: HashMap::new(),
-            batches: HashMap::new(),
+            batches: BTreeMap::new(),
             outputs: HashMap::new(),
             next_request: 0,
         };
@@ -591,19 +590,14 @@ impl<S: StateMachine> Node<S> {
             tx.as_ref()
                 .is_some_and(|tx| tx.send(Input::Write { data, reply }).is_ok())
         };
-        let answers = match sent {
-            true => rx.await.unwrap_or_default(),
-            false => Vec::new(),
-        };
-        let failed = if sent {
-            SubmitError::Retry
-        } else {
-            SubmitError::Down
-        };
-        let mut answers = answers.into_iter();
+        if !sent {
+            return commands.iter().map(|_| Err(SubmitError::Down)).collect();
+        }
+        // The driver answers every write; none came if it stopped without answering.
+        let mut answers = rx.await.unwrap_or_default().into_iter();
         commands
             .iter()
-            .map(|_| answers.next().unwrap_or_else(|| Err(failed.clone())))
+            .map(|_| answers.next().unwrap_or(Err(SubmitError::Retry)))
             .collect()
     }
 
