@@ -85,8 +85,9 @@ pub enum Event {
     Persisted { index: LogIndex, epoch: Epoch },
     /// The view with this epoch is durable.
     ViewPersisted { epoch: Epoch },
-    /// The runtime durably snapshotted its state machine (after [`Command::TakeSnapshot`]).
-    SnapshotTaken { meta: SnapshotMeta },
+    /// The runtime durably snapshotted its state machine (after [`Command::TakeSnapshot`]);
+    /// `bytes` is the snapshot's size, which sets when the next one is asked for.
+    SnapshotTaken { meta: SnapshotMeta, bytes: u64 },
     /// The runtime's latest snapshot, to ship to `to` (after [`Command::SendSnapshot`]).
     /// It must cover exactly entries `1..=meta.index`, all committed.
     SnapshotForPeer {

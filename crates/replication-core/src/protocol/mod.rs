@@ -129,7 +129,11 @@ pub struct Config {
     /// Maximum number of entries in one [`Msg::Replicate`].
     pub max_entries_per_msg: usize,
     /// Ask the runtime for a snapshot ([`Command::TakeSnapshot`]) once more than this many
-    /// entries are retained in memory (only applied entries can be compacted).
+    /// entries are retained in memory (only applied entries can be compacted), and once
+    /// the retained entries are as large as the last snapshot (reckoned by the average
+    /// size of the entries that snapshot replaced). The second rule keeps the bytes written
+    /// for snapshots proportional to the bytes logged however large the state grows, at
+    /// the price of a retained log (memory, replay after a restart) up to the state's size.
     pub max_retained_log: usize,
     /// MUTATION KNOB for tests: `false` ignores epochs (accept any message, never step down).
     pub fencing: bool,
@@ -228,6 +232,9 @@ pub struct Replica {
     commit: LogIndex,
     applied: LogIndex,
     snapshot_requested: bool,
+    /// Retained entries beyond which a snapshot is asked for (see
+    /// [`Config::max_retained_log`]).
+    compact_after: usize,
     // Backup side.
     /// Replica whose log we follow and its epoch (the primary of our view under fencing).
     follow: Option<(ReplicaId, Epoch)>,
@@ -270,6 +277,7 @@ impl Replica {
             Some(v) if config.restart_fence => v.epoch,
             _ => 0,
         };
+        let compact_after = config.max_retained_log;
         let mut r = Replica {
             id,
             config,
@@ -288,6 +296,7 @@ impl Replica {
             commit: snap.index,
             applied: snap.index,
             snapshot_requested: false,
+            compact_after,
             follow: None,
             matched: 0,
             acked: 0,
@@ -329,7 +338,7 @@ impl Replica {
                     self.activate(v, out);
                 }
             }
-            Event::SnapshotTaken { meta } => self.on_snapshot_taken(meta, out),
+            Event::SnapshotTaken { meta, bytes } => self.on_snapshot_taken(meta, bytes, out),
             Event::SnapshotForPeer { to, meta, data } => {
                 self.on_snapshot_for_peer(to, meta, data, out)
             }

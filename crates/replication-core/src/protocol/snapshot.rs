@@ -2,12 +2,12 @@
 //! long, then dropping the prefix it covers) and state transfer (the primary ships its
 //! snapshot to a backup that is behind its retained log; the backup installs it).
 
-use super::{Command, Msg, Replica, ReplicaId, Role, SnapshotMeta, View};
+use super::{Command, Entry, Msg, Replica, ReplicaId, Role, SnapshotMeta, View};
 
 impl Replica {
     pub(super) fn maybe_compact(&mut self, out: &mut Vec<Command>) {
         if !self.snapshot_requested
-            && self.log.len() > self.config.max_retained_log
+            && self.log.len() > self.compact_after
             && self.applied > self.snap.index
         {
             self.snapshot_requested = true;
@@ -15,14 +15,20 @@ impl Replica {
         }
     }
 
-    pub(super) fn on_snapshot_taken(&mut self, meta: SnapshotMeta, out: &mut Vec<Command>) {
+    pub(super) fn on_snapshot_taken(
+        &mut self,
+        meta: SnapshotMeta,
+        bytes: u64,
+        out: &mut Vec<Command>,
+    ) {
         self.snapshot_requested = false;
         if meta.index <= self.snap.index || meta.index > self.applied {
             return;
         }
         debug_assert_eq!(self.term_at(meta.index), Some(meta.epoch));
         let drop = (meta.index - self.snap.index) as usize;
-        self.log.drain(..drop);
+        let dropped: u64 = self.log.drain(..drop).map(|e| entry_bytes(&e)).sum();
+        self.compact_after = compact_after(self.config.max_retained_log, bytes, drop, dropped);
         self.snap = meta;
         self.maybe_compact(out);
     }
@@ -93,4 +99,18 @@ impl Replica {
         self.snapshot_requested = false;
         self.send_ack(out, true);
     }
+}
+
+/// An entry's size as the log holds it: its data, its index and its epoch.
+fn entry_bytes(e: &Entry) -> u64 {
+    e.data.len() as u64 + 16
+}
+
+/// Retained entries beyond which the next snapshot is asked for: at least `min`, and as
+/// many entries as fill `snapshot_bytes` at the average size of the `entries` entries
+/// (`entries_bytes` in all) the last snapshot replaced.
+fn compact_after(min: usize, snapshot_bytes: u64, entries: usize, entries_bytes: u64) -> usize {
+    let per_entry = (entries_bytes / entries.max(1) as u64).max(1);
+    let fill = usize::try_from(snapshot_bytes / per_entry).unwrap_or(usize::MAX);
+    min.max(fill)
 }

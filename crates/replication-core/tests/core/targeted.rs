@@ -3,7 +3,8 @@
 use crate::common;
 
 use bookstore_replication_core::protocol::{
-    Command, Config, DurableState, Entry, Event, Msg, Outcome, Replica, RequestId, Role, View,
+    Command, Config, DurableState, Entry, Event, Msg, Outcome, Replica, RequestId, Role,
+    SnapshotMeta, View,
 };
 use bookstore_replication_core::viewservice::{Ping, ViewService, VsCommand, VsConfig, VsEvent};
 use common::{Cluster, Node};
@@ -287,6 +288,71 @@ fn replica_in(id: u32, v: View, entries: Vec<Entry>) -> Replica {
     });
     r.handle(Event::ViewPersisted { epoch });
     r
+}
+
+/// Writes one entry of `bytes` bytes through a primary without backups; true if it asked
+/// for a snapshot meanwhile.
+fn write_alone(r: &mut Replica, request: u64, bytes: usize) -> bool {
+    let mut cmds = r.handle(Event::ClientWrite {
+        request: RequestId(request),
+        data: vec![7; bytes],
+    });
+    let persisted: Vec<(u64, u64)> = cmds
+        .iter()
+        .filter_map(|c| match c {
+            Command::Persist { entries } => entries.last().map(|e| (e.index, e.epoch)),
+            _ => None,
+        })
+        .collect();
+    for (index, epoch) in persisted {
+        cmds.extend(r.handle(Event::Persisted { index, epoch }));
+    }
+    cmds.contains(&Command::TakeSnapshot)
+}
+
+/// Writes entries of 84 bytes (100 with index and epoch) from `request` on until one asks
+/// for a snapshot; returns how many were written.
+fn writes_until_snapshot(r: &mut Replica, request: &mut u64) -> u64 {
+    let start = *request;
+    loop {
+        *request += 1;
+        if write_alone(r, *request, 84) {
+            return *request - start;
+        }
+        assert!(*request - start < 100_000, "no snapshot asked for");
+    }
+}
+
+#[test]
+fn a_snapshot_larger_than_the_entries_it_replaced_is_retaken_after_as_many_bytes() {
+    let mut r = Replica::recover(0, cfg(10), DurableState::empty(1));
+    r.handle(Event::VsReply {
+        view: Some(view(1, 0, &[])),
+        lead_from: 1,
+    });
+    r.handle(Event::ViewPersisted { epoch: 1 });
+    assert_eq!(r.role(), Role::Primary);
+    let mut request = 0;
+    // The floor: more than `max_retained_log` entries.
+    assert_eq!(writes_until_snapshot(&mut r, &mut request), 11);
+    // A 50,000-byte snapshot replaced 11 entries of 100 bytes: the next waits for 500.
+    let meta = SnapshotMeta {
+        index: r.applied_index(),
+        epoch: 1,
+    };
+    r.handle(Event::SnapshotTaken {
+        meta,
+        bytes: 50_000,
+    });
+    assert_eq!(r.entries().count(), 0, "the snapshot covers the whole log");
+    assert_eq!(writes_until_snapshot(&mut r, &mut request), 501);
+    // A small snapshot brings the floor back.
+    let meta = SnapshotMeta {
+        index: r.applied_index(),
+        epoch: 1,
+    };
+    r.handle(Event::SnapshotTaken { meta, bytes: 300 });
+    assert_eq!(writes_until_snapshot(&mut r, &mut request), 11);
 }
 
 #[test]

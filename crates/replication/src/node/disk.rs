@@ -106,7 +106,10 @@ pub(super) fn disk_loop<O>(
                         done.push(if received {
                             Event::SnapshotInstalled { meta }
                         } else {
-                            Event::SnapshotTaken { meta }
+                            Event::SnapshotTaken {
+                                meta,
+                                bytes: bytes.len() as u64,
+                            }
                         });
                     }
                 }

@@ -393,6 +393,7 @@ impl Cluster {
                 Event::ViewPersisted { epoch }
             }
             DiskOp::Snapshot(meta, sm) => {
+                let bytes = sm.encode().len() as u64;
                 if s.disk
                     .snapshot
                     .as_ref()
@@ -401,7 +402,7 @@ impl Cluster {
                     s.disk.snapshot = Some((meta, sm));
                     s.disk.entries.retain(|e| e.index > meta.index);
                 }
-                Event::SnapshotTaken { meta }
+                Event::SnapshotTaken { meta, bytes }
             }
             DiskOp::Install(meta, sm) => {
                 s.disk.snapshot = Some((meta, sm));
