@@ -37,11 +37,17 @@ fn internal() -> bookstore_common::client::Client {
     bookstore_common::client::Client::with_timeout(TOKEN, Duration::from_secs(2))
 }
 
+/// A replica's `/books`. A replica may refuse reads for a moment (a backup catching up, a
+/// primary between read leases on a loaded machine): that is waited out, up to 10 s.
 async fn books_of(url: &str) -> BTreeMap<u64, u64> {
-    let v: Versioned<Vec<Book>> = internal()
-        .get_json(&format!("{url}/books"))
-        .await
-        .unwrap_or_else(|e| panic!("{url}/books: {e}"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let v: Versioned<Vec<Book>> = loop {
+        match internal().get_json(&format!("{url}/books")).await {
+            Ok(v) => break v,
+            Err(e) if Instant::now() >= deadline => panic!("{url}/books: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
     v.result
         .iter()
         .map(|b| (b.item_number.into(), b.stock.into()))
