@@ -97,9 +97,14 @@ pub struct KeyTable<V> {
     retention: Retention,
     /// The latest time the log has shown; 0 until it shows one.
     clock_ms: u64,
-    map: HashMap<Arc<str>, V>,
-    /// Oldest first; times never decrease along it.
-    fifo: VecDeque<(u64, Arc<str>)>,
+    /// Key -> its sequence number: its entry is `fifo[seq - front_seq]`.
+    map: HashMap<Arc<str>, u64>,
+    /// Every key, oldest first, with its time and value; times never decrease along it.
+    /// (Values live here, not in `map`, so a snapshot walks the keys in order without a
+    /// lookup each.)
+    fifo: VecDeque<(u64, Arc<str>, V)>,
+    /// The sequence number of `fifo`'s front.
+    front_seq: u64,
 }
 
 impl<V> Default for KeyTable<V> {
@@ -115,6 +120,7 @@ impl<V> KeyTable<V> {
             clock_ms: 0,
             map: HashMap::new(),
             fifo: VecDeque::new(),
+            front_seq: 0,
         }
     }
 
@@ -128,7 +134,8 @@ impl<V> KeyTable<V> {
     }
 
     pub fn get(&self, key: &str) -> Option<&V> {
-        self.map.get(key)
+        let seq = *self.map.get(key)?;
+        self.fifo.get((seq - self.front_seq) as usize).map(|e| &e.2)
     }
 
     pub fn len(&self) -> usize {
@@ -159,9 +166,8 @@ impl<V> KeyTable<V> {
         }
         self.clock_ms = now_ms;
         let horizon = now_ms.saturating_sub(self.retention.window_ms());
-        while self.fifo.front().is_some_and(|(at, _)| *at < horizon) {
-            let (_, key) = self.fifo.pop_front().expect("front exists");
-            self.map.remove(&key);
+        while self.fifo.front().is_some_and(|(at, _, _)| *at < horizon) {
+            self.forget_oldest();
         }
     }
 
@@ -171,7 +177,7 @@ impl<V> KeyTable<V> {
         let horizon = now_ms.saturating_sub(self.retention.window_ms());
         let expired = self
             .fifo
-            .partition_point(|(at, _)| *at != 0 && *at < horizon);
+            .partition_point(|(at, _, _)| *at != 0 && *at < horizon);
         self.fifo.len() - expired
     }
 
@@ -192,8 +198,19 @@ impl<V> KeyTable<V> {
             return;
         }
         let key: Arc<str> = Arc::from(key);
-        self.fifo.push_back((self.clock_ms, key.clone()));
-        self.map.insert(key, value);
+        let seq = self.front_seq + self.fifo.len() as u64;
+        self.fifo.push_back((self.clock_ms, key.clone(), value));
+        self.map.insert(key, seq);
+    }
+
+    /// Forgets the oldest key, if any.
+    fn forget_oldest(&mut self) -> bool {
+        let Some((_, key, _)) = self.fifo.pop_front() else {
+            return false;
+        };
+        self.map.remove(&key);
+        self.front_seq += 1;
+        true
     }
 
     /// [`KeyTable::insert`], forgetting the oldest key first if the table is full: for
@@ -202,20 +219,13 @@ impl<V> KeyTable<V> {
         if self.map.contains_key(key) {
             return;
         }
-        while self.is_full() {
-            let Some((_, old)) = self.fifo.pop_front() else {
-                break;
-            };
-            self.map.remove(&old);
-        }
+        while self.is_full() && self.forget_oldest() {}
         self.insert(key, value);
     }
 
     /// Every key, oldest first: `(key, first used at, value)`.
     pub fn iter(&self) -> impl Iterator<Item = (&str, u64, &V)> {
-        self.fifo
-            .iter()
-            .filter_map(|(at, k)| self.map.get(k).map(|v| (&**k, *at, v)))
+        self.fifo.iter().map(|(at, k, v)| (&**k, *at, v))
     }
 
     /// The table as a snapshot stores it.
@@ -230,6 +240,13 @@ impl<V> KeyTable<V> {
                 .map(|(k, at, v)| (k.to_string(), at, v.clone()))
                 .collect(),
         }
+    }
+
+    /// The table as [`SavedKeys`] encodes it, borrowed: it serializes to what
+    /// [`KeyTable::to_saved`]'s value does, without copying a key (a snapshot of a
+    /// replica holding a million keys is written while its writes wait).
+    pub fn saved(&self) -> SavedKeysRef<'_, V> {
+        SavedKeysRef(self)
     }
 
     /// A table from [`KeyTable::to_saved`], with this replica's `retention`. Times are
@@ -253,6 +270,34 @@ impl<V> KeyTable<V> {
 pub struct SavedKeys<V> {
     pub clock_ms: u64,
     pub keys: Vec<(String, u64, V)>,
+}
+
+/// [`KeyTable::saved`]: a table that serializes as its [`SavedKeys`].
+pub struct SavedKeysRef<'a, V>(&'a KeyTable<V>);
+
+impl<V: Serialize> Serialize for SavedKeysRef<'_, V> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("SavedKeys", 2)?;
+        st.serialize_field("clock_ms", &self.0.clock_ms)?;
+        st.serialize_field("keys", &KeysRef(self.0))?;
+        st.end()
+    }
+}
+
+/// The keys of a table, oldest first, as `SavedKeys::keys` serializes them.
+struct KeysRef<'a, V>(&'a KeyTable<V>);
+
+impl<V: Serialize> Serialize for KeysRef<'_, V> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        // Formats such as bincode write the length first.
+        let mut seq = s.serialize_seq(Some(self.0.fifo.len()))?;
+        for key in self.0.iter() {
+            seq.serialize_element(&key)?;
+        }
+        seq.end()
+    }
 }
 
 #[cfg(test)]
@@ -327,6 +372,11 @@ mod tests {
         t.insert("b", 2);
         let back = KeyTable::from_saved(t.to_saved(), t.retention());
         assert_eq!(back.to_saved(), t.to_saved());
+        // The borrowed form serializes as the owned one.
+        assert_eq!(
+            serde_json::to_string(&t.saved()).unwrap(),
+            serde_json::to_string(&t.to_saved()).unwrap()
+        );
         // Out of order times (a damaged snapshot) are made non-decreasing.
         let saved = SavedKeys {
             clock_ms: 0,

@@ -19,7 +19,7 @@
 //! state; only stock and cost (two `u32` per book) are per copy. A 1,000,000-book
 //! catalog is then about 150 MB once, and a copy of it (the replication layer builds the
 //! initial state more than once) costs 8 MB, not another full set of strings.
-use bookstore_common::idempotency::{IdempotencyKey, KeyTable, Retention, SavedKeys};
+use bookstore_common::idempotency::{IdempotencyKey, KeyTable, Retention, SavedKeys, SavedKeysRef};
 use bookstore_common::types::{Book, ItemNumber, SearchHit};
 use bookstore_replication::protocol::decode;
 use serde::{Deserialize, Serialize};
@@ -441,11 +441,11 @@ impl CatalogState {
 
     /// The state as bytes (for a snapshot), after [`SNAPSHOT_MAGIC`].
     pub fn to_bytes(&self) -> Vec<u8> {
-        let snap = Snapshot {
+        let snap = SnapshotRef {
             books: self.all(),
             version: self.version,
-            done: self.done.to_saved(),
-            refused: self.refused.to_saved(),
+            done: self.done.saved(),
+            refused: self.refused.saved(),
         };
         let mut out = SNAPSHOT_MAGIC.to_vec();
         bincode::serialize_into(&mut out, &snap).expect("catalog state encodes");
@@ -521,6 +521,16 @@ struct Snapshot {
     version: u64,
     done: SavedKeys<Done>,
     refused: SavedKeys<(Fingerprint, UpdateError)>,
+}
+
+/// What [`CatalogState::to_bytes`] encodes: a [`Snapshot`] whose keys are borrowed (the
+/// same bytes, without a copy of every key).
+#[derive(Serialize)]
+struct SnapshotRef<'a> {
+    books: Vec<Book>,
+    version: u64,
+    done: SavedKeysRef<'a, Done>,
+    refused: SavedKeysRef<'a, (Fingerprint, UpdateError)>,
 }
 
 /// A snapshot written before keys had times and fingerprints.
@@ -626,6 +636,24 @@ mod tests {
         assert_eq!(again.update(&sell(1, Some("k1")), 3).unwrap(), first);
         assert_eq!(again.lookup(ItemNumber::of(1)).unwrap().stock, 4);
         assert_eq!(again.search("a").len(), 1);
+    }
+
+    /// The borrowed snapshot writes exactly the bytes the owned form reads back.
+    #[test]
+    fn a_snapshot_is_the_owned_format_byte_for_byte() {
+        let mut c = CatalogState::new(vec![book(1, "a", 3), book(2, "b", 0)], 0);
+        c.update(&sell(1, Some("k1")), 1).unwrap();
+        c.update(&sell(2, Some("k2")), 2).unwrap_err();
+        let owned = Snapshot {
+            books: c.all(),
+            version: c.version(),
+            done: c.done.to_saved(),
+            refused: c.refused.to_saved(),
+        };
+        assert_eq!((owned.done.keys.len(), owned.refused.keys.len()), (1, 1));
+        let mut expected = SNAPSHOT_MAGIC.to_vec();
+        bincode::serialize_into(&mut expected, &owned).unwrap();
+        assert_eq!(c.to_bytes(), expected);
     }
 
     #[test]
